@@ -1,0 +1,74 @@
+"""Seed initialization and the pictures of a plan.
+
+The seeded canvas is the visual condition pasted at box_v on a neutral gray canvas
+(DESIGN §2, step 2). Pixels outside the condition's optional mask are gray too.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from sow.schemas import Box, Canvas, Plan
+
+GRAY = (128, 128, 128)
+
+
+def fit_condition(condition: Image.Image, box: Box, mask: Image.Image | None = None) -> tuple[Image.Image, Image.Image]:
+    """The condition resized to the box, with gray where the mask is off; and the mask at that size."""
+    image = condition.convert("RGB").resize((box.w, box.h), Image.Resampling.LANCZOS)
+    if mask is None:
+        keep = Image.new("L", (box.w, box.h), 255)
+    else:
+        keep = mask.convert("L").resize((box.w, box.h), Image.Resampling.NEAREST).point(lambda v: 255 if v >= 128 else 0)
+    return Image.composite(image, Image.new("RGB", image.size, GRAY), keep), keep
+
+
+def seed_canvas(condition: Image.Image, box: Box, canvas: Canvas, mask: Image.Image | None = None) -> Image.Image:
+    """The condition (fitted to ``box``) pasted on a gray canvas."""
+    fitted, _ = fit_condition(condition, box, mask)
+    out = Image.new("RGB", (canvas.width, canvas.height), GRAY)
+    out.paste(fitted, (box.x, box.y))
+    return out
+
+
+def latent_mask(keep: Image.Image, scale: int) -> torch.Tensor:
+    """(1, 1, h/scale, w/scale) in {0, 1}: a latent cell is kept when its nearest pixel is kept."""
+    w, h = keep.size
+    small = keep.resize((w // scale, h // scale), Image.Resampling.NEAREST)
+    return torch.from_numpy((np.asarray(small) >= 128).astype(np.float32))[None, None]
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB image -> (1, 3, H, W) in [-1, 1]."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1)[None]
+
+
+def to_image(tensor: torch.Tensor) -> Image.Image:
+    """(1, 3, H, W) in [-1, 1] -> RGB image."""
+    array = ((tensor[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array)
+
+
+def box_mask(box: Box, canvas: Canvas, height: int, width: int) -> torch.Tensor:
+    """(height, width) bool mask of the grid cells whose centres fall inside ``box``.
+
+    The grid covers the canvas (any resolution: latent grid, attention layer grid).
+    """
+    ys = (torch.arange(height, dtype=torch.float32) + 0.5) * canvas.height / height
+    xs = (torch.arange(width, dtype=torch.float32) + 0.5) * canvas.width / width
+    inside_y = (ys >= box.y) & (ys < box.bottom)
+    inside_x = (xs >= box.x) & (xs < box.right)
+    return inside_y[:, None] & inside_x[None, :]
+
+
+def draw_plan(plan: Plan, seeded: Image.Image) -> Image.Image:
+    """The seeded canvas with box_v (green) and box_r (orange) drawn and labelled."""
+    image = seeded.convert("RGB").copy()
+    draw = ImageDraw.Draw(image)
+    for box, color, label in ((plan.box_r, (255, 140, 0), "box_r"), (plan.box_v, (0, 200, 80), "box_v")):
+        draw.rectangle([box.x, box.y, box.right - 1, box.bottom - 1], outline=color, width=3)
+        draw.text((box.x + 4, box.y + 4), f"{label} {box}", fill=color)
+    return image

@@ -1,0 +1,61 @@
+"""The hooks a sow plugin implements.
+
+Every hook is a *registration* hook: sow calls it once when the plugin manager loads,
+passing a ``register`` callable, and the plugin hands over its stage implementations::
+
+    from sow import hookimpl
+
+    class MyPlanner:
+        name = "mine"
+        description = "Places the condition where I like it."
+
+        def plan(self, request):
+            ...
+
+    @hookimpl
+    def register_planners(register):
+        register(MyPlanner)
+
+``register(factory, name=None, description=None)`` takes a class (or any callable
+returning a stage object); ``name`` and ``description`` default to the factory's
+``name`` and ``description`` attributes. sow instantiates the factory with the user's
+options (keyword arguments) when a run selects that name. Names are unique per stage
+kind: a plugin may take over a built-in name (the last registration wins and ``sow
+plugins`` shows who provides it); two third-party plugins claiming one name is an
+error naming both. The Protocol each stage must satisfy is in :mod:`sow.stages`.
+
+Hooks are called in registration order: the built-ins first, then entry points of the
+group ``sow`` in the order Python reports them. Their return values are ignored.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("sow")
+hookimpl = pluggy.HookimplMarker("sow")
+
+
+@hookspec
+def register_planners(register):
+    """Register planners: (condition image, prompt) -> :class:`sow.schemas.Plan`. See :class:`sow.stages.Planner`."""
+
+
+@hookspec
+def register_inverters(register):
+    """Register inverters: latents -> their trajectory up the noise levels. See :class:`sow.stages.Inverter`."""
+
+
+@hookspec
+def register_schedulers(register):
+    """Register schedulers: the denoising schedule from the inverted canvas to level 0. See :class:`sow.stages.Scheduler`."""
+
+
+@hookspec
+def register_attention_modulators(register):
+    """Register attention modulators: attach to the UNet's attention for a run. See :class:`sow.stages.AttentionModulator`."""
+
+
+@hookspec
+def register_preservers(register):
+    """Register preservers: put the condition back into the canvas latents. See :class:`sow.stages.Preserver`."""

@@ -1,0 +1,61 @@
+"""Writing results: atomic, never overwriting unless asked, with names safe on every OS."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from PIL import Image
+
+from sow.errors import InputError
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
+
+
+def safe_name(text: str, max_length: int = 60) -> str:
+    """A file-name stem from free text: ASCII letters, digits, ``.``, ``_`` and ``-`` only."""
+    stem = _UNSAFE.sub("-", text.strip()).strip("-.").lower()[:max_length].rstrip("-.")
+    if not stem or stem in _RESERVED:
+        stem = f"sow-{stem}" if stem else "sow"
+    return stem
+
+
+def check_free(paths: list[Path], overwrite: bool) -> None:
+    """Refuse to run when an output already exists (unless ``overwrite``)."""
+    if overwrite:
+        return
+    taken = [p for p in paths if p.exists()]
+    if taken:
+        raise InputError(f"{taken[0]} already exists; pass --overwrite to replace it, or choose another --out/--name")
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_image_atomic(image: Image.Image, path: Path) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format=(path.suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG"))
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def save_json_atomic(data: object, path: Path) -> None:
+    text = data.model_dump_json(indent=2) if hasattr(data, "model_dump_json") else json.dumps(data, indent=2)
+    write_bytes_atomic(path, (text + "\n").encode("utf-8"))

@@ -1,0 +1,306 @@
+"""``SOWPipeline``: Selective / Cyclic One-Way Diffusion, in the order of the paper's Algorithm 1.
+
+    pipe = SOWPipeline.from_pretrained("tiny")
+    result = pipe("face.jpg", "a chef in a busy kitchen", seed=7)
+    result.image.save("chef.png")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+import sow
+from sow import canvas as cv
+from sow.context import LatentRegion, RunContext
+from sow.denoiser import Denoiser, PromptEmbeddings
+from sow.diffusion_math import LevelSchedule
+from sow.errors import InputError
+from sow.images import load_condition
+from sow.models import Components, load_components
+from sow.plugins import Registry, get_registry
+from sow.schemas import GenerationConfig, Plan, RunRecord, StageNames, StageTiming
+from sow.stages import PlanRequest
+
+STAGE_FIELDS = {
+    "planner": "planner",
+    "inverter": "inverter",
+    "scheduler": "scheduler",
+    "attention_modulator": "modulator",
+    "preserver": "preserver",
+}
+"""Stage kind -> its field in :class:`sow.schemas.StageNames`."""
+
+
+@dataclass
+class SOWOutput:
+    """What one generation returns."""
+
+    image: Image.Image
+    plan: Plan
+    record: RunRecord
+    seeded_canvas: Image.Image
+    latents: torch.Tensor = field(repr=False)
+    """The final level-0 latents (before decoding)."""
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.timings: list[StageTiming] = []
+
+    @contextmanager
+    def stage(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings.append(StageTiming(name=name, seconds=round(time.perf_counter() - start, 4)))
+
+
+class SOWPipeline:
+    """A frozen Stable Diffusion model plus the stages of a SOW run, chosen by name."""
+
+    def __init__(
+        self,
+        components: Components,
+        stages: StageNames | dict[str, str] | None = None,
+        stage_options: dict[str, dict[str, Any]] | None = None,
+        registry: Registry | None = None,
+    ) -> None:
+        self.components = components
+        self.registry = registry or get_registry()
+        self.stages = stages if isinstance(stages, StageNames) else StageNames(**(stages or {}))
+        self.stage_options = stage_options or {}
+        self._instances: dict[tuple[str, str], object] = {}
+        for kind, attr in STAGE_FIELDS.items():  # fail early on unknown names
+            self.registry.get(kind, getattr(self.stages, attr))
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str = "tiny",
+        *,
+        device: str | None = "cpu",
+        dtype: str = "fp32",
+        random_weights: bool = False,
+        allow_pickle: bool = False,
+        planner: str | None = None,
+        inverter: str | None = None,
+        scheduler: str | None = None,
+        modulator: str | None = None,
+        preserver: str | None = None,
+        stage_options: dict[str, dict[str, Any]] | None = None,
+        registry: Registry | None = None,
+    ) -> SOWPipeline:
+        """Load a model (``"tiny"``, a hub id, a diffusers folder or a ``.safetensors`` file) and pick stages."""
+        chosen = {
+            "planner": planner,
+            "inverter": inverter,
+            "scheduler": scheduler,
+            "modulator": modulator,
+            "preserver": preserver,
+        }
+        stages = StageNames(**{k: v for k, v in chosen.items() if v is not None})
+        registry = registry or get_registry()
+        for kind, attr in STAGE_FIELDS.items():  # check names before the (slow) model load
+            registry.get(kind, getattr(stages, attr))
+        components = load_components(
+            model, device=device, dtype=dtype, random_weights=random_weights, allow_pickle=allow_pickle
+        )
+        return cls(components, stages, stage_options, registry)
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> SOWPipeline:
+        self.components.to(device, dtype)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.components.device
+
+    # -- stages ------------------------------------------------------------------------
+
+    def stage(self, kind: str, name: str | None = None) -> Any:
+        """The stage object of ``kind`` named ``name`` (default: the pipeline's choice), created once."""
+        name = name or getattr(self.stages, STAGE_FIELDS[kind])
+        key = (kind, name)
+        if key not in self._instances:
+            self._instances[key] = self.registry.create(kind, name, **self.stage_options.get(kind, {}))
+        return self._instances[key]
+
+    def make_config(self, config: GenerationConfig | None = None, preset: str = "normal", **overrides: Any) -> GenerationConfig:
+        """The run's config: ``config`` (or the preset's defaults) with ``overrides``; stages default to the pipeline's."""
+        if config is None:
+            overrides.setdefault("stages", self.stages.model_dump())
+            return GenerationConfig.from_preset(preset, **overrides)
+        if overrides:
+            merged = config.model_dump()
+            merged.update(overrides)
+            return GenerationConfig.from_preset(merged.pop("preset"), **merged)
+        return config
+
+    def plan(
+        self,
+        condition: Image.Image,
+        prompt: str,
+        config: GenerationConfig | None = None,
+        seed: int = 0,
+        planner: str | None = None,
+    ) -> Plan:
+        """Run the planner stage alone."""
+        config = config or self.make_config()
+        name = planner or config.stages.planner
+        return self.stage("planner", name).plan(PlanRequest(condition=condition, prompt=prompt, config=config, seed=seed))
+
+    # -- the run -----------------------------------------------------------------------
+
+    def check_inputs(self, prompt: str, config: GenerationConfig, plan: Plan | None) -> None:
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InputError("prompt is empty; describe the scene to generate")
+        if plan is not None and plan.canvas != config.canvas:
+            raise InputError(
+                f"plan canvas {plan.canvas.width}x{plan.canvas.height} differs from the config canvas "
+                f"{config.canvas.width}x{config.canvas.height}"
+            )
+        scale = self.components.vae_scale_factor
+        if config.canvas.width % scale or config.canvas.height % scale:
+            raise InputError(f"canvas sides must be multiples of {scale}")
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        condition: str | Path | Image.Image,
+        prompt: str,
+        *,
+        plan: Plan | None = None,
+        seed: int = 0,
+        config: GenerationConfig | None = None,
+        preset: str = "normal",
+        mask: Image.Image | None = None,
+        callback: Callable[[dict[str, Any]], None] | None = None,
+        **overrides: Any,
+    ) -> SOWOutput:
+        """Generate an image of ``prompt`` that keeps ``condition``'s pixels.
+
+        ``condition`` is a path or an image (an alpha channel becomes the condition mask
+        unless ``mask`` is given). ``plan`` skips the planner. ``config`` or ``preset`` plus
+        keyword ``overrides`` (fields of :class:`GenerationConfig`) set the method's values.
+        ``callback`` receives a dict after every UNet evaluation.
+        """
+        timer = _Timer()
+        config = self.make_config(config, preset, **overrides)
+        self.check_inputs(prompt, config, plan)
+        source, image, alpha_mask, digest = _read_condition(condition)
+        mask = mask if mask is not None else alpha_mask
+        comp = self.components
+        device, scale = comp.device, comp.vae_scale_factor
+
+        # 1. Plan: box_v, box_r and the (intensified) prompt.
+        with timer.stage("plan"):
+            if plan is None:
+                plan = self.plan(image, prompt, config, seed)
+            text = plan.prompt if config.ablation.prompt_intensification else (plan.user_prompt or prompt)
+
+        # 2. Seed initialization: the condition pasted at box_v (snapped to latent cells) on gray.
+        box_v = plan.box_v.aligned(scale)
+        if not box_v.fits(config.canvas):
+            box_v = box_v.model_copy(update={"x": config.canvas.width - box_v.w})
+        fitted, keep = cv.fit_condition(image, box_v, mask)
+        seeded = cv.seed_canvas(image, box_v, config.canvas, mask)
+        region = LatentRegion.from_box(box_v, config.canvas, scale, cv.latent_mask(keep, scale).to(device))
+
+        # 3. Encode: the prompts once per run; the condition (at its own size) and the canvas.
+        with timer.stage("encode"):
+            embeddings = PromptEmbeddings.encode(comp.text_encoder, comp.tokenizer, config, text)
+            condition_latents = self._encode(fitted)
+            canvas_latents = self._encode(seeded)
+
+        schedule = LevelSchedule.from_scheduler(comp.scheduler, config.num_inference_steps)
+        denoiser = Denoiser(comp.unet, schedule, embeddings, config, region.canvas_mask(), callback)
+        generator = torch.Generator(device=device).manual_seed(seed)
+        ctx = RunContext(
+            config=config,
+            plan=plan,
+            seed=seed,
+            region=region,
+            generator=generator,
+            denoiser=denoiser,
+            inverter=self.stage("inverter", config.stages.inverter),
+            preserver=self.stage("preserver", config.stages.preserver),
+        )
+        denoiser.on_step = lambda step: setattr(ctx, "step", step)
+        modulator = self.stage("attention_modulator", config.stages.modulator)
+        modulator.attach(comp.unet, ctx)
+        try:
+            # 4. Inversion: the condition alone up to t2 (its trajectory kept), the canvas to t1.
+            with timer.stage("inversion"):
+                ctx.condition_trajectory = ctx.inverter.invert(denoiser, condition_latents, 0, config.t2, "invert_condition")
+                ctx.canvas_latents = ctx.inverter.invert(denoiser, canvas_latents, 0, config.t1, "invert_canvas")[-1]
+            # 5. Cyclic one-way diffusion, then the final denoise with visual condition preservation.
+            with timer.stage("denoise"):
+                latents = self.stage("scheduler", config.stages.scheduler).run(ctx)
+        finally:
+            modulator.detach(comp.unet)
+
+        # 6. Decode.
+        with timer.stage("decode"):
+            decoded = comp.vae.decode(latents / comp.vae.config.scaling_factor).sample
+            result = cv.to_image(decoded)
+
+        record = RunRecord(
+            sow_version=sow.__version__,
+            model=comp.source,
+            device=str(device),
+            dtype=str(comp.dtype).removeprefix("torch."),
+            seed=seed,
+            condition=source,
+            condition_sha256=digest,
+            config=config,
+            plan=plan,
+            aligned_box_v=box_v,
+            timings=timer.timings,
+            unet_evaluations=denoiser.evaluations,
+            versions=_versions(),
+            trace=ctx.trace if config.trace_attention else None,
+        )
+        return SOWOutput(image=result, plan=plan, record=record, seeded_canvas=seeded, latents=latents)
+
+    def _encode(self, image: Image.Image) -> torch.Tensor:
+        vae = self.components.vae
+        pixels = cv.to_tensor(image).to(device=self.device, dtype=vae.dtype)
+        return vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
+
+
+def _read_condition(condition: str | Path | Image.Image) -> tuple[str, Image.Image, Image.Image | None, str]:
+    """(source label, RGB image, alpha mask or None, sha256 of the file bytes or pixels)."""
+    if isinstance(condition, Image.Image):
+        loaded = load_condition(condition)
+        return "image", loaded.image, loaded.mask, loaded.sha256
+    if isinstance(condition, (str, Path)):
+        loaded = load_condition(Path(condition))
+        return str(condition), loaded.image, loaded.mask, loaded.sha256
+    raise InputError(f"condition must be a path or a PIL image, not {type(condition).__name__}")
+
+
+def _versions() -> dict[str, str]:
+    import diffusers
+    import transformers
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+def digest_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,302 @@
+"""The data sow reads and writes, as pydantic v2 models.
+
+These models are the single source of truth for boxes, plans, the generation config,
+its presets and the run record written beside every image. Their JSON Schemas are
+exported to the top-level ``schemas/`` folder (``python scripts/export_schemas.py``) as
+the contract for plugin authors and for multimodal models asked for structured output.
+Every model forbids unknown fields, so a typo in a hand-edited file is an error that
+names the field, not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from sow.errors import InputError
+
+PAPER_NEGATIVE_PROMPT = "a bad quality and low-resolution image, extra fingers, deformed hands"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Canvas(_Strict):
+    """The size of the generated image in pixels."""
+
+    width: int = Field(512, ge=64, le=4096, multiple_of=8, description="Image width in pixels (multiple of 8).")
+    height: int = Field(512, ge=64, le=4096, multiple_of=8, description="Image height in pixels (multiple of 8).")
+
+    @property
+    def short_side(self) -> int:
+        return min(self.width, self.height)
+
+
+class Box(_Strict):
+    """An axis-aligned box ``[x, y, w, h]`` in canvas pixels, (x, y) its top-left corner.
+
+    Accepts a JSON object ``{"x": .., "y": .., "w": .., "h": ..}`` or a list ``[x, y, w, h]``.
+    """
+
+    x: int = Field(ge=0, description="Left edge in canvas pixels.")
+    y: int = Field(ge=0, description="Top edge in canvas pixels.")
+    w: int = Field(gt=0, description="Width in pixels.")
+    h: int = Field(gt=0, description="Height in pixels.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_sequence(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            if len(value) != 4:
+                raise ValueError(f"a box is [x, y, w, h]; got {len(value)} numbers")
+            return dict(zip("xywh", value))
+        return value
+
+    @property
+    def right(self) -> int:
+        return self.x + self.w
+
+    @property
+    def bottom(self) -> int:
+        return self.y + self.h
+
+    @property
+    def center(self) -> tuple[float, float]:
+        return (self.x + self.w / 2, self.y + self.h / 2)
+
+    def as_list(self) -> list[int]:
+        return [self.x, self.y, self.w, self.h]
+
+    def fits(self, canvas: Canvas) -> bool:
+        return self.right <= canvas.width and self.bottom <= canvas.height
+
+    def clipped(self, canvas: Canvas) -> Box:
+        """The part of this box inside the canvas (at least one pixel)."""
+        x, y = min(self.x, canvas.width - 1), min(self.y, canvas.height - 1)
+        return Box(x=x, y=y, w=max(1, min(self.right, canvas.width) - x), h=max(1, min(self.bottom, canvas.height) - y))
+
+    def aligned(self, grid: int) -> Box:
+        """This box snapped to a grid (the VAE's 8-pixel latent cells): corner floored, size rounded."""
+        x, y = (self.x // grid) * grid, (self.y // grid) * grid
+        w = max(grid, round(self.w / grid) * grid)
+        h = max(grid, round(self.h / grid) * grid)
+        return Box(x=x, y=y, w=w, h=h)
+
+    def __str__(self) -> str:
+        return f"{self.x},{self.y},{self.w},{self.h}"
+
+    @classmethod
+    def parse(cls, text: str) -> Box:
+        """Parse ``"x,y,w,h"`` (the CLI's form)."""
+        parts = [p.strip() for p in text.split(",")]
+        try:
+            numbers = [int(p) for p in parts]
+        except ValueError:
+            raise InputError(f"box {text!r}: expected four integers x,y,w,h") from None
+        try:
+            return cls.model_validate(numbers)
+        except ValueError as exc:
+            raise InputError(f"box {text!r}: {first_error(exc)}") from None
+
+
+class Plan(_Strict):
+    """Where the condition goes and what the scene says: the planner's output.
+
+    A plan can be saved (``plan.json``), edited by hand and passed back with ``--plan``.
+    """
+
+    canvas: Canvas = Field(default_factory=Canvas, description="The canvas the boxes refer to.")
+    box_v: Box = Field(description="Where the visual condition is pasted on the canvas.")
+    box_r: Box = Field(description="The condition-related region, e.g. the body under a face.")
+    prompt: str = Field(min_length=1, description="The prompt the image is generated from (intensified by the planner).")
+    user_prompt: str = Field("", description="The prompt as the user wrote it.")
+    description: str = Field("", description="The planner's description of the visual condition.")
+    planner: str = Field("manual", description="Name of the planner that made this plan.")
+    repairs: list[str] = Field(default_factory=list, description="Changes made to the planner's answer to make it valid.")
+    notes: list[str] = Field(default_factory=list, description="What the planner noticed (e.g. which face it chose).")
+
+    @model_validator(mode="after")
+    def _boxes_on_canvas(self) -> Plan:
+        for name in ("box_v", "box_r"):
+            box: Box = getattr(self, name)
+            if not box.fits(self.canvas):
+                raise ValueError(
+                    f"{name} [{box}] reaches outside the {self.canvas.width}x{self.canvas.height} canvas"
+                )
+        return self
+
+
+class ModulationSettings(_Strict):
+    """Dynamic attention modulation (DESIGN §2): the paper's constants and ablation switches."""
+
+    w_plus: float = Field(0.145, ge=0, description="Weight of P+ (related region attends to the condition).")
+    w_minus: float = Field(0.04, ge=0, description="Weight of P- (condition stops attending outside).")
+    a_time_plus: float = Field(0.8, gt=0, description="Exponent a of the time decay of P+.")
+    a_time_minus: float = Field(0.5, gt=0, description="Exponent a of the time decay of P-.")
+    t_time: float = Field(10, gt=0, description="Horizon T of the time decay (in cycles).")
+    a_dis: float = Field(0.3, gt=0, description="Exponent a of the distance decay of P+.")
+    t_dis: float = Field(10, gt=0, description="Horizon T of the distance decay (farthest box_r cell at T).")
+    tau: float = Field(0.273, description="Gate threshold on R_c.")
+    use_p_plus: bool = Field(True, description="Apply P+ (ablation switch).")
+    use_p_minus: bool = Field(True, description="Apply P- (ablation switch).")
+    use_time_decay: bool = Field(True, description="Decay both terms over the cycles (off: weight 1).")
+    use_distance_decay: bool = Field(True, description="Decay P+ with distance from the condition centre (off: 1).")
+    use_gate: bool = Field(True, description="Gate on R_c (off: always modulate, as if the gate were open).")
+    gate_fraction: float = Field(0.2, gt=0, le=1, description="Share k/m of box_r's closest points in R_c.")
+
+
+class AblationSettings(_Strict):
+    """The paper's module ablations."""
+
+    adaptive_position: bool = Field(True, description="AP: the planner places box_v (off: seeded random placement).")
+    prompt_intensification: bool = Field(True, description="PI: use the planner's prompt (off: the user's prompt).")
+
+
+Preset = Literal["normal", "attribute", "style"]
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "normal": {"t3": [4, 3], "cycle_eta": 0.0},
+    "attribute": {"t3": [4], "cycle_eta": 0.1},
+    "style": {"t3": [4], "cycle_eta": 1.0},
+}
+
+
+class StageNames(_Strict):
+    """Which registered implementation runs each stage."""
+
+    planner: str = Field("fixed", description="Planner plugin name.")
+    inverter: str = Field("ddim", description="Inverter plugin name.")
+    scheduler: str = Field("cyclic", description="Scheduler plugin name.")
+    modulator: str = Field("none", description="Attention modulator plugin name.")
+    preserver: str = Field("replace", description="Preserver plugin name.")
+
+
+class GenerationConfig(_Strict):
+    """Every setting of a run, with the paper's values as defaults (SD 2.1-base, 512x512).
+
+    Noise levels are counted from the clean end: level 0 is the image, level
+    ``num_inference_steps`` pure noise.
+    """
+
+    preset: Preset = Field("normal", description="The preset the t3 / eta values came from.")
+    canvas: Canvas = Field(default_factory=Canvas)
+    num_inference_steps: int = Field(10, ge=2, le=1000, description="S, the number of DDIM levels.")
+    t1: int = Field(5, ge=1, description="Level the cycles return to (replace_step).")
+    t2: int = Field(7, ge=2, description="Level the noise injection jumps to (back_step).")
+    cycles: int = Field(10, ge=0, description="N, the number of cycles.")
+    t3: list[int] = Field(default_factory=lambda: [4, 3], description="Levels of the final phase where the condition region is replaced again.")
+    cycle_eta: float = Field(0.0, ge=0, description="DDIM eta in the cycle phase.")
+    final_eta: float = Field(0.1, ge=0, description="DDIM eta from t1 to the image.")
+    guidance_scale: float = Field(7.5, ge=0, description="Classifier-free guidance scale.")
+    inversion_guidance_scale: float = Field(7.5, ge=0, description="CFG scale used while inverting (1 or less: no guidance).")
+    negative_prompt: str = Field(PAPER_NEGATIVE_PROMPT, description="Negative prompt of the denoising phases.")
+    background_guidance: bool = Field(True, description="Discourage a second face outside the condition in the cycles.")
+    background_suppress_prompt: str = Field("human face", description="What background guidance pushes away from.")
+    background_diverse_prompt: str = Field("a high quality and colorful image", description="Background guidance's counterweight.")
+    min_side: int = Field(180, ge=8, description="Smallest side of box_v on a 512 canvas (scaled with the canvas).")
+    max_side: int = Field(256, ge=8, description="Largest side of box_v on a 512 canvas (scaled with the canvas).")
+    stages: StageNames = Field(default_factory=StageNames)
+    modulation: ModulationSettings = Field(default_factory=ModulationSettings)
+    ablation: AblationSettings = Field(default_factory=AblationSettings)
+    trace_attention: bool = Field(False, description="Record the gate R_c per layer and step in the run record.")
+
+    @field_validator("t3")
+    @classmethod
+    def _sorted_t3(cls, value: list[int]) -> list[int]:
+        return sorted(set(value), reverse=True)
+
+    @model_validator(mode="after")
+    def _levels_in_order(self) -> GenerationConfig:
+        s = self.num_inference_steps
+        if not self.t1 < self.t2 <= s:
+            raise ValueError(f"t1 < t2 <= num_inference_steps must hold; got t1={self.t1}, t2={self.t2}, S={s}")
+        bad = [k for k in self.t3 if not 1 <= k < self.t1]
+        if bad:
+            raise ValueError(f"t3 levels must lie in 1..t1-1 ({self.t1 - 1}); got {bad}")
+        if self.min_side > self.max_side:
+            raise ValueError(f"min_side {self.min_side} exceeds max_side {self.max_side}")
+        return self
+
+    @classmethod
+    def from_preset(cls, preset: Preset = "normal", **overrides: Any) -> GenerationConfig:
+        """The paper's defaults with a preset's values, then ``overrides`` (nested dicts merge)."""
+        if preset not in PRESETS:
+            raise InputError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        data: dict[str, Any] = {"preset": preset, **PRESETS[preset]}
+        _deep_merge(data, overrides)
+        return validated(cls, data, "config")
+
+    def side_limits(self) -> tuple[int, int]:
+        """box_v's side limits on this canvas (the 512-canvas limits scaled with its short side)."""
+        scale = self.canvas.short_side / 512
+        return round(self.min_side * scale), round(self.max_side * scale)
+
+    def unet_evaluations(self) -> int:
+        """UNet calls of one run: invert condition to t2, canvas to t1, cycles, final phase."""
+        return self.t2 + self.t1 + self.cycles * (self.t2 - self.t1) + self.t1
+
+
+class StageTiming(_Strict):
+    name: str
+    seconds: float
+
+
+class RunRecord(_Strict):
+    """What was run, written as ``<name>.json`` beside each image."""
+
+    sow_version: str
+    created: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    model: str
+    device: str
+    dtype: str
+    seed: int
+    condition: str = Field(description="Where the condition image came from (path or 'array').")
+    condition_sha256: str
+    config: GenerationConfig
+    plan: Plan
+    aligned_box_v: Box = Field(description="box_v snapped to the latent grid, as used.")
+    timings: list[StageTiming] = Field(default_factory=list)
+    unet_evaluations: int
+    versions: dict[str, str] = Field(default_factory=dict)
+    outputs: dict[str, str] = Field(default_factory=dict, description="Files written, by role.")
+    trace: list[dict[str, Any]] | None = Field(None, description="Per-layer, per-step gate values (opt-in).")
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def first_error(exc: Exception) -> str:
+    """One line naming the field of a pydantic validation error."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc).splitlines()[0]
+    err = errors()[0]
+    where = ".".join(str(p) for p in err.get("loc", ()))
+    message = err.get("msg", "invalid").removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
+
+
+def validated(model: type[BaseModel], data: Any, what: str) -> Any:
+    """``model.model_validate(data)``, with a one-line :class:`InputError` naming the field."""
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(f"invalid {what}: {first_error(exc)}") from None
+
+
+EXPORTED_MODELS: dict[str, type[BaseModel]] = {
+    "box": Box,
+    "plan": Plan,
+    "generation-config": GenerationConfig,
+    "run-record": RunRecord,
+}

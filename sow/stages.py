@@ -1,0 +1,118 @@
+"""The interfaces of the five stage kinds.
+
+A stage is a small object with one or two methods. Plugins register factories for
+them (see :mod:`sow.hookspecs`); the pipeline creates one per run configuration and is
+the only code that knows the order in which they are called. Per-run state (latents,
+masks, the current step) lives in :class:`sow.context.RunContext`, never in the stage.
+
+Each stage class carries two class attributes, ``name`` and ``description``, used for
+registration and for ``sow plugins``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from sow.context import LatentRegion, RunContext
+    from sow.denoiser import Denoiser
+    from sow.schemas import GenerationConfig, Plan
+
+
+@dataclass
+class PlanRequest:
+    """What a planner is given."""
+
+    condition: Image.Image
+    """The visual condition, RGB."""
+    prompt: str
+    """The user's prompt."""
+    config: GenerationConfig
+    """The run's settings: canvas, box_v side limits (:meth:`GenerationConfig.side_limits`), ablations."""
+    seed: int = 0
+    """The run's seed, for planners that place things at random."""
+    extras: dict = field(default_factory=dict)
+    """Free-form hints from the caller (e.g. a mask of the condition)."""
+
+
+@runtime_checkable
+class Planner(Protocol):
+    """Plans a run: where the condition goes (box_v), what relates to it (box_r), the prompt."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+
+    def plan(self, request: PlanRequest) -> Plan:
+        """Return a valid plan for ``request`` or raise :class:`sow.errors.PlannerError`."""
+        ...
+
+
+@runtime_checkable
+class Inverter(Protocol):
+    """Maps clean latents up the noise levels, keeping the trajectory."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+
+    def invert(self, denoiser: Denoiser, latents: torch.Tensor, start: int, end: int, phase: str) -> list[torch.Tensor]:
+        """Return ``[x_start, x_start+1, ..., x_end]`` (``end - start`` UNet evaluations).
+
+        ``phase`` names the inversion (``"invert_condition"`` or ``"invert_canvas"``) for
+        the denoiser's step bookkeeping; ``x_start`` is ``latents`` itself.
+        """
+        ...
+
+
+@runtime_checkable
+class Preserver(Protocol):
+    """Puts the condition's latent back into the canvas latent (the one-way constraint)."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+
+    def preserve(self, latents: torch.Tensor, condition: torch.Tensor, region: LatentRegion) -> torch.Tensor:
+        """Return ``latents`` with the condition region set from ``condition`` (its own-size latent)."""
+        ...
+
+
+@runtime_checkable
+class Scheduler(Protocol):
+    """Runs the denoising schedule from the inverted canvas (level t1) down to level 0."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+
+    def run(self, ctx: RunContext) -> torch.Tensor:
+        """Return the level-0 canvas latents. Uses ``ctx.denoiser``, ``ctx.preserver`` and the
+        condition trajectory ``ctx.condition_trajectory``."""
+        ...
+
+
+@runtime_checkable
+class AttentionModulator(Protocol):
+    """Changes the UNet's attention while a run denoises."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+
+    def attach(self, unet: torch.nn.Module, ctx: RunContext) -> None:
+        """Install attention processors for this run; read the current step from ``ctx.step``."""
+        ...
+
+    def detach(self, unet: torch.nn.Module) -> None:
+        """Restore the processors that were installed before :meth:`attach`."""
+        ...
+
+
+STAGE_KINDS: dict[str, type] = {
+    "planner": Planner,
+    "inverter": Inverter,
+    "scheduler": Scheduler,
+    "attention_modulator": AttentionModulator,
+    "preserver": Preserver,
+}
+"""Stage kind -> its Protocol. The hook of kind ``k`` is ``register_<k>s``."""
