@@ -1,0 +1,43 @@
+"""Shared fixtures: the tiny model is built once per session; runs use a small, fast config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+FACES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "faces"
+SAMPLE_FACE = Path(__file__).resolve().parents[1] / "sow" / "data" / "sample_face.jpg"
+
+
+@pytest.fixture(scope="session")
+def tiny_components():
+    from sow.models import load_components
+
+    return load_components("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(tiny_components):
+    """A SOWPipeline on the tiny model with the default stages (shared: do not mutate)."""
+    from sow.pipeline import SOWPipeline
+
+    return SOWPipeline(tiny_components)
+
+
+@pytest.fixture
+def fast_overrides() -> dict:
+    """A 256x256 canvas and 2 cycles: the real schedule shape at a fraction of the cost."""
+    return {"canvas": {"width": 256, "height": 256}, "cycles": 2}
+
+
+@pytest.fixture
+def face_path() -> Path:
+    return SAMPLE_FACE
+
+
+@pytest.fixture
+def faces_dir() -> Path:
+    if not FACES.is_dir():
+        pytest.skip(f"shared face photos not found at {FACES}")
+    return FACES
