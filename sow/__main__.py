@@ -1,0 +1,5 @@
+"""`python -m sow`: the same as the `sow` command."""
+
+from sow.cli import main
+
+main()
