@@ -28,8 +28,8 @@ class PluginError(SowError):
     """A plugin that could not be loaded or that registered something invalid."""
 
 
-class ModelLoadError(SowError):
-    """Model weights that could not be found or loaded."""
+class ModelLoadError(InputError):
+    """Model weights that could not be found or loaded: the user must point --model elsewhere (exit 2)."""
 
 
 class PlannerError(SowError):

@@ -171,8 +171,8 @@ def build_registry(
 
     for kind in STAGE_KINDS:
         caller = getattr(pm.hook, f"register_{kind}s")
-        # hookimpls come last-registered first; call them in registration order
-        for impl in reversed(caller.get_hookimpls()):
+        # get_hookimpls() lists them in registration order (pluggy itself calls them LIFO)
+        for impl in caller.get_hookimpls():
             dist = distributions.get(id(impl.plugin), impl.plugin_name)
             before = {e.name for e in registry.entries[kind].values() if e.distribution == dist}
             try:

@@ -1,0 +1,38 @@
+"""Export the JSON Schemas of sow's pydantic models to the top-level ``schemas/`` folder.
+
+Run after changing ``sow/schemas.py``; ``tests/test_schemas.py`` fails while the files drift::
+
+    python scripts/export_schemas.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sow.schemas import EXPORTED_MODELS  # noqa: E402
+
+SCHEMA_DIR = ROOT / "schemas"
+
+
+def rendered() -> dict[str, str]:
+    """File name -> JSON text of each exported model's schema."""
+    return {
+        f"{name}.schema.json": json.dumps(model.model_json_schema(), indent=2, sort_keys=True) + "\n"
+        for name, model in EXPORTED_MODELS.items()
+    }
+
+
+def main() -> None:
+    SCHEMA_DIR.mkdir(exist_ok=True)
+    for filename, text in rendered().items():
+        (SCHEMA_DIR / filename).write_text(text, encoding="utf-8")
+        print(f"wrote schemas/{filename}")
+
+
+if __name__ == "__main__":
+    main()
