@@ -36,7 +36,8 @@ def installed_plugins(tmp_path_factory) -> Path:
 def with_plugins(installed_plugins, monkeypatch):
     monkeypatch.syspath_prepend(str(installed_plugins))
     monkeypatch.delenv("SOW_DISABLE_PLUGINS", raising=False)
-    monkeypatch.delenv("SOW_LOAD_PLUGINS", raising=False)
+    # only the two test distributions: other installed plugins (sow-gemini, ...) stay out
+    monkeypatch.setenv("SOW_LOAD_PLUGINS", "corner,broken")
     reset_registry()
     yield installed_plugins
     reset_registry()
