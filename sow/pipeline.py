@@ -29,7 +29,7 @@ from sow.images import load_condition
 from sow.models import Components, load_components
 from sow.plugins import Registry, get_registry
 from sow.schemas import GenerationConfig, Plan, RunRecord, StageNames, StageTiming
-from sow.stages import PlanRequest
+from sow.stages import Planner, PlanRequest
 
 STAGE_FIELDS = {
     "planner": "planner",
@@ -139,7 +139,7 @@ class SOWPipeline:
     def make_config(self, config: GenerationConfig | None = None, preset: str = "normal", **overrides: Any) -> GenerationConfig:
         """The run's config: ``config`` (or the preset's defaults) with ``overrides``; stages default to the pipeline's."""
         if config is None:
-            overrides.setdefault("stages", self.stages.model_dump())
+            overrides["stages"] = {**self.stages.model_dump(), **overrides.get("stages", {})}
             return GenerationConfig.from_preset(preset, **overrides)
         if overrides:
             merged = config.model_dump()
@@ -181,6 +181,7 @@ class SOWPipeline:
         prompt: str,
         *,
         plan: Plan | None = None,
+        planner: str | Planner | None = None,
         seed: int = 0,
         config: GenerationConfig | None = None,
         preset: str = "normal",
@@ -191,11 +192,14 @@ class SOWPipeline:
         """Generate an image of ``prompt`` that keeps ``condition``'s pixels.
 
         ``condition`` is a path or an image (an alpha channel becomes the condition mask
-        unless ``mask`` is given). ``plan`` skips the planner. ``config`` or ``preset`` plus
+        unless ``mask`` is given). ``plan`` skips the planner; ``planner`` (a registered name
+        or a planner object) replaces the configured one for this call. ``config`` or ``preset`` plus
         keyword ``overrides`` (fields of :class:`GenerationConfig`) set the method's values.
         ``callback`` receives a dict after every UNet evaluation.
         """
         timer = _Timer()
+        if isinstance(planner, str):
+            overrides["stages"] = {**overrides.get("stages", {}), "planner": planner}
         config = self.make_config(config, preset, **overrides)
         self.check_inputs(prompt, config, plan)
         source, image, alpha_mask, digest = _read_condition(condition)
@@ -205,7 +209,9 @@ class SOWPipeline:
 
         # 1. Plan: box_v, box_r and the (intensified) prompt.
         with timer.stage("plan"):
-            if plan is None:
+            if plan is None and planner is not None and not isinstance(planner, str):
+                plan = planner.plan(PlanRequest(condition=image, prompt=prompt, config=config, seed=seed))
+            elif plan is None:
                 plan = self.plan(image, prompt, config, seed)
             text = plan.prompt if config.ablation.prompt_intensification else (plan.user_prompt or prompt)
 

@@ -229,3 +229,18 @@ def test_empty_prompt_is_refused(tiny_pipe, face_path):
 
     with pytest.raises(InputError, match="prompt is empty"):
         tiny_pipe(face_path, "   ")
+
+
+def test_a_planner_object_or_name_can_be_passed_per_call(tiny_pipe, face_path, fast_overrides):
+    from sow.planning import FixedPlanner
+
+    class LeftPlanner(FixedPlanner):
+        def plan(self, request):
+            plan = super().plan(request)
+            return plan.model_copy(update={"box_v": plan.box_v.model_copy(update={"x": 0}), "planner": "left"})
+
+    result = tiny_pipe(face_path, "a chef", planner=LeftPlanner(), **fast_overrides)
+    assert result.plan.planner == "left" and result.record.aligned_box_v.x == 0
+    # a partial stage override keeps the pipeline's other choices
+    config = tiny_pipe.make_config(stages={"planner": "fixed"})
+    assert config.stages.preserver == tiny_pipe.stages.preserver
