@@ -168,7 +168,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 class StageNames(_Strict):
     """Which registered implementation runs each stage."""
 
-    planner: str = Field("fixed", description="Planner plugin name.")
+    planner: str = Field("heuristic", description="Planner plugin name.")
     inverter: str = Field("ddim", description="Inverter plugin name.")
     scheduler: str = Field("cyclic", description="Scheduler plugin name.")
     modulator: str = Field("none", description="Attention modulator plugin name.")
