@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from PIL import Image
@@ -26,6 +27,7 @@ from sow.schemas import Box, Canvas, GenerationConfig, Plan, first_error
 
 if TYPE_CHECKING:
     from sow.plan_cache import PlanCache
+    from sow.plugins import Registry
     from sow.stages import Planner, PlanRequest
 
 OnPlannerError = Literal["fail", "heuristic"]
@@ -182,6 +184,17 @@ def apply_crop(image: Image.Image, mask: Image.Image | None, crop: Box | None) -
     return image.crop(area), (mask.crop(area) if mask is not None else None)
 
 
+def repair_crop(plan: Plan, size: tuple[int, int]) -> Plan:
+    """``plan`` with its crop clipped to a ``size`` (width, height) condition image; the change recorded."""
+    crop = plan.crop
+    if crop is None or (crop.right <= size[0] and crop.bottom <= size[1]):
+        return plan
+    x, y = min(crop.x, size[0] - 1), min(crop.y, size[1] - 1)
+    fixed = Box(x=x, y=y, w=max(1, min(crop.right, size[0]) - x), h=max(1, min(crop.bottom, size[1]) - y))
+    line = f"crop [{crop}] clipped to the {size[0]}x{size[1]} condition: [{fixed}]"
+    return plan.model_copy(update={"crop": fixed, "repairs": [*plan.repairs, line]})
+
+
 # -- the planner, the cache and the fallback policy --------------------------------------
 
 
@@ -214,10 +227,10 @@ def plan_with_policy(
     if key is not None:
         hit = cache.get(key)
         if hit is not None:
-            return hit
+            return hit.model_copy(update={"notes": [*hit.notes, f"read from the plan cache ({key[:12]})"]})
     name = getattr(planner, "name", type(planner).__name__)
     try:
-        plan = repair_plan(planner.plan(request), request.config)
+        plan = repair_crop(repair_plan(planner.plan(request), request.config), request.condition.size)
     except PlannerError as exc:
         if on_error == "fail":
             raise PlannerError(f"planner {name!r} failed: {exc}; {FALLBACK_HINT}") from None
@@ -225,9 +238,44 @@ def plan_with_policy(
             from sow.heuristic import HeuristicPlanner
 
             fallback = HeuristicPlanner()
-        plan = repair_plan(fallback.plan(request), request.config)
+        plan = repair_crop(repair_plan(fallback.plan(request), request.config), request.condition.size)
         plan.notes = [f"planner {name!r} failed ({exc}); the {fallback.name} planner planned instead", *plan.notes]
         return plan
     if key is not None:
         cache.put(key, plan)
     return plan
+
+
+def make_plan(
+    condition: str | Path | Image.Image,
+    prompt: str,
+    *,
+    planner: str = "heuristic",
+    options: Mapping[str, Any] | None = None,
+    config: GenerationConfig | None = None,
+    seed: int = 0,
+    on_error: OnPlannerError = "fail",
+    cache: PlanCache | None = None,
+    registry: Registry | None = None,
+) -> tuple[Plan, Image.Image]:
+    """Plan without loading a diffusion model: ``(plan, picture of the plan)``; what ``sow plan`` runs.
+
+    ``options`` are the planner's keyword arguments (e.g. ``{"model": "gemini-2.5-flash"}``).
+    The picture is the seeded canvas (the condition's crop pasted at box_v on gray) with
+    both boxes drawn and labelled (:func:`sow.canvas.draw_plan`).
+    """
+    from sow.canvas import draw_plan, seed_canvas
+    from sow.images import load_condition
+    from sow.plugins import get_registry
+    from sow.stages import PlanRequest
+
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InputError("prompt is empty; describe the scene to generate")
+    config = config or GenerationConfig()
+    registry = registry or get_registry()
+    loaded = load_condition(condition)
+    stage = registry.create("planner", planner, **dict(options or {}))
+    request = PlanRequest(condition=loaded.image, prompt=prompt, config=config, seed=seed)
+    plan = plan_with_policy(stage, request, on_error=on_error, cache=cache, settings=options or {})
+    image, mask = apply_crop(loaded.image, loaded.mask, plan.crop)
+    return plan, draw_plan(plan, seed_canvas(image, plan.box_v, config.canvas, mask))
