@@ -44,7 +44,7 @@ FALLBACK_HINT = "pass --on-planner-error heuristic (API: on_planner_error='heuri
 # -- repair ------------------------------------------------------------------------------
 
 
-def _numbers(value: Any, name: str) -> tuple[float, float, float, float]:
+def box_numbers(value: Any, name: str) -> tuple[float, float, float, float]:
     """``[x, y, w, h]`` (a Box, a list or a mapping) as four finite floats, or a PlannerError naming ``name``."""
     if isinstance(value, Box):
         return (value.x, value.y, value.w, value.h)
@@ -68,8 +68,12 @@ def _fmt(box: tuple[float, ...]) -> str:
     return "[" + ", ".join(f"{v:g}" for v in box) + "]"
 
 
-def _fit_box_v(raw: tuple[float, float, float, float], canvas: Canvas, limits: tuple[int, int], repairs: list[str]) -> Box:
-    """box_v with its longer side in ``limits`` (aspect kept), moved (not cut) inside the canvas."""
+def fit_box_v(raw: tuple[float, float, float, float], canvas: Canvas, limits: tuple[int, int], repairs: list[str]) -> Box:
+    """box_v with its longer side in ``limits`` (aspect kept), moved (not cut) inside the canvas.
+
+    ``raw`` is ``[x, y, w, h]`` of any numbers (see :func:`box_numbers`); each change is appended
+    to ``repairs``. Planners that need a valid box_v before they plan box_r use this directly.
+    """
     x, y, w, h = raw
     lo, hi = limits
     before = len(repairs)
@@ -145,14 +149,14 @@ def repair_plan(plan: Plan | Mapping[str, Any], config: GenerationConfig) -> Pla
             source = raw_canvas if isinstance(raw_canvas, Canvas) else Canvas.model_validate(raw_canvas)
         except ValueError as exc:
             raise PlannerError(f"planner answer: canvas: {first_error(exc)}") from None
-    boxes = {name: _numbers(data.get(name), name) for name in ("box_v", "box_r")}
+    boxes = {name: box_numbers(data.get(name), name) for name in ("box_v", "box_r")}
     if source != canvas:
         sx, sy = canvas.width / source.width, canvas.height / source.height
         boxes = {n: (b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy) for n, b in boxes.items()}
         repairs.append(
             f"plan was made for a {source.width}x{source.height} canvas; boxes scaled to {canvas.width}x{canvas.height}"
         )
-    box_v = _fit_box_v(boxes["box_v"], canvas, config.side_limits(), repairs)
+    box_v = fit_box_v(boxes["box_v"], canvas, config.side_limits(), repairs)
     box_r = _fit_box_r(boxes["box_r"], box_v, canvas, repairs)
 
     prompt = str(data.get("prompt") or "").strip()
