@@ -123,3 +123,18 @@ def test_policy_rejects_unknown_choice(config):
     request = PlanRequest(condition=Image.new("RGB", (64, 64)), prompt="a chef", config=config)
     with pytest.raises(InputError, match="on-planner-error"):
         plan_with_policy(_Offline(), request, on_error="retry")
+
+
+def test_a_crashing_planner_is_one_line_and_can_fall_back(config):
+    class Buggy(_Offline):
+        name = "buggy"
+
+        def plan(self, request):
+            return {}["box_v"]
+
+    request = PlanRequest(condition=Image.new("RGB", (64, 64)), prompt="a chef", config=config)
+    with pytest.raises(PlannerError, match=r"planner 'buggy' failed: KeyError: 'box_v' \(a bug in the planner\)") as info:
+        plan_with_policy(Buggy(), request)
+    assert isinstance(info.value.__cause__, KeyError)
+    plan = plan_with_policy(Buggy(), request, on_error="heuristic", fallback=_Offline())
+    assert "a bug in the planner" in plan.notes[0]
