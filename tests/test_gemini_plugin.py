@@ -260,3 +260,27 @@ def test_cli_plan_uses_the_cache_and_never_writes_the_key(fake, face_path, tmp_p
     err = capsys.readouterr().err
     assert info.value.code == 1 and "rejected the API key" in err and "--on-planner-error heuristic" in err
     assert_no_key(err)
+
+
+@pytest.fixture
+def reuse_tiny(monkeypatch, tiny_components):
+    """The CLI builds the tiny model on each call; reuse the session's instead (same weights, faster)."""
+    monkeypatch.setattr("sow.pipeline.load_components", lambda *args, **kwargs: tiny_components)
+
+
+def test_generate_falls_back_to_the_heuristic_planner_when_asked(reuse_tiny, monkeypatch, face_path, tmp_path, capsys):
+    monkeypatch.delenv("GEMINI_API_KEY")
+    config = tmp_path / "fast.json"
+    config.write_text(json.dumps({"canvas": {"width": 256, "height": 256}, "cycles": 2}))
+    argv = ["generate", str(face_path), "a chef", "--planner", "gemini", "--config", str(config), "-q", "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 1 and "no Gemini API key" in err and "--on-planner-error heuristic" in err
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--on-planner-error", "heuristic"])
+    err = capsys.readouterr().err
+    assert info.value.code == 0, err
+    assert "planner 'gemini' failed (no Gemini API key" in err and "heuristic planner planned instead" in err
+    record = json.loads(next((tmp_path / "o").glob("*.json")).read_text())
+    assert record["plan"]["planner"] == "heuristic" and "gemini" in record["plan"]["notes"][0]
