@@ -196,6 +196,17 @@ def test_429_then_success_retries_with_backoff(fake, request_):
     assert any("2 retried (429, 503)" in n for n in plan.notes)
 
 
+def test_429_waits_as_long_as_the_server_asks_within_max_backoff(fake, request_):
+    quota = error(429, "RESOURCE_EXHAUSTED", "quota")
+    quota[1]["error"]["details"] = [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "0.25s"}]
+    fake.script = [quota, quota, *GOOD]
+    p = planner(fake, max_backoff=0.2, thinking_budget=0)
+    p.plan(request_)
+    assert p.sleep_calls == [0.2, 0.2]  # asked 0.25 s, capped at max_backoff
+    thinking = fake.requests[-1]["body"]["generationConfig"]["thinkingConfig"]
+    assert list(thinking.values()) == [0]  # the SDK spells the key thinking_budget; the API takes either
+
+
 def test_retries_run_out(fake, request_):
     fake.script = [error(503, "UNAVAILABLE", "busy")] * 3
     with pytest.raises(PlannerError, match=r"server error 503 .* after 2 attempt"):
