@@ -157,16 +157,20 @@ class SOWPipeline:
         prompt: str,
         config: GenerationConfig | None = None,
         seed: int = 0,
-        planner: str | None = None,
+        planner: str | Planner | None = None,
     ) -> Plan:
-        """Run the planner stage alone: cached, repaired, with the fallback policy (:mod:`sow.plan_repair`)."""
+        """Run the planner stage alone: cached, repaired, with the fallback policy (:mod:`sow.plan_repair`).
+
+        ``planner`` is a registered name or a planner object (default: the configured one).
+        """
         from sow.plan_repair import plan_with_policy
 
         config = config or self.make_config()
-        name = planner or config.stages.planner
+        if planner is None or isinstance(planner, str):
+            planner = self.stage("planner", planner or config.stages.planner)
         request = PlanRequest(condition=condition, prompt=prompt, config=config, seed=seed)
         return plan_with_policy(
-            self.stage("planner", name),
+            planner,
             request,
             on_error=self.on_planner_error,
             cache=self.plan_cache,
@@ -222,10 +226,8 @@ class SOWPipeline:
 
         # 1. Plan: box_v, box_r and the (intensified) prompt.
         with timer.stage("plan"):
-            if plan is None and planner is not None and not isinstance(planner, str):
-                plan = planner.plan(PlanRequest(condition=image, prompt=prompt, config=config, seed=seed))
-            elif plan is None:
-                plan = self.plan(image, prompt, config, seed)
+            if plan is None:
+                plan = self.plan(image, prompt, config, seed, planner=None if isinstance(planner, str) else planner)
             text = plan.prompt if config.ablation.prompt_intensification else (plan.user_prompt or prompt)
 
         # 2. Seed initialization: the condition (its planned crop) pasted at box_v (snapped to latent cells) on gray.
