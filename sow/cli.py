@@ -68,6 +68,73 @@ def manual_plan(box_v: str | None, box_r: str | None, prompt: str, config: Gener
         raise InputError(f"invalid boxes: {first_error(exc)}") from None
 
 
+PlannerOptionOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--planner-option", help="KEY=VALUE passed to the planner (repeatable; VALUE read as JSON if it parses)."),
+]
+OnPlannerErrorOpt = Annotated[
+    str, typer.Option("--on-planner-error", help="fail (default; with a hint) or heuristic (plan offline instead).")
+]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Ask the planner again instead of reusing a cached plan.")]
+
+
+def parse_options(items: list[str] | None) -> dict:
+    """``["model=gemini-2.5-pro", "retries=2"]`` -> ``{"model": "gemini-2.5-pro", "retries": 2}``."""
+    options: dict = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--planner-option {item!r}: expected KEY=VALUE")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return options
+
+
+@app.command("plan")
+def plan_command(
+    condition: Annotated[Path, typer.Argument(help="The visual condition: an image file (a face photo).")],
+    prompt: Annotated[str, typer.Argument(help="What the scene should show.")],
+    planner: Annotated[str, typer.Option(help="Planner plugin name (see `sow plugins`).")] = "heuristic",
+    planner_option: PlannerOptionOpt = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="The plan file to write; its picture goes beside it as .png.")] = Path("plan.json"),
+    preset: Annotated[str, typer.Option(help="normal, attribute (editing) or style (transfer).")] = "normal",
+    config_file: Annotated[Optional[Path], typer.Option("--config", help="JSON file of GenerationConfig fields (the canvas matters).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed handed to the planner.")] = 0,
+    on_planner_error: OnPlannerErrorOpt = "fail",
+    no_cache: NoCacheOpt = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
+) -> None:
+    """Plan only: write the plan (box_v, box_r, prompt) as JSON and a picture of it; edit it, then `generate --plan`."""
+    from sow.outputs import check_free, save_image_atomic, save_json_atomic
+    from sow.plan_cache import PlanCache
+    from sow.plan_repair import check_policy, make_plan
+
+    policy = check_policy(on_planner_error)
+    if out.suffix.lower() != ".json":
+        raise InputError(f"--out {out}: the plan file must end in .json")
+    picture = out.with_suffix(".png")
+    check_free([out, picture], overwrite)
+    config = GenerationConfig.from_preset(preset, **load_config_file(config_file))
+    plan, image = make_plan(
+        condition,
+        prompt,
+        planner=planner,
+        options=parse_options(planner_option),
+        config=config,
+        seed=seed,
+        on_error=policy,
+        cache=None if no_cache else PlanCache(),
+    )
+    save_json_atomic(plan, out)
+    save_image_atomic(image, picture)
+    lines = [f"box_v [{plan.box_v}]  box_r [{plan.box_r}]" + (f"  crop [{plan.crop}]" if plan.crop else "")]
+    lines += [f"prompt: {plan.prompt}", *(f"note: {n}" for n in plan.notes), *(f"repaired: {r}" for r in plan.repairs)]
+    for line in [*lines, f"wrote {out} and {picture}"]:
+        err.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
 @app.command()
 def generate(
     condition: Annotated[Path, typer.Argument(help="The visual condition: an image file (a face photo).")],
@@ -86,6 +153,9 @@ def generate(
     scheduler: Annotated[Optional[str], typer.Option(help="Scheduler plugin name.")] = None,
     modulator: Annotated[Optional[str], typer.Option(help="Attention modulator plugin name.")] = None,
     preserver: Annotated[Optional[str], typer.Option(help="Preserver plugin name.")] = None,
+    planner_option: PlannerOptionOpt = None,
+    on_planner_error: OnPlannerErrorOpt = "fail",
+    no_cache: NoCacheOpt = False,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "fp32",
     random_weights: Annotated[bool, typer.Option(help="With a folder of configs only: build it with random weights (benchmarks).")] = False,
@@ -115,7 +185,13 @@ def generate(
         scheduler=scheduler,
         modulator=modulator,
         preserver=preserver,
+        stage_options={"planner": parse_options(planner_option)} if planner_option else None,
     )
+    from sow.plan_cache import PlanCache
+    from sow.plan_repair import check_policy
+
+    pipe.on_planner_error = check_policy(on_planner_error)
+    pipe.plan_cache = None if no_cache else PlanCache()
     config = pipe.make_config(None, preset, **overrides)
     plan = load_plan_file(plan_file) if plan_file else manual_plan(box_v, box_r, prompt, config)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from PIL import Image
@@ -26,6 +27,7 @@ from sow.schemas import Box, Canvas, GenerationConfig, Plan, first_error
 
 if TYPE_CHECKING:
     from sow.plan_cache import PlanCache
+    from sow.plugins import Registry
     from sow.stages import Planner, PlanRequest
 
 OnPlannerError = Literal["fail", "heuristic"]
@@ -42,7 +44,7 @@ FALLBACK_HINT = "pass --on-planner-error heuristic (API: on_planner_error='heuri
 # -- repair ------------------------------------------------------------------------------
 
 
-def _numbers(value: Any, name: str) -> tuple[float, float, float, float]:
+def box_numbers(value: Any, name: str) -> tuple[float, float, float, float]:
     """``[x, y, w, h]`` (a Box, a list or a mapping) as four finite floats, or a PlannerError naming ``name``."""
     if isinstance(value, Box):
         return (value.x, value.y, value.w, value.h)
@@ -66,8 +68,12 @@ def _fmt(box: tuple[float, ...]) -> str:
     return "[" + ", ".join(f"{v:g}" for v in box) + "]"
 
 
-def _fit_box_v(raw: tuple[float, float, float, float], canvas: Canvas, limits: tuple[int, int], repairs: list[str]) -> Box:
-    """box_v with its longer side in ``limits`` (aspect kept), moved (not cut) inside the canvas."""
+def fit_box_v(raw: tuple[float, float, float, float], canvas: Canvas, limits: tuple[int, int], repairs: list[str]) -> Box:
+    """box_v with its longer side in ``limits`` (aspect kept), moved (not cut) inside the canvas.
+
+    ``raw`` is ``[x, y, w, h]`` of any numbers (see :func:`box_numbers`); each change is appended
+    to ``repairs``. Planners that need a valid box_v before they plan box_r use this directly.
+    """
     x, y, w, h = raw
     lo, hi = limits
     before = len(repairs)
@@ -143,14 +149,14 @@ def repair_plan(plan: Plan | Mapping[str, Any], config: GenerationConfig) -> Pla
             source = raw_canvas if isinstance(raw_canvas, Canvas) else Canvas.model_validate(raw_canvas)
         except ValueError as exc:
             raise PlannerError(f"planner answer: canvas: {first_error(exc)}") from None
-    boxes = {name: _numbers(data.get(name), name) for name in ("box_v", "box_r")}
+    boxes = {name: box_numbers(data.get(name), name) for name in ("box_v", "box_r")}
     if source != canvas:
         sx, sy = canvas.width / source.width, canvas.height / source.height
         boxes = {n: (b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy) for n, b in boxes.items()}
         repairs.append(
             f"plan was made for a {source.width}x{source.height} canvas; boxes scaled to {canvas.width}x{canvas.height}"
         )
-    box_v = _fit_box_v(boxes["box_v"], canvas, config.side_limits(), repairs)
+    box_v = fit_box_v(boxes["box_v"], canvas, config.side_limits(), repairs)
     box_r = _fit_box_r(boxes["box_r"], box_v, canvas, repairs)
 
     prompt = str(data.get("prompt") or "").strip()
@@ -180,6 +186,17 @@ def apply_crop(image: Image.Image, mask: Image.Image | None, crop: Box | None) -
         raise InputError(f"plan crop [{crop}] reaches outside the {width}x{height} condition image")
     area = (crop.x, crop.y, crop.right, crop.bottom)
     return image.crop(area), (mask.crop(area) if mask is not None else None)
+
+
+def repair_crop(plan: Plan, size: tuple[int, int]) -> Plan:
+    """``plan`` with its crop clipped to a ``size`` (width, height) condition image; the change recorded."""
+    crop = plan.crop
+    if crop is None or (crop.right <= size[0] and crop.bottom <= size[1]):
+        return plan
+    x, y = min(crop.x, size[0] - 1), min(crop.y, size[1] - 1)
+    fixed = Box(x=x, y=y, w=max(1, min(crop.right, size[0]) - x), h=max(1, min(crop.bottom, size[1]) - y))
+    line = f"crop [{crop}] clipped to the {size[0]}x{size[1]} condition: [{fixed}]"
+    return plan.model_copy(update={"crop": fixed, "repairs": [*plan.repairs, line]})
 
 
 # -- the planner, the cache and the fallback policy --------------------------------------
@@ -214,10 +231,10 @@ def plan_with_policy(
     if key is not None:
         hit = cache.get(key)
         if hit is not None:
-            return hit
+            return hit.model_copy(update={"notes": [*hit.notes, f"read from the plan cache ({key[:12]})"]})
     name = getattr(planner, "name", type(planner).__name__)
     try:
-        plan = repair_plan(planner.plan(request), request.config)
+        plan = repair_crop(repair_plan(planner.plan(request), request.config), request.condition.size)
     except PlannerError as exc:
         if on_error == "fail":
             raise PlannerError(f"planner {name!r} failed: {exc}; {FALLBACK_HINT}") from None
@@ -225,9 +242,44 @@ def plan_with_policy(
             from sow.heuristic import HeuristicPlanner
 
             fallback = HeuristicPlanner()
-        plan = repair_plan(fallback.plan(request), request.config)
+        plan = repair_crop(repair_plan(fallback.plan(request), request.config), request.condition.size)
         plan.notes = [f"planner {name!r} failed ({exc}); the {fallback.name} planner planned instead", *plan.notes]
         return plan
     if key is not None:
         cache.put(key, plan)
     return plan
+
+
+def make_plan(
+    condition: str | Path | Image.Image,
+    prompt: str,
+    *,
+    planner: str = "heuristic",
+    options: Mapping[str, Any] | None = None,
+    config: GenerationConfig | None = None,
+    seed: int = 0,
+    on_error: OnPlannerError = "fail",
+    cache: PlanCache | None = None,
+    registry: Registry | None = None,
+) -> tuple[Plan, Image.Image]:
+    """Plan without loading a diffusion model: ``(plan, picture of the plan)``; what ``sow plan`` runs.
+
+    ``options`` are the planner's keyword arguments (e.g. ``{"model": "gemini-2.5-flash"}``).
+    The picture is the seeded canvas (the condition's crop pasted at box_v on gray) with
+    both boxes drawn and labelled (:func:`sow.canvas.draw_plan`).
+    """
+    from sow.canvas import draw_plan, seed_canvas
+    from sow.images import load_condition
+    from sow.plugins import get_registry
+    from sow.stages import PlanRequest
+
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InputError("prompt is empty; describe the scene to generate")
+    config = config or GenerationConfig()
+    registry = registry or get_registry()
+    loaded = load_condition(condition)
+    stage = registry.create("planner", planner, **dict(options or {}))
+    request = PlanRequest(condition=loaded.image, prompt=prompt, config=config, seed=seed)
+    plan = plan_with_policy(stage, request, on_error=on_error, cache=cache, settings=options or {})
+    image, mask = apply_crop(loaded.image, loaded.mask, plan.crop)
+    return plan, draw_plan(plan, seed_canvas(image, plan.box_v, config.canvas, mask))
