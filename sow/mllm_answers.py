@@ -19,11 +19,14 @@ The rules, in order (``docs/llava.md`` lists them for users):
    answer (``{"answer": {...}}``) is unwrapped.
 3. The first candidate that validates wins; later ones are ignored (recorded).
 4. Boxes: ``[x, y, w, h]`` as asked, or objects with ``x/y/w/h``, ``x1/y1/x2/y2``,
-   ``xmin/ymin/xmax/ymax``, ``left/top/width/height`` or Qwen's ``bbox_2d`` (corners).
-   Coordinates are read in canvas pixels, or normalized 0..1 (every value <= 1), or
-   on a 0..1000 grid (a value beyond the canvas, none beyond 1000); a four-number list
-   whose ``[x, y, w, h]`` reading leaves the canvas but whose ``[x1, y1, x2, y2]``
-   reading fits is read as corners. Every such conversion is recorded.
+   ``xmin/ymin/xmax/ymax``, ``left/top/width/height``, two corner points, or Qwen's
+   ``bbox_2d`` (corners). Every value <= 1: normalized 0..1 coordinates. Otherwise the
+   readings are tried in order - canvas pixels as ``[x, y, w, h]`` (overflowing by at most
+   1/8 of the canvas), canvas pixels as
+   ``[x1, y1, x2, y2]``, then (when a value exceeds the canvas but none exceeds 1000)
+   the 0..1000 grid as ``[x, y, w, h]`` and as corners - and the first that lies on the
+   canvas wins; when none does, the box is kept as written in pixels (for the repair
+   below to clip). Every reading other than ``[x, y, w, h]`` pixels is recorded.
 
 Geometry beyond the format (sides outside the limits, boxes off the canvas) is left to
 :func:`sow.plan_repair.repair_plan`, which the planners call on the assembled plan.
@@ -43,6 +46,10 @@ from sow.schemas import Canvas, first_error
 
 NORMALIZED_GRID = 1000
 """The coordinate grid some models answer on (Qwen2-VL grounding uses 0..1000)."""
+
+OVERFLOW_SLACK = 0.125
+"""A box in canvas pixels as asked, ``[x, y, w, h]``, may overflow the canvas by this share of
+its side and still be read so (the repair clips it) before other readings are tried."""
 
 MAX_ANSWER_CHARS = 400
 """How much of a bad answer an error message quotes at most."""
@@ -82,6 +89,8 @@ class DescriptionAnswer(_Answer):
     @field_validator("description", "prompt", mode="before")
     @classmethod
     def _text(cls, value: Any) -> Any:
+        if value is None:
+            return ""
         return value.strip() if isinstance(value, str) else value
 
     @classmethod
@@ -301,14 +310,17 @@ def _raise(name: str, value: Any):
     raise AnswerError(f"{name}: expected four numbers [x, y, w, h], got {value!r}"[:MAX_ANSWER_CHARS])
 
 
-def _fits(box: list[float], canvas: Canvas) -> bool:
+def _fits(box: list[float], canvas: Canvas, slack: float = 0.0) -> bool:
     x, y, w, h = box
-    return x >= 0 and y >= 0 and w > 0 and h > 0 and x + w <= canvas.width + 0.5 and y + h <= canvas.height + 0.5
+    return (
+        x >= 0 and y >= 0 and w > 0 and h > 0
+        and x + w <= canvas.width * (1 + slack) + 0.5 and y + h <= canvas.height * (1 + slack) + 0.5
+    )
 
 
 def _corners_to_size(box: list[float]) -> list[float]:
     x1, y1, x2, y2 = box
-    return [min(x1, x2), min(y1, y2), abs(x2 - x1), abs(y2 - y1)]
+    return [x1, y1, x2 - x1, y2 - y1]
 
 
 def read_box(value: Any, name: str, canvas: Canvas, repairs: list[str]) -> RawBox:
@@ -320,27 +332,29 @@ def read_box(value: Any, name: str, canvas: Canvas, repairs: list[str]) -> RawBo
     numbers, corners, written = _box_numbers(value, name)
     shown = "[" + ", ".join(f"{v:g}" for v in numbers) + "]"
     top = max(abs(v) for v in numbers)
-    scale_x = scale_y = 1.0
-    unit = "canvas pixels"
+    units: list[tuple[str, float, float]] = [("canvas pixels", 1.0, 1.0)]
     if top <= 1.0 and any(v != 0 for v in numbers):
-        scale_x, scale_y, unit = canvas.width, canvas.height, "normalized 0-1 coordinates"
-    elif top > max(canvas.width, canvas.height) and top <= NORMALIZED_GRID and canvas.width != NORMALIZED_GRID:
-        as_pixels = numbers if corners is True else None
-        if corners is None and _fits(_corners_to_size(numbers), canvas):
-            as_pixels = numbers  # [x1, y1, x2, y2] in pixels fits: read it so, below
-        if as_pixels is None:
-            scale_x, scale_y = canvas.width / NORMALIZED_GRID, canvas.height / NORMALIZED_GRID
-            unit = f"a 0-{NORMALIZED_GRID} grid"
-    scaled = [numbers[0] * scale_x, numbers[1] * scale_y, numbers[2] * scale_x, numbers[3] * scale_y]
-    if corners is None:
-        corners = not _fits(scaled, canvas) and _fits(_corners_to_size(scaled), canvas)
-    box = _corners_to_size(scaled) if corners else scaled
-    if unit != "canvas pixels" or corners:
-        form = "[x1, y1, x2, y2] corners" if corners else "[x, y, w, h]"
+        units = [("normalized 0-1 coordinates", canvas.width, canvas.height)]
+    elif max(canvas.width, canvas.height) < top <= NORMALIZED_GRID:
+        step_x, step_y = canvas.width / NORMALIZED_GRID, canvas.height / NORMALIZED_GRID
+        units.append((f"a 0-{NORMALIZED_GRID} grid", step_x, step_y))
+    forms = [False, True] if corners is None else [corners]
+    readings = [
+        (unit, form, _corners_to_size(scaled) if form else scaled)
+        for unit, sx, sy in units
+        for scaled in [[numbers[0] * sx, numbers[1] * sy, numbers[2] * sx, numbers[3] * sy]]
+        for form in forms
+    ]
+    # the first reading that lies on the canvas (pixels as asked: with a little overflow,
+    # which the repair clips); none does: as written, in the first unit
+    slacks = [OVERFLOW_SLACK if (u == "canvas pixels" and not f) else 0.0 for u, f, _ in readings]
+    unit, form, box = next((r for r, slack in zip(readings, slacks) if _fits(r[2], canvas, slack)), readings[0])
+    if unit != "canvas pixels" or form:
+        described = "[x1, y1, x2, y2] corners" if form else "[x, y, w, h]"
         if written not in ("list", "box", "bbox"):
-            form += f" ({written})"
-        result = "[" + ", ".join(f"{v:g}" for v in (round(b, 1) for b in box)) + "]"
-        repairs.append(f"{name} {shown} read as {form} in {unit}; converted to [x, y, w, h] pixels {result}")
+            described += f" ({written})"
+        result = "[" + ", ".join(f"{round(b, 1):g}" for b in box) + "]"
+        repairs.append(f"{name} {shown} read as {described} in {unit}; converted to [x, y, w, h] pixels {result}")
     return tuple(box)  # type: ignore[return-value]
 
 
