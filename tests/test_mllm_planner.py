@@ -132,3 +132,14 @@ def test_missing_bitsandbytes_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_bnb)
     with pytest.raises(ModelLoadError, match=r"quantize=4bit needs bitsandbytes.*\[quantize\] extra"):
         quantization_config("4bit")
+
+
+@pytest.mark.parametrize("page", ["llava.md", "qwen-vl.md"])
+def test_docs_show_the_prompts_in_full(page):
+    from pathlib import Path
+
+    from sow import mllm_prompts
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / page).read_text(encoding="utf-8")
+    for template in (mllm_prompts.SYSTEM, mllm_prompts.INTENSIFY, mllm_prompts.POSITION, mllm_prompts.REFINE):
+        assert template in text
