@@ -132,15 +132,16 @@ def load_kwargs(options: MLLMOptions) -> dict[str, Any]:
 def describe_load_error(family: str, model: str, options: MLLMOptions, exc: BaseException) -> ModelLoadError:
     """One line saying which model failed to load, how, and what to try."""
     text = " ".join(str(exc).split()) or type(exc).__name__
-    if options.quantize:
-        return ModelLoadError(
-            f"could not load {family} model {model!r} with quantize={options.quantize} on "
-            f"{options.device}: {text[:300]}; bitsandbytes may not support this hardware - try without quantize"
-        )
-    if isinstance(exc, OSError):
+    if isinstance(exc, OSError) and not isinstance(exc, (ImportError, MemoryError)):
         return ModelLoadError(
             f"could not load {family} model {model!r}: not a model folder and not downloadable "
             f"(offline, or a wrong id?): {text[:300]}"
+        )
+    if options.quantize:
+        return ModelLoadError(
+            f"could not load {family} model {model!r} with quantize={options.quantize} on "
+            f"{options.device}: {text[:300]}; the installed bitsandbytes may not support this "
+            "hardware - try without quantize"
         )
     return ModelLoadError(f"could not load {family} model {model!r}: {type(exc).__name__}: {text[:300]}")
 

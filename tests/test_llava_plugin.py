@@ -121,3 +121,17 @@ def test_sow_generate_with_the_llava_planner(llava_dir, face_path, tmp_path, fas
     record = json.loads((tmp_path / "chef.json").read_text())
     assert (tmp_path / "chef.png").is_file() and record["config"]["stages"]["planner"] == "llava"
     assert record["plan"]["planner"] in ("llava", "heuristic")
+
+
+def test_quantization_the_hardware_cannot_run_is_refused_in_one_line(llava_dir, monkeypatch):
+    pytest.importorskip("bitsandbytes")
+    import transformers
+
+    def no_backend(*args, **kwargs):
+        raise RuntimeError("bitsandbytes: no kernel for this device\ncompiled without GPU support")
+
+    monkeypatch.setattr(transformers.AutoModelForImageTextToText, "from_pretrained", no_backend)
+    with pytest.raises(ModelLoadError) as info:
+        sow_llava.LlavaPlanner(model=str(llava_dir), device="cpu", quantize="4bit").load()
+    message = str(info.value)
+    assert "quantize=4bit on cpu" in message and "try without quantize" in message and "\n" not in message
