@@ -443,6 +443,12 @@ def parse_answer(text: str, model: type[_Answer], canvas: Canvas) -> ParsedAnswe
     raise AnswerError(first_error_message or "no usable JSON object in the answer")
 
 
+def json_object_closed(text: str) -> bool:
+    """Whether ``text`` already holds one complete top-level ``{...}`` (generation may stop there)."""
+    candidates = _candidates(_FENCE.sub("\n", text))
+    return bool(candidates) and not candidates[0][1]
+
+
 def retry_message(error: AnswerError | str, model: type[_Answer]) -> str:
     """The follow-up user turn of a retry: what was wrong, and the expected form again."""
     return (

@@ -11,7 +11,9 @@ and writes two methods:
 ``chat(self, loaded, messages, image) -> str``
     Render ``messages`` (Hugging Face chat format, from :mod:`sow.mllm_prompts`) with the
     model's chat template, attach ``image`` where the message has ``{"type": "image"}``,
-    generate greedily up to ``self.options.max_new_tokens`` and return the new text.
+    append ``self.prefill`` to the rendered prompt, generate with ``self.generate_kwargs(...)``
+    (greedy, the token budget, stop after the first JSON object) and return
+    ``self.prefill`` + the new text.
 
 The base class runs the paper's three stages (:mod:`sow.mllm_prompts`), reads each answer
 with :func:`sow.mllm_answers.parse_answer`, retries a stage once with the error fed back,
@@ -31,7 +33,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from sow.errors import InputError, ModelLoadError, PlannerError
-from sow.mllm_answers import AnswerError, ParsedAnswer, parse_answer, retry_message
+from sow.mllm_answers import AnswerError, ParsedAnswer, json_object_closed, parse_answer, retry_message
 from sow.mllm_prompts import STAGES, stage_messages, with_retry
 from sow.schemas import Plan, first_error
 from sow.stages import PlanRequest
@@ -56,6 +58,7 @@ class MLLMOptions(BaseModel):
     quantize: Quantize | None = Field(None, description="4bit (nf4, bf16 compute) or 8bit with bitsandbytes.")
     max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=8, le=4096, description="Token budget of one answer.")
     retries: int = Field(1, ge=0, le=3, description="Retries of a stage whose answer cannot be read (error fed back).")
+    prefill_json: bool = Field(True, description="Start the model's answer with '{' so it answers in JSON from the first token.")
     local_files_only: bool = Field(False, description="Never contact the Hugging Face hub.")
 
 
@@ -146,6 +149,23 @@ def describe_load_error(family: str, model: str, options: MLLMOptions, exc: Base
     return ModelLoadError(f"could not load {family} model {model!r}: {type(exc).__name__}: {text[:300]}")
 
 
+def stop_after_json(tokenizer: Any, prompt_length: int, prefix: str = "") -> Any:
+    """A transformers stopping criterion: stop once the answer's first JSON object has closed.
+
+    Saves the tokens a model spends on prose after the JSON; the parser needs nothing more.
+    """
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _StopAfterJSON(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            import torch
+
+            done = [json_object_closed(prefix + tokenizer.decode(row[prompt_length:], skip_special_tokens=True)) for row in input_ids]
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([_StopAfterJSON()])
+
+
 _MODELS: dict[tuple, Any] = {}
 
 
@@ -195,6 +215,19 @@ class MLLMPlanner:
         raise NotImplementedError
 
     # -- shared ---------------------------------------------------------------------------
+
+    @property
+    def prefill(self) -> str:
+        """Text put at the start of the model's turn (and of its answer): ``"{"`` or nothing."""
+        return "{" if self.options.prefill_json else ""
+
+    def generate_kwargs(self, tokenizer: Any, prompt_length: int) -> dict[str, Any]:
+        """``model.generate`` arguments: greedy, the token budget, stop after the first JSON object."""
+        return {
+            "max_new_tokens": self.options.max_new_tokens,
+            "do_sample": False,
+            "stopping_criteria": stop_after_json(tokenizer, prompt_length, self.prefill),
+        }
 
     def cache_key(self) -> tuple:
         o = self.options

@@ -45,11 +45,22 @@ def test_real_generate_path_and_the_model_is_loaded_once(llava_dir, request_, mo
     monkeypatch.setattr(planner, "chat", lambda *a: answers.append(real_chat(*a)) or answers[-1])
     plan = plan_with_policy(planner, request_, on_error="heuristic")
     assert isinstance(plan, Plan) and plan.box_v.fits(plan.canvas)
-    assert all(isinstance(a, str) for a in answers) and len(answers) >= 2  # asked, then retried at least once
+    assert all(isinstance(a, str) and a.startswith("{") for a in answers) and len(answers) >= 2  # asked, then retried at least once
     if plan.planner == "heuristic":  # a random model answers garbage: the fallback planned, and says why
         assert "'llava' failed" in plan.notes[0] and "tries" in plan.notes[0]
     again = sow_llava.LlavaPlanner(model=str(llava_dir), device="cpu", max_new_tokens=24)
     assert again.loaded() is planner.loaded() and len(loads) == 1
+
+
+def test_llava_next_runs_through_the_same_code(request_):
+    planner = sow_llava.LlavaPlanner(model=str(tiny_model("llava-next")), device="cpu", max_new_tokens=16)
+    loaded = planner.loaded()
+    assert type(loaded.model).__name__ == "LlavaNextForConditionalGeneration"
+    from sow.mllm_prompts import stage_messages
+
+    assert isinstance(planner.chat(loaded, stage_messages("intensify", system_role=False, prompt="a chef"), request_.condition), str)
+    plan = plan_with_policy(planner, request_, on_error="heuristic")
+    assert plan.box_v.fits(plan.canvas)
 
 
 def test_garbage_fails_with_one_line_naming_the_stage(llava_dir, request_):

@@ -143,3 +143,24 @@ def test_docs_show_the_prompts_in_full(page):
     text = (Path(__file__).resolve().parents[1] / "docs" / page).read_text(encoding="utf-8")
     for template in (mllm_prompts.SYSTEM, mllm_prompts.INTENSIFY, mllm_prompts.POSITION, mllm_prompts.REFINE):
         assert template in text
+
+
+def test_generation_stops_once_the_first_json_object_closes():
+    import torch
+
+    from sow.mllm_answers import json_object_closed
+
+    pieces = {1: '"box_v": [1, 2,', 2: " 3, 4]", 3: "}", 4: " and more prose {"}
+
+    class Tok:
+        def decode(self, ids, skip_special_tokens=True):
+            return "".join(pieces.get(int(i), "") for i in ids)
+
+    planner = ScriptedPlanner([])
+    criteria = planner.generate_kwargs(Tok(), prompt_length=2)["stopping_criteria"]
+    prompt = [7, 7]
+    assert not criteria(torch.tensor([prompt + [1, 2]]), None).any()  # prefill '{' + '"box_v": [1, 2, 3, 4]'
+    assert criteria(torch.tensor([prompt + [1, 2, 3]]), None).all()
+    assert planner.generate_kwargs(Tok(), 2)["do_sample"] is False
+    assert json_object_closed('```json\n{"a": "}"}') and not json_object_closed('{"a": "}"')
+    assert ScriptedPlanner([], prefill_json=False).prefill == ""

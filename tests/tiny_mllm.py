@@ -80,6 +80,31 @@ def build_llava(folder: Path) -> Path:
     return folder
 
 
+def build_llava_next(folder: Path) -> Path:
+    """LLaVA-NeXT (1.6): the same towers, with anyres tiling over a few tiny grid pinpoints."""
+    import torch
+    import transformers as T
+
+    tok = train_tokenizer(folder, LLAVA_TEMPLATE)
+    vision = T.CLIPVisionConfig(
+        hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=2, num_attention_heads=2,
+        image_size=32, patch_size=8, projection_dim=HIDDEN,
+    )
+    pinpoints = [[32, 64], [64, 32], [64, 64]]
+    config = T.LlavaNextConfig(
+        vision_config=vision, text_config=T.LlamaConfig(**_text_config(tok)), image_grid_pinpoints=pinpoints,
+        image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-1, vision_feature_select_strategy="default",
+    )
+    torch.manual_seed(0)
+    T.LlavaNextForConditionalGeneration(config).save_pretrained(folder)
+    images = T.LlavaNextImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, image_grid_pinpoints=pinpoints)
+    T.LlavaNextProcessor(
+        image_processor=images, tokenizer=tok, patch_size=8, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1, chat_template=LLAVA_TEMPLATE,
+    ).save_pretrained(folder)
+    return folder
+
+
 def build_qwen(folder: Path, version: str = "2.5") -> Path:
     import torch
     import transformers as T
@@ -109,9 +134,11 @@ _ROOT = Path(tempfile.mkdtemp(prefix="sow-tiny-mllm-"))
 
 @functools.cache
 def tiny_model(family: str) -> Path:
-    """The folder of a tiny model of ``family`` (``llava``, ``qwen2-vl``, ``qwen2.5-vl``), built once per process."""
+    """The folder of a tiny model of ``family`` (``llava``, ``llava-next``, ``qwen2-vl``, ``qwen2.5-vl``), built once per process."""
     folder = _ROOT / family
     folder.mkdir(parents=True, exist_ok=True)
     if family == "llava":
         return build_llava(folder)
+    if family == "llava-next":
+        return build_llava_next(folder)
     return build_qwen(folder, "2.5" if family == "qwen2.5-vl" else "2")

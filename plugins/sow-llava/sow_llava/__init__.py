@@ -84,14 +84,15 @@ class LlavaPlanner(MLLMPlanner):
             text = processor.apply_chat_template(messages, add_generation_prompt=True)
         else:
             text = _llava_15_text(messages)
+        text += self.prefill
         inputs = processor(images=[image.convert("RGB")], text=[text], return_tensors="pt")
         inputs = {
             k: v.to(model.device, dtype=model.dtype if v.is_floating_point() else v.dtype) for k, v in inputs.items()
         }
         with torch.inference_mode():
-            out = model.generate(**inputs, max_new_tokens=self.options.max_new_tokens, do_sample=False)
-        new = out[0, inputs["input_ids"].shape[1] :]
-        return processor.tokenizer.decode(new, skip_special_tokens=True)
+            length = inputs["input_ids"].shape[1]
+            out = model.generate(**inputs, **self.generate_kwargs(processor.tokenizer, length))
+        return self.prefill + processor.tokenizer.decode(out[0, length:], skip_special_tokens=True)
 
 
 def _llava_15_text(messages: list[dict[str, Any]]) -> str:

@@ -99,14 +99,15 @@ class QwenVLPlanner(MLLMPlanner):
             size = {"size": {"shortest_edge": processor.size["shortest_edge"], "longest_edge": self.options.max_pixels}}
         vision = processor(images=[image.convert("RGB")], return_tensors="pt", **size)
         patches = int(vision["image_grid_thw"][0].prod()) // processor.merge_size**2
-        text = text.replace(IMAGE_PAD, "\0" * patches, 1).replace("\0", IMAGE_PAD)
+        text = text.replace(IMAGE_PAD, "\0" * patches, 1).replace("\0", IMAGE_PAD) + self.prefill
         inputs = dict(tokenizer([text], return_tensors="pt"))
         inputs["pixel_values"] = vision["pixel_values"].to(model.dtype)
         inputs["image_grid_thw"] = vision["image_grid_thw"]
         inputs = {k: v.to(model.device) for k, v in inputs.items()}
         with torch.inference_mode():
-            out = model.generate(**inputs, max_new_tokens=self.options.max_new_tokens, do_sample=False)
-        return tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+            length = inputs["input_ids"].shape[1]
+            out = model.generate(**inputs, **self.generate_kwargs(tokenizer, length))
+        return self.prefill + tokenizer.decode(out[0, length:], skip_special_tokens=True)
 
 
 @hookimpl
