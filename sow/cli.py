@@ -206,6 +206,10 @@ def generate(
     save_image_atomic(draw_plan(result.plan, result.seeded_canvas), paths["plan_image"])
     result.record.outputs = {role: str(p) for role, p in paths.items()}
     save_json_atomic(result.record, paths["record"])
+    if plan is None:  # the planner ran: say what was repaired, or that another planner stood in
+        fell_back = result.plan.planner != config.stages.planner and result.plan.notes
+        for line in ([result.plan.notes[0]] if fell_back else []) + [f"plan repaired: {r}" for r in result.plan.repairs]:
+            err.print(line, markup=False, highlight=False, soft_wrap=True)
     total = sum(t.seconds for t in result.record.timings)
     err.print(f"wrote {paths['image']} ({result.record.unet_evaluations} UNet evaluations, {total:.1f} s)")
 

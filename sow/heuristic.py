@@ -169,7 +169,7 @@ class HeuristicPlanner:
     name = "heuristic"
     description = "Offline: finds the face (OpenCV), crops to it, places it by the prompt's wording; box_r is the body."
     cacheable = False
-    """Detection takes ~50 ms: faster than the plan cache, and always current."""
+    """Detection takes a fraction of a second offline: not worth a cache entry, and always current."""
 
     def __init__(self, face_margin: float = FACE_MARGIN) -> None:
         if face_margin < 1:

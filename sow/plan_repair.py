@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from PIL import Image
 
-from sow.errors import InputError, PlannerError
+from sow.errors import InputError, PlannerError, SowError
 from sow.schemas import Box, Canvas, GenerationConfig, Plan, first_error
 
 if TYPE_CHECKING:
@@ -223,7 +223,8 @@ def plan_with_policy(
        ``settings`` (the planner's options) and model is returned without calling the planner.
     2. The planner. A :class:`PlannerError` either propagates with a hint (``on_error="fail"``,
        the default) or the ``heuristic`` planner (or ``fallback``) plans instead and a note
-       says why (``on_error="heuristic"``). Other :class:`SowError` s propagate unchanged.
+       says why (``on_error="heuristic"``). Any other exception from the planner counts as a
+       :class:`PlannerError` ("crashed"); other :class:`SowError` s propagate unchanged.
     3. :func:`repair_plan`; the plan is cached (fallback plans are not: the next run retries).
     """
     check_policy(on_error)
@@ -234,10 +235,16 @@ def plan_with_policy(
             return hit.model_copy(update={"notes": [*hit.notes, f"read from the plan cache ({key[:12]})"]})
     name = getattr(planner, "name", type(planner).__name__)
     try:
-        plan = repair_crop(repair_plan(planner.plan(request), request.config), request.condition.size)
+        try:
+            answer = planner.plan(request)
+        except SowError:
+            raise
+        except Exception as exc:  # a planner's bug: one line for the user, the cause chained for debugging
+            raise PlannerError(f"{type(exc).__name__}: {exc} (a bug in the planner)") from exc
+        plan = repair_crop(repair_plan(answer, request.config), request.condition.size)
     except PlannerError as exc:
         if on_error == "fail":
-            raise PlannerError(f"planner {name!r} failed: {exc}; {FALLBACK_HINT}") from None
+            raise PlannerError(f"planner {name!r} failed: {exc}; {FALLBACK_HINT}") from exc.__cause__
         if fallback is None:
             from sow.heuristic import HeuristicPlanner
 

@@ -84,7 +84,7 @@ class FakeGemini:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
         self.url = f"http://127.0.0.1:{self.server.server_port}"
 
@@ -196,6 +196,17 @@ def test_429_then_success_retries_with_backoff(fake, request_):
     assert any("2 retried (429, 503)" in n for n in plan.notes)
 
 
+def test_429_waits_as_long_as_the_server_asks_within_max_backoff(fake, request_):
+    quota = error(429, "RESOURCE_EXHAUSTED", "quota")
+    quota[1]["error"]["details"] = [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "0.25s"}]
+    fake.script = [quota, quota, *GOOD]
+    p = planner(fake, max_backoff=0.2, thinking_budget=0)
+    p.plan(request_)
+    assert p.sleep_calls == [0.2, 0.2]  # asked 0.25 s, capped at max_backoff
+    thinking = fake.requests[-1]["body"]["generationConfig"]["thinkingConfig"]
+    assert list(thinking.values()) == [0]  # the SDK spells the key thinking_budget; the API takes either
+
+
 def test_retries_run_out(fake, request_):
     fake.script = [error(503, "UNAVAILABLE", "busy")] * 3
     with pytest.raises(PlannerError, match=r"server error 503 .* after 2 attempt"):
@@ -260,3 +271,27 @@ def test_cli_plan_uses_the_cache_and_never_writes_the_key(fake, face_path, tmp_p
     err = capsys.readouterr().err
     assert info.value.code == 1 and "rejected the API key" in err and "--on-planner-error heuristic" in err
     assert_no_key(err)
+
+
+@pytest.fixture
+def reuse_tiny(monkeypatch, tiny_components):
+    """The CLI builds the tiny model on each call; reuse the session's instead (same weights, faster)."""
+    monkeypatch.setattr("sow.pipeline.load_components", lambda *args, **kwargs: tiny_components)
+
+
+def test_generate_falls_back_to_the_heuristic_planner_when_asked(reuse_tiny, monkeypatch, face_path, tmp_path, capsys):
+    monkeypatch.delenv("GEMINI_API_KEY")
+    config = tmp_path / "fast.json"
+    config.write_text(json.dumps({"canvas": {"width": 256, "height": 256}, "cycles": 2}))
+    argv = ["generate", str(face_path), "a chef", "--planner", "gemini", "--config", str(config), "-q", "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 1 and "no Gemini API key" in err and "--on-planner-error heuristic" in err
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--on-planner-error", "heuristic"])
+    err = capsys.readouterr().err
+    assert info.value.code == 0, err
+    assert "planner 'gemini' failed (no Gemini API key" in err and "heuristic planner planned instead" in err
+    record = json.loads(next((tmp_path / "o").glob("*.json")).read_text())
+    assert record["plan"]["planner"] == "heuristic" and "gemini" in record["plan"]["notes"][0]

@@ -31,6 +31,12 @@ def cache_dir(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def reuse_tiny(monkeypatch, tiny_components):
+    """The CLI builds the tiny model on each call; reuse the session's instead (same weights, faster)."""
+    monkeypatch.setattr("sow.pipeline.load_components", lambda *args, **kwargs: tiny_components)
+
+
+@pytest.fixture
 def fast_config(tmp_path):
     path = tmp_path / "fast.json"
     path.write_text(json.dumps(FAST))
@@ -52,7 +58,7 @@ def test_plan_writes_json_and_picture(tmp_path, face_path, fast_config, capsys):
     assert code == 2 and "already exists" in err
 
 
-def test_plan_then_generate_with_plan_equals_generate_with_the_planner(tmp_path, face_path, fast_config, capsys):
+def test_plan_then_generate_with_plan_equals_generate_with_the_planner(reuse_tiny, tmp_path, face_path, fast_config, capsys):
     out = tmp_path / "plan.json"
     prompt = "a portrait of an astronaut"
     assert run(["plan", str(face_path), prompt, "--config", str(fast_config), "-o", str(out)], capsys)[0] == 0
@@ -79,7 +85,7 @@ def test_plan_then_generate_with_plan_equals_generate_with_the_planner(tmp_path,
         (lambda d: d.update(box_v=[200, 0, 128, 128]), "box_v"),
     ],
 )
-def test_invalid_plan_file_names_the_field(tmp_path, face_path, fast_config, capsys, edit, field):
+def test_invalid_plan_file_names_the_field(reuse_tiny, tmp_path, face_path, fast_config, capsys, edit, field):
     out = tmp_path / "plan.json"
     assert run(["plan", str(face_path), "a chef", "--config", str(fast_config), "-o", str(out)], capsys)[0] == 0
     data = json.loads(out.read_text())
@@ -90,7 +96,7 @@ def test_invalid_plan_file_names_the_field(tmp_path, face_path, fast_config, cap
     assert field in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
-def test_hand_edited_crop_outside_the_condition_is_an_input_error(tmp_path, face_path, fast_config, capsys):
+def test_hand_edited_crop_outside_the_condition_is_an_input_error(reuse_tiny, tmp_path, face_path, fast_config, capsys):
     out = tmp_path / "plan.json"
     assert run(["plan", str(face_path), "a chef", "--config", str(fast_config), "-o", str(out)], capsys)[0] == 0
     data = json.loads(out.read_text())

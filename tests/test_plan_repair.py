@@ -123,3 +123,41 @@ def test_policy_rejects_unknown_choice(config):
     request = PlanRequest(condition=Image.new("RGB", (64, 64)), prompt="a chef", config=config)
     with pytest.raises(InputError, match="on-planner-error"):
         plan_with_policy(_Offline(), request, on_error="retry")
+
+
+def test_a_crashing_planner_is_one_line_and_can_fall_back(config):
+    class Buggy(_Offline):
+        name = "buggy"
+
+        def plan(self, request):
+            return {}["box_v"]
+
+    request = PlanRequest(condition=Image.new("RGB", (64, 64)), prompt="a chef", config=config)
+    with pytest.raises(PlannerError, match=r"planner 'buggy' failed: KeyError: 'box_v' \(a bug in the planner\)") as info:
+        plan_with_policy(Buggy(), request)
+    assert isinstance(info.value.__cause__, KeyError)
+    plan = plan_with_policy(Buggy(), request, on_error="heuristic", fallback=_Offline())
+    assert "a bug in the planner" in plan.notes[0]
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_coord = st.integers(min_value=-2000, max_value=2000)
+_size = st.integers(min_value=-50, max_value=2000)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    box_v=st.tuples(_coord, _coord, _size, _size),
+    box_r=st.tuples(_coord, _coord, _size, _size),
+    side=st.sampled_from([256, 512, 768]),
+)
+def test_any_answer_becomes_a_valid_plan_and_every_change_is_recorded(box_v, box_r, side):
+    config = GenerationConfig(canvas={"width": side, "height": side})
+    plan = repair_plan(raw(list(box_v), list(box_r)), config)
+    lo, hi = config.side_limits()
+    assert plan.box_v.fits(config.canvas) and plan.box_r.fits(config.canvas)
+    assert lo - 1 <= max(plan.box_v.w, plan.box_v.h) <= hi
+    changed = (plan.box_v.as_list() != list(box_v)) or (plan.box_r.as_list() != list(box_r))
+    assert bool(plan.repairs) == changed

@@ -56,6 +56,7 @@ class GeminiOptions(BaseModel):
     base_url: str | None = Field(None, description="Another endpoint (a proxy; the tests' fake server).")
     temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature (0: most repeatable).")
     max_image_side: int = Field(768, ge=64, le=3072, description="The image is sent scaled to this long side.")
+    thinking_budget: int | None = Field(None, ge=0, description="Thinking tokens allowed (0: none, on models that allow it; unset: the model's default).")
 
 
 @dataclass
@@ -128,6 +129,8 @@ class GeminiPlanner:
             response_schema=schema,
             temperature=self.options.temperature,
         )
+        if self.options.thinking_budget is not None:
+            config.thinking_config = types.ThinkingConfig(thinking_budget=self.options.thinking_budget)
         attempts = self.options.retries + 1
         for attempt in range(1, attempts + 1):
             usage.requests += 1
@@ -137,7 +140,8 @@ class GeminiPlanner:
             except errors.APIError as exc:
                 if exc.code in RETRY_STATUS and attempt < attempts:
                     usage.retries.append(exc.code)
-                    self.sleep(min(self.options.max_backoff, self.options.backoff * 2 ** (attempt - 1)))
+                    wait = max(self.options.backoff * 2 ** (attempt - 1), _retry_delay(exc))
+                    self.sleep(min(self.options.max_backoff, wait))
                     continue
                 raise PlannerError(self._api_message(exc, stage, attempt)) from None
             except Exception as exc:
@@ -270,6 +274,18 @@ class GeminiPlanner:
         face = Box(x=round(left), y=round(top), w=round(right - left), h=round(bottom - top))
         notes.append(f"gemini's face box [{face}] in condition pixels")
         return face_crop(face, size)
+
+
+def _retry_delay(exc) -> float:
+    """The wait the server asked for (``RetryInfo.retryDelay``, e.g. ``"17s"``) in seconds, or 0."""
+    details = exc.details.get("error", {}).get("details", []) if isinstance(exc.details, dict) else []
+    for item in details if isinstance(details, list) else []:
+        if isinstance(item, dict) and str(item.get("@type", "")).endswith("RetryInfo"):
+            try:
+                return max(0.0, float(str(item.get("retryDelay", "0")).rstrip("s")))
+            except ValueError:
+                return 0.0
+    return 0.0
 
 
 def _with_aspect(raw: list[int], aspect: float, repairs: list[str]) -> list[float]:
