@@ -43,6 +43,9 @@ Quantize = Literal["4bit", "8bit"]
 DEFAULT_MAX_NEW_TOKENS = 200
 """Token budget of one answer: the longest (stage 1, two sentences of JSON) needs ~120."""
 
+LOAD_OPTIONS = ("device", "dtype", "device_map", "quantize", "local_files_only")
+"""The options that change the loaded model (the others only change how it is asked)."""
+
 DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16"}
 
 
@@ -230,9 +233,9 @@ class MLLMPlanner:
         }
 
     def cache_key(self) -> tuple:
-        o = self.options
-        loading = o.model_dump(exclude={"model", "max_new_tokens", "retries"})
-        return (type(self).__qualname__, self.model_id, tuple(sorted((k, str(v)) for k, v in loading.items())))
+        """What makes a loaded model reusable: the family, the model and the options used to load it."""
+        loading = tuple((name, str(getattr(self.options, name))) for name in LOAD_OPTIONS)
+        return (type(self).__qualname__, self.model_id, loading)
 
     def loaded(self) -> Any:
         start = time.perf_counter()
@@ -255,7 +258,7 @@ class MLLMPlanner:
                 messages = with_retry(messages, answer, retry_message(exc, model))
                 continue
             if attempt:
-                parsed.repairs.insert(0, f"{stage} answer read on retry {attempt} (first error: {first_error_of(messages)})")
+                parsed.repairs.insert(0, f"{stage} answer read on retry {attempt} (the answer before was rejected: {last_error(messages)})")
             return parsed
         tries = self.options.retries + 1
         raise PlannerError(f"{self.family} {stage} answer unusable after {tries} tries: {error}")
@@ -292,7 +295,7 @@ class MLLMPlanner:
         return repair_plan(answer, config)
 
 
-def first_error_of(messages: list[dict[str, Any]]) -> str:
+def last_error(messages: list[dict[str, Any]]) -> str:
     """The error quoted in the last retry turn of ``messages`` (for the plan's repair note)."""
     text = messages[-1]["content"][-1]["text"]
     return text.removeprefix("Your answer could not be used: ").split(". Reply again")[0]

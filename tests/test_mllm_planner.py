@@ -164,3 +164,10 @@ def test_generation_stops_once_the_first_json_object_closes():
     assert planner.generate_kwargs(Tok(), 2)["do_sample"] is False
     assert json_object_closed('```json\n{"a": "}"}') and not json_object_closed('{"a": "}"')
     assert ScriptedPlanner([], prefill_json=False).prefill == ""
+
+
+def test_only_load_options_make_a_new_model():
+    a = ScriptedPlanner([], max_new_tokens=50, retries=0, prefill_json=False)
+    assert a.cache_key() == ScriptedPlanner([]).cache_key()
+    assert a.cache_key() != ScriptedPlanner([], quantize="8bit").cache_key()
+    assert a.cache_key() != ScriptedPlanner([], model="other").cache_key()
