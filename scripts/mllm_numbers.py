@@ -45,14 +45,22 @@ def qwen25_vl_7b():
 
 
 def count(build) -> dict[str, int]:
-    """Parameters of the model on the meta device: quantizable Linear weights vs everything else."""
+    """Parameters of the model on the meta device: the Linear weights bitsandbytes quantizes vs the rest.
+
+    Which Linear layers transformers leaves unquantized comes from transformers itself
+    (``get_keys_to_not_convert``: ``lm_head`` for both models here).
+    """
+    from transformers.quantizers.base import get_keys_to_not_convert
+    from transformers.quantizers.quantizers_utils import should_convert_module
+
     cls, config = build()
     with torch.device("meta"):
         model = cls(config)
+    skip = get_keys_to_not_convert(model) + list(getattr(model, "_keep_in_fp32_modules", None) or [])
     linear = other = 0
     for name, module in model.named_modules():
         for pname, param in module.named_parameters(recurse=False):
-            if isinstance(module, torch.nn.Linear) and pname == "weight" and "lm_head" not in name:
+            if isinstance(module, torch.nn.Linear) and pname == "weight" and should_convert_module(name, skip):
                 linear += param.numel()
             else:
                 other += param.numel()
@@ -91,12 +99,17 @@ def tiny_timings() -> str:
     lines = ["| tiny model | parameters | build (s) | load (s) | generate, at most 32 new tokens (s) |", "|---|---|---|---|---|"]
     for family, module, cls, extra in (
         ("llava", "sow_llava", "LlavaPlanner", {}),
+        ("llava-next", "sow_llava", "LlavaPlanner", {}),
         ("qwen2-vl", "sow_qwen_vl", "QwenVLPlanner", {"max_pixels": 112 * 112}),
         ("qwen2.5-vl", "sow_qwen_vl", "QwenVLPlanner", {"max_pixels": 112 * 112}),
+        ("llava", "sow_llava", "LlavaPlanner", {"quantize": "8bit"}),
+        ("llava", "sow_llava", "LlavaPlanner", {"quantize": "4bit"}),
     ):
         start = time.perf_counter()
         folder = tiny_model(family)
         built = time.perf_counter() - start
+        if "quantize" in extra:
+            family = f"{family} {extra['quantize']}"
         clear_model_cache()
         planner = getattr(__import__(module), cls)(model=str(folder), device="cpu", max_new_tokens=32, **extra)
         start = time.perf_counter()
