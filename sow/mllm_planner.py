@@ -114,7 +114,9 @@ def load_kwargs(options: MLLMOptions) -> dict[str, Any]:
     """``from_pretrained`` keyword arguments for ``options``: dtype, device map, quantization.
 
     Quantized models and ``device_map`` need accelerate; a quantized model on the CPU is
-    mapped whole to the CPU (bitsandbytes >= 0.45 runs 4/8-bit there, slowly).
+    mapped whole to the CPU (bitsandbytes >= 0.45 runs 4/8-bit there, slowly). With
+    ``device="auto"`` on a CUDA machine with accelerate, ``device_map="auto"`` places the
+    model (over several GPUs, or partly on the CPU when it does not fit).
     """
     device = resolve_device(options.device)
     kwargs: dict[str, Any] = {"local_files_only": options.local_files_only}
@@ -127,12 +129,20 @@ def load_kwargs(options: MLLMOptions) -> dict[str, Any]:
         kwargs["dtype"] = resolve_dtype(options.dtype, device)
         if options.device_map:
             kwargs["device_map"] = options.device_map
+        elif options.device == "auto" and device == "cuda" and _has_accelerate():
+            kwargs["device_map"] = "auto"  # fill the GPU(s), spill to the CPU rather than fail
     if "device_map" in kwargs:
         try:
             import accelerate  # noqa: F401
         except ImportError:
             raise ModelLoadError("device_map and quantize need accelerate: pip install accelerate") from None
     return kwargs
+
+
+def _has_accelerate() -> bool:
+    from importlib.util import find_spec
+
+    return find_spec("accelerate") is not None
 
 
 def describe_load_error(family: str, model: str, options: MLLMOptions, exc: BaseException) -> ModelLoadError:

@@ -116,6 +116,22 @@ def test_sow_plan_cli_falls_back_or_fails_with_the_hint(llava_dir, face_path, tm
     assert plan.box_v.fits(plan.canvas) and ("llava" in plan.notes[0] or plan.planner == "llava")
 
 
+def test_quantize_shortcut_on_the_cli(llava_dir, face_path, tmp_path, capsys):
+    from sow.cli import main
+
+    base = ["plan", str(face_path), "a chef", "--planner", "llava", "--planner-option", f"model={llava_dir}", *FAST]
+    with pytest.raises(SystemExit) as bad:
+        main([*base, "--quantize", "3bit", "--out", str(tmp_path / "bad.json")])
+    assert bad.value.code == 2 and "quantize" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as ok:
+        main([*base, "--quantize", "8bit", "--on-planner-error", "heuristic", "--out", str(tmp_path / "q.json")])
+    if ok.value.code != 0:  # no bitsandbytes here: refused in one line
+        assert "bitsandbytes" in capsys.readouterr().err
+    else:
+        assert Plan.model_validate_json((tmp_path / "q.json").read_text()).box_v.fits(GenerationConfig().canvas)
+    clear_model_cache()
+
+
 def test_sow_generate_with_the_llava_planner(llava_dir, face_path, tmp_path, fast_overrides):
     from sow.cli import main
 

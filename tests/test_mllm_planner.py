@@ -171,3 +171,18 @@ def test_only_load_options_make_a_new_model():
     assert a.cache_key() == ScriptedPlanner([]).cache_key()
     assert a.cache_key() != ScriptedPlanner([], quantize="8bit").cache_key()
     assert a.cache_key() != ScriptedPlanner([], model="other").cache_key()
+
+
+def test_device_map_auto_only_where_accelerate_helps(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    pytest.importorskip("accelerate")
+    assert load_kwargs(MLLMOptions())["device_map"] == "auto"
+    assert load_kwargs(MLLMOptions())["dtype"] == torch.bfloat16
+    assert "device_map" not in load_kwargs(MLLMOptions(device="cuda:0"))  # an explicit device is exact
+    assert load_kwargs(MLLMOptions(device="cuda", device_map="balanced"))["device_map"] == "balanced"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "device_map" not in load_kwargs(MLLMOptions())
+    with pytest.raises(InputError, match="CUDA is not available"):
+        load_kwargs(MLLMOptions(device="cuda"))
