@@ -103,3 +103,35 @@ def test_pixel_boxes_that_fit_are_never_reinterpreted():
 def test_canvas_of_1000_pixels_is_not_mistaken_for_the_grid():
     parsed = parse_answer('{"box_v": [600, 100, 300, 300]}', PositionAnswer, Canvas(width=1000, height=1000))
     assert parsed.value.box_v == (600, 100, 300, 300)
+
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sow.mllm_answers import read_box
+
+
+@st.composite
+def boxes_on_canvas(draw):
+    width = draw(st.sampled_from([256, 512, 768]))
+    height = draw(st.sampled_from([256, 512, 768]))
+    w = draw(st.integers(8, width))
+    h = draw(st.integers(8, height))
+    return Canvas(width=width, height=height), (draw(st.integers(0, width - w)), draw(st.integers(0, height - h)), w, h)
+
+
+@settings(max_examples=150, deadline=None)
+@given(boxes_on_canvas(), st.sampled_from(["list", "xywh-keys", "corner-keys", "bbox_2d", "normalized", "corner-points"]))
+def test_every_accepted_form_of_a_box_on_the_canvas_reads_back_the_same(case, form):
+    canvas, (x, y, w, h) = case
+    written = {
+        "list": [x, y, w, h],
+        "xywh-keys": {"x": x, "y": y, "w": w, "h": h},
+        "corner-keys": {"x1": x, "y1": y, "x2": x + w, "y2": y + h},
+        "bbox_2d": {"bbox_2d": [x, y, x + w, y + h]},
+        "normalized": [x / canvas.width, y / canvas.height, w / canvas.width, h / canvas.height],
+        "corner-points": [[x, y], [x + w, y + h]],
+    }[form]
+    repairs: list[str] = []
+    assert read_box(written, "box_v", canvas, repairs) == pytest.approx((x, y, w, h), abs=1e-6)
+    assert (repairs == []) == (form in ("list", "xywh-keys"))

@@ -9,7 +9,9 @@ which is exactly what the repair / retry / fallback path must survive.
 
 from __future__ import annotations
 
+import atexit
 import functools
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -130,6 +132,7 @@ def build_qwen(folder: Path, version: str = "2.5") -> Path:
 
 
 _ROOT = Path(tempfile.mkdtemp(prefix="sow-tiny-mllm-"))
+atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
 
 
 @functools.cache
