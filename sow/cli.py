@@ -72,10 +72,22 @@ PlannerOptionOpt = Annotated[
     Optional[list[str]],
     typer.Option("--planner-option", help="KEY=VALUE passed to the planner (repeatable; VALUE read as JSON if it parses)."),
 ]
+QuantizeOpt = Annotated[
+    Optional[str],
+    typer.Option("--quantize", help="4bit or 8bit: load a local MLLM planner (llava, qwen-vl) with bitsandbytes; same as --planner-option quantize=..."),
+]
 OnPlannerErrorOpt = Annotated[
     str, typer.Option("--on-planner-error", help="fail (default; with a hint) or heuristic (plan offline instead).")
 ]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Ask the planner again instead of reusing a cached plan.")]
+
+
+def planner_options(items: list[str] | None, quantize: str | None) -> dict:
+    """``--planner-option`` items plus the ``--quantize`` shortcut."""
+    options = parse_options(items)
+    if quantize is not None:
+        options["quantize"] = quantize
+    return options
 
 
 def parse_options(items: list[str] | None) -> dict:
@@ -98,6 +110,7 @@ def plan_command(
     prompt: Annotated[str, typer.Argument(help="What the scene should show.")],
     planner: Annotated[str, typer.Option(help="Planner plugin name (see `sow plugins`).")] = "heuristic",
     planner_option: PlannerOptionOpt = None,
+    quantize: QuantizeOpt = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="The plan file to write; its picture goes beside it as .png.")] = Path("plan.json"),
     preset: Annotated[str, typer.Option(help="normal, attribute (editing) or style (transfer).")] = "normal",
     config_file: Annotated[Optional[Path], typer.Option("--config", help="JSON file of GenerationConfig fields (the canvas matters).")] = None,
@@ -121,7 +134,7 @@ def plan_command(
         condition,
         prompt,
         planner=planner,
-        options=parse_options(planner_option),
+        options=planner_options(planner_option, quantize),
         config=config,
         seed=seed,
         on_error=policy,
@@ -154,6 +167,7 @@ def generate(
     modulator: Annotated[Optional[str], typer.Option(help="Attention modulator plugin name.")] = None,
     preserver: Annotated[Optional[str], typer.Option(help="Preserver plugin name.")] = None,
     planner_option: PlannerOptionOpt = None,
+    quantize: QuantizeOpt = None,
     on_planner_error: OnPlannerErrorOpt = "fail",
     no_cache: NoCacheOpt = False,
     device: DeviceOpt = "cpu",
@@ -185,7 +199,7 @@ def generate(
         scheduler=scheduler,
         modulator=modulator,
         preserver=preserver,
-        stage_options={"planner": parse_options(planner_option)} if planner_option else None,
+        stage_options={"planner": planner_options(planner_option, quantize)} if planner_option or quantize else None,
     )
     from sow.plan_cache import PlanCache
     from sow.plan_repair import check_policy
