@@ -27,6 +27,7 @@ from sow.diffusion_math import LevelSchedule
 from sow.errors import InputError
 from sow.images import load_condition
 from sow.models import Components, load_components
+from sow.planning import random_placement
 from sow.plugins import Registry, get_registry
 from sow.schemas import GenerationConfig, Plan, RunRecord, StageNames, StageTiming
 from sow.stages import PlanRequest
@@ -51,6 +52,8 @@ class SOWOutput:
     seeded_canvas: Image.Image
     latents: torch.Tensor = field(repr=False)
     """The final level-0 latents (before decoding)."""
+    artifacts: dict[str, Any] = field(default_factory=dict, repr=False)
+    """What stages handed back (e.g. ``"attention"``: :class:`sow.dam.AttentionCapture`)."""
 
 
 class _Timer:
@@ -155,10 +158,13 @@ class SOWPipeline:
         seed: int = 0,
         planner: str | None = None,
     ) -> Plan:
-        """Run the planner stage alone."""
+        """Run the planner stage alone (with the adaptive-position ablation applied when it is off)."""
         config = config or self.make_config()
         name = planner or config.stages.planner
-        return self.stage("planner", name).plan(PlanRequest(condition=condition, prompt=prompt, config=config, seed=seed))
+        plan = self.stage("planner", name).plan(PlanRequest(condition=condition, prompt=prompt, config=config, seed=seed))
+        if not config.ablation.adaptive_position:
+            plan = random_placement(plan, condition, config, seed)
+        return plan
 
     # -- the run -----------------------------------------------------------------------
 
@@ -269,9 +275,12 @@ class SOWPipeline:
             timings=timer.timings,
             unet_evaluations=denoiser.evaluations,
             versions=_versions(),
+            prompt_used=text,
             trace=ctx.trace if config.trace_attention else None,
         )
-        return SOWOutput(image=result, plan=plan, record=record, seeded_canvas=seeded, latents=latents)
+        return SOWOutput(
+            image=result, plan=plan, record=record, seeded_canvas=seeded, latents=latents, artifacts=ctx.artifacts
+        )
 
     def _encode(self, image: Image.Image) -> torch.Tensor:
         vae = self.components.vae
