@@ -377,6 +377,13 @@ def attention_picture(capture: AttentionCapture, seeded: Image.Image) -> Image.I
     out.paste(left, (0, 0))
     out.paste(right, (width, 0))
     draw = ImageDraw.Draw(out)
+    for mask, color in ((capture.related_mask, (255, 140, 0)), (capture.condition_mask, (0, 200, 80))):
+        cells = torch.nonzero(mask)
+        if len(cells):
+            (top, lft), (bot, rgt) = cells.min(0).values.tolist(), cells.max(0).values.tolist()
+            box = [width + lft * width / w, top * height / h, width + (rgt + 1) * width / w - 1, (bot + 1) * height / h - 1]
+            draw.rectangle(box, outline=color, width=2)
+    draw.rectangle([0, 0, 2 * width, 30], fill=(0, 0, 0))
     draw.text((4, 4), f"masks at {w}x{h}: condition (green), related (orange)", fill=(255, 255, 255))
     state = "fired" if capture.fired else "closed"
     draw.text(
