@@ -5,12 +5,13 @@ self-attention layer (processor keys ending in ``attn1.processor``) for one run 
 the previous processors back in :meth:`~DynamicAttentionModulator.detach`. During the
 cycle phase each processor:
 
-1. runs ordinary scaled-dot-product attention for all rows (the fast path);
-2. computes explicit logits only for the condition region's query rows (chunked), and
+1. computes explicit logits only for the condition region's query rows (chunked), and
    from them the gate ``R_c`` (:func:`sow.modulation.relevance_gate`);
-3. if the gate is open, replaces the condition rows (P-) and the related region's rows
-   (P+) with their modulated attention, computed exactly from two key blocks
-   (:func:`sow.modulation.block_softmax_parts`) — no (N, N) bias is ever built.
+2. if the gate is closed, runs ordinary scaled-dot-product attention for all rows;
+3. if it is open, runs scaled-dot-product attention for the rows DAM leaves alone and
+   computes the condition rows (P-) and the related region's rows (P+) exactly from
+   two key blocks (:func:`sow.modulation.block_softmax_parts`) — no (N, N) bias is
+   ever built, and at most ``chunk_elements`` logits exist at once.
 
 Outside the cycle phase, and at every step where the gate is closed, the output is the
 unmodulated attention. The equations and constants are in :mod:`sow.modulation` and
@@ -103,10 +104,14 @@ class DAMState:
 
     # -- the modulation of one layer's attention ---------------------------------------
 
-    def modulate(
-        self, layer: str, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, out: torch.Tensor, grid: tuple[int, int]
+    def attention(
+        self, layer: str, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, grid: tuple[int, int]
     ) -> torch.Tensor:
-        """``out`` (the unmodulated attention, (B, H, N, d)) with the DAM rows replaced when the gate opens."""
+        """Self-attention output (B, H, N, d) of one layer at a cycle step, with DAM applied.
+
+        Rows DAM does not touch (all rows when the gate is closed) come from
+        ``F.scaled_dot_product_attention``; the modulated rows from explicit, chunked logits.
+        """
         ctx, s = self.ctx, self.ctx.config.modulation
         step = ctx.step
         regions = self.regions(*grid, query.device)
@@ -117,35 +122,46 @@ class DAMState:
         need_gate = s.use_gate or ctx.config.trace_attention or capture
         if n_c == 0 or not (want_minus or want_plus or need_gate):
             self._trace(layer, 0.0, False)
-            return out
+            return _sdpa(query, key, value)
 
         scale = query.shape[-1] ** -0.5
         keys = key[:, :, regions.key_order]
         values = value[:, :, regions.key_order].float()
         cond_q = query[:, :, regions.condition]
-        parts, gate_sums = None, None
-        if need_gate or want_minus:
-            span = (n_c, n_c + n_r) if need_gate else None
-            parts, gate_sums = self._rows(cond_q, keys, values, n_c, scale, span, want_minus)
-        r_c = float(mod.gate_ratio(gate_sums / n_c, s.gate_fraction).mean()) if need_gate else 0.0
+        parts, r_c = None, 0.0
+        if need_gate:
+            # With the gate on, a first pass computes only R_c (the gate is closed at most steps);
+            # with it off, the condition rows' softmax parts come in the same pass.
+            one_pass = want_minus and not s.use_gate
+            parts, gate_sums = self._rows(cond_q, keys, values, n_c, scale, (n_c, n_c + n_r), one_pass)
+            r_c = float(mod.gate_ratio(gate_sums / n_c, s.gate_fraction).mean())
         factor = mod.gate_factor(r_c, s.tau, s.use_gate)
-        fired = factor > 0 and (want_minus or want_plus)
-        self._trace(layer, r_c, fired)
+        minus_on, plus_on = factor > 0 and want_minus, factor > 0 and want_plus
+        self._trace(layer, r_c, minus_on or plus_on)
 
         minus = factor * s.w_minus * mod.time_decay(step.cycle or 0, s.t_time, s.a_time_minus, s.use_time_decay)
-        if fired and want_minus:
-            bias_out = -minus * parts.range
-            rows = mod.combine_block_parts(parts, torch.zeros_like(bias_out), bias_out)
-            out[:, :, regions.condition] = rows.to(out.dtype)
-        if fired and want_plus:
-            plus = factor * s.w_plus * mod.time_decay(step.cycle or 0, s.t_time, s.a_time_plus, s.use_time_decay)
-            rel_q = query[:, :, regions.related]
-            rel_parts, _ = self._rows(rel_q, keys, values, n_c, scale, None, True)
-            bias_in = plus * regions.related_decay.to(rel_parts.range.dtype) * rel_parts.range
-            rows = mod.combine_block_parts(rel_parts, bias_in, torch.zeros_like(bias_in))
-            out[:, :, regions.related] = rows.to(out.dtype)
         if capture:
-            self._capture(layer, cond_q, keys, regions, scale, minus if fired and want_minus else 0.0, r_c, fired)
+            self._capture(layer, cond_q, keys, regions, scale, minus if minus_on else 0.0, r_c, minus_on or plus_on)
+        if not (minus_on or plus_on):
+            return _sdpa(query, key, value)
+
+        out = torch.empty_like(query)
+        untouched = regions.key_order[n_c + n_r :]  # neither C nor R
+        if not minus_on:
+            untouched = torch.cat([regions.condition, untouched])
+        if not plus_on:
+            untouched = torch.cat([regions.related, untouched])
+        out[:, :, untouched] = _sdpa(query[:, :, untouched], key, value)
+        if minus_on:
+            if parts is None:
+                parts, _ = self._rows(cond_q, keys, values, n_c, scale, None, True)
+            bias_out = -minus * parts.range
+            out[:, :, regions.condition] = mod.combine_block_parts(parts, torch.zeros_like(bias_out), bias_out).to(out.dtype)
+        if plus_on:
+            plus = factor * s.w_plus * mod.time_decay(step.cycle or 0, s.t_time, s.a_time_plus, s.use_time_decay)
+            rel_parts, _ = self._rows(query[:, :, regions.related], keys, values, n_c, scale, None, True)
+            bias_in = plus * regions.related_decay.to(rel_parts.range.dtype) * rel_parts.range
+            out[:, :, regions.related] = mod.combine_block_parts(rel_parts, bias_in, torch.zeros_like(bias_in)).to(out.dtype)
         return out
 
     def _chunk(self, batch_heads: int, tokens: int) -> int:
@@ -171,8 +187,10 @@ class DAMState:
         for start in range(0, n, chunk):
             logits = (rows_q[:, :, start : start + chunk] @ keys_t).float().mul_(scale)
             if gate_span is not None:
-                lo, hi = gate_span
-                normalized = mod.minmax_normalize(logits)[..., lo:hi].sum(-2)
+                lo, hi = gate_span  # min-max over the whole row, kept only on box_r's columns
+                low = logits.amin(-1, keepdim=True)
+                spread = (logits.amax(-1, keepdim=True) - low).clamp_min(mod.RANGE_EPS)
+                normalized = ((logits[..., lo:hi] - low) / spread).sum(-2)
                 gate_sums = normalized if gate_sums is None else gate_sums + normalized
             if want_parts:
                 collected.append(mod.block_softmax_parts(logits, values, n_in))
@@ -226,12 +244,17 @@ class DAMState:
         )
 
 
+def _sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """The ordinary attention path (as diffusers' ``AttnProcessor2_0`` calls it)."""
+    return F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
+
+
 class DAMProcessor:
     """Self-attention with DAM in the cycle phase; the layer's previous processor otherwise.
 
     Same call signature as diffusers' ``AttnProcessor2_0``. In the cycle phase it computes
-    attention with ``F.scaled_dot_product_attention`` exactly as ``AttnProcessor2_0`` does
-    and hands the result to :meth:`DAMState.modulate`.
+    the projections exactly as ``AttnProcessor2_0`` does and the attention itself with
+    :meth:`DAMState.attention`.
     """
 
     def __init__(self, layer: str, state: DAMState, previous: Any) -> None:
@@ -278,8 +301,7 @@ class DAMProcessor:
         if attn.norm_k is not None:
             key = attn.norm_k(key)
 
-        out = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
-        out = self.state.modulate(self.layer, query, key, value, out, grid)
+        out = self.state.attention(self.layer, query, key, value, grid)
 
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
         out = attn.to_out[0](out)
