@@ -74,18 +74,31 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    results = {}
-    for name, modulation in VARIANTS.items():
-        modulator = DynamicAttentionModulator() if modulation is not None else None
-        if modulator is not None:
-            modulator.attach(unet, bench_context(args.canvas, modulation))
-        try:
-            call()  # warm-up
-            times = []
-            for _ in range(args.repeat):
+    def attached(name):
+        modulation = VARIANTS[name]
+        if modulation is None:
+            return None
+        modulator = DynamicAttentionModulator()
+        modulator.attach(unet, bench_context(args.canvas, modulation))
+        return modulator
+
+    # Rounds interleave the variants so that a busy machine slows them alike.
+    times: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    for round_ in range(args.repeat + 1):
+        for name in VARIANTS:
+            modulator = attached(name)
+            try:
                 start = time.perf_counter()
                 call()
-                times.append(time.perf_counter() - start)
+                if round_:  # round 0 warms up
+                    times[name].append(time.perf_counter() - start)
+            finally:
+                if modulator is not None:
+                    modulator.detach(unet)
+    results = {}
+    for name in VARIANTS:
+        modulator = attached(name)
+        try:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
                 base = torch.cuda.memory_allocated()
@@ -96,10 +109,15 @@ def main() -> None:
         finally:
             if modulator is not None:
                 modulator.detach(unet)
-        results[name] = {"ms": round(1000 * statistics.median(times), 2), "peak_mib": round(peak / 2**20, 1)}
+        results[name] = {
+            "ms_min": round(1000 * min(times[name]), 2),
+            "ms_median": round(1000 * statistics.median(times[name]), 2),
+            "peak_mib": round(peak / 2**20, 1),
+        }
     base = results["none"]
     for name, row in results.items():
-        row["time_overhead_pct"] = round(100 * (row["ms"] / base["ms"] - 1), 1)
+        row["time_overhead_pct_min"] = round(100 * (row["ms_min"] / base["ms_min"] - 1), 1)
+        row["time_overhead_pct_median"] = round(100 * (row["ms_median"] / base["ms_median"] - 1), 1)
         row["peak_overhead_mib"] = round(row["peak_mib"] - base["peak_mib"], 1)
     print(json.dumps({"model": args.model, "canvas": args.canvas, "device": str(device), "dtype": args.dtype, "batch": 4, "results": results}, indent=1))
 

@@ -91,10 +91,7 @@ class DAMState:
                 s.use_distance_decay,
             )
             self._regions[key] = mod.LayerRegions(
-                **{
-                    name: value.to(device) if isinstance(value, torch.Tensor) else value
-                    for name, value in vars(built).items()
-                }
+                **{name: _to(value, device) for name, value in vars(built).items()}
             )
         return self._regions[key]
 
@@ -242,6 +239,13 @@ class DAMState:
             condition_mask=regions.condition_mask.cpu(),
             related_mask=regions.related_mask.cpu(),
         )
+
+
+def _to(value: Any, device: torch.device) -> Any:
+    """Index tensors to ``device``; float tensors also to float32 (MPS has no float64)."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    return value.to(device, torch.float32) if value.is_floating_point() else value.to(device)
 
 
 def _sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
