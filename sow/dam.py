@@ -33,8 +33,9 @@ from sow.hookspecs import hookimpl
 from sow.schemas import Box
 
 SELF_ATTENTION_SUFFIX = "attn1.processor"
-DEFAULT_CHUNK_ELEMENTS = 2**25
-"""Logit elements per chunk of explicit rows (128 MiB in fp32)."""
+DEFAULT_CHUNK_ELEMENTS = {"cpu": 2**20, "accelerator": 2**25}
+"""Logit elements per chunk of explicit rows: cache-sized on a CPU (4 MiB in fp32), few
+large kernels on a GPU (128 MiB in fp32)."""
 ATTENTION_ARTIFACT = "attention"
 """Key of the :class:`AttentionCapture` in ``ctx.artifacts``."""
 
@@ -68,7 +69,8 @@ class DAMState:
     """What the processors of one run share: the context, the regions per grid, the capture choice."""
 
     ctx: RunContext
-    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS
+    chunk_elements: int | None = None
+    """None: :data:`DEFAULT_CHUNK_ELEMENTS` for the device."""
     capture_layer: str | None = None
     _regions: dict[tuple[int, int], mod.LayerRegions] = field(default_factory=dict)
 
@@ -112,6 +114,7 @@ class DAMState:
         ctx, s = self.ctx, self.ctx.config.modulation
         step = ctx.step
         regions = self.regions(*grid, query.device)
+        self._chunk_for(query.device)
         n_c, n_r = len(regions.condition), len(regions.related)
         want_minus = s.use_p_minus and s.w_minus > 0
         want_plus = s.use_p_plus and s.w_plus > 0 and n_r > 0
@@ -164,6 +167,10 @@ class DAMState:
     def _chunk(self, batch_heads: int, tokens: int) -> int:
         return max(1, self.chunk_elements // max(1, batch_heads * tokens))
 
+    def _chunk_for(self, device: torch.device) -> None:
+        if self.chunk_elements is None:
+            self.chunk_elements = DEFAULT_CHUNK_ELEMENTS["cpu" if device.type == "cpu" else "accelerator"]
+
     def _rows(
         self,
         rows_q: torch.Tensor,
@@ -185,7 +192,7 @@ class DAMState:
             logits = (rows_q[:, :, start : start + chunk] @ keys_t).float().mul_(scale)
             if gate_span is not None:
                 lo, hi = gate_span  # min-max over the whole row, kept only on box_r's columns
-                low = logits.amin(-1, keepdim=True)
+                low = logits.amin(-1, keepdim=True)  # (torch.aminmax is ~10x slower on CPU)
                 spread = (logits.amax(-1, keepdim=True) - low).clamp_min(mod.RANGE_EPS)
                 normalized = ((logits[..., lo:hi] - low) / spread).sum(-2)
                 gate_sums = normalized if gate_sums is None else gate_sums + normalized
@@ -332,7 +339,8 @@ class DynamicAttentionModulator:
     """SOW's dynamic attention modulation on every self-attention layer (DESIGN §2).
 
     Options (``stage_options={"attention_modulator": {...}}``): ``chunk_elements``, the
-    logit elements computed at once (bounds the extra memory); ``capture_layer``, the
+    logit elements computed at once (bounds the extra memory; default by device, see
+    :data:`DEFAULT_CHUNK_ELEMENTS`); ``capture_layer``, the
     processor key whose attention is captured for ``--save-attention`` (default: the last
     self-attention layer of the up path). Capturing happens when ``config.trace_attention``
     is on. ``config.ablation.dynamic_attention = False`` makes this modulator a no-op.
@@ -341,8 +349,8 @@ class DynamicAttentionModulator:
     name = "dam"
     description = "Dynamic attention modulation: P+/P- self-attention bias gated by R_c (SOW)."
 
-    def __init__(self, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, capture_layer: str | None = None) -> None:
-        if chunk_elements < 1:
+    def __init__(self, chunk_elements: int | None = None, capture_layer: str | None = None) -> None:
+        if chunk_elements is not None and chunk_elements < 1:
             raise ValueError("chunk_elements must be positive")
         self.chunk_elements = chunk_elements
         self.capture_layer = capture_layer
