@@ -92,6 +92,8 @@ class RunContext:
     """The UNet evaluation in progress (set by the denoiser before every call)."""
     trace: list[dict[str, Any]] = field(default_factory=list)
     """Per-step records stages may add to (e.g. the attention gate); saved when tracing is on."""
+    artifacts: dict[str, Any] = field(default_factory=dict)
+    """Things stages hand back to the caller (e.g. ``"attention"``: the captured attention map)."""
 
     def noise_like(self, x: torch.Tensor) -> torch.Tensor:
         """Gaussian noise drawn from the run's seeded generator."""

@@ -27,6 +27,8 @@ from sow.diffusion_math import LevelSchedule
 from sow.errors import InputError
 from sow.images import load_condition
 from sow.models import Components, load_components
+from sow.plan_repair import apply_crop
+from sow.planning import random_placement
 from sow.plugins import Registry, get_registry
 from sow.schemas import GenerationConfig, Plan, RunRecord, StageNames, StageTiming
 from sow.stages import Planner, PlanRequest
@@ -51,6 +53,8 @@ class SOWOutput:
     seeded_canvas: Image.Image
     latents: torch.Tensor = field(repr=False)
     """The final level-0 latents (before decoding)."""
+    artifacts: dict[str, Any] = field(default_factory=dict, repr=False)
+    """What stages handed back (e.g. ``"attention"``: :class:`sow.dam.AttentionCapture`)."""
 
 
 class _Timer:
@@ -228,11 +232,11 @@ class SOWPipeline:
         with timer.stage("plan"):
             if plan is None:
                 plan = self.plan(image, prompt, config, seed, planner=None if isinstance(planner, str) else planner)
+                if not config.ablation.adaptive_position:  # AP ablation: seeded random placement
+                    plan = random_placement(plan, apply_crop(image, None, plan.crop)[0], config, seed)
             text = plan.prompt if config.ablation.prompt_intensification else (plan.user_prompt or prompt)
 
         # 2. Seed initialization: the condition (its planned crop) pasted at box_v (snapped to latent cells) on gray.
-        from sow.plan_repair import apply_crop
-
         image, mask = apply_crop(image, mask, plan.crop)
         box_v = plan.box_v.aligned(scale)
         if not box_v.fits(config.canvas):
@@ -293,9 +297,12 @@ class SOWPipeline:
             timings=timer.timings,
             unet_evaluations=denoiser.evaluations,
             versions=_versions(),
+            prompt_used=text,
             trace=ctx.trace if config.trace_attention else None,
         )
-        return SOWOutput(image=result, plan=plan, record=record, seeded_canvas=seeded, latents=latents)
+        return SOWOutput(
+            image=result, plan=plan, record=record, seeded_canvas=seeded, latents=latents, artifacts=ctx.artifacts
+        )
 
     def _encode(self, image: Image.Image) -> torch.Tensor:
         vae = self.components.vae

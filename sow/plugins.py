@@ -35,6 +35,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "sow.preservation",
     "sow.attention",
     "sow.heuristic",
+    "sow.dam",
 )
 """Modules of the core that register the built-in stages, in this order."""
 
