@@ -230,7 +230,9 @@ class Evaluation:
         spec_base: Path = Path("."),
         registry: Registry | None = None,
         components: Any = None,
+        metric: Any = None,
     ) -> None:
+        """``components`` (a loaded model) and ``metric`` (a created metric) reuse what the caller has."""
         self.items = items
         self.config = config
         self.out_dir = out_dir
@@ -244,7 +246,7 @@ class Evaluation:
             f"{kind.replace('_', ' ')} {name!r} is not installed: {', '.join(users)} ran with {fallback!r}"
             for (kind, name, fallback), users in self._fallbacks.items()
         ]
-        self.registry.get("metric", config.metric)  # unknown metric: fail before any work
+        self.registry.get("metric", config.metric)  # unknown or unavailable metric: fail before any work
         for method in self.methods:  # bad generation settings: fail before any work
             for setting in sorted({i.setting for i in items}):
                 self.generation_config(SpecItem(id="check", condition="-", prompt="-", setting=setting), method)
@@ -253,8 +255,9 @@ class Evaluation:
             raise InputError(f"item {missing[0].id!r}: condition {missing[0].condition_path(spec_base)} not found")
         self._pipe = None
         self._inpaint_pipe = None
-        self._metric = None
+        self._metric = metric
         self._references: dict[str, Any] = {}
+        _ = self.metric  # a metric that cannot load fails here, before any image is made
 
     def _checked_stages(self, method: Method) -> StageNames:
         """The method's stage names; a name nobody registered falls back to the default (noted)."""

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
-FACES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "faces"
+FACES = next(  # ../shared beside the checkout (worktrees sit one level deeper)
+    (p / "shared" / "data" / "faces" for p in Path(__file__).resolve().parents[1:4] if (p / "shared" / "data" / "faces").is_dir()),
+    Path(__file__).resolve().parents[1].parent / "shared" / "data" / "faces",
+)
 SAMPLE_FACE = Path(__file__).resolve().parents[1] / "sow" / "data" / "sample_face.jpg"
 
 
@@ -36,7 +39,7 @@ def face_path() -> Path:
     return SAMPLE_FACE
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def faces_dir() -> Path:
     if not FACES.is_dir():
         pytest.skip(f"shared face photos not found at {FACES}")
