@@ -80,6 +80,9 @@ class EvalConfig(_Strict):
         default_factory=lambda: {"modulator": "dam"},
         description="Stage names of the `sow` method (StageNames fields); unset ones keep their defaults.",
     )
+    stage_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Options per stage kind (e.g. {'planner': {...}}), as SOWPipeline takes them."
+    )
     baseline_planner: str = Field("fixed", description="Planner of cow, paste and inpaint (where the condition goes).")
     strict_stages: bool = Field(False, description="Fail on a stage name that is not installed (off: run with the default and say so).")
     ablations: dict[str, dict[str, Any]] = Field(
@@ -288,7 +291,7 @@ class Evaluation:
             from sow.pipeline import SOWPipeline
 
             components = self._components or load_components(self.config.model, device=self.config.device, dtype=self.config.dtype)
-            self._pipe = SOWPipeline(components, registry=self.registry)
+            self._pipe = SOWPipeline(components, stage_options=self.config.stage_options, registry=self.registry)
         return self._pipe
 
     @property
@@ -431,6 +434,10 @@ class Evaluation:
         rows = read_rows(rows_path)
         todo = self.pending(rows)
         computed: list[tuple[str, str]] = []
+        if todo:  # load the models now, so that no image's time includes loading them
+            _ = self.pipe
+            if any(m.kind == "inpaint" for _, m in todo):
+                _ = self.inpaint_pipe
         for index, (item, method) in enumerate(todo):
             if progress:
                 progress(index, len(todo), f"{item.id} · {method.name}")

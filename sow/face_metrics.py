@@ -124,8 +124,8 @@ class FacenetMetric:
             from facenet_pytorch import MTCNN, InceptionResnetV1
         except ImportError as exc:
             raise MetricUnavailable(
-                f"metric 'facenet' is unavailable ({exc}): it needs facenet-pytorch and torchvision "
-                "(pip install facenet-pytorch) plus its VGGFace2 weights; use --metric dlib offline"
+                f"metric 'facenet' is unavailable ({exc}): it needs facenet-pytorch (pip install --no-deps "
+                "facenet-pytorch), a torchvision matching your torch, and its VGGFace2 weights; use --metric dlib offline"
             ) from None
         try:
             if weights:
