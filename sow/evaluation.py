@@ -38,7 +38,7 @@ from sow import canvas as cv
 from sow.benchmark import SpecItem
 from sow.errors import InputError, SowError
 from sow.images import load_condition
-from sow.outputs import safe_name, save_image_atomic, save_json_atomic, write_bytes_atomic
+from sow.outputs import safe_name, save_image_atomic, save_json_atomic
 from sow.plugins import Registry, get_registry
 from sow.schemas import GenerationConfig, StageNames, _deep_merge, validated
 
@@ -140,6 +140,9 @@ def resolve_methods(config: EvalConfig) -> list[Method]:
         ),
     }
     ablation_names: list[str] = []
+    taken = set(BUILTIN_METHODS) & set(config.ablations)
+    if taken:
+        raise InputError(f"ablation row {sorted(taken)[0]!r} takes the name of a built-in method; rename it")
     for name, change in config.ablations.items():
         stages, overrides = _row_overrides(config.sow_stages, change)
         available[name] = Method(name, "generate", stages, overrides)
@@ -181,14 +184,17 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     data = path.read_bytes()
+    lines = data.splitlines(keepends=True)
     rows: list[dict[str, Any]] = []
     good = 0
-    for line in data.splitlines(keepends=True):
-        if not line.endswith(b"\n"):
-            break
+    for number, line in enumerate(lines, start=1):
         try:
+            if not line.endswith(b"\n"):
+                raise ValueError("no line end")
             rows.append(json.loads(line))
-        except json.JSONDecodeError:
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            if number < len(lines):
+                raise InputError(f"{path} line {number} is not a JSON row; fix or remove that line to resume") from None
             break
         good += len(line)
     if good != len(data):
@@ -485,7 +491,3 @@ def load_eval_config(path: Path | None, **overrides: Any) -> EvalConfig:
         else:
             data[key] = value
     return validated(EvalConfig, data, f"eval config{f' {path}' if path else ''}")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    write_bytes_atomic(path, text.encode("utf-8"))

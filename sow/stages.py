@@ -1,4 +1,4 @@
-"""The interfaces of the five stage kinds.
+"""The interfaces of the five stage kinds (and of the face metrics ``sow eval`` measures with).
 
 A stage is a small object with one or two methods. Plugins register factories for
 them (see :mod:`sow.hookspecs`); the pipeline creates one per run configuration and is

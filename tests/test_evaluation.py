@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 import signal
 import subprocess
@@ -81,6 +80,8 @@ def test_methods_default_order_grid_and_errors():
     off = next(m for m in rows if m.name == 'sow[modulation.use_p_plus=false,stages.modulator="none"]')
     assert off.overrides == {"modulation": {"use_p_plus": False}} and off.stages == {"modulator": "none"}
 
+    with pytest.raises(InputError, match="ablation row 'cow' takes the name of a built-in method"):
+        resolve_methods(EvalConfig(ablations={"cow": {}}))
     with pytest.raises(InputError, match="unknown method 'dream'"):
         resolve_methods(EvalConfig(methods=["sow", "dream"]))
     with pytest.raises(InputError, match="method 'inpaint' needs an inpainting model"):
@@ -256,3 +257,13 @@ def test_summary_statistics_by_hand():
     style = table[("a", "style")]
     assert style["errors"] == 1 and style["id_mean"] is None and style["sec_per_image"] is None
     assert table[("a", "all")]["count"] == 4 and table[("a", "all")]["detection"] == pytest.approx(0.5)
+
+
+def test_rows_file_drops_a_torn_last_line_but_refuses_a_corrupt_middle(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"id": "a", "method": "m"}\n{"id": "b", "meth')
+    assert read_rows(path) == [{"id": "a", "method": "m"}]
+    assert path.read_text() == '{"id": "a", "method": "m"}\n'
+    path.write_text('{"id": "a"}\nnot json\n{"id": "c"}\n')
+    with pytest.raises(InputError, match="line 2 is not a JSON row"):
+        read_rows(path)
