@@ -20,6 +20,7 @@ from sow.errors import InputError, UnknownStageError
 from sow.eval_report import LABEL_WIDTH, THUMB, summarize
 from sow.evaluation import Evaluation, EvalConfig, read_rows, resolve_methods
 from sow.plugins import build_registry
+from sow.schemas import StageNames
 
 pytest.importorskip("dlib", reason="the eval extra (dlib-bin, face_recognition_models) is not installed")
 
@@ -92,8 +93,10 @@ def test_missing_stage_falls_back_loudly_or_fails_when_strict(spec, tmp_path, re
     items = load_spec(spec)
     config = EvalConfig(generation=FAST, sow_stages={"modulator": "no-such-modulator"}, methods=["sow", "sow-no-ap", "cow"])
     evaluation = Evaluation(items, config, tmp_path / "out", spec_base=spec.parent, registry=registry, metric=metric)
-    assert evaluation._stage_names["sow"].modulator == "none"
-    assert evaluation.notes == ["attention modulator 'no-such-modulator' is not installed: sow, sow-no-ap ran with 'none'"]
+    default = StageNames().modulator  # the core's default modulator stands in
+    assert evaluation._stage_names["sow"].modulator == default
+    assert evaluation._stage_names["cow"].modulator == "none"
+    assert evaluation.notes == [f"attention modulator 'no-such-modulator' is not installed: sow, sow-no-ap ran with {default!r}"]
     strict = config.model_copy(update={"strict_stages": True})
     with pytest.raises(UnknownStageError, match="no-such-modulator"):
         Evaluation(items, strict, tmp_path / "out", spec_base=spec.parent, registry=registry, metric=metric)
