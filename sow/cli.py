@@ -257,6 +257,12 @@ def plugins() -> None:
         err.print(f"[yellow]plugin {failure.name} ({failure.distribution}) failed to load: {failure.error}[/]")
 
 
+from sow.eval_cli import eval_command, eval_spec_command  # noqa: E402
+
+app.command("eval")(eval_command)
+app.command("eval-spec")(eval_spec_command)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one-line errors, documented exit codes."""
     try:

@@ -59,3 +59,8 @@ def register_attention_modulators(register):
 @hookspec
 def register_preservers(register):
     """Register preservers: put the condition back into the canvas latents. See :class:`sow.stages.Preserver`."""
+
+
+@hookspec
+def register_metrics(register):
+    """Register face metrics for ``sow eval``: detect faces, embed them, compare. See :class:`sow.stages.FaceMetric`."""

@@ -36,6 +36,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "sow.attention",
     "sow.heuristic",
     "sow.dam",
+    "sow.face_metrics",
 )
 """Modules of the core that register the built-in stages, in this order."""
 

@@ -1,4 +1,4 @@
-"""The interfaces of the five stage kinds.
+"""The interfaces of the five stage kinds (and of the face metrics ``sow eval`` measures with).
 
 A stage is a small object with one or two methods. Plugins register factories for
 them (see :mod:`sow.hookspecs`); the pipeline creates one per run configuration and is
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     from PIL import Image
 
@@ -108,11 +109,59 @@ class AttentionModulator(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class FaceBox:
+    """A face found in an image, in that image's pixels (it may reach past the border)."""
+
+    left: int
+    top: int
+    width: int
+    height: int
+    score: float = 0.0
+    """The detector's confidence (its own scale: compare scores of one detector only)."""
+
+    @property
+    def area(self) -> int:
+        return self.width * self.height
+
+    @property
+    def center(self) -> tuple[float, float]:
+        return (self.left + self.width / 2, self.top + self.height / 2)
+
+
+@runtime_checkable
+class FaceMetric(Protocol):
+    """Finds faces and tells how alike two of them are: the evaluation's measuring stick.
+
+    ``threshold`` is the backend's same-person convention: two faces whose
+    :meth:`distance` is below it count as one person. Images are RGB; a backend that
+    needs weights it cannot find raises :class:`sow.errors.SowError` with one line
+    saying how to install them, when it is created.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    threshold: float
+
+    def detect(self, image: Image.Image) -> list[FaceBox]:
+        """Every face in ``image``, most confident first; ``[]`` when there is none (never raises for that)."""
+        ...
+
+    def embed(self, image: Image.Image, face: FaceBox) -> np.ndarray:
+        """A 1-D feature vector of ``face`` (a box :meth:`detect` returned for ``image``)."""
+        ...
+
+    def distance(self, a: np.ndarray, b: np.ndarray) -> float:
+        """How far apart two embeddings are: 0 for the same vector, larger for less alike faces."""
+        ...
+
+
 STAGE_KINDS: dict[str, type] = {
     "planner": Planner,
     "inverter": Inverter,
     "scheduler": Scheduler,
     "attention_modulator": AttentionModulator,
     "preserver": Preserver,
+    "metric": FaceMetric,
 }
 """Stage kind -> its Protocol. The hook of kind ``k`` is ``register_<k>s``."""

@@ -37,7 +37,7 @@ def face_path() -> Path:
     return SAMPLE_FACE
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def faces_dir() -> Path:
     if not FACES.is_dir():
         pytest.skip(f"shared face photos not found at {FACES}")
