@@ -32,13 +32,25 @@ DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
 DtypeOpt = Annotated[str, typer.Option(help="fp32, fp16 or bf16.")]
 
 
+MAX_JSON_BYTES = 16 * 1024 * 1024
+"""Plan and config files larger than this are refused."""
+
+
 def _read_json(path: Path, what: str) -> object:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        if path.is_dir():
+            raise InputError(f"{what} {path}: is a folder, not a JSON file")
+        if path.exists() and path.stat().st_size > MAX_JSON_BYTES:
+            raise InputError(f"{what} {path}: over the {MAX_JSON_BYTES:,}-byte limit")
+        return json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise InputError(f"{what} {path}: no such file") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{what} {path}: not valid JSON ({exc})") from None
+        raise InputError(f"{what} {path}: not valid JSON ({str(exc).splitlines()[0]})") from None
+    except RecursionError:
+        raise InputError(f"{what} {path}: not valid JSON (nested too deeply)") from None
+    except OSError as exc:
+        raise InputError(f"{what} {path}: cannot be read ({exc.strerror or exc})") from None
 
 
 def load_plan_file(path: Path) -> Plan:
@@ -68,10 +80,25 @@ def manual_plan(box_v: str | None, box_r: str | None, prompt: str, config: Gener
         raise InputError(f"invalid boxes: {first_error(exc)}") from None
 
 
+@app.callback()
+def global_options(
+    disable_plugin: Annotated[list[str], typer.Option("--disable-plugin", help="Do not load this plugin (entry-point or distribution name); repeatable. Also SOW_DISABLE_PLUGINS=a,b.")] = [],  # noqa: B006
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Let model repositories run their own Python code (some MLLM planners need it). Off by default.")] = False,
+) -> None:
+    """Selective One-Way Diffusion: an image from a visual condition (a face photo) and a text prompt."""
+    from sow.plugins import disable_plugins
+    from sow.security import set_load_policy
+
+    if disable_plugin:
+        disable_plugins(disable_plugin)
+    if trust_remote_code:
+        set_load_policy(trust_remote_code=True)
+
+
 @app.command()
 def generate(
-    condition: Annotated[Path, typer.Argument(help="The visual condition: an image file (a face photo).")],
-    prompt: Annotated[str, typer.Argument(help="What the scene should show.")],
+    condition: Annotated[Optional[Path], typer.Argument(help="The visual condition: an image file (a face photo).")] = None,
+    prompt: Annotated[Optional[str], typer.Argument(help="What the scene should show.")] = None,
     model: ModelOpt = "tiny",
     preset: Annotated[str, typer.Option(help="normal, attribute (editing) or style (transfer).")] = "normal",
     seed: Annotated[int, typer.Option(help="Random seed: same seed, same image.")] = 0,
@@ -92,12 +119,36 @@ def generate(
     allow_pickle: Annotated[bool, typer.Option(help="Allow pickled .ckpt checkpoints (they can run code).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    batch: Annotated[Optional[Path], typer.Option("--batch", help="A JSON Lines file of jobs (condition, prompt, plan, seed, preset, name): see docs/production.md.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="With --batch: run only the jobs the output folder's manifest does not record as done.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout (one JSON object per line); no progress bar.")] = False,
 ) -> None:
-    """Generate an image that keeps CONDITION's pixels while the scene follows PROMPT."""
+    """Generate an image that keeps CONDITION's pixels while the scene follows PROMPT (or a --batch of jobs)."""
     from sow.outputs import check_free, safe_name, save_image_atomic, save_json_atomic
     from sow.pipeline import SOWPipeline
+    from sow.prompts import require_prompt
 
     overrides = load_config_file(config_file)
+    if batch is not None or resume:
+        if batch is None:
+            raise InputError("--resume goes with --batch FILE")
+        if condition is not None or prompt is not None or plan_file or box_v or box_r or name:
+            raise InputError("--batch takes the jobs from the file: drop CONDITION, PROMPT, --plan, --box-v/--box-r and --name")
+        from sow.batch_cli import generate_batch
+
+        generate_batch(
+            batch, out_dir, overrides,
+            load=lambda: SOWPipeline.from_pretrained(
+                model, device=device, dtype=dtype, random_weights=random_weights, allow_pickle=allow_pickle,
+                planner=planner, inverter=inverter, scheduler=scheduler, modulator=modulator, preserver=preserver,
+            ),
+            resume=resume, overwrite=overwrite, quiet=quiet or json_output, json_output=json_output, console=err,
+        )
+        return
+    if condition is None or prompt is None:
+        raise InputError("missing CONDITION and PROMPT (or pass --batch FILE); see sow generate --help")
+    prompt = require_prompt(prompt)
+    GenerationConfig.from_preset(preset, **overrides)  # a bad config fails before the model loads
     stem = safe_name(name) if name else f"{safe_name(prompt, 40)}-s{seed}"
     paths = {"image": out_dir / f"{stem}.png", "plan_image": out_dir / f"{stem}.plan.png", "record": out_dir / f"{stem}.json"}
     check_free(list(paths.values()), overwrite)
@@ -121,7 +172,7 @@ def generate(
 
     from sow.progress import unet_progress
 
-    with unet_progress(config.unet_evaluations(), disable=quiet, console=err) as callback:
+    with unet_progress(config.unet_evaluations(), disable=quiet or json_output, console=err) as callback:
         result = pipe(condition, prompt, plan=plan, seed=seed, config=config, callback=callback)
 
     from sow.canvas import draw_plan
@@ -131,7 +182,13 @@ def generate(
     result.record.outputs = {role: str(p) for role, p in paths.items()}
     save_json_atomic(result.record, paths["record"])
     total = sum(t.seconds for t in result.record.timings)
-    err.print(f"wrote {paths['image']} ({result.record.unet_evaluations} UNet evaluations, {total:.1f} s)")
+    for warning in result.record.warnings:
+        err.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
+    if json_output:
+        print(json.dumps({"event": "done", "outputs": result.record.outputs, "seconds": round(total, 3),
+                          "warnings": result.record.warnings}))
+    else:
+        err.print(f"wrote {paths['image']} ({result.record.unet_evaluations} UNet evaluations, {total:.1f} s)")
 
 
 @app.command()
@@ -150,25 +207,46 @@ def plugins() -> None:
         err.print(f"[yellow]plugin {failure.name} ({failure.distribution}) failed to load: {failure.error}[/]")
 
 
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+"""The documented exit codes (docs/production.md)."""
+
+
+def _fail(message: str, code: int) -> None:
+    from sow.security import redact
+
+    err.print(redact(message), markup=False, highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: one-line errors, documented exit codes."""
+    """Entry point: one-line errors (secrets redacted), documented exit codes.
+
+    0 ok, 1 runtime failure, 2 usage or input error, 130 interrupted. An unexpected
+    exception is a bug: one line and exit 1 (``SOW_DEBUG=1`` shows the traceback).
+    """
+    import os
+
+    from sow.security import install_cli_logging
+
+    install_cli_logging()
     try:
         result = app(args=argv, prog_name="sow", standalone_mode=False)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, typer.Abort):
-        err.print("interrupted")
-        sys.exit(130)
+        _fail("interrupted", EXIT_INTERRUPTED)
     except SowError as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
+        _fail(f"error: {exc}", exc.exit_code)
     except Exception as exc:
         # usage errors of the (possibly vendored) click: print usage and the one-line reason
         if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
             exc.show(file=sys.stderr)
             sys.exit(exc.exit_code)
-        raise
-    sys.exit(result if isinstance(result, int) else 0)
+        if os.environ.get("SOW_DEBUG") == "1":
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        _fail(f"error: unexpected {type(exc).__name__}: {first} (a bug in sow or a plugin; SOW_DEBUG=1 shows the traceback)", EXIT_FAILURE)
+    sys.exit(result if isinstance(result, int) else EXIT_OK)
 
 
 if __name__ == "__main__":

@@ -57,5 +57,8 @@ def save_image_atomic(image: Image.Image, path: Path) -> None:
 
 
 def save_json_atomic(data: object, path: Path) -> None:
+    """Write a pydantic model or plain data as JSON, atomically, with secrets redacted."""
+    from sow.security import redact
+
     text = data.model_dump_json(indent=2) if hasattr(data, "model_dump_json") else json.dumps(data, indent=2)
-    write_bytes_atomic(path, (text + "\n").encode("utf-8"))
+    write_bytes_atomic(path, (redact(text) + "\n").encode("utf-8"))

@@ -1,0 +1,148 @@
+"""Safe-loading policy and secret redaction.
+
+**Loading policy.** Two things can run code an attacker wrote, and both are off unless
+the user says otherwise:
+
+- pickled checkpoints (``.ckpt``, ``.bin``, ``.pt``): only ``.safetensors`` load unless
+  ``allow_pickle`` (``--allow-pickle``);
+- ``trust_remote_code`` of transformers (model repositories that ship Python, as some
+  multimodal planners' do): off unless ``--trust-remote-code`` (a global CLI option) or
+  ``SOW_TRUST_REMOTE_CODE=1``.
+
+A plugin that loads a model reads the policy instead of hard-coding a value::
+
+    from sow.security import load_policy
+    model = AutoModel.from_pretrained(repo, trust_remote_code=load_policy().trust_remote_code)
+
+or calls :func:`require_remote_code` to fail with a one-line hint when a model needs it.
+
+**Redaction.** API keys live in environment variables (``GEMINI_API_KEY``...). Any
+environment value whose *name* looks secret (has a KEY, TOKEN, SECRET, PASSWORD,
+CREDENTIAL or AUTH part, like ``GEMINI_API_KEY`` or ``HF_TOKEN``) and that is at least :data:`MIN_SECRET_LENGTH` characters long is
+replaced by ``***`` in everything sow prints, logs or writes as JSON (run records, plans,
+batch manifests): :func:`redact`. Plugins should still never put a key in a message;
+this is the net under them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, replace
+
+from sow.errors import InputError
+
+SECRET_NAME = re.compile(
+    r"(?:^|_)(?:API_?KEY|KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?|AUTH)(?:_|$)", re.IGNORECASE
+)
+"""Environment variable names whose values are treated as secrets."""
+
+MIN_SECRET_LENGTH = 8
+"""Shorter values are not redacted (they would match ordinary words)."""
+
+MASK = "***"
+
+
+@dataclass(frozen=True)
+class LoadPolicy:
+    """What model loading may do. Both switches off by default."""
+
+    allow_pickle: bool = False
+    """Load pickled checkpoints (they can run code when unpickled)."""
+    trust_remote_code: bool = False
+    """Let transformers run Python shipped inside a model repository."""
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+_policy: LoadPolicy | None = None
+
+
+def load_policy() -> LoadPolicy:
+    """The policy in force: set by the CLI (:func:`set_load_policy`), else from the environment."""
+    if _policy is not None:
+        return _policy
+    return LoadPolicy(allow_pickle=_env_flag("SOW_ALLOW_PICKLE"), trust_remote_code=_env_flag("SOW_TRUST_REMOTE_CODE"))
+
+
+def set_load_policy(**changes: bool) -> LoadPolicy:
+    """Change the process-wide policy (the CLI's global options call this); returns the new one."""
+    global _policy
+    _policy = replace(load_policy(), **changes)
+    return _policy
+
+
+def reset_load_policy() -> None:
+    global _policy
+    _policy = None
+
+
+def require_remote_code(what: str) -> None:
+    """Raise :class:`InputError` unless the user allowed ``trust_remote_code`` for ``what``."""
+    if not load_policy().trust_remote_code:
+        raise InputError(
+            f"{what} needs to run code shipped with the model (trust_remote_code); "
+            "pass --trust-remote-code (or set SOW_TRUST_REMOTE_CODE=1) if you trust its source"
+        )
+
+
+# -- redaction -----------------------------------------------------------------------------
+
+
+def secret_values() -> list[str]:
+    """The values of secret-looking environment variables, longest first."""
+    values = {
+        value
+        for name, value in os.environ.items()
+        if SECRET_NAME.search(name) and len(value.strip()) >= MIN_SECRET_LENGTH
+    }
+    return sorted(values, key=len, reverse=True)
+
+
+def redact(text: str) -> str:
+    """``text`` with every secret value from the environment replaced by ``***``."""
+    for value in secret_values():
+        if value in text:
+            text = text.replace(value, MASK)
+        stripped = value.strip()
+        if stripped != value and stripped in text:
+            text = text.replace(stripped, MASK)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that redacts secrets from a record's formatted message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a record whose args do not match its format: keep it as is
+            return True
+        clean = redact(message)
+        if record.exc_info:
+            import traceback
+
+            clean = redact(clean + "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip())
+            record.exc_info = None
+            record.exc_text = None
+        record.msg, record.args = clean, None
+        return True
+
+
+def install_cli_logging(level: int = logging.WARNING) -> logging.Handler:
+    """Route the ``sow`` loggers to stderr through :class:`RedactingFilter` (the CLI does this once)."""
+    logger = logging.getLogger("sow")
+    for handler in logger.handlers:
+        if getattr(handler, "_sow_cli", False):
+            return handler
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter())
+    handler._sow_cli = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(min(logger.level or level, level))
+    logger.propagate = False
+    return handler
