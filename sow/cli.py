@@ -147,13 +147,15 @@ def generate(
         return
     if condition is None or prompt is None:
         raise InputError("missing CONDITION and PROMPT (or pass --batch FILE); see sow generate --help")
-    prompt = require_prompt(prompt)
-    GenerationConfig.from_preset(preset, **overrides)  # a bad config fails before the model loads
+    require_prompt(prompt)
+    early = GenerationConfig.from_preset(preset, **overrides)  # bad inputs fail before the model loads
+    early_plan = load_plan_file(plan_file) if plan_file else manual_plan(box_v, box_r, prompt, early)
     stem = safe_name(name) if name else f"{safe_name(prompt, 40)}-s{seed}"
     paths = {"image": out_dir / f"{stem}.png", "plan_image": out_dir / f"{stem}.plan.png", "record": out_dir / f"{stem}.json"}
     check_free(list(paths.values()), overwrite)
-    if not condition.is_file():
-        raise InputError(f"condition {condition}: no such file")
+    from sow.images import load_condition
+
+    load_condition(condition)  # missing, corrupt, hostile: refused before the model loads
 
     pipe = SOWPipeline.from_pretrained(
         model,
@@ -168,7 +170,7 @@ def generate(
         preserver=preserver,
     )
     config = pipe.make_config(None, preset, **overrides)
-    plan = load_plan_file(plan_file) if plan_file else manual_plan(box_v, box_r, prompt, config)
+    plan = early_plan
 
     from sow.progress import unet_progress
 
@@ -232,6 +234,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         result = app(args=argv, prog_name="sow", standalone_mode=False)
     except typer.Exit as exc:
+        if exc.exit_code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into Exit(130)
+            _fail("interrupted", EXIT_INTERRUPTED)
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, typer.Abort):
         _fail("interrupted", EXIT_INTERRUPTED)
@@ -246,6 +250,8 @@ def main(argv: list[str] | None = None) -> None:
             raise
         first = str(exc).splitlines()[0] if str(exc) else ""
         _fail(f"error: unexpected {type(exc).__name__}: {first} (a bug in sow or a plugin; SOW_DEBUG=1 shows the traceback)", EXIT_FAILURE)
+    if result == EXIT_INTERRUPTED:  # typer returns Ctrl-C as the exit code 130
+        _fail("interrupted", EXIT_INTERRUPTED)
     sys.exit(result if isinstance(result, int) else EXIT_OK)
 
 

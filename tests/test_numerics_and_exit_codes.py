@@ -1,0 +1,170 @@
+"""NaN/inf caught at the step it appears (never a black image written), and the CLI's exit codes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from sow.cli import main
+from sow.context import Step
+from sow.errors import NumericalError
+from sow.numerics import FiniteGuard, describe_step
+from sow.pipeline import SOWPipeline
+
+
+@pytest.fixture(autouse=True)
+def _only_builtin_plugins(monkeypatch):
+    """The shared venv may hold other helpers' plugins: load none of them here."""
+    from sow.plugins import reset_registry
+
+    monkeypatch.setenv("SOW_LOAD_PLUGINS", "")
+    reset_registry()
+    yield
+    reset_registry()
+
+
+class PoisonedUNet(torch.nn.Module):
+    """Wraps a UNet; from its ``bad_call``-th evaluation on (1-based) it returns NaN."""
+
+    def __init__(self, unet: torch.nn.Module, bad_call: int) -> None:
+        super().__init__()
+        self.inner = unet
+        self.bad_call = bad_call
+        self.calls = 0
+
+    def forward(self, *args, **kwargs):
+        self.calls += 1
+        out = self.inner(*args, **kwargs)
+        if self.calls >= self.bad_call:
+            out.sample = torch.full_like(out.sample, float("nan"))
+        return out
+
+
+def _poisoned_pipe(tiny_components, bad_call: int) -> tuple[SOWPipeline, PoisonedUNet]:
+    unet = PoisonedUNet(tiny_components.unet, bad_call)
+    return SOWPipeline(dataclasses.replace(tiny_components, unet=unet)), unet
+
+
+def _expected_step(config, bad_call: int) -> str:
+    """Which step the bad_call-th UNet evaluation is, in Algorithm 1's order."""
+    steps = [Step("invert_condition", level) for level in range(1, config.t2 + 1)]
+    steps += [Step("invert_canvas", level) for level in range(1, config.t1 + 1)]
+    for cycle in range(config.cycles):
+        steps += [Step("cycle", level, cycle) for level in range(config.t2, config.t1, -1)]
+    steps += [Step("final", level) for level in range(config.t1, 0, -1)]
+    assert len(steps) == config.unet_evaluations()
+    return describe_step(steps[bad_call - 1])
+
+
+@pytest.mark.parametrize("mode", ["step", "deferred"])
+def test_nan_named_at_its_step(tiny_components, fast_overrides, face_path, mode):
+    bad_call = 16  # in the cycles: 7 + 5 condition/canvas inversions, then cycle evaluations
+    pipe, unet = _poisoned_pipe(tiny_components, bad_call)
+    config = pipe.make_config(None, "normal", **fast_overrides, finite_check=mode)
+    with pytest.raises(NumericalError) as info:
+        pipe(face_path, "a chef", config=config)
+    message = str(info.value)
+    assert _expected_step(config, bad_call) in message
+    assert "bf16" in message and "fp32" in message
+    if mode == "step":
+        assert unet.calls == bad_call  # stopped at once
+    else:
+        assert unet.calls == config.unet_evaluations()  # ran on without syncing, then raised
+
+
+def test_check_off_still_refuses_a_nan_image(tiny_components, fast_overrides, face_path):
+    pipe, _ = _poisoned_pipe(tiny_components, 1)
+    with pytest.raises(NumericalError, match="decoded image"):
+        pipe(face_path, "a chef", **fast_overrides, finite_check="off")
+
+
+def test_guard_modes():
+    step = Step("final", 3)
+    assert FiniteGuard("auto", "cpu").mode == "step"
+    assert FiniteGuard("auto", "meta").mode == "deferred"
+    guard = FiniteGuard("deferred", "cpu")
+    guard.check(torch.ones(2), Step("cycle", 7, 0))
+    guard.check(torch.tensor([1.0, float("inf")]), step)
+    guard.check(torch.tensor([float("nan")]), Step("final", 2))
+    with pytest.raises(NumericalError, match="level 3 \\(the final denoise\\)"):
+        guard.finish()
+    guard = FiniteGuard("off", "cpu")
+    guard.check(torch.tensor([float("nan")]), step)
+    guard.finish()
+
+
+# -- exit codes: 0 ok, 1 runtime failure, 2 usage/input error, 130 interrupted ---------------------
+
+
+def _run(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    return info.value.code, capsys.readouterr()
+
+
+@pytest.fixture
+def fast_config(tmp_path):
+    path = tmp_path / "fast.json"
+    path.write_text('{"canvas": {"width": 128, "height": 128}, "cycles": 1}')
+    return str(path)
+
+
+def test_exit_0_ok_and_no_overwrite(tmp_path, face_path, fast_config, capsys):
+    argv = ["generate", str(face_path), "a chef", "--config", fast_config, "-o", str(tmp_path), "-q"]
+    code, captured = _run(argv, capsys)
+    assert code == 0, captured.err
+    image = tmp_path / "a-chef-s0.png"
+    before = image.read_bytes()
+    code, captured = _run(argv, capsys)
+    assert code == 2 and "already exists" in captured.err
+    code, _ = _run([*argv, "--overwrite"], capsys)
+    assert code == 0 and image.read_bytes() == before  # same seed, same image
+
+
+def test_exit_1_runtime_failure_writes_nothing(tmp_path, face_path, fast_config, capsys, monkeypatch):
+    def explode(self, *args, **kwargs):
+        raise NumericalError("NaN or inf in the latents at level 3 (the final denoise) (float16): usually fp16 overflow")
+
+    monkeypatch.setattr(SOWPipeline, "__call__", explode)
+    code, captured = _run(["generate", str(face_path), "a chef", "--config", fast_config, "-o", str(tmp_path / "o"), "-q"], capsys)
+    assert code == 1 and captured.err.startswith("error: NaN or inf") and "Traceback" not in captured.err
+    assert not list((tmp_path / "o").glob("*.png"))
+
+
+def test_exit_1_unexpected_exception_is_one_line(tmp_path, face_path, fast_config, capsys, monkeypatch):
+    def bug(self, *args, **kwargs):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(SOWPipeline, "__call__", bug)
+    code, captured = _run(["generate", str(face_path), "a chef", "--config", fast_config, "-o", str(tmp_path), "-q"], capsys)
+    assert code == 1 and "Traceback" not in captured.err
+    assert captured.err.strip().splitlines() == [
+        "error: unexpected ZeroDivisionError: division by zero (a bug in sow or a plugin; SOW_DEBUG=1 shows the traceback)"
+    ]
+
+
+def test_exit_2_input_error(tmp_path, capsys):
+    code, captured = _run(["generate", str(tmp_path / "missing.png"), "a chef", "-o", str(tmp_path)], capsys)
+    assert code == 2 and "no such file" in captured.err
+
+
+def test_exit_130_interrupted(tmp_path, face_path, fast_config, capsys, monkeypatch):
+    def interrupt(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(SOWPipeline, "__call__", interrupt)
+    code, captured = _run(["generate", str(face_path), "a chef", "--config", fast_config, "-o", str(tmp_path), "-q"], capsys)
+    assert code == 130 and captured.err.strip() == "interrupted"
+
+
+def test_long_prompt_warned_and_recorded(tmp_path, face_path, fast_config, capsys):
+    import json
+
+    prompt = "a chef in a busy kitchen " + " ".join(f"with item{i}" for i in range(60))
+    code, captured = _run(["generate", str(face_path), prompt, "--config", fast_config, "-o", str(tmp_path), "-q", "--name", "long"], capsys)
+    assert code == 0
+    assert "warning: prompt is" in captured.err and "truncated" in captured.err
+    record = json.loads((tmp_path / "long.json").read_text())
+    assert any("the text encoder reads 77" in w for w in record["warnings"])
