@@ -228,11 +228,11 @@ def main(argv: list[str] | None = None) -> None:
     """
     import os
 
-    from sow.security import install_cli_logging
+    from sow.security import cli_logging
 
-    install_cli_logging()
     try:
-        result = app(args=argv, prog_name="sow", standalone_mode=False)
+        with cli_logging():
+            result = app(args=argv, prog_name="sow", standalone_mode=False)
     except typer.Exit as exc:
         if exc.exit_code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into Exit(130)
             _fail("interrupted", EXIT_INTERRUPTED)

@@ -29,6 +29,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from sow.errors import InputError
@@ -132,17 +135,38 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def install_cli_logging(level: int = logging.WARNING) -> logging.Handler:
-    """Route the ``sow`` loggers to stderr through :class:`RedactingFilter` (the CLI does this once)."""
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler that always writes to the *current* ``sys.stderr``."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+@contextmanager
+def cli_logging(level: int = logging.WARNING) -> Iterator[logging.Handler]:
+    """While the CLI runs, route the ``sow`` loggers to stderr through :class:`RedactingFilter`.
+
+    Records stop propagating to the root logger meanwhile (so no unredacted copy is printed
+    by another handler); everything is restored on exit, so embedding code is unaffected.
+    """
     logger = logging.getLogger("sow")
-    for handler in logger.handlers:
-        if getattr(handler, "_sow_cli", False):
-            return handler
-    handler = logging.StreamHandler()
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     handler.addFilter(RedactingFilter())
-    handler._sow_cli = True  # type: ignore[attr-defined]
+    handler.setLevel(level)
+    saved = (logger.level, logger.propagate)
     logger.addHandler(handler)
-    logger.setLevel(min(logger.level or level, level))
+    if logger.level == logging.NOTSET or logger.level > level:
+        logger.setLevel(level)
     logger.propagate = False
-    return handler
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
