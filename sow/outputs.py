@@ -19,7 +19,7 @@ _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f
 def safe_name(text: str, max_length: int = 60) -> str:
     """A file-name stem from free text: ASCII letters, digits, ``.``, ``_`` and ``-`` only."""
     stem = _UNSAFE.sub("-", text.strip()).strip("-.").lower()[:max_length].rstrip("-.")
-    if not stem or stem in _RESERVED:
+    if not stem or stem.split(".")[0] in _RESERVED:  # Windows reserves CON, CON.png, CON.x.png...
         stem = f"sow-{stem}" if stem else "sow"
     return stem
 
