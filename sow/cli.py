@@ -95,6 +95,73 @@ def global_options(
         set_load_policy(trust_remote_code=True)
 
 
+PlannerOptionOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--planner-option", help="KEY=VALUE passed to the planner (repeatable; VALUE read as JSON if it parses)."),
+]
+OnPlannerErrorOpt = Annotated[
+    str, typer.Option("--on-planner-error", help="fail (default; with a hint) or heuristic (plan offline instead).")
+]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Ask the planner again instead of reusing a cached plan.")]
+
+
+def parse_options(items: list[str] | None) -> dict:
+    """``["model=gemini-2.5-pro", "retries=2"]`` -> ``{"model": "gemini-2.5-pro", "retries": 2}``."""
+    options: dict = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--planner-option {item!r}: expected KEY=VALUE")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return options
+
+
+@app.command("plan")
+def plan_command(
+    condition: Annotated[Path, typer.Argument(help="The visual condition: an image file (a face photo).")],
+    prompt: Annotated[str, typer.Argument(help="What the scene should show.")],
+    planner: Annotated[str, typer.Option(help="Planner plugin name (see `sow plugins`).")] = "heuristic",
+    planner_option: PlannerOptionOpt = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="The plan file to write; its picture goes beside it as .png.")] = Path("plan.json"),
+    preset: Annotated[str, typer.Option(help="normal, attribute (editing) or style (transfer).")] = "normal",
+    config_file: Annotated[Optional[Path], typer.Option("--config", help="JSON file of GenerationConfig fields (the canvas matters).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed handed to the planner.")] = 0,
+    on_planner_error: OnPlannerErrorOpt = "fail",
+    no_cache: NoCacheOpt = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
+) -> None:
+    """Plan only: write the plan (box_v, box_r, prompt) as JSON and a picture of it; edit it, then `generate --plan`."""
+    from sow.outputs import check_free, save_image_atomic, save_json_atomic
+    from sow.plan_cache import PlanCache
+    from sow.plan_repair import check_policy, make_plan
+
+    policy = check_policy(on_planner_error)
+    if out.suffix.lower() != ".json":
+        raise InputError(f"--out {out}: the plan file must end in .json")
+    picture = out.with_suffix(".png")
+    check_free([out, picture], overwrite)
+    config = GenerationConfig.from_preset(preset, **load_config_file(config_file))
+    plan, image = make_plan(
+        condition,
+        prompt,
+        planner=planner,
+        options=parse_options(planner_option),
+        config=config,
+        seed=seed,
+        on_error=policy,
+        cache=None if no_cache else PlanCache(),
+    )
+    save_json_atomic(plan, out)
+    save_image_atomic(image, picture)
+    lines = [f"box_v [{plan.box_v}]  box_r [{plan.box_r}]" + (f"  crop [{plan.crop}]" if plan.crop else "")]
+    lines += [f"prompt: {plan.prompt}", *(f"note: {n}" for n in plan.notes), *(f"repaired: {r}" for r in plan.repairs)]
+    for line in [*lines, f"wrote {out} and {picture}"]:
+        err.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
 @app.command()
 def generate(
     condition: Annotated[Optional[Path], typer.Argument(help="The visual condition: an image file (a face photo).")] = None,
@@ -113,6 +180,9 @@ def generate(
     scheduler: Annotated[Optional[str], typer.Option(help="Scheduler plugin name.")] = None,
     modulator: Annotated[Optional[str], typer.Option(help="Attention modulator plugin name.")] = None,
     preserver: Annotated[Optional[str], typer.Option(help="Preserver plugin name.")] = None,
+    planner_option: PlannerOptionOpt = None,
+    on_planner_error: OnPlannerErrorOpt = "fail",
+    no_cache: NoCacheOpt = False,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "fp32",
     random_weights: Annotated[bool, typer.Option(help="With a folder of configs only: build it with random weights (benchmarks).")] = False,
@@ -129,6 +199,28 @@ def generate(
     from sow.prompts import require_prompt
 
     overrides = load_config_file(config_file)
+
+    def load_pipe() -> SOWPipeline:
+        from sow.plan_cache import PlanCache
+        from sow.plan_repair import check_policy
+
+        pipe = SOWPipeline.from_pretrained(
+            model,
+            device=device,
+            dtype=dtype,
+            random_weights=random_weights,
+            allow_pickle=allow_pickle,
+            planner=planner,
+            inverter=inverter,
+            scheduler=scheduler,
+            modulator=modulator,
+            preserver=preserver,
+            stage_options={"planner": parse_options(planner_option)} if planner_option else None,
+        )
+        pipe.on_planner_error = check_policy(on_planner_error)
+        pipe.plan_cache = None if no_cache else PlanCache()
+        return pipe
+
     if batch is not None or resume:
         if batch is None:
             raise InputError("--resume goes with --batch FILE")
@@ -137,11 +229,7 @@ def generate(
         from sow.batch_cli import generate_batch
 
         generate_batch(
-            batch, out_dir, overrides,
-            load=lambda: SOWPipeline.from_pretrained(
-                model, device=device, dtype=dtype, random_weights=random_weights, allow_pickle=allow_pickle,
-                planner=planner, inverter=inverter, scheduler=scheduler, modulator=modulator, preserver=preserver,
-            ),
+            batch, out_dir, overrides, load=load_pipe,
             resume=resume, overwrite=overwrite, quiet=quiet or json_output, json_output=json_output, console=err,
         )
         return
@@ -157,18 +245,7 @@ def generate(
 
     load_condition(condition)  # missing, corrupt, hostile: refused before the model loads
 
-    pipe = SOWPipeline.from_pretrained(
-        model,
-        device=device,
-        dtype=dtype,
-        random_weights=random_weights,
-        allow_pickle=allow_pickle,
-        planner=planner,
-        inverter=inverter,
-        scheduler=scheduler,
-        modulator=modulator,
-        preserver=preserver,
-    )
+    pipe = load_pipe()
     config = pipe.make_config(None, preset, **overrides)
     plan = early_plan
 
@@ -183,6 +260,10 @@ def generate(
     save_image_atomic(draw_plan(result.plan, result.seeded_canvas), paths["plan_image"])
     result.record.outputs = {role: str(p) for role, p in paths.items()}
     save_json_atomic(result.record, paths["record"])
+    if plan is None:  # the planner ran: say what was repaired, or that another planner stood in
+        fell_back = result.plan.planner != config.stages.planner and result.plan.notes
+        for line in ([result.plan.notes[0]] if fell_back else []) + [f"plan repaired: {r}" for r in result.plan.repairs]:
+            err.print(line, markup=False, highlight=False, soft_wrap=True)
     total = sum(t.seconds for t in result.record.timings)
     for warning in result.record.warnings:
         err.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)

@@ -83,6 +83,10 @@ class SOWPipeline:
         self.stages = stages if isinstance(stages, StageNames) else StageNames(**(stages or {}))
         self.stage_options = stage_options or {}
         self._instances: dict[tuple[str, str], object] = {}
+        self.on_planner_error: str = "fail"
+        """What a failing planner does: ``"fail"`` (raise, with a hint) or ``"heuristic"`` (plan offline)."""
+        self.plan_cache = None
+        """A :class:`sow.plan_cache.PlanCache` to reuse plans across runs (None: always plan)."""
         for kind, attr in STAGE_FIELDS.items():  # fail early on unknown names
             self.registry.get(kind, getattr(self.stages, attr))
 
@@ -157,10 +161,19 @@ class SOWPipeline:
         seed: int = 0,
         planner: str | None = None,
     ) -> Plan:
-        """Run the planner stage alone."""
+        """Run the planner stage alone: cached, repaired, with the fallback policy (:mod:`sow.plan_repair`)."""
+        from sow.plan_repair import plan_with_policy
+
         config = config or self.make_config()
         name = planner or config.stages.planner
-        return self.stage("planner", name).plan(PlanRequest(condition=condition, prompt=prompt, config=config, seed=seed))
+        request = PlanRequest(condition=condition, prompt=prompt, config=config, seed=seed)
+        return plan_with_policy(
+            self.stage("planner", name),
+            request,
+            on_error=self.on_planner_error,
+            cache=self.plan_cache,
+            settings=self.stage_options.get("planner", {}),
+        )
 
     # -- the run -----------------------------------------------------------------------
 
@@ -213,7 +226,10 @@ class SOWPipeline:
             text = require_prompt(text, "the plan's prompt")
             notes = notes + prompt_warnings(comp.tokenizer, text)
 
-        # 2. Seed initialization: the condition pasted at box_v (snapped to latent cells) on gray.
+        # 2. Seed initialization: the condition (its planned crop) pasted at box_v (snapped to latent cells) on gray.
+        from sow.plan_repair import apply_crop
+
+        image, mask = apply_crop(image, mask, plan.crop)
         box_v = plan.box_v.aligned(scale)
         if not box_v.fits(config.canvas):
             box_v = box_v.model_copy(update={"x": config.canvas.width - box_v.w})

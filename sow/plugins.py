@@ -34,6 +34,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "sow.scheduling",
     "sow.preservation",
     "sow.attention",
+    "sow.heuristic",
 )
 """Modules of the core that register the built-in stages, in this order."""
 

@@ -111,6 +111,7 @@ class Plan(_Strict):
     canvas: Canvas = Field(default_factory=Canvas, description="The canvas the boxes refer to.")
     box_v: Box = Field(description="Where the visual condition is pasted on the canvas.")
     box_r: Box = Field(description="The condition-related region, e.g. the body under a face.")
+    crop: Box | None = Field(None, description="The region of the condition image used, in condition pixels (none: all of it).")
     prompt: str = Field(min_length=1, description="The prompt the image is generated from (intensified by the planner).")
     user_prompt: str = Field("", description="The prompt as the user wrote it.")
     description: str = Field("", description="The planner's description of the visual condition.")
@@ -167,7 +168,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 class StageNames(_Strict):
     """Which registered implementation runs each stage."""
 
-    planner: str = Field("fixed", description="Planner plugin name.")
+    planner: str = Field("heuristic", description="Planner plugin name.")
     inverter: str = Field("ddim", description="Inverter plugin name.")
     scheduler: str = Field("cyclic", description="Scheduler plugin name.")
     modulator: str = Field("none", description="Attention modulator plugin name.")
