@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from sow.batch import plan_work, read_batch_file, run_batch
 from sow.schemas import GenerationConfig
+from sow.security import redact
 
 
 def generate_batch(
@@ -36,7 +37,7 @@ def generate_batch(
     pipe = load() if todo else None
 
     def emit_json(event: dict[str, Any]) -> None:
-        print(json.dumps(event), flush=True)
+        print(redact(json.dumps(event)), flush=True)
 
     progress = Progress(
         TextColumn("{task.description:<24}"),

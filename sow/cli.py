@@ -24,8 +24,11 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
-out = Console()
+from sow.security import redacting_console  # noqa: E402
+
+err = redacting_console(stderr=True)
+out = redacting_console()
+"""The CLI's consoles: every string printed has secrets (API keys in the environment) redacted."""
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'tiny' (embedded, random weights), a hub id, a diffusers folder or a .safetensors file.")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
@@ -268,8 +271,8 @@ def generate(
     for warning in result.record.warnings:
         err.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
     if json_output:
-        print(json.dumps({"event": "done", "outputs": result.record.outputs, "seconds": round(total, 3),
-                          "warnings": result.record.warnings}))
+        out.print(json.dumps({"event": "done", "outputs": result.record.outputs, "seconds": round(total, 3),
+                              "warnings": result.record.warnings}), markup=False, highlight=False, soft_wrap=True)
     else:
         err.print(f"wrote {paths['image']} ({result.record.unet_evaluations} UNet evaluations, {total:.1f} s)")
 

@@ -170,3 +170,14 @@ def cli_logging(level: int = logging.WARNING) -> Iterator[logging.Handler]:
         logger.removeHandler(handler)
         logger.setLevel(saved[0])
         logger.propagate = saved[1]
+
+
+def redacting_console(**kwargs):
+    """A rich ``Console`` whose ``print`` redacts secrets from its string arguments (the CLI's consoles)."""
+    from rich.console import Console
+
+    class RedactingConsole(Console):
+        def print(self, *objects, **options):  # type: ignore[override]
+            return super().print(*(redact(o) if isinstance(o, str) else o for o in objects), **options)
+
+    return RedactingConsole(**kwargs)

@@ -81,7 +81,7 @@ def test_api_key_never_leaks(tmp_path, face_path, monkeypatch, capsys, caplog, m
     captured = capsys.readouterr()
     if mode == "fail":
         assert info.value.code == 1
-        assert "error: API request failed: 403 for key ***: permission denied" in captured.err
+        assert "error: planner 'leaky' failed: API request failed: 403 for key ***: permission denied" in captured.err
     else:
         assert info.value.code == 0
         record = json.loads((out / "a-chef-s0.json").read_text())
