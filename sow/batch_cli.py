@@ -62,11 +62,15 @@ def generate_batch(
             if kind == "failed" and not json_output:
                 progress.console.print(f"failed {event['id']} (line {event['line']}): {event['error']}", markup=False, highlight=False, soft_wrap=True)
 
-    if pipe is None:
-        summary = run_batch(None, items, out_dir, overrides=overrides, resume=resume, overwrite=overwrite, on_event=on_event)
-    else:
-        with progress:
-            summary = run_batch(pipe, items, out_dir, overrides=overrides, resume=resume, overwrite=overwrite, on_event=on_event)
+    try:
+        if pipe is None:
+            summary = run_batch(None, items, out_dir, overrides=overrides, resume=resume, overwrite=overwrite, on_event=on_event)
+        else:
+            with progress:
+                summary = run_batch(pipe, items, out_dir, overrides=overrides, resume=resume, overwrite=overwrite, on_event=on_event)
+    except KeyboardInterrupt:
+        console.print(f"batch interrupted; finish it with: sow generate --batch {batch} -o {out_dir} --resume", markup=False, highlight=False, soft_wrap=True)
+        raise
     result = summary.as_dict()
     if json_output:
         emit_json({"event": "summary", **result})

@@ -202,3 +202,41 @@ def test_cli_batch_json_and_exit_code(tmp_path, face_path, capsys):
     assert [e["event"] for e in events] == ["start", "done", "start", "failed", "summary"]
     assert events[-1]["failures"][0]["id"] == "bad" and "no such file" in events[-1]["failures"][0]["error"]
     assert "Traceback" not in captured.err
+
+
+def test_ctrl_c_mid_batch_then_resume(tmp_path, tiny_pipe, face_path):
+    """KeyboardInterrupt (Ctrl-C) after the 2nd finished item: the manifest is consistent and --resume completes it."""
+    jobs = _jobs(tmp_path / "jobs.jsonl", face_path, 4)
+    out = tmp_path / "out"
+    items = read_batch_file(jobs)
+
+    def interrupt_after_two(event):
+        if event["event"] == "done" and event["index"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(tiny_pipe, items, out, overrides=FAST, on_event=interrupt_after_two)
+    assert len(_done_ids(out)) == 2
+    computed = []
+    summary = run_batch(tiny_pipe, items, out, overrides=FAST, resume=True, on_event=lambda e: e["event"] == "done" and computed.append(e["id"]))
+    assert (summary.done, summary.skipped) == (2, 2)
+    assert sorted(computed) == sorted(i.id for i in items[2:])
+    assert sorted(_done_ids(out)) == sorted(i.id for i in items)
+
+
+def test_cli_interrupt_exit_130_with_resume_hint(tmp_path, face_path, capsys, monkeypatch):
+    from sow.pipeline import SOWPipeline
+
+    jobs = _jobs(tmp_path / "jobs.jsonl", face_path, 2)
+    config = tmp_path / "fast.json"
+    config.write_text(json.dumps(FAST))
+
+    def interrupt(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(SOWPipeline, "__call__", interrupt)
+    with pytest.raises(SystemExit) as info:
+        main(["generate", "--batch", str(jobs), "--config", str(config), "-o", str(tmp_path / "out"), "-q"])
+    captured = capsys.readouterr()
+    assert info.value.code == 130
+    assert "--resume" in captured.err and captured.err.strip().endswith("interrupted")
