@@ -85,7 +85,7 @@ def manual_plan(box_v: str | None, box_r: str | None, prompt: str, config: Gener
 
 @app.callback()
 def global_options(
-    disable_plugin: Annotated[list[str], typer.Option("--disable-plugin", help="Do not load this plugin (entry-point or distribution name); repeatable. Also SOW_DISABLE_PLUGINS=a,b.")] = [],  # noqa: B006
+    disable_plugin: Annotated[list[str], typer.Option("--disable-plugin", metavar="NAME", help="Do not load this plugin (entry-point or distribution name); repeatable. Also SOW_DISABLE_PLUGINS=a,b.")] = [],  # noqa: B006
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Let model repositories run their own Python code (some MLLM planners need it). Off by default.")] = False,
 ) -> None:
     """Selective One-Way Diffusion: an image from a visual condition (a face photo) and a text prompt."""
@@ -205,6 +205,7 @@ def generate(
 
     def load_pipe() -> SOWPipeline:
         from sow.plan_cache import PlanCache
+        from sow.security import load_policy
         from sow.plan_repair import check_policy
 
         pipe = SOWPipeline.from_pretrained(
@@ -212,7 +213,7 @@ def generate(
             device=device,
             dtype=dtype,
             random_weights=random_weights,
-            allow_pickle=allow_pickle,
+            allow_pickle=allow_pickle or load_policy().allow_pickle,
             planner=planner,
             inverter=inverter,
             scheduler=scheduler,
