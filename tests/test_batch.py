@@ -22,10 +22,11 @@ FAST = {"canvas": {"width": 128, "height": 128}, "cycles": 1}
 
 
 @pytest.fixture(autouse=True)
-def _only_builtin_plugins(monkeypatch):
+def _only_builtin_plugins(monkeypatch, tmp_path_factory):
     from sow.plugins import reset_registry
 
     monkeypatch.setenv("SOW_LOAD_PLUGINS", "")
+    monkeypatch.setenv("SOW_CACHE_DIR", str(tmp_path_factory.mktemp("plan-cache")))  # never the user's cache
     reset_registry()
     yield
     reset_registry()

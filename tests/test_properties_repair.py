@@ -73,17 +73,18 @@ def test_a_valid_answer_passes_unchanged(canvas, data):
     assert plan.box_v.as_list() == [x, y, w, h] and plan.box_r.as_list() == [rx, ry, rw, rh]
 
 
-@given(canvases, raw_boxes, raw_boxes)
-def test_box_v_keeps_its_aspect_when_scaled(canvas, box_v, box_r):
-    assume(box_v[2] >= 8 and box_v[3] >= 8)
+positive = st.floats(min_value=8, max_value=3000, allow_nan=False) | st.integers(8, 3000)
+
+
+@given(canvases, numbers, numbers, positive, positive, raw_boxes)
+def test_box_v_keeps_its_aspect_when_scaled(canvas, x, y, w, h, box_r):
     config = GenerationConfig(canvas=canvas)
-    plan = repair_plan(_answer(box_v, box_r), config)
-    ratio_in = box_v[2] / box_v[3]
-    ratio_out = plan.box_v.w / plan.box_v.h
-    # rounding to whole pixels (and the 8 px minimum side) moves the ratio a little
-    tolerance = 1 / min(plan.box_v.w, plan.box_v.h) + 0.02
-    assume(min(plan.box_v.w, plan.box_v.h) > 8)
-    assert math.isclose(ratio_in, ratio_out, rel_tol=2 * tolerance) or math.isclose(ratio_out, ratio_in, abs_tol=2 * tolerance * ratio_in)
+    plan = repair_plan(_answer([x, y, w, h], box_r), config)
+    short = min(plan.box_v.w, plan.box_v.h)
+    if short <= 8:  # the 8 px minimum side may widen a sliver: aspect not kept there
+        return
+    # rounding each side to whole pixels moves the ratio by at most about 1/short (relative)
+    assert math.isclose(w / h, plan.box_v.w / plan.box_v.h, rel_tol=1.5 / short + 1e-9)
 
 
 @given(canvases, canvases, st.data())

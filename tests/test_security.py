@@ -20,8 +20,9 @@ FAST = {"canvas": {"width": 128, "height": 128}, "cycles": 1}
 
 
 @pytest.fixture(autouse=True)
-def _clean_state(monkeypatch):
+def _clean_state(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("SOW_LOAD_PLUGINS", "")
+    monkeypatch.setenv("SOW_CACHE_DIR", str(tmp_path_factory.mktemp("plan-cache")))  # never the user's cache
     plugin_module.reset_registry()
     reset_load_policy()
     yield
