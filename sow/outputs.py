@@ -28,7 +28,7 @@ def check_free(paths: list[Path], overwrite: bool) -> None:
     """Refuse to run when an output already exists (unless ``overwrite``)."""
     if overwrite:
         return
-    taken = [p for p in paths if p.exists()]
+    taken = [p for p in paths if p.exists() or p.is_symlink()]  # a dangling link is taken too
     if taken:
         raise InputError(f"{taken[0]} already exists; pass --overwrite to replace it, or choose another --out/--name")
 

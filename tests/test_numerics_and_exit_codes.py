@@ -169,3 +169,20 @@ def test_long_prompt_warned_and_recorded(tmp_path, face_path, fast_config, capsy
     assert "warning: prompt is" in captured.err and "truncated" in captured.err
     record = json.loads((tmp_path / "long.json").read_text())
     assert any("the text encoder reads 77" in w for w in record["warnings"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_deferred_check_never_syncs_inside_the_loop_on_gpu():
+    x = torch.randn(1, 4, 64, 64, device="cuda")
+    guard = FiniteGuard("auto", "cuda")
+    assert guard.mode == "deferred"
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for cycle in range(10):
+            guard.check(x * 1.0, Step("cycle", 7, cycle))
+        with pytest.raises(RuntimeError):  # the per-step mode does sync, which is why it is not the GPU default
+            FiniteGuard("step", "cuda").check(x, Step("final", 1))
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    guard.finish()
