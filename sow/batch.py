@@ -65,8 +65,12 @@ class BatchJob(BaseModel):
     @field_validator("prompt")
     @classmethod
     def _not_empty(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("empty prompt; describe the scene to generate")
+        from sow.prompts import require_prompt
+
+        try:
+            require_prompt(value, "the prompt")
+        except InputError as exc:
+            raise ValueError(str(exc)) from None
         return value
 
     @field_validator("name")

@@ -202,6 +202,10 @@ def generate(
     from sow.prompts import require_prompt
 
     overrides = load_config_file(config_file)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out {out_dir} is a file, not a folder")
+    if not 0 <= seed < 2**63:
+        raise InputError(f"--seed {seed}: must lie in 0 .. 2**63-1")
 
     def load_pipe() -> SOWPipeline:
         from sow.plan_cache import PlanCache

@@ -6,7 +6,8 @@ from its first 75 word pieces, exactly as diffusers does, and the run record's
 ``warnings`` names the words that were dropped. (Encoding in 77-token chunks and
 concatenating the embeddings, as some UIs do, changes the cross-attention context the
 model was trained on; we prefer a result the paper's method describes and a visible
-warning.) Empty or whitespace-only prompts are refused.
+warning.) Empty or whitespace-only prompts, prompts that are not valid text (undecodable
+bytes) and prompts over :data:`MAX_PROMPT_CHARS` characters are refused.
 """
 
 from __future__ import annotations
@@ -39,10 +40,20 @@ class PromptCheck:
         )
 
 
+MAX_PROMPT_CHARS = 10_000
+"""Longer prompts are refused outright (the encoder reads about 75 words of them anyway)."""
+
+
 def require_prompt(prompt: object, what: str = "prompt") -> str:
-    """``prompt`` stripped, or :class:`InputError` when it is not a non-empty string."""
+    """``prompt`` stripped, or :class:`InputError` when it is empty, not text, or absurdly long."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise InputError(f"{what} is empty; describe the scene to generate")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"{what} holds bytes that are not valid text (check the terminal's or file's encoding)") from None
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise InputError(f"{what} is {len(prompt):,} characters; the limit is {MAX_PROMPT_CHARS:,} (the encoder reads 77 tokens)")
     return prompt.strip()
 
 

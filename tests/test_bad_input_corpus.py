@@ -90,6 +90,14 @@ def _corpus(tmp: Path, face: Path) -> list[tuple[str, list[str], str, int]]:
         ("batch empty", [*gen, "--batch", jsonl("b5.jsonl", "# nothing here"), *out], "no jobs", 2),
         ("batch negative seed", [*gen, "--batch", jsonl("b6.jsonl", json.dumps({"condition": good, "prompt": "a", "seed": -1})), *out], "seed: Input should be greater than or equal to 0", 2),
         ("resume alone", [*gen, good, "a chef", "--resume", *out], "--resume goes with --batch", 2),
+        ("undecodable prompt", [*gen, good, "a chef \udcff", *out], "not valid text", 2),
+        ("huge prompt", [*gen, good, "a chef " * 3000, *out], "the limit is 10,000", 2),
+        ("seed overflow", [*gen, good, "a chef", "--seed", str(2**64 + 5), *out], "must lie in 0 .. 2**63-1", 2),
+        ("out is a file", [*gen, good, "a chef", "-o", str(tmp / "text.jpg")], "is a file, not a folder", 2),
+        ("batch blank prompt", [*gen, "--batch", jsonl("b7.jsonl", json.dumps({"condition": good, "prompt": " "})), *out], "line 1: prompt: the prompt is empty", 2),
+        ("batch not an object", [*gen, "--batch", jsonl("b8.jsonl", "[1, 2, 3]"), *out], "line 1: expected a JSON object", 2),
+        ("batch unknown field", [*gen, "--batch", jsonl("b9.jsonl", json.dumps({"condition": good, "prompt": "a", "sead": 3})), *out], "line 1: sead: Extra inputs are not permitted", 2),
+        ("batch is binary", [*gen, "--batch", str(truncated_jpeg(tmp / "jobs.bin")), *out], "not UTF-8 text", 2),
     ]
 
 

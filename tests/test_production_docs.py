@@ -32,3 +32,9 @@ def test_one_batch_per_output_folder(tmp_path):
         with pytest.raises(InputError, match="in use by another sow batch"):
             with Manifest(tmp_path).open(fresh=True):
                 pass
+
+
+def test_prompt_limit_in_the_docs():
+    from sow.prompts import MAX_PROMPT_CHARS
+
+    assert f"over {MAX_PROMPT_CHARS:,} characters" in DOC
