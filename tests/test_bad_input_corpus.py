@@ -97,6 +97,7 @@ def _corpus(tmp: Path, face: Path) -> list[tuple[str, list[str], str, int]]:
         ("batch blank prompt", [*gen, "--batch", jsonl("b7.jsonl", json.dumps({"condition": good, "prompt": " "})), *out], "line 1: prompt: the prompt is empty", 2),
         ("batch not an object", [*gen, "--batch", jsonl("b8.jsonl", "[1, 2, 3]"), *out], "line 1: expected a JSON object", 2),
         ("batch unknown field", [*gen, "--batch", jsonl("b9.jsonl", json.dumps({"condition": good, "prompt": "a", "sead": 3})), *out], "line 1: sead: Extra inputs are not permitted", 2),
+        ("plan command bomb", ["plan", str(tmp / "bomb.png"), "a chef", "-o", str(tmp / "plans" / "p.json")], "over Pillow's limit", 2),
         ("batch is binary", [*gen, "--batch", str(truncated_jpeg(tmp / "jobs.bin")), *out], "not UTF-8 text", 2),
     ]
 

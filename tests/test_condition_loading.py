@@ -175,3 +175,32 @@ def test_digest_is_of_the_file_bytes(tmp_path):
 
     path = save(face_like((64, 64)), tmp_path / "d.png")
     assert load_condition(path).sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _masked() -> Image.Image:
+    alpha = np.zeros((64, 64), np.uint8)
+    alpha[20:40, 20:40] = 255
+    image = face_like((64, 64)).convert("RGBA")
+    image.putalpha(Image.fromarray(alpha))
+    return image
+
+
+ODD_BUT_ACCEPTED = {
+    "20px": (lambda: face_like((20, 20)), "small condition"),
+    "wide 1000x130": (lambda: face_like((1000, 130)), None),
+    "tall 130x1000": (lambda: face_like((130, 1000)), None),
+    "16-bit gray": (lambda: Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 15).astype(np.uint16)), "16-bit"),
+    "CMYK": (lambda: face_like((80, 64)).convert("CMYK"), "from CMYK"),
+    "1-bit": (lambda: face_like((64, 64)).convert("1"), "from 1"),
+    "masked RGBA": (_masked, "condition mask"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ODD_BUT_ACCEPTED))
+def test_odd_conditions_generate_end_to_end(tiny_pipe, case):
+    make, note = ODD_BUT_ACCEPTED[case]
+    result = tiny_pipe(make(), "a chef", canvas={"width": 128, "height": 128}, cycles=1)
+    assert result.image.size == (128, 128)
+    assert result.plan.box_v.fits(result.plan.canvas)
+    if note:
+        assert any(note in w for w in result.record.warnings), result.record.warnings
