@@ -185,7 +185,12 @@ def apply_crop(image: Image.Image, mask: Image.Image | None, crop: Box | None) -
     if crop.right > width or crop.bottom > height:
         raise InputError(f"plan crop [{crop}] reaches outside the {width}x{height} condition image")
     area = (crop.x, crop.y, crop.right, crop.bottom)
-    return image.crop(area), (mask.crop(area) if mask is not None else None)
+    if mask is not None:
+        # a mask covers the whole condition at any resolution (seeding resizes it): crop the same share of it
+        sx, sy = mask.width / width, mask.height / height
+        mask_area = (round(crop.x * sx), round(crop.y * sy), round(crop.right * sx), round(crop.bottom * sy))
+        mask = mask.crop((mask_area[0], mask_area[1], max(mask_area[2], mask_area[0] + 1), max(mask_area[3], mask_area[1] + 1)))
+    return image.crop(area), mask
 
 
 def repair_crop(plan: Plan, size: tuple[int, int]) -> Plan:

@@ -80,6 +80,15 @@ def test_unreadable_answer_names_the_field(config, box, field):
         repair_plan(raw(box, [0, 0, 10, 10]), config)
 
 
+def test_apply_crop_crops_the_same_share_of_a_mask_of_another_size():
+    image = Image.new("RGB", (200, 100))
+    mask = Image.new("L", (20, 10), 0)
+    mask.paste(255, (0, 0, 10, 10))  # the left half is kept
+    _, cropped = apply_crop(image, mask, Box(x=50, y=0, w=100, h=100))  # the middle half of the image
+    assert cropped.size == (10, 10)
+    assert cropped.getpixel((2, 5)) == 255 and cropped.getpixel((7, 5)) == 0
+
+
 def test_apply_crop():
     image = Image.new("RGB", (100, 80), (10, 20, 30))
     cropped, mask = apply_crop(image, None, Box(x=10, y=10, w=50, h=40))
