@@ -14,7 +14,9 @@ A plugin that loads a model reads the policy instead of hard-coding a value::
     from sow.security import load_policy
     model = AutoModel.from_pretrained(repo, trust_remote_code=load_policy().trust_remote_code)
 
-or calls :func:`require_remote_code` to fail with a one-line hint when a model needs it.
+or spreads :func:`safe_load_kwargs` into its ``from_pretrained`` calls (safetensors only
+unless pickles are allowed, and the remote-code switch), or calls
+:func:`require_remote_code` to fail with a one-line hint when a model needs it.
 
 **Redaction.** API keys live in environment variables (``GEMINI_API_KEY``...). Any
 environment value whose *name* looks secret (has a KEY, TOKEN, SECRET, PASSWORD,
@@ -81,6 +83,20 @@ def set_load_policy(**changes: bool) -> LoadPolicy:
 def reset_load_policy() -> None:
     global _policy
     _policy = None
+
+
+def safe_load_kwargs() -> dict[str, bool]:
+    """Keyword arguments for a Hugging Face ``from_pretrained`` call that obey the policy.
+
+    ``use_safetensors=True`` (refuse pickled ``.bin`` weights) unless pickles are allowed,
+    and ``trust_remote_code`` as the user set it. MLLM planners spread these into their
+    ``from_pretrained(model_id, **safe_load_kwargs(), ...)`` calls.
+    """
+    policy = load_policy()
+    kwargs = {"trust_remote_code": policy.trust_remote_code}
+    if not policy.allow_pickle:
+        kwargs["use_safetensors"] = True
+    return kwargs
 
 
 def require_remote_code(what: str) -> None:

@@ -216,3 +216,39 @@ def test_disabled_planner_is_an_unknown_name(fake_distributions, face_path, tmp_
         main(["--disable-plugin", "fakeplug", "generate", str(face_path), "a chef", "--planner", "fakeplanner", "-o", str(tmp_path)])
     captured = capsys.readouterr()
     assert info.value.code == 2 and "unknown planner 'fakeplanner'" in captured.err
+
+
+def test_safe_load_kwargs_follow_the_policy(monkeypatch):
+    from sow.security import safe_load_kwargs, set_load_policy
+
+    assert safe_load_kwargs() == {"trust_remote_code": False, "use_safetensors": True}
+    set_load_policy(trust_remote_code=True)
+    assert safe_load_kwargs() == {"trust_remote_code": True, "use_safetensors": True}
+    set_load_policy(allow_pickle=True)
+    assert safe_load_kwargs() == {"trust_remote_code": True}
+
+
+def test_hf_loader_refuses_pickled_weights_by_default(tmp_path):
+    """transformers honours use_safetensors=True: a folder with only pytorch_model.bin is refused."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from sow.security import safe_load_kwargs
+
+    import torch
+
+    config = CLIPTextConfig(vocab_size=100, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                            max_position_embeddings=8, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    model = CLIPTextModel(config)
+    model.save_pretrained(tmp_path)
+    for weights in tmp_path.glob("*.safetensors"):  # keep only a pickled copy of the weights
+        weights.unlink()
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    assert (tmp_path / "pytorch_model.bin").is_file() and not list(tmp_path.glob("*.safetensors"))
+    with pytest.raises(OSError, match="safetensors"):
+        CLIPTextModel.from_pretrained(tmp_path, local_files_only=True, **safe_load_kwargs())
+    from sow.security import set_load_policy
+
+    set_load_policy(allow_pickle=True)  # --allow-pickle: the same folder loads
+    loaded = CLIPTextModel.from_pretrained(tmp_path, local_files_only=True, **safe_load_kwargs())
+    reference = model.state_dict()
+    assert all(torch.equal(value, reference[name]) for name, value in loaded.state_dict().items())
