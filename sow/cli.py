@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from sow.errors import InputError, SowError
@@ -209,8 +208,8 @@ def generate(
 
     def load_pipe() -> SOWPipeline:
         from sow.plan_cache import PlanCache
-        from sow.security import load_policy
         from sow.plan_repair import check_policy
+        from sow.security import load_policy
 
         pipe = SOWPipeline.from_pretrained(
             model,

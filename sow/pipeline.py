@@ -26,10 +26,10 @@ from sow.denoiser import Denoiser, PromptEmbeddings
 from sow.diffusion_math import LevelSchedule
 from sow.errors import InputError
 from sow.images import load_condition
-from sow.numerics import require_finite
-from sow.prompts import prompt_warnings, require_prompt
 from sow.models import Components, load_components
+from sow.numerics import require_finite
 from sow.plugins import Registry, get_registry
+from sow.prompts import prompt_warnings, require_prompt
 from sow.schemas import GenerationConfig, Plan, RunRecord, StageNames, StageTiming
 from sow.stages import PlanRequest
 

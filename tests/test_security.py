@@ -230,11 +230,10 @@ def test_safe_load_kwargs_follow_the_policy(monkeypatch):
 
 def test_hf_loader_refuses_pickled_weights_by_default(tmp_path):
     """transformers honours use_safetensors=True: a folder with only pytorch_model.bin is refused."""
+    import torch
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from sow.security import safe_load_kwargs
-
-    import torch
 
     config = CLIPTextConfig(vocab_size=100, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
                             max_position_embeddings=8, bos_token_id=0, eos_token_id=1, pad_token_id=1)
