@@ -67,7 +67,7 @@ class Denoiser:
         self.on_step: Callable[[Step], None] | None = None
         self.evaluations = 0
         self.total_evaluations = config.unet_evaluations()
-        self.guard = FiniteGuard(config.finite_check, next(unet.parameters()).device)
+        self.guard = FiniteGuard(config.finite_check)
         """NaN/inf check after every update; call :meth:`finish` when the loop ends."""
 
     # -- noise prediction -------------------------------------------------------------

@@ -66,14 +66,19 @@ def require_finite(tensor: torch.Tensor, where: str) -> None:
 class FiniteGuard:
     """Checks the latents after each update of one run (see the module's docstring for modes)."""
 
-    def __init__(self, mode: str = "auto", device: torch.device | str = "cpu") -> None:
-        self.mode = resolve_mode(mode, torch.device(device))
+    def __init__(self, mode: str = "auto", device: torch.device | str | None = None) -> None:
+        """``device=None``: ``auto`` is resolved from the first latents checked."""
+        resolve_mode(mode, torch.device("cpu"))  # reject unknown modes now
+        self._requested = mode
+        self.mode = resolve_mode(mode, torch.device(device)) if device is not None else mode
         self._steps: list[Step] = []
         self._flags: list[torch.Tensor] = []
         self._dtype = ""
 
     def check(self, latents: torch.Tensor, step: Step) -> None:
         """Check ``latents`` just produced by ``step`` (raises at once in ``step`` mode)."""
+        if self.mode == "auto":
+            self.mode = resolve_mode(self._requested, latents.device)
         if self.mode == "off":
             return
         if self.mode == "step":

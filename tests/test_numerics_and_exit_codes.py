@@ -186,3 +186,27 @@ def test_deferred_check_never_syncs_inside_the_loop_on_gpu():
     finally:
         torch.cuda.set_sync_debug_mode(0)
     guard.finish()
+
+
+def test_auto_mode_follows_the_latents_device_and_parameterless_models_work():
+    from types import SimpleNamespace
+
+    from diffusers import DDIMScheduler
+
+    from sow import diffusion_math as dm
+    from sow.denoiser import Denoiser, PromptEmbeddings
+    from sow.models import tiny_configs
+    from sow.schemas import GenerationConfig
+
+    class NaNNoise(torch.nn.Module):  # no parameters at all, like the engine tests' stand-ins
+        def forward(self, sample, timestep, encoder_hidden_states=None, **kwargs):
+            return SimpleNamespace(sample=torch.full_like(sample, float("nan")))
+
+    config = GenerationConfig(inversion_guidance_scale=1.0, guidance_scale=1.0)
+    schedule = dm.LevelSchedule.from_scheduler(DDIMScheduler(**tiny_configs()["scheduler"]), 10)
+    denoiser = Denoiser(NaNNoise(), schedule, PromptEmbeddings(*(torch.zeros(1, 77, 8) for _ in range(5))), config)
+    with pytest.raises(NumericalError, match="level 1 \\(inverting the canvas\\)"):
+        denoiser.invert(torch.zeros(1, 4, 8, 8), 0, "invert_canvas")
+    assert denoiser.guard.mode == "step"
+    with pytest.raises(ValueError):
+        FiniteGuard("sometimes")
