@@ -241,7 +241,7 @@ def generate(
         )
         return
     if condition is None or prompt is None:
-        raise InputError("missing CONDITION and PROMPT (or pass --batch FILE); see sow generate --help")
+        raise InputError("Missing argument CONDITION and PROMPT (or pass --batch FILE); see sow generate --help")
     require_prompt(prompt)
     early = GenerationConfig.from_preset(preset, **overrides)  # bad inputs fail before the model loads
     early_plan = load_plan_file(plan_file) if plan_file else manual_plan(box_v, box_r, prompt, early)

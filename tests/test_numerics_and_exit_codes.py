@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -26,26 +26,22 @@ def _only_builtin_plugins(monkeypatch, tmp_path_factory):
     reset_registry()
 
 
-class PoisonedUNet(torch.nn.Module):
-    """Wraps a UNet; from its ``bad_call``-th evaluation on (1-based) it returns NaN."""
+@contextmanager
+def poisoned(unet: torch.nn.Module, bad_call: int):
+    """From the UNet's ``bad_call``-th evaluation on (1-based) its output is NaN (a forward hook, removed after)."""
+    calls = {"n": 0}
 
-    def __init__(self, unet: torch.nn.Module, bad_call: int) -> None:
-        super().__init__()
-        self.inner = unet
-        self.bad_call = bad_call
-        self.calls = 0
+    def hook(module, args, output):
+        calls["n"] += 1
+        if calls["n"] >= bad_call:
+            output.sample = torch.full_like(output.sample, float("nan"))
+        return output
 
-    def forward(self, *args, **kwargs):
-        self.calls += 1
-        out = self.inner(*args, **kwargs)
-        if self.calls >= self.bad_call:
-            out.sample = torch.full_like(out.sample, float("nan"))
-        return out
-
-
-def _poisoned_pipe(tiny_components, bad_call: int) -> tuple[SOWPipeline, PoisonedUNet]:
-    unet = PoisonedUNet(tiny_components.unet, bad_call)
-    return SOWPipeline(dataclasses.replace(tiny_components, unet=unet)), unet
+    handle = unet.register_forward_hook(hook)
+    try:
+        yield calls
+    finally:
+        handle.remove()
 
 
 def _expected_step(config, bad_call: int) -> str:
@@ -62,22 +58,22 @@ def _expected_step(config, bad_call: int) -> str:
 @pytest.mark.parametrize("mode", ["step", "deferred"])
 def test_nan_named_at_its_step(tiny_components, fast_overrides, face_path, mode):
     bad_call = 16  # in the cycles: 7 + 5 condition/canvas inversions, then cycle evaluations
-    pipe, unet = _poisoned_pipe(tiny_components, bad_call)
+    pipe = SOWPipeline(tiny_components)
     config = pipe.make_config(None, "normal", **fast_overrides, finite_check=mode)
-    with pytest.raises(NumericalError) as info:
+    with poisoned(tiny_components.unet, bad_call) as calls, pytest.raises(NumericalError) as info:
         pipe(face_path, "a chef", config=config)
     message = str(info.value)
     assert _expected_step(config, bad_call) in message
     assert "bf16" in message and "fp32" in message
     if mode == "step":
-        assert unet.calls == bad_call  # stopped at once
+        assert calls["n"] == bad_call  # stopped at once
     else:
-        assert unet.calls == config.unet_evaluations()  # ran on without syncing, then raised
+        assert calls["n"] == config.unet_evaluations()  # ran on without syncing, then raised
 
 
 def test_check_off_still_refuses_a_nan_image(tiny_components, fast_overrides, face_path):
-    pipe, _ = _poisoned_pipe(tiny_components, 1)
-    with pytest.raises(NumericalError, match="decoded image"):
+    pipe = SOWPipeline(tiny_components)
+    with poisoned(tiny_components.unet, 1), pytest.raises(NumericalError, match="decoded image"):
         pipe(face_path, "a chef", **fast_overrides, finite_check="off")
 
 
