@@ -241,3 +241,17 @@ def test_cli_interrupt_exit_130_with_resume_hint(tmp_path, face_path, capsys, mo
     captured = capsys.readouterr()
     assert info.value.code == 130
     assert "--resume" in captured.err and captured.err.strip().endswith("interrupted")
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_cli_batch_progress_bar_and_summary(tmp_path, face_path, capsys, quiet):
+    jobs = _jobs(tmp_path / "jobs.jsonl", face_path, 2)
+    config = tmp_path / "fast.json"
+    config.write_text(json.dumps(FAST))
+    with pytest.raises(SystemExit) as info:
+        main(["generate", "--batch", str(jobs), "--config", str(config), "-o", str(tmp_path / "out"), *(["-q"] if quiet else [])])
+    captured = capsys.readouterr()
+    assert info.value.code == 0 and captured.out == ""
+    assert ("ETA" in captured.err and "2/2" in captured.err) is not quiet  # the bar: items done and time left
+    summary = [line for line in captured.err.splitlines() if line.startswith("batch:")]
+    assert len(summary) == 1 and summary[0].startswith("batch: 2 done, 0 failed, 0 skipped of 2 in ")
