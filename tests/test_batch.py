@@ -19,6 +19,8 @@ from sow.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"canvas": {"width": 128, "height": 128}, "cycles": 1}
+TINIEST = {"canvas": {"width": 64, "height": 64}, "cycles": 1, "num_inference_steps": 4, "t1": 2, "t2": 3, "t3": [1]}
+"""For tests that run many batches: 7 UNet evaluations a run."""
 
 
 @pytest.fixture(autouse=True)
@@ -255,3 +257,50 @@ def test_cli_batch_progress_bar_and_summary(tmp_path, face_path, capsys, quiet):
     assert ("ETA" in captured.err and "2/2" in captured.err) is not quiet  # the bar: items done and time left
     summary = [line for line in captured.err.splitlines() if line.startswith("batch:")]
     assert len(summary) == 1 and summary[0].startswith("batch: 2 done, 0 failed, 0 skipped of 2 in ")
+
+
+class _Killed(BaseException):
+    """Stands for the process dying: not an Exception, so nothing in the batch catches it."""
+
+
+def test_a_crash_after_any_write_resumes_to_the_same_result(tmp_path, tiny_pipe, face_path, monkeypatch):
+    """Crash right after every single write a 2-item batch makes (manifest lines and files), resume,
+    and check: both items done exactly once, files matching the manifest, no temporary left."""
+    import hashlib
+
+    import sow.outputs as outputs_module
+
+    jobs = _jobs(tmp_path / "jobs.jsonl", face_path, 2)
+    items = read_batch_file(jobs)
+    real_write, real_append = outputs_module.write_bytes_atomic, Manifest.append
+    state = {"ops": 0, "crash_at": None}
+
+    def counted(function):
+        def wrapper(*args, **kwargs):
+            result = function(*args, **kwargs)
+            state["ops"] += 1
+            if state["ops"] == state["crash_at"]:
+                raise _Killed
+            return result
+
+        return wrapper
+
+    monkeypatch.setattr(outputs_module, "write_bytes_atomic", counted(real_write))
+    monkeypatch.setattr(Manifest, "append", counted(real_append))
+    run_batch(tiny_pipe, items, tmp_path / "count", overrides=TINIEST)
+    total_ops = state["ops"]
+    assert total_ops == 1 + 2 * 5 + 1  # batch line; per item start, 3 files, done; summary
+
+    for crash_at in range(1, total_ops + 1):
+        out = tmp_path / f"crash-{crash_at}"
+        state.update(ops=0, crash_at=crash_at)
+        with pytest.raises(_Killed):
+            run_batch(tiny_pipe, items, out, overrides=TINIEST)
+        state.update(ops=0, crash_at=None)
+        summary = run_batch(tiny_pipe, items, out, overrides=TINIEST, resume=True)
+        assert summary.done + summary.skipped == 2 and summary.failed == 0, crash_at
+        done = [e for e in Manifest(out).entries() if e.get("event") == "done"]
+        assert sorted(e["id"] for e in done) == sorted(i.id for i in items), crash_at
+        for entry in done:
+            assert hashlib.sha256((out / entry["outputs"]["image"]).read_bytes()).hexdigest() == entry["image_sha256"]
+        assert not list(out.glob(".*.tmp"))
