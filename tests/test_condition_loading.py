@@ -204,3 +204,11 @@ def test_odd_conditions_generate_end_to_end(tiny_pipe, case):
     assert result.plan.box_v.fits(result.plan.canvas)
     if note:
         assert any(note in w for w in result.record.warnings), result.record.warnings
+
+
+def test_pillow_guard_switched_off_is_respected(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    assert load_condition(face_like((64, 64))).image.size == (64, 64)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(InputError, match="limit of 100 pixels"):
+        load_condition(face_like((64, 64)))
