@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from sow.errors import InputError, SowError
@@ -24,21 +23,36 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
-out = Console()
+from sow.security import redacting_console  # noqa: E402
+
+err = redacting_console(stderr=True)
+out = redacting_console()
+"""The CLI's consoles: every string printed has secrets (API keys in the environment) redacted."""
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'tiny' (embedded, random weights), a hub id, a diffusers folder or a .safetensors file.")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
 DtypeOpt = Annotated[str, typer.Option(help="fp32, fp16 or bf16.")]
 
 
+MAX_JSON_BYTES = 16 * 1024 * 1024
+"""Plan and config files larger than this are refused."""
+
+
 def _read_json(path: Path, what: str) -> object:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        if path.is_dir():
+            raise InputError(f"{what} {path}: is a folder, not a JSON file")
+        if path.exists() and path.stat().st_size > MAX_JSON_BYTES:
+            raise InputError(f"{what} {path}: over the {MAX_JSON_BYTES:,}-byte limit")
+        return json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise InputError(f"{what} {path}: no such file") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{what} {path}: not valid JSON ({exc})") from None
+        raise InputError(f"{what} {path}: not valid JSON ({str(exc).splitlines()[0]})") from None
+    except RecursionError:
+        raise InputError(f"{what} {path}: not valid JSON (nested too deeply)") from None
+    except OSError as exc:
+        raise InputError(f"{what} {path}: cannot be read ({exc.strerror or exc})") from None
 
 
 def load_plan_file(path: Path) -> Plan:
@@ -66,6 +80,21 @@ def manual_plan(box_v: str | None, box_r: str | None, prompt: str, config: Gener
         from sow.schemas import first_error
 
         raise InputError(f"invalid boxes: {first_error(exc)}") from None
+
+
+@app.callback()
+def global_options(
+    disable_plugin: Annotated[list[str], typer.Option("--disable-plugin", metavar="NAME", help="Do not load this plugin (entry-point or distribution name); repeatable. Also SOW_DISABLE_PLUGINS=a,b.")] = [],  # noqa: B006
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Let model repositories run their own Python code (some MLLM planners need it). Off by default.")] = False,
+) -> None:
+    """Selective One-Way Diffusion: an image from a visual condition (a face photo) and a text prompt."""
+    from sow.plugins import disable_plugins
+    from sow.security import set_load_policy
+
+    if disable_plugin:
+        disable_plugins(disable_plugin)
+    if trust_remote_code:
+        set_load_policy(trust_remote_code=True)
 
 
 PlannerOptionOpt = Annotated[
@@ -150,8 +179,8 @@ def plan_command(
 
 @app.command()
 def generate(
-    condition: Annotated[Path, typer.Argument(help="The visual condition: an image file (a face photo).")],
-    prompt: Annotated[str, typer.Argument(help="What the scene should show.")],
+    condition: Annotated[Optional[Path], typer.Argument(help="The visual condition: an image file (a face photo).")] = None,
+    prompt: Annotated[Optional[str], typer.Argument(help="What the scene should show.")] = None,
     model: ModelOpt = "tiny",
     preset: Annotated[str, typer.Option(help="normal, attribute (editing) or style (transfer).")] = "normal",
     seed: Annotated[int, typer.Option(help="Random seed: same seed, same image.")] = 0,
@@ -177,47 +206,79 @@ def generate(
     overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     save_attention: Annotated[bool, typer.Option("--save-attention", help="Also write <name>.attention.png (DAM's masks and the condition's mean attention at one layer) and trace the gate in the record.")] = False,
+    batch: Annotated[Optional[Path], typer.Option("--batch", help="A JSON Lines file of jobs (condition, prompt, plan, seed, preset, name): see docs/production.md.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="With --batch: run only the jobs the output folder's manifest does not record as done.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout (one JSON object per line); no progress bar.")] = False,
 ) -> None:
-    """Generate an image that keeps CONDITION's pixels while the scene follows PROMPT."""
+    """Generate an image that keeps CONDITION's pixels while the scene follows PROMPT (or a --batch of jobs)."""
     from sow.outputs import check_free, safe_name, save_image_atomic, save_json_atomic
     from sow.pipeline import SOWPipeline
+    from sow.prompts import require_prompt
 
     overrides = load_config_file(config_file)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out {out_dir} is a file, not a folder")
+    if not 0 <= seed < 2**63:
+        raise InputError(f"--seed {seed}: must lie in 0 .. 2**63-1")
+
+    def load_pipe() -> SOWPipeline:
+        from sow.plan_cache import PlanCache
+        from sow.plan_repair import check_policy
+        from sow.security import load_policy
+
+        pipe = SOWPipeline.from_pretrained(
+            model,
+            device=device,
+            dtype=dtype,
+            random_weights=random_weights,
+            allow_pickle=allow_pickle or load_policy().allow_pickle,
+            planner=planner,
+            inverter=inverter,
+            scheduler=scheduler,
+            modulator=modulator,
+            preserver=preserver,
+            stage_options={"planner": planner_options(planner_option, quantize)} if planner_option or quantize else None,
+        )
+        pipe.on_planner_error = check_policy(on_planner_error)
+        pipe.plan_cache = None if no_cache else PlanCache()
+        return pipe
+
+    if batch is not None or resume:
+        if batch is None:
+            raise InputError("--resume goes with --batch FILE")
+        if condition is not None or prompt is not None or plan_file or box_v or box_r or name:
+            raise InputError("--batch takes the jobs from the file: drop CONDITION, PROMPT, --plan, --box-v/--box-r and --name")
+        from sow.batch_cli import generate_batch
+
+        generate_batch(
+            batch, out_dir, overrides, load=load_pipe,
+            resume=resume, overwrite=overwrite, quiet=quiet or json_output, json_output=json_output, console=err,
+        )
+        return
+    if condition is None or prompt is None:
+        raise InputError("Missing argument CONDITION and PROMPT (or pass --batch FILE); see sow generate --help")
+    require_prompt(prompt)
+    early = GenerationConfig.from_preset(preset, **overrides)  # bad inputs fail before the model loads
+    early_plan = load_plan_file(plan_file) if plan_file else manual_plan(box_v, box_r, prompt, early)
     stem = safe_name(name) if name else f"{safe_name(prompt, 40)}-s{seed}"
     paths = {"image": out_dir / f"{stem}.png", "plan_image": out_dir / f"{stem}.plan.png", "record": out_dir / f"{stem}.json"}
     if save_attention:
         paths["attention"] = out_dir / f"{stem}.attention.png"
         overrides["trace_attention"] = True
     check_free(list(paths.values()), overwrite)
-    if not condition.is_file():
-        raise InputError(f"condition {condition}: no such file")
+    from sow.images import load_condition
 
-    pipe = SOWPipeline.from_pretrained(
-        model,
-        device=device,
-        dtype=dtype,
-        random_weights=random_weights,
-        allow_pickle=allow_pickle,
-        planner=planner,
-        inverter=inverter,
-        scheduler=scheduler,
-        modulator=modulator,
-        preserver=preserver,
-        stage_options={"planner": planner_options(planner_option, quantize)} if planner_option or quantize else None,
-    )
-    from sow.plan_cache import PlanCache
-    from sow.plan_repair import check_policy
+    load_condition(condition)  # missing, corrupt, hostile: refused before the model loads
 
-    pipe.on_planner_error = check_policy(on_planner_error)
-    pipe.plan_cache = None if no_cache else PlanCache()
+    pipe = load_pipe()
     config = pipe.make_config(None, preset, **overrides)
-    plan = load_plan_file(plan_file) if plan_file else manual_plan(box_v, box_r, prompt, config)
+    plan = early_plan
     if save_attention and (config.stages.modulator == "none" or not config.ablation.dynamic_attention):
         raise InputError("--save-attention needs attention modulation; the modulator is off (use --modulator dam)")
 
     from sow.progress import unet_progress
 
-    with unet_progress(config.unet_evaluations(), disable=quiet, console=err) as callback:
+    with unet_progress(config.unet_evaluations(), disable=quiet or json_output, console=err) as callback:
         result = pipe(condition, prompt, plan=plan, seed=seed, config=config, callback=callback)
 
     from sow.canvas import draw_plan
@@ -238,7 +299,13 @@ def generate(
         for line in ([result.plan.notes[0]] if fell_back else []) + [f"plan repaired: {r}" for r in result.plan.repairs]:
             err.print(line, markup=False, highlight=False, soft_wrap=True)
     total = sum(t.seconds for t in result.record.timings)
-    err.print(f"wrote {paths['image']} ({result.record.unet_evaluations} UNet evaluations, {total:.1f} s)")
+    for warning in result.record.warnings:
+        err.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
+    if json_output:
+        out.print(json.dumps({"event": "done", "outputs": result.record.outputs, "seconds": round(total, 3),
+                              "warnings": result.record.warnings}), markup=False, highlight=False, soft_wrap=True)
+    else:
+        err.print(f"wrote {paths['image']} ({result.record.unet_evaluations} UNet evaluations, {total:.1f} s)")
 
 
 @app.command()
@@ -263,25 +330,50 @@ app.command("eval")(eval_command)
 app.command("eval-spec")(eval_spec_command)
 
 
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+"""The documented exit codes (docs/production.md)."""
+
+
+def _fail(message: str, code: int) -> None:
+    from sow.security import redact
+
+    err.print(redact(message), markup=False, highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: one-line errors, documented exit codes."""
+    """Entry point: one-line errors (secrets redacted), documented exit codes.
+
+    0 ok, 1 runtime failure, 2 usage or input error, 130 interrupted. An unexpected
+    exception is a bug: one line and exit 1 (``SOW_DEBUG=1`` shows the traceback).
+    """
+    import os
+
+    from sow.security import cli_logging
+
     try:
-        result = app(args=argv, prog_name="sow", standalone_mode=False)
+        with cli_logging():
+            result = app(args=argv, prog_name="sow", standalone_mode=False)
     except typer.Exit as exc:
+        if exc.exit_code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into Exit(130)
+            _fail("interrupted", EXIT_INTERRUPTED)
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, typer.Abort):
-        err.print("interrupted")
-        sys.exit(130)
+        _fail("interrupted", EXIT_INTERRUPTED)
     except SowError as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
+        _fail(f"error: {exc}", exc.exit_code)
     except Exception as exc:
         # usage errors of the (possibly vendored) click: print usage and the one-line reason
         if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
             exc.show(file=sys.stderr)
             sys.exit(exc.exit_code)
-        raise
-    sys.exit(result if isinstance(result, int) else 0)
+        if os.environ.get("SOW_DEBUG") == "1":
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        _fail(f"error: unexpected {type(exc).__name__}: {first} (a bug in sow or a plugin; SOW_DEBUG=1 shows the traceback)", EXIT_FAILURE)
+    if result == EXIT_INTERRUPTED:  # typer returns Ctrl-C as the exit code 130
+        _fail("interrupted", EXIT_INTERRUPTED)
+    sys.exit(result if isinstance(result, int) else EXIT_OK)
 
 
 if __name__ == "__main__":

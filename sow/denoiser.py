@@ -16,6 +16,7 @@ import torch
 
 from sow import diffusion_math as dm
 from sow.context import Phase, Step
+from sow.numerics import FiniteGuard
 from sow.schemas import GenerationConfig
 
 
@@ -66,6 +67,8 @@ class Denoiser:
         self.on_step: Callable[[Step], None] | None = None
         self.evaluations = 0
         self.total_evaluations = config.unet_evaluations()
+        self.guard = FiniteGuard(config.finite_check)
+        """NaN/inf check after every update; call :meth:`finish` when the loop ends."""
 
     # -- noise prediction -------------------------------------------------------------
 
@@ -126,6 +129,7 @@ class Denoiser:
         eps = self.predict(latents, level, step)
         a_from, a_to = self.schedule.alpha(level), self.schedule.alpha(level - 1)
         out = dm.ddim_update(latents, eps, a_from, a_to, eta=eta, noise=noise)
+        self.guard.check(out, step)
         self._report(step)
         return out
 
@@ -134,5 +138,10 @@ class Denoiser:
         step = Step(phase=phase, level=level + 1)
         eps = self.predict(latents, level + 1, step)
         out = dm.ddim_update(latents, eps, self.schedule.alpha(level), self.schedule.alpha(level + 1))
+        self.guard.check(out, step)
         self._report(step)
         return out
+
+    def finish(self) -> None:
+        """End of the denoising loop: raise :class:`~sow.errors.NumericalError` if a deferred check failed."""
+        self.guard.finish()

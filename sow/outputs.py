@@ -19,7 +19,7 @@ _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f
 def safe_name(text: str, max_length: int = 60) -> str:
     """A file-name stem from free text: ASCII letters, digits, ``.``, ``_`` and ``-`` only."""
     stem = _UNSAFE.sub("-", text.strip()).strip("-.").lower()[:max_length].rstrip("-.")
-    if not stem or stem in _RESERVED:
+    if not stem or stem.split(".")[0] in _RESERVED:  # Windows reserves CON, CON.png, CON.x.png...
         stem = f"sow-{stem}" if stem else "sow"
     return stem
 
@@ -28,7 +28,7 @@ def check_free(paths: list[Path], overwrite: bool) -> None:
     """Refuse to run when an output already exists (unless ``overwrite``)."""
     if overwrite:
         return
-    taken = [p for p in paths if p.exists()]
+    taken = [p for p in paths if p.exists() or p.is_symlink()]  # a dangling link is taken too
     if taken:
         raise InputError(f"{taken[0]} already exists; pass --overwrite to replace it, or choose another --out/--name")
 
@@ -57,5 +57,8 @@ def save_image_atomic(image: Image.Image, path: Path) -> None:
 
 
 def save_json_atomic(data: object, path: Path) -> None:
+    """Write a pydantic model or plain data as JSON, atomically, with secrets redacted."""
+    from sow.security import redact
+
     text = data.model_dump_json(indent=2) if hasattr(data, "model_dump_json") else json.dumps(data, indent=2)
-    write_bytes_atomic(path, (text + "\n").encode("utf-8"))
+    write_bytes_atomic(path, (redact(text) + "\n").encode("utf-8"))

@@ -29,7 +29,9 @@ from sow.images import load_condition
 from sow.models import Components, load_components
 from sow.plan_repair import apply_crop
 from sow.planning import random_placement
+from sow.numerics import require_finite
 from sow.plugins import Registry, get_registry
+from sow.prompts import prompt_warnings, require_prompt
 from sow.schemas import GenerationConfig, Plan, RunRecord, StageNames, StageTiming
 from sow.stages import Planner, PlanRequest
 
@@ -223,7 +225,7 @@ class SOWPipeline:
             overrides["stages"] = {**overrides.get("stages", {}), "planner": planner}
         config = self.make_config(config, preset, **overrides)
         self.check_inputs(prompt, config, plan)
-        source, image, alpha_mask, digest = _read_condition(condition)
+        source, image, alpha_mask, digest, notes = _read_condition(condition)
         mask = mask if mask is not None else alpha_mask
         comp = self.components
         device, scale = comp.device, comp.vae_scale_factor
@@ -235,6 +237,8 @@ class SOWPipeline:
                 if not config.ablation.adaptive_position:  # AP ablation: seeded random placement
                     plan = random_placement(plan, apply_crop(image, None, plan.crop)[0], config, seed)
             text = plan.prompt if config.ablation.prompt_intensification else (plan.user_prompt or prompt)
+            text = require_prompt(text, "the plan's prompt")
+            notes = notes + prompt_warnings(comp.tokenizer, text)
 
         # 2. Seed initialization: the condition (its planned crop) pasted at box_v (snapped to latent cells) on gray.
         image, mask = apply_crop(image, mask, plan.crop)
@@ -250,6 +254,8 @@ class SOWPipeline:
             embeddings = PromptEmbeddings.encode(comp.text_encoder, comp.tokenizer, config, text)
             condition_latents = self._encode(fitted)
             canvas_latents = self._encode(seeded)
+            require_finite(condition_latents, "the encoded condition (VAE)")
+            require_finite(canvas_latents, "the encoded canvas (VAE)")
 
         schedule = LevelSchedule.from_scheduler(comp.scheduler, config.num_inference_steps)
         denoiser = Denoiser(comp.unet, schedule, embeddings, config, region.canvas_mask(), callback)
@@ -275,12 +281,14 @@ class SOWPipeline:
             # 5. Cyclic one-way diffusion, then the final denoise with visual condition preservation.
             with timer.stage("denoise"):
                 latents = self.stage("scheduler", config.stages.scheduler).run(ctx)
+            denoiser.finish()
         finally:
             modulator.detach(comp.unet)
 
         # 6. Decode.
         with timer.stage("decode"):
             decoded = comp.vae.decode(latents / comp.vae.config.scaling_factor).sample
+            require_finite(decoded, "the decoded image (VAE)")
             result = cv.to_image(decoded)
 
         record = RunRecord(
@@ -299,6 +307,7 @@ class SOWPipeline:
             versions=_versions(),
             prompt_used=text,
             trace=ctx.trace if config.trace_attention else None,
+            warnings=notes,
         )
         return SOWOutput(
             image=result, plan=plan, record=record, seeded_canvas=seeded, latents=latents, artifacts=ctx.artifacts
@@ -310,14 +319,14 @@ class SOWPipeline:
         return vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
 
 
-def _read_condition(condition: str | Path | Image.Image) -> tuple[str, Image.Image, Image.Image | None, str]:
-    """(source label, RGB image, alpha mask or None, sha256 of the file bytes or pixels)."""
+def _read_condition(condition: str | Path | Image.Image) -> tuple[str, Image.Image, Image.Image | None, str, list[str]]:
+    """(source label, RGB image, alpha mask or None, sha256 of the file bytes or pixels, conversion notes)."""
     if isinstance(condition, Image.Image):
         loaded = load_condition(condition)
-        return "image", loaded.image, loaded.mask, loaded.sha256
+        return "image", loaded.image, loaded.mask, loaded.sha256, loaded.notes
     if isinstance(condition, (str, Path)):
         loaded = load_condition(Path(condition))
-        return str(condition), loaded.image, loaded.mask, loaded.sha256
+        return str(condition), loaded.image, loaded.mask, loaded.sha256, loaded.notes
     raise InputError(f"condition must be a path or a PIL image, not {type(condition).__name__}")
 
 

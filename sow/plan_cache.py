@@ -99,5 +99,7 @@ class PlanCache:
 
     def put(self, key: str, plan: Plan) -> Path:
         path = self.path(key)
-        write_bytes_atomic(path, (plan.model_dump_json(indent=2) + "\n").encode("utf-8"))
+        from sow.security import redact  # a planner's answer may quote the API key
+
+        write_bytes_atomic(path, (redact(plan.model_dump_json(indent=2)) + "\n").encode("utf-8"))
         return path

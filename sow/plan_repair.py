@@ -92,7 +92,10 @@ def fit_box_v(raw: tuple[float, float, float, float], canvas: Canvas, limits: tu
             f"box_v {_fmt(raw)}: longer side {longer:g} outside {lo}..{hi} (or the canvas); "
             f"scaled about its centre to {round(target)}"
         )
-    w, h = max(MIN_BOX_SIDE, min(round(w), canvas.width)), max(MIN_BOX_SIDE, min(round(h), canvas.height))
+    rounded = (min(round(w), canvas.width), min(round(h), canvas.height))
+    w, h = max(MIN_BOX_SIDE, rounded[0]), max(MIN_BOX_SIDE, rounded[1])
+    if (w, h) != rounded:
+        repairs.append(f"box_v {_fmt(raw)}: a side under {MIN_BOX_SIDE} px (one latent cell) widened to {w}x{h}")
     nx = min(max(0, round(x)), canvas.width - w)
     ny = min(max(0, round(y)), canvas.height - h)
     if (nx, ny) != (round(x), round(y)):

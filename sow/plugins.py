@@ -192,17 +192,30 @@ def build_registry(
 
 
 _registry: Registry | None = None
+_disabled: set[str] = set()
+
+
+def disable_plugins(names: Iterable[str]) -> None:
+    """Keep these entry-point (or distribution) names out of the process-wide registry.
+
+    Adds to ``SOW_DISABLE_PLUGINS``; the CLI's ``--disable-plugin NAME`` calls this.
+    Built-in stages cannot be disabled (a plugin may take over their names instead).
+    """
+    global _registry
+    _disabled.update(n.strip() for n in names if n.strip())
+    _registry = None
 
 
 def get_registry() -> Registry:
     """The process-wide registry, built on first use."""
     global _registry
     if _registry is None:
-        _registry = build_registry()
+        _registry = build_registry(disabled=_disabled)
     return _registry
 
 
 def reset_registry() -> None:
-    """Forget the process-wide registry (the next :func:`get_registry` rebuilds it)."""
+    """Forget the process-wide registry and any :func:`disable_plugins` (the next :func:`get_registry` rebuilds it)."""
     global _registry
     _registry = None
+    _disabled.clear()

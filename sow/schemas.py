@@ -21,7 +21,7 @@ PAPER_NEGATIVE_PROMPT = "a bad quality and low-resolution image, extra fingers, 
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class Canvas(_Strict):
@@ -204,6 +204,12 @@ class GenerationConfig(_Strict):
     modulation: ModulationSettings = Field(default_factory=ModulationSettings)
     ablation: AblationSettings = Field(default_factory=AblationSettings)
     trace_attention: bool = Field(False, description="Record the gate R_c per layer and step in the run record.")
+    finite_check: Literal["auto", "step", "deferred", "off"] = Field(
+        "auto",
+        description="NaN/inf check of the latents after every update: 'step' syncs and raises at once, "
+        "'deferred' keeps a flag on the device and raises after the loop (no host sync per step), "
+        "'off' skips it; 'auto' is 'step' on CPU and 'deferred' on accelerators. Always names the step.",
+    )
 
     @field_validator("t3")
     @classmethod
@@ -266,6 +272,7 @@ class RunRecord(_Strict):
     outputs: dict[str, str] = Field(default_factory=dict, description="Files written, by role.")
     prompt_used: str = Field("", description="The prompt the image was generated from (the user's with PI off).")
     trace: list[dict[str, Any]] | None = Field(None, description="Per-layer, per-step gate values (opt-in).")
+    warnings: list[str] = Field(default_factory=list, description="Input conversions and warnings (e.g. a truncated prompt).")
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
