@@ -111,15 +111,18 @@ def quantization_config(quantize: Quantize | None) -> Any:
 
 
 def load_kwargs(options: MLLMOptions) -> dict[str, Any]:
-    """``from_pretrained`` keyword arguments for ``options``: dtype, device map, quantization.
+    """``from_pretrained`` keyword arguments for ``options``: dtype, device map, quantization, safe loading.
 
     Quantized models and ``device_map`` need accelerate; a quantized model on the CPU is
     mapped whole to the CPU (bitsandbytes >= 0.45 runs 4/8-bit there, slowly). With
     ``device="auto"`` on a CUDA machine with accelerate, ``device_map="auto"`` places the
     model (over several GPUs, or partly on the CPU when it does not fit).
     """
+    from sow.security import safe_load_kwargs
+
     device = resolve_device(options.device)
-    kwargs: dict[str, Any] = {"local_files_only": options.local_files_only}
+    # safetensors only and no remote code, unless the user allowed them (--allow-pickle, --trust-remote-code)
+    kwargs: dict[str, Any] = {"local_files_only": options.local_files_only, **safe_load_kwargs()}
     qconfig = quantization_config(options.quantize)
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
