@@ -232,6 +232,21 @@ class MLLMPlanner:
 
     # -- shared ---------------------------------------------------------------------------
 
+    def load_config(self, model_types: tuple[str, ...], other_hint: str) -> Any:
+        """The model's transformers config, refused in one line unless its type is one of ``model_types``."""
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(self.model_id, local_files_only=self.options.local_files_only)
+        except Exception as exc:
+            raise describe_load_error(self.family, self.model_id, self.options, exc) from None
+        if config.model_type not in model_types:
+            raise ModelLoadError(
+                f"{self.model_id!r} is a {config.model_type!r} model, not {self.family} ({', '.join(model_types)}); "
+                f"{other_hint}"
+            )
+        return config
+
     @property
     def prefill(self) -> str:
         """Text put at the start of the model's turn (and of its answer): ``"{"`` or nothing."""

@@ -42,3 +42,15 @@ def faces_dir() -> Path:
     if not FACES.is_dir():
         pytest.skip(f"shared face photos not found at {FACES}")
     return FACES
+
+
+@pytest.fixture
+def builtin_plugins_only(monkeypatch, tmp_path_factory):
+    """Load no third-party plugin (the venv may hold sow-gemini & co.) and never touch the user's plan cache."""
+    from sow.plugins import reset_registry
+
+    monkeypatch.setenv("SOW_LOAD_PLUGINS", "")
+    monkeypatch.setenv("SOW_CACHE_DIR", str(tmp_path_factory.mktemp("plan-cache")))
+    reset_registry()
+    yield
+    reset_registry()

@@ -17,15 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
-def _only_builtin_plugins(monkeypatch, tmp_path_factory):
-    """The shared venv may hold other helpers' plugins: load none of them here."""
-    from sow.plugins import reset_registry
-
-    monkeypatch.setenv("SOW_LOAD_PLUGINS", "")
-    monkeypatch.setenv("SOW_CACHE_DIR", str(tmp_path_factory.mktemp("plan-cache")))  # never the user's cache
-    reset_registry()
-    yield
-    reset_registry()
+def _only_builtin_plugins(builtin_plugins_only):
+    """The shared venv may hold third-party plugins: load none of them here."""
 
 
 def _write(path: Path, text: str) -> Path:

@@ -24,14 +24,8 @@ TINIEST = {"canvas": {"width": 64, "height": 64}, "cycles": 1, "num_inference_st
 
 
 @pytest.fixture(autouse=True)
-def _only_builtin_plugins(monkeypatch, tmp_path_factory):
-    from sow.plugins import reset_registry
-
-    monkeypatch.setenv("SOW_LOAD_PLUGINS", "")
-    monkeypatch.setenv("SOW_CACHE_DIR", str(tmp_path_factory.mktemp("plan-cache")))  # never the user's cache
-    reset_registry()
-    yield
-    reset_registry()
+def _only_builtin_plugins(builtin_plugins_only):
+    """The shared venv may hold third-party plugins: load none of them here."""
 
 
 def _jobs(path: Path, face: Path, count: int, **extra) -> Path:

@@ -45,18 +45,10 @@ class LlavaPlanner(MLLMPlanner):
     system_role = False  # llava-hf 1.5 templates have no system turn: instructions go in the user turn
 
     def load(self) -> LoadedLlava:
-        from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoModelForImageTextToText, AutoProcessor
 
         local = self.options.local_files_only
-        try:
-            config = AutoConfig.from_pretrained(self.model_id, local_files_only=local)
-        except Exception as exc:
-            raise describe_load_error(self.family, self.model_id, self.options, exc) from None
-        if config.model_type not in MODEL_TYPES:
-            raise ModelLoadError(
-                f"{self.model_id!r} is a {config.model_type!r} model, not LLaVA ({', '.join(MODEL_TYPES)}); "
-                "for Qwen-VL models use --planner qwen-vl"
-            )
+        config = self.load_config(MODEL_TYPES, "for Qwen-VL models use --planner qwen-vl")
         kwargs = load_kwargs(self.options)
         try:
             processor = AutoProcessor.from_pretrained(self.model_id, local_files_only=local)

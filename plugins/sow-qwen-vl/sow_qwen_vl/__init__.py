@@ -20,7 +20,6 @@ from typing import Any, ClassVar
 from PIL import Image
 from pydantic import Field
 
-from sow.errors import ModelLoadError
 from sow.hookspecs import hookimpl
 from sow.mllm_planner import MLLMOptions, MLLMPlanner, describe_load_error, load_kwargs, resolve_device
 
@@ -63,18 +62,10 @@ class QwenVLPlanner(MLLMPlanner):
     options_class: ClassVar[type[MLLMOptions]] = QwenVLOptions
 
     def load(self) -> LoadedQwen:
-        from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer, Qwen2VLImageProcessorPil
+        from transformers import AutoModelForImageTextToText, AutoTokenizer, Qwen2VLImageProcessorPil
 
         local = self.options.local_files_only
-        try:
-            config = AutoConfig.from_pretrained(self.model_id, local_files_only=local)
-        except Exception as exc:
-            raise describe_load_error(self.family, self.model_id, self.options, exc) from None
-        if config.model_type not in MODEL_TYPES:
-            raise ModelLoadError(
-                f"{self.model_id!r} is a {config.model_type!r} model, not Qwen-VL ({', '.join(MODEL_TYPES)}); "
-                "for LLaVA models use --planner llava"
-            )
+        self.load_config(MODEL_TYPES, "for LLaVA models use --planner llava")
         kwargs = load_kwargs(self.options)
         try:
             tokenizer = AutoTokenizer.from_pretrained(self.model_id, local_files_only=local)
