@@ -27,7 +27,11 @@ def fit_condition(condition: Image.Image, box: Box, mask: Image.Image | None = N
 
 def seed_canvas(condition: Image.Image, box: Box, canvas: Canvas, mask: Image.Image | None = None) -> Image.Image:
     """The condition (fitted to ``box``) pasted on a gray canvas."""
-    fitted, _ = fit_condition(condition, box, mask)
+    return paste_on_gray(fit_condition(condition, box, mask)[0], box, canvas)
+
+
+def paste_on_gray(fitted: Image.Image, box: Box, canvas: Canvas) -> Image.Image:
+    """An already fitted condition pasted at ``box`` on a gray canvas."""
     out = Image.new("RGB", (canvas.width, canvas.height), GRAY)
     out.paste(fitted, (box.x, box.y))
     return out

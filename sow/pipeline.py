@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import time
 from collections.abc import Callable
@@ -246,7 +245,7 @@ class SOWPipeline:
         if not box_v.fits(config.canvas):
             box_v = box_v.model_copy(update={"x": config.canvas.width - box_v.w})
         fitted, keep = cv.fit_condition(image, box_v, mask)
-        seeded = cv.seed_canvas(image, box_v, config.canvas, mask)
+        seeded = cv.paste_on_gray(fitted, box_v, config.canvas)
         region = LatentRegion.from_box(box_v, config.canvas, scale, cv.latent_mask(keep, scale).to(device))
 
         # 3. Encode: the prompts once per run; the condition (at its own size) and the canvas.
@@ -340,7 +339,3 @@ def _versions() -> dict[str, str]:
         "diffusers": diffusers.__version__,
         "transformers": transformers.__version__,
     }
-
-
-def digest_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
