@@ -289,8 +289,9 @@ def first_error(exc: Exception) -> str:
     if not callable(errors):
         return str(exc).splitlines()[0]
     err = errors()[0]
-    where = ".".join(str(p) for p in err.get("loc", ()))
-    message = err.get("msg", "invalid").removeprefix("Value error, ")
+    # a field name comes from the user's file: escape control characters so the message stays one line
+    where = ".".join(str(p).encode("unicode_escape").decode("ascii") for p in err.get("loc", ()))
+    message = " ".join(err.get("msg", "invalid").removeprefix("Value error, ").split())
     return f"{where}: {message}" if where else message
 
 

@@ -79,3 +79,9 @@ def test_box_alignment_and_clipping():
     canvas = GenerationConfig().canvas
     assert Box(x=61, y=30, w=99, h=97).aligned(8).as_list() == [56, 24, 96, 96]
     assert Box(x=500, y=10, w=40, h=600).clipped(canvas).as_list() == [500, 10, 12, 502]
+
+
+def test_a_field_name_with_a_newline_stays_on_one_line():
+    with pytest.raises(InputError) as info:
+        validated(GenerationConfig, {"\n": None}, "config")
+    assert "\n" not in str(info.value) and "\\n" in str(info.value)
