@@ -29,7 +29,7 @@ out = Console()
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'tiny' (embedded, random weights), a hub id, a diffusers folder or a .safetensors file.")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
-DtypeOpt = Annotated[str, typer.Option(help="fp32, fp16 or bf16.")]
+DtypeOpt = Annotated[str, typer.Option(help="auto (bf16 on GPUs that have it, fp16 on others, fp32 on CPU), fp32, fp16 or bf16.")]
 
 
 def _read_json(path: Path, what: str) -> object:
@@ -87,7 +87,7 @@ def generate(
     modulator: Annotated[Optional[str], typer.Option(help="Attention modulator plugin name.")] = None,
     preserver: Annotated[Optional[str], typer.Option(help="Preserver plugin name.")] = None,
     device: DeviceOpt = "cpu",
-    dtype: DtypeOpt = "fp32",
+    dtype: DtypeOpt = "auto",
     random_weights: Annotated[bool, typer.Option(help="With a folder of configs only: build it with random weights (benchmarks).")] = False,
     allow_pickle: Annotated[bool, typer.Option(help="Allow pickled .ckpt checkpoints (they can run code).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
@@ -148,6 +148,17 @@ def plugins() -> None:
     out.print(table)
     for failure in registry.failures:
         err.print(f"[yellow]plugin {failure.name} ({failure.distribution}) failed to load: {failure.error}[/]")
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+def bench(ctx: typer.Context) -> None:
+    """Time generation per stage against plain DDIM and the reference settings (options: sow bench --help)."""
+    from sow.bench import main as bench_main
+
+    bench_main(list(ctx.args), prog="sow bench")
 
 
 def main(argv: list[str] | None = None) -> None:
