@@ -163,6 +163,17 @@ class CallShapes:
             handle.remove()
 
 
+def flop_counter():
+    """``FlopCounterMode`` that also counts CPU SDPA (PyTorch counts only the CUDA attention kernels)."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    def cpu_sdpa(query, key, value, *args, out_shape=None, **kwargs):
+        return sdpa_flop_count(query, key, value)
+
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa}
+    return FlopCounterMode(display=False, custom_mapping=mapping)
+
+
 def count_flops(components, calls: Counter) -> dict[str, Any]:
     """FLOPs of the recorded calls, counted with ``FlopCounterMode`` on meta-device copies of the models."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -326,25 +337,43 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     components = load_components(args.model, device=device, dtype=dtype, random_weights=args.random_weights)
     load_seconds = time.perf_counter() - load_start
     pipe = SOWPipeline(components, {"modulator": modulator}, registry=registry)
-    pipe.optimize(settings, canvas_pixels=args.size * args.size)
+    canvas_pixels = args.size * args.size
+    pipe.optimize(settings.model_copy(update={"compile": False}), canvas_pixels)  # FLOPs are counted eagerly
     config = pipe.make_config(None, "normal", **_config_overrides(args, modulator))
     weights_bytes = sum(p.numel() * p.element_size() for m in (components.unet, components.vae, components.text_encoder) for p in m.parameters())
 
-    runs, phases, flops = [], None, None
+    # One counted run per batch size: every FLOP it does (DAM included), the call shapes, the UNet calls per phase.
+    counted_runs, phases = {}, {}
     for batch in args.batch:
         phase_counts: Counter = Counter()
         shapes = CallShapes(_modules_to_watch(components))
-        try:  # one counted run: the shapes for FLOPs and the UNet calls per phase
-            pipe(condition, BENCH_PROMPT, seed=args.seed, config=config, num_images=batch,
-                 callback=lambda info: phase_counts.update([info["phase"]]))
+        try:
+            with flop_counter() as counter:
+                pipe(condition, BENCH_PROMPT, seed=args.seed, config=config, num_images=batch,
+                     callback=lambda info: phase_counts.update([info["phase"]]))
         finally:
             shapes.remove()
-        counted = {"batch": batch, **count_flops(components, shapes.calls)}
+        run_tflop = counter.get_total_flops() / 1e12
+        standard = count_flops(components, shapes.calls)
+        counted_runs[batch] = {
+            "batch": batch,
+            "run_tflop": run_tflop,
+            "standard_models_tflop": standard["total_tflop"],
+            "modulation_extra_tflop": max(0.0, run_tflop - standard["total_tflop"]),
+            **standard,
+        }
+        phases = phases or dict(phase_counts)
+    if settings.compile:
+        pipe.optimize(settings, canvas_pixels)
+
+    runs = []
+    for batch in args.batch:
+        counted = counted_runs[batch]
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         timed, records = time_sow(pipe, condition, args, config, batch, args.repeats)
         per_image = timed.per_image()
-        flop_per_image = counted["total_tflop"] / batch
+        flop_per_image = counted["run_tflop"] / batch
         runs.append(
             {
                 "batch": batch,
@@ -359,8 +388,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 "seconds_per_run": timed.seconds,
             }
         )
-        phases = phases or dict(phase_counts)
-        flops = flops or counted
+    flops = counted_runs[args.batch[0]]
 
     report: dict[str, Any] = {
         "sow_version": sow.__version__,

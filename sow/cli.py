@@ -92,6 +92,7 @@ def generate(
     allow_pickle: Annotated[bool, typer.Option(help="Allow pickled .ckpt checkpoints (they can run code).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    save_attention: Annotated[bool, typer.Option("--save-attention", help="Also write <name>.attention.png (DAM's masks and the condition's mean attention at one layer) and trace the gate in the record.")] = False,
 ) -> None:
     """Generate an image that keeps CONDITION's pixels while the scene follows PROMPT."""
     from sow.outputs import check_free, safe_name, save_image_atomic, save_json_atomic
@@ -100,6 +101,9 @@ def generate(
     overrides = load_config_file(config_file)
     stem = safe_name(name) if name else f"{safe_name(prompt, 40)}-s{seed}"
     paths = {"image": out_dir / f"{stem}.png", "plan_image": out_dir / f"{stem}.plan.png", "record": out_dir / f"{stem}.json"}
+    if save_attention:
+        paths["attention"] = out_dir / f"{stem}.attention.png"
+        overrides["trace_attention"] = True
     check_free(list(paths.values()), overwrite)
     if not condition.is_file():
         raise InputError(f"condition {condition}: no such file")
@@ -118,6 +122,8 @@ def generate(
     )
     config = pipe.make_config(None, preset, **overrides)
     plan = load_plan_file(plan_file) if plan_file else manual_plan(box_v, box_r, prompt, config)
+    if save_attention and (config.stages.modulator == "none" or not config.ablation.dynamic_attention):
+        raise InputError("--save-attention needs attention modulation; the modulator is off (use --modulator dam)")
 
     from sow.progress import unet_progress
 
@@ -128,6 +134,13 @@ def generate(
 
     save_image_atomic(result.image, paths["image"])
     save_image_atomic(draw_plan(result.plan, result.seeded_canvas), paths["plan_image"])
+    if save_attention:
+        from sow.dam import ATTENTION_ARTIFACT, attention_picture
+
+        capture = result.artifacts.get(ATTENTION_ARTIFACT)
+        if capture is None:
+            raise SowError(f"modulator {config.stages.modulator!r} captured no attention map for --save-attention")
+        save_image_atomic(attention_picture(capture, result.seeded_canvas), paths["attention"])
     result.record.outputs = {role: str(p) for role, p in paths.items()}
     save_json_atomic(result.record, paths["record"])
     total = sum(t.seconds for t in result.record.timings)

@@ -95,6 +95,8 @@ class RunContext:
     """Per-step records stages may add to (e.g. the attention gate); saved when tracing is on."""
     generators: list[torch.Generator] = field(default_factory=list)
     """One generator per image of a batched run (image i seeded with seed + i); empty: ``generator`` alone."""
+    artifacts: dict[str, Any] = field(default_factory=dict)
+    """Things stages hand back to the caller (e.g. ``"attention"``: the captured attention map)."""
 
     def noise_like(self, x: torch.Tensor) -> torch.Tensor:
         """Gaussian noise drawn from the run's seeded generator(s): row i of a batch from image i's own."""

@@ -29,6 +29,7 @@ from sow.images import load_condition
 from sow.models import Components, load_components
 from sow.performance import PerformanceSettings, ReencodingEmbeddings, decode_latents
 from sow.performance import apply as apply_performance
+from sow.planning import random_placement
 from sow.plugins import Registry, get_registry
 from sow.schemas import GenerationConfig, Plan, RunRecord, StageNames, StageTiming
 from sow.stages import PlanRequest
@@ -55,6 +56,8 @@ class SOWOutput:
     """The final level-0 latents (before decoding), (num_images, 4, h, w)."""
     images: list[Image.Image] = field(default_factory=list)
     """All images of the run (``num_images``); ``image`` is the first. Image i used seed + i."""
+    artifacts: dict[str, Any] = field(default_factory=dict, repr=False)
+    """What stages handed back (e.g. ``"attention"``: :class:`sow.dam.AttentionCapture`)."""
 
 
 class _Timer:
@@ -185,10 +188,13 @@ class SOWPipeline:
         seed: int = 0,
         planner: str | None = None,
     ) -> Plan:
-        """Run the planner stage alone."""
+        """Run the planner stage alone (with the adaptive-position ablation applied when it is off)."""
         config = config or self.make_config()
         name = planner or config.stages.planner
-        return self.stage("planner", name).plan(PlanRequest(condition=condition, prompt=prompt, config=config, seed=seed))
+        plan = self.stage("planner", name).plan(PlanRequest(condition=condition, prompt=prompt, config=config, seed=seed))
+        if not config.ablation.adaptive_position:
+            plan = random_placement(plan, condition, config, seed)
+        return plan
 
     # -- the run -----------------------------------------------------------------------
 
@@ -319,9 +325,18 @@ class SOWPipeline:
             unet_evaluations=denoiser.evaluations,
             num_images=num_images,
             versions=_versions(),
+            prompt_used=text,
             trace=ctx.trace if config.trace_attention else None,
         )
-        return SOWOutput(image=images[0], plan=plan, record=record, seeded_canvas=seeded, latents=latents, images=images)
+        return SOWOutput(
+            image=images[0],
+            plan=plan,
+            record=record,
+            seeded_canvas=seeded,
+            latents=latents,
+            images=images,
+            artifacts=ctx.artifacts,
+        )
 
     def _encode(self, image: Image.Image) -> torch.Tensor:
         vae = self.components.vae

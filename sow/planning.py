@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import random
+
 from PIL import Image
 
 from sow.hookspecs import hookimpl
-from sow.schemas import Box, Canvas, Plan
+from sow.schemas import Box, Canvas, GenerationConfig, Plan
 from sow.stages import PlanRequest
 
 
@@ -52,3 +54,34 @@ class FixedPlanner:
 @hookimpl
 def register_planners(register):
     register(FixedPlanner)
+
+
+def random_placement(plan: Plan, condition: Image.Image, config: GenerationConfig, seed: int) -> Plan:
+    """The adaptive-position ablation: ``plan`` with box_v placed at random, same size limits.
+
+    box_v gets a side drawn uniformly from ``config.side_limits()`` (the condition's aspect
+    kept) and a position drawn uniformly over the canvas, from ``random.Random(seed)``:
+    same seed, same placement. box_r follows box_v (the same scale and shift, clipped to
+    the canvas), so only the position changes; the prompt is untouched.
+    """
+    rng = random.Random(seed)
+    canvas = plan.canvas
+    low, high = config.side_limits()
+    side = rng.randint(low, max(low, high))
+    sized = condition_box(condition, side, canvas, 0, 0)
+    x = rng.randint(0, canvas.width - sized.w)
+    y = rng.randint(0, canvas.height - sized.h)
+    box_v = Box(x=x, y=y, w=sized.w, h=sized.h)
+    old = plan.box_v
+    sx, sy = box_v.w / old.w, box_v.h / old.h
+    r = plan.box_r
+    left, top = box_v.x + (r.x - old.x) * sx, box_v.y + (r.y - old.y) * sy
+    right, bottom = left + r.w * sx, top + r.h * sy
+    left, top = max(0, round(left)), max(0, round(top))
+    right, bottom = min(canvas.width, round(right)), min(canvas.height, round(bottom))
+    if right - left < 1 or bottom - top < 1:  # box_r fell off the canvas: the region under the face
+        box_r = body_box(box_v, canvas)
+    else:
+        box_r = Box(x=min(left, canvas.width - 1), y=min(top, canvas.height - 1), w=right - left, h=bottom - top)
+    note = f"adaptive position off: box_v placed at random (seed {seed}), box_r moved with it"
+    return plan.model_copy(update={"box_v": box_v, "box_r": box_r, "notes": [*plan.notes, note]})

@@ -34,6 +34,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "sow.scheduling",
     "sow.preservation",
     "sow.attention",
+    "sow.dam",
 )
 """Modules of the core that register the built-in stages, in this order."""
 

@@ -153,6 +153,7 @@ class AblationSettings(_Strict):
 
     adaptive_position: bool = Field(True, description="AP: the planner places box_v (off: seeded random placement).")
     prompt_intensification: bool = Field(True, description="PI: use the planner's prompt (off: the user's prompt).")
+    dynamic_attention: bool = Field(True, description="DAM: the `dam` modulator modulates attention (off: it attaches nothing, as `none`).")
 
 
 Preset = Literal["normal", "attribute", "style"]
@@ -170,7 +171,7 @@ class StageNames(_Strict):
     planner: str = Field("fixed", description="Planner plugin name.")
     inverter: str = Field("ddim", description="Inverter plugin name.")
     scheduler: str = Field("cyclic", description="Scheduler plugin name.")
-    modulator: str = Field("none", description="Attention modulator plugin name.")
+    modulator: str = Field("dam", description="Attention modulator plugin name (`none`: plain COW).")
     preserver: str = Field("replace", description="Preserver plugin name.")
 
 
@@ -263,6 +264,7 @@ class RunRecord(_Strict):
     num_images: int = Field(1, ge=1, description="Images made in this run, batched; image i used seed + i.")
     versions: dict[str, str] = Field(default_factory=dict)
     outputs: dict[str, str] = Field(default_factory=dict, description="Files written, by role.")
+    prompt_used: str = Field("", description="The prompt the image was generated from (the user's with PI off).")
     trace: list[dict[str, Any]] | None = Field(None, description="Per-layer, per-step gate values (opt-in).")
 
 

@@ -1,0 +1,194 @@
+"""The DAM equations (sow.modulation) against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sow import modulation as mod
+from sow.schemas import Box, Canvas, ModulationSettings
+
+# -- decays ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("x", "exponent", "expected"),
+    [
+        (0.0, 0.8, 1.0),
+        (5.0, 0.8, 0.5**0.8),  # cos(1.5 pi) = 0
+        (10.0, 0.8, 0.0),
+        (12.0, 0.8, 0.0),  # clamped to T
+        (-3.0, 0.5, 1.0),  # clamped to 0
+        (2.5, 0.5, math.sqrt(0.5 * (1 + math.sqrt(2) / 2))),  # cos(1.75 pi) = sqrt(2)/2
+    ],
+)
+def test_decay_closed_form(x, exponent, expected):
+    assert float(mod.decay(x, 10.0, exponent)) == pytest.approx(expected, abs=1e-12)
+
+
+def test_time_decays_as_configured():
+    s = ModulationSettings()
+    # cycle 3: cos(pi * 17 / 10) = cos(306 deg) = 0.5877852523
+    base = 0.5 * (1 + 0.5877852522924731)
+    assert mod.time_decay(3, s.t_time, s.a_time_minus) == pytest.approx(base**0.5, abs=1e-12)
+    assert mod.time_decay(3, s.t_time, s.a_time_plus) == pytest.approx(base**0.8, abs=1e-12)
+    assert mod.time_decay(0, s.t_time, s.a_time_plus) == 1.0
+    assert mod.time_decay(7, s.t_time, s.a_time_plus, enabled=False) == 1.0
+    # the P+ decay (a = 0.8) falls faster than the P- decay (a = 0.5) on (0, T)
+    assert mod.time_decay(6, 10, 0.8) < mod.time_decay(6, 10, 0.5) < 1
+
+
+def test_distance_decay_puts_the_farthest_cell_at_T():
+    got = mod.distance_decay(torch.tensor([0.0, 5.0, 10.0, 20.0]), 10.0, 0.3)
+    expected = [1.0, (0.5 * (1 + math.sqrt(2) / 2)) ** 0.3, 0.5**0.3, 0.0]
+    assert got.tolist() == pytest.approx(expected, abs=1e-12)
+    # scale-free: the same cells at twice the resolution (distances doubled) decay the same
+    assert mod.distance_decay(torch.tensor([0.0, 10.0, 20.0, 40.0]), 10.0, 0.3).tolist() == pytest.approx(expected)
+    assert mod.distance_decay(torch.tensor([3.0, 9.0]), 10.0, 0.3, enabled=False).tolist() == [1.0, 1.0]
+
+
+# -- rows and the gate ----------------------------------------------------------------
+
+
+def test_row_range_and_minmax():
+    logits = torch.tensor([[1.0, 3.0, 2.0, 0.0], [2.0, 2.0, 2.0, 2.0]])
+    assert mod.row_range(logits).tolist() == [3.0, 0.0]
+    assert torch.allclose(mod.minmax_normalize(logits), torch.tensor([[1 / 3, 1.0, 2 / 3, 0.0], [0.0] * 4]))
+
+
+def test_closest_count_is_ceil_of_a_fifth():
+    assert [mod.closest_count(m, 0.2) for m in (0, 1, 5, 6, 20, 21)] == [0, 1, 1, 2, 4, 5]
+
+
+def _gate_logits(related_values: list[float], others: int = 5) -> torch.Tensor:
+    """One condition query row: ``others`` keys at logit 0, then box_r's keys with the given logits."""
+    return torch.tensor([[0.0] * others + related_values])
+
+
+def test_gate_uniform_over_box_r_is_a_fifth_and_closed():
+    related = torch.arange(5, 25)  # 20 points, already sorted by distance
+    r_c = mod.relevance_gate(_gate_logits([1.0] * 20).unsqueeze(0), related, 0.2)
+    assert float(r_c) == pytest.approx(0.2)
+    assert mod.gate_factor(float(r_c), ModulationSettings().tau) == 0.0
+
+
+def test_gate_concentrated_on_closest_fifth_is_open():
+    related = torch.arange(5, 25)
+    r_c = float(mod.relevance_gate(_gate_logits([2.0] * 4 + [0.0] * 16).unsqueeze(0), related, 0.2))
+    assert r_c == pytest.approx(1.0)
+    assert mod.gate_factor(r_c, 0.273) == pytest.approx(math.sqrt(1 - 0.273))
+    # the same attention with box_r's points listed farthest first: nothing is close
+    assert float(mod.relevance_gate(_gate_logits([2.0] * 4 + [0.0] * 16).unsqueeze(0), related.flip(0), 0.2)) == 0.0
+
+
+def test_gate_is_the_mean_over_heads_of_query_averaged_ratios():
+    related = torch.arange(5, 25)
+    uniform = _gate_logits([1.0] * 20)
+    focused = _gate_logits([2.0] * 4 + [0.0] * 16)
+    # head 0 uniform; head 1: two query rows, one focused (ratio 1), one uniform: mean row
+    # [0.5+0.5 x4, 0.5 x16] -> ratio 4 / (4 + 8) = 1/3
+    head0 = torch.cat([uniform, uniform])
+    head1 = torch.cat([focused, uniform])
+    logits = torch.stack([head0, head1])  # (heads, n_c, N)
+    assert float(mod.relevance_gate(logits, related, 0.2)) == pytest.approx((0.2 + 1 / 3) / 2)
+
+
+def test_gate_factor_switches():
+    assert mod.gate_factor(0.2, 0.273) == 0.0
+    assert mod.gate_factor(0.5, 0.273) == pytest.approx(math.sqrt(0.227))
+    assert mod.gate_factor(0.0, 0.273, use_gate=False) == 1.0
+
+
+# -- the bias -------------------------------------------------------------------------
+
+LOGITS_4x4 = torch.tensor(
+    [
+        [1.0, 3.0, 2.0, 0.0],  # C row, range 3
+        [0.0, 2.0, 4.0, 1.0],  # R row, range 4
+        [2.0, 2.0, 1.0, 0.0],  # R row, range 2
+        [5.0, 1.0, 1.0, 1.0],  # untouched row
+    ]
+)
+COND_Q = torch.tensor([True, False, False, False])
+REL_Q = torch.tensor([False, True, True, False])
+COND_K = torch.tensor([True, False, False, False])
+
+
+def test_bias_hand_computed_4x4():
+    bias = mod.dam_bias(LOGITS_4x4, COND_Q, REL_Q, COND_K, minus=0.5, plus=torch.tensor([0.0, 0.25, 0.5, 0.0]))
+    expected = torch.tensor(
+        [
+            [0.0, -1.5, -1.5, -1.5],  # -0.5 * range 3 on keys outside C
+            [1.0, 0.0, 0.0, 0.0],  # +0.25 * range 4 on the C key
+            [1.0, 0.0, 0.0, 0.0],  # +0.5 * range 2 on the C key
+            [0.0, 0.0, 0.0, 0.0],
+        ]
+    )
+    assert torch.equal(bias, expected)
+
+
+def test_bias_with_the_paper_constants():
+    s = ModulationSettings()
+    gate = mod.gate_factor(0.5, s.tau)
+    cycle = 2
+    minus = gate * s.w_minus * mod.time_decay(cycle, s.t_time, s.a_time_minus)
+    g_dis = torch.tensor([0.0, 1.0, 0.5**s.a_dis, 0.0])
+    plus = gate * s.w_plus * mod.time_decay(cycle, s.t_time, s.a_time_plus) * g_dis
+    bias = mod.dam_bias(LOGITS_4x4, COND_Q, REL_Q, COND_K, minus=minus, plus=plus.float())
+    assert bias[0, 1:].tolist() == pytest.approx([-minus * 3] * 3)
+    assert bias[0, 0] == 0
+    assert float(bias[1, 0]) == pytest.approx(float(plus[1]) * 4)
+    assert float(bias[2, 0]) == pytest.approx(float(plus[2]) * 2)
+    assert bias[1:3, 1:].abs().sum() == 0 and bias[3].abs().sum() == 0
+    # signs: only (C -> not C) negative, only (R -> C) positive
+    assert (bias[COND_Q][:, ~COND_K] < 0).all() and (bias[REL_Q][:, COND_K] > 0).all()
+
+
+def test_block_parts_equal_dense_biased_softmax():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 5, 9, dtype=torch.float64)  # (batch, heads, rows, keys)
+    values = torch.randn(2, 3, 9, 4, dtype=torch.float64)
+    n_in = 3
+    b_in = torch.randn(2, 3, 5, dtype=torch.float64)
+    b_out = torch.randn(2, 3, 5, dtype=torch.float64)
+    dense = logits.clone()
+    dense[..., :n_in] += b_in[..., None]
+    dense[..., n_in:] += b_out[..., None]
+    expected = torch.softmax(dense, -1) @ values
+    parts = mod.block_softmax_parts(logits.clone(), values, n_in)
+    assert torch.allclose(parts.range, mod.row_range(logits))
+    assert torch.allclose(mod.combine_block_parts(parts, b_in, b_out), expected, atol=1e-12)
+    zero = torch.zeros(())
+    assert torch.allclose(mod.combine_block_parts(parts, zero, zero), torch.softmax(logits, -1) @ values, atol=1e-12)
+
+
+# -- geometry -------------------------------------------------------------------------
+
+
+def test_layer_grid():
+    assert mod.layer_grid(1024, 32, 32) == (32, 32)
+    assert mod.layer_grid(256, 32, 32) == (16, 16)
+    assert mod.layer_grid(12, 7, 5) == (4, 3)  # odd sides round up, like a stride-2 conv
+    with pytest.raises(ValueError, match="match no level"):
+        mod.layer_grid(100, 32, 32)
+
+
+def test_layer_regions_6x6():
+    canvas = Canvas(width=96, height=96)  # 16-pixel cells on a 6x6 grid
+    box_v = Box(x=16, y=16, w=32, h=32)  # cells (1..2, 1..2), centre (32, 32)
+    box_r = Box(x=0, y=32, w=96, h=64)  # rows 2..5, overlapping box_v's lower row
+    regions = mod.LayerRegions.build(box_v, box_r, canvas, 6, 6, dis_horizon=10, dis_exponent=0.3)
+    assert regions.condition.tolist() == [7, 8, 13, 14]
+    # R = box_r minus C: rows 2..5 except cells 13, 14; sorted by distance to (32, 32)
+    assert sorted(regions.related.tolist()) == [12, 15, 16, 17] + list(range(18, 36))
+    first, last = regions.related[0].item(), regions.related[-1].item()
+    assert first in (12, 15)  # (y 40, x 8 or 56): distance sqrt(8^2 + 24^2) = 25.30, the closest
+    assert last == 35  # (y 88, x 88): the farthest
+    far = math.hypot(56, 56)
+    assert regions.related_decay[0].item() == pytest.approx(float(mod.decay(10 * math.hypot(8, 24) / far, 10, 0.3)))
+    assert regions.related_decay[-1].item() == 0.0
+    assert sorted(regions.key_order.tolist()) == list(range(36))
+    assert regions.key_order[:4].tolist() == [7, 8, 13, 14]
+    assert regions.key_order[4:26].tolist() == regions.related.tolist()
