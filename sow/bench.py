@@ -444,7 +444,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         reference = load_components(args.model, device=device, dtype="fp32", random_weights=args.random_weights)
         ladder = []
         for name, switches in REFERENCE_LADDER:
-            ref_settings = PerformanceSettings(channels_last=False, nan_guard=False, **switches)
+            ref_settings = PerformanceSettings(channels_last=False, nan_guard=False, cudnn_benchmark=False, **switches)
             ref_pipe = SOWPipeline(reference, {"modulator": modulator}, registry=registry).optimize(ref_settings)
             timed, records = time_sow(ref_pipe, condition, argparse.Namespace(**{**vars(args), "repeats": baseline_repeats}), config, 1, baseline_repeats)
             ladder.append(

@@ -38,6 +38,9 @@ log = logging.getLogger("sow.performance")
 AttentionKind = Literal["sdpa", "math"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 
+COMPILE_RECOMPILE_LIMIT = 64
+"""Dynamo's recompile limit while sow's regions are compiled (its default, 8, is too low for a UNet's blocks)."""
+
 TILING_AUTO_PIXELS = 1024 * 1024
 """With ``vae_tiling=None``, the VAE decodes in tiles from this many canvas pixels up."""
 
@@ -78,12 +81,17 @@ class PerformanceSettings(BaseModel):
         description="In fp16: check the latents before decoding (one sync per run) and re-decode in fp32 when "
         "the VAE overflows.",
     )
+    cudnn_benchmark: bool = Field(
+        True, description="Let cuDNN pick the fastest convolution algorithm per shape (CUDA; the shapes of a run repeat)."
+    )
     stage_sync: bool = Field(
         True, description="Synchronize the device at stage boundaries so per-stage times are true (5 syncs per run)."
     )
 
 
-REFERENCE = PerformanceSettings(attention="math", cache_text_embeddings=False, channels_last=False, nan_guard=False)
+REFERENCE = PerformanceSettings(
+    attention="math", cache_text_embeddings=False, channels_last=False, nan_guard=False, cudnn_benchmark=False
+)
 """Every optimisation off, as the reference code runs (use with fp32 weights)."""
 
 
@@ -153,10 +161,16 @@ def compile_regions(unet: torch.nn.Module, mode: CompileMode = "default") -> int
     from diffusers.models.attention import FeedForward
     from diffusers.models.resnet import ResnetBlock2D
 
+    import torch._dynamo
+
+    # All blocks of a kind share one code object; their many shapes (channels, grids, the condition's
+    # own size, batch) would each cost a recompile, so compile with symbolic shapes and a higher limit.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, COMPILE_RECOMPILE_LIMIT)
     count = 0
     for module in unet.modules():
-        if isinstance(module, (ResnetBlock2D, FeedForward)):
-            module.compile(mode=mode, dynamic=False)
+        if isinstance(module, (ResnetBlock2D, FeedForward)) and not getattr(module, "_sow_compiled", False):
+            module.compile(mode=mode, dynamic=True)
+            module._sow_compiled = True
             count += 1
     return count
 
@@ -249,6 +263,9 @@ def apply(components, settings: PerformanceSettings, canvas_pixels: int | None =
         tiling = canvas_pixels is not None and canvas_pixels >= TILING_AUTO_PIXELS
     vae.enable_tiling() if tiling else vae.disable_tiling()
     done["vae_slicing"], done["vae_tiling"] = settings.vae_slicing, tiling
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = settings.cudnn_benchmark
+        done["cudnn_benchmark"] = settings.cudnn_benchmark
     if settings.compile:
         done["compiled_blocks"] = compile_regions(components.unet, settings.compile_mode)
     if settings.offload:

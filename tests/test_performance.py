@@ -194,3 +194,38 @@ def test_offload_on_gpu_matches(face_path, fast_overrides):  # pragma: no cover 
     got = offloaded(face_path, PROMPT, seed=2, **fast_overrides).latents
     assert got.device.type == "cuda"
     assert torch.allclose(got, expected, atol=1e-4)
+
+
+def _count_host_syncs(pipe, cycles: int) -> int:  # pragma: no cover - needs CUDA
+    """Synchronizing CUDA operations between the first and the last UNet evaluation of a run."""
+    import warnings
+
+    def watch(info):
+        if info["evaluations"] == 1:
+            torch.cuda.set_sync_debug_mode("warn")
+        if info["evaluations"] == info["total"]:
+            torch.cuda.set_sync_debug_mode("default")
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipe(
+            SAMPLE_FACE,
+            PROMPT,
+            seed=1,
+            canvas={"width": 256, "height": 256},
+            cycles=cycles,
+            modulation={"use_gate": False},
+            callback=watch,
+        )
+    torch.cuda.set_sync_debug_mode("default")
+    return sum("synchronizing" in str(w.message) for w in caught)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_no_host_syncs_per_step_on_gpu():  # pragma: no cover - run where a GPU is lent
+    """More cycles add UNet calls but no host synchronisations (DAM with its gate open, as benchmarked)."""
+    pipe = SOWPipeline(load_components("tiny", device="cuda", dtype="auto")).optimize(PerformanceSettings(stage_sync=False))
+    few = _count_host_syncs(pipe, 1)
+    many = _count_host_syncs(pipe, 3)
+    assert many == few
