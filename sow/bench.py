@@ -102,6 +102,7 @@ def build_parser(prog: str = "sow bench") -> argparse.ArgumentParser:
     add("--condition", type=Path, default=None, help="Condition image (default: the bundled sample face).")
     add("--json", type=Path, default=None, dest="json_path", help="Write the report as JSON here.")
     add("--plot", type=Path, default=None, help="Draw the per-stage bar chart here (PNG).")
+    add("--count-only", action="store_true", help="Only the cost model: FLOPs per run of --model's architecture (configs suffice), from the call shapes of a tiny-model run; no timing.")
     add("--quiet", "-q", action="store_true", help="No table on stdout.")
     return parser
 
@@ -313,6 +314,89 @@ def _pick_modulator(requested: str, registry) -> str:
         return requested
     names = {e.name for e in registry.all_entries() if e.kind == "attention_modulator"}
     return "dam" if "dam" in names else "none"
+
+
+def meta_components(spec: str):
+    """The models named by ``spec`` (``tiny``, or a folder of configs or weights) on the meta device: shapes only."""
+    from types import SimpleNamespace
+
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from sow.errors import ModelLoadError
+    from sow.models import tiny_configs
+
+    if spec == "tiny":
+        configs = tiny_configs()
+        unet_cfg, vae_cfg, text_cfg = configs["unet"], configs["vae"], CLIPTextConfig(**configs["text_encoder"])
+    else:
+        folder = Path(spec).expanduser()
+        if not (folder / "unet" / "config.json").is_file():
+            raise ModelLoadError(f"--count-only needs 'tiny' or a folder with unet/, vae/ and text_encoder/ configs; got {spec!r}")
+        unet_cfg = UNet2DConditionModel.load_config(folder / "unet")
+        vae_cfg = AutoencoderKL.load_config(folder / "vae")
+        text_cfg = CLIPTextConfig.from_pretrained(folder / "text_encoder")
+    with torch.device("meta"):
+        return SimpleNamespace(
+            unet=UNet2DConditionModel.from_config(unet_cfg),
+            vae=AutoencoderKL.from_config(vae_cfg),
+            text_encoder=CLIPTextModel(text_cfg),
+        )
+
+
+def cost_model(args: argparse.Namespace) -> dict[str, Any]:
+    """FLOPs of one run of ``args.model``'s architecture at ``args``' settings, without running it.
+
+    The call shapes come from one run of the tiny model (same latent grid, same schedule and
+    batches); the text width is swapped for the target's. DAM's extra rows are not in it.
+    """
+    from sow.models import load_components
+    from sow.pipeline import SOWPipeline
+
+    target = meta_components(args.model)
+    tiny = load_components("tiny", device="cpu")
+    pipe = SOWPipeline(tiny, {"modulator": "none"})
+    config = pipe.make_config(None, "normal", **_config_overrides(args, "none"))
+    phases: Counter = Counter()
+    shapes = CallShapes(_modules_to_watch(tiny))
+    try:
+        pipe(args.condition or Path(sow.__file__).parent / "data" / "sample_face.jpg", BENCH_PROMPT, seed=args.seed,
+             config=config, num_images=args.batch[0], callback=lambda info: phases.update([info["phase"]]))
+    finally:
+        shapes.remove()
+    width = target.unet.config.cross_attention_dim
+    calls: Counter = Counter()
+    for (name, call_shapes), n in shapes.calls.items():
+        if name == "unet":
+            call_shapes = (call_shapes[0], (*call_shapes[1][:-1], width))
+        calls[(name, call_shapes)] += n
+    counted = count_flops(target, calls)
+    return {
+        "model": args.model,
+        "batch": args.batch[0],
+        "config": {"canvas": args.size, "steps": config.num_inference_steps, "cycles": config.cycles, "t1": config.t1, "t2": config.t2},
+        "unet_calls_per_phase": dict(phases),
+        "unet_evaluations": sum(phases.values()),
+        **counted,
+        "note": "standard models only (UNet, VAE, text encoder); DAM's explicit rows are counted by a timed run",
+    }
+
+
+def render_cost_model(model: dict[str, Any], console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    console.print(f"[bold]cost model[/] {model['model']} at {model['config']}, batch {model['batch']}")
+    console.print(f"UNet calls per phase: {model['unet_calls_per_phase']}  (total {model['unet_evaluations']})")
+    table = Table()
+    for col in ("module", "input shapes", "calls", "TFLOP/call", "TFLOP"):
+        table.add_column(col, justify="right")
+    for call in model["per_call"]:
+        shapes = " ".join("x".join(map(str, s)) for s in call["shapes"])
+        table.add_row(call["module"], shapes, str(call["calls"]), f"{call['tflop_per_call']:.4g}", f"{call['tflop_per_call'] * call['calls']:.4g}")
+    table.add_row("total", "", "", "", f"{model['total_tflop']:.4g}")
+    console.print(table)
 
 
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -557,6 +641,15 @@ def render(report: dict[str, Any], console=None) -> None:
 def main(argv: list[str] | None = None, prog: str = "sow bench") -> int:
     """Parse, run, render, write: the body of ``sow bench`` and ``benchmarks/bench_sow.py``."""
     args = parse_args(argv, prog)
+    if args.count_only:
+        report = cost_model(args)
+        if not args.quiet:
+            render_cost_model(report)
+        if args.json_path is not None:
+            from sow.outputs import save_json_atomic
+
+            save_json_atomic(report, args.json_path)
+        return 0
     report = run_bench(args)
     if not args.quiet:
         render(report)
