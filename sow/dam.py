@@ -5,12 +5,13 @@ self-attention layer (processor keys ending in ``attn1.processor``) for one run 
 the previous processors back in :meth:`~DynamicAttentionModulator.detach`. During the
 cycle phase each processor:
 
-1. runs ordinary scaled-dot-product attention for all rows (the fast path);
-2. computes explicit logits only for the condition region's query rows (chunked), and
+1. computes explicit logits only for the condition region's query rows (chunked), and
    from them the gate ``R_c`` (:func:`sow.modulation.relevance_gate`);
-3. if the gate is open, replaces the condition rows (P-) and the related region's rows
-   (P+) with their modulated attention, computed exactly from two key blocks
-   (:func:`sow.modulation.block_softmax_parts`) — no (N, N) bias is ever built.
+2. if the gate is closed, runs ordinary scaled-dot-product attention for all rows;
+3. if it is open, runs scaled-dot-product attention for the rows DAM leaves alone and
+   computes the condition rows (P-) and the related region's rows (P+) exactly from
+   two key blocks (:func:`sow.modulation.block_softmax_parts`) — no (N, N) bias is
+   ever built, and at most ``chunk_elements`` logits exist at once.
 
 Outside the cycle phase, and at every step where the gate is closed, the output is the
 unmodulated attention. The equations and constants are in :mod:`sow.modulation` and
@@ -32,8 +33,9 @@ from sow.hookspecs import hookimpl
 from sow.schemas import Box
 
 SELF_ATTENTION_SUFFIX = "attn1.processor"
-DEFAULT_CHUNK_ELEMENTS = 2**25
-"""Logit elements per chunk of explicit rows (128 MiB in fp32)."""
+DEFAULT_CHUNK_ELEMENTS = {"cpu": 2**20, "accelerator": 2**25}
+"""Logit elements per chunk of explicit rows: cache-sized on a CPU (4 MiB in fp32), few
+large kernels on a GPU (128 MiB in fp32)."""
 ATTENTION_ARTIFACT = "attention"
 """Key of the :class:`AttentionCapture` in ``ctx.artifacts``."""
 
@@ -67,7 +69,8 @@ class DAMState:
     """What the processors of one run share: the context, the regions per grid, the capture choice."""
 
     ctx: RunContext
-    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS
+    chunk_elements: int | None = None
+    """None: :data:`DEFAULT_CHUNK_ELEMENTS` for the device."""
     capture_layer: str | None = None
     _regions: dict[tuple[int, int], mod.LayerRegions] = field(default_factory=dict)
 
@@ -90,10 +93,7 @@ class DAMState:
                 s.use_distance_decay,
             )
             self._regions[key] = mod.LayerRegions(
-                **{
-                    name: value.to(device) if isinstance(value, torch.Tensor) else value
-                    for name, value in vars(built).items()
-                }
+                **{name: _to(value, device) for name, value in vars(built).items()}
             )
         return self._regions[key]
 
@@ -103,13 +103,18 @@ class DAMState:
 
     # -- the modulation of one layer's attention ---------------------------------------
 
-    def modulate(
-        self, layer: str, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, out: torch.Tensor, grid: tuple[int, int]
+    def attention(
+        self, layer: str, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, grid: tuple[int, int]
     ) -> torch.Tensor:
-        """``out`` (the unmodulated attention, (B, H, N, d)) with the DAM rows replaced when the gate opens."""
+        """Self-attention output (B, H, N, d) of one layer at a cycle step, with DAM applied.
+
+        Rows DAM does not touch (all rows when the gate is closed) come from
+        ``F.scaled_dot_product_attention``; the modulated rows from explicit, chunked logits.
+        """
         ctx, s = self.ctx, self.ctx.config.modulation
         step = ctx.step
         regions = self.regions(*grid, query.device)
+        self._chunk_for(query.device)
         n_c, n_r = len(regions.condition), len(regions.related)
         want_minus = s.use_p_minus and s.w_minus > 0
         want_plus = s.use_p_plus and s.w_plus > 0 and n_r > 0
@@ -117,39 +122,54 @@ class DAMState:
         need_gate = s.use_gate or ctx.config.trace_attention or capture
         if n_c == 0 or not (want_minus or want_plus or need_gate):
             self._trace(layer, 0.0, False)
-            return out
+            return _sdpa(query, key, value)
 
         scale = query.shape[-1] ** -0.5
         keys = key[:, :, regions.key_order]
         values = value[:, :, regions.key_order].float()
         cond_q = query[:, :, regions.condition]
-        parts, gate_sums = None, None
-        if need_gate or want_minus:
-            span = (n_c, n_c + n_r) if need_gate else None
-            parts, gate_sums = self._rows(cond_q, keys, values, n_c, scale, span, want_minus)
-        r_c = float(mod.gate_ratio(gate_sums / n_c, s.gate_fraction).mean()) if need_gate else 0.0
+        parts, r_c = None, 0.0
+        if need_gate:
+            # With the gate on, a first pass computes only R_c (the gate is closed at most steps);
+            # with it off, the condition rows' softmax parts come in the same pass.
+            one_pass = want_minus and not s.use_gate
+            parts, gate_sums = self._rows(cond_q, keys, values, n_c, scale, (n_c, n_c + n_r), one_pass)
+            r_c = float(mod.gate_ratio(gate_sums / n_c, s.gate_fraction).mean())
         factor = mod.gate_factor(r_c, s.tau, s.use_gate)
-        fired = factor > 0 and (want_minus or want_plus)
-        self._trace(layer, r_c, fired)
+        minus_on, plus_on = factor > 0 and want_minus, factor > 0 and want_plus
+        self._trace(layer, r_c, minus_on or plus_on)
 
         minus = factor * s.w_minus * mod.time_decay(step.cycle or 0, s.t_time, s.a_time_minus, s.use_time_decay)
-        if fired and want_minus:
-            bias_out = -minus * parts.range
-            rows = mod.combine_block_parts(parts, torch.zeros_like(bias_out), bias_out)
-            out[:, :, regions.condition] = rows.to(out.dtype)
-        if fired and want_plus:
-            plus = factor * s.w_plus * mod.time_decay(step.cycle or 0, s.t_time, s.a_time_plus, s.use_time_decay)
-            rel_q = query[:, :, regions.related]
-            rel_parts, _ = self._rows(rel_q, keys, values, n_c, scale, None, True)
-            bias_in = plus * regions.related_decay.to(rel_parts.range.dtype) * rel_parts.range
-            rows = mod.combine_block_parts(rel_parts, bias_in, torch.zeros_like(bias_in))
-            out[:, :, regions.related] = rows.to(out.dtype)
         if capture:
-            self._capture(layer, cond_q, keys, regions, scale, minus if fired and want_minus else 0.0, r_c, fired)
+            self._capture(layer, cond_q, keys, regions, scale, minus if minus_on else 0.0, r_c, minus_on or plus_on)
+        if not (minus_on or plus_on):
+            return _sdpa(query, key, value)
+
+        out = torch.empty_like(query)
+        untouched = regions.key_order[n_c + n_r :]  # neither C nor R
+        if not minus_on:
+            untouched = torch.cat([regions.condition, untouched])
+        if not plus_on:
+            untouched = torch.cat([regions.related, untouched])
+        out[:, :, untouched] = _sdpa(query[:, :, untouched], key, value)
+        if minus_on:
+            if parts is None:
+                parts, _ = self._rows(cond_q, keys, values, n_c, scale, None, True)
+            bias_out = -minus * parts.range
+            out[:, :, regions.condition] = mod.combine_block_parts(parts, torch.zeros_like(bias_out), bias_out).to(out.dtype)
+        if plus_on:
+            plus = factor * s.w_plus * mod.time_decay(step.cycle or 0, s.t_time, s.a_time_plus, s.use_time_decay)
+            rel_parts, _ = self._rows(query[:, :, regions.related], keys, values, n_c, scale, None, True)
+            bias_in = plus * regions.related_decay.to(rel_parts.range.dtype) * rel_parts.range
+            out[:, :, regions.related] = mod.combine_block_parts(rel_parts, bias_in, torch.zeros_like(bias_in)).to(out.dtype)
         return out
 
     def _chunk(self, batch_heads: int, tokens: int) -> int:
         return max(1, self.chunk_elements // max(1, batch_heads * tokens))
+
+    def _chunk_for(self, device: torch.device) -> None:
+        if self.chunk_elements is None:
+            self.chunk_elements = DEFAULT_CHUNK_ELEMENTS["cpu" if device.type == "cpu" else "accelerator"]
 
     def _rows(
         self,
@@ -171,8 +191,10 @@ class DAMState:
         for start in range(0, n, chunk):
             logits = (rows_q[:, :, start : start + chunk] @ keys_t).float().mul_(scale)
             if gate_span is not None:
-                lo, hi = gate_span
-                normalized = mod.minmax_normalize(logits)[..., lo:hi].sum(-2)
+                lo, hi = gate_span  # min-max over the whole row, kept only on box_r's columns
+                low = logits.amin(-1, keepdim=True)  # (torch.aminmax is ~10x slower on CPU)
+                spread = (logits.amax(-1, keepdim=True) - low).clamp_min(mod.RANGE_EPS)
+                normalized = ((logits[..., lo:hi] - low) / spread).sum(-2)
                 gate_sums = normalized if gate_sums is None else gate_sums + normalized
             if want_parts:
                 collected.append(mod.block_softmax_parts(logits, values, n_in))
@@ -226,12 +248,24 @@ class DAMState:
         )
 
 
+def _to(value: Any, device: torch.device) -> Any:
+    """Index tensors to ``device``; float tensors also to float32 (MPS has no float64)."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    return value.to(device, torch.float32) if value.is_floating_point() else value.to(device)
+
+
+def _sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """The ordinary attention path (as diffusers' ``AttnProcessor2_0`` calls it)."""
+    return F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
+
+
 class DAMProcessor:
     """Self-attention with DAM in the cycle phase; the layer's previous processor otherwise.
 
     Same call signature as diffusers' ``AttnProcessor2_0``. In the cycle phase it computes
-    attention with ``F.scaled_dot_product_attention`` exactly as ``AttnProcessor2_0`` does
-    and hands the result to :meth:`DAMState.modulate`.
+    the projections exactly as ``AttnProcessor2_0`` does and the attention itself with
+    :meth:`DAMState.attention`.
     """
 
     def __init__(self, layer: str, state: DAMState, previous: Any) -> None:
@@ -278,8 +312,7 @@ class DAMProcessor:
         if attn.norm_k is not None:
             key = attn.norm_k(key)
 
-        out = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
-        out = self.state.modulate(self.layer, query, key, value, out, grid)
+        out = self.state.attention(self.layer, query, key, value, grid)
 
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
         out = attn.to_out[0](out)
@@ -306,7 +339,8 @@ class DynamicAttentionModulator:
     """SOW's dynamic attention modulation on every self-attention layer (DESIGN §2).
 
     Options (``stage_options={"attention_modulator": {...}}``): ``chunk_elements``, the
-    logit elements computed at once (bounds the extra memory); ``capture_layer``, the
+    logit elements computed at once (bounds the extra memory; default by device, see
+    :data:`DEFAULT_CHUNK_ELEMENTS`); ``capture_layer``, the
     processor key whose attention is captured for ``--save-attention`` (default: the last
     self-attention layer of the up path). Capturing happens when ``config.trace_attention``
     is on. ``config.ablation.dynamic_attention = False`` makes this modulator a no-op.
@@ -315,8 +349,8 @@ class DynamicAttentionModulator:
     name = "dam"
     description = "Dynamic attention modulation: P+/P- self-attention bias gated by R_c (SOW)."
 
-    def __init__(self, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, capture_layer: str | None = None) -> None:
-        if chunk_elements < 1:
+    def __init__(self, chunk_elements: int | None = None, capture_layer: str | None = None) -> None:
+        if chunk_elements is not None and chunk_elements < 1:
             raise ValueError("chunk_elements must be positive")
         self.chunk_elements = chunk_elements
         self.capture_layer = capture_layer

@@ -188,13 +188,10 @@ class SOWPipeline:
         seed: int = 0,
         planner: str | None = None,
     ) -> Plan:
-        """Run the planner stage alone (with the adaptive-position ablation applied when it is off)."""
+        """Run the planner stage alone."""
         config = config or self.make_config()
         name = planner or config.stages.planner
-        plan = self.stage("planner", name).plan(PlanRequest(condition=condition, prompt=prompt, config=config, seed=seed))
-        if not config.ablation.adaptive_position:
-            plan = random_placement(plan, condition, config, seed)
-        return plan
+        return self.stage("planner", name).plan(PlanRequest(condition=condition, prompt=prompt, config=config, seed=seed))
 
     # -- the run -----------------------------------------------------------------------
 
@@ -249,6 +246,8 @@ class SOWPipeline:
         with timer.stage("plan"):
             if plan is None:
                 plan = self.plan(image, prompt, config, seed)
+                if not config.ablation.adaptive_position:  # AP ablation: seeded random placement
+                    plan = random_placement(plan, image, config, seed)
             text = plan.prompt if config.ablation.prompt_intensification else (plan.user_prompt or prompt)
 
         # 2. Seed initialization: the condition pasted at box_v (snapped to latent cells) on gray.

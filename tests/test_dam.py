@@ -260,3 +260,13 @@ def test_dam_is_the_default_modulator():
 
     assert StageNames().modulator == "dam"
     assert {"dam", "none"} <= set(build_registry(load_entry_points=False).names("attention_modulator"))
+
+
+def test_half_precision_layer_runs_and_matches_fp32(layer):
+    attn, hidden = layer
+    ctx = fake_ctx(modulation={"use_gate": False, "w_plus": 2.0, "w_minus": 1.0})
+    full = run_layer(attn, hidden, ctx)
+    half = run_layer(attn.to(torch.bfloat16), hidden.to(torch.bfloat16), ctx)
+    attn.to(torch.float32)
+    assert half.dtype == torch.bfloat16
+    assert torch.allclose(half.float(), full, atol=0.1, rtol=0.05)
