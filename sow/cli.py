@@ -31,7 +31,7 @@ out = redacting_console()
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'tiny' (embedded, random weights), a hub id, a diffusers folder or a .safetensors file.")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
-DtypeOpt = Annotated[str, typer.Option(help="fp32, fp16 or bf16.")]
+DtypeOpt = Annotated[str, typer.Option(help="auto (bf16 on GPUs that have it, fp16 on others, fp32 on CPU), fp32, fp16 or bf16.")]
 
 
 MAX_JSON_BYTES = 16 * 1024 * 1024
@@ -200,7 +200,7 @@ def generate(
     on_planner_error: OnPlannerErrorOpt = "fail",
     no_cache: NoCacheOpt = False,
     device: DeviceOpt = "cpu",
-    dtype: DtypeOpt = "fp32",
+    dtype: DtypeOpt = "auto",
     random_weights: Annotated[bool, typer.Option(help="With a folder of configs only: build it with random weights (benchmarks).")] = False,
     allow_pickle: Annotated[bool, typer.Option(help="Allow pickled .ckpt checkpoints (they can run code).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
@@ -339,6 +339,17 @@ def _fail(message: str, code: int) -> None:
 
     err.print(redact(message), markup=False, highlight=False, soft_wrap=True)
     sys.exit(code)
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+def bench(ctx: typer.Context) -> None:
+    """Time generation per stage against plain DDIM and the reference settings (options: sow bench --help)."""
+    from sow.bench import main as bench_main
+
+    bench_main(list(ctx.args), prog="sow bench")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -81,6 +81,7 @@ class RunContext:
     seed: int
     region: LatentRegion
     generator: torch.Generator
+    """The first image's generator (seeded with the run's seed)."""
     denoiser: Denoiser
     inverter: Inverter
     preserver: Preserver
@@ -92,11 +93,16 @@ class RunContext:
     """The UNet evaluation in progress (set by the denoiser before every call)."""
     trace: list[dict[str, Any]] = field(default_factory=list)
     """Per-step records stages may add to (e.g. the attention gate); saved when tracing is on."""
+    generators: list[torch.Generator] = field(default_factory=list)
+    """One generator per image of a batched run (image i seeded with seed + i); empty: ``generator`` alone."""
     artifacts: dict[str, Any] = field(default_factory=dict)
     """Things stages hand back to the caller (e.g. ``"attention"``: the captured attention map)."""
 
     def noise_like(self, x: torch.Tensor) -> torch.Tensor:
-        """Gaussian noise drawn from the run's seeded generator."""
+        """Gaussian noise drawn from the run's seeded generator(s): row i of a batch from image i's own."""
+        if len(self.generators) > 1 and x.shape[0] == len(self.generators):
+            shape = (1, *x.shape[1:])
+            return torch.cat([torch.randn(shape, generator=g, device=x.device, dtype=x.dtype) for g in self.generators])
         return torch.randn(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
 
     def preserve(self, latents: torch.Tensor, level: int) -> torch.Tensor:

@@ -69,6 +69,7 @@ class Denoiser:
         self.total_evaluations = config.unet_evaluations()
         self.guard = FiniteGuard(config.finite_check)
         """NaN/inf check after every update; call :meth:`finish` when the loop ends."""
+        self._timesteps: torch.Tensor | None = None
 
     # -- noise prediction -------------------------------------------------------------
 
@@ -76,7 +77,10 @@ class Denoiser:
         batch = latents.shape[0]
         model_input = torch.cat([latents] * len(branches))
         context = torch.cat([b.expand(batch, -1, -1) for b in branches])
-        t = torch.tensor(self.schedule.timestep(level), device=latents.device)
+        self.schedule.timestep(level)  # validates the level
+        if self._timesteps is None or self._timesteps.device != latents.device:
+            self._timesteps = self.schedule.timesteps.to(latents.device)  # once per run: no copy per call
+        t = self._timesteps[level]
         eps = self.unet(model_input, t, encoder_hidden_states=context).sample
         self.evaluations += 1
         return list(eps.chunk(len(branches)))

@@ -47,6 +47,8 @@ class Components:
     scheduler: object
     source: str
     """What was loaded: ``tiny``, a path or a hub id."""
+    execution_device: torch.device | None = None
+    """Where the models run when their weights are offloaded elsewhere (see :mod:`sow.performance`)."""
 
     @property
     def vae_scale_factor(self) -> int:
@@ -54,7 +56,8 @@ class Components:
 
     @property
     def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
+        """Where the run's tensors live: the execution device, or the UNet's."""
+        return self.execution_device or next(self.unet.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -71,13 +74,18 @@ class Components:
         return self
 
 
-def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
+def resolve_dtype(name: str | torch.dtype, device: torch.device | None = None) -> torch.dtype:
+    """A dtype by name; ``"auto"``: bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU."""
     if isinstance(name, torch.dtype):
         return name
+    if name == "auto":
+        from sow.performance import auto_dtype
+
+        return auto_dtype(device or "cpu")
     try:
         return DTYPES[name]
     except KeyError:
-        raise InputError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}") from None
+        raise InputError(f"unknown dtype {name!r}; choose auto or one of {', '.join(DTYPES)}") from None
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -239,8 +247,8 @@ def load_components(
 
     Raises :class:`ModelLoadError` with one line saying where it looked and how to supply weights.
     """
-    torch_dtype = resolve_dtype(dtype)
     torch_device = resolve_device(device) if not isinstance(device, torch.device) else device
+    torch_dtype = resolve_dtype(dtype, torch_device)
     path = Path(spec).expanduser()
     if spec == "tiny":
         components = build_tiny()

@@ -27,6 +27,8 @@ from sow.errors import InputError
 from sow.images import load_condition
 from sow.models import Components, load_components
 from sow.plan_repair import apply_crop
+from sow.performance import PerformanceSettings, ReencodingEmbeddings, decode_latents
+from sow.performance import apply as apply_performance
 from sow.planning import random_placement
 from sow.numerics import require_finite
 from sow.plugins import Registry, get_registry
@@ -53,22 +55,40 @@ class SOWOutput:
     record: RunRecord
     seeded_canvas: Image.Image
     latents: torch.Tensor = field(repr=False)
-    """The final level-0 latents (before decoding)."""
+    """The final level-0 latents (before decoding), (num_images, 4, h, w)."""
+    images: list[Image.Image] = field(default_factory=list)
+    """All images of the run (``num_images``); ``image`` is the first. Image i used seed + i."""
     artifacts: dict[str, Any] = field(default_factory=dict, repr=False)
     """What stages handed back (e.g. ``"attention"``: :class:`sow.dam.AttentionCapture`)."""
 
 
 class _Timer:
-    def __init__(self) -> None:
+    """Wall time per stage; ``sync`` (the device's synchronize) runs before each clock read."""
+
+    def __init__(self, sync: Callable[[], None] | None = None) -> None:
         self.timings: list[StageTiming] = []
+        self.sync = sync or (lambda: None)
+        self._open: tuple[str, float] | None = None
+
+    def _now(self) -> float:
+        self.sync()
+        return time.perf_counter()
 
     @contextmanager
     def stage(self, name: str):
-        start = time.perf_counter()
+        self._open = (name, self._now())
         try:
             yield
         finally:
-            self.timings.append(StageTiming(name=name, seconds=round(time.perf_counter() - start, 4)))
+            self.switch(None)
+
+    def switch(self, name: str | None) -> None:
+        """Close the open stage and (if ``name``) open ``name`` in its place."""
+        if self._open is None:
+            return
+        now = self._now()
+        self.timings.append(StageTiming(name=self._open[0], seconds=round(now - self._open[1], 4)))
+        self._open = (name, now) if name else None
 
 
 class SOWPipeline:
@@ -80,8 +100,10 @@ class SOWPipeline:
         stages: StageNames | dict[str, str] | None = None,
         stage_options: dict[str, dict[str, Any]] | None = None,
         registry: Registry | None = None,
+        performance: PerformanceSettings | None = None,
     ) -> None:
         self.components = components
+        self.performance = performance or PerformanceSettings()
         self.registry = registry or get_registry()
         self.stages = stages if isinstance(stages, StageNames) else StageNames(**(stages or {}))
         self.stage_options = stage_options or {}
@@ -99,7 +121,7 @@ class SOWPipeline:
         model: str = "tiny",
         *,
         device: str | None = "cpu",
-        dtype: str = "fp32",
+        dtype: str = "auto",
         random_weights: bool = False,
         allow_pickle: bool = False,
         planner: str | None = None,
@@ -109,6 +131,7 @@ class SOWPipeline:
         preserver: str | None = None,
         stage_options: dict[str, dict[str, Any]] | None = None,
         registry: Registry | None = None,
+        performance: PerformanceSettings | None = None,
     ) -> SOWPipeline:
         """Load a model (``"tiny"``, a hub id, a diffusers folder or a ``.safetensors`` file) and pick stages."""
         chosen = {
@@ -125,7 +148,14 @@ class SOWPipeline:
         components = load_components(
             model, device=device, dtype=dtype, random_weights=random_weights, allow_pickle=allow_pickle
         )
-        return cls(components, stages, stage_options, registry)
+        pipe = cls(components, stages, stage_options, registry)
+        return pipe.optimize(performance) if performance is not None else pipe
+
+    def optimize(self, performance: PerformanceSettings | None = None, canvas_pixels: int | None = None) -> SOWPipeline:
+        """Apply fast-path settings (attention kernel, layout, compile, VAE slicing/tiling, offload) in place."""
+        self.performance = performance or PerformanceSettings()
+        self.applied_performance = apply_performance(self.components, self.performance, canvas_pixels)
+        return self
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> SOWPipeline:
         self.components.to(device, dtype)
@@ -209,6 +239,7 @@ class SOWPipeline:
         preset: str = "normal",
         mask: Image.Image | None = None,
         callback: Callable[[dict[str, Any]], None] | None = None,
+        num_images: int = 1,
         **overrides: Any,
     ) -> SOWOutput:
         """Generate an image of ``prompt`` that keeps ``condition``'s pixels.
@@ -217,16 +248,21 @@ class SOWPipeline:
         unless ``mask`` is given). ``plan`` skips the planner; ``planner`` (a registered name
         or a planner object) replaces the configured one for this call. ``config`` or ``preset`` plus
         keyword ``overrides`` (fields of :class:`GenerationConfig`) set the method's values.
-        ``callback`` receives a dict after every UNet evaluation.
+        ``callback`` receives a dict after every UNet evaluation. ``num_images`` variations
+        run batched through every UNet call; image i equals a single run with ``seed + i``
+        and the same plan (the plan is made once, with ``seed``).
         """
-        timer = _Timer()
+        comp, settings = self.components, self.performance
+        sync = torch.cuda.synchronize if settings.stage_sync and comp.device.type == "cuda" else None
+        timer = _Timer(sync)
         if isinstance(planner, str):
             overrides["stages"] = {**overrides.get("stages", {}), "planner": planner}
         config = self.make_config(config, preset, **overrides)
         self.check_inputs(prompt, config, plan)
+        if not isinstance(num_images, int) or num_images < 1:
+            raise InputError(f"num_images must be a positive integer, not {num_images!r}")
         source, image, alpha_mask, digest, notes = _read_condition(condition)
         mask = mask if mask is not None else alpha_mask
-        comp = self.components
         device, scale = comp.device, comp.vae_scale_factor
 
         # 1. Plan: box_v, box_r and the (intensified) prompt.
@@ -250,7 +286,10 @@ class SOWPipeline:
 
         # 3. Encode: the prompts once per run; the condition (at its own size) and the canvas.
         with timer.stage("encode"):
-            embeddings = PromptEmbeddings.encode(comp.text_encoder, comp.tokenizer, config, text)
+            if settings.cache_text_embeddings:
+                embeddings = PromptEmbeddings.encode(comp.text_encoder, comp.tokenizer, config, text)
+            else:
+                embeddings = ReencodingEmbeddings(comp.text_encoder, comp.tokenizer, config, text)
             condition_latents = self._encode(fitted)
             canvas_latents = self._encode(seeded)
             require_finite(condition_latents, "the encoded condition (VAE)")
@@ -258,27 +297,37 @@ class SOWPipeline:
 
         schedule = LevelSchedule.from_scheduler(comp.scheduler, config.num_inference_steps)
         denoiser = Denoiser(comp.unet, schedule, embeddings, config, region.canvas_mask(), callback)
-        generator = torch.Generator(device=device).manual_seed(seed)
+        generators = [torch.Generator(device=device).manual_seed(seed + i) for i in range(num_images)]
         ctx = RunContext(
             config=config,
             plan=plan,
             seed=seed,
             region=region,
-            generator=generator,
+            generator=generators[0],
+            generators=generators,
             denoiser=denoiser,
             inverter=self.stage("inverter", config.stages.inverter),
             preserver=self.stage("preserver", config.stages.preserver),
         )
-        denoiser.on_step = lambda step: setattr(ctx, "step", step)
+
+        def on_step(step) -> None:
+            if step.phase == "final" and (ctx.step is None or ctx.step.phase != "final"):
+                timer.switch("final")
+            ctx.step = step
+
+        denoiser.on_step = on_step
         modulator = self.stage("attention_modulator", config.stages.modulator)
         modulator.attach(comp.unet, ctx)
         try:
             # 4. Inversion: the condition alone up to t2 (its trajectory kept), the canvas to t1.
+            #    Both are deterministic, so a batch of images shares them (inverted once, at batch 1).
             with timer.stage("inversion"):
                 ctx.condition_trajectory = ctx.inverter.invert(denoiser, condition_latents, 0, config.t2, "invert_condition")
-                ctx.canvas_latents = ctx.inverter.invert(denoiser, canvas_latents, 0, config.t1, "invert_canvas")[-1]
-            # 5. Cyclic one-way diffusion, then the final denoise with visual condition preservation.
-            with timer.stage("denoise"):
+                inverted = ctx.inverter.invert(denoiser, canvas_latents, 0, config.t1, "invert_canvas")[-1]
+                ctx.canvas_latents = inverted.repeat(num_images, 1, 1, 1)
+            # 5. Cyclic one-way diffusion, then the final denoise with visual condition preservation
+            #    (timed as "cycles" and "final": the timer switches at the first final step).
+            with timer.stage("cycles"):
                 latents = self.stage("scheduler", config.stages.scheduler).run(ctx)
             denoiser.finish()
         finally:
@@ -286,9 +335,9 @@ class SOWPipeline:
 
         # 6. Decode.
         with timer.stage("decode"):
-            decoded = comp.vae.decode(latents / comp.vae.config.scaling_factor).sample
+            decoded = decode_latents(comp.vae, latents, nan_guard=settings.nan_guard)
             require_finite(decoded, "the decoded image (VAE)")
-            result = cv.to_image(decoded)
+            images = [cv.to_image(one) for one in decoded.split(1)]
 
         record = RunRecord(
             sow_version=sow.__version__,
@@ -303,13 +352,20 @@ class SOWPipeline:
             aligned_box_v=box_v,
             timings=timer.timings,
             unet_evaluations=denoiser.evaluations,
+            num_images=num_images,
             versions=_versions(),
             prompt_used=text,
             trace=ctx.trace if config.trace_attention else None,
             warnings=notes,
         )
         return SOWOutput(
-            image=result, plan=plan, record=record, seeded_canvas=seeded, latents=latents, artifacts=ctx.artifacts
+            image=images[0],
+            plan=plan,
+            record=record,
+            seeded_canvas=seeded,
+            latents=latents,
+            images=images,
+            artifacts=ctx.artifacts,
         )
 
     def _encode(self, image: Image.Image) -> torch.Tensor:

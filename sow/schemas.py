@@ -268,6 +268,7 @@ class RunRecord(_Strict):
     aligned_box_v: Box = Field(description="box_v snapped to the latent grid, as used.")
     timings: list[StageTiming] = Field(default_factory=list)
     unet_evaluations: int
+    num_images: int = Field(1, ge=1, description="Images made in this run, batched; image i used seed + i.")
     versions: dict[str, str] = Field(default_factory=dict)
     outputs: dict[str, str] = Field(default_factory=dict, description="Files written, by role.")
     prompt_used: str = Field("", description="The prompt the image was generated from (the user's with PI off).")

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The GPU benchmark in one command (after benchmarks/gpu_prepare.sh): SD 2.1-base architecture with
+# random weights, 512x512, paper settings (S=10, N=10, t1=5, t2=7, CFG 7.5, background guidance, DAM
+# with its gate forced open), bf16, batches 1 and 8, DDIM-50 and the fp32 reference in the same run.
+# Writes bench-gpu.json / bench-gpu.png to $OUT (the device tool's folder) or the current folder.
+# Extra arguments go to the benchmark, e.g.:  bash benchmarks/gpu_run.sh --compile
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-.}"
+python="${PYTHON:-python3}"
+if [ -d .bench/whl ] && ! "$python" -c "import diffusers, pydantic" 2>/dev/null; then
+  "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/sow-site .bench/whl/*.whl
+  export PYTHONPATH="/tmp/sow-site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+model=.bench/sd21-base-config
+[ -d "$model" ] || model=../shared/data/sd21-base-config
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+PYTHONUNBUFFERED=1 "$python" benchmarks/bench_sow.py --model "$model" --random-weights --device cuda --dtype bf16 \
+  --batch 1 8 --warmup 2 --repeats 5 --baseline-repeats 3 \
+  --json "$out/bench-gpu.json" --plot "$out/bench-gpu.png" "$@" 2>&1 | tee "$out/bench-gpu.log"

@@ -1,0 +1,152 @@
+"""`sow bench` on the tiny model: the report's fields, the chart, the FLOP counter, bad options."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from sow.bench import STAGES, count_flops, flop_counter
+from sow.cli import main
+
+_ROOT = Path(__file__).resolve().parents[1]
+SD21_CONFIG = next(
+    (p for p in (r / "shared" / "data" / "sd21-base-config" for r in (_ROOT.parent, _ROOT.parent.parent)) if p.is_dir()),
+    _ROOT.parent / "shared" / "data" / "sd21-base-config",
+)
+"""The SD 2.1-base configs beside the checkout (a worktree sits one folder deeper)."""
+
+
+def run_cli(argv: list[str]) -> int:
+    try:
+        main(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    code = run_cli(
+        [
+            "bench", "--model", "tiny", "--device", "cpu", "--size", "128", "--cycles", "2",
+            "--warmup", "0", "--repeats", "2", "--ddim-steps", "3", "--batch", "1", "2",
+            "--json", str(out / "bench.json"), "--plot", str(out / "bench.png"), "--quiet",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    return json.loads((out / "bench.json").read_text()), out / "bench.png"
+
+
+def test_report_fields(report):
+    data, _ = report
+    assert data["model"] == "tiny" and data["device"]["type"] == "cpu" and data["dtype"] == "float32"
+    assert data["config"]["modulator"] == "dam" and data["config"]["dam_gate"] is False
+    phases = data["unet_calls_per_phase"]
+    assert phases == {"invert_condition": 7, "invert_canvas": 5, "cycle": 2 * 2, "final": 5}
+    assert data["unet_evaluations"] == sum(phases.values()) == 21
+    assert [run["batch"] for run in data["runs"]] == [1, 2]
+    for run in data["runs"]:
+        spi = run["seconds_per_image"]
+        assert 0 < spi["min"] <= spi["median"] <= spi["max"]
+        assert len(run["seconds_per_run"]) == 2
+        assert list(run["stages_seconds_per_image"]) == list(STAGES)
+        assert sum(run["stages_seconds_per_image"].values()) <= spi["max"] * 1.05
+        assert run["unet_evaluations"] == 21
+        assert run["tflop_per_image"] > run["unet_tflop_per_image"] > 0
+        assert run["effective_tflops"] == pytest.approx(run["tflop_per_image"] / spi["median"])
+        assert run["peak_memory"]["bytes"] > 0 and "rss" in run["peak_memory"]["kind"]
+        assert run["speedup_vs_reference"] > 0
+    flops = data["flops"]
+    assert flops["modulation_extra_tflop"] > 0  # DAM's explicit logits are counted
+    unet_calls = sum(c["calls"] for c in flops["per_call"] if c["module"] == "unet")
+    assert unet_calls == 21
+
+
+def test_report_baselines(report):
+    data, _ = report
+    ddim = data["baselines"]["ddim"]
+    assert ddim["steps"] == 3 and ddim["seconds_per_image"]["median"] > 0
+    assert ddim["sow_over_ddim"] == pytest.approx(data["runs"][0]["seconds_per_image"]["median"] / ddim["seconds_per_image"]["median"])
+    reference = data["baselines"]["reference"]
+    assert reference["same_unet_evaluations"]
+    variants = [entry["variant"] for entry in reference["ladder"]]
+    assert variants[:3] == ["reference", "+ cached text embeddings", "+ sdpa attention"]
+    assert reference["ladder"][0]["speedup_vs_reference"] == 1.0
+    assert reference["ladder"][0]["cache_text_embeddings"] is False and reference["ladder"][0]["attention"] == "math"
+    assert any("GPU" in line for line in data["not_measured"])
+
+
+def test_plot_is_a_bar_chart(report):
+    _, png = report
+    image = Image.open(png)
+    assert image.format == "PNG" and image.width == 900
+    # one row per ladder variant (3) and per batch size (2)
+    assert image.height == 40 + 5 * (26 + 12) + 60
+
+
+def test_flop_count_of_sd21_unet_matches_the_issue():
+    """One SD 2.1-base UNet pass at 64x64 latents is ~0.80 TFLOP per sample (402 GMAC)."""
+    if not (SD21_CONFIG / "unet" / "config.json").is_file():
+        pytest.skip(f"SD 2.1-base configs not found at {SD21_CONFIG}")
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    import torch
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(SD21_CONFIG / "unet"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(SD21_CONFIG / "vae"))
+        text = CLIPTextModel(CLIPTextConfig.from_pretrained(SD21_CONFIG / "text_encoder"))
+    components = SimpleNamespace(unet=unet, vae=vae, text_encoder=text)
+    calls = Counter({("unet", ((2, 4, 64, 64), (2, 77, 1024))): 3})
+    counted = count_flops(components, calls)
+    per_sample = counted["per_call"][0]["tflop_per_call"] / 2
+    assert per_sample == pytest.approx(0.804, rel=0.01)
+    assert counted["tflop"]["unet"] == pytest.approx(3 * 2 * per_sample)
+
+
+def test_flop_counter_counts_cpu_attention():
+    import torch
+    import torch.nn.functional as F
+
+    q = torch.randn(1, 2, 64, 8)
+    with flop_counter() as counter:
+        F.scaled_dot_product_attention(q, q, q)
+    assert counter.get_total_flops() == 2 * (2 * 2 * 64 * 64 * 8)  # QK^T and AV
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--batch", "0"], "--batch sizes must be >= 1"),
+        (["--size", "100"], "--size must be a multiple of 8"),
+        (["--repeats", "0"], "--repeats must be >= 1"),
+        (["--modulator", "nope"], "nope"),
+        (["--model", "/nonexistent/folder"], "not found"),
+    ],
+)
+def test_bad_options_one_line_error(argv, message, capsys):
+    code = run_cli(["bench", "--device", "cpu", *argv])
+    err = capsys.readouterr().err
+    assert code in (1, 2)
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_unknown_flag_is_a_usage_error(capsys):
+    assert run_cli(["bench", "--no-such-flag"]) == 2
+    assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+
+
+def test_help_lists_options(capsys):
+    assert run_cli(["bench", "--help"]) == 0
+    out = capsys.readouterr().out
+    for flag in ("--batch", "--random-weights", "--compile", "--json", "--plot", "--ddim-steps", "--offload"):
+        assert flag in out
