@@ -209,6 +209,7 @@ def generate(
     batch: Annotated[Optional[Path], typer.Option("--batch", help="A JSON Lines file of jobs (condition, prompt, plan, seed, preset, name): see docs/production.md.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="With --batch: run only the jobs the output folder's manifest does not record as done.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout (one JSON object per line); no progress bar.")] = False,
+    num_images: Annotated[int, typer.Option("--num-images", "-n", min=1, max=64, help="Variations to make in one batched run: image i is the one --seed SEED+i would give, with the same plan.")] = 1,
 ) -> None:
     """Generate an image that keeps CONDITION's pixels while the scene follows PROMPT (or a --batch of jobs)."""
     from sow.outputs import check_free, safe_name, save_image_atomic, save_json_atomic
@@ -246,6 +247,8 @@ def generate(
     if batch is not None or resume:
         if batch is None:
             raise InputError("--resume goes with --batch FILE")
+        if num_images > 1:
+            raise InputError("--num-images applies to one generation, not to --batch (give each job its own line)")
         if condition is not None or prompt is not None or plan_file or box_v or box_r or name:
             raise InputError("--batch takes the jobs from the file: drop CONDITION, PROMPT, --plan, --box-v/--box-r and --name")
         from sow.batch_cli import generate_batch
@@ -262,6 +265,9 @@ def generate(
     early_plan = load_plan_file(plan_file) if plan_file else manual_plan(box_v, box_r, prompt, early)
     stem = safe_name(name) if name else f"{safe_name(prompt, 40)}-s{seed}"
     paths = {"image": out_dir / f"{stem}.png", "plan_image": out_dir / f"{stem}.plan.png", "record": out_dir / f"{stem}.json"}
+    if num_images > 1:  # one file per variation: <stem>-0.png (seed), <stem>-1.png (seed + 1), ...
+        del paths["image"]
+        paths = {**{f"image_{i}": out_dir / f"{stem}-{i}.png" for i in range(num_images)}, **paths}
     if save_attention:
         paths["attention"] = out_dir / f"{stem}.attention.png"
         overrides["trace_attention"] = True
@@ -279,11 +285,12 @@ def generate(
     from sow.progress import unet_progress
 
     with unet_progress(config.unet_evaluations(), disable=quiet or json_output, console=err) as callback:
-        result = pipe(condition, prompt, plan=plan, seed=seed, config=config, callback=callback)
+        result = pipe(condition, prompt, plan=plan, seed=seed, config=config, callback=callback, num_images=num_images)
 
     from sow.canvas import draw_plan
 
-    save_image_atomic(result.image, paths["image"])
+    for i, image in enumerate(result.images):
+        save_image_atomic(image, paths["image"] if num_images == 1 else paths[f"image_{i}"])
     save_image_atomic(draw_plan(result.plan, result.seeded_canvas), paths["plan_image"])
     if save_attention:
         from sow.dam import ATTENTION_ARTIFACT, attention_picture
@@ -305,7 +312,9 @@ def generate(
         out.print(json.dumps({"event": "done", "outputs": result.record.outputs, "seconds": round(total, 3),
                               "warnings": result.record.warnings}), markup=False, highlight=False, soft_wrap=True)
     else:
-        err.print(f"wrote {paths['image']} ({result.record.unet_evaluations} UNet evaluations, {total:.1f} s)")
+        first = paths["image"] if num_images == 1 else paths["image_0"]
+        more = f" and {num_images - 1} more" if num_images > 1 else ""
+        err.print(f"wrote {first}{more} ({result.record.unet_evaluations} UNet evaluations, {total:.1f} s)")
 
 
 @app.command()

@@ -91,3 +91,17 @@ def test_console_script_help_and_missing_argument():
     assert help_run.returncode == 0 and "--planner" in help_run.stdout
     missing = subprocess.run([sys.executable, "-m", "sow", "generate"], capture_output=True, text=True, cwd=ROOT)
     assert missing.returncode == 2 and "Missing argument" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_num_images_writes_each_variation_as_its_single_seed_would(face_path, fast_config, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    base = ["generate", str(face_path), "a chef", "--config", str(fast_config), "-q"]
+    assert run([*base, "--seed", "4", "-n", "2", "--out", str(tmp_path / "batch"), "--name", "v"]) == 0
+    assert run([*base, "--seed", "5", "--out", str(tmp_path / "single"), "--name", "v"]) == 0
+    record = json.loads((tmp_path / "batch" / "v.json").read_text())
+    assert set(record["outputs"]) >= {"image_0", "image_1"} and record["num_images"] == 2
+    batched = np.asarray(Image.open(tmp_path / "batch" / "v-1.png")).astype(int)
+    single = np.asarray(Image.open(tmp_path / "single" / "v.png")).astype(int)
+    assert np.abs(batched - single).max() <= 1  # same image up to float rounding of the batch
