@@ -291,7 +291,8 @@ def generate(
 
     for i, image in enumerate(result.images):
         save_image_atomic(image, paths["image"] if num_images == 1 else paths[f"image_{i}"])
-    save_image_atomic(draw_plan(result.plan, result.seeded_canvas), paths["plan_image"])
+    used = result.plan.model_copy(update={"box_v": result.record.aligned_box_v})  # box_v as pasted: on the latent grid
+    save_image_atomic(draw_plan(used, result.seeded_canvas), paths["plan_image"])
     if save_attention:
         from sow.dam import ATTENTION_ARTIFACT, attention_picture
 
