@@ -72,6 +72,8 @@ class DAMState:
     chunk_elements: int | None = None
     """None: :data:`DEFAULT_CHUNK_ELEMENTS` for the device."""
     capture_layer: str | None = None
+    sync_free: bool | str = "auto"
+    """Keep the gate on the device (see :class:`DynamicAttentionModulator`): True, False or "auto"."""
     _regions: dict[tuple[int, int], mod.LayerRegions] = field(default_factory=dict)
 
     def active(self) -> bool:
@@ -128,6 +130,9 @@ class DAMState:
         keys = key[:, :, regions.key_order]
         values = value[:, :, regions.key_order].float()
         cond_q = query[:, :, regions.condition]
+        sync_free = self.sync_free if isinstance(self.sync_free, bool) else query.device.type != "cpu"
+        if sync_free and s.use_gate and not (ctx.config.trace_attention or capture):
+            return self._gated_on_device(query, key, value, regions, keys, values, cond_q, scale, want_minus, want_plus)
         parts, r_c = None, 0.0
         if need_gate:
             # With the gate on, a first pass computes only R_c (the gate is closed at most steps);
@@ -159,6 +164,49 @@ class DAMState:
             out[:, :, regions.condition] = mod.combine_block_parts(parts, torch.zeros_like(bias_out), bias_out).to(out.dtype)
         if plus_on:
             plus = factor * s.w_plus * mod.time_decay(step.cycle or 0, s.t_time, s.a_time_plus, s.use_time_decay)
+            rel_parts, _ = self._rows(query[:, :, regions.related], keys, values, n_c, scale, None, True)
+            bias_in = plus * regions.related_decay.to(rel_parts.range.dtype) * rel_parts.range
+            out[:, :, regions.related] = mod.combine_block_parts(rel_parts, bias_in, torch.zeros_like(bias_in)).to(out.dtype)
+        return out
+
+    def _gated_on_device(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        regions: mod.LayerRegions,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        cond_q: torch.Tensor,
+        scale: float,
+        want_minus: bool,
+        want_plus: bool,
+    ) -> torch.Tensor:
+        """The gated modulation without reading R_c on the host (no device sync).
+
+        The gate factor ``sqrt(max(0, R_c - tau))`` stays a device tensor that scales the
+        bias: a closed gate gives a zero bias, whose output equals plain attention up to
+        float round-off. The modulated rows are always computed, so every step pays the
+        cost of an open gate, but the GPU's queue never drains inside the loop.
+        """
+        s, cycle = self.ctx.config.modulation, self.ctx.step.cycle or 0
+        n_c, n_r = len(regions.condition), len(regions.related)
+        parts, gate_sums = self._rows(cond_q, keys, values, n_c, scale, (n_c, n_c + n_r), want_minus)
+        r_c = mod.gate_ratio(gate_sums / n_c, s.gate_fraction).mean()
+        factor = (r_c - s.tau).clamp_min(0).sqrt()
+        out = torch.empty_like(query)
+        untouched = regions.key_order[n_c + n_r :]
+        if not want_minus:
+            untouched = torch.cat([regions.condition, untouched])
+        if not want_plus:
+            untouched = torch.cat([regions.related, untouched])
+        out[:, :, untouched] = _sdpa(query[:, :, untouched], key, value)
+        if want_minus:
+            minus = factor * s.w_minus * mod.time_decay(cycle, s.t_time, s.a_time_minus, s.use_time_decay)
+            bias_out = -minus * parts.range
+            out[:, :, regions.condition] = mod.combine_block_parts(parts, torch.zeros_like(bias_out), bias_out).to(out.dtype)
+        if want_plus:
+            plus = factor * s.w_plus * mod.time_decay(cycle, s.t_time, s.a_time_plus, s.use_time_decay)
             rel_parts, _ = self._rows(query[:, :, regions.related], keys, values, n_c, scale, None, True)
             bias_in = plus * regions.related_decay.to(rel_parts.range.dtype) * rel_parts.range
             out[:, :, regions.related] = mod.combine_block_parts(rel_parts, bias_in, torch.zeros_like(bias_in)).to(out.dtype)
@@ -343,17 +391,26 @@ class DynamicAttentionModulator:
     :data:`DEFAULT_CHUNK_ELEMENTS`); ``capture_layer``, the
     processor key whose attention is captured for ``--save-attention`` (default: the last
     self-attention layer of the up path). Capturing happens when ``config.trace_attention``
-    is on. ``config.ablation.dynamic_attention = False`` makes this modulator a no-op.
+    is on. ``sync_free`` (default ``"auto"``: on for GPUs, off on the CPU): keep the gate
+    R_c on the device and always compute the modulated rows, scaled by the gate, instead of
+    reading R_c on the host to skip them when the gate is closed — one device sync less per
+    self-attention layer and cycle step (tracing and capturing still read it).
+    ``config.ablation.dynamic_attention = False`` makes this modulator a no-op.
     """
 
     name = "dam"
     description = "Dynamic attention modulation: P+/P- self-attention bias gated by R_c (SOW)."
 
-    def __init__(self, chunk_elements: int | None = None, capture_layer: str | None = None) -> None:
+    def __init__(
+        self, chunk_elements: int | None = None, capture_layer: str | None = None, sync_free: bool | str = "auto"
+    ) -> None:
         if chunk_elements is not None and chunk_elements < 1:
             raise ValueError("chunk_elements must be positive")
+        if sync_free not in (True, False, "auto"):
+            raise ValueError("sync_free must be true, false or auto")
         self.chunk_elements = chunk_elements
         self.capture_layer = capture_layer
+        self.sync_free = sync_free
         self._previous: dict[str, Any] | None = None
 
     def attach(self, unet: torch.nn.Module, ctx: RunContext) -> None:
@@ -363,7 +420,7 @@ class DynamicAttentionModulator:
         capture = None
         if ctx.config.trace_attention:
             capture = self.capture_layer or default_capture_layer(unet)
-        state = DAMState(ctx, self.chunk_elements, capture)
+        state = DAMState(ctx, self.chunk_elements, capture, self.sync_free)
         unet.set_attn_processor(
             {
                 name: DAMProcessor(name, state, proc) if name.endswith(SELF_ATTENTION_SUFFIX) else proc

@@ -196,7 +196,7 @@ def test_offload_on_gpu_matches(face_path, fast_overrides):  # pragma: no cover 
     assert torch.allclose(got, expected, atol=1e-4)
 
 
-def _count_host_syncs(pipe, cycles: int) -> int:  # pragma: no cover - needs CUDA
+def _count_host_syncs(pipe, cycles: int, use_gate: bool = False) -> int:  # pragma: no cover - needs CUDA
     """Synchronizing CUDA operations between the first and the last UNet evaluation of a run."""
     import warnings
 
@@ -214,7 +214,7 @@ def _count_host_syncs(pipe, cycles: int) -> int:  # pragma: no cover - needs CUD
             seed=1,
             canvas={"width": 256, "height": 256},
             cycles=cycles,
-            modulation={"use_gate": False},
+            modulation={"use_gate": use_gate},
             callback=watch,
         )
     torch.cuda.set_sync_debug_mode("default")
@@ -229,3 +229,5 @@ def test_no_host_syncs_per_step_on_gpu():  # pragma: no cover - run where a GPU 
     few = _count_host_syncs(pipe, 1)
     many = _count_host_syncs(pipe, 3)
     assert many == few
+    # with the gate on, DAM keeps R_c on the device (sync_free="auto" on a GPU)
+    assert _count_host_syncs(pipe, 3, use_gate=True) == _count_host_syncs(pipe, 1, use_gate=True)
