@@ -144,12 +144,31 @@ class DAMState:
         minus_on, plus_on = factor > 0 and want_minus, factor > 0 and want_plus
         self._trace(layer, r_c, minus_on or plus_on)
 
-        minus = factor * s.w_minus * mod.time_decay(step.cycle or 0, s.t_time, s.a_time_minus, s.use_time_decay)
         if capture:
+            minus = factor * s.w_minus * mod.time_decay(step.cycle or 0, s.t_time, s.a_time_minus, s.use_time_decay)
             self._capture(layer, cond_q, keys, regions, scale, minus if minus_on else 0.0, r_c, minus_on or plus_on)
         if not (minus_on or plus_on):
             return _sdpa(query, key, value)
+        return self._modulated(query, key, value, regions, keys, values, scale, parts, factor, minus_on, plus_on)
 
+    def _modulated(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        regions: mod.LayerRegions,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        scale: float,
+        parts: mod.BlockParts | None,
+        factor: float | torch.Tensor,
+        minus_on: bool,
+        plus_on: bool,
+    ) -> torch.Tensor:
+        """SDPA for the rows left alone; the P- (condition) and P+ (related) rows exactly, their
+        bias scaled by the gate ``factor`` (a float, or a device tensor: no host read)."""
+        s, cycle = self.ctx.config.modulation, self.ctx.step.cycle or 0
+        n_c, n_r = len(regions.condition), len(regions.related)
         out = torch.empty_like(query)
         untouched = regions.key_order[n_c + n_r :]  # neither C nor R
         if not minus_on:
@@ -159,11 +178,12 @@ class DAMState:
         out[:, :, untouched] = _sdpa(query[:, :, untouched], key, value)
         if minus_on:
             if parts is None:
-                parts, _ = self._rows(cond_q, keys, values, n_c, scale, None, True)
+                parts, _ = self._rows(query[:, :, regions.condition], keys, values, n_c, scale, None, True)
+            minus = factor * s.w_minus * mod.time_decay(cycle, s.t_time, s.a_time_minus, s.use_time_decay)
             bias_out = -minus * parts.range
             out[:, :, regions.condition] = mod.combine_block_parts(parts, torch.zeros_like(bias_out), bias_out).to(out.dtype)
         if plus_on:
-            plus = factor * s.w_plus * mod.time_decay(step.cycle or 0, s.t_time, s.a_time_plus, s.use_time_decay)
+            plus = factor * s.w_plus * mod.time_decay(cycle, s.t_time, s.a_time_plus, s.use_time_decay)
             rel_parts, _ = self._rows(query[:, :, regions.related], keys, values, n_c, scale, None, True)
             bias_in = plus * regions.related_decay.to(rel_parts.range.dtype) * rel_parts.range
             out[:, :, regions.related] = mod.combine_block_parts(rel_parts, bias_in, torch.zeros_like(bias_in)).to(out.dtype)
@@ -189,28 +209,11 @@ class DAMState:
         float round-off. The modulated rows are always computed, so every step pays the
         cost of an open gate, but the GPU's queue never drains inside the loop.
         """
-        s, cycle = self.ctx.config.modulation, self.ctx.step.cycle or 0
+        s = self.ctx.config.modulation
         n_c, n_r = len(regions.condition), len(regions.related)
         parts, gate_sums = self._rows(cond_q, keys, values, n_c, scale, (n_c, n_c + n_r), want_minus)
-        r_c = mod.gate_ratio(gate_sums / n_c, s.gate_fraction).mean()
-        factor = (r_c - s.tau).clamp_min(0).sqrt()
-        out = torch.empty_like(query)
-        untouched = regions.key_order[n_c + n_r :]
-        if not want_minus:
-            untouched = torch.cat([regions.condition, untouched])
-        if not want_plus:
-            untouched = torch.cat([regions.related, untouched])
-        out[:, :, untouched] = _sdpa(query[:, :, untouched], key, value)
-        if want_minus:
-            minus = factor * s.w_minus * mod.time_decay(cycle, s.t_time, s.a_time_minus, s.use_time_decay)
-            bias_out = -minus * parts.range
-            out[:, :, regions.condition] = mod.combine_block_parts(parts, torch.zeros_like(bias_out), bias_out).to(out.dtype)
-        if want_plus:
-            plus = factor * s.w_plus * mod.time_decay(cycle, s.t_time, s.a_time_plus, s.use_time_decay)
-            rel_parts, _ = self._rows(query[:, :, regions.related], keys, values, n_c, scale, None, True)
-            bias_in = plus * regions.related_decay.to(rel_parts.range.dtype) * rel_parts.range
-            out[:, :, regions.related] = mod.combine_block_parts(rel_parts, bias_in, torch.zeros_like(bias_in)).to(out.dtype)
-        return out
+        factor = (mod.gate_ratio(gate_sums / n_c, s.gate_fraction).mean() - s.tau).clamp_min(0).sqrt()
+        return self._modulated(query, key, value, regions, keys, values, scale, parts, factor, want_minus, want_plus)
 
     def _chunk(self, batch_heads: int, tokens: int) -> int:
         return max(1, self.chunk_elements // max(1, batch_heads * tokens))
