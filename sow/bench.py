@@ -232,7 +232,7 @@ def time_sow(pipe, condition, args, config, batch: int, repeats: int, watch=None
         _sync(device)
         return time.perf_counter() - start, result.record
 
-    for i in range(args.warmup):
+    for _ in range(args.warmup):
         once()
     seconds, stages = [], []
     for _ in range(repeats):
