@@ -30,7 +30,7 @@ out = redacting_console()
 """The CLI's consoles: every string printed has secrets (API keys in the environment) redacted."""
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'tiny' (embedded, random weights), a hub id, a diffusers folder or a .safetensors file.")]
-DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N.")]
 DtypeOpt = Annotated[str, typer.Option(help="auto (bf16 on GPUs that have it, fp16 on others, fp32 on CPU), fp32, fp16 or bf16.")]
 
 
@@ -199,7 +199,7 @@ def generate(
     quantize: QuantizeOpt = None,
     on_planner_error: OnPlannerErrorOpt = "fail",
     no_cache: NoCacheOpt = False,
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     random_weights: Annotated[bool, typer.Option(help="With a folder of configs only: build it with random weights (benchmarks).")] = False,
     allow_pickle: Annotated[bool, typer.Option(help="Allow pickled .ckpt checkpoints (they can run code).")] = False,
