@@ -247,6 +247,19 @@ class MLLMPlanner:
             )
         return config
 
+    def load_model(self) -> Any:
+        """The image-text-to-text model, loaded with :func:`load_kwargs`, placed on the device, in eval mode."""
+        from transformers import AutoModelForImageTextToText
+
+        kwargs = load_kwargs(self.options)
+        try:
+            model = AutoModelForImageTextToText.from_pretrained(self.model_id, **kwargs)
+        except Exception as exc:
+            raise describe_load_error(self.family, self.model_id, self.options, exc) from None
+        if "device_map" not in kwargs:
+            model.to(resolve_device(self.options.device))
+        return model.eval()
+
     @property
     def prefill(self) -> str:
         """Text put at the start of the model's turn (and of its answer): ``"{"`` or nothing."""

@@ -19,7 +19,7 @@ from PIL import Image
 
 from sow.errors import ModelLoadError
 from sow.hookspecs import hookimpl
-from sow.mllm_planner import MLLMPlanner, describe_load_error, load_kwargs, resolve_device
+from sow.mllm_planner import MLLMPlanner, describe_load_error
 
 DEFAULT_MODEL = "llava-hf/llava-1.5-7b-hf"
 MODEL_TYPES = ("llava", "llava_next", "llava_onevision")
@@ -45,11 +45,10 @@ class LlavaPlanner(MLLMPlanner):
     system_role = False  # llava-hf 1.5 templates have no system turn: instructions go in the user turn
 
     def load(self) -> LoadedLlava:
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoProcessor
 
         local = self.options.local_files_only
         config = self.load_config(MODEL_TYPES, "for Qwen-VL models use --planner qwen-vl")
-        kwargs = load_kwargs(self.options)
         try:
             processor = AutoProcessor.from_pretrained(self.model_id, local_files_only=local)
         except ImportError as exc:
@@ -59,14 +58,7 @@ class LlavaPlanner(MLLMPlanner):
             ) from None
         except Exception as exc:
             raise describe_load_error(self.family, self.model_id, self.options, exc) from None
-        try:
-            model = AutoModelForImageTextToText.from_pretrained(self.model_id, **kwargs)
-        except Exception as exc:
-            raise describe_load_error(self.family, self.model_id, self.options, exc) from None
-        if "device_map" not in kwargs:
-            model.to(resolve_device(self.options.device))
-        model.eval()
-        return LoadedLlava(model, processor)
+        return LoadedLlava(self.load_model(), processor)
 
     def chat(self, loaded: LoadedLlava, messages: list[dict[str, Any]], image: Image.Image) -> str:
         import torch

@@ -21,7 +21,7 @@ from PIL import Image
 from pydantic import Field
 
 from sow.hookspecs import hookimpl
-from sow.mllm_planner import MLLMOptions, MLLMPlanner, describe_load_error, load_kwargs, resolve_device
+from sow.mllm_planner import MLLMOptions, MLLMPlanner, describe_load_error
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
 MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
@@ -62,21 +62,16 @@ class QwenVLPlanner(MLLMPlanner):
     options_class: ClassVar[type[MLLMOptions]] = QwenVLOptions
 
     def load(self) -> LoadedQwen:
-        from transformers import AutoModelForImageTextToText, AutoTokenizer, Qwen2VLImageProcessorPil
+        from transformers import AutoTokenizer, Qwen2VLImageProcessorPil
 
         local = self.options.local_files_only
         self.load_config(MODEL_TYPES, "for LLaVA models use --planner llava")
-        kwargs = load_kwargs(self.options)
         try:
             tokenizer = AutoTokenizer.from_pretrained(self.model_id, local_files_only=local)
             image_processor = Qwen2VLImageProcessorPil.from_pretrained(self.model_id, local_files_only=local)
-            model = AutoModelForImageTextToText.from_pretrained(self.model_id, **kwargs)
         except Exception as exc:
             raise describe_load_error(self.family, self.model_id, self.options, exc) from None
-        if "device_map" not in kwargs:
-            model.to(resolve_device(self.options.device))
-        model.eval()
-        return LoadedQwen(model, tokenizer, image_processor)
+        return LoadedQwen(self.load_model(), tokenizer, image_processor)
 
     def chat(self, loaded: LoadedQwen, messages: list[dict[str, Any]], image: Image.Image) -> str:
         import torch
