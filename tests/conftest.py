@@ -54,3 +54,17 @@ def builtin_plugins_only(monkeypatch, tmp_path_factory):
     reset_registry()
     yield
     reset_registry()
+
+
+@pytest.fixture(scope="session")
+def builtin_registry():
+    """The built-in stages only (no entry points), built once."""
+    from sow.plugins import build_registry
+
+    return build_registry(load_entry_points=False)
+
+
+@pytest.fixture(scope="session")
+def dlib_metric(builtin_registry):
+    """The dlib face metric, its models loaded once per session."""
+    return builtin_registry.create("metric", "dlib")

@@ -19,7 +19,6 @@ from sow.benchmark import SpecItem, load_spec, write_spec
 from sow.errors import InputError, UnknownStageError
 from sow.eval_report import LABEL_WIDTH, THUMB, summarize
 from sow.evaluation import Evaluation, EvalConfig, read_rows, resolve_methods
-from sow.plugins import build_registry
 from sow.schemas import StageNames
 
 pytest.importorskip("dlib", reason="the eval extra (dlib-bin, face_recognition_models) is not installed")
@@ -29,13 +28,13 @@ FAST = {"canvas": {"width": 256, "height": 256}, "cycles": 2}
 
 
 @pytest.fixture(scope="module")
-def registry():
-    return build_registry(load_entry_points=False)
+def registry(builtin_registry):
+    return builtin_registry
 
 
 @pytest.fixture(scope="module")
-def metric(registry):
-    return registry.create("metric", "dlib")
+def metric(dlib_metric):
+    return dlib_metric
 
 
 FACE_CROPS = {  # square crops around each face, like CelebA-HQ's face-centred photos

@@ -19,7 +19,6 @@ from sow.face_metrics import (
     reference_face,
     search_region,
 )
-from sow.plugins import build_registry
 from sow.schemas import Box, Canvas
 from sow.stages import FaceMetric
 
@@ -30,13 +29,8 @@ OBAMA = ("32bit.png", "obama.jpg", "obama2.jpg", "obama3.jpg", "obama_partial_fa
 
 
 @pytest.fixture(scope="module")
-def registry():
-    return build_registry(load_entry_points=False)
-
-
-@pytest.fixture(scope="module")
-def dlib_metric(registry):
-    return registry.create("metric", "dlib")
+def registry(builtin_registry):
+    return builtin_registry
 
 
 @pytest.fixture(scope="module")
