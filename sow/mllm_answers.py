@@ -38,9 +38,9 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from sow.schemas import Canvas, first_error
 
@@ -80,6 +80,10 @@ def _finite_box(value: Any) -> RawBox:
     return numbers  # type: ignore[return-value]
 
 
+AnswerBox = Annotated[RawBox, BeforeValidator(_finite_box)]
+"""A box field of an answer model: four finite numbers ``[x, y, w, h]``."""
+
+
 class DescriptionAnswer(_Answer):
     """Stage 1, prompt intensification: what the condition shows, fused with the user's prompt."""
 
@@ -101,12 +105,7 @@ class DescriptionAnswer(_Answer):
 class PositionAnswer(_Answer):
     """Stage 2, adaptive position: where the condition goes, ``[x, y, w, h]`` in canvas pixels."""
 
-    box_v: RawBox
-
-    @field_validator("box_v", mode="before")
-    @classmethod
-    def _four_numbers(cls, value: Any) -> RawBox:
-        return _finite_box(value)
+    box_v: AnswerBox
 
     @classmethod
     def example(cls) -> str:
@@ -116,12 +115,7 @@ class PositionAnswer(_Answer):
 class RegionAnswer(_Answer):
     """Stage 3, contextual refinement: the region that interacts with the condition, ``[x, y, w, h]``."""
 
-    box_r: RawBox
-
-    @field_validator("box_r", mode="before")
-    @classmethod
-    def _four_numbers(cls, value: Any) -> RawBox:
-        return _finite_box(value)
+    box_r: AnswerBox
 
     @classmethod
     def example(cls) -> str:
