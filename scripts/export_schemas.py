@@ -1,6 +1,8 @@
 """Export the JSON Schemas of sow's pydantic models to the top-level ``schemas/`` folder.
 
-Run after changing ``sow/schemas.py``; ``tests/test_schemas.py`` fails while the files drift::
+Besides ``sow/schemas.py``'s models it exports the eval config, the eval spec line and the
+performance settings, which live beside the code that reads them. Run after changing any of
+them; ``tests/test_schemas.py`` fails while the files drift::
 
     python scripts/export_schemas.py
 """
@@ -14,7 +16,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from sow.eval_spec import SpecItem  # noqa: E402
+from sow.evaluation import EvalConfig  # noqa: E402
+from sow.performance import PerformanceSettings  # noqa: E402
 from sow.schemas import EXPORTED_MODELS  # noqa: E402
+
+MODELS = {
+    **EXPORTED_MODELS,
+    "eval-config": EvalConfig,
+    "eval-spec-item": SpecItem,
+    "performance-settings": PerformanceSettings,
+}
 
 SCHEMA_DIR = ROOT / "schemas"
 
@@ -23,7 +35,7 @@ def rendered() -> dict[str, str]:
     """File name -> JSON text of each exported model's schema."""
     return {
         f"{name}.schema.json": json.dumps(model.model_json_schema(), indent=2, sort_keys=True) + "\n"
-        for name, model in EXPORTED_MODELS.items()
+        for name, model in MODELS.items()
     }
 
 

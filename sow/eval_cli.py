@@ -47,7 +47,7 @@ def eval_spec_command(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing spec file.")] = False,
 ) -> None:
     """Pair the face images of FACES with prompt templates into a benchmark spec (JSONL)."""
-    from sow.benchmark import SETTINGS, face_images, load_templates, make_spec, write_spec
+    from sow.eval_spec import SETTINGS, face_images, load_templates, make_spec, write_spec
     from sow.outputs import check_free
 
     check_free([out], overwrite)
@@ -83,7 +83,7 @@ def eval_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Run the methods on every spec item, measure them, write the table, CSV and contact sheet."""
-    from sow.benchmark import load_spec
+    from sow.eval_spec import load_spec
     from sow.evaluation import Evaluation, load_eval_config
 
     generation: dict[str, object] = {}

@@ -35,7 +35,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from sow import canvas as cv
-from sow.benchmark import SpecItem
+from sow.eval_spec import SpecItem
 from sow.errors import InputError, SowError
 from sow.images import load_condition
 from sow.outputs import safe_name, save_image_atomic, save_json_atomic

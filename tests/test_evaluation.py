@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sow.benchmark import SpecItem, load_spec, write_spec
+from sow.eval_spec import SpecItem, load_spec, write_spec
 from sow.errors import InputError, UnknownStageError
 from sow.eval_report import LABEL_WIDTH, THUMB, summarize
 from sow.evaluation import Evaluation, EvalConfig, read_rows, resolve_methods

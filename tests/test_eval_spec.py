@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sow.benchmark import SETTINGS, face_images, load_spec, load_templates, make_spec, write_spec
+from sow.eval_spec import SETTINGS, face_images, load_spec, load_templates, make_spec, write_spec
 from sow.errors import InputError
 
 
