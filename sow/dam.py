@@ -80,6 +80,14 @@ class DAMState:
         step = self.ctx.step
         return step is not None and step.phase == "cycle"
 
+    def prepare(self, levels: int, device: torch.device) -> None:
+        """Build the regions of every grid a UNet with ``levels`` resolutions will ask for, now:
+        their index tensors (``nonzero``) and the copies to the device then happen before the
+        first UNet evaluation, not at the first cycle step in the middle of the loop."""
+        region = self.ctx.region
+        for height, width in mod.layer_grids(region.canvas_height, region.canvas_width, levels):
+            self.regions(height, width, device)
+
     def regions(self, height: int, width: int, device: torch.device) -> mod.LayerRegions:
         key = (height, width)
         if key not in self._regions:
@@ -424,6 +432,10 @@ class DynamicAttentionModulator:
         if ctx.config.trace_attention:
             capture = self.capture_layer or default_capture_layer(unet)
         state = DAMState(ctx, self.chunk_elements, capture, self.sync_free)
+        levels = len(getattr(getattr(unet, "config", None), "down_block_types", ()))
+        parameter = next(unet.parameters(), None)
+        if levels and parameter is not None:
+            state.prepare(levels, parameter.device)
         unet.set_attn_processor(
             {
                 name: DAMProcessor(name, state, proc) if name.endswith(SELF_ATTENTION_SUFFIX) else proc

@@ -23,6 +23,12 @@ class LevelSchedule:
     alphas: torch.Tensor
     """``alphas[k]`` is ``alpha_bar`` of level k, float64 on the CPU."""
 
+    def __post_init__(self) -> None:
+        # Plain-number copies for the per-step reads: indexing a tensor and calling float() on it is
+        # a scalar read (a device sync, were the tables ever on a GPU), and the loop does it ~100 times.
+        object.__setattr__(self, "_alpha_values", tuple(float(a) for a in self.alphas.tolist()))
+        object.__setattr__(self, "_timestep_values", tuple(int(t) for t in self.timesteps.tolist()))
+
     @property
     def num_levels(self) -> int:
         return len(self.alphas) - 1
@@ -39,12 +45,12 @@ class LevelSchedule:
         return cls(timesteps=torch.cat([torch.tensor([-1]), ascending]), alphas=alphas)
 
     def alpha(self, level: int) -> float:
-        return float(self.alphas[level])
+        return self._alpha_values[level]
 
     def timestep(self, level: int) -> int:
         if level < 1:
             raise ValueError(f"level {level} has no timestep (the UNet is evaluated at levels 1..S)")
-        return int(self.timesteps[level])
+        return self._timestep_values[level]
 
 
 def predict_x0(x: torch.Tensor, eps: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -53,10 +53,15 @@ def decay(x: torch.Tensor | float, horizon: float, exponent: float) -> torch.Ten
 
 
 def time_decay(cycle: int, horizon: float, exponent: float, enabled: bool = True) -> float:
-    """``g_time``: the decay at the cycle index (0..N-1); 1 when the decay is switched off."""
+    """``g_time``: the decay at the cycle index (0..N-1); 1 when the decay is switched off.
+
+    :func:`decay` in plain Python numbers: every modulated layer reads it at every cycle step,
+    and a tensor would cost a scalar read each time.
+    """
     if not enabled:
         return 1.0
-    return float(decay(float(cycle), horizon, exponent))
+    x = min(max(float(cycle), 0.0), horizon)
+    return max(0.0, 0.5 * (1 + math.cos(math.pi * (2 * horizon - x) / horizon))) ** exponent
 
 
 def distance_decay(distances: torch.Tensor, horizon: float, exponent: float, enabled: bool = True) -> torch.Tensor:
@@ -212,6 +217,16 @@ def combine_block_parts(parts: BlockParts, bias_in: torch.Tensor, bias_out: torc
 
 
 # -- geometry --------------------------------------------------------------------------
+
+
+def layer_grids(latent_height: int, latent_width: int, levels: int) -> list[tuple[int, int]]:
+    """The (h, w) grids of a UNet with ``levels`` resolutions: the latent grid, then halved
+    (rounding up, as a stride-2 convolution with padding 1 does) ``levels - 1`` times."""
+    grids = [(latent_height, latent_width)]
+    for _ in range(levels - 1):
+        h, w = grids[-1]
+        grids.append((-(-h // 2), -(-w // 2)))
+    return grids
 
 
 def layer_grid(tokens: int, latent_height: int, latent_width: int) -> tuple[int, int]:

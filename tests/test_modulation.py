@@ -40,6 +40,21 @@ def test_time_decays_as_configured():
     assert mod.time_decay(6, 10, 0.8) < mod.time_decay(6, 10, 0.5) < 1
 
 
+@pytest.mark.parametrize("exponent", [0.5, 0.8, 2.0])
+def test_time_decay_in_plain_numbers_equals_the_tensor_decay(exponent):
+    """time_decay is written in Python floats (no scalar read per layer); it is the same g."""
+    for cycle in range(-2, 14):
+        assert mod.time_decay(cycle, 10.0, exponent) == pytest.approx(float(mod.decay(float(cycle), 10.0, exponent)), abs=1e-14)
+        assert isinstance(mod.time_decay(cycle, 10.0, exponent), float)
+
+
+def test_layer_grids_halve_rounding_up_and_match_layer_grid():
+    assert mod.layer_grids(64, 64, 4) == [(64, 64), (32, 32), (16, 16), (8, 8)]
+    assert mod.layer_grids(13, 7, 3) == [(13, 7), (7, 4), (4, 2)]
+    for h, w in mod.layer_grids(13, 7, 4):
+        assert mod.layer_grid(h * w, 13, 7) == (h, w)
+
+
 def test_distance_decay_puts_the_farthest_cell_at_T():
     got = mod.distance_decay(torch.tensor([0.0, 5.0, 10.0, 20.0]), 10.0, 0.3)
     expected = [1.0, (0.5 * (1 + math.sqrt(2) / 2)) ** 0.3, 0.5**0.3, 0.0]
