@@ -70,7 +70,12 @@ class Components:
             if device is not None and torch.device(device) != current.device:
                 module.to(device=device)
             if not same_dtype:
-                module.to(dtype=dtype)
+                if getattr(module, "_keep_in_fp32_modules", None):
+                    module.to(dtype=dtype)  # diffusers' own cast, which knows what stays in fp32
+                else:
+                    # nothing to keep in fp32: cast as torch does, without diffusers' warning about
+                    # an empty list of such modules (it warns on every dtype cast, 0.42)
+                    torch.nn.Module.to(module, dtype=dtype)
         return self
 
 

@@ -9,6 +9,20 @@ import pytest
 
 FACES = Path(os.environ.get("SOW_FACES_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "faces")
 SAMPLE_FACE = Path(__file__).resolve().parents[1] / "sow" / "data" / "sample_face.jpg"
+_ROOT = Path(__file__).resolve().parents[1]
+SD21_CONFIG = next(
+    (p for p in (r / "shared" / "data" / "sd21-base-config" for r in (_ROOT.parent, _ROOT.parent.parent)) if p.is_dir()),
+    _ROOT.parent / "shared" / "data" / "sd21-base-config",
+)
+"""The SD 2.1-base configs beside the checkout (a worktree sits one folder deeper)."""
+
+
+@pytest.fixture(scope="session")
+def sd21_config() -> Path:
+    """The real SD 2.1-base config folder (random weights are built from it; nothing is downloaded)."""
+    if not (SD21_CONFIG / "unet" / "config.json").is_file():
+        pytest.skip(f"SD 2.1-base configs not found at {SD21_CONFIG}")
+    return SD21_CONFIG
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +46,7 @@ def fast_overrides() -> dict:
     return {"canvas": {"width": 256, "height": 256}, "cycles": 2}
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def face_path() -> Path:
     return SAMPLE_FACE
 

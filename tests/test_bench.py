@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from sow.bench import STAGES, count_flops, flop_counter
 from sow.cli import main
-
-_ROOT = Path(__file__).resolve().parents[1]
-SD21_CONFIG = next(
-    (p for p in (r / "shared" / "data" / "sd21-base-config" for r in (_ROOT.parent, _ROOT.parent.parent)) if p.is_dir()),
-    _ROOT.parent / "shared" / "data" / "sd21-base-config",
-)
-"""The SD 2.1-base configs beside the checkout (a worktree sits one folder deeper)."""
-
 
 def run_cli(argv: list[str]) -> int:
     try:
@@ -88,10 +79,8 @@ def test_plot_is_a_bar_chart(report):
     assert image.height == 40 + 5 * (26 + 12) + 60
 
 
-def test_flop_count_of_sd21_unet_matches_the_issue():
+def test_flop_count_of_sd21_unet_matches_the_issue(sd21_config):
     """One SD 2.1-base UNet pass at 64x64 latents is ~0.80 TFLOP per sample (402 GMAC)."""
-    if not (SD21_CONFIG / "unet" / "config.json").is_file():
-        pytest.skip(f"SD 2.1-base configs not found at {SD21_CONFIG}")
     from collections import Counter
     from types import SimpleNamespace
 
@@ -101,9 +90,9 @@ def test_flop_count_of_sd21_unet_matches_the_issue():
     import torch
 
     with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(SD21_CONFIG / "unet"))
-        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(SD21_CONFIG / "vae"))
-        text = CLIPTextModel(CLIPTextConfig.from_pretrained(SD21_CONFIG / "text_encoder"))
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(sd21_config / "unet"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(sd21_config / "vae"))
+        text = CLIPTextModel(CLIPTextConfig.from_pretrained(sd21_config / "text_encoder"))
     components = SimpleNamespace(unet=unet, vae=vae, text_encoder=text)
     calls = Counter({("unet", ((2, 4, 64, 64), (2, 77, 1024))): 3})
     counted = count_flops(components, calls)
