@@ -12,9 +12,14 @@ if [ -d .bench/whl ] && ! "$python" -c "import diffusers, pydantic" 2>/dev/null;
   "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/sow-site .bench/whl/*.whl
   export PYTHONPATH="/tmp/sow-site${PYTHONPATH:+:$PYTHONPATH}"
 fi
-model=.bench/sd21-base-config
+model="${SD21_CONFIG:-.bench/sd21-base-config}"
 [ -d "$model" ] || model=../shared/data/sd21-base-config
+if [ ! -f "$model/unet/config.json" ]; then
+  echo "SD 2.1-base configs not found: run benchmarks/gpu_prepare.sh first, or set SD21_CONFIG=FOLDER (a diffusers folder of its configs)" >&2
+  exit 2
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-PYTHONUNBUFFERED=1 "$python" benchmarks/bench_sow.py --model "$model" --random-weights --device cuda --dtype bf16 \
+# SOW_DEBUG=1: a failure on a lent GPU (rare, short-lived) shows its whole traceback, not one line
+SOW_DEBUG=1 PYTHONUNBUFFERED=1 "$python" benchmarks/bench_sow.py --model "$model" --random-weights --device cuda --dtype bf16 \
   --batch 1 8 --warmup 2 --repeats 5 --baseline-repeats 3 \
   --json "$out/bench-gpu.json" --plot "$out/bench-gpu.png" "$@" 2>&1 | tee "$out/bench-gpu.log"
