@@ -2,12 +2,21 @@
 # The GPU benchmark in one command (after benchmarks/gpu_prepare.sh): SD 2.1-base architecture with
 # random weights, 512x512, paper settings (S=10, N=10, t1=5, t2=7, CFG 7.5, background guidance, DAM
 # with its gate forced open), bf16, batches 1 and 8, DDIM-50 and the fp32 reference in the same run.
-# Writes bench-gpu.json / bench-gpu.png to $OUT (the device tool's folder) or the current folder.
-# Extra arguments go to the benchmark, e.g.:  bash benchmarks/gpu_run.sh --compile
+# Writes bench-gpu.json / .png / .log to $OUT (the device tool's folder) or the folder it is run
+# from; an existing one is refused unless --overwrite is passed. Extra arguments go to the
+# benchmark, e.g.:  bash benchmarks/gpu_run.sh --compile
 set -euo pipefail
+out="${OUT:-$PWD}"
+case "$out" in /*) ;; *) out="$PWD/$out" ;; esac  # relative to where it is run, not to the checkout
 cd "$(dirname "$0")/.."
-out="${OUT:-.}"
 python="${PYTHON:-python3}"
+overwrite=0
+for arg in "$@"; do [ "$arg" = "--overwrite" ] && overwrite=1; done
+if [ "$overwrite" = 0 ]; then
+  for f in "$out"/bench-gpu.json "$out"/bench-gpu.png "$out"/bench-gpu.log; do
+    if [ -e "$f" ]; then echo "$f already exists; pass --overwrite to replace it, or set OUT=ANOTHER_FOLDER" >&2; exit 2; fi
+  done
+fi
 if [ -d .bench/whl ] && ! "$python" -c "import diffusers, pydantic" 2>/dev/null; then
   "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/sow-site .bench/whl/*.whl
   export PYTHONPATH="/tmp/sow-site${PYTHONPATH:+:$PYTHONPATH}"
@@ -18,6 +27,7 @@ if [ ! -f "$model/unet/config.json" ]; then
   echo "SD 2.1-base configs not found: run benchmarks/gpu_prepare.sh first, or set SD21_CONFIG=FOLDER (a diffusers folder of its configs)" >&2
   exit 2
 fi
+mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 # SOW_DEBUG=1: a failure on a lent GPU (rare, short-lived) shows its whole traceback, not one line
 SOW_DEBUG=1 PYTHONUNBUFFERED=1 "$python" benchmarks/bench_sow.py --model "$model" --random-weights --device cuda --dtype bf16 \

@@ -35,6 +35,7 @@ import torch
 
 import sow
 from sow.errors import InputError
+from sow.outputs import check_free
 from sow.performance import PerformanceSettings
 
 STAGES = ("plan", "encode", "inversion", "cycles", "final", "decode")
@@ -102,6 +103,7 @@ def build_parser(prog: str = "sow bench") -> argparse.ArgumentParser:
     add("--condition", type=Path, default=None, help="Condition image (default: the bundled sample face).")
     add("--json", type=Path, default=None, dest="json_path", help="Write the report as JSON here.")
     add("--plot", type=Path, default=None, help="Draw the per-stage bar chart here (PNG).")
+    add("--overwrite", action="store_true", help="Replace an existing --json or --plot file (refused by default).")
     add("--count-only", action="store_true", help="Only the cost model: FLOPs per run of --model's architecture (configs suffice), from the call shapes of a tiny-model run; no timing.")
     add("--quiet", "-q", action="store_true", help="No table on stdout.")
     return parser
@@ -118,6 +120,7 @@ def parse_args(argv: list[str] | None = None, prog: str = "sow bench") -> argpar
         raise InputError(f"--batch sizes must be >= 1, got {args.batch}")
     if args.size % 8:
         raise InputError(f"--size must be a multiple of 8, got {args.size}")
+    check_free([args.json_path, args.plot], args.overwrite, "choose another --json/--plot path")  # before the long run
     return args
 
 

@@ -24,13 +24,24 @@ def safe_name(text: str, max_length: int = 60) -> str:
     return stem
 
 
-def check_free(paths: list[Path], overwrite: bool) -> None:
-    """Refuse to run when an output already exists (unless ``overwrite``)."""
+def check_free(paths: list[Path | None], overwrite: bool, elsewhere: str = "choose another --out/--name") -> None:
+    """Refuse to run when an output already exists (unless ``overwrite``); ``None`` entries are skipped."""
     if overwrite:
         return
-    taken = [p for p in paths if p.exists() or p.is_symlink()]  # a dangling link is taken too
+    taken = [p for p in paths if p is not None and (p.exists() or p.is_symlink())]  # a dangling link is taken too
     if taken:
-        raise InputError(f"{taken[0]} already exists; pass --overwrite to replace it, or choose another --out/--name")
+        raise InputError(f"{taken[0]} already exists; pass --overwrite to replace it, or {elsewhere}")
+
+
+def _file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0o666 less the process's umask (read once, at import)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+FILE_MODE = _file_mode()
+"""Outputs get the permissions any new file would (``mkstemp`` alone makes them owner-only, 0o600)."""
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -38,6 +49,8 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):  # POSIX; on Windows the file keeps its default ACL
+            os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

@@ -139,3 +139,22 @@ def test_help_lists_options(capsys):
     out = capsys.readouterr().out
     for flag in ("--batch", "--random-weights", "--compile", "--json", "--plot", "--ddim-steps", "--offload"):
         assert flag in out
+
+
+@pytest.mark.parametrize("flag", ["--json", "--plot"])
+def test_an_existing_report_is_not_overwritten(tmp_path, capsys, flag):
+    earlier = tmp_path / "earlier-report"
+    earlier.write_text("an earlier run's report")
+    code = run_cli(["bench", "--model", "tiny", "--device", "cpu", flag, str(earlier)])
+    err = capsys.readouterr().err
+    assert code == 2 and "already exists" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert earlier.read_text() == "an earlier run's report"
+
+
+def test_overwrite_replaces_an_existing_report(tmp_path):
+    earlier = tmp_path / "bench.json"
+    earlier.write_text("{}")
+    argv = ["bench", "--model", "tiny", "--device", "cpu", "--size", "64", "--cycles", "1", "--warmup", "0"]
+    argv += ["--repeats", "1", "--ddim-steps", "0", "--no-reference", "--quiet", "--json", str(earlier), "--overwrite"]
+    assert run_cli(argv) == 0
+    assert json.loads(earlier.read_text())["model"] == "tiny"

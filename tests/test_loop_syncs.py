@@ -19,7 +19,9 @@ from sync_watch import SyncWatch
 from sow.performance import PerformanceSettings
 from sow.pipeline import SOWPipeline
 
-def _loop_syncs(components, face_path, *, sync_free: bool, use_gate: bool, finite_check: str, num_images: int = 1) -> Counter:
+def _loop_syncs(
+    components, face_path, *, sync_free: bool, use_gate: bool, finite_check: str, num_images: int = 1, canvas=(128, 128)
+) -> Counter:
     pipe = SOWPipeline(
         components, {"modulator": "dam"}, stage_options={"attention_modulator": {"sync_free": sync_free}}
     ).optimize(PerformanceSettings(stage_sync=False))
@@ -30,7 +32,7 @@ def _loop_syncs(components, face_path, *, sync_free: bool, use_gate: bool, finit
                 face_path,
                 "a chef in a busy kitchen",
                 seed=1,
-                canvas={"width": 128, "height": 128},
+                canvas={"width": canvas[0], "height": canvas[1]},
                 cycles=2,
                 num_images=num_images,
                 finite_check=finite_check,
@@ -48,6 +50,15 @@ def test_gpu_settings_read_nothing_inside_the_loop(tiny_components, face_path, u
     """The GPU defaults (sync-free DAM gate, deferred NaN check): no syncing op between the first and last UNet call."""
     seen = _loop_syncs(
         tiny_components, face_path, sync_free=True, use_gate=use_gate, finite_check="deferred", num_images=num_images
+    )
+    assert seen == Counter(), f"syncing ops inside the loop: {dict(seen)}"
+
+
+def test_odd_latent_grids_are_prepared_before_the_loop_too(tiny_components, face_path):
+    """A 136x104 canvas is a 17x13 latent: the UNet's grids round up (9x7, 5x4, ...), and DAM
+    builds each of them before the first UNet call, not inside the loop."""
+    seen = _loop_syncs(
+        tiny_components, face_path, sync_free=True, use_gate=False, finite_check="deferred", canvas=(136, 104)
     )
     assert seen == Counter(), f"syncing ops inside the loop: {dict(seen)}"
 

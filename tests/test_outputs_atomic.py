@@ -56,3 +56,17 @@ def test_rename_replaces_a_symlink_not_its_target(tmp_path):
         check_free([folder / "img.png"], overwrite=False)
     write_bytes_atomic(folder / "img.png", b"new")  # with --overwrite
     assert outside.read_text() == "precious" and not (folder / "img.png").is_symlink()
+
+
+def test_outputs_get_the_permissions_of_any_new_file(tmp_path):
+    """Atomic writes go through mkstemp (owner-only, 0o600); the output must not stay that way."""
+    import stat
+
+    plain = tmp_path / "plain.txt"
+    plain.write_bytes(b"x")  # what open() gives under this process's umask
+    write_bytes_atomic(tmp_path / "out.png", b"x")
+    expected = stat.S_IMODE(plain.stat().st_mode)
+    assert stat.S_IMODE((tmp_path / "out.png").stat().st_mode) == expected
+    mask = os.umask(0)
+    os.umask(mask)
+    assert expected == 0o666 & ~mask
