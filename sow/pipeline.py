@@ -188,7 +188,7 @@ class SOWPipeline:
 
     def plan(
         self,
-        condition: Image.Image,
+        condition: str | Path | Image.Image,
         prompt: str,
         config: GenerationConfig | None = None,
         seed: int = 0,
@@ -196,10 +196,13 @@ class SOWPipeline:
     ) -> Plan:
         """Run the planner stage alone: cached, repaired, with the fallback policy (:mod:`sow.plan_repair`).
 
-        ``planner`` is a registered name or a planner object (default: the configured one).
+        ``condition`` is a path or a PIL image, as for a run. ``planner`` is a registered name or
+        a planner object (default: the configured one).
         """
         from sow.plan_repair import plan_with_policy
 
+        if not isinstance(condition, Image.Image):
+            condition = _read_condition(condition)[1]
         config = config or self.make_config()
         if planner is None or isinstance(planner, str):
             planner = self.stage("planner", planner or config.stages.planner)

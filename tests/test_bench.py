@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -158,3 +159,19 @@ def test_overwrite_replaces_an_existing_report(tmp_path):
     argv += ["--repeats", "1", "--ddim-steps", "0", "--no-reference", "--quiet", "--json", str(earlier), "--overwrite"]
     assert run_cli(argv) == 0
     assert json.loads(earlier.read_text())["model"] == "tiny"
+
+
+def test_count_only_matches_the_cost_model_in_the_docs(sd21_config, tmp_path):
+    """`sow bench --count-only` on SD 2.1-base's configs gives the totals docs/performance.md shows."""
+    import re
+
+    out = tmp_path / "cost.json"
+    assert run_cli(["bench", "--count-only", "--model", str(sd21_config), "--json", str(out), "--quiet"]) == 0
+    report = json.loads(out.read_text())
+    assert report["unet_evaluations"] == 37
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "performance.md").read_text(encoding="utf-8")
+    documented = float(re.search(r"^\| \*\*total\*\* \|.*\*\*([\d.]+)\*\* \|$", docs, re.M).group(1))
+    assert round(report["total_tflop"], 1) == documented
+    full_size = [c for c in report["per_call"] if c["module"] == "unet" and c["shapes"][0][-2:] == [64, 64]]
+    unet_per_sample = [c["tflop_per_call"] / c["shapes"][0][0] for c in full_size]
+    assert unet_per_sample and all(v == pytest.approx(0.804, rel=0.01) for v in unet_per_sample)

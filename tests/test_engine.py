@@ -244,3 +244,19 @@ def test_a_planner_object_or_name_can_be_passed_per_call(tiny_pipe, face_path, f
     # a partial stage override keeps the pipeline's other choices
     config = tiny_pipe.make_config(stages={"planner": "fixed"})
     assert config.stages.preserver == tiny_pipe.stages.preserver
+
+
+def test_plan_takes_a_path_or_an_image_like_a_run(tiny_pipe, face_path):
+    from PIL import Image
+
+    from sow.errors import InputError
+
+    with Image.open(face_path) as opened:
+        image = opened.convert("RGB")
+    by_path = tiny_pipe.plan(face_path, "a chef", seed=2, planner="heuristic")
+    assert by_path.box_v == tiny_pipe.plan(str(face_path), "a chef", seed=2, planner="heuristic").box_v
+    assert by_path.box_v == tiny_pipe.plan(image, "a chef", seed=2, planner="heuristic").box_v
+    with pytest.raises(InputError, match="condition must be a path or a PIL image"):
+        tiny_pipe.plan(42, "a chef")
+    with pytest.raises(InputError, match="not found|does not exist|no such"):
+        tiny_pipe.plan(face_path.with_name("missing.jpg"), "a chef")
