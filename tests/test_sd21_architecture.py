@@ -5,7 +5,7 @@ bf16 with channels_last, DAM's gate forced open and kept on the device, and the 
 deferred. A GPU is lent to few sessions, so this test runs that same path on the CPU at 64x64
 pixels (8x8 latents) and one cycle: the real attention layers (linear projections, 1024-wide
 cross-attention, four resolutions down to 1x1) get DAM's processor, the loop reads nothing on
-the host, and DAM changes the result. About 40 s and 6 GiB of memory.
+the host, and DAM changes the result. About 45 s and 5.5 GiB of memory.
 """
 
 from __future__ import annotations
