@@ -138,6 +138,36 @@ class ParsedAnswer:
 _FENCE = re.compile(r"```[a-zA-Z0-9_-]*[ \t]*\n?|```")
 
 
+class _Strings:
+    """Which characters of a text belong to quoted strings, read left to right.
+
+    Double and single quotes both open a string (models write Python-ish JSON); a backslash
+    escapes the next character; an apostrophe between two letters or digits is prose.
+    """
+
+    def __init__(self) -> None:
+        self.quote = ""
+        """The open string's quote character; empty outside strings."""
+        self._escaped = False
+
+    def take(self, text: str, j: int) -> bool:
+        """Read ``text[j]``; True when it is part of a string literal (its quotes included)."""
+        ch = text[j]
+        if self.quote:
+            if self._escaped:
+                self._escaped = False
+            elif ch == "\\":
+                self._escaped = True
+            elif ch == self.quote:
+                self.quote = ""
+            return True
+        prose = ch == "'" and 0 < j < len(text) - 1 and text[j - 1].isalnum() and text[j + 1].isalnum()
+        if ch in "\"'" and not prose:
+            self.quote = ch
+            return True
+        return False
+
+
 def _candidates(text: str) -> list[tuple[str, bool]]:
     """Every top-level ``{...}`` in ``text`` in order, as (source, truncated); quotes respected."""
     found: list[tuple[str, bool]] = []
@@ -146,28 +176,15 @@ def _candidates(text: str) -> list[tuple[str, bool]]:
         start = text.find("{", i)
         if start < 0:
             break
-        depth, quote, escaped, j = 0, "", False, start
+        strings, depth, j = _Strings(), 0, start
         while j < n:
-            ch = text[j]
-            if quote:
-                if escaped:
-                    escaped = False
-                elif ch == "\\":
-                    escaped = True
-                elif ch == quote:
-                    quote = ""
-            elif ch in "\"'":
-                # an apostrophe inside a word is prose, not a quote
-                if ch == "'" and j > 0 and text[j - 1].isalnum() and j + 1 < n and text[j + 1].isalnum():
-                    pass
-                else:
-                    quote = ch
-            elif ch in "{[":
-                depth += 1
-            elif ch in "}]":
-                depth -= 1
-                if depth == 0:
-                    break
+            if not strings.take(text, j):
+                if text[j] in "{[":
+                    depth += 1
+                elif text[j] in "}]":
+                    depth -= 1
+                    if depth == 0:
+                        break
             j += 1
         if j >= n:
             found.append((text[start:], True))
@@ -180,22 +197,15 @@ def _candidates(text: str) -> list[tuple[str, bool]]:
 def _close_truncated(source: str) -> str | None:
     """``source`` (an object cut off at the end) closed, if it stops after a complete value."""
     stack: list[str] = []
-    quote, escaped = "", False
-    for ch in source:
-        if quote:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == quote:
-                quote = ""
-        elif ch in "\"'":
-            quote = ch
-        elif ch in "{[":
+    strings = _Strings()
+    for j, ch in enumerate(source):
+        if strings.take(source, j):
+            continue
+        if ch in "{[":
             stack.append("}" if ch == "{" else "]")
         elif ch in "}]" and stack:
             stack.pop()
-    if quote:
+    if strings.quote:
         return None  # cut inside a string: the value is incomplete
     body = source.rstrip()
     if body.endswith(":") or not stack:
