@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from sow.cli import main  # noqa: E402
+from sow.cli.commands import main  # noqa: E402
 
 if __name__ == "__main__":
     main(["bench", *sys.argv[1:]])

@@ -20,10 +20,10 @@ from types import SimpleNamespace
 
 import torch
 
-from sow.context import LatentRegion, Step
-from sow.dam import DynamicAttentionModulator
-from sow.models import load_components
-from sow.planning import body_box
+from sow.engine.context import LatentRegion, Step
+from sow.attention.dam import DynamicAttentionModulator
+from sow.engine.models import load_components
+from sow.planners.fixed import body_box
 from sow.schemas import Box, GenerationConfig, Plan
 
 VARIANTS = {"none": None, "dam": {}, "dam-open": {"use_gate": False}}

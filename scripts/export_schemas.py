@@ -16,9 +16,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sow.eval_spec import SpecItem  # noqa: E402
-from sow.evaluation import EvalConfig  # noqa: E402
-from sow.performance import PerformanceSettings  # noqa: E402
+from sow.eval.spec import SpecItem  # noqa: E402
+from sow.eval.runner import EvalConfig  # noqa: E402
+from sow.engine.performance import PerformanceSettings  # noqa: E402
 from sow.schemas import EXPORTED_MODELS  # noqa: E402
 
 MODELS = {

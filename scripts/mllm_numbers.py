@@ -92,8 +92,8 @@ def tiny_timings() -> str:
     from PIL import Image
     from tiny_mllm import tiny_model
 
-    from sow.mllm_planner import clear_model_cache
-    from sow.mllm_prompts import stage_messages
+    from sow.planners.mllm.base import clear_model_cache
+    from sow.planners.mllm.prompts import stage_messages
 
     face = Image.open(Path(__file__).resolve().parents[1] / "sow" / "data" / "sample_face.jpg").convert("RGB")
     lines = ["| tiny model | parameters | build (s) | load (s) | generate, at most 32 new tokens (s) |", "|---|---|---|---|---|"]

@@ -1,8 +1,15 @@
-"""sow: Selective One-Way Diffusion on a frozen Stable Diffusion model."""
+"""sow: Selective One-Way Diffusion on a frozen Stable Diffusion model.
+
+The root holds the contract a plugin author reads: `hookspecs` (the registration hooks),
+`stages` (the stage Protocols), `schemas` (pydantic models), `errors`, `plugins` (the
+registry) and `pipeline` (Algorithm 1, the only place that knows the order of the
+stages). The subpackages are `engine`, `attention`, `planners`, `io`, `eval`, `bench`,
+`batch` and `cli`; each one's docstring says what it may import.
+"""
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from sow.version import __version__  # noqa: E402
 
 from sow.errors import InputError, SowError  # noqa: E402
 from sow.hookspecs import hookimpl  # noqa: E402

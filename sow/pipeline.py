@@ -18,21 +18,21 @@ from typing import Any
 import torch
 from PIL import Image
 
-import sow
-from sow import canvas as cv
-from sow.context import LatentRegion, RunContext
-from sow.denoiser import Denoiser, PromptEmbeddings
-from sow.diffusion_math import LevelSchedule
+from sow.version import __version__
+from sow.io import canvas as cv
+from sow.engine.context import LatentRegion, RunContext
+from sow.engine.denoiser import Denoiser, PromptEmbeddings
+from sow.engine.diffusion_math import LevelSchedule
 from sow.errors import InputError
-from sow.images import load_condition
-from sow.models import Components, load_components
-from sow.plan_repair import apply_crop
-from sow.performance import PerformanceSettings, ReencodingEmbeddings, decode_latents
-from sow.performance import apply as apply_performance
-from sow.planning import random_placement
-from sow.numerics import require_finite
+from sow.io.images import load_condition
+from sow.engine.models import Components, load_components
+from sow.planners.policy import apply_crop
+from sow.engine.performance import PerformanceSettings, ReencodingEmbeddings, decode_latents
+from sow.engine.performance import apply as apply_performance
+from sow.planners.fixed import random_placement
+from sow.engine.numerics import require_finite
 from sow.plugins import Registry, get_registry
-from sow.prompts import prompt_warnings, require_prompt
+from sow.io.prompt_checks import prompt_warnings, require_prompt
 from sow.schemas import GenerationConfig, Plan, RunRecord, StageNames, StageTiming
 from sow.stages import Planner, PlanRequest
 
@@ -59,7 +59,7 @@ class SOWOutput:
     images: list[Image.Image] = field(default_factory=list)
     """All images of the run (``num_images``); ``image`` is the first. Image i used seed + i."""
     artifacts: dict[str, Any] = field(default_factory=dict, repr=False)
-    """What stages handed back (e.g. ``"attention"``: :class:`sow.dam.AttentionCapture`)."""
+    """What stages handed back (e.g. ``"attention"``: :class:`sow.attention.dam.AttentionCapture`)."""
 
 
 class _Timer:
@@ -111,7 +111,7 @@ class SOWPipeline:
         self.on_planner_error: str = "fail"
         """What a failing planner does: ``"fail"`` (raise, with a hint) or ``"heuristic"`` (plan offline)."""
         self.plan_cache = None
-        """A :class:`sow.plan_cache.PlanCache` to reuse plans across runs (None: always plan)."""
+        """A :class:`sow.planners.cache.PlanCache` to reuse plans across runs (None: always plan)."""
         for kind, attr in STAGE_FIELDS.items():  # fail early on unknown names
             self.registry.get(kind, getattr(self.stages, attr))
 
@@ -194,12 +194,12 @@ class SOWPipeline:
         seed: int = 0,
         planner: str | Planner | None = None,
     ) -> Plan:
-        """Run the planner stage alone: cached, repaired, with the fallback policy (:mod:`sow.plan_repair`).
+        """Run the planner stage alone: cached, repaired, with the fallback policy (:mod:`sow.planners.policy`).
 
         ``condition`` is a path or a PIL image, as for a run. ``planner`` is a registered name or
         a planner object (default: the configured one).
         """
-        from sow.plan_repair import plan_with_policy
+        from sow.planners.policy import plan_with_policy
 
         if not isinstance(condition, Image.Image):
             condition = _read_condition(condition)[1]
@@ -343,7 +343,7 @@ class SOWPipeline:
             images = [cv.to_image(one) for one in decoded.split(1)]
 
         record = RunRecord(
-            sow_version=sow.__version__,
+            sow_version=__version__,
             model=comp.source,
             device=str(device),
             dtype=str(comp.dtype).removeprefix("torch."),

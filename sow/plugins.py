@@ -29,14 +29,14 @@ log = logging.getLogger("sow.plugins")
 ENTRY_POINT_GROUP = "sow"
 
 BUILTIN_PLUGINS: tuple[str, ...] = (
-    "sow.planning",
-    "sow.inversion",
-    "sow.scheduling",
-    "sow.preservation",
-    "sow.attention",
-    "sow.heuristic",
-    "sow.dam",
-    "sow.face_metrics",
+    "sow.planners.fixed",
+    "sow.engine.inversion",
+    "sow.engine.scheduling",
+    "sow.engine.preservation",
+    "sow.attention.plain",
+    "sow.planners.heuristic",
+    "sow.attention.dam",
+    "sow.eval.face_metrics",
 )
 """Modules of the core that register the built-in stages, in this order."""
 

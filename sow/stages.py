@@ -3,7 +3,7 @@
 A stage is a small object with one or two methods. Plugins register factories for
 them (see :mod:`sow.hookspecs`); the pipeline creates one per run configuration and is
 the only code that knows the order in which they are called. Per-run state (latents,
-masks, the current step) lives in :class:`sow.context.RunContext`, never in the stage.
+masks, the current step) lives in :class:`sow.engine.context.RunContext`, never in the stage.
 
 Each stage class carries two class attributes, ``name`` and ``description``, used for
 registration and for ``sow plugins``.
@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from sow.context import LatentRegion, RunContext
-    from sow.denoiser import Denoiser
+    from sow.engine.context import LatentRegion, RunContext
+    from sow.engine.denoiser import Denoiser
     from sow.schemas import GenerationConfig, Plan
 
 

@@ -27,7 +27,7 @@ def sd21_config() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_components():
-    from sow.models import load_components
+    from sow.engine.models import load_components
 
     return load_components("tiny")
 

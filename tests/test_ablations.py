@@ -7,7 +7,7 @@ import json
 import torch
 from PIL import Image
 
-from sow.planning import random_placement
+from sow.planners.fixed import random_placement
 from sow.schemas import Box, GenerationConfig, Plan
 
 FAST = {"canvas": {"width": 256, "height": 256}, "cycles": 2}
@@ -83,7 +83,7 @@ def test_pi_off_uses_the_users_prompt_and_nothing_else_changes(tiny_pipe, face_p
 
 
 def _generate(args: list[str]) -> int:
-    from sow.cli import main
+    from sow.cli.commands import main
 
     try:
         main(args)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from hostile_files import face_like, png_bomb, save, transparent_png, truncated_jpeg
 
-from sow.cli import main
+from sow.cli.commands import main
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from hostile_files import truncated_jpeg
 
-from sow.batch import MANIFEST_NAME, Manifest, read_batch_file, run_batch
-from sow.cli import main
+from sow.batch.runner import MANIFEST_NAME, Manifest, read_batch_file, run_batch
+from sow.cli.commands import main
 from sow.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -262,7 +262,7 @@ def test_a_crash_after_any_write_resumes_to_the_same_result(tmp_path, tiny_pipe,
     and check: both items done exactly once, files matching the manifest, no temporary left."""
     import hashlib
 
-    import sow.outputs as outputs_module
+    import sow.io.outputs as outputs_module
 
     jobs = _jobs(tmp_path / "jobs.jsonl", face_path, 2)
     items = read_batch_file(jobs)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from sow.bench import STAGES, count_flops, flop_counter
-from sow.cli import main
+from sow.bench.benchmark import STAGES, count_flops, flop_counter
+from sow.cli.commands import main
 
 def run_cli(argv: list[str]) -> int:
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sow.cli import main
+from sow.cli.commands import main
 from sow.schemas import RunRecord
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,9 +7,9 @@ import pytest
 from hostile_files import exif_rotated_jpeg, face_like, png_bomb, save, transparent_png, truncated_jpeg
 from PIL import Image
 
-from sow import images
+from sow.io import images
 from sow.errors import InputError
-from sow.images import load_condition
+from sow.io.images import load_condition
 
 
 def _refused(path, fragment: str) -> str:

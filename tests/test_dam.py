@@ -11,9 +11,9 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 import sow
-from sow import modulation as mod
-from sow.context import LatentRegion, Step
-from sow.dam import DAMProcessor, DAMState, DynamicAttentionModulator, condition_box, self_attention_layers
+from sow.attention import equations as mod
+from sow.engine.context import LatentRegion, Step
+from sow.attention.dam import DAMProcessor, DAMState, DynamicAttentionModulator, condition_box, self_attention_layers
 from sow.schemas import Box, GenerationConfig, Plan
 
 CANVAS_96 = {"width": 96, "height": 96}  # a 6x6 attention grid at 16-pixel cells

@@ -29,7 +29,7 @@ def test_open_gate_on_device_still_modulates(tiny_components, face_path):
 
 
 def test_bad_option_is_refused():
-    from sow.dam import DynamicAttentionModulator
+    from sow.attention.dam import DynamicAttentionModulator
 
     with pytest.raises(ValueError, match="sync_free"):
         DynamicAttentionModulator(sync_free="sometimes")

@@ -8,8 +8,8 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from sow import diffusion_math as dm
-from sow.models import tiny_configs
+from sow.engine import diffusion_math as dm
+from sow.engine.models import tiny_configs
 
 
 @pytest.fixture

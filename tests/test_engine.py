@@ -8,15 +8,15 @@ import torch
 from diffusers import DDIMScheduler
 from PIL import Image
 
-from sow import diffusion_math as dm
-from sow.context import RunContext
-from sow.denoiser import Denoiser, PromptEmbeddings
+from sow.engine import diffusion_math as dm
+from sow.engine.context import RunContext
+from sow.engine.denoiser import Denoiser, PromptEmbeddings
 from sow.hookspecs import hookimpl
-from sow.inversion import DDIMInverter
-from sow.models import tiny_configs
+from sow.engine.inversion import DDIMInverter
+from sow.engine.models import tiny_configs
 from sow.pipeline import SOWPipeline
 from sow.plugins import build_registry
-from sow.preservation import RegionReplacePreserver
+from sow.engine.preservation import RegionReplacePreserver
 from sow.schemas import Box, GenerationConfig, Plan
 from tests.noise_models import TimeDependentNoise
 
@@ -28,7 +28,7 @@ class OffByOneDenoiser(Denoiser):
 
     def invert(self, latents, level, phase):
         step_level = max(level, 1)
-        eps = self.predict(latents, step_level, __import__("sow.context").context.Step(phase, level + 1))
+        eps = self.predict(latents, step_level, __import__("sow.engine.context").engine.context.Step(phase, level + 1))
         return dm.ddim_update(latents, eps, self.schedule.alpha(level), self.schedule.alpha(level + 1))
 
 
@@ -232,7 +232,7 @@ def test_empty_prompt_is_refused(tiny_pipe, face_path):
 
 
 def test_a_planner_object_or_name_can_be_passed_per_call(tiny_pipe, face_path, fast_overrides):
-    from sow.planning import FixedPlanner
+    from sow.planners.fixed import FixedPlanner
 
     class LeftPlanner(FixedPlanner):
         def plan(self, request):

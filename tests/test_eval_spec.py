@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sow.eval_spec import SETTINGS, face_images, load_spec, load_templates, make_spec, write_spec
+from sow.eval.spec import SETTINGS, face_images, load_spec, load_templates, make_spec, write_spec
 from sow.errors import InputError
 
 
@@ -74,7 +74,7 @@ def test_templates_file_is_validated(tmp_path):
 
 
 def test_cli_eval_spec(tmp_path, faces_dir, capsys):
-    from sow.cli import main
+    from sow.cli.commands import main
 
     out = tmp_path / "spec.jsonl"
     with pytest.raises(SystemExit) as info:

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sow.eval_spec import SpecItem, load_spec, write_spec
+from sow.eval.spec import SpecItem, load_spec, write_spec
 from sow.errors import InputError, UnknownStageError
-from sow.eval_report import LABEL_WIDTH, THUMB, summarize
-from sow.evaluation import Evaluation, EvalConfig, read_rows, resolve_methods
+from sow.eval.report import LABEL_WIDTH, THUMB, summarize
+from sow.eval.runner import Evaluation, EvalConfig, read_rows, resolve_methods
 from sow.schemas import StageNames
 
 pytest.importorskip("dlib", reason="the eval extra (dlib-bin, face_recognition_models) is not installed")
@@ -112,7 +112,7 @@ def test_bad_settings_fail_before_any_work(spec, tmp_path, registry):
 
 def test_cli_eval_end_to_end(spec, tmp_path, capsys):
     """3 items x 3 methods on the tiny model: table, CSV, contact sheet, rows."""
-    from sow.cli import main
+    from sow.cli.commands import main
 
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as info:
@@ -192,7 +192,7 @@ def test_interrupted_eval_resumes_computing_each_item_once(spec, tmp_path, tiny_
 @pytest.mark.slow
 def test_killed_eval_process_resumes(spec, tmp_path):
     """A real `sow eval` process killed (SIGKILL) after its first rows, then restarted."""
-    from sow.cli import main
+    from sow.cli.commands import main
 
     out = tmp_path / "out"
     args = ["eval", str(spec), "-o", str(out), "--canvas", "256", "--cycles", "2", "--methods", "cow,paste", "-q"]
@@ -222,8 +222,8 @@ def test_killed_eval_process_resumes(spec, tmp_path):
 
 
 def test_inpaint_and_paste_baselines(spec, tmp_path, tiny_components, registry, metric):
-    from sow.canvas import seed_canvas
-    from sow.inpainting import repaint_mask
+    from sow.io.canvas import seed_canvas
+    from sow.eval.inpainting import repaint_mask
     from sow.schemas import Box, Canvas
 
     items = load_spec(spec)[:1]

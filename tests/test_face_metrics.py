@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from sow.errors import SowError
-from sow.face_metrics import (
+from sow.eval.face_metrics import (
     DLIB_THRESHOLD,
     MetricUnavailable,
     Reference,
@@ -111,7 +111,7 @@ def test_a_picture_without_a_face_is_a_detection_failure(dlib_metric, embeddings
 
 def test_identity_is_measured_in_the_box_v_region(dlib_metric, photos):
     """A face pasted at box_v is found there and compared with the condition's face."""
-    from sow.canvas import seed_canvas
+    from sow.io.canvas import seed_canvas
 
     box = Box(x=160, y=40, w=200, h=240)
     canvas = seed_canvas(photos["obama2.jpg"], box, Canvas(width=512, height=512))
@@ -151,7 +151,7 @@ def test_dlib_without_its_model_files_refuses_with_one_line(registry, monkeypatc
 def test_cli_eval_with_unavailable_metric_exits_with_one_line(tmp_path, faces_dir, capsys):
     if importlib.util.find_spec("facenet_pytorch") and importlib.util.find_spec("torchvision"):
         pytest.skip("facenet-pytorch and torchvision are installed")
-    from sow.cli import main
+    from sow.cli.commands import main
 
     spec = tmp_path / "spec.jsonl"
     spec.write_text(f'{{"id": "a", "condition": "{faces_dir / "obama.jpg"}", "prompt": "a chef", "setting": "normal"}}\n')

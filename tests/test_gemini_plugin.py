@@ -15,10 +15,10 @@ from importlib import metadata
 
 import pytest
 
-from sow.cli import main
+from sow.cli.commands import main
 from sow.errors import InputError, PlannerError
-from sow.images import load_condition
-from sow.plan_repair import plan_with_policy
+from sow.io.images import load_condition
+from sow.planners.policy import plan_with_policy
 from sow.plugins import build_registry
 from sow.schemas import GenerationConfig, Plan
 from sow.stages import PlanRequest

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from sow.errors import ModelLoadError, PlannerError
-from sow.mllm_planner import clear_model_cache
-from sow.plan_repair import plan_with_policy
+from sow.planners.mllm.base import clear_model_cache
+from sow.planners.policy import plan_with_policy
 from sow.plugins import build_registry
 from sow.schemas import GenerationConfig, Plan
 from sow.stages import PlanRequest
@@ -56,7 +56,7 @@ def test_llava_next_runs_through_the_same_code(request_):
     planner = sow_llava.LlavaPlanner(model=str(tiny_model("llava-next")), device="cpu", max_new_tokens=16)
     loaded = planner.loaded()
     assert type(loaded.model).__name__ == "LlavaNextForConditionalGeneration"
-    from sow.mllm_prompts import stage_messages
+    from sow.planners.mllm.prompts import stage_messages
 
     assert isinstance(planner.chat(loaded, stage_messages("intensify", system_role=False, prompt="a chef"), request_.condition), str)
     plan = plan_with_policy(planner, request_, on_error="heuristic")
@@ -94,7 +94,7 @@ def test_quantized_loading_on_cpu(llava_dir, request_, bits):
     loaded = planner.load()
     kinds = {type(m).__name__ for m in loaded.model.modules()}
     assert ("Linear4bit" if bits == "4bit" else "Linear8bitLt") in kinds
-    from sow.mllm_prompts import stage_messages
+    from sow.planners.mllm.prompts import stage_messages
 
     answer = planner.chat(loaded, stage_messages("intensify", system_role=False, prompt="a chef"), request_.condition)
     assert isinstance(answer, str)
@@ -102,7 +102,7 @@ def test_quantized_loading_on_cpu(llava_dir, request_, bits):
 
 
 def test_sow_plan_cli_falls_back_or_fails_with_the_hint(llava_dir, face_path, tmp_path, capsys):
-    from sow.cli import main
+    from sow.cli.commands import main
 
     out = tmp_path / "plan.json"
     args = ["plan", str(face_path), "a chef in a busy kitchen", "--planner", "llava", "--planner-option", f"model={llava_dir}", *FAST]
@@ -117,7 +117,7 @@ def test_sow_plan_cli_falls_back_or_fails_with_the_hint(llava_dir, face_path, tm
 
 
 def test_quantize_shortcut_on_the_cli(llava_dir, face_path, tmp_path, capsys):
-    from sow.cli import main
+    from sow.cli.commands import main
 
     base = ["plan", str(face_path), "a chef", "--planner", "llava", "--planner-option", f"model={llava_dir}", *FAST]
     with pytest.raises(SystemExit) as bad:
@@ -133,7 +133,7 @@ def test_quantize_shortcut_on_the_cli(llava_dir, face_path, tmp_path, capsys):
 
 
 def test_sow_generate_with_the_llava_planner(llava_dir, face_path, tmp_path, fast_overrides):
-    from sow.cli import main
+    from sow.cli.commands import main
 
     config = tmp_path / "fast.json"
     config.write_text(json.dumps(fast_overrides))

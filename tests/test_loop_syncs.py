@@ -16,7 +16,7 @@ from collections import Counter
 import pytest
 from sync_watch import SyncWatch
 
-from sow.performance import PerformanceSettings
+from sow.engine.performance import PerformanceSettings
 from sow.pipeline import SOWPipeline
 
 def _loop_syncs(
@@ -65,7 +65,7 @@ def test_odd_latent_grids_are_prepared_before_the_loop_too(tiny_components, face
 
 def test_the_watch_sees_the_host_read_gate_and_the_per_step_check(tiny_components, face_path):
     """The CPU defaults do read values per step, and the watch catches them: it can fail."""
-    from sow.dam import self_attention_layers
+    from sow.attention.dam import self_attention_layers
 
     host_gate = _loop_syncs(tiny_components, face_path, sync_free=False, use_gate=True, finite_check="deferred")
     cycle_evaluations = 2 * 2  # 2 cycles of (t2 - t1) = 2 levels

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sow.mllm_answers import AnswerError, DescriptionAnswer, PositionAnswer, RegionAnswer, parse_answer, retry_message
+from sow.planners.mllm.answers import AnswerError, DescriptionAnswer, PositionAnswer, RegionAnswer, parse_answer, retry_message
 from sow.schemas import Canvas
 
 CANVAS = Canvas(width=512, height=512)
@@ -108,7 +108,7 @@ def test_canvas_of_1000_pixels_is_not_mistaken_for_the_grid():
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sow.mllm_answers import read_box
+from sow.planners.mllm.answers import read_box
 
 
 @st.composite

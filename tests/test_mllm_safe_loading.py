@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sow.mllm_planner import MLLMOptions, load_kwargs
-from sow.security import reset_load_policy, set_load_policy
+from sow.planners.mllm.base import MLLMOptions, load_kwargs
+from sow.io.security import reset_load_policy, set_load_policy
 
 
 @pytest.fixture(autouse=True)

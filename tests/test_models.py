@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sow.errors import InputError, ModelLoadError
-from sow.models import build_tiny, load_components, tiny_configs
+from sow.engine.models import build_tiny, load_components, tiny_configs
 
 
 def test_tiny_model_is_sd_shaped_and_deterministic(tiny_components):

@@ -1,4 +1,4 @@
-"""The DAM equations (sow.modulation) against hand-computed values."""
+"""The DAM equations (sow.attention.equations) against hand-computed values."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sow import modulation as mod
+from sow.attention import equations as mod
 from sow.schemas import Box, Canvas, ModulationSettings
 
 # -- decays ---------------------------------------------------------------------------

@@ -7,10 +7,10 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from sow.cli import main
-from sow.context import Step
+from sow.cli.commands import main
+from sow.engine.context import Step
 from sow.errors import NumericalError
-from sow.numerics import FiniteGuard, describe_step
+from sow.engine.numerics import FiniteGuard, describe_step
 from sow.pipeline import SOWPipeline
 
 
@@ -182,9 +182,9 @@ def test_auto_mode_follows_the_latents_device_and_parameterless_models_work():
 
     from diffusers import DDIMScheduler
 
-    from sow import diffusion_math as dm
-    from sow.denoiser import Denoiser, PromptEmbeddings
-    from sow.models import tiny_configs
+    from sow.engine import diffusion_math as dm
+    from sow.engine.denoiser import Denoiser, PromptEmbeddings
+    from sow.engine.models import tiny_configs
     from sow.schemas import GenerationConfig
 
     class NaNNoise(torch.nn.Module):  # no parameters at all, like the engine tests' stand-ins

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from sow.errors import InputError
-from sow.outputs import check_free, save_image_atomic, save_json_atomic, write_bytes_atomic
+from sow.io.outputs import check_free, save_image_atomic, save_json_atomic, write_bytes_atomic
 
 
 def test_failed_rename_keeps_the_old_file_and_no_temporary(tmp_path, monkeypatch):

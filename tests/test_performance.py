@@ -9,8 +9,8 @@ import torch
 
 import sow
 
-from sow.models import load_components, resolve_dtype
-from sow.performance import (
+from sow.engine.models import load_components, resolve_dtype
+from sow.engine.performance import (
     REFERENCE,
     ModelOffload,
     PerformanceSettings,
@@ -120,7 +120,7 @@ def test_timings_split_cycles_and_final(tiny_pipe, face_path, fast_overrides):
 
 
 def test_reencoding_embeddings_encode_at_every_read(tiny_components):
-    from sow.denoiser import PromptEmbeddings
+    from sow.engine.denoiser import PromptEmbeddings
     from sow.schemas import GenerationConfig
 
     config = GenerationConfig()

@@ -7,10 +7,10 @@ import json
 import pytest
 from PIL import Image
 
-from sow.cli import main
+from sow.cli.commands import main
 from sow.errors import PlannerError
-from sow.plan_cache import PlanCache, default_cache_dir
-from sow.plan_repair import plan_with_policy
+from sow.planners.cache import PlanCache, default_cache_dir
+from sow.planners.policy import plan_with_policy
 from sow.schemas import Box, GenerationConfig, Plan
 from sow.stages import PlanRequest
 

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from sow.errors import InputError, PlannerError
-from sow.plan_repair import apply_crop, plan_with_policy, repair_plan
+from sow.planners.policy import apply_crop, plan_with_policy, repair_plan
 from sow.schemas import Box, GenerationConfig, Plan
 from sow.stages import PlanRequest
 

@@ -25,13 +25,13 @@ def test_gemini_options_are_documented():
 
 @pytest.mark.parametrize("name", ["INTENSIFY_TEMPLATE", "FACE_SUBJECT", "OBJECT_SUBJECT", "CASCADE_FILE"])
 def test_heuristic_rules_are_documented(name):
-    from sow import heuristic
+    from sow.planners import heuristic
 
     assert getattr(heuristic, name) in DOC
 
 
 def test_composition_patterns_are_documented():
-    from sow.heuristic import COMPOSITIONS, SIDES
+    from sow.planners.heuristic import COMPOSITIONS, SIDES
 
     for rule in COMPOSITIONS:
         assert f"`{rule.pattern}`" in DOC

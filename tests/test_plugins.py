@@ -84,7 +84,7 @@ def test_the_replaced_stage_runs_in_a_generation(with_plugins, tiny_components, 
 
 
 def test_cli_lists_plugins_with_their_distribution_and_failures(with_plugins, capsys):
-    from sow.cli import main
+    from sow.cli.commands import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["plugins"])
@@ -95,7 +95,7 @@ def test_cli_lists_plugins_with_their_distribution_and_failures(with_plugins, ca
 
 
 def test_cli_swaps_a_stage_by_name(with_plugins, face_path, tmp_path, capsys):
-    from sow.cli import main
+    from sow.cli.commands import main
 
     config = tmp_path / "fast.json"
     config.write_text('{"canvas": {"width": 128, "height": 128}, "cycles": 1}')

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from sow import cli, images
-from sow.batch import Manifest
+from sow.cli import commands as cli
+
+from sow.io import images
+from sow.batch.runner import Manifest
 from sow.errors import InputError
 
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "production.md").read_text()
@@ -35,6 +37,6 @@ def test_one_batch_per_output_folder(tmp_path):
 
 
 def test_prompt_limit_in_the_docs():
-    from sow.prompts import MAX_PROMPT_CHARS
+    from sow.io.prompt_checks import MAX_PROMPT_CHARS
 
     assert f"over {MAX_PROMPT_CHARS:,} characters" in DOC

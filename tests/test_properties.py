@@ -8,9 +8,9 @@ import re
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from sow.batch import BatchJob
+from sow.batch.runner import BatchJob
 from sow.errors import InputError
-from sow.outputs import _RESERVED, safe_name
+from sow.io.outputs import _RESERVED, safe_name
 from sow.schemas import Box, Canvas, GenerationConfig, Plan, validated
 
 settings.register_profile("sow", deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=150)

@@ -6,9 +6,9 @@ import pytest
 from PIL import Image
 
 from sow.errors import InputError, ModelLoadError, PlannerError
-from sow.mllm_planner import clear_model_cache
-from sow.mllm_prompts import stage_messages
-from sow.plan_repair import plan_with_policy
+from sow.planners.mllm.base import clear_model_cache
+from sow.planners.mllm.prompts import stage_messages
+from sow.planners.policy import plan_with_policy
 from sow.plugins import build_registry
 from sow.schemas import GenerationConfig, Plan
 from sow.stages import PlanRequest
@@ -103,7 +103,7 @@ def test_quantized_4bit_loading_on_cpu(request_):
 
 
 def test_sow_plan_cli_with_qwen_vl(face_path, tmp_path):
-    from sow.cli import main
+    from sow.cli.commands import main
 
     out = tmp_path / "plan.json"
     args = [

@@ -16,9 +16,9 @@ import pytest
 import torch
 from sync_watch import SyncWatch
 
-from sow.dam import self_attention_layers
-from sow.models import load_components
-from sow.performance import PerformanceSettings, attention_kinds
+from sow.attention.dam import self_attention_layers
+from sow.engine.models import load_components
+from sow.engine.performance import PerformanceSettings, attention_kinds
 from sow.pipeline import SOWPipeline
 
 PROMPT = "a chef in a busy kitchen"

@@ -18,7 +18,7 @@ import pytest
 
 pytest.importorskip("sow_gemini", reason="sow-gemini not installed (pip install -e plugins/sow-gemini)")
 
-from sow.cli import main  # noqa: E402
+from sow.cli.commands import main  # noqa: E402
 from sow.plugins import reset_registry  # noqa: E402
 
 FAKE_KEY = "AIzaSy-FAKE-robust-0123456789-abcdef"

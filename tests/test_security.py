@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from sow import plugins as plugin_module
-from sow.cli import main
+from sow.cli.commands import main
 from sow.errors import InputError, ModelLoadError, PlannerError
 from sow.hookspecs import hookimpl
-from sow.security import SECRET_NAME, load_policy, redact, require_remote_code, reset_load_policy
+from sow.io.security import SECRET_NAME, load_policy, redact, require_remote_code, reset_load_policy
 
 FAKE_KEY = "AIzaFAKE-test-key-0123456789abcdef"
 FAST = {"canvas": {"width": 128, "height": 128}, "cycles": 1}
@@ -43,7 +43,7 @@ class LeakyPlanner:
     def plan(self, request):
         import os
 
-        from sow.planning import FixedPlanner
+        from sow.planners.fixed import FixedPlanner
 
         key = os.environ["GEMINI_API_KEY"]
         logging.getLogger("sow.planners.leaky").warning("calling the API with key=%s", key)
@@ -123,7 +123,7 @@ def test_redact_and_secret_names(monkeypatch):
 
 
 def test_pickle_checkpoints_need_the_flag(tmp_path):
-    from sow.models import load_components
+    from sow.engine.models import load_components
 
     for suffix in (".ckpt", ".pt", ".bin"):
         path = tmp_path / f"model{suffix}"
@@ -163,7 +163,7 @@ def fake_distributions(tmp_path, monkeypatch):
         textwrap.dedent(
             """
             from sow.hookspecs import hookimpl
-            from sow.planning import FixedPlanner
+            from sow.planners.fixed import FixedPlanner
 
             class FakePlanner(FixedPlanner):
                 name = "fakeplanner"
@@ -219,7 +219,7 @@ def test_disabled_planner_is_an_unknown_name(fake_distributions, face_path, tmp_
 
 
 def test_safe_load_kwargs_follow_the_policy(monkeypatch):
-    from sow.security import safe_load_kwargs, set_load_policy
+    from sow.io.security import safe_load_kwargs, set_load_policy
 
     assert safe_load_kwargs() == {"trust_remote_code": False, "use_safetensors": True}
     set_load_policy(trust_remote_code=True)
@@ -233,7 +233,7 @@ def test_hf_loader_refuses_pickled_weights_by_default(tmp_path):
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from sow.security import safe_load_kwargs
+    from sow.io.security import safe_load_kwargs
 
     config = CLIPTextConfig(vocab_size=100, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
                             max_position_embeddings=8, bos_token_id=0, eos_token_id=1, pad_token_id=1)
@@ -245,7 +245,7 @@ def test_hf_loader_refuses_pickled_weights_by_default(tmp_path):
     assert (tmp_path / "pytorch_model.bin").is_file() and not list(tmp_path.glob("*.safetensors"))
     with pytest.raises(OSError, match="safetensors"):
         CLIPTextModel.from_pretrained(tmp_path, local_files_only=True, **safe_load_kwargs())
-    from sow.security import set_load_policy
+    from sow.io.security import set_load_policy
 
     set_load_policy(allow_pickle=True)  # --allow-pickle: the same folder loads
     loaded = CLIPTextModel.from_pretrained(tmp_path, local_files_only=True, **safe_load_kwargs())

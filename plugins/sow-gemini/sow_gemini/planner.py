@@ -5,7 +5,7 @@
 3. Contextual refinement: box_r (:data:`~sow_gemini.prompts.REFINEMENT_PROMPT`).
 
 Every answer is parsed against its pydantic model; boxes are then repaired by
-:mod:`sow.plan_repair` (clipped, side limits, moved inside the canvas) with each change in
+:mod:`sow.planners.policy` (clipped, side limits, moved inside the canvas) with each change in
 ``plan.repairs``. Every failure becomes one :class:`sow.errors.PlannerError` line, and the API
 key is scrubbed from every message: it never reaches a log, an error, a plan or a record.
 """
@@ -200,7 +200,7 @@ class GeminiPlanner:
             raise PlannerError(str(exc).replace(key, "***")) from None
 
     def _plan(self, request: PlanRequest, key: str) -> Plan:
-        from sow.plan_repair import fit_box_v, repair_plan
+        from sow.planners.policy import fit_box_v, repair_plan
 
         config, image = request.config, request.condition
         canvas = config.canvas
@@ -262,7 +262,7 @@ class GeminiPlanner:
         if not seen.is_face or seen.subject_box is None:
             notes.append("gemini found no face; the whole condition is used")
             return None
-        from sow.heuristic import face_crop
+        from sow.planners.heuristic import face_crop
 
         sx, sy = size[0] / sent[0], size[1] / sent[1]
         b = seen.subject_box

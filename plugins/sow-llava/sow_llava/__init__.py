@@ -2,7 +2,7 @@
 
 Install beside sow (``pip install sow-llava``, ``[quantize]`` for 4/8-bit) and pick it with
 ``sow generate face.jpg "a chef in a busy kitchen" --planner llava``. Options (CLI
-``--planner-option KEY=VALUE``; see :class:`sow.mllm_planner.MLLMOptions`): ``model``
+``--planner-option KEY=VALUE``; see :class:`sow.planners.mllm.base.MLLMOptions`): ``model``
 (hub id or local folder; default ``llava-hf/llava-1.5-7b-hf``), ``device``, ``dtype``,
 ``device_map``, ``quantize`` (4bit / 8bit), ``max_new_tokens``, ``retries``.
 
@@ -19,7 +19,7 @@ from PIL import Image
 
 from sow.errors import ModelLoadError
 from sow.hookspecs import hookimpl
-from sow.mllm_planner import MLLMPlanner, describe_load_error
+from sow.planners.mllm.base import MLLMPlanner, describe_load_error
 
 DEFAULT_MODEL = "llava-hf/llava-1.5-7b-hf"
 MODEL_TYPES = ("llava", "llava_next", "llava_onevision")

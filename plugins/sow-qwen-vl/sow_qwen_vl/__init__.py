@@ -2,7 +2,7 @@
 
 Install beside sow (``pip install sow-qwen-vl``, ``[quantize]`` for 4/8-bit) and pick it
 with ``sow generate face.jpg "a chef in a busy kitchen" --planner qwen-vl``. Options (CLI
-``--planner-option KEY=VALUE``): those of :class:`sow.mllm_planner.MLLMOptions` plus
+``--planner-option KEY=VALUE``): those of :class:`sow.planners.mllm.base.MLLMOptions` plus
 ``max_pixels`` (the image budget of the vision tower). Default model:
 ``Qwen/Qwen2.5-VL-7B-Instruct``; a local folder works too.
 
@@ -21,7 +21,7 @@ from PIL import Image
 from pydantic import Field
 
 from sow.hookspecs import hookimpl
-from sow.mllm_planner import MLLMOptions, MLLMPlanner, describe_load_error
+from sow.planners.mllm.base import MLLMOptions, MLLMPlanner, describe_load_error
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
 MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")

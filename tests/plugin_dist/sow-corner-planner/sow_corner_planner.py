@@ -5,7 +5,7 @@ built-in stage by name, and under ``corner`` as a new name.
 """
 
 from sow import hookimpl
-from sow.planning import body_box, condition_box
+from sow.planners.fixed import body_box, condition_box
 from sow.schemas import Plan
 
 

@@ -1,0 +1,381 @@
+"""Batch generation: many jobs, one model load, a manifest that survives ``kill -9``.
+
+A batch file is JSON Lines, one job per line (blank lines and lines starting with ``#``
+are skipped)::
+
+    {"condition": "faces/ada.jpg", "prompt": "a chef in a busy kitchen", "seed": 7}
+    {"condition": "faces/bob.png", "prompt": "an astronaut", "preset": "style", "plan": "bob.plan.json"}
+
+Relative ``condition`` and ``plan`` paths are read from the batch file's folder. Every
+output goes into the one output folder, named ``<id>.png`` / ``.plan.png`` / ``.json``
+where the id is the job's ``name`` (a plain file name: no folders, no ``..``) or
+``<line>-<prompt>-s<seed>``; nothing in a batch file can write anywhere else.
+
+The whole file is validated before the model loads (a bad line is a usage error naming
+the line and the field). Then each job runs in turn; an item that fails (a corrupt
+image, a planner error, NaN latents) is recorded with its error and the batch goes on.
+
+**The manifest** ``<out>/manifest.jsonl`` is append-only: a ``start`` line before an
+item runs, a ``done`` line (with its outputs and the image's SHA-256) after its files
+were written atomically, or a ``failed`` line with the error. Each line is flushed and
+fsynced. Killed at any moment, the folder holds finished items (in the manifest), at most
+one unfinished item (a ``start`` without ``done``; its files, if any were renamed into
+place, are overwritten when it reruns) and never a half-written file. ``resume=True``
+runs only the jobs without a matching ``done`` line (same id, same job content, outputs
+present); failed items are retried.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sow.errors import InputError, SowError
+from sow.io.outputs import check_free, safe_name, save_image_atomic, save_json_atomic
+from sow.schemas import Plan, Preset, first_error
+from sow.io.security import redact
+
+MANIFEST_NAME = "manifest.jsonl"
+MAX_BATCH_BYTES = 64 * 1024 * 1024
+"""Batch files larger than this are refused (64 MiB: about a million jobs)."""
+OUTPUT_ROLES = {"image": ".png", "plan_image": ".plan.png", "record": ".json"}
+
+
+class BatchJob(BaseModel):
+    """One line of a batch file."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    condition: str = Field(min_length=1, description="Image file (relative paths: from the batch file's folder).")
+    prompt: str = Field(description="What the scene should show.")
+    plan: str | Plan | None = Field(None, description="A plan file path or an inline plan: skips the planner.")
+    seed: int = Field(0, ge=0, lt=2**63, description="Random seed.")
+    preset: Preset = Field("normal", description="normal, attribute or style.")
+    name: str | None = Field(None, description="Output file stem (a plain name); default <line>-<prompt>-s<seed>.")
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_empty(cls, value: str) -> str:
+        from sow.io.prompt_checks import require_prompt
+
+        try:
+            require_prompt(value, "the prompt")
+        except InputError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.strip() or "/" in value or "\\" in value or value.strip() in (".", "..") or ":" in value:
+            raise ValueError(f"{value!r} must be a plain file name (no folders): outputs stay in the output folder")
+        return value
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """A validated job with its id, line number and content hash."""
+
+    id: str
+    line: int
+    job: BatchJob
+    job_sha256: str
+    base: Path
+    """The batch file's folder (relative paths start here)."""
+
+    def outputs(self, out_dir: Path) -> dict[str, Path]:
+        paths = {role: out_dir / f"{self.id}{suffix}" for role, suffix in OUTPUT_ROLES.items()}
+        root = out_dir.resolve()
+        for path in paths.values():  # safe_name makes this impossible; keep the guard anyway
+            if path.resolve().parent != root:
+                raise InputError(f"batch line {self.line}: output {path} would leave {out_dir}")
+        return paths
+
+    def resolve(self, value: str) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.base / path
+
+
+def read_batch_file(path: Path) -> list[BatchItem]:
+    """Parse and validate a batch file; :class:`InputError` names the line and the field."""
+    label = f"batch file {path}"
+    try:
+        size = path.stat().st_size
+        if not path.is_file():
+            raise InputError(f"{label}: not a regular file")
+        if size > MAX_BATCH_BYTES:
+            raise InputError(f"{label}: {size:,} bytes is over the {MAX_BATCH_BYTES:,}-byte limit")
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise InputError(f"{label}: no such file") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{label}: not UTF-8 text") from None
+    except OSError as exc:
+        raise InputError(f"{label}: cannot be read ({exc.strerror or exc})") from None
+    items: list[BatchItem] = []
+    seen: dict[str, int] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            data = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+            raise InputError(f"{label} line {number}: not valid JSON ({reason})") from None
+        if not isinstance(data, dict):
+            raise InputError(f"{label} line {number}: expected a JSON object with condition and prompt")
+        try:
+            job = BatchJob.model_validate(data)
+        except ValidationError as exc:
+            raise InputError(f"{label} line {number}: {first_error(exc)}") from None
+        item_id = safe_name(job.name) if job.name else f"{number:04d}-{safe_name(job.prompt, 40)}-s{job.seed}"
+        if item_id in seen:
+            raise InputError(f"{label} line {number}: output name {item_id!r} is already used by line {seen[item_id]}")
+        seen[item_id] = number
+        digest = hashlib.sha256(job.model_dump_json().encode()).hexdigest()
+        items.append(BatchItem(item_id, number, job, digest, path.parent))
+    if not items:
+        raise InputError(f"{label}: no jobs (one JSON object per line)")
+    return items
+
+
+# -- the manifest ----------------------------------------------------------------------------
+
+
+class Manifest:
+    """The append-only record of a batch in ``<out>/manifest.jsonl`` (see the module docstring)."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = out_dir / MANIFEST_NAME
+        self._handle = None
+
+    def exists(self) -> bool:
+        return self.path.is_file() and self.path.stat().st_size > 0
+
+    def entries(self) -> list[dict[str, Any]]:
+        """Every complete line; a line cut short by a kill is ignored."""
+        if not self.path.is_file():
+            return []
+        entries = []
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(entry, dict):
+                entries.append(entry)
+        return entries
+
+    def state(self) -> dict[str, dict[str, Any]]:
+        """The last ``start`` / ``done`` / ``failed`` entry of each item id."""
+        last: dict[str, dict[str, Any]] = {}
+        for entry in self.entries():
+            if entry.get("event") in ("start", "done", "failed") and isinstance(entry.get("id"), str):
+                last[entry["id"]] = entry
+        return last
+
+    @contextmanager
+    def open(self, fresh: bool) -> Iterator[Manifest]:
+        """Hold the manifest for appending (exclusively, where the OS can lock files)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+", encoding="utf-8")
+        try:
+            _lock(handle, self.path)  # before truncating: never clobber a batch that is running
+            if fresh:
+                handle.truncate(0)
+            else:  # after a kill mid-line, start on a line of our own
+                handle.seek(0, os.SEEK_END)
+                if handle.tell() > 0:
+                    handle.seek(handle.tell() - 1)
+                    if handle.read(1) != "\n":
+                        handle.write("\n")
+            self._handle = handle
+            yield self
+        finally:
+            self._handle = None
+            handle.close()
+
+    def append(self, **entry: Any) -> None:
+        if self._handle is None:
+            raise RuntimeError("manifest is not open")
+        entry.setdefault("time", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        self._handle.write(redact(json.dumps(entry, ensure_ascii=False)) + "\n")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+
+def _lock(handle, path: Path) -> None:
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory lock; one batch per folder is then the user's care
+        return
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise InputError(f"{path} is in use by another sow batch; wait for it or choose another --out") from None
+
+
+def _remove_stale_temporaries(out_dir: Path, items: list[BatchItem]) -> None:
+    """Temporary files of atomic writes interrupted by a kill (``.<name>.<random>.tmp``)."""
+    names = {p.name for item in items for p in item.outputs(out_dir).values()}
+    for tmp in out_dir.glob(".*.tmp"):
+        if any(tmp.name.startswith(f".{name}.") for name in names):
+            tmp.unlink(missing_ok=True)
+
+
+# -- running ----------------------------------------------------------------------------------
+
+
+@dataclass
+class BatchSummary:
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    total: int = 0
+    seconds: float = 0.0
+    manifest: str = ""
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "done": self.done,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "total": self.total,
+            "seconds": round(self.seconds, 3),
+            "manifest": self.manifest,
+            "failures": self.failures,
+        }
+
+
+def plan_work(
+    items: list[BatchItem], out_dir: Path, resume: bool, overwrite: bool
+) -> tuple[list[BatchItem], list[BatchItem], bool]:
+    """(items to run, items already done, whether the manifest starts afresh); refuses to clobber."""
+    manifest = Manifest(out_dir)
+    if not resume:
+        if manifest.exists() and not overwrite:
+            raise InputError(
+                f"{manifest.path} records an earlier batch; pass --resume to finish it, or --overwrite to start again"
+            )
+        check_free([p for item in items for p in item.outputs(out_dir).values()], overwrite)
+        return list(items), [], True
+    state = manifest.state()
+    todo, done = [], []
+    for item in items:
+        last = state.get(item.id)
+        paths = item.outputs(out_dir)
+        if last and last.get("event") == "done" and last.get("job") == item.job_sha256 and all(
+            p.exists() for p in paths.values()
+        ):
+            done.append(item)
+            continue
+        if last is None:  # never started by this batch: its files, if any, are someone else's
+            check_free(list(paths.values()), overwrite)
+        todo.append(item)
+    return todo, done, False
+
+
+def run_batch(
+    pipe,
+    items: list[BatchItem],
+    out_dir: Path,
+    *,
+    overrides: dict[str, Any] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+) -> BatchSummary:
+    """Run ``items`` on ``pipe`` (a :class:`~sow.pipeline.SOWPipeline`, loaded once), writing to ``out_dir``.
+
+    ``on_event`` receives a dict per item (``event``: ``skipped`` / ``start`` / ``done`` /
+    ``failed``, with ``id``, ``index``, ``todo``...). A ``KeyboardInterrupt`` propagates
+    after the manifest is consistent (the interrupted item stays unfinished).
+    """
+    from sow.io.canvas import draw_plan
+    from sow.io.json_files import load_plan_file  # the one plan-file reader
+
+    started = time.perf_counter()
+    emit = on_event or (lambda event: None)
+    todo, done_before, fresh = plan_work(items, out_dir, resume, overwrite)
+    summary = BatchSummary(skipped=len(done_before), total=len(items), manifest=str(out_dir / MANIFEST_NAME))
+    for item in done_before:
+        emit({"event": "skipped", "id": item.id, "line": item.line})
+    manifest = Manifest(out_dir)
+    with manifest.open(fresh=fresh):
+        _remove_stale_temporaries(out_dir, items)
+        manifest.append(event="batch", resume=resume, items=len(items), todo=len(todo))
+        for index, item in enumerate(todo):
+            emit({"event": "start", "id": item.id, "line": item.line, "index": index, "todo": len(todo)})
+            manifest.append(event="start", id=item.id, line=item.line, job=item.job_sha256)
+            t0 = time.perf_counter()
+            try:
+                job = item.job
+                if isinstance(job.plan, str):
+                    plan = load_plan_file(item.resolve(job.plan))
+                else:
+                    plan = job.plan
+                config = pipe.make_config(None, job.preset, **(overrides or {}))
+                result = pipe(item.resolve(job.condition), job.prompt, plan=plan, seed=job.seed, config=config)
+                paths = item.outputs(out_dir)
+                save_image_atomic(result.image, paths["image"])
+                save_image_atomic(draw_plan(result.plan, result.seeded_canvas), paths["plan_image"])
+                result.record.outputs = {role: str(p) for role, p in paths.items()}
+                save_json_atomic(result.record, paths["record"])
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a failed item must not stop the batch
+                message, code = _describe(exc)
+                manifest.append(event="failed", id=item.id, line=item.line, job=item.job_sha256, error=message, exit_code=code)
+                summary.failed += 1
+                summary.failures.append({"id": item.id, "line": item.line, "error": message})
+                emit({"event": "failed", "id": item.id, "line": item.line, "error": message, "index": index, "todo": len(todo)})
+                continue
+            seconds = round(time.perf_counter() - t0, 3)
+            image_sha = hashlib.sha256(paths["image"].read_bytes()).hexdigest()
+            manifest.append(
+                event="done",
+                id=item.id,
+                line=item.line,
+                job=item.job_sha256,
+                outputs={role: p.name for role, p in paths.items()},
+                image_sha256=image_sha,
+                seconds=seconds,
+                warnings=result.record.warnings,
+            )
+            summary.done += 1
+            emit({"event": "done", "id": item.id, "line": item.line, "seconds": seconds, "index": index, "todo": len(todo),
+                  "warnings": result.record.warnings})
+        summary.seconds = time.perf_counter() - started
+        manifest.append(event="summary", **{k: v for k, v in summary.as_dict().items() if k != "failures"})
+    return summary
+
+
+def _describe(exc: BaseException) -> tuple[str, int]:
+    """One redacted line and the exit code the error would have had on its own."""
+    if isinstance(exc, SowError):
+        return redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__), exc.exit_code
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return redact(f"unexpected {type(exc).__name__}: {text}".rstrip(": ")), 1
+
+
+__all__ = [
+    "BatchItem",
+    "BatchJob",
+    "BatchSummary",
+    "Manifest",
+    "read_batch_file",
+    "run_batch",
+]

@@ -1,0 +1,674 @@
+"""``sow bench``: what one SOW image costs, per stage, against plain DDIM and against the reference settings.
+
+One run of the benchmark:
+
+1. builds the model (``tiny``, a config folder with ``--random-weights``, or real weights)
+   in the fast path's precision and applies :class:`sow.engine.performance.PerformanceSettings`;
+2. for each ``--batch`` size: ``--warmup`` untimed runs, then ``--repeats`` timed runs of
+   ``num_images = batch``; reports median / min / max seconds per image, the per-stage
+   times (plan, encode, inversion, cycles, final, decode), UNet evaluations per phase,
+   peak memory, and effective TFLOP/s from FLOPs counted on the shapes the run used;
+3. in the same process: plain DDIM text-to-image with the same model at ``--ddim-steps``
+   (diffusers' ``StableDiffusionPipeline``), and the engine with every optimisation off
+   (fp32, prompts re-encoded at every UNet call, math attention), then with caching and
+   with SDPA turned back on one at a time, so each optimisation's gain shows.
+
+The report is a plain dict (``--json PATH`` writes it); ``--plot PATH`` draws the
+per-stage bars (with PIL: see :mod:`sow.bench.chart`). ``benchmarks/bench_sow.py`` and
+``sow bench`` both call :func:`main` with the same options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sow.version import __version__
+from sow.errors import InputError
+from sow.io.outputs import check_free
+from sow.engine.performance import PerformanceSettings
+
+SAMPLE_FACE = Path(__file__).resolve().parents[1] / "data" / "sample_face.jpg"
+"""The shipped sample face, the benchmark's default condition."""
+
+STAGES = ("plan", "encode", "inversion", "cycles", "final", "decode")
+"""The stages of a run, in order, as :class:`sow.schemas.RunRecord` times them."""
+
+BENCH_PROMPT = "a chef in a busy kitchen"
+REFERENCE_LADDER = (
+    ("reference", {"attention": "math", "cache_text_embeddings": False}),
+    ("+ cached text embeddings", {"attention": "math", "cache_text_embeddings": True}),
+    ("+ sdpa attention", {"attention": "sdpa", "cache_text_embeddings": True}),
+)
+"""fp32 variants at batch 1, from the reference code's habits towards the fast path, one switch at a time."""
+
+
+@dataclass
+class Timed:
+    """Seconds of the timed runs of one variant, and the stage times of each run."""
+
+    seconds: list[float]
+    stages: list[dict[str, float]]
+    images_per_run: int
+
+    def per_image(self) -> dict[str, float]:
+        values = [s / self.images_per_run for s in self.seconds]
+        return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+    def stage_medians(self) -> dict[str, float]:
+        names = [n for n in STAGES if any(n in s for s in self.stages)]
+        names += sorted({n for s in self.stages for n in s} - set(names))
+        return {n: statistics.median(s.get(n, 0.0) for s in self.stages) / self.images_per_run for n in names}
+
+
+# -- options -----------------------------------------------------------------------------
+
+
+def build_parser(prog: str = "sow bench") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Time SOW image generation per stage, with ratios against plain DDIM and the reference settings.",
+    )
+    add = parser.add_argument
+    add("--model", "-m", default="tiny", help="'tiny', a diffusers folder, a config folder (with --random-weights), a .safetensors file or a hub id.")
+    add("--random-weights", action="store_true", help="Build a folder of configs (e.g. SD 2.1-base's) with random weights.")
+    add("--device", default="auto", help="cpu, cuda, cuda:N or auto (default).")
+    add("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"], help="Fast-path precision (auto: bf16 on GPUs that have it, fp32 on CPU).")
+    add("--batch", type=int, nargs="+", default=[1], help="Images per run (batched through each UNet call); several sizes allowed.")
+    add("--warmup", type=int, default=1, help="Untimed runs before timing (per batch size and variant).")
+    add("--repeats", type=int, default=3, help="Timed runs per batch size.")
+    add("--baseline-repeats", type=int, default=None, help="Timed runs of each baseline (default: --repeats).")
+    add("--size", type=int, default=512, help="Canvas side in pixels (square).")
+    add("--steps", type=int, default=10, help="DDIM levels S (paper: 10).")
+    add("--cycles", type=int, default=10, help="Cycles N (paper: 10).")
+    add("--seed", type=int, default=0)
+    add("--modulator", default="auto", help="Attention modulator: 'auto' (dam if installed, else none), or a name.")
+    add("--gate", action=argparse.BooleanOptionalAction, default=False, help="Keep DAM's gate (default: forced open, so DAM's cost is always paid).")
+    add("--attention", default="sdpa", choices=["sdpa", "math"], help="Attention kernel of unmodulated layers.")
+    add("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="channels_last layout (default: on for CUDA).")
+    add("--compile", action="store_true", help="torch.compile the UNet's resnet and feed-forward blocks.")
+    add("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"])
+    add("--vae-slicing", action="store_true", help="Decode batched images one at a time.")
+    add("--vae-tiling", action=argparse.BooleanOptionalAction, default=None, help="Tiled VAE (default: on from 1024x1024).")
+    add("--offload", action="store_true", help="Model CPU offload (small GPUs): one model on the GPU at a time.")
+    add("--ddim-steps", type=int, default=50, help="Steps of the plain DDIM text-to-image baseline (0: skip it).")
+    add("--no-reference", action="store_true", help="Skip the fp32 reference-settings runs.")
+    add("--condition", type=Path, default=None, help="Condition image (default: the bundled sample face).")
+    add("--json", type=Path, default=None, dest="json_path", help="Write the report as JSON here.")
+    add("--plot", type=Path, default=None, help="Draw the per-stage bar chart here (PNG).")
+    add("--overwrite", action="store_true", help="Replace an existing --json or --plot file (refused by default).")
+    add("--count-only", action="store_true", help="Only the cost model: FLOPs per run of --model's architecture (configs suffice), from the call shapes of a tiny-model run; no timing.")
+    add("--quiet", "-q", action="store_true", help="No table on stdout.")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None, prog: str = "sow bench") -> argparse.Namespace:
+    args = build_parser(prog).parse_args(argv)
+    for name in ("warmup", "size", "steps", "cycles"):
+        if getattr(args, name) < (0 if name in ("warmup", "cycles") else 1):
+            raise InputError(f"--{name} must be {'>= 0' if name in ('warmup', 'cycles') else '>= 1'}, got {getattr(args, name)}")
+    if args.repeats < 1:
+        raise InputError(f"--repeats must be >= 1, got {args.repeats}")
+    if any(b < 1 for b in args.batch):
+        raise InputError(f"--batch sizes must be >= 1, got {args.batch}")
+    if args.size % 8:
+        raise InputError(f"--size must be a multiple of 8, got {args.size}")
+    check_free([args.json_path, args.plot], args.overwrite, "choose another --json/--plot path")  # before the long run
+    return args
+
+
+def performance_settings(args: argparse.Namespace) -> PerformanceSettings:
+    return PerformanceSettings(
+        attention=args.attention,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        compile_mode=args.compile_mode,
+        vae_slicing=args.vae_slicing,
+        vae_tiling=args.vae_tiling,
+        offload=args.offload,
+    )
+
+
+# -- measuring ---------------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class CallShapes:
+    """Records the input shapes of every call of a few modules (for FLOP counting)."""
+
+    def __init__(self, modules: dict[str, torch.nn.Module]) -> None:
+        self.calls: Counter = Counter()
+        self._handles = [m.register_forward_pre_hook(self._hook(name), with_kwargs=True) for name, m in modules.items()]
+
+    def _hook(self, name: str):
+        def record(_module, args, kwargs):
+            tensors = [a for a in args if isinstance(a, torch.Tensor)]
+            context = kwargs.get("encoder_hidden_states")
+            shapes = tuple(tuple(t.shape) for t in tensors[:1])
+            if context is not None:
+                shapes += (tuple(context.shape),)
+            self.calls[(name, shapes)] += 1
+
+        return record
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def flop_counter():
+    """``FlopCounterMode`` that also counts CPU SDPA (PyTorch counts only the CUDA attention kernels)."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    def cpu_sdpa(query, key, value, *args, out_shape=None, **kwargs):
+        return sdpa_flop_count(query, key, value)
+
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa}
+    return FlopCounterMode(display=False, custom_mapping=mapping)
+
+
+def count_flops(components, calls: Counter) -> dict[str, Any]:
+    """FLOPs of the recorded calls, counted with ``FlopCounterMode`` on meta-device copies of the models."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.models.attention_processor import AttnProcessor
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(components.unet.config)
+        vae = AutoencoderKL.from_config(components.vae.config)
+        text_encoder = type(components.text_encoder)(components.text_encoder.config)
+    unet.set_attn_processor(AttnProcessor())  # explicit matmuls: counted on any device
+    per_call, totals = [], Counter()
+    for (name, shapes), n in sorted(calls.items()):
+        meta = [torch.zeros(s, device="meta") for s in shapes]
+        with FlopCounterMode(display=False) as counter:
+            if name == "unet":
+                unet(meta[0], torch.zeros((), device="meta"), encoder_hidden_states=meta[1])
+            elif name == "vae_encoder":
+                vae.encoder(meta[0])
+            elif name == "vae_decoder":
+                vae.decoder(meta[0])
+            elif name == "text_encoder":
+                text_encoder(torch.zeros(shapes[0], dtype=torch.long, device="meta"))
+        flops = counter.get_total_flops()
+        per_call.append({"module": name, "shapes": [list(s) for s in shapes], "calls": n, "tflop_per_call": flops / 1e12})
+        totals[name] += flops * n
+    return {"per_call": per_call, "tflop": {k: v / 1e12 for k, v in totals.items()}, "total_tflop": sum(totals.values()) / 1e12}
+
+
+def _modules_to_watch(components) -> dict[str, torch.nn.Module]:
+    return {
+        "unet": components.unet,
+        "vae_encoder": components.vae.encoder,
+        "vae_decoder": components.vae.decoder,
+        "text_encoder": components.text_encoder,
+    }
+
+
+def _peak_memory(device: torch.device) -> dict[str, Any]:
+    if device.type == "cuda":
+        return {"kind": "cuda_max_allocated", "bytes": int(torch.cuda.max_memory_allocated(device))}
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    return {"kind": "process_max_rss (whole process lifetime, not this run alone)", "bytes": int(rss)}
+
+
+def time_sow(pipe, condition, args, config, batch: int, repeats: int, watch=None) -> tuple[Timed, list]:
+    """Warm-up then timed runs of ``pipe`` at ``num_images = batch``; returns the times and the last record."""
+    device = pipe.device
+    records = []
+
+    def once():
+        _sync(device)
+        start = time.perf_counter()
+        result = pipe(condition, BENCH_PROMPT, seed=args.seed, config=config, num_images=batch)
+        _sync(device)
+        return time.perf_counter() - start, result.record
+
+    for _ in range(args.warmup):
+        once()
+    seconds, stages = [], []
+    for _ in range(repeats):
+        elapsed, record = once()
+        seconds.append(elapsed)
+        stages.append({t.name: t.seconds for t in record.timings})
+        records.append(record)
+    return Timed(seconds, stages, batch), records
+
+
+def time_ddim(components, args, steps: int, repeats: int) -> Timed:
+    """Plain text-to-image with diffusers' StableDiffusionPipeline and a DDIM scheduler, batch 1."""
+    from diffusers import DDIMScheduler
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its import warns about image processors SD text-to-image never uses
+    try:
+        from diffusers import StableDiffusionPipeline
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+    sd = StableDiffusionPipeline(
+        vae=components.vae,
+        text_encoder=components.text_encoder,
+        tokenizer=components.tokenizer,
+        unet=components.unet,
+        scheduler=DDIMScheduler.from_config(components.scheduler.config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    sd.set_progress_bar_config(disable=True)
+    device = components.device
+
+    def once() -> float:
+        generator = torch.Generator(device=device).manual_seed(args.seed)
+        _sync(device)
+        start = time.perf_counter()
+        sd(
+            BENCH_PROMPT,
+            height=args.size,
+            width=args.size,
+            num_inference_steps=steps,
+            guidance_scale=7.5,
+            negative_prompt="a bad quality and low-resolution image, extra fingers, deformed hands",
+            generator=generator,
+        )
+        _sync(device)
+        return time.perf_counter() - start
+
+    for _ in range(args.warmup):
+        once()
+    return Timed([once() for _ in range(repeats)], [], 1)
+
+
+# -- the benchmark -----------------------------------------------------------------------
+
+
+def _config_overrides(args: argparse.Namespace, modulator: str) -> dict[str, Any]:
+    overrides: dict[str, Any] = {
+        "canvas": {"width": args.size, "height": args.size},
+        "num_inference_steps": args.steps,
+        "cycles": args.cycles,
+        "stages": {"modulator": modulator},
+    }
+    if args.steps < 7:  # keep t1 < t2 <= S and t3 < t1 for short schedules
+        t2 = max(2, args.steps * 7 // 10)
+        t1 = max(1, min(t2 - 1, args.steps // 2))
+        overrides.update(t1=t1, t2=t2, t3=[k for k in (4, 3) if k < t1] or [])
+    if modulator != "none":
+        overrides["modulation"] = {"use_gate": bool(args.gate)}
+    return overrides
+
+
+def _pick_modulator(requested: str, registry) -> str:
+    if requested != "auto":
+        registry.get("attention_modulator", requested)  # one-line error naming it when unknown
+        return requested
+    names = {e.name for e in registry.all_entries() if e.kind == "attention_modulator"}
+    return "dam" if "dam" in names else "none"
+
+
+def meta_components(spec: str):
+    """The models named by ``spec`` (``tiny``, or a folder of configs or weights) on the meta device: shapes only."""
+    from types import SimpleNamespace
+
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from sow.errors import ModelLoadError
+    from sow.engine.models import tiny_configs
+
+    if spec == "tiny":
+        configs = tiny_configs()
+        unet_cfg, vae_cfg, text_cfg = configs["unet"], configs["vae"], CLIPTextConfig(**configs["text_encoder"])
+    else:
+        folder = Path(spec).expanduser()
+        if not (folder / "unet" / "config.json").is_file():
+            raise ModelLoadError(f"--count-only needs 'tiny' or a folder with unet/, vae/ and text_encoder/ configs; got {spec!r}")
+        unet_cfg = UNet2DConditionModel.load_config(folder / "unet")
+        vae_cfg = AutoencoderKL.load_config(folder / "vae")
+        text_cfg = CLIPTextConfig.from_pretrained(folder / "text_encoder")
+    with torch.device("meta"):
+        return SimpleNamespace(
+            unet=UNet2DConditionModel.from_config(unet_cfg),
+            vae=AutoencoderKL.from_config(vae_cfg),
+            text_encoder=CLIPTextModel(text_cfg),
+        )
+
+
+def cost_model(args: argparse.Namespace) -> dict[str, Any]:
+    """FLOPs of one run of ``args.model``'s architecture at ``args``' settings, without running it.
+
+    The call shapes come from one run of the tiny model (same latent grid, same schedule and
+    batches); the text width is swapped for the target's. DAM's extra rows are not in it.
+    """
+    from sow.engine.models import load_components
+    from sow.pipeline import SOWPipeline
+
+    target = meta_components(args.model)
+    tiny = load_components("tiny", device="cpu")
+    pipe = SOWPipeline(tiny, {"modulator": "none"})
+    config = pipe.make_config(None, "normal", **_config_overrides(args, "none"))
+    phases: Counter = Counter()
+    shapes = CallShapes(_modules_to_watch(tiny))
+    try:
+        pipe(args.condition or SAMPLE_FACE, BENCH_PROMPT, seed=args.seed,
+             config=config, num_images=args.batch[0], callback=lambda info: phases.update([info["phase"]]))
+    finally:
+        shapes.remove()
+    width = target.unet.config.cross_attention_dim
+    calls: Counter = Counter()
+    for (name, call_shapes), n in shapes.calls.items():
+        if name == "unet":
+            call_shapes = (call_shapes[0], (*call_shapes[1][:-1], width))
+        calls[(name, call_shapes)] += n
+    counted = count_flops(target, calls)
+    return {
+        "model": args.model,
+        "batch": args.batch[0],
+        "config": {"canvas": args.size, "steps": config.num_inference_steps, "cycles": config.cycles, "t1": config.t1, "t2": config.t2},
+        "unet_calls_per_phase": dict(phases),
+        "unet_evaluations": sum(phases.values()),
+        **counted,
+        "note": "standard models only (UNet, VAE, text encoder); DAM's explicit rows are counted by a timed run",
+    }
+
+
+def render_cost_model(model: dict[str, Any], console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    console.print(f"[bold]cost model[/] {model['model']} at {model['config']}, batch {model['batch']}")
+    console.print(f"UNet calls per phase: {model['unet_calls_per_phase']}  (total {model['unet_evaluations']})")
+    table = Table()
+    for col in ("module", "input shapes", "calls", "TFLOP/call", "TFLOP"):
+        table.add_column(col, justify="right")
+    for call in model["per_call"]:
+        shapes = " ".join("x".join(map(str, s)) for s in call["shapes"])
+        table.add_row(call["module"], shapes, str(call["calls"]), f"{call['tflop_per_call']:.4g}", f"{call['tflop_per_call'] * call['calls']:.4g}")
+    table.add_row("total", "", "", "", f"{model['total_tflop']:.4g}")
+    console.print(table)
+
+
+def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the benchmark described by ``args`` (see :func:`build_parser`); return the report."""
+    from sow.engine.models import load_components, resolve_device, resolve_dtype
+    from sow.pipeline import SOWPipeline
+    from sow.plugins import get_registry
+
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    registry = get_registry()
+    modulator = _pick_modulator(args.modulator, registry)
+    condition = args.condition or SAMPLE_FACE
+    if not Path(condition).is_file():
+        raise InputError(f"condition {condition}: no such file")
+    settings = performance_settings(args)
+    baseline_repeats = args.baseline_repeats or args.repeats
+    not_measured: list[str] = []
+
+    # 1. The fast path, alone in memory (so peak memory is its own).
+    load_start = time.perf_counter()
+    components = load_components(args.model, device=device, dtype=dtype, random_weights=args.random_weights)
+    load_seconds = time.perf_counter() - load_start
+    pipe = SOWPipeline(components, {"modulator": modulator}, registry=registry)
+    canvas_pixels = args.size * args.size
+    pipe.optimize(settings.model_copy(update={"compile": False}), canvas_pixels)  # FLOPs are counted eagerly
+    config = pipe.make_config(None, "normal", **_config_overrides(args, modulator))
+    weights_bytes = sum(p.numel() * p.element_size() for m in (components.unet, components.vae, components.text_encoder) for p in m.parameters())
+
+    # One counted run per batch size: every FLOP it does (DAM included), the call shapes, the UNet calls per phase.
+    counted_runs, phases = {}, {}
+    for batch in args.batch:
+        phase_counts: Counter = Counter()
+        shapes = CallShapes(_modules_to_watch(components))
+        try:
+            with flop_counter() as counter:
+                pipe(condition, BENCH_PROMPT, seed=args.seed, config=config, num_images=batch,
+                     callback=lambda info: phase_counts.update([info["phase"]]))
+        finally:
+            shapes.remove()
+        run_tflop = counter.get_total_flops() / 1e12
+        standard = count_flops(components, shapes.calls)
+        counted_runs[batch] = {
+            "batch": batch,
+            "run_tflop": run_tflop,
+            "standard_models_tflop": standard["total_tflop"],
+            "modulation_extra_tflop": max(0.0, run_tflop - standard["total_tflop"]),
+            **standard,
+        }
+        phases = phases or dict(phase_counts)
+    if settings.compile:
+        pipe.optimize(settings, canvas_pixels)
+
+    runs = []
+    for batch in args.batch:
+        counted = counted_runs[batch]
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        timed, records = time_sow(pipe, condition, args, config, batch, args.repeats)
+        per_image = timed.per_image()
+        flop_per_image = counted["run_tflop"] / batch
+        runs.append(
+            {
+                "batch": batch,
+                "seconds_per_image": per_image,
+                "images_per_second": 1 / per_image["median"],
+                "stages_seconds_per_image": timed.stage_medians(),
+                "unet_evaluations": records[-1].unet_evaluations,
+                "tflop_per_image": flop_per_image,
+                "unet_tflop_per_image": counted["tflop"].get("unet", 0.0) / batch,
+                "effective_tflops": flop_per_image / per_image["median"],
+                "peak_memory": _peak_memory(device),
+                "seconds_per_run": timed.seconds,
+            }
+        )
+    flops = counted_runs[args.batch[0]]
+
+    report: dict[str, Any] = {
+        "sow_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "device": _device_info(device),
+        "model": components.source,
+        "model_load_seconds": load_seconds,
+        "weights_bytes": weights_bytes,
+        "dtype": str(dtype).removeprefix("torch."),
+        "settings": {**settings.model_dump(), "applied": pipe.applied_performance},
+        "attention_processors": _attention_during_run(pipe),
+        "config": {
+            "canvas": args.size,
+            "steps": config.num_inference_steps,
+            "cycles": config.cycles,
+            "t1": config.t1,
+            "t2": config.t2,
+            "guidance_scale": config.guidance_scale,
+            "background_guidance": config.background_guidance,
+            "modulator": modulator,
+            "dam_gate": bool(args.gate) if modulator != "none" else None,
+        },
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "unet_calls_per_phase": phases,
+        "unet_evaluations": runs[0]["unet_evaluations"],
+        "flops": flops,
+        "runs": runs,
+        "baselines": {},
+        "not_measured": not_measured,
+    }
+    if modulator == "none":
+        not_measured.append("DAM: no 'dam' attention modulator is installed; ran plain COW (modulator 'none')")
+
+    # 2. Plain DDIM text-to-image, same model and fast settings.
+    fast_first = runs[0]["seconds_per_image"]["median"]
+    if args.ddim_steps > 0 and settings.offload:
+        not_measured.append("DDIM baseline: skipped under --offload (diffusers' pipeline does not see sow's offload hooks)")
+    elif args.ddim_steps > 0:
+        ddim = time_ddim(components, args, args.ddim_steps, baseline_repeats)
+        report["baselines"]["ddim"] = {
+            "steps": args.ddim_steps,
+            "seconds_per_image": ddim.per_image(),
+            "sow_over_ddim": fast_first / ddim.per_image()["median"],
+            "note": f"ratio = SOW seconds per image (batch {args.batch[0]}) / DDIM-{args.ddim_steps} seconds per image",
+        }
+
+    # 3. The reference settings (fp32, re-encoding, math attention), then one switch at a time.
+    if not args.no_reference:
+        del pipe
+        if settings.offload:
+            components.unet.to("cpu")
+        reference = load_components(args.model, device=device, dtype="fp32", random_weights=args.random_weights)
+        ladder = []
+        for name, switches in REFERENCE_LADDER:
+            ref_settings = PerformanceSettings(channels_last=False, nan_guard=False, cudnn_benchmark=False, **switches)
+            ref_pipe = SOWPipeline(reference, {"modulator": modulator}, registry=registry).optimize(ref_settings)
+            timed, records = time_sow(ref_pipe, condition, argparse.Namespace(**{**vars(args), "repeats": baseline_repeats}), config, 1, baseline_repeats)
+            ladder.append(
+                {
+                    "variant": name,
+                    "dtype": "float32",
+                    **switches,
+                    "seconds_per_image": timed.per_image(),
+                    "stages_seconds_per_image": timed.stage_medians(),
+                    "unet_evaluations": records[-1].unet_evaluations,
+                }
+            )
+        ref_median = ladder[0]["seconds_per_image"]["median"]
+        for entry in ladder:
+            entry["speedup_vs_reference"] = ref_median / entry["seconds_per_image"]["median"]
+        for run in runs:
+            run["speedup_vs_reference"] = ref_median / run["seconds_per_image"]["median"]
+            ladder.append(
+                {
+                    "variant": f"fast path ({report['dtype']}), batch {run['batch']}",
+                    "seconds_per_image": run["seconds_per_image"],
+                    "stages_seconds_per_image": run["stages_seconds_per_image"],
+                    "speedup_vs_reference": run["speedup_vs_reference"],
+                }
+            )
+        report["baselines"]["reference"] = {
+            "note": "fp32, prompts re-encoded at every UNet call, math attention; batch 1; same model and config",
+            "ladder": ladder,
+            "same_unet_evaluations": ladder[0]["unet_evaluations"] == runs[0]["unet_evaluations"],
+        }
+    if device.type != "cuda":
+        not_measured.append(
+            "GPU timings: this report ran on CPU; peak memory is the process's max RSS, not GPU memory"
+        )
+    return report
+
+
+def _attention_during_run(pipe) -> dict[str, int]:
+    from sow.engine.performance import attention_kinds
+
+    return attention_kinds(pipe.components.unet)
+
+
+def _device_info(device: torch.device) -> dict[str, Any]:
+    info = {"type": device.type, "torch": torch.__version__, "python": platform.python_version()}
+    if device.type == "cuda":
+        info["name"] = torch.cuda.get_device_name(device)
+        info["capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
+    else:
+        info["name"] = platform.processor() or platform.machine()
+        info["threads"] = torch.get_num_threads()
+    return info
+
+
+# -- rendering ---------------------------------------------------------------------------
+
+
+def render(report: dict[str, Any], console=None) -> None:
+    """Print the report as tables (rich)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    dev = report["device"]
+    console.print(
+        f"[bold]sow bench[/]  {report['model']}  on {dev['type']} ({dev.get('name', '')}), {report['dtype']}, "
+        f"{report['config']['canvas']}px, S={report['config']['steps']}, N={report['config']['cycles']}, "
+        f"modulator={report['config']['modulator']}"
+    )
+    console.print(f"UNet calls per phase: {report['unet_calls_per_phase']}  (total {report['unet_evaluations']})")
+    table = Table(title="fast path: seconds per image")
+    for col in ("batch", "median", "min", "max", "img/s", "TFLOP/img", "TFLOP/s", "peak MiB", "vs ref"):
+        table.add_column(col, justify="right")
+    stages = Table(title="fast path: seconds per image by stage (medians)")
+    for col in ("batch", *STAGES):
+        stages.add_column(col, justify="right")
+    for run in report["runs"]:
+        s, st = run["seconds_per_image"], run["stages_seconds_per_image"]
+        speedup = run.get("speedup_vs_reference")
+        table.add_row(
+            str(run["batch"]),
+            *(f"{s[k]:.3f}" for k in ("median", "min", "max")),
+            f"{run['images_per_second']:.2f}",
+            f"{run['tflop_per_image']:.3g}",
+            f"{run['effective_tflops']:.3g}",
+            f"{run['peak_memory']['bytes'] / 2**20:.0f}",
+            f"{speedup:.2f}x" if speedup else "-",
+        )
+        stages.add_row(str(run["batch"]), *(f"{st.get(n, 0.0):.3f}" for n in STAGES))
+    console.print(table)
+    console.print(stages)
+    baselines = report["baselines"]
+    if "ddim" in baselines:
+        d = baselines["ddim"]
+        console.print(
+            f"DDIM-{d['steps']} text-to-image: {d['seconds_per_image']['median']:.3f} s/image; "
+            f"one SOW image costs {d['sow_over_ddim']:.2f} DDIM images"
+        )
+    if "reference" in baselines:
+        ladder = Table(title="from the reference settings to the fast path (batch 1 unless named)")
+        for col in ("variant", "s/image", "speed-up"):
+            ladder.add_column(col, justify="right")
+        for entry in baselines["reference"]["ladder"]:
+            ladder.add_row(entry["variant"], f"{entry['seconds_per_image']['median']:.3f}", f"{entry['speedup_vs_reference']:.2f}x")
+        console.print(ladder)
+    for line in report["not_measured"]:
+        console.print(f"[yellow]not measured:[/] {line}")
+
+
+def main(argv: list[str] | None = None, prog: str = "sow bench") -> int:
+    """Parse, run, render, write: the body of ``sow bench`` and ``benchmarks/bench_sow.py``."""
+    args = parse_args(argv, prog)
+    if args.count_only:
+        report = cost_model(args)
+        if not args.quiet:
+            render_cost_model(report)
+        if args.json_path is not None:
+            from sow.io.outputs import save_json_atomic
+
+            save_json_atomic(report, args.json_path)
+        return 0
+    report = run_bench(args)
+    if not args.quiet:
+        render(report)
+    if args.json_path is not None:
+        from sow.io.outputs import save_json_atomic
+
+        save_json_atomic(report, args.json_path)
+    if args.plot is not None:
+        from sow.bench.chart import draw_stage_chart
+
+        draw_stage_chart(report, args.plot)
+    return 0
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text(encoding="utf-8"))

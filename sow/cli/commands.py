@@ -1,0 +1,367 @@
+"""The ``sow`` command line: parse, call the Python API, render. Nothing here the API cannot do.
+
+Exit codes: 0 ok, 1 runtime failure, 2 usage or input error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from sow.errors import InputError, SowError
+from sow.io.json_files import MAX_JSON_BYTES, load_config_file, load_plan_file, read_json as _read_json  # noqa: F401
+from sow.schemas import Box, GenerationConfig, Plan, validated
+
+app = typer.Typer(
+    name="sow",
+    help="Selective One-Way Diffusion: an image from a visual condition (a face photo) and a text prompt.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+from sow.io.security import redacting_console  # noqa: E402
+
+err = redacting_console(stderr=True)
+out = redacting_console()
+"""The CLI's consoles: every string printed has secrets (API keys in the environment) redacted."""
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'tiny' (embedded, random weights), a hub id, a diffusers folder or a .safetensors file.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N.")]
+DtypeOpt = Annotated[str, typer.Option(help="auto (bf16 on GPUs that have it, fp16 on others, fp32 on CPU), fp32, fp16 or bf16.")]
+
+
+def manual_plan(box_v: str | None, box_r: str | None, prompt: str, config: GenerationConfig) -> Plan | None:
+    if box_v is None and box_r is None:
+        return None
+    if box_v is None or box_r is None:
+        raise InputError("--box-v and --box-r go together (or pass --plan FILE)")
+    try:
+        return Plan(canvas=config.canvas, box_v=Box.parse(box_v), box_r=Box.parse(box_r), prompt=prompt, user_prompt=prompt, planner="manual")
+    except ValueError as exc:
+        from sow.schemas import first_error
+
+        raise InputError(f"invalid boxes: {first_error(exc)}") from None
+
+
+@app.callback()
+def global_options(
+    disable_plugin: Annotated[list[str], typer.Option("--disable-plugin", metavar="NAME", help="Do not load this plugin (entry-point or distribution name); repeatable. Also SOW_DISABLE_PLUGINS=a,b.")] = [],  # noqa: B006
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Let model repositories run their own Python code (some MLLM planners need it). Off by default.")] = False,
+) -> None:
+    """Selective One-Way Diffusion: an image from a visual condition (a face photo) and a text prompt."""
+    from sow.plugins import disable_plugins
+    from sow.io.security import set_load_policy
+
+    if disable_plugin:
+        disable_plugins(disable_plugin)
+    if trust_remote_code:
+        set_load_policy(trust_remote_code=True)
+
+
+PlannerOptionOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--planner-option", help="KEY=VALUE passed to the planner (repeatable; VALUE read as JSON if it parses)."),
+]
+QuantizeOpt = Annotated[
+    Optional[str],
+    typer.Option("--quantize", help="4bit or 8bit: load a local MLLM planner (llava, qwen-vl) with bitsandbytes; same as --planner-option quantize=..."),
+]
+OnPlannerErrorOpt = Annotated[
+    str, typer.Option("--on-planner-error", help="fail (default; with a hint) or heuristic (plan offline instead).")
+]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Ask the planner again instead of reusing a cached plan.")]
+
+
+def planner_options(items: list[str] | None, quantize: str | None) -> dict:
+    """``--planner-option`` items plus the ``--quantize`` shortcut."""
+    options = parse_options(items)
+    if quantize is not None:
+        options["quantize"] = quantize
+    return options
+
+
+def parse_options(items: list[str] | None) -> dict:
+    """``["model=gemini-2.5-pro", "retries=2"]`` -> ``{"model": "gemini-2.5-pro", "retries": 2}``."""
+    options: dict = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--planner-option {item!r}: expected KEY=VALUE")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return options
+
+
+@app.command("plan")
+def plan_command(
+    condition: Annotated[Path, typer.Argument(help="The visual condition: an image file (a face photo).")],
+    prompt: Annotated[str, typer.Argument(help="What the scene should show.")],
+    planner: Annotated[str, typer.Option(help="Planner plugin name (see `sow plugins`).")] = "heuristic",
+    planner_option: PlannerOptionOpt = None,
+    quantize: QuantizeOpt = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="The plan file to write; its picture goes beside it as .png.")] = Path("plan.json"),
+    preset: Annotated[str, typer.Option(help="normal, attribute (editing) or style (transfer).")] = "normal",
+    config_file: Annotated[Optional[Path], typer.Option("--config", help="JSON file of GenerationConfig fields (the canvas matters).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed handed to the planner.")] = 0,
+    on_planner_error: OnPlannerErrorOpt = "fail",
+    no_cache: NoCacheOpt = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
+) -> None:
+    """Plan only: write the plan (box_v, box_r, prompt) as JSON and a picture of it; edit it, then `generate --plan`."""
+    from sow.io.outputs import check_free, save_image_atomic, save_json_atomic
+    from sow.planners.cache import PlanCache
+    from sow.planners.policy import check_policy, make_plan
+
+    policy = check_policy(on_planner_error)
+    if out.suffix.lower() != ".json":
+        raise InputError(f"--out {out}: the plan file must end in .json")
+    picture = out.with_suffix(".png")
+    check_free([out, picture], overwrite)
+    config = GenerationConfig.from_preset(preset, **load_config_file(config_file))
+    plan, image = make_plan(
+        condition,
+        prompt,
+        planner=planner,
+        options=planner_options(planner_option, quantize),
+        config=config,
+        seed=seed,
+        on_error=policy,
+        cache=None if no_cache else PlanCache(),
+    )
+    save_json_atomic(plan, out)
+    save_image_atomic(image, picture)
+    lines = [f"box_v [{plan.box_v}]  box_r [{plan.box_r}]" + (f"  crop [{plan.crop}]" if plan.crop else "")]
+    lines += [f"prompt: {plan.prompt}", *(f"note: {n}" for n in plan.notes), *(f"repaired: {r}" for r in plan.repairs)]
+    for line in [*lines, f"wrote {out} and {picture}"]:
+        err.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def generate(
+    condition: Annotated[Optional[Path], typer.Argument(help="The visual condition: an image file (a face photo).")] = None,
+    prompt: Annotated[Optional[str], typer.Argument(help="What the scene should show.")] = None,
+    model: ModelOpt = "tiny",
+    preset: Annotated[str, typer.Option(help="normal, attribute (editing) or style (transfer).")] = "normal",
+    seed: Annotated[int, typer.Option(help="Random seed: same seed, same image.")] = 0,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the image, the plan picture and the run record.")] = Path("sow-out"),
+    name: Annotated[Optional[str], typer.Option(help="File-name stem (default: from the prompt and seed).")] = None,
+    plan_file: Annotated[Optional[Path], typer.Option("--plan", help="A saved plan.json: skips the planner.")] = None,
+    box_v: Annotated[Optional[str], typer.Option("--box-v", help="Condition box x,y,w,h in canvas pixels (with --box-r).")] = None,
+    box_r: Annotated[Optional[str], typer.Option("--box-r", help="Related-region box x,y,w,h (with --box-v).")] = None,
+    config_file: Annotated[Optional[Path], typer.Option("--config", help="JSON file of GenerationConfig fields to override.")] = None,
+    planner: Annotated[Optional[str], typer.Option(help="Planner plugin name (see `sow plugins`).")] = None,
+    inverter: Annotated[Optional[str], typer.Option(help="Inverter plugin name.")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="Scheduler plugin name.")] = None,
+    modulator: Annotated[Optional[str], typer.Option(help="Attention modulator plugin name.")] = None,
+    preserver: Annotated[Optional[str], typer.Option(help="Preserver plugin name.")] = None,
+    planner_option: PlannerOptionOpt = None,
+    quantize: QuantizeOpt = None,
+    on_planner_error: OnPlannerErrorOpt = "fail",
+    no_cache: NoCacheOpt = False,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    random_weights: Annotated[bool, typer.Option(help="With a folder of configs only: build it with random weights (benchmarks).")] = False,
+    allow_pickle: Annotated[bool, typer.Option(help="Allow pickled .ckpt checkpoints (they can run code).")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    save_attention: Annotated[bool, typer.Option("--save-attention", help="Also write <name>.attention.png (DAM's masks and the condition's mean attention at one layer) and trace the gate in the record.")] = False,
+    batch: Annotated[Optional[Path], typer.Option("--batch", help="A JSON Lines file of jobs (condition, prompt, plan, seed, preset, name): see docs/production.md.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="With --batch: run only the jobs the output folder's manifest does not record as done.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout (one JSON object per line); no progress bar.")] = False,
+    num_images: Annotated[int, typer.Option("--num-images", "-n", min=1, max=64, help="Variations to make in one batched run: image i is the one --seed SEED+i would give, with the same plan.")] = 1,
+) -> None:
+    """Generate an image that keeps CONDITION's pixels while the scene follows PROMPT (or a --batch of jobs)."""
+    from sow.io.outputs import check_free, safe_name, save_image_atomic, save_json_atomic
+    from sow.pipeline import SOWPipeline
+    from sow.io.prompt_checks import require_prompt
+
+    overrides = load_config_file(config_file)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out {out_dir} is a file, not a folder")
+    if not 0 <= seed < 2**63:
+        raise InputError(f"--seed {seed}: must lie in 0 .. 2**63-1")
+
+    def load_pipe() -> SOWPipeline:
+        from sow.planners.cache import PlanCache
+        from sow.planners.policy import check_policy
+        from sow.io.security import load_policy
+
+        pipe = SOWPipeline.from_pretrained(
+            model,
+            device=device,
+            dtype=dtype,
+            random_weights=random_weights,
+            allow_pickle=allow_pickle or load_policy().allow_pickle,
+            planner=planner,
+            inverter=inverter,
+            scheduler=scheduler,
+            modulator=modulator,
+            preserver=preserver,
+            stage_options={"planner": planner_options(planner_option, quantize)} if planner_option or quantize else None,
+        )
+        pipe.on_planner_error = check_policy(on_planner_error)
+        pipe.plan_cache = None if no_cache else PlanCache()
+        return pipe
+
+    if batch is not None or resume:
+        if batch is None:
+            raise InputError("--resume goes with --batch FILE")
+        if num_images > 1:
+            raise InputError("--num-images applies to one generation, not to --batch (give each job its own line)")
+        if condition is not None or prompt is not None or plan_file or box_v or box_r or name:
+            raise InputError("--batch takes the jobs from the file: drop CONDITION, PROMPT, --plan, --box-v/--box-r and --name")
+        from sow.cli.batch import generate_batch
+
+        generate_batch(
+            batch, out_dir, overrides, load=load_pipe,
+            resume=resume, overwrite=overwrite, quiet=quiet or json_output, json_output=json_output, console=err,
+        )
+        return
+    if condition is None or prompt is None:
+        raise InputError("Missing argument CONDITION and PROMPT (or pass --batch FILE); see sow generate --help")
+    require_prompt(prompt)
+    early = GenerationConfig.from_preset(preset, **overrides)  # bad inputs fail before the model loads
+    early_plan = load_plan_file(plan_file) if plan_file else manual_plan(box_v, box_r, prompt, early)
+    stem = safe_name(name) if name else f"{safe_name(prompt, 40)}-s{seed}"
+    paths = {"image": out_dir / f"{stem}.png", "plan_image": out_dir / f"{stem}.plan.png", "record": out_dir / f"{stem}.json"}
+    if num_images > 1:  # one file per variation: <stem>-0.png (seed), <stem>-1.png (seed + 1), ...
+        del paths["image"]
+        paths = {**{f"image_{i}": out_dir / f"{stem}-{i}.png" for i in range(num_images)}, **paths}
+    if save_attention:
+        paths["attention"] = out_dir / f"{stem}.attention.png"
+        overrides["trace_attention"] = True
+    check_free(list(paths.values()), overwrite)
+    from sow.io.images import load_condition
+
+    load_condition(condition)  # missing, corrupt, hostile: refused before the model loads
+
+    pipe = load_pipe()
+    config = pipe.make_config(None, preset, **overrides)
+    plan = early_plan
+    if save_attention and (config.stages.modulator == "none" or not config.ablation.dynamic_attention):
+        raise InputError("--save-attention needs attention modulation; the modulator is off (use --modulator dam)")
+
+    from sow.cli.progress import unet_progress
+
+    with unet_progress(config.unet_evaluations(), disable=quiet or json_output, console=err) as callback:
+        result = pipe(condition, prompt, plan=plan, seed=seed, config=config, callback=callback, num_images=num_images)
+
+    from sow.io.canvas import draw_plan
+
+    for i, image in enumerate(result.images):
+        save_image_atomic(image, paths["image"] if num_images == 1 else paths[f"image_{i}"])
+    used = result.plan.model_copy(update={"box_v": result.record.aligned_box_v})  # box_v as pasted: on the latent grid
+    save_image_atomic(draw_plan(used, result.seeded_canvas), paths["plan_image"])
+    if save_attention:
+        from sow.attention.dam import ATTENTION_ARTIFACT, attention_picture
+
+        capture = result.artifacts.get(ATTENTION_ARTIFACT)
+        if capture is None:
+            raise SowError(f"modulator {config.stages.modulator!r} captured no attention map for --save-attention")
+        save_image_atomic(attention_picture(capture, result.seeded_canvas), paths["attention"])
+    result.record.outputs = {role: str(p) for role, p in paths.items()}
+    save_json_atomic(result.record, paths["record"])
+    if plan is None:  # the planner ran: say what was repaired, or that another planner stood in
+        fell_back = result.plan.planner != config.stages.planner and result.plan.notes
+        for line in ([result.plan.notes[0]] if fell_back else []) + [f"plan repaired: {r}" for r in result.plan.repairs]:
+            err.print(line, markup=False, highlight=False, soft_wrap=True)
+    total = sum(t.seconds for t in result.record.timings)
+    for warning in result.record.warnings:
+        err.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
+    if json_output:
+        out.print(json.dumps({"event": "done", "outputs": result.record.outputs, "seconds": round(total, 3),
+                              "warnings": result.record.warnings}), markup=False, highlight=False, soft_wrap=True)
+    else:
+        first = paths["image"] if num_images == 1 else paths["image_0"]
+        more = f" and {num_images - 1} more" if num_images > 1 else ""
+        err.print(f"wrote {first}{more} ({result.record.unet_evaluations} UNet evaluations, {total:.1f} s)")
+
+
+@app.command()
+def plugins() -> None:
+    """List installed stage implementations: kind, name, distribution, description."""
+    from sow.plugins import get_registry
+
+    registry = get_registry()
+    table = Table(title="sow stages")
+    for column in ("kind", "name", "distribution", "description"):
+        table.add_column(column)
+    for entry in registry.all_entries():
+        table.add_row(entry.kind, entry.name, entry.distribution, entry.description)
+    out.print(table)
+    for failure in registry.failures:
+        err.print(f"[yellow]plugin {failure.name} ({failure.distribution}) failed to load: {failure.error}[/]")
+
+
+from sow.cli.eval import eval_command, eval_spec_command  # noqa: E402
+
+app.command("eval")(eval_command)
+app.command("eval-spec")(eval_spec_command)
+
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+"""The documented exit codes (docs/production.md)."""
+
+
+def _fail(message: str, code: int) -> None:
+    from sow.io.security import redact
+
+    err.print(redact(message), markup=False, highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+def bench(ctx: typer.Context) -> None:
+    """Time generation per stage against plain DDIM and the reference settings (options: sow bench --help)."""
+    from sow.bench.benchmark import main as bench_main
+
+    bench_main(list(ctx.args), prog="sow bench")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one-line errors (secrets redacted), documented exit codes.
+
+    0 ok, 1 runtime failure, 2 usage or input error, 130 interrupted. An unexpected
+    exception is a bug: one line and exit 1 (``SOW_DEBUG=1`` shows the traceback).
+    """
+    import os
+
+    from sow.io.security import cli_logging
+
+    try:
+        with cli_logging():
+            result = app(args=argv, prog_name="sow", standalone_mode=False)
+    except typer.Exit as exc:
+        if exc.exit_code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into Exit(130)
+            _fail("interrupted", EXIT_INTERRUPTED)
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
+        _fail("interrupted", EXIT_INTERRUPTED)
+    except SowError as exc:
+        _fail(f"error: {exc}", exc.exit_code)
+    except Exception as exc:
+        # usage errors of the (possibly vendored) click: print usage and the one-line reason
+        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
+            exc.show(file=sys.stderr)
+            sys.exit(exc.exit_code)
+        if os.environ.get("SOW_DEBUG") == "1":
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        _fail(f"error: unexpected {type(exc).__name__}: {first} (a bug in sow or a plugin; SOW_DEBUG=1 shows the traceback)", EXIT_FAILURE)
+    if result == EXIT_INTERRUPTED:  # typer returns Ctrl-C as the exit code 130
+        _fail("interrupted", EXIT_INTERRUPTED)
+    sys.exit(result if isinstance(result, int) else EXIT_OK)
+
+
+if __name__ == "__main__":
+    main()

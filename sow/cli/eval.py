@@ -1,0 +1,137 @@
+"""The ``sow eval`` and ``sow eval-spec`` commands (registered on the app in :mod:`sow.cli.commands`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from sow.errors import InputError
+
+err = Console(stderr=True, soft_wrap=True)
+
+
+def _csv(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _options(pairs: list[str] | None) -> dict[str, object] | None:
+    """``KEY=VALUE`` pairs; values are read as JSON when they parse (numbers, true/false), else text."""
+    if not pairs:
+        return None
+    options: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--metric-option {pair!r}: expected KEY=VALUE")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return options
+
+
+def eval_spec_command(
+    faces: Annotated[Path, typer.Argument(help="A folder of face images (CelebAMask-HQ or your own).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The spec file to write (JSONL).")] = Path("spec.jsonl"),
+    settings: Annotated[str, typer.Option(help="Comma-separated settings: normal, style, attribute.")] = "normal,style,attribute",
+    per_setting: Annotated[int, typer.Option(help="Prompts per face and setting.")] = 1,
+    limit: Annotated[Optional[int], typer.Option(help="Use only the first N images (sorted by name).")] = None,
+    templates: Annotated[Optional[Path], typer.Option(help="JSON of setting -> prompts (default: sow's own templates).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing spec file.")] = False,
+) -> None:
+    """Pair the face images of FACES with prompt templates into a benchmark spec (JSONL)."""
+    from sow.eval.spec import SETTINGS, face_images, load_templates, make_spec, write_spec
+    from sow.io.outputs import check_free
+
+    check_free([out], overwrite)
+    chosen = tuple(_csv(settings) or ())
+    bad = [s for s in chosen if s not in SETTINGS]
+    if bad or not chosen:
+        raise InputError(f"--settings: unknown setting {bad[0]!r}; use {', '.join(SETTINGS)}" if bad else "--settings is empty")
+    images = face_images(faces)
+    if limit is not None:
+        if limit < 1:
+            raise InputError("--limit must be at least 1")
+        images = images[:limit]
+    items = make_spec(images, load_templates(templates), chosen, per_setting, base=out.resolve().parent)
+    write_spec(items, out)
+    err.print(f"wrote {out}: {len(items)} items ({len(images)} images x {len(chosen)} settings x {per_setting})")
+
+
+def eval_command(
+    spec: Annotated[Path, typer.Argument(help="Benchmark spec (JSONL of id, condition, prompt, setting); see `sow eval-spec`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Results folder; an unfinished eval there is resumed.")] = Path("sow-eval"),
+    config_file: Annotated[Optional[Path], typer.Option("--config", help="Eval config JSON (EvalConfig fields).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="'tiny', a hub id, a diffusers folder or a .safetensors file.")] = None,
+    methods: Annotated[Optional[str], typer.Option(help="Comma-separated methods: sow, cow, inpaint, paste, ablation rows.")] = None,
+    metric: Annotated[Optional[str], typer.Option(help="Face metric plugin: dlib (offline) or facenet.")] = None,
+    metric_option: Annotated[Optional[list[str]], typer.Option(help="Metric option KEY=VALUE (repeatable).")] = None,
+    inpaint_model: Annotated[Optional[str], typer.Option(help="Inpainting model for the inpaint baseline ('tiny' for the test model).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="The seed of every method on every item.")] = None,
+    canvas: Annotated[Optional[int], typer.Option(help="Square canvas side in pixels (default 512, the paper's).")] = None,
+    cycles: Annotated[Optional[int], typer.Option(help="Number of cycles N (default 10, the paper's).")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Run only the first N spec items.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:N or auto.")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="fp32, fp16 or bf16.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Run the methods on every spec item, measure them, write the table, CSV and contact sheet."""
+    from sow.eval.spec import load_spec
+    from sow.eval.runner import Evaluation, load_eval_config
+
+    generation: dict[str, object] = {}
+    if canvas is not None:
+        generation["canvas"] = {"width": canvas, "height": canvas}
+    if cycles is not None:
+        generation["cycles"] = cycles
+    config = load_eval_config(
+        config_file,
+        model=model,
+        methods=_csv(methods),
+        metric=metric,
+        metric_options=_options(metric_option),
+        inpaint={"model": inpaint_model} if inpaint_model else None,
+        seed=seed,
+        generation=generation or None,
+        device=device,
+        dtype=dtype,
+    )
+    items = load_spec(spec)
+    if limit is not None:
+        if limit < 1:
+            raise InputError("--limit must be at least 1")
+        items = items[:limit]
+    evaluation = Evaluation(items, config, out, spec_base=spec.resolve().parent)
+    for note in evaluation.notes:
+        err.print(f"[yellow]note: {note}[/]")
+
+    bar = Progress(
+        TextColumn("{task.description:<32}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=err,
+        disable=quiet,
+    )
+    task = bar.add_task("eval", total=None)
+
+    def progress(done: int, total: int, label: str) -> None:
+        bar.update(task, completed=done, total=total, description=label[:32])
+
+    with bar:
+        result = evaluation.run(progress=progress)
+    skipped = len(result.rows) - len(result.computed)
+    err.print(
+        f"wrote {result.outputs['markdown']}, {result.outputs['csv']}, {result.outputs['contact_sheet']} "
+        f"({len(result.computed)} images made, {skipped} resumed)"
+    )
+    typer.echo(result.outputs["markdown"].read_text(encoding="utf-8"), nl=False)

@@ -1,0 +1,110 @@
+"""Per-run state shared by the stages of one generation.
+
+Nothing here outlives a call of :class:`sow.pipeline.SOWPipeline`: stages keep no state of
+their own between runs, and attention processors read the current step from
+:attr:`RunContext.step`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+from sow.schemas import Box, Canvas, GenerationConfig, Plan
+
+if TYPE_CHECKING:
+    from sow.engine.denoiser import Denoiser
+    from sow.stages import Inverter, Preserver
+
+Phase = Literal["invert_condition", "invert_canvas", "cycle", "final"]
+
+
+@dataclass(frozen=True)
+class Step:
+    """The UNet evaluation about to run."""
+
+    phase: Phase
+    level: int
+    """Denoising: the level the step starts from. Inversion: the level it arrives at."""
+    cycle: int | None = None
+    """The cycle index 0..N-1 in the cycle phase, else None."""
+
+
+@dataclass
+class LatentRegion:
+    """Where the condition sits in the canvas latents, and which of its cells are kept."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+    mask: torch.Tensor
+    """(1, 1, height, width), 1 where the condition's latent is kept."""
+    canvas_height: int
+    canvas_width: int
+
+    @classmethod
+    def from_box(cls, box: Box, canvas: Canvas, scale: int, mask: torch.Tensor) -> LatentRegion:
+        """The region of a box already aligned to the ``scale``-pixel latent grid."""
+        if box.x % scale or box.y % scale or box.w % scale or box.h % scale:
+            raise ValueError(f"box {box} is not aligned to the {scale}-pixel latent grid")
+        return cls(
+            top=box.y // scale,
+            left=box.x // scale,
+            height=box.h // scale,
+            width=box.w // scale,
+            mask=mask,
+            canvas_height=canvas.height // scale,
+            canvas_width=canvas.width // scale,
+        )
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        return slice(self.top, self.top + self.height), slice(self.left, self.left + self.width)
+
+    def canvas_mask(self) -> torch.Tensor:
+        """(1, 1, H, W) on the canvas latent grid: 1 on the kept condition cells, 0 elsewhere."""
+        full = torch.zeros(1, 1, self.canvas_height, self.canvas_width, dtype=self.mask.dtype, device=self.mask.device)
+        rows, cols = self.slices
+        full[:, :, rows, cols] = self.mask
+        return full
+
+
+@dataclass
+class RunContext:
+    """Everything one generation shares between its stages."""
+
+    config: GenerationConfig
+    plan: Plan
+    seed: int
+    region: LatentRegion
+    generator: torch.Generator
+    """The first image's generator (seeded with the run's seed)."""
+    denoiser: Denoiser
+    inverter: Inverter
+    preserver: Preserver
+    condition_trajectory: list[torch.Tensor] = field(default_factory=list)
+    """The condition's latents at levels 0..t2 (index = level), from its own inversion."""
+    canvas_latents: torch.Tensor | None = None
+    """The seeded canvas inverted to level t1: where the scheduler starts."""
+    step: Step | None = None
+    """The UNet evaluation in progress (set by the denoiser before every call)."""
+    trace: list[dict[str, Any]] = field(default_factory=list)
+    """Per-step records stages may add to (e.g. the attention gate); saved when tracing is on."""
+    generators: list[torch.Generator] = field(default_factory=list)
+    """One generator per image of a batched run (image i seeded with seed + i); empty: ``generator`` alone."""
+    artifacts: dict[str, Any] = field(default_factory=dict)
+    """Things stages hand back to the caller (e.g. ``"attention"``: the captured attention map)."""
+
+    def noise_like(self, x: torch.Tensor) -> torch.Tensor:
+        """Gaussian noise drawn from the run's seeded generator(s): row i of a batch from image i's own."""
+        if len(self.generators) > 1 and x.shape[0] == len(self.generators):
+            shape = (1, *x.shape[1:])
+            return torch.cat([torch.randn(shape, generator=g, device=x.device, dtype=x.dtype) for g in self.generators])
+        return torch.randn(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
+
+    def preserve(self, latents: torch.Tensor, level: int) -> torch.Tensor:
+        """Reset the condition region of ``latents`` (at ``level``) to the condition's own latent."""
+        return self.preserver.preserve(latents, self.condition_trajectory[level], self.region)

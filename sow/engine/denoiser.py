@@ -1,0 +1,151 @@
+"""The guided noise predictor: one object per run that owns every UNet evaluation.
+
+It holds the text embeddings (encoded once per run), applies classifier-free guidance
+(and the reference's background guidance in the cycle phase), moves latents one level
+up or down with the DDIM update, counts UNet evaluations and tells observers which step
+is running, so attention processors and progress bars can follow along.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from sow.engine import diffusion_math as dm
+from sow.engine.context import Phase, Step
+from sow.engine.numerics import FiniteGuard
+from sow.schemas import GenerationConfig
+
+
+@dataclass
+class PromptEmbeddings:
+    """Text-encoder outputs of the prompts one run needs, each (1, 77, D)."""
+
+    prompt: torch.Tensor
+    negative: torch.Tensor
+    empty: torch.Tensor
+    suppress: torch.Tensor
+    diverse: torch.Tensor
+
+    @classmethod
+    def encode(cls, text_encoder, tokenizer, config: GenerationConfig, prompt: str) -> PromptEmbeddings:
+        """Encode the prompt, negative prompt, empty prompt and the two background prompts in one batch."""
+        texts = [prompt, config.negative_prompt, "", config.background_suppress_prompt, config.background_diverse_prompt]
+        tokens = tokenizer(
+            texts,
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(text_encoder.device)
+        with torch.no_grad():
+            hidden = text_encoder(tokens)[0]
+        return cls(*hidden.unsqueeze(1).unbind(0))
+
+
+class Denoiser:
+    """Guided UNet evaluations and DDIM moves between levels, for one run."""
+
+    def __init__(
+        self,
+        unet: torch.nn.Module,
+        schedule: dm.LevelSchedule,
+        embeddings: PromptEmbeddings,
+        config: GenerationConfig,
+        condition_mask: torch.Tensor | None = None,
+        callback: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.unet = unet
+        self.schedule = schedule
+        self.embeddings = embeddings
+        self.config = config
+        self.condition_mask = condition_mask
+        self.callback = callback
+        self.on_step: Callable[[Step], None] | None = None
+        self.evaluations = 0
+        self.total_evaluations = config.unet_evaluations()
+        self.guard = FiniteGuard(config.finite_check)
+        """NaN/inf check after every update; call :meth:`finish` when the loop ends."""
+        self._timesteps: torch.Tensor | None = None
+
+    # -- noise prediction -------------------------------------------------------------
+
+    def _unet(self, latents: torch.Tensor, level: int, branches: list[torch.Tensor]) -> list[torch.Tensor]:
+        batch = latents.shape[0]
+        model_input = torch.cat([latents] * len(branches))
+        context = torch.cat([b.expand(batch, -1, -1) for b in branches])
+        self.schedule.timestep(level)  # validates the level
+        if self._timesteps is None or self._timesteps.device != latents.device:
+            self._timesteps = self.schedule.timesteps.to(latents.device)  # once per run: no copy per call
+        t = self._timesteps[level]
+        eps = self.unet(model_input, t, encoder_hidden_states=context).sample
+        self.evaluations += 1
+        return list(eps.chunk(len(branches)))
+
+    def predict(self, latents: torch.Tensor, level: int, step: Step) -> torch.Tensor:
+        """Guided noise prediction at level ``level`` (timestep t_level) for ``step``'s phase."""
+        if self.on_step is not None:
+            self.on_step(step)
+        cfg, e = self.config, self.embeddings
+        if step.phase in ("invert_condition", "invert_canvas"):
+            scale = cfg.inversion_guidance_scale
+            if scale <= 1:
+                return self._unet(latents, level, [e.prompt])[0]
+            uncond, text = self._unet(latents, level, [e.empty, e.prompt])
+            return dm.classifier_free_guidance(uncond, text, scale)
+        if step.phase == "cycle" and cfg.background_guidance and self.condition_mask is not None:
+            neg, text, sup, div = self._unet(latents, level, [e.negative, e.prompt, e.suppress, e.diverse])
+            mask = self.condition_mask.to(dtype=latents.dtype)
+            return dm.background_guidance(neg, text, sup, div, mask, cfg.guidance_scale)
+        if cfg.guidance_scale <= 1:
+            return self._unet(latents, level, [e.prompt])[0]
+        neg, text = self._unet(latents, level, [e.negative, e.prompt])
+        return dm.classifier_free_guidance(neg, text, cfg.guidance_scale)
+
+    def _report(self, step: Step) -> None:
+        if self.callback is not None:
+            self.callback(
+                {
+                    "phase": step.phase,
+                    "level": step.level,
+                    "cycle": step.cycle,
+                    "evaluations": self.evaluations,
+                    "total": self.total_evaluations,
+                }
+            )
+
+    # -- moves between levels ----------------------------------------------------------
+
+    def denoise(
+        self,
+        latents: torch.Tensor,
+        level: int,
+        phase: Phase,
+        eta: float = 0.0,
+        cycle: int | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One DDIM step from ``level`` to ``level - 1`` (the UNet evaluated at t_level)."""
+        step = Step(phase=phase, level=level, cycle=cycle)
+        eps = self.predict(latents, level, step)
+        a_from, a_to = self.schedule.alpha(level), self.schedule.alpha(level - 1)
+        out = dm.ddim_update(latents, eps, a_from, a_to, eta=eta, noise=noise)
+        self.guard.check(out, step)
+        self._report(step)
+        return out
+
+    def invert(self, latents: torch.Tensor, level: int, phase: Phase) -> torch.Tensor:
+        """One DDIM inversion step from ``level`` to ``level + 1`` (the UNet evaluated at t_(level+1))."""
+        step = Step(phase=phase, level=level + 1)
+        eps = self.predict(latents, level + 1, step)
+        out = dm.ddim_update(latents, eps, self.schedule.alpha(level), self.schedule.alpha(level + 1))
+        self.guard.check(out, step)
+        self._report(step)
+        return out
+
+    def finish(self) -> None:
+        """End of the denoising loop: raise :class:`~sow.errors.NumericalError` if a deferred check failed."""
+        self.guard.finish()

@@ -1,0 +1,308 @@
+"""The fast path: settings that make a run cheaper without changing the method.
+
+Everything here changes *how* the same arithmetic runs (precision, kernels, memory
+layout, where weights live), never *what* is computed: the number of UNet evaluations
+and the order of the stages stay those of :class:`sow.pipeline.SOWPipeline`. The
+reference implementation's habits are the "off" state of each switch, so the benchmark
+(``sow bench``) can price every one of them:
+
+==========================  ======================================  ==========================
+setting                     fast (default)                          reference code
+==========================  ======================================  ==========================
+``dtype``                   bf16 on GPUs that have it, else fp16    fp32
+``attention``               ``sdpa`` (fused kernels)                ``math`` (explicit softmax)
+``cache_text_embeddings``   prompts encoded once per run            re-encoded at every step
+``channels_last``           on for CUDA                             off
+``compile``                 off (opt-in, ``--compile``)             off
+==========================  ======================================  ==========================
+
+Use it from Python::
+
+    pipe = SOWPipeline.from_pretrained("stabilityai/stable-diffusion-2-1-base", device="cuda")
+    pipe.optimize(PerformanceSettings(compile=True))
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from sow.errors import NumericalError
+
+log = logging.getLogger("sow.engine.performance")
+
+AttentionKind = Literal["sdpa", "math"]
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+
+COMPILE_RECOMPILE_LIMIT = 64
+"""Dynamo's recompile limit while sow's regions are compiled (its default, 8, is too low for a UNet's blocks)."""
+
+TILING_AUTO_PIXELS = 1024 * 1024
+"""With ``vae_tiling=None``, the VAE decodes in tiles from this many canvas pixels up."""
+
+
+class PerformanceSettings(BaseModel):
+    """How a run executes (not what it computes). Defaults are the fast path."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    attention: AttentionKind = Field(
+        "sdpa",
+        description="Attention kernel of the processors the modulator leaves alone: 'sdpa' "
+        "(torch scaled_dot_product_attention, fused) or 'math' (explicit softmax, the reference's).",
+    )
+    cache_text_embeddings: bool = Field(
+        True, description="Encode the run's prompts once (off: re-encode at every UNet call, as the reference code does)."
+    )
+    channels_last: bool | None = Field(None, description="UNet and VAE in channels_last memory layout (None: on for CUDA).")
+    compile: bool = Field(
+        False,
+        description="torch.compile the UNet's resnet and feed-forward blocks (regional: attention processors stay "
+        "swappable, so DAM does not trigger recompiles).",
+    )
+    compile_mode: CompileMode = Field(
+        "default", description="torch.compile mode; 'reduce-overhead' adds CUDA graphs to the compiled regions."
+    )
+    vae_slicing: bool = Field(False, description="Decode a batch of images one at a time (less peak memory).")
+    vae_tiling: bool | None = Field(
+        None, description=f"Decode in overlapping tiles (None: on from {TILING_AUTO_PIXELS} canvas pixels)."
+    )
+    offload: bool = Field(
+        False,
+        description="Keep weights on the CPU and move each model (text encoder, UNet, VAE) to the GPU only while it "
+        "runs, like diffusers' enable_model_cpu_offload: for GPUs with little memory.",
+    )
+    nan_guard: bool = Field(
+        True,
+        description="In fp16: check the latents before decoding (one sync per run) and re-decode in fp32 when "
+        "the VAE overflows.",
+    )
+    cudnn_benchmark: bool = Field(
+        True, description="Let cuDNN pick the fastest convolution algorithm per shape (CUDA; the shapes of a run repeat)."
+    )
+    stage_sync: bool = Field(
+        True, description="Synchronize the device at stage boundaries so per-stage times are true (5 syncs per run)."
+    )
+
+
+REFERENCE = PerformanceSettings(
+    attention="math", cache_text_embeddings=False, channels_last=False, nan_guard=False, cudnn_benchmark=False
+)
+"""Every optimisation off, as the reference code runs (use with fp32 weights)."""
+
+
+# -- precision ---------------------------------------------------------------------------
+
+
+def auto_dtype(device: torch.device | str) -> torch.dtype:
+    """The fast default precision for ``device``: bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def check_finite(tensor: torch.Tensor, what: str) -> None:
+    """Raise :class:`NumericalError` if ``tensor`` holds NaN or inf (one host sync)."""
+    if not bool(torch.isfinite(tensor).all()):
+        raise NumericalError(
+            f"{what} became NaN/inf in {str(tensor.dtype).removeprefix('torch.')}; run with --dtype bf16 or fp32"
+        )
+
+
+def decode_latents(vae: torch.nn.Module, latents: torch.Tensor, nan_guard: bool = False) -> torch.Tensor:
+    """VAE-decode scaled latents; in fp16 with ``nan_guard``, re-decode in fp32 if the output is not finite.
+
+    SD 2.x's VAE is known to overflow in fp16 on some images; the guard costs one host sync per run.
+    """
+    scaled = latents.to(vae.dtype) / vae.config.scaling_factor
+    decoded = vae.decode(scaled).sample
+    if nan_guard and vae.dtype == torch.float16:
+        check_finite(latents, "the latents before decoding")
+        if not bool(torch.isfinite(decoded).all()):
+            log.warning("fp16 VAE decode overflowed; decoding again in fp32")
+            vae.to(torch.float32)
+            try:
+                decoded = vae.decode(scaled.float()).sample
+            finally:
+                vae.to(torch.float16)
+    return decoded
+
+
+# -- kernels and layout ------------------------------------------------------------------
+
+
+def set_attention(unet: torch.nn.Module, kind: AttentionKind) -> None:
+    """Install the ``sdpa`` (AttnProcessor2_0) or ``math`` (AttnProcessor) processor on every attention layer."""
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    unet.set_attn_processor(AttnProcessor2_0() if kind == "sdpa" else AttnProcessor())
+
+
+def attention_kinds(unet: torch.nn.Module) -> dict[str, int]:
+    """How many layers use each processor class (for reports)."""
+    counts: dict[str, int] = {}
+    for processor in unet.attn_processors.values():
+        name = type(processor).__name__
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def compile_regions(unet: torch.nn.Module, mode: CompileMode = "default") -> int:
+    """``torch.compile`` the UNet's resnet and feed-forward blocks in place; returns how many.
+
+    Attention blocks stay eager: their processors are swapped per run by the modulator,
+    and compiling them would recompile at every swap. SDPA is a fused kernel already.
+    """
+    from diffusers.models.attention import FeedForward
+    from diffusers.models.resnet import ResnetBlock2D
+
+    import torch._dynamo
+
+    # All blocks of a kind share one code object; their many shapes (channels, grids, the condition's
+    # own size, batch) would each cost a recompile, so compile with symbolic shapes and a higher limit.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, COMPILE_RECOMPILE_LIMIT)
+    count = 0
+    for module in unet.modules():
+        if isinstance(module, (ResnetBlock2D, FeedForward)) and not getattr(module, "_sow_compiled", False):
+            module.compile(mode=mode, dynamic=True)
+            module._sow_compiled = True
+            count += 1
+    return count
+
+
+# -- offload -----------------------------------------------------------------------------
+
+
+class ModelOffload:
+    """At most one of several models on the execution device; the others wait on the CPU.
+
+    Each model moves to ``execution_device`` when one of its entry modules is called (a
+    forward pre-hook, which also moves the call's tensors there) and sends the model that
+    ran before it back to ``offload_device`` — the scheme of diffusers'
+    ``enable_model_cpu_offload``, written for sow's call order (text encoder, VAE encoder,
+    UNet, VAE decoder), which is not a chain.
+    """
+
+    def __init__(self, execution_device: torch.device | str, offload_device: torch.device | str = "cpu") -> None:
+        self.execution_device = torch.device(execution_device)
+        self.offload_device = torch.device(offload_device)
+        self.resident: torch.nn.Module | None = None
+        self.moves: list[str] = []
+        self._handles: list[Any] = []
+
+    def add(self, name: str, model: torch.nn.Module, entries: Iterable[torch.nn.Module] | None = None) -> None:
+        """Offload ``model``; it is loaded when any of ``entries`` (default: the model itself) runs."""
+        model.to(self.offload_device)
+        for entry in entries or [model]:
+            self._handles.append(entry.register_forward_pre_hook(self._hook(name, model), with_kwargs=True))
+
+    def _hook(self, name: str, model: torch.nn.Module) -> Callable:
+        def load(_module, args, kwargs):
+            if self.resident is not model:
+                if self.resident is not None:
+                    self.resident.to(self.offload_device)
+                model.to(self.execution_device)
+                self.resident = model
+                self.moves.append(name)
+            return _to_device(args, self.execution_device), _to_device(kwargs, self.execution_device)
+
+        return load
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, tuple):
+        return tuple(_to_device(v, device) for v in value)
+    if isinstance(value, list):
+        return [_to_device(v, device) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    return value
+
+
+def enable_offload(components, execution_device: torch.device | str) -> ModelOffload:
+    """Offload the text encoder, UNet and VAE of ``components`` (see :class:`ModelOffload`)."""
+    offload = ModelOffload(execution_device)
+    vae = components.vae
+    offload.add("text_encoder", components.text_encoder)
+    offload.add("unet", components.unet)
+    vae_entries = [m for m in (vae.encoder, vae.quant_conv, vae.post_quant_conv, vae.decoder) if m is not None]
+    offload.add("vae", vae, vae_entries)
+    components.execution_device = torch.device(execution_device)
+    return offload
+
+
+# -- applying the settings ---------------------------------------------------------------
+
+
+def apply(components, settings: PerformanceSettings, canvas_pixels: int | None = None) -> dict[str, Any]:
+    """Apply the module-level settings to ``components`` in place; returns what was done (for reports)."""
+    device = components.device
+    done: dict[str, Any] = {"attention": settings.attention}
+    set_attention(components.unet, settings.attention)
+    channels_last = settings.channels_last if settings.channels_last is not None else device.type == "cuda"
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    components.unet.to(memory_format=memory_format)
+    components.vae.to(memory_format=memory_format)
+    done["channels_last"] = channels_last
+    vae = components.vae
+    vae.enable_slicing() if settings.vae_slicing else vae.disable_slicing()
+    tiling = settings.vae_tiling
+    if tiling is None:
+        tiling = canvas_pixels is not None and canvas_pixels >= TILING_AUTO_PIXELS
+    vae.enable_tiling() if tiling else vae.disable_tiling()
+    done["vae_slicing"], done["vae_tiling"] = settings.vae_slicing, tiling
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = settings.cudnn_benchmark
+        done["cudnn_benchmark"] = settings.cudnn_benchmark
+    if settings.compile:
+        done["compiled_blocks"] = compile_regions(components.unet, settings.compile_mode)
+    if settings.offload:
+        if device.type != "cuda":
+            log.info("offload asked for on %s: nothing to offload to, skipped", device)
+        else:
+            enable_offload(components, device)
+            done["offload"] = True
+    return done
+
+
+class ReencodingEmbeddings:
+    """The reference code's habit, kept to price it: every prompt is re-encoded each time a UNet call reads it.
+
+    Has the attributes of :class:`sow.engine.denoiser.PromptEmbeddings` (``prompt``, ``negative``,
+    ``empty``, ``suppress``, ``diverse``); each read runs the text encoder once.
+    """
+
+    def __init__(self, text_encoder, tokenizer, config, prompt: str) -> None:
+        self._encoder, self._tokenizer = text_encoder, tokenizer
+        self._texts = {
+            "prompt": prompt,
+            "negative": config.negative_prompt,
+            "empty": "",
+            "suppress": config.background_suppress_prompt,
+            "diverse": config.background_diverse_prompt,
+        }
+        self.encodings = 0
+
+    def __getattr__(self, name: str) -> torch.Tensor:
+        texts = self.__dict__.get("_texts", {})
+        if name not in texts:
+            raise AttributeError(name)
+        tokens = self._tokenizer(
+            [texts[name]], padding="max_length", max_length=self._tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids.to(self._encoder.device)
+        with torch.no_grad():
+            hidden = self._encoder(tokens)[0]
+        self.encodings += 1
+        return hidden

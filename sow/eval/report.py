@@ -1,0 +1,193 @@
+"""The reports of ``sow eval``: the results table (markdown, CSV) and the contact sheet.
+
+Everything here is computed from the rows alone, so the reports of a resumed run are the
+same as those of an uninterrupted one.
+
+Columns of the table, per method and setting (and ``all`` settings):
+
+``count``          rows (items) measured;
+``detection``      share of rows with a face found in the box_v region;
+``id_mean``, ``id_median``  ID-distance over the rows with a face on both sides;
+``same_person``    share of all rows whose ID-distance is under the metric's threshold;
+``sec_per_image``  mean wall time to make one image (planning + generation, no metric);
+``errors``         rows whose generation failed (counted as not detected).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+from sow.io.outputs import save_image_atomic, write_bytes_atomic
+
+if TYPE_CHECKING:
+    from sow.eval.runner import Evaluation
+
+COLUMNS = ("method", "setting", "count", "detection", "id_mean", "id_median", "same_person", "sec_per_image", "errors")
+THUMB = 160
+"""Side of one contact-sheet cell's image in pixels."""
+LABEL_WIDTH = 220
+CAPTION = 18
+
+
+def summarize(rows: list[dict[str, Any]], methods: list[str], settings: list[str]) -> list[dict[str, Any]]:
+    """One line per (method, setting) that has rows, plus (method, ``all``)."""
+    table: list[dict[str, Any]] = []
+    for method in methods:
+        mine = [r for r in rows if r["method"] == method]
+        for setting in [*settings, "all"]:
+            chosen = mine if setting == "all" else [r for r in mine if r["setting"] == setting]
+            if not chosen or (setting == "all" and len(settings) < 2):
+                continue
+            distances = [r["id_distance"] for r in chosen if r.get("id_distance") is not None]
+            times = [r["seconds"] for r in chosen if not r.get("error")]
+            table.append(
+                {
+                    "method": method,
+                    "setting": setting,
+                    "count": len(chosen),
+                    "detection": sum(bool(r.get("detected")) for r in chosen) / len(chosen),
+                    "id_mean": statistics.fmean(distances) if distances else None,
+                    "id_median": statistics.median(distances) if distances else None,
+                    "same_person": sum(bool(r.get("same_person")) for r in chosen) / len(chosen),
+                    "sec_per_image": statistics.fmean(times) if times else None,
+                    "errors": sum(bool(r.get("error")) for r in chosen),
+                }
+            )
+    return table
+
+
+def _cell(value: Any, column: str) -> str:
+    if value is None:
+        return "-"
+    if column in ("detection", "same_person"):
+        return f"{value:.1%}"
+    if column in ("id_mean", "id_median"):
+        return f"{value:.3f}"
+    if column == "sec_per_image":
+        return f"{value:.2f}"
+    return str(value)
+
+
+def to_markdown(table: list[dict[str, Any]], header: list[str]) -> str:
+    lines = [*header, "", "| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    lines += ["| " + " | ".join(_cell(row[c], c) for c in COLUMNS) + " |" for row in table]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(table: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in table:
+        writer.writerow({c: ("" if row[c] is None else round(row[c], 6) if isinstance(row[c], float) else row[c]) for c in COLUMNS})
+    return buffer.getvalue()
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size)
+    except TypeError:  # Pillow without FreeType sizes
+        return ImageFont.load_default()
+
+
+def _fit(image: Image.Image, side: int) -> Image.Image:
+    image = image.convert("RGB")
+    image.thumbnail((side, side), Image.Resampling.LANCZOS)
+    cell = Image.new("RGB", (side, side), (255, 255, 255))
+    cell.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
+    return cell
+
+
+def contact_sheet(evaluation: Evaluation, rows: list[dict[str, Any]]) -> Image.Image:
+    """Rows = items (the first ``sheet_rows``), columns = the condition, then each method.
+
+    Under each image: the ID-distance (green under the metric's threshold, red above) or
+    "no face"; the found face is outlined.
+    """
+    from sow.io.images import load_condition
+
+    items = evaluation.items[: evaluation.config.sheet_rows]
+    methods = [m.name for m in evaluation.methods]
+    by_key = {(r["id"], r["method"]): r for r in rows}
+    threshold = getattr(evaluation.metric, "threshold", None)
+    cols = 1 + len(methods)
+    width = LABEL_WIDTH + cols * THUMB
+    height = CAPTION + len(items) * (THUMB + CAPTION)
+    sheet = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    font = _font(12)
+    for c, title in enumerate(["condition", *methods]):
+        draw.text((LABEL_WIDTH + c * THUMB + 4, 3), title[:26], fill=(0, 0, 0), font=font)
+    for r, item in enumerate(items):
+        top = CAPTION + r * (THUMB + CAPTION)
+        label = [item.id, item.setting, *_wrap(item.prompt, 34)[:6]]
+        for k, line in enumerate(label):
+            draw.text((4, top + 4 + 14 * k), line, fill=(0, 0, 0) if k else (0, 0, 160), font=font)
+        try:
+            condition = load_condition(item.condition_path(evaluation.spec_base)).image
+            sheet.paste(_fit(condition, THUMB), (LABEL_WIDTH, top))
+        except Exception:  # the sheet shows what it can
+            pass
+        for c, method in enumerate(methods, start=1):
+            left = LABEL_WIDTH + c * THUMB
+            row = by_key.get((item.id, method))
+            if row is None:
+                continue
+            caption, color = _caption(row, threshold)
+            if row.get("image"):
+                image = Image.open(evaluation.out_dir / row["image"]).convert("RGB")
+                if row.get("face"):
+                    x, y, w, h = row["face"]
+                    ImageDraw.Draw(image).rectangle([x, y, x + w - 1, y + h - 1], outline=(0, 220, 0), width=max(2, image.width // 128))
+                sheet.paste(_fit(image, THUMB), (left, top))
+            draw.text((left + 4, top + THUMB + 2), caption, fill=color, font=font)
+    return sheet
+
+
+def _caption(row: dict[str, Any], threshold: float | None) -> tuple[str, tuple[int, int, int]]:
+    if row.get("error"):
+        return "error", (200, 0, 0)
+    if not row.get("detected"):
+        return "no face", (200, 0, 0)
+    distance = row.get("id_distance")
+    if distance is None:
+        return f"face ({row.get('note') or 'no reference'})"[:24], (120, 120, 120)
+    good = threshold is not None and distance < threshold
+    return f"d={distance:.3f}", (0, 140, 0) if good else (200, 0, 0)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return [*lines, line] if line else lines
+
+
+def write_reports(evaluation: Evaluation, rows: list[dict[str, Any]]) -> dict[str, Path]:
+    """Write ``results.md``, ``results.csv`` and ``contact_sheet.png`` into the run's folder."""
+    out = evaluation.out_dir
+    settings = list(dict.fromkeys(i.setting for i in evaluation.items))
+    table = summarize(rows, [m.name for m in evaluation.methods], settings)
+    config = evaluation.config
+    header = [
+        "# sow eval results",
+        "",
+        f"- model: `{config.model}`, seed {config.seed}, metric `{config.metric}` "
+        f"(same person below {getattr(evaluation.metric, 'threshold', '?')}), {len(evaluation.items)} items",
+        *(f"- note: {note}" for note in evaluation.notes),
+    ]
+    paths = {"markdown": out / "results.md", "csv": out / "results.csv", "contact_sheet": out / "contact_sheet.png"}
+    write_bytes_atomic(paths["markdown"], to_markdown(table, header).encode("utf-8"))
+    write_bytes_atomic(paths["csv"], to_csv(table).encode("utf-8"))
+    save_image_atomic(contact_sheet(evaluation, rows), paths["contact_sheet"])
+    return paths

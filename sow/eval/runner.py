@@ -1,0 +1,493 @@
+"""``sow eval``: run the methods of a comparison on a benchmark spec and measure them.
+
+Every method runs every spec item with the same seed and the same Stable Diffusion
+model; each image is measured with a face metric (:mod:`sow.eval.face_metrics`) right after
+it is made, and one row per (item, method) is appended to ``rows.jsonl``. The rows file
+is the run's state: a killed eval restarted with the same ``--out`` skips the rows it
+finds and computes only the rest. At the end the table (``results.md``,
+``results.csv``) and the contact sheet (``contact_sheet.png``) are written from the rows.
+
+Methods (:class:`EvalConfig` picks and shapes them):
+
+``sow``      the planner and stages of :attr:`EvalConfig.sow_stages` (DAM by default).
+``cow``      Cyclic One-Way Diffusion: modulator ``none``, adaptive position and prompt
+             intensification off, the baseline planner.
+ablations    rows of :attr:`EvalConfig.ablations` (named) and :attr:`EvalConfig.grid`
+             (every combination), each a change on top of ``sow``.
+``inpaint``  Stable Diffusion inpainting of everything but the pasted condition
+             (:mod:`sow.eval.inpainting`), with the model :attr:`InpaintSettings.model` names.
+``paste``    the seeded canvas itself: the bound on ID fidelity, no generation at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+
+from sow.io import canvas as cv
+from sow.eval.spec import SpecItem
+from sow.errors import InputError, SowError
+from sow.io.images import load_condition
+from sow.io.outputs import safe_name, save_image_atomic, save_json_atomic
+from sow.plugins import Registry, get_registry
+from sow.schemas import GenerationConfig, StageNames, _deep_merge, validated
+
+ROWS_FILE = "rows.jsonl"
+MANIFEST_FILE = "eval.json"
+BUILTIN_METHODS = ("sow", "cow", "inpaint", "paste")
+
+PAPER_ABLATIONS: dict[str, dict[str, Any]] = {
+    "sow-no-ap": {"ablation": {"adaptive_position": False}},
+    "sow-no-pi": {"ablation": {"prompt_intensification": False}},
+    "sow-no-dam": {"stages": {"modulator": "none"}},
+}
+"""The paper's module ablations: SOW without adaptive position, prompt intensification, DAM."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InpaintSettings(_Strict):
+    """The ``inpaint`` baseline."""
+
+    model: str | None = Field(None, description="Inpainting model: 'tiny', a folder, a .safetensors file or a hub id.")
+    steps: int = Field(50, ge=1, le=1000, description="Inpainting denoising steps (diffusers' default).")
+
+
+class EvalConfig(_Strict):
+    """Everything an eval run compares, as one JSON file (``sow eval --config eval.json``)."""
+
+    model: str = Field("tiny", description="The Stable Diffusion model every method shares.")
+    device: str = Field("cpu", description="cpu, cuda, cuda:N or auto.")
+    dtype: str = Field("fp32", description="fp32, fp16 or bf16.")
+    seed: int = Field(0, description="The seed of every method on every item.")
+    metric: str = Field("dlib", description="Face metric plugin (see `sow plugins`).")
+    metric_options: dict[str, Any] = Field(default_factory=dict, description="Options passed to the metric.")
+    region_margin: float = Field(0.25, ge=0, le=2, description="How far the face search extends past box_v (share of its sides).")
+    generation: dict[str, Any] = Field(default_factory=dict, description="GenerationConfig overrides for every method (canvas, cycles...).")
+    sow_stages: dict[str, str] = Field(
+        default_factory=lambda: {"modulator": "dam"},
+        description="Stage names of the `sow` method (StageNames fields); unset ones keep their defaults.",
+    )
+    stage_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Options per stage kind (e.g. {'planner': {...}}), as SOWPipeline takes them."
+    )
+    baseline_planner: str = Field("fixed", description="Planner of cow, paste and inpaint (where the condition goes).")
+    strict_stages: bool = Field(False, description="Fail on a stage name that is not installed (off: run with the default and say so).")
+    ablations: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: json.loads(json.dumps(PAPER_ABLATIONS)),
+        description="Named rows: GenerationConfig overrides (and 'stages') applied on top of `sow`.",
+    )
+    grid: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description="Dotted GenerationConfig keys -> values; every combination is a row on top of `sow`.",
+    )
+    inpaint: InpaintSettings = Field(default_factory=InpaintSettings)
+    methods: list[str] | None = Field(
+        None, description="Methods to run, in column order (default: sow, cow, the ablation rows, inpaint if a model is named, paste)."
+    )
+    sheet_rows: int = Field(24, ge=1, description="Items shown in the contact sheet.")
+
+    def fingerprint(self) -> str:
+        """What makes two runs' rows comparable: everything but the method list and the sheet size."""
+        data = self.model_dump(exclude={"methods", "sheet_rows"})
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One column of the comparison."""
+
+    name: str
+    kind: Literal["generate", "paste", "inpaint"]
+    stages: dict[str, str] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def _dotted(key: str, value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = value
+    for part in reversed(key.split(".")):
+        out = {part: out}
+    return out
+
+
+def _row_overrides(base_stages: dict[str, str], change: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
+    change = json.loads(json.dumps(change))
+    stages = {**base_stages, **change.pop("stages", {})}
+    return stages, change
+
+
+def resolve_methods(config: EvalConfig) -> list[Method]:
+    """The methods the config asks for, in column order; unknown names are an error."""
+    available: dict[str, Method] = {
+        "sow": Method("sow", "generate", dict(config.sow_stages)),
+        "cow": Method(
+            "cow",
+            "generate",
+            {"planner": config.baseline_planner, "modulator": "none"},
+            {"ablation": {"adaptive_position": False, "prompt_intensification": False}},
+        ),
+    }
+    ablation_names: list[str] = []
+    taken = set(BUILTIN_METHODS) & set(config.ablations)
+    if taken:
+        raise InputError(f"ablation row {sorted(taken)[0]!r} takes the name of a built-in method; rename it")
+    for name, change in config.ablations.items():
+        stages, overrides = _row_overrides(config.sow_stages, change)
+        available[name] = Method(name, "generate", stages, overrides)
+        ablation_names.append(name)
+    if config.grid:
+        keys = list(config.grid)
+        for values in itertools.product(*(config.grid[k] for k in keys)):
+            change: dict[str, Any] = {}
+            for key, value in zip(keys, values):
+                _deep_merge(change, _dotted(key, value))
+            name = "sow[" + ",".join(f"{k}={json.dumps(v)}" for k, v in zip(keys, values)) + "]"
+            stages, overrides = _row_overrides(config.sow_stages, change)
+            available[name] = Method(name, "generate", stages, overrides)
+            ablation_names.append(name)
+    available["inpaint"] = Method("inpaint", "inpaint")
+    available["paste"] = Method("paste", "paste")
+    if config.methods is None:
+        names = ["sow", "cow", *ablation_names, *(["inpaint"] if config.inpaint.model else []), "paste"]
+    else:
+        names = list(dict.fromkeys(config.methods))
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise InputError(f"unknown method {unknown[0]!r}; available: {', '.join(available)}")
+    if "inpaint" in names and not config.inpaint.model:
+        raise InputError("method 'inpaint' needs an inpainting model: set inpaint.model (or --inpaint-model)")
+    return [available[n] for n in names]
+
+
+# -- the rows file -----------------------------------------------------------------------
+
+
+def item_key(item: SpecItem) -> str:
+    """Changes when an item's condition, prompt or setting changes (its rows are then stale)."""
+    return hashlib.sha256(f"{item.condition}\n{item.prompt}\n{item.setting}".encode()).hexdigest()[:12]
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of ``rows.jsonl``; a torn last line (a kill mid-write) is dropped from the file."""
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    lines = data.splitlines(keepends=True)
+    rows: list[dict[str, Any]] = []
+    good = 0
+    for number, line in enumerate(lines, start=1):
+        try:
+            if not line.endswith(b"\n"):
+                raise ValueError("no line end")
+            rows.append(json.loads(line))
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            if number < len(lines):
+                raise InputError(f"{path} line {number} is not a JSON row; fix or remove that line to resume") from None
+            break
+        good += len(line)
+    if good != len(data):
+        with path.open("r+b") as handle:
+            handle.truncate(good)
+    return rows
+
+
+def append_row(path: Path, row: dict[str, Any]) -> None:
+    """Append one row and flush it to disk before the next item starts."""
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(row, sort_keys=True) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+# -- the run -----------------------------------------------------------------------------
+
+
+@dataclass
+class EvalResult:
+    """What :meth:`Evaluation.run` did."""
+
+    out_dir: Path
+    rows: list[dict[str, Any]]
+    """Every row of the spec's items and the chosen methods (finished earlier or now)."""
+    computed: list[tuple[str, str]]
+    """(item id, method) pairs computed by this call."""
+    notes: list[str]
+    outputs: dict[str, Path] = field(default_factory=dict)
+
+
+class Evaluation:
+    """One comparison: spec items x methods, measured with one metric, written to ``out_dir``."""
+
+    def __init__(
+        self,
+        items: list[SpecItem],
+        config: EvalConfig,
+        out_dir: Path,
+        *,
+        spec_base: Path = Path("."),
+        registry: Registry | None = None,
+        components: Any = None,
+        metric: Any = None,
+    ) -> None:
+        """``components`` (a loaded model) and ``metric`` (a created metric) reuse what the caller has."""
+        self.items = items
+        self.config = config
+        self.out_dir = out_dir
+        self.spec_base = spec_base
+        self.registry = registry or get_registry()
+        self._components = components
+        self.methods = resolve_methods(config)
+        self._fallbacks: dict[tuple[str, str, str], list[str]] = {}
+        self._stage_names = {m.name: self._checked_stages(m) for m in self.methods}
+        self.notes = [
+            f"{kind.replace('_', ' ')} {name!r} is not installed: {', '.join(users)} ran with {fallback!r}"
+            for (kind, name, fallback), users in self._fallbacks.items()
+        ]
+        self.registry.get("metric", config.metric)  # unknown or unavailable metric: fail before any work
+        for method in self.methods:  # bad generation settings: fail before any work
+            for setting in sorted({i.setting for i in items}):
+                self.generation_config(SpecItem(id="check", condition="-", prompt="-", setting=setting), method)
+        missing = [i for i in items if not i.condition_path(spec_base).is_file()]
+        if missing:
+            raise InputError(f"item {missing[0].id!r}: condition {missing[0].condition_path(spec_base)} not found")
+        self._pipe = None
+        self._inpaint_pipe = None
+        self._metric = metric
+        self._references: dict[str, Any] = {}
+        _ = self.metric  # a metric that cannot load fails here, before any image is made
+
+    def _checked_stages(self, method: Method) -> StageNames:
+        """The method's stage names; a name nobody registered falls back to the default (noted)."""
+        defaults = StageNames()
+        chosen = {**method.stages} if method.kind == "generate" else {"planner": self.config.baseline_planner}
+        unknown_fields = set(chosen) - set(StageNames.model_fields)
+        if unknown_fields:
+            raise InputError(f"method {method.name!r}: unknown stage field {sorted(unknown_fields)[0]!r}; use {', '.join(StageNames.model_fields)}")
+        from sow.pipeline import STAGE_FIELDS
+
+        for kind, attr in STAGE_FIELDS.items():
+            name = chosen.get(attr)
+            if name is None or name in self.registry.entries[kind]:
+                continue
+            if self.config.strict_stages:
+                self.registry.get(kind, name)  # raises the one-line unknown-stage error
+            fallback = getattr(defaults, attr)
+            self._fallbacks.setdefault((kind, name, fallback), []).append(method.name)
+            chosen[attr] = fallback
+        return StageNames(**chosen)
+
+    # -- lazily built tools ------------------------------------------------------------
+
+    @property
+    def pipe(self):
+        if self._pipe is None:
+            from sow.engine.models import load_components
+            from sow.pipeline import SOWPipeline
+
+            components = self._components or load_components(self.config.model, device=self.config.device, dtype=self.config.dtype)
+            self._pipe = SOWPipeline(components, stage_options=self.config.stage_options, registry=self.registry)
+        return self._pipe
+
+    @property
+    def metric(self):
+        if self._metric is None:
+            self._metric = self.registry.create("metric", self.config.metric, **self.config.metric_options)
+        return self._metric
+
+    @property
+    def inpaint_pipe(self):
+        if self._inpaint_pipe is None:
+            from sow.eval.inpainting import load_inpaint_pipeline
+
+            self._inpaint_pipe = load_inpaint_pipeline(self.config.inpaint.model, self.config.device, self.config.dtype)
+        return self._inpaint_pipe
+
+    def generation_config(self, item: SpecItem, method: Method) -> GenerationConfig:
+        overrides = json.loads(json.dumps(self.config.generation))
+        _deep_merge(overrides, json.loads(json.dumps(method.overrides)))
+        overrides["stages"] = self._stage_names[method.name].model_dump()
+        try:
+            return GenerationConfig.from_preset(item.setting, **overrides)
+        except InputError as exc:
+            raise InputError(f"method {method.name!r}: {exc}") from None
+
+    # -- one (item, method) ------------------------------------------------------------
+
+    def _make_image(self, item: SpecItem, method: Method) -> tuple[Image.Image, Any, dict[str, Any]]:
+        """(image, box_v as used, extra row fields)."""
+        path = item.condition_path(self.spec_base)
+        config = self.generation_config(item, method)
+        seed = self.config.seed
+        if method.kind == "generate":
+            result = self.pipe(path, item.prompt, seed=seed, config=config)
+            extra = {
+                "stages": result.record.config.stages.model_dump(),
+                "unet_evaluations": result.record.unet_evaluations,
+                "prompt_used": result.plan.prompt if config.ablation.prompt_intensification else item.prompt,
+            }
+            return result.image, result.record.aligned_box_v, extra
+        loaded = load_condition(path)
+        plan = self.pipe.plan(loaded.image, item.prompt, config, seed)
+        box_v = plan.box_v.aligned(self.pipe.components.vae_scale_factor)
+        if not box_v.fits(config.canvas):
+            box_v = box_v.model_copy(update={"x": config.canvas.width - box_v.w})
+        seeded = cv.seed_canvas(loaded.image, box_v, config.canvas, loaded.mask)
+        if method.kind == "paste":
+            return seeded, box_v, {}
+        from sow.eval.inpainting import inpaint, repaint_mask
+
+        _, keep = cv.fit_condition(loaded.image, box_v, loaded.mask)
+        mask = repaint_mask(seeded.size, box_v.x, box_v.y, keep)
+        image = inpaint(
+            self.inpaint_pipe, seeded, mask, item.prompt, seed=seed, steps=self.config.inpaint.steps,
+            guidance_scale=config.guidance_scale, negative_prompt=config.negative_prompt,
+        )
+        return image, box_v, {"inpaint_model": self.config.inpaint.model}
+
+    def _reference(self, item: SpecItem):
+        from sow.eval.face_metrics import reference_face
+
+        path = str(item.condition_path(self.spec_base))
+        if path not in self._references:
+            self._references[path] = reference_face(self.metric, load_condition(Path(path)).image)
+        return self._references[path]
+
+    def run_one(self, item: SpecItem, method: Method) -> dict[str, Any]:
+        """Make, save and measure one image; return its row (a per-item SowError becomes the row's error)."""
+        from sow.eval.face_metrics import measure_identity
+
+        image_path = self.out_dir / "images" / safe_name(method.name, 80) / f"{safe_name(item.id, 80)}.png"
+        row: dict[str, Any] = {
+            "id": item.id, "item_key": item_key(item), "method": method.name, "setting": item.setting,
+            "prompt": item.prompt, "condition": item.condition, "seed": self.config.seed,
+        }
+        start = time.perf_counter()
+        try:
+            image, box_v, extra = self._make_image(item, method)
+        except SowError as exc:
+            row.update(seconds=round(time.perf_counter() - start, 4), error=str(exc), faces=0, detected=False, id_distance=None, same_person=None)
+            return row
+        row["seconds"] = round(time.perf_counter() - start, 4)
+        save_image_atomic(image, image_path)
+        measured = measure_identity(self.metric, image, box_v, self._reference(item), self.config.region_margin)
+        face = measured.face
+        row.update(
+            extra,
+            image=image_path.relative_to(self.out_dir).as_posix(),
+            box_v=box_v.as_list(),
+            faces=measured.faces,
+            detected=measured.detected,
+            face=[face.left, face.top, face.width, face.height] if face else None,
+            id_distance=None if measured.distance is None else round(measured.distance, 6),
+            same_person=measured.same_person,
+            note=measured.note,
+        )
+        return row
+
+    # -- the whole run -----------------------------------------------------------------
+
+    def _check_manifest(self) -> None:
+        path = self.out_dir / MANIFEST_FILE
+        fingerprint = self.config.fingerprint()
+        if path.is_file():
+            try:
+                previous = json.loads(path.read_text(encoding="utf-8")).get("fingerprint")
+            except (OSError, json.JSONDecodeError):
+                previous = None
+            if previous != fingerprint:
+                raise InputError(
+                    f"{self.out_dir} holds an eval with other settings (model, seed, metric or generation); "
+                    "choose another --out to start a new one"
+                )
+        manifest = {
+            "fingerprint": fingerprint,
+            "config": self.config.model_dump(),
+            "methods": [m.name for m in self.methods],
+            "items": len(self.items),
+            "notes": self.notes,
+        }
+        save_json_atomic(manifest, path)
+
+    def pending(self, rows: list[dict[str, Any]]) -> list[tuple[SpecItem, Method]]:
+        done = {(r["id"], r["method"], r.get("item_key")) for r in rows}
+        return [(i, m) for i in self.items for m in self.methods if (i.id, m.name, item_key(i)) not in done]
+
+    def run(
+        self,
+        on_row: Callable[[dict[str, Any]], None] | None = None,
+        progress: Callable[[int, int, str], None] | None = None,
+    ) -> EvalResult:
+        """Compute every missing (item, method) row, then write the reports.
+
+        ``on_row`` sees each new row after it is on disk; ``progress(done, total, label)``
+        is called before each pair (``label`` = ``"item · method"``) and once at the end.
+        """
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._check_manifest()
+        rows_path = self.out_dir / ROWS_FILE
+        rows = read_rows(rows_path)
+        todo = self.pending(rows)
+        computed: list[tuple[str, str]] = []
+        if todo:  # load the models now, so that no image's time includes loading them
+            _ = self.pipe
+            if any(m.kind == "inpaint" for _, m in todo):
+                _ = self.inpaint_pipe
+        for index, (item, method) in enumerate(todo):
+            if progress:
+                progress(index, len(todo), f"{item.id} · {method.name}")
+            row = self.run_one(item, method)
+            append_row(rows_path, row)
+            rows.append(row)
+            computed.append((item.id, method.name))
+            if on_row:
+                on_row(row)
+        if progress:
+            progress(len(todo), len(todo), "reports")
+        from sow.eval.report import write_reports
+
+        current = self._current_rows(rows)
+        outputs = write_reports(self, current)
+        return EvalResult(self.out_dir, current, computed, self.notes, outputs)
+
+    def _current_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        keys = {(i.id, item_key(i)) for i in self.items}
+        names = {m.name for m in self.methods}
+        latest: dict[tuple[str, str], dict[str, Any]] = {}
+        for row in rows:
+            if (row["id"], row.get("item_key")) in keys and row["method"] in names:
+                latest[(row["id"], row["method"])] = row
+        return list(latest.values())
+
+
+def load_eval_config(path: Path | None, **overrides: Any) -> EvalConfig:
+    """An :class:`EvalConfig` from a JSON file (or the defaults), then non-None ``overrides``."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InputError(f"eval config {path}: no such file") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InputError(f"eval config {path}: not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise InputError(f"eval config {path}: expected a JSON object")
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            _deep_merge(data[key], value)
+        else:
+            data[key] = value
+    return validated(EvalConfig, data, f"eval config{f' {path}' if path else ''}")

@@ -1,0 +1,227 @@
+"""The ``heuristic`` planner: offline, deterministic, the default.
+
+It does the paper's three MLLM stages with cheap rules instead of a model:
+
+1. *Prompt intensification*: finds the face in the condition with OpenCV's bundled Haar
+   cascade (``cv2.data.haarcascades``; no download) and fuses what it found with the user's
+   prompt through :data:`INTENSIFY_TEMPLATE`.
+2. *Adaptive position*: crops the condition to a square around the face (``plan.crop``)
+   and places box_v by composition rules read from the prompt's wording
+   (:data:`COMPOSITIONS`: portrait, full body, default; "on the left" / "on the right").
+3. *Contextual refinement*: box_r is the body under the face
+   (:func:`sow.planners.fixed.body_box`), clipped to the canvas.
+
+No face found (a cat, a car, a face cut off at the edge): the whole condition is placed as
+an object near the canvas centre, box_r is the space around and under it, and
+``plan.notes`` says so. Several faces: the largest is used and ``plan.notes`` says which.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image
+
+from sow.hookspecs import hookimpl
+from sow.planners.fixed import body_box, condition_box
+from sow.schemas import Box, Canvas, Plan
+from sow.stages import PlanRequest
+
+CASCADE_FILE = "haarcascade_frontalface_alt2.xml"
+"""The OpenCV cascade used (the fewest false positives on our test photos among the frontal ones)."""
+DETECT_LONG_SIDE = 640
+"""The condition is scaled to this long side before detection (speed; faces stay > 24 px)."""
+MIN_NEIGHBORS = 5
+"""Haar ``minNeighbors``: overlapping hits needed for a face."""
+MIN_FACE_FRACTION = 1 / 12
+"""Smallest face side searched for, as a fraction of the (scaled) image's short side."""
+FACE_MARGIN = 1.8
+"""The crop around a face is this many times the detected face box (hair, chin, some neck)."""
+CHIN_SHIFT = 0.08
+"""The crop's centre sits this fraction of the face side below the face centre (more chin than sky)."""
+
+INTENSIFY_TEMPLATE = "{prompt}, {subject}, highly detailed, high quality photo"
+"""Prompt intensification: the user's prompt, then what the planner recognised."""
+FACE_SUBJECT = "a person whose face is clearly visible"
+OBJECT_SUBJECT = "featuring the {color} {kind} from the reference image"
+
+
+@dataclass(frozen=True)
+class Composition:
+    """A placement rule: box_v's side between the limits, its top, and box_r's width."""
+
+    name: str
+    side: float
+    """Where box_v's side falls between the limits: 0 = min_side, 1 = max_side."""
+    top: float
+    """box_v's top edge as a fraction of the canvas height."""
+    body_widen: float
+    """box_r's width as a multiple of box_v's width."""
+    pattern: str
+    """Regular expression on the lower-cased prompt that selects this rule."""
+
+
+COMPOSITIONS: tuple[Composition, ...] = (
+    Composition("full body", side=0.0, top=0.04, body_widen=1.3, pattern=r"\b(full[- ]body|full[- ]length|whole body|head to toe|standing|walking|running)\b"),
+    Composition("portrait", side=1.0, top=0.10, body_widen=2.0, pattern=r"\b(portrait|close[- ]?up|headshot|head shot|selfie|bust)\b"),
+)
+"""Checked in order; the first whose pattern matches wins. None matches: :data:`DEFAULT_COMPOSITION`."""
+DEFAULT_COMPOSITION = Composition("default", side=1.0, top=0.06, body_widen=1.5, pattern="")
+OBJECT_COMPOSITION = Composition("object", side=0.5, top=0.30, body_widen=1.6, pattern="")
+"""Non-face conditions: a middle-sized box near the centre; box_r surrounds it."""
+
+SIDES: tuple[tuple[str, float, str], ...] = (
+    ("left", 0.30, r"\b(on|at|to) the left\b|\bleft side\b"),
+    ("right", 0.70, r"\b(on|at|to) the right\b|\bright side\b"),
+)
+"""Horizontal placement from the prompt: (name, box_v centre as a fraction of the width, pattern)."""
+
+
+@lru_cache(maxsize=1)
+def _cascade():
+    import cv2
+
+    classifier = cv2.CascadeClassifier(cv2.data.haarcascades + CASCADE_FILE)
+    if classifier.empty():  # pragma: no cover - a broken OpenCV install
+        from sow.errors import PlannerError
+
+        raise PlannerError(f"OpenCV could not load its bundled {CASCADE_FILE}; reinstall opencv-python-headless")
+    return classifier
+
+
+def detect_faces(image: Image.Image) -> list[Box]:
+    """Frontal faces in ``image`` as boxes in its pixels, largest first (ties: leftmost first)."""
+    import cv2
+
+    scale = min(1.0, DETECT_LONG_SIDE / max(image.size))
+    small = image.convert("L")
+    if scale < 1:
+        small = small.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BILINEAR)
+    gray = cv2.equalizeHist(np.asarray(small))
+    min_side = max(24, round(min(gray.shape) * MIN_FACE_FRACTION))
+    if min(gray.shape) < min_side:
+        return []
+    hits = _cascade().detectMultiScale(gray, scaleFactor=1.1, minNeighbors=MIN_NEIGHBORS, minSize=(min_side, min_side))
+    faces = []
+    for x, y, w, h in (hits if len(hits) else []):
+        fx, fy = round(x / scale), round(y / scale)
+        fw, fh = min(round(w / scale), image.width - fx), min(round(h / scale), image.height - fy)
+        faces.append(Box(x=fx, y=fy, w=max(1, fw), h=max(1, fh)))
+    return sorted(faces, key=lambda b: (-b.w * b.h, b.x, b.y))
+
+
+def face_crop(face: Box, size: tuple[int, int], margin: float = FACE_MARGIN) -> Box:
+    """A square around ``face`` (``margin`` times its side, a little below its centre), inside the image."""
+    width, height = size
+    side = min(round(max(face.w, face.h) * margin), width, height)
+    cx, cy = face.center
+    cy += CHIN_SHIFT * face.h
+    x = min(max(0, round(cx - side / 2)), width - side)
+    y = min(max(0, round(cy - side / 2)), height - side)
+    return Box(x=x, y=y, w=side, h=side)
+
+
+def dominant_color(image: Image.Image) -> str:
+    """A rough colour name for the image's median pixel (for the object description)."""
+    r, g, b = (int(v) for v in np.median(np.asarray(image.convert("RGB").resize((32, 32))).reshape(-1, 3), axis=0))
+    hi, lo = max(r, g, b), min(r, g, b)
+    if hi - lo < 30:
+        return "white" if hi > 200 else "black" if hi < 60 else "gray"
+    if r == hi:
+        return "orange" if g > 0.6 * r and b < 0.5 * r else "purple" if b > 0.7 * r else "red"
+    if g == hi:
+        return "yellow" if r > 0.8 * g else "green"
+    return "purple" if r > 0.7 * b else "blue"
+
+
+def composition_for(prompt: str) -> Composition:
+    text = prompt.lower()
+    return next((c for c in COMPOSITIONS if re.search(c.pattern, text)), DEFAULT_COMPOSITION)
+
+
+def horizontal_for(prompt: str) -> tuple[str, float]:
+    text = prompt.lower()
+    return next(((name, at) for name, at, pattern in SIDES if re.search(pattern, text)), ("centre", 0.5))
+
+
+def _where(face: Box, faces: list[Box]) -> str:
+    order = sorted(faces, key=lambda b: b.center[0])
+    rank = order.index(face)
+    if len(faces) == 2:
+        return "the left one" if rank == 0 else "the right one"
+    return "the leftmost" if rank == 0 else "the rightmost" if rank == len(faces) - 1 else f"number {rank + 1} from the left"
+
+
+def _around(box: Box, canvas: Canvas, factor: float) -> Box:
+    """``box`` grown ``factor`` times about its centre and down to the canvas bottom, clipped."""
+    w, h = round(box.w * factor), round(box.h * factor)
+    x = max(0, round(box.center[0] - w / 2))
+    y = max(0, round(box.center[1] - h / 2))
+    return Box(x=x, y=y, w=w, h=max(h, canvas.height - y)).clipped(canvas)
+
+
+class HeuristicPlanner:
+    """Face detection (OpenCV Haar cascade) plus composition rules from the prompt's wording. Offline."""
+
+    name = "heuristic"
+    description = "Offline: finds the face (OpenCV), crops to it, places it by the prompt's wording; box_r is the body."
+    cacheable = False
+    """Detection takes a fraction of a second offline: not worth a cache entry, and always current."""
+
+    def __init__(self, face_margin: float = FACE_MARGIN) -> None:
+        if face_margin < 1:
+            from sow.errors import InputError
+
+            raise InputError(f"heuristic planner: face_margin must be at least 1, got {face_margin}")
+        self.face_margin = face_margin
+
+    def plan(self, request: PlanRequest) -> Plan:
+        config, prompt, image = request.config, request.prompt, request.condition
+        canvas = config.canvas
+        lo, hi = config.side_limits()
+        side_name, center = horizontal_for(prompt)
+        faces = detect_faces(image)
+        notes: list[str] = []
+        if faces:
+            face = faces[0]
+            crop = face_crop(face, image.size, self.face_margin)
+            rule = composition_for(prompt)
+            if len(faces) > 1:
+                notes.append(f"{len(faces)} faces found; used the largest, {_where(face, faces)} (face box [{face}] in condition pixels)")
+            else:
+                notes.append(f"face found at [{face}] in condition pixels")
+            subject = FACE_SUBJECT
+            description = f"a photo of a human face ({len(faces)} face{'s' if len(faces) > 1 else ''} detected)"
+            fitted = image.crop((crop.x, crop.y, crop.right, crop.bottom))
+        else:
+            crop = None
+            rule = OBJECT_COMPOSITION
+            color = dominant_color(image)
+            kind = "object"
+            notes.append("no face found in the condition; placed it whole as an object near the centre, box_r around it")
+            subject = OBJECT_SUBJECT.format(color=color, kind=kind)
+            description = f"an image without a detectable face, mostly {color}"
+            fitted = image
+        side = round(lo + rule.side * (hi - lo))
+        box_v = condition_box(fitted, side, canvas, canvas.width * center, canvas.height * rule.top)
+        box_r = body_box(box_v, canvas, rule.body_widen) if faces else _around(box_v, canvas, rule.body_widen)
+        notes.append(f"composition: {rule.name}, {side_name}")
+        return Plan(
+            canvas=canvas,
+            box_v=box_v,
+            box_r=box_r,
+            crop=crop,
+            prompt=INTENSIFY_TEMPLATE.format(prompt=prompt.strip().rstrip(".,"), subject=subject),
+            user_prompt=prompt,
+            description=description,
+            planner=self.name,
+            notes=notes,
+        )
+
+
+@hookimpl
+def register_planners(register):
+    register(HeuristicPlanner)
