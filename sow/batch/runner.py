@@ -43,6 +43,7 @@ from sow.errors import InputError, SowError
 from sow.io.outputs import check_free, safe_name, save_image_atomic, save_json_atomic
 from sow.schemas import Plan, Preset, first_error
 from sow.io.security import redact
+from sow.batch.workers import WorkerIdentity, complete_lines, merge_parts, part_files, parts_dir, run_of, shard
 
 MANIFEST_NAME = "manifest.jsonl"
 MAX_BATCH_BYTES = 64 * 1024 * 1024
@@ -157,32 +158,36 @@ def read_batch_file(path: Path) -> list[BatchItem]:
 class Manifest:
     """The append-only record of a batch in ``<out>/manifest.jsonl`` (see the module docstring)."""
 
-    def __init__(self, out_dir: Path) -> None:
-        self.path = out_dir / MANIFEST_NAME
+    def __init__(self, out_dir: Path, part: str | None = None) -> None:
+        """The batch manifest of ``out_dir``, or with ``part`` one worker's part of it (:mod:`sow.batch.workers`)."""
+        self.out_dir = out_dir
+        self.path = out_dir / MANIFEST_NAME if part is None else parts_dir(out_dir) / part
+        self.run = None if part is None else part.split(".", 1)[0]
+        """A part's run: every entry it writes carries it, so that siblings know each other after a merge."""
         self._handle = None
 
     def exists(self) -> bool:
-        return self.path.is_file() and self.path.stat().st_size > 0
+        """Whether an earlier batch is recorded here: in the manifest or in any worker's part."""
+        main = self.out_dir / MANIFEST_NAME
+        return (main.is_file() and main.stat().st_size > 0) or bool(part_files(self.out_dir))
 
     def entries(self) -> list[dict[str, Any]]:
-        """Every complete line; a line cut short by a kill is ignored."""
-        if not self.path.is_file():
-            return []
+        """Every complete line of the manifest and of every worker's part; a line cut short by a kill is ignored."""
         entries = []
-        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+        for path in [self.out_dir / MANIFEST_NAME, *part_files(self.out_dir)]:
             try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
+                entries.extend(_entries_of(path))
+            except (FileNotFoundError, IsADirectoryError):
                 continue
-            if isinstance(entry, dict):
-                entries.append(entry)
         return entries
 
     def state(self) -> dict[str, dict[str, Any]]:
-        """The last ``start`` / ``done`` / ``failed`` entry of each item id."""
+        """Each item id's deciding entry: its last ``done`` if any worker finished it, else its last ``start`` / ``failed``."""
         last: dict[str, dict[str, Any]] = {}
         for entry in self.entries():
             if entry.get("event") in ("start", "done", "failed") and isinstance(entry.get("id"), str):
+                if last.get(entry["id"], {}).get("event") == "done" and entry["event"] != "done":
+                    continue  # another worker's later start or failure does not undo a finished item
                 last[entry["id"]] = entry
         return last
 
@@ -190,9 +195,13 @@ class Manifest:
     def open(self, fresh: bool) -> Iterator[Manifest]:
         """Hold the manifest for appending (exclusively, where the OS can lock files)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+", encoding="utf-8")
-        try:
+        while True:
+            handle = open(self.path, "a+", encoding="utf-8")
             _lock(handle, self.path)  # before truncating: never clobber a batch that is running
+            if _same_file(handle, self.path):
+                break
+            handle.close()  # a merge folded and removed this part between our open and our lock: open anew
+        try:
             if fresh:
                 handle.truncate(0)
             else:  # after a kill mid-line, start on a line of our own
@@ -211,6 +220,8 @@ class Manifest:
         if self._handle is None:
             raise RuntimeError("manifest is not open")
         entry.setdefault("time", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        if self.run is not None:
+            entry.setdefault("run", self.run)
         self._handle.write(redact(json.dumps(entry, ensure_ascii=False)) + "\n")
         self._handle.flush()
         os.fsync(self._handle.fileno())
@@ -225,6 +236,13 @@ def _lock(handle, path: Path) -> None:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         raise InputError(f"{path} is in use by another sow batch; wait for it or choose another --out") from None
+
+
+def _same_file(handle, path: Path) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def _remove_stale_temporaries(out_dir: Path, items: list[BatchItem]) -> None:
@@ -261,20 +279,26 @@ class BatchSummary:
 
 
 def plan_work(
-    items: list[BatchItem], out_dir: Path, resume: bool, overwrite: bool
+    items: list[BatchItem], out_dir: Path, resume: bool, overwrite: bool, worker: WorkerIdentity | None = None
 ) -> tuple[list[BatchItem], list[BatchItem], bool]:
-    """(items to run, items already done, whether the manifest starts afresh); refuses to clobber."""
+    """(items to run, items already done, whether the manifest starts afresh); refuses to clobber.
+
+    With ``worker``, only that worker's share of ``items`` (:func:`~sow.batch.workers.shard`)
+    is considered, and the parts of its own run are siblings, not an earlier batch.
+    """
+    mine = items if worker is None else shard(items, worker.rank, worker.world_size)
     manifest = Manifest(out_dir)
     if not resume:
-        if manifest.exists() and not overwrite:
+        earlier = _earlier_batch(out_dir, worker)
+        if earlier and not overwrite:
             raise InputError(
-                f"{manifest.path} records an earlier batch; pass --resume to finish it, or --overwrite to start again"
+                f"{earlier} records an earlier batch; pass --resume to finish it, or --overwrite to start again"
             )
-        check_free([p for item in items for p in item.outputs(out_dir).values()], overwrite)
-        return list(items), [], True
+        check_free([p for item in mine for p in item.outputs(out_dir).values()], overwrite)
+        return list(mine), [], True
     state = manifest.state()
     todo, done = [], []
-    for item in items:
+    for item in mine:
         last = state.get(item.id)
         paths = item.outputs(out_dir)
         if last and last.get("event") == "done" and last.get("job") == item.job_sha256 and all(
@@ -288,6 +312,89 @@ def plan_work(
     return todo, done, False
 
 
+def _earlier_batch(out_dir: Path, worker: WorkerIdentity | None) -> Path | None:
+    """The manifest (or part) of an earlier batch in ``out_dir``, if any; a worker's siblings do not count."""
+    own = None if worker is None else run_of(Path(worker.part_name))
+    main = out_dir / MANIFEST_NAME
+    if main.is_file() and main.stat().st_size > 0:
+        if own is None or any(entry.get("run") != own for entry in _entries_of(main)):
+            return main  # a sibling that finished first and merged its part is no earlier batch
+    for part in part_files(out_dir):
+        if own is None or run_of(part) != own:
+            return part
+    return None
+
+
+def _entries_of(path: Path) -> list[dict[str, Any]]:
+    entries = []
+    for line in complete_lines(path.read_bytes()):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict):
+            entries.append(entry)
+    return entries
+
+
+def _start_afresh(out_dir: Path, worker: WorkerIdentity | None) -> None:
+    """Forget an earlier batch (``--overwrite``): the manifest and the parts of other runs.
+
+    Under several workers only the first rank does this, before its own work starts.
+    """
+    if worker is not None and worker.rank != 0:
+        return
+    main = out_dir / MANIFEST_NAME
+    if main.is_file():
+        main.write_bytes(b"")
+    own = None if worker is None else run_of(Path(worker.part_name))
+    for part in part_files(out_dir):
+        if run_of(part) != own:
+            part.unlink(missing_ok=True)
+
+
+def run_item(pipe, item: BatchItem, out_dir: Path, manifest: Manifest, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run one job and journal it in ``manifest``: ``start``, then ``done`` or ``failed``.
+
+    Returns the event (``done`` with ``seconds`` and ``warnings``, or ``failed`` with
+    ``error``). A ``KeyboardInterrupt`` propagates with the item left unfinished.
+    """
+    from sow.io.canvas import draw_plan
+    from sow.io.json_files import load_plan_file  # the one plan-file reader
+
+    manifest.append(event="start", id=item.id, line=item.line, job=item.job_sha256, worker=os.getpid())
+    t0 = time.perf_counter()
+    try:
+        job = item.job
+        plan = load_plan_file(item.resolve(job.plan)) if isinstance(job.plan, str) else job.plan
+        config = pipe.make_config(None, job.preset, **(overrides or {}))
+        result = pipe(item.resolve(job.condition), job.prompt, plan=plan, seed=job.seed, config=config)
+        paths = item.outputs(out_dir)
+        save_image_atomic(result.image, paths["image"])
+        save_image_atomic(draw_plan(result.plan, result.seeded_canvas), paths["plan_image"])
+        result.record.outputs = {role: str(p) for role, p in paths.items()}
+        save_json_atomic(result.record, paths["record"])
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a failed item must not stop the batch
+        message, code = _describe(exc)
+        manifest.append(event="failed", id=item.id, line=item.line, job=item.job_sha256, error=message, exit_code=code)
+        return {"event": "failed", "id": item.id, "line": item.line, "error": message}
+    seconds = round(time.perf_counter() - t0, 3)
+    image_sha = hashlib.sha256(paths["image"].read_bytes()).hexdigest()
+    manifest.append(
+        event="done",
+        id=item.id,
+        line=item.line,
+        job=item.job_sha256,
+        outputs={role: p.name for role, p in paths.items()},
+        image_sha256=image_sha,
+        seconds=seconds,
+        warnings=result.record.warnings,
+    )
+    return {"event": "done", "id": item.id, "line": item.line, "seconds": seconds, "warnings": result.record.warnings}
+
+
 def run_batch(
     pipe,
     items: list[BatchItem],
@@ -297,69 +404,42 @@ def run_batch(
     resume: bool = False,
     overwrite: bool = False,
     on_event: Callable[[dict[str, Any]], None] | None = None,
+    worker: WorkerIdentity | None = None,
 ) -> BatchSummary:
     """Run ``items`` on ``pipe`` (a :class:`~sow.pipeline.SOWPipeline`, loaded once), writing to ``out_dir``.
 
     ``on_event`` receives a dict per item (``event``: ``skipped`` / ``start`` / ``done`` /
     ``failed``, with ``id``, ``index``, ``todo``...). A ``KeyboardInterrupt`` propagates
-    after the manifest is consistent (the interrupted item stays unfinished).
+    after the manifest is consistent (the interrupted item stays unfinished). With
+    ``worker`` (one rank of a torchrun / accelerate launch) only that rank's share runs,
+    journalled in its own manifest part; the parts are merged when the last rank ends.
     """
-    from sow.io.canvas import draw_plan
-    from sow.io.json_files import load_plan_file  # the one plan-file reader
-
     started = time.perf_counter()
     emit = on_event or (lambda event: None)
-    todo, done_before, fresh = plan_work(items, out_dir, resume, overwrite)
-    summary = BatchSummary(skipped=len(done_before), total=len(items), manifest=str(out_dir / MANIFEST_NAME))
+    todo, done_before, fresh = plan_work(items, out_dir, resume, overwrite, worker)
+    mine = items if worker is None else shard(items, worker.rank, worker.world_size)
+    summary = BatchSummary(skipped=len(done_before), total=len(mine), manifest=str(out_dir / MANIFEST_NAME))
     for item in done_before:
         emit({"event": "skipped", "id": item.id, "line": item.line})
-    manifest = Manifest(out_dir)
-    with manifest.open(fresh=fresh):
-        _remove_stale_temporaries(out_dir, items)
-        manifest.append(event="batch", resume=resume, items=len(items), todo=len(todo))
+    if fresh and overwrite:
+        _start_afresh(out_dir, worker)
+    manifest = Manifest(out_dir, part=None if worker is None else worker.part_name)
+    with manifest.open(fresh=fresh and worker is None):
+        _remove_stale_temporaries(out_dir, mine)
+        manifest.append(event="batch", resume=resume, items=len(mine), todo=len(todo),
+                        **({} if worker is None else {"rank": worker.rank, "world_size": worker.world_size}))
         for index, item in enumerate(todo):
             emit({"event": "start", "id": item.id, "line": item.line, "index": index, "todo": len(todo)})
-            manifest.append(event="start", id=item.id, line=item.line, job=item.job_sha256)
-            t0 = time.perf_counter()
-            try:
-                job = item.job
-                if isinstance(job.plan, str):
-                    plan = load_plan_file(item.resolve(job.plan))
-                else:
-                    plan = job.plan
-                config = pipe.make_config(None, job.preset, **(overrides or {}))
-                result = pipe(item.resolve(job.condition), job.prompt, plan=plan, seed=job.seed, config=config)
-                paths = item.outputs(out_dir)
-                save_image_atomic(result.image, paths["image"])
-                save_image_atomic(draw_plan(result.plan, result.seeded_canvas), paths["plan_image"])
-                result.record.outputs = {role: str(p) for role, p in paths.items()}
-                save_json_atomic(result.record, paths["record"])
-            except KeyboardInterrupt:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a failed item must not stop the batch
-                message, code = _describe(exc)
-                manifest.append(event="failed", id=item.id, line=item.line, job=item.job_sha256, error=message, exit_code=code)
+            event = run_item(pipe, item, out_dir, manifest, overrides)
+            if event["event"] == "failed":
                 summary.failed += 1
-                summary.failures.append({"id": item.id, "line": item.line, "error": message})
-                emit({"event": "failed", "id": item.id, "line": item.line, "error": message, "index": index, "todo": len(todo)})
-                continue
-            seconds = round(time.perf_counter() - t0, 3)
-            image_sha = hashlib.sha256(paths["image"].read_bytes()).hexdigest()
-            manifest.append(
-                event="done",
-                id=item.id,
-                line=item.line,
-                job=item.job_sha256,
-                outputs={role: p.name for role, p in paths.items()},
-                image_sha256=image_sha,
-                seconds=seconds,
-                warnings=result.record.warnings,
-            )
-            summary.done += 1
-            emit({"event": "done", "id": item.id, "line": item.line, "seconds": seconds, "index": index, "todo": len(todo),
-                  "warnings": result.record.warnings})
+                summary.failures.append({"id": item.id, "line": item.line, "error": event["error"]})
+            else:
+                summary.done += 1
+            emit({**event, "index": index, "todo": len(todo)})
         summary.seconds = time.perf_counter() - started
         manifest.append(event="summary", **{k: v for k, v in summary.as_dict().items() if k != "failures"})
+    merge_parts(out_dir, out_dir / MANIFEST_NAME)
     return summary
 
 
@@ -372,6 +452,7 @@ def _describe(exc: BaseException) -> tuple[str, int]:
 
 
 __all__ = [
+    "run_item",
     "BatchItem",
     "BatchJob",
     "BatchSummary",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from sow.batch.runner import plan_work, read_batch_file, run_batch
+from sow.batch.workers import PipelineSpec, WorkerIdentity
+from sow.errors import InputError
 from sow.schemas import GenerationConfig
 from sow.io.security import redact
 
@@ -22,18 +23,33 @@ def generate_batch(
     out_dir: Path,
     overrides: dict[str, Any],
     *,
-    load: Callable[[], Any],
+    spec: PipelineSpec,
+    ray: Any = None,
     resume: bool,
     overwrite: bool,
     quiet: bool,
     json_output: bool,
     console: Console,
 ) -> None:
-    """Validate everything, load the model once, run, print the summary; exit 1 if an item failed."""
+    """Validate everything, load the model once, run, print the summary; exit 1 if an item failed.
+
+    With ``ray`` (:class:`~sow.batch.ray_engine.RaySettings`) the items run on a Ray actor
+    pool; under torchrun / ``accelerate launch`` (``WORLD_SIZE`` > 1) this process runs its
+    rank's share on its own GPU.
+    """
     items = read_batch_file(batch)
     for preset in sorted({item.job.preset for item in items}):
         GenerationConfig.from_preset(preset, **overrides)  # a bad config fails before the model loads
-    todo, _, _ = plan_work(items, out_dir, resume, overwrite)  # refuses to clobber, before the model loads
+    worker = WorkerIdentity.from_environment()
+    if worker is not None and ray is not None:
+        raise InputError("--ray runs its own workers: start it once, not under torchrun")
+    todo, _, _ = plan_work(items, out_dir, resume, overwrite, worker)  # refuses to clobber, before the model loads
+    if ray is not None:
+        _run_on_ray(batch, items, out_dir, overrides, spec, ray, resume, overwrite, quiet, json_output, console)
+        return
+    if worker is not None:
+        spec = _rank_spec(spec, worker)
+    load = spec.load
     pipe = load() if todo else None
 
     def emit_json(event: dict[str, Any]) -> None:
@@ -64,19 +80,23 @@ def generate_batch(
 
     try:
         if pipe is None:
-            summary = run_batch(None, items, out_dir, overrides=overrides, resume=resume, overwrite=overwrite, on_event=on_event)
+            summary = run_batch(None, items, out_dir, overrides=overrides, resume=resume, overwrite=overwrite, on_event=on_event, worker=worker)
         else:
             with progress:
-                summary = run_batch(pipe, items, out_dir, overrides=overrides, resume=resume, overwrite=overwrite, on_event=on_event)
+                summary = run_batch(pipe, items, out_dir, overrides=overrides, resume=resume, overwrite=overwrite, on_event=on_event, worker=worker)
     except KeyboardInterrupt:
         console.print(f"batch interrupted; finish it with: sow generate --batch {batch} -o {out_dir} --resume", markup=False, highlight=False, soft_wrap=True)
         raise
+    _finish(summary, json_output, console, "" if worker is None else f" (rank {worker.rank} of {worker.world_size})")
+
+
+def _finish(summary, json_output: bool, console: Console, who: str = "") -> None:
     result = summary.as_dict()
     if json_output:
-        emit_json({"event": "summary", **result})
+        print(redact(json.dumps({"event": "summary", **result})), flush=True)
     else:
         console.print(
-            f"batch: {summary.done} done, {summary.failed} failed, {summary.skipped} skipped "
+            f"batch{who}: {summary.done} done, {summary.failed} failed, {summary.skipped} skipped "
             f"of {summary.total} in {summary.seconds:.1f} s; manifest {summary.manifest}",
             markup=False,
             highlight=False,
@@ -85,3 +105,41 @@ def generate_batch(
     sys.stdout.flush()
     if summary.failed:
         raise typer.Exit(1)
+
+
+def _rank_spec(spec: PipelineSpec, worker: WorkerIdentity) -> PipelineSpec:
+    """A rank's pipeline: on its own GPU (``LOCAL_RANK``) when there are GPUs."""
+    import dataclasses
+
+    import torch
+
+    if spec.device in ("auto", "cuda") and torch.cuda.is_available():
+        torch.cuda.set_device(worker.local_rank % torch.cuda.device_count())
+        return dataclasses.replace(spec, device=f"cuda:{torch.cuda.current_device()}")
+    return spec
+
+
+def _run_on_ray(batch, items, out_dir, overrides, spec, ray, resume, overwrite, quiet, json_output, console) -> None:
+    from sow.batch.ray_engine import run_batch_on_ray
+
+    bar = Progress(
+        TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=quiet,
+    )
+    task = bar.add_task("batch (ray)", total=None)
+
+    def on_event(event: dict[str, Any]) -> None:
+        if json_output:
+            print(redact(json.dumps(event)), flush=True)
+        if event["event"] in ("done", "failed"):
+            bar.update(task, completed=event["index"] + 1, total=event["todo"], description=event["id"][:24])
+            if event["event"] == "failed" and not json_output:
+                bar.console.print(f"failed {event['id']}: {event['error']}", markup=False, highlight=False, soft_wrap=True)
+
+    try:
+        with bar:
+            summary = run_batch_on_ray(spec, items, out_dir, ray, overrides=overrides, resume=resume, overwrite=overwrite, on_event=on_event)
+    except KeyboardInterrupt:
+        console.print(f"batch interrupted; finish it with: sow generate --batch {batch} -o {out_dir} --resume", markup=False, highlight=False, soft_wrap=True)
+        raise
+    _finish(summary, json_output, console, " on ray")

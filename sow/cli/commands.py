@@ -14,6 +14,7 @@ import typer
 from rich.table import Table
 
 from sow.errors import InputError, SowError
+from sow.cli.scale_options import GpusPerWorkerOpt, RayOpt, WorkersOpt, ray_settings
 from sow.io.json_files import MAX_JSON_BYTES, load_config_file, load_plan_file, read_json as _read_json  # noqa: F401
 from sow.schemas import Box, GenerationConfig, Plan, validated
 
@@ -176,8 +177,16 @@ def generate(
     resume: Annotated[bool, typer.Option("--resume", help="With --batch: run only the jobs the output folder's manifest does not record as done.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout (one JSON object per line); no progress bar.")] = False,
     num_images: Annotated[int, typer.Option("--num-images", "-n", min=1, max=64, help="Variations to make in one batched run: image i is the one --seed SEED+i would give, with the same plan.")] = 1,
+    ray: RayOpt = None,
+    workers: WorkersOpt = None,
+    gpus_per_worker: GpusPerWorkerOpt = None,
 ) -> None:
-    """Generate an image that keeps CONDITION's pixels while the scene follows PROMPT (or a --batch of jobs)."""
+    """Generate an image that keeps CONDITION's pixels while the scene follows PROMPT (or a --batch of jobs).
+
+    A --batch runs on several GPUs or machines with --ray [ADDRESS], or under
+    `torchrun --nproc-per-node N -m sow generate --batch ...` (each rank takes its share);
+    see docs/scale-out.md.
+    """
     from sow.io.outputs import check_free, safe_name, save_image_atomic, save_json_atomic
     from sow.pipeline import SOWPipeline
     from sow.io.prompt_checks import require_prompt
@@ -188,27 +197,24 @@ def generate(
     if not 0 <= seed < 2**63:
         raise InputError(f"--seed {seed}: must lie in 0 .. 2**63-1")
 
-    def load_pipe() -> SOWPipeline:
-        from sow.planners.cache import PlanCache
-        from sow.planners.policy import check_policy
-        from sow.io.security import load_policy
+    from sow.batch.workers import PipelineSpec
+    from sow.io.security import load_policy
 
-        pipe = SOWPipeline.from_pretrained(
-            model,
-            device=device,
-            dtype=dtype,
-            random_weights=random_weights,
-            allow_pickle=allow_pickle or load_policy().allow_pickle,
-            planner=planner,
-            inverter=inverter,
-            scheduler=scheduler,
-            modulator=modulator,
-            preserver=preserver,
-            stage_options={"planner": planner_options(planner_option, quantize)} if planner_option or quantize else None,
-        )
-        pipe.on_planner_error = check_policy(on_planner_error)
-        pipe.plan_cache = None if no_cache else PlanCache()
-        return pipe
+    chosen = {"planner": planner, "inverter": inverter, "scheduler": scheduler, "modulator": modulator, "preserver": preserver}
+    spec = PipelineSpec(
+        model=model,
+        device=device,
+        dtype=dtype,
+        random_weights=random_weights,
+        allow_pickle=allow_pickle or load_policy().allow_pickle,
+        stages=tuple((k, v) for k, v in chosen.items() if v is not None),
+        planner_options=tuple(planner_options(planner_option, quantize).items()) if planner_option or quantize else (),
+        on_planner_error=on_planner_error,
+        plan_cache=not no_cache,
+    )
+
+    def load_pipe() -> SOWPipeline:
+        return spec.load()
 
     if batch is not None or resume:
         if batch is None:
@@ -220,10 +226,12 @@ def generate(
         from sow.cli.batch import generate_batch
 
         generate_batch(
-            batch, out_dir, overrides, load=load_pipe,
+            batch, out_dir, overrides, spec=spec, ray=ray_settings(ray, workers, gpus_per_worker),
             resume=resume, overwrite=overwrite, quiet=quiet or json_output, json_output=json_output, console=err,
         )
         return
+    if ray is not None or workers is not None or gpus_per_worker is not None:
+        raise InputError("--ray, --workers and --gpus-per-worker go with --batch FILE")
     if condition is None or prompt is None:
         raise InputError("Missing argument CONDITION and PROMPT (or pass --batch FILE); see sow generate --help")
     require_prompt(prompt)
@@ -336,8 +344,10 @@ def main(argv: list[str] | None = None) -> None:
     """
     import os
 
+    from sow.cli.scale_options import optional_ray_address
     from sow.io.security import cli_logging
 
+    argv = optional_ray_address(sys.argv[1:] if argv is None else argv)
     try:
         with cli_logging():
             result = app(args=argv, prog_name="sow", standalone_mode=False)

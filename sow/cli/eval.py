@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from sow.cli.scale_options import GpusPerWorkerOpt, RayOpt, WorkersOpt, ray_settings
 from sow.errors import InputError
 
 err = Console(stderr=True, soft_wrap=True)
@@ -81,8 +82,15 @@ def eval_command(
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:N or auto.")] = None,
     dtype: Annotated[Optional[str], typer.Option(help="fp32, fp16 or bf16.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    ray: RayOpt = None,
+    workers: WorkersOpt = None,
+    gpus_per_worker: GpusPerWorkerOpt = None,
 ) -> None:
-    """Run the methods on every spec item, measure them, write the table, CSV and contact sheet."""
+    """Run the methods on every spec item, measure them, write the table, CSV and contact sheet.
+
+    With --ray [ADDRESS] the images are made and measured on a Ray actor pool; the rows,
+    the table and the resume are the same as in one process (docs/scale-out.md).
+    """
     from sow.eval.spec import load_spec
     from sow.eval.runner import Evaluation, load_eval_config
 
@@ -127,8 +135,14 @@ def eval_command(
     def progress(done: int, total: int, label: str) -> None:
         bar.update(task, completed=done, total=total, description=label[:32])
 
+    settings = ray_settings(ray, workers, gpus_per_worker)
+    compute = None
+    if settings is not None:
+        from sow.batch.ray_engine import eval_compute_on_ray
+
+        compute = eval_compute_on_ray(evaluation, settings)
     with bar:
-        result = evaluation.run(progress=progress)
+        result = evaluation.run(progress=progress, compute=compute)
     skipped = len(result.rows) - len(result.computed)
     err.print(
         f"wrote {result.outputs['markdown']}, {result.outputs['csv']}, {result.outputs['contact_sheet']} "

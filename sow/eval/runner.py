@@ -26,7 +26,7 @@ import itertools
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -428,11 +428,15 @@ class Evaluation:
         self,
         on_row: Callable[[dict[str, Any]], None] | None = None,
         progress: Callable[[int, int, str], None] | None = None,
+        compute: Callable[[list[tuple[SpecItem, Method]]], Iterator[dict[str, Any]]] | None = None,
     ) -> EvalResult:
         """Compute every missing (item, method) row, then write the reports.
 
         ``on_row`` sees each new row after it is on disk; ``progress(done, total, label)``
         is called before each pair (``label`` = ``"item · method"``) and once at the end.
+        With ``compute``, ``progress`` is called after each row instead. ``compute`` makes the rows of the pending pairs elsewhere (e.g. on a Ray actor
+        pool: :func:`sow.batch.ray_engine.eval_compute_on_ray`), yielding them as they
+        finish, in any order; this process alone appends them to the rows file.
         """
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._check_manifest()
@@ -440,17 +444,14 @@ class Evaluation:
         rows = read_rows(rows_path)
         todo = self.pending(rows)
         computed: list[tuple[str, str]] = []
-        if todo:  # load the models now, so that no image's time includes loading them
+        if todo and compute is None:  # load the models now, so that no image's time includes loading them
             _ = self.pipe
             if any(m.kind == "inpaint" for _, m in todo):
                 _ = self.inpaint_pipe
-        for index, (item, method) in enumerate(todo):
-            if progress:
-                progress(index, len(todo), f"{item.id} · {method.name}")
-            row = self.run_one(item, method)
+        for row in self._rows_of(todo, progress, compute):
             append_row(rows_path, row)
             rows.append(row)
-            computed.append((item.id, method.name))
+            computed.append((row["id"], row["method"]))
             if on_row:
                 on_row(row)
         if progress:
@@ -461,6 +462,19 @@ class Evaluation:
         outputs = write_reports(self, current)
         return EvalResult(self.out_dir, current, computed, self.notes, outputs)
 
+    def _rows_of(self, todo, progress, compute) -> Iterator[dict[str, Any]]:
+        """The rows of the pending pairs: here, one after another, or from ``compute`` as they finish."""
+        if compute is None:
+            for index, (item, method) in enumerate(todo):
+                if progress:
+                    progress(index, len(todo), f"{item.id} · {method.name}")
+                yield self.run_one(item, method)
+        elif todo:
+            for index, row in enumerate(compute(todo), start=1):
+                if progress:
+                    progress(index, len(todo), f"{row['id']} · {row['method']}")
+                yield row
+
     def _current_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         keys = {(i.id, item_key(i)) for i in self.items}
         names = {m.name for m in self.methods}
@@ -468,7 +482,10 @@ class Evaluation:
         for row in rows:
             if (row["id"], row.get("item_key")) in keys and row["method"] in names:
                 latest[(row["id"], row["method"])] = row
-        return list(latest.values())
+        # in spec and method order, whatever order the rows were made in (several workers)
+        item_order = {item.id: n for n, item in enumerate(self.items)}
+        method_order = {m.name: n for n, m in enumerate(self.methods)}
+        return sorted(latest.values(), key=lambda r: (item_order[r["id"]], method_order[r["method"]]))
 
 
 def load_eval_config(path: Path | None, **overrides: Any) -> EvalConfig:

@@ -1,0 +1,236 @@
+"""Batches and evaluations on a Ray cluster (the optional extra ``sow[ray]``).
+
+The driver (the process that runs ``sow generate --batch ... --ray``) validates the
+whole batch, decides what is left to do from the manifest, and hands the items to Ray
+Data: ``map_batches`` over an actor pool, one item per call, each actor loading the
+pipeline once (:class:`~sow.batch.workers.PipelineSpec`). Actors write their outputs
+into the one output folder (on a cluster: a filesystem every node mounts at the same
+path) with the file names of a single-process run, and journal each item in a manifest
+part of their own (:mod:`sow.batch.workers`); the driver reports items as they finish
+and merges the parts at the end. An eval sends (item, method) pairs the same way; the
+actors return rows and the driver alone appends them to ``rows.jsonl``.
+
+Nothing here is a scheduler of its own: which actor runs which item, retries of a task
+whose actor died, and placement on GPUs are Ray's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sow.batch.runner import MANIFEST_NAME, BatchItem, BatchSummary, Manifest, _start_afresh, plan_work, run_item
+from sow.batch.workers import PipelineSpec, merge_parts
+from sow.errors import InputError, SowError
+
+INSTALL_HINT = "Ray is not installed: pip install 'sow[ray]'"
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    """Where and how wide to run."""
+
+    address: str | None = None
+    """A running cluster (``auto``, ``ray://host:10001``) or None: start a local one."""
+    workers: int | None = None
+    """Actors in the pool (None: one per GPU of the cluster, or 2 on a cluster without GPUs)."""
+    gpus_per_worker: float | None = None
+    """GPUs each actor reserves (None: 1 on a cluster with GPUs, else 0)."""
+    cpus_per_worker: float = 1.0
+    """CPUs each actor reserves; its torch threads follow this on a CPU-only cluster."""
+
+
+def _ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise InputError(INSTALL_HINT) from None
+    return ray
+
+
+def connect(settings: RaySettings):
+    """Join ``settings.address`` or start a local cluster; return the ``ray`` module."""
+    ray = _ray()
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+        if settings.address:
+            kwargs["address"] = settings.address
+        else:  # a local cluster: a small object store, items are paths and small dicts
+            kwargs["object_store_memory"] = 128 * 1024 * 1024
+        try:
+            ray.init(**kwargs)
+        except ConnectionError as exc:
+            raise InputError(f"--ray {settings.address}: cannot reach the cluster ({exc})") from None
+    for name in ("ray", "ray.data"):  # sow reports progress and errors itself
+        logging.getLogger(name).setLevel(logging.ERROR)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # sow shows its own progress, as items finish
+    context.print_on_execution_start = False
+    return ray
+
+
+def pool_shape(ray, settings: RaySettings) -> tuple[int, float]:
+    """(actors, GPUs per actor) for this cluster."""
+    gpus = float(ray.cluster_resources().get("GPU", 0))
+    per = settings.gpus_per_worker if settings.gpus_per_worker is not None else (1.0 if gpus else 0.0)
+    if per < 0:
+        raise InputError(f"--gpus-per-worker {per}: must be 0 or more")
+    if per > 0 and gpus < per:
+        raise InputError(f"--gpus-per-worker {per}: the cluster has {gpus:g} GPUs")
+    workers = settings.workers if settings.workers is not None else (max(1, int(gpus // per)) if per else 2)
+    if workers < 1:
+        raise InputError(f"--workers {workers}: must be at least 1")
+    return workers, per
+
+
+class _BatchActor:
+    """One actor of the pool: loads the pipeline once, runs the items it is handed."""
+
+    def __init__(self, spec: PipelineSpec, items: list[BatchItem], out_dir: str, overrides: dict, run_id: str, gpus: float):
+        if spec.threads is None and gpus == 0:
+            import torch
+
+            torch.set_num_threads(max(1, int(float(os.environ.get("SOW_RAY_CPUS", "1")))))
+        self.pipe = spec.load()
+        self.items = {item.id: item for item in items}
+        self.out_dir = Path(out_dir)
+        self.overrides = overrides
+        self.manifest = Manifest(self.out_dir, part=f"{run_id}.actor-{os.getpid()}.jsonl")
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        events: dict[str, list] = {"id": [], "event": [], "seconds": [], "error": [], "worker": []}
+        for item_id in batch["id"]:
+            with self.manifest.open(fresh=False):  # locked while the item runs: a merge leaves it alone
+                event = run_item(self.pipe, self.items[str(item_id)], self.out_dir, self.manifest, self.overrides)
+            events["id"].append(event["id"])
+            events["event"].append(event["event"])
+            events["seconds"].append(float(event.get("seconds", 0.0)))
+            events["error"].append(event.get("error", ""))
+            events["worker"].append(os.getpid())
+        return events
+
+
+def run_batch_on_ray(
+    spec: PipelineSpec,
+    items: list[BatchItem],
+    out_dir: Path,
+    settings: RaySettings,
+    *,
+    overrides: dict[str, Any] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+) -> BatchSummary:
+    """Run a validated batch on Ray; the same outputs, manifest entries and records as :func:`run_batch`."""
+    started = time.perf_counter()
+    emit = on_event or (lambda event: None)
+    todo, done_before, fresh = plan_work(items, out_dir, resume, overwrite)  # refuses to clobber, before Ray starts
+    summary = BatchSummary(skipped=len(done_before), total=len(items), manifest=str(out_dir / MANIFEST_NAME))
+    for item in done_before:
+        emit({"event": "skipped", "id": item.id, "line": item.line})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if fresh and overwrite:
+        _start_afresh(out_dir, None)
+    run_id = f"ray-{uuid.uuid4().hex[:12]}"
+    driver = Manifest(out_dir, part=f"{run_id}.driver.jsonl")
+    with driver.open(fresh=False):
+        driver.append(event="batch", resume=resume, items=len(items), todo=len(todo), engine="ray")
+        if todo:
+            for index, event in enumerate(_map_items(spec, todo, out_dir, overrides or {}, run_id, settings)):
+                if event["event"] == "failed":
+                    summary.failed += 1
+                    summary.failures.append({"id": event["id"], "error": event["error"]})
+                else:
+                    summary.done += 1
+                emit({**event, "index": index, "todo": len(todo)})
+        summary.seconds = time.perf_counter() - started
+        driver.append(event="summary", **{k: v for k, v in summary.as_dict().items() if k != "failures"})
+    merge_parts(out_dir, out_dir / MANIFEST_NAME)
+    return summary
+
+
+def _map_items(spec, todo, out_dir, overrides, run_id, settings) -> Iterator[dict[str, Any]]:
+    ray = connect(settings)
+    workers, gpus = pool_shape(ray, settings)
+    dataset = ray.data.from_items([{"id": item.id} for item in todo], override_num_blocks=len(todo))
+    results = dataset.map_batches(
+        _BatchActor,
+        fn_constructor_kwargs={
+            "spec": spec, "items": todo, "out_dir": str(out_dir), "overrides": overrides, "run_id": run_id, "gpus": gpus,
+        },
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=min(workers, len(todo))),
+        num_cpus=settings.cpus_per_worker,
+        num_gpus=gpus or None,
+        runtime_env={"env_vars": {"SOW_RAY_CPUS": str(settings.cpus_per_worker)}},
+    )
+    try:
+        for row in results.iter_rows():
+            yield {"id": str(row["id"]), "event": str(row["event"]), "seconds": float(row["seconds"]),
+                   "error": str(row["error"]), "worker": int(row["worker"])}
+    except SowError:
+        raise
+    except Exception as exc:  # a task that failed for good (Ray wraps the cause)
+        raise SowError(f"the Ray batch stopped: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
+                       "finish it with --resume") from None
+
+
+# -- eval ------------------------------------------------------------------------------------
+
+
+class _EvalActor:
+    """One actor of an eval: builds the Evaluation once, computes the rows it is handed."""
+
+    def __init__(self, items, config, out_dir: str, spec_base: str, pairs: list):
+        from sow.eval.runner import Evaluation
+
+        self.evaluation = Evaluation(items, config, Path(out_dir), spec_base=Path(spec_base))
+        methods = {m.name: m for m in self.evaluation.methods}
+        by_id = {item.id: item for item in items}
+        self.pairs = {key: (by_id[i], methods[m]) for key, (i, m) in pairs}
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        import json
+
+        rows = []
+        for key in batch["key"]:
+            item, method = self.pairs[str(key)]
+            rows.append(json.dumps(self.evaluation.run_one(item, method)))
+        return {"key": list(batch["key"]), "row": rows}
+
+
+def eval_compute_on_ray(evaluation, settings: RaySettings) -> Callable[[list], Iterator[dict[str, Any]]]:
+    """A ``compute`` for :meth:`Evaluation.run` that makes the rows on a Ray actor pool."""
+
+    def compute(pairs: list) -> Iterator[dict[str, Any]]:
+        import json
+
+        ray = connect(settings)
+        workers, gpus = pool_shape(ray, settings)
+        keyed = [(f"{n:06d}", (item.id, method.name)) for n, (item, method) in enumerate(pairs)]
+        dataset = ray.data.from_items([{"key": key} for key, _ in keyed], override_num_blocks=len(keyed))
+        results = dataset.map_batches(
+            _EvalActor,
+            fn_constructor_kwargs={
+                "items": evaluation.items, "config": evaluation.config, "out_dir": str(evaluation.out_dir),
+                "spec_base": str(evaluation.spec_base), "pairs": keyed,
+            },
+            batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=min(workers, len(keyed))),
+            num_cpus=settings.cpus_per_worker,
+            num_gpus=gpus or None,
+        )
+        for row in results.iter_rows():
+            yield json.loads(row["row"])
+
+    return compute
+
+
+__all__ = ["RaySettings", "connect", "eval_compute_on_ray", "pool_shape", "run_batch_on_ray"]
