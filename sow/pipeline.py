@@ -31,7 +31,7 @@ from sow.engine.performance import PerformanceSettings, ReencodingEmbeddings, de
 from sow.engine.performance import apply as apply_performance
 from sow.planners.fixed import random_placement
 from sow.engine.numerics import require_finite
-from sow.plugins import Registry, get_registry, plugin_exits_fail
+from sow.plugins import Registry, check_options, get_registry, plugin_exits_fail
 from sow.io.prompt_checks import prompt_warnings, require_prompt
 from sow.schemas import GenerationConfig, Plan, RunRecord, StageNames, StageTiming
 from sow.stages import Planner, PlanRequest
@@ -143,8 +143,10 @@ class SOWPipeline:
         }
         stages = StageNames(**{k: v for k, v in chosen.items() if v is not None})
         registry = registry or get_registry()
-        for kind, attr in STAGE_FIELDS.items():  # check names before the (slow) model load
-            registry.get(kind, getattr(stages, attr))
+        for kind, attr in STAGE_FIELDS.items():  # check names and option keys before the (slow) model load
+            entry = registry.get(kind, getattr(stages, attr))
+            label = f"{kind.replace('_', ' ')} {entry.name!r} ({entry.distribution})"
+            check_options(entry.factory, dict((stage_options or {}).get(kind, {})), label)
         components = load_components(
             model, device=device, dtype=dtype, random_weights=random_weights, allow_pickle=allow_pickle
         )

@@ -139,11 +139,11 @@ class Plan(_Strict):
     repairs: list[str] = Field(default_factory=list, description="Changes made to the planner's answer to make it valid.")
     notes: list[str] = Field(default_factory=list, description="What the planner noticed (e.g. which face it chose).")
 
-    @field_validator("prompt", "user_prompt", "description", "planner")
+    @field_validator("prompt", "user_prompt", "description", "planner", mode="before")
     @classmethod
-    def _no_control_characters(cls, value: str) -> str:
-        """A plan's text may come from a model or an API: no terminal escape sequences in it."""
-        return clean_text(value)
+    def _no_control_characters(cls, value: Any) -> Any:
+        """A plan's text may come from a model or an API: no terminal escape sequences in it (then the length checks)."""
+        return clean_text(value) if isinstance(value, str) else value
 
     @field_validator("notes", "repairs")
     @classmethod

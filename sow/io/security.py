@@ -22,7 +22,12 @@ unless pickles are allowed, and the remote-code switch), or calls
 environment value whose *name* looks secret (has a KEY, TOKEN, SECRET, PASSWORD,
 CREDENTIAL or AUTH part, like ``GEMINI_API_KEY`` or ``HF_TOKEN``) and that is at least :data:`MIN_SECRET_LENGTH` characters long is
 replaced by ``***`` in everything sow prints, logs or writes as JSON (run records, plans,
-batch manifests): :func:`redact`. Plugins should still never put a key in a message;
+batch manifests): :func:`redact` on text, :func:`redact_data` on values *before* they are
+serialised (JSON escapes ``"`` and ``\\``, and an escaped key no longer matches).
+
+**Remote text.** Answers of models and APIs can hold terminal escape sequences (clear the
+screen, set the window title): :func:`clean_text` removes them and every other control
+character; the CLI's consoles, the plan and record schemas and the batch manifest apply it. Plugins should still never put a key in a message;
 this is the net under them.
 """
 
