@@ -155,6 +155,19 @@ def test_3_placing_a_file_never_replaces_one_that_appeared_meanwhile(tmp_path):
     assert (tmp_path / "y.png").read_bytes() == b"mine"
 
 
+def test_3_a_set_of_files_is_placed_whole_or_not_at_all(tmp_path):
+    """What `sow plan` (plan + picture) and write_outputs (a run's files) rely on."""
+    from sow.io.outputs import OutputExistsError
+    from sow.io.results import place_files
+
+    (tmp_path / "p.png").write_bytes(b"theirs")
+    with pytest.raises(OutputExistsError):
+        place_files({tmp_path / "p.json": b"mine", tmp_path / "p.png": b"mine"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.png"] and (tmp_path / "p.png").read_bytes() == b"theirs"
+    place_files({tmp_path / "p.json": b"mine", tmp_path / "p.png": b"mine"}, overwrite=True)
+    assert (tmp_path / "p.png").read_bytes() == b"mine"
+
+
 def test_3_a_run_that_loses_the_race_fails_in_one_line_and_leaves_the_winners_files(tmp_path, face_path, capsys, monkeypatch):
     """Another run writes the record while this one generates: this one must not replace it, nor leave half a set."""
     import sow.pipeline

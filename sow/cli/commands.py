@@ -108,8 +108,8 @@ def plan_command(
     overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
 ) -> None:
     """Plan only: write the plan (box_v, box_r, prompt) as JSON and a picture of it; edit it, then `generate --plan`."""
-    from sow.io.outputs import save_image_atomic, save_json_atomic
-    from sow.io.results import prepare_outputs
+    from sow.io.outputs import image_bytes, json_bytes
+    from sow.io.results import place_files, prepare_outputs
     from sow.planners.cache import PlanCache
     from sow.planners.policy import check_policy, make_plan
 
@@ -129,8 +129,7 @@ def plan_command(
         on_error=policy,
         cache=None if no_cache else PlanCache(),
     )
-    save_json_atomic(plan, out, replace=overwrite)  # never replaces a file that appeared meanwhile
-    save_image_atomic(image, picture, replace=overwrite)
+    place_files({out: json_bytes(plan), picture: image_bytes(image, picture)}, overwrite=overwrite)
     lines = [f"box_v [{plan.box_v}]  box_r [{plan.box_r}]" + (f"  crop [{plan.crop}]" if plan.crop else "")]
     lines += [f"prompt: {plan.prompt}", *(f"note: {n}" for n in plan.notes), *(f"repaired: {r}" for r in plan.repairs)]
     for line in [*lines, f"wrote {out} and {picture}"]:

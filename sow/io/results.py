@@ -77,14 +77,23 @@ def render_outputs(result: Any, paths: dict[str, Path]) -> dict[str, bytes]:
 def write_outputs(result: Any, paths: dict[str, Path], *, overwrite: bool = False) -> dict[str, Path]:
     """Render and write every file of ``result``; ``paths`` from :func:`output_paths`. Returns ``paths``."""
     files = render_outputs(result, paths)
+    place_files({paths[role]: data for role, data in files.items()}, overwrite=overwrite)
+    return paths
+
+
+def place_files(files: dict[Path, bytes], *, overwrite: bool = False) -> None:
+    """Write ``files`` in order; without ``overwrite`` none replaces an existing file, and all or none stay.
+
+    A file found taken midway (another run got there first) makes this call remove the files
+    it had already placed, then raise :class:`~sow.io.outputs.OutputExistsError`.
+    """
     placed: list[Path] = []
     try:
-        for role, data in files.items():
-            _outputs.write_bytes_atomic(paths[role], data, replace=overwrite)
-            placed.append(paths[role])
+        for path, data in files.items():
+            _outputs.write_bytes_atomic(path, data, replace=overwrite)
+            placed.append(path)
     except BaseException:
         if not overwrite:  # what this call placed is its own: take it back, the other run's set stays whole
             for path in placed:
                 path.unlink(missing_ok=True)
         raise
-    return paths
