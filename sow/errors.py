@@ -24,6 +24,10 @@ class UnknownStageError(InputError):
     """A stage name that no installed plugin registered."""
 
 
+class StageOptionError(InputError):
+    """An option (``--planner-option KEY=...``) that the stage does not take."""
+
+
 class PluginError(SowError):
     """A plugin that could not be loaded or that registered something invalid."""
 

@@ -31,7 +31,7 @@ from sow.engine.performance import PerformanceSettings, ReencodingEmbeddings, de
 from sow.engine.performance import apply as apply_performance
 from sow.planners.fixed import random_placement
 from sow.engine.numerics import require_finite
-from sow.plugins import Registry, get_registry
+from sow.plugins import Registry, check_options, get_registry, plugin_exits_fail
 from sow.io.prompt_checks import prompt_warnings, require_prompt
 from sow.schemas import GenerationConfig, Plan, RunRecord, StageNames, StageTiming
 from sow.stages import Planner, PlanRequest
@@ -143,8 +143,10 @@ class SOWPipeline:
         }
         stages = StageNames(**{k: v for k, v in chosen.items() if v is not None})
         registry = registry or get_registry()
-        for kind, attr in STAGE_FIELDS.items():  # check names before the (slow) model load
-            registry.get(kind, getattr(stages, attr))
+        for kind, attr in STAGE_FIELDS.items():  # check names and option keys before the (slow) model load
+            entry = registry.get(kind, getattr(stages, attr))
+            label = f"{kind.replace('_', ' ')} {entry.name!r} ({entry.distribution})"
+            check_options(entry.factory, dict((stage_options or {}).get(kind, {})), label)
         components = load_components(
             model, device=device, dtype=dtype, random_weights=random_weights, allow_pickle=allow_pickle
         )
@@ -186,6 +188,7 @@ class SOWPipeline:
             return GenerationConfig.from_preset(merged.pop("preset"), **merged)
         return config
 
+    @plugin_exits_fail
     def plan(
         self,
         condition: str | Path | Image.Image,
@@ -218,8 +221,7 @@ class SOWPipeline:
     # -- the run -----------------------------------------------------------------------
 
     def check_inputs(self, prompt: str, config: GenerationConfig, plan: Plan | None) -> None:
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise InputError("prompt is empty; describe the scene to generate")
+        require_prompt(prompt)  # the one limit, checked before any work
         if plan is not None and plan.canvas != config.canvas:
             raise InputError(
                 f"plan canvas {plan.canvas.width}x{plan.canvas.height} differs from the config canvas "
@@ -229,6 +231,7 @@ class SOWPipeline:
         if config.canvas.width % scale or config.canvas.height % scale:
             raise InputError(f"canvas sides must be multiples of {scale}")
 
+    @plugin_exits_fail
     @torch.no_grad()
     def __call__(
         self,
@@ -275,7 +278,7 @@ class SOWPipeline:
                 if not config.ablation.adaptive_position:  # AP ablation: seeded random placement
                     plan = random_placement(plan, apply_crop(image, None, plan.crop)[0], config, seed)
             text = plan.prompt if config.ablation.prompt_intensification else (plan.user_prompt or prompt)
-            text = require_prompt(text, "the plan's prompt")
+            text = require_prompt(text, "the plan's prompt", max_chars=None)  # the user's prompt was checked; a planner may add words
             notes = notes + prompt_warnings(comp.tokenizer, text)
 
         # 2. Seed initialization: the condition (its planned crop) pasted at box_v (snapped to latent cells) on gray.

@@ -17,11 +17,12 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
+from typing import Any
 
 import pluggy
 
 from sow import hookspecs
-from sow.errors import PluginError, UnknownStageError
+from sow.errors import PluginError, StageOptionError, UnknownStageError
 from sow.stages import STAGE_KINDS
 
 log = logging.getLogger("sow.plugins")
@@ -52,10 +53,74 @@ class StageEntry:
     distribution: str
 
     def create(self, **options: object) -> object:
+        """The stage, made with ``options``; unknown option keys are the user's error (exit 2)."""
+        label = f"{self.kind.replace('_', ' ')} {self.name!r} ({self.distribution})"
+        check_options(self.factory, options, label)
         try:
             return self.factory(**options)
         except TypeError as exc:
-            raise PluginError(f"{self.kind} {self.name!r} ({self.distribution}) rejected its options: {exc}") from None
+            raise PluginError(f"{label} rejected its options: {exc}") from None
+        except (Exception, KeyboardInterrupt):
+            raise
+        except BaseException as exc:  # sys.exit() in a plugin: that plugin's failure, not a silent exit 0
+            raise PluginError(f"{label} stopped while being created ({describe_exit(exc)})") from None
+
+
+def describe_exit(exc: BaseException) -> str:
+    """``SystemExit(3)`` -> ``"it called sys.exit(3)"``; other exceptions by type and first line."""
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({exc.code!r})"
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}".rstrip(": ")
+
+
+def _raiser(exc: BaseException) -> str:
+    """The module whose code raised ``exc`` (the innermost frame of its traceback)."""
+    tb, name = exc.__traceback__, "?"
+    while tb is not None:
+        name = tb.tb_frame.f_globals.get("__name__", name)
+        tb = tb.tb_next
+    return name
+
+
+def plugin_exits_fail(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a library entry point: ``sys.exit()`` (any non-``Exception`` but Ctrl-C) inside it is a :class:`PluginError`.
+
+    Library code never exits the process, so such an exit comes from plugin code; it must
+    not turn a run into a silent exit 0. The error names the module that raised it.
+    """
+    import functools
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except (Exception, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            raise PluginError(f"plugin code in {_raiser(exc)} stopped the run ({describe_exit(exc)})") from None
+
+    return wrapper
+
+
+def check_options(factory: Callable[..., object], options: dict[str, object], label: str) -> None:
+    """Refuse option keys ``factory`` does not take (:class:`StageOptionError`, exit 2), before calling it."""
+    import inspect
+
+    if not options:
+        return
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # a builtin or C callable: let the call decide
+        return
+    parameters = signature.parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return
+    accepted = {p.name for p in parameters if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        known = ", ".join(sorted(accepted)) or "none"
+        raise StageOptionError(f"{label} has no option {unknown[0]!r}; its options: {known}")
 
 
 @dataclass(frozen=True)
@@ -80,9 +145,18 @@ class Registry:
         if existing and existing.distribution not in ("sow", entry.distribution):
             raise PluginError(
                 f"{entry.kind} name {entry.name!r} is registered by both "
-                f"{existing.distribution} and {entry.distribution}; disable one with SOW_DISABLE_PLUGINS"
+                f"{existing.distribution} and {entry.distribution}; {existing.distribution}'s is kept; "
+                "disable one with --disable-plugin / SOW_DISABLE_PLUGINS"
             )
         self.entries[entry.kind][entry.name] = entry
+
+    def fail(self, name: str, distribution: str, error: str) -> None:
+        """Record that plugin ``name`` (of ``distribution``) failed, and log it; the others go on."""
+        from sow.io.security import clean_text
+
+        error = clean_text(error)
+        self.failures.append(LoadFailure(name, distribution, error))
+        log.warning("plugin %s (%s) failed to load: %s", name, distribution, error)
 
     def names(self, kind: str) -> list[str]:
         return sorted(self.entries[kind])
@@ -112,13 +186,19 @@ def _csv_env(name: str) -> set[str] | None:
     return {part.strip() for part in value.split(",") if part.strip()}
 
 
-def _make_register(registry: Registry, kind: str, distribution: str) -> Callable[..., None]:
+def _make_register(registry: Registry, kind: str, distribution: str, plugin_name: str) -> Callable[..., None]:
+    """The ``register`` callback a plugin's hook gets: a bad registration is that plugin's failure, not everyone's."""
+
     def register(factory: Callable[..., object], name: str | None = None, description: str | None = None) -> None:
         stage_name = name or getattr(factory, "name", None)
         if not isinstance(stage_name, str) or not stage_name:
-            raise PluginError(f"{distribution} registered a {kind} without a name")
+            registry.fail(plugin_name, distribution, f"registered a {kind.replace('_', ' ')} without a name")
+            return
         text = description or getattr(factory, "description", None) or (factory.__doc__ or "").strip()
-        registry.add(StageEntry(kind, stage_name, factory, text.splitlines()[0] if text else "", distribution))
+        try:
+            registry.add(StageEntry(kind, stage_name, factory, str(text).splitlines()[0] if text else "", distribution))
+        except PluginError as exc:
+            registry.fail(plugin_name, distribution, str(exc))
 
     return register
 
@@ -150,26 +230,28 @@ def build_registry(
     if load_entry_points:
         blocked = (_csv_env("SOW_DISABLE_PLUGINS") or set()) | set(disabled)
         only = _csv_env("SOW_LOAD_PLUGINS")
-        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        for ep in plugin_entry_points():
             dist = ep.dist.name if ep.dist is not None else ep.value
             if ep.name in blocked or dist in blocked or (only is not None and ep.name not in only):
                 continue
             try:
                 plugin = ep.load()
-                pm.register(plugin, name=f"{dist}:{ep.name}")
-            except Exception as exc:  # a broken plugin must not take the others down
-                registry.failures.append(LoadFailure(ep.name, dist, f"{type(exc).__name__}: {exc}"))
-                log.warning("plugin %s (%s) failed to load: %s", ep.name, dist, exc)
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # a broken plugin (even one calling sys.exit) must not take the others down
+                registry.fail(ep.name, dist, describe_exit(exc))
                 continue
-            distributions[id(plugin)] = dist
+            if _register_plugin(pm, registry, plugin, f"{dist}:{ep.name}", ep.name, dist):
+                distributions[id(plugin)] = dist
 
     for plugin in extra_plugins:
-        pm.register(plugin)
-        distributions[id(plugin)] = getattr(plugin, "__name__", type(plugin).__name__)
+        name = getattr(plugin, "__name__", type(plugin).__name__)
+        if _register_plugin(pm, registry, plugin, None, name, name):
+            distributions[id(plugin)] = name
 
     try:
         pm.check_pending()
-    except pluggy.PluginValidationError as exc:
+    except pluggy.PluginValidationError as exc:  # not reachable: _register_plugin refuses these one by one
         raise PluginError(f"a plugin implements a hook sow does not define: {exc}") from None
 
     for kind in STAGE_KINDS:
@@ -177,18 +259,63 @@ def build_registry(
         # get_hookimpls() lists them in registration order (pluggy itself calls them LIFO)
         for impl in caller.get_hookimpls():
             dist = distributions.get(id(impl.plugin), impl.plugin_name)
+            label = impl.plugin_name.split(":", 1)[-1]
             before = {e.name for e in registry.entries[kind].values() if e.distribution == dist}
             try:
-                impl.function(register=_make_register(registry, kind, dist))
+                impl.function(register=_make_register(registry, kind, dist, label))
                 if trace:
                     added = sorted({e.name for e in registry.entries[kind].values() if e.distribution == dist} - before)
                     log.warning("register_%ss(%s) -> %s", kind, impl.plugin_name, ", ".join(added) or "nothing")
-            except PluginError:
+            except KeyboardInterrupt:
                 raise
-            except Exception as exc:
-                registry.failures.append(LoadFailure(impl.plugin_name, dist, f"{type(exc).__name__}: {exc}"))
-                log.warning("plugin %s failed in register_%ss: %s", impl.plugin_name, kind, exc)
+            except BaseException as exc:
+                registry.fail(label, dist, f"in register_{kind}s: {describe_exit(exc)}")
     return registry
+
+
+def _register_plugin(pm: pluggy.PluginManager, registry: Registry, plugin: object, key: str | None, name: str, dist: str) -> bool:
+    """Register one plugin object; a bad one (unknown hook, bad signature) is unregistered and recorded."""
+    try:
+        pm.register(plugin, name=key)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # pluggy.PluginValidationError: a hookimpl whose arguments sow does not pass
+        registry.fail(name, dist, describe_exit(exc))
+        return False
+    unknown = sorted(caller.name for caller in (pm.get_hookcallers(plugin) or []) if not caller.has_spec())
+    if unknown:
+        pm.unregister(plugin)
+        registry.fail(name, dist, f"implements hook {unknown[0]!r}, which sow does not define (see sow.hookspecs)")
+        return False
+    return True
+
+
+def plugin_search_path() -> list[str]:
+    """Where plugins are looked for: ``sys.path`` without the working directory (``''``, ``.``, the cwd).
+
+    ``python -m sow`` puts the working directory first on ``sys.path``; a ``*.dist-info`` lying
+    there would otherwise register (and run) a plugin from wherever the user happens to stand.
+    """
+    import sys
+
+    cwd = os.path.realpath(os.getcwd())
+    return [p for p in sys.path if p not in ("", ".") and os.path.realpath(p) != cwd]
+
+
+def plugin_entry_points() -> list[metadata.EntryPoint]:
+    """The entry points of the group ``sow`` on :func:`plugin_search_path`, one per (distribution, name)."""
+    seen: set[tuple[str, str]] = set()
+    points = []
+    for dist in metadata.distributions(path=plugin_search_path()):
+        for ep in dist.entry_points:
+            if ep.group != ENTRY_POINT_GROUP:
+                continue
+            key = (dist.metadata["Name"] or "", ep.name)
+            if key in seen:  # the same distribution found twice on the path: the first one wins, as import does
+                continue
+            seen.add(key)
+            points.append(ep)
+    return points
 
 
 _registry: Registry | None = None

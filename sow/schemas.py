@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sow.errors import InputError
+from sow.io.security import clean_text
 
 PAPER_NEGATIVE_PROMPT = "a bad quality and low-resolution image, extra fingers, deformed hands"
 
@@ -23,16 +24,33 @@ PAPER_NEGATIVE_PROMPT = "a bad quality and low-resolution image, extra fingers, 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_as_numbers(cls, data: Any) -> Any:
+        """``true`` is not a number: pydantic's lax mode would read it as 1 (a box corner, a cycle count)."""
+        if isinstance(data, dict):
+            for name, field in cls.model_fields.items():
+                value = data.get(name)
+                if field.annotation in (int, float) and isinstance(value, bool):
+                    raise ValueError(f"{name}: expected a number, not {str(value).lower()}")
+                if isinstance(value, list) and field.annotation in (list[int], list[float]) and any(isinstance(v, bool) for v in value):
+                    raise ValueError(f"{name}: expected numbers, not true/false")
+        return data
+
 
 class Canvas(_Strict):
     """The size of the generated image in pixels."""
 
-    width: int = Field(512, ge=64, le=4096, multiple_of=8, description="Image width in pixels (multiple of 8).")
-    height: int = Field(512, ge=64, le=4096, multiple_of=8, description="Image height in pixels (multiple of 8).")
+    width: int = Field(512, ge=64, le=4096, multiple_of=8, description="Image width in pixels (multiple of 8; at most 4096: SD's UNet memory grows with the square of the side).")
+    height: int = Field(512, ge=64, le=4096, multiple_of=8, description="Image height in pixels (multiple of 8; at most 4096: SD's UNet memory grows with the square of the side).")
 
     @property
     def short_side(self) -> int:
         return min(self.width, self.height)
+
+
+MAX_COORDINATE = 65_536
+"""Box coordinates and sides above this are refused: canvases stop at 4096 px, condition images at Pillow's limit."""
 
 
 class Box(_Strict):
@@ -41,15 +59,17 @@ class Box(_Strict):
     Accepts a JSON object ``{"x": .., "y": .., "w": .., "h": ..}`` or a list ``[x, y, w, h]``.
     """
 
-    x: int = Field(ge=0, description="Left edge in canvas pixels.")
-    y: int = Field(ge=0, description="Top edge in canvas pixels.")
-    w: int = Field(gt=0, description="Width in pixels.")
-    h: int = Field(gt=0, description="Height in pixels.")
+    x: int = Field(ge=0, le=MAX_COORDINATE, description="Left edge in canvas pixels (at most 65,536: no canvas or image is larger).")
+    y: int = Field(ge=0, le=MAX_COORDINATE, description="Top edge in canvas pixels (at most 65,536: no canvas or image is larger).")
+    w: int = Field(gt=0, le=MAX_COORDINATE, description="Width in pixels (at most 65,536: no canvas or image is larger).")
+    h: int = Field(gt=0, le=MAX_COORDINATE, description="Height in pixels (at most 65,536: no canvas or image is larger).")
 
     @model_validator(mode="before")
     @classmethod
     def _from_sequence(cls, value: Any) -> Any:
         if isinstance(value, (list, tuple)):
+            if any(isinstance(v, bool) for v in value):
+                raise ValueError("a box is [x, y, w, h] of integers, not true/false")
             if len(value) != 4:
                 raise ValueError(f"a box is [x, y, w, h]; got {len(value)} numbers")
             return dict(zip("xywh", value))
@@ -119,6 +139,17 @@ class Plan(_Strict):
     repairs: list[str] = Field(default_factory=list, description="Changes made to the planner's answer to make it valid.")
     notes: list[str] = Field(default_factory=list, description="What the planner noticed (e.g. which face it chose).")
 
+    @field_validator("prompt", "user_prompt", "description", "planner", mode="before")
+    @classmethod
+    def _no_control_characters(cls, value: Any) -> Any:
+        """A plan's text may come from a model or an API: no terminal escape sequences in it (then the length checks)."""
+        return clean_text(value) if isinstance(value, str) else value
+
+    @field_validator("notes", "repairs")
+    @classmethod
+    def _no_control_characters_in_lines(cls, value: list[str]) -> list[str]:
+        return [clean_text(line) for line in value]
+
     @model_validator(mode="after")
     def _boxes_on_canvas(self) -> Plan:
         for name in ("box_v", "box_r"):
@@ -176,6 +207,10 @@ class StageNames(_Strict):
     preserver: str = Field("replace", description="Preserver plugin name.")
 
 
+MAX_CYCLES = 200
+"""Upper bound of :attr:`GenerationConfig.cycles` (see its description)."""
+
+
 class GenerationConfig(_Strict):
     """Every setting of a run, with the paper's values as defaults (SD 2.1-base, 512x512).
 
@@ -185,10 +220,15 @@ class GenerationConfig(_Strict):
 
     preset: Preset = Field("normal", description="The preset the t3 / eta values came from.")
     canvas: Canvas = Field(default_factory=Canvas)
-    num_inference_steps: int = Field(10, ge=2, le=1000, description="S, the number of DDIM levels.")
-    t1: int = Field(5, ge=1, description="Level the cycles return to (replace_step).")
-    t2: int = Field(7, ge=2, description="Level the noise injection jumps to (back_step).")
-    cycles: int = Field(10, ge=0, description="N, the number of cycles.")
+    num_inference_steps: int = Field(10, ge=2, le=1000, description="S, the number of DDIM levels (at most 1000, the number of timesteps SD was trained with).")
+    t1: int = Field(5, ge=1, le=999, description="Level the cycles return to (replace_step); below t2, so at most 999.")
+    t2: int = Field(7, ge=2, le=1000, description="Level the noise injection jumps to (back_step); at most num_inference_steps (1000).")
+    cycles: int = Field(
+        10,
+        ge=0,
+        le=MAX_CYCLES,
+        description=f"N, the number of cycles (at most {MAX_CYCLES}: the paper uses 10, and each cycle costs t2 - t1 UNet evaluations; beyond a few dozen the image stops changing while the run takes hours).",
+    )
     t3: list[int] = Field(default_factory=lambda: [4, 3], description="Levels of the final phase where the condition region is replaced again.")
     cycle_eta: float = Field(0.0, ge=0, description="DDIM eta in the cycle phase.")
     final_eta: float = Field(0.1, ge=0, description="DDIM eta from t1 to the image.")
@@ -198,8 +238,8 @@ class GenerationConfig(_Strict):
     background_guidance: bool = Field(True, description="Discourage a second face outside the condition in the cycles.")
     background_suppress_prompt: str = Field("human face", description="What background guidance pushes away from.")
     background_diverse_prompt: str = Field("a high quality and colorful image", description="Background guidance's counterweight.")
-    min_side: int = Field(180, ge=8, description="Smallest side of box_v on a 512 canvas (scaled with the canvas).")
-    max_side: int = Field(256, ge=8, description="Largest side of box_v on a 512 canvas (scaled with the canvas).")
+    min_side: int = Field(180, ge=8, le=512, description="Smallest side of box_v on a 512 canvas (scaled with the canvas); at most 512, the canvas itself.")
+    max_side: int = Field(256, ge=8, le=512, description="Largest side of box_v on a 512 canvas (scaled with the canvas); at most 512, the canvas itself.")
     stages: StageNames = Field(default_factory=StageNames)
     modulation: ModulationSettings = Field(default_factory=ModulationSettings)
     ablation: AblationSettings = Field(default_factory=AblationSettings)
@@ -268,12 +308,17 @@ class RunRecord(_Strict):
     aligned_box_v: Box = Field(description="box_v snapped to the latent grid, as used.")
     timings: list[StageTiming] = Field(default_factory=list)
     unet_evaluations: int
-    num_images: int = Field(1, ge=1, description="Images made in this run, batched; image i used seed + i.")
+    num_images: int = Field(1, ge=1, le=64, description="Images made in this run, batched; image i used seed + i (at most 64, the CLI's --num-images limit: one batch must fit in memory).")
     versions: dict[str, str] = Field(default_factory=dict)
     outputs: dict[str, str] = Field(default_factory=dict, description="Files written, by role.")
     prompt_used: str = Field("", description="The prompt the image was generated from (the user's with PI off).")
     trace: list[dict[str, Any]] | None = Field(None, description="Per-layer, per-step gate values (opt-in).")
     warnings: list[str] = Field(default_factory=list, description="Input conversions and warnings (e.g. a truncated prompt).")
+
+    @field_validator("warnings")
+    @classmethod
+    def _no_control_characters(cls, value: list[str]) -> list[str]:
+        return [clean_text(line) for line in value]
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:

@@ -83,7 +83,7 @@ def test_clipped_leaves_a_fitting_box_alone(case):
 @st.composite
 def side_settings(draw):
     low = draw(st.integers(8, 512))
-    return low, draw(st.integers(low, 1024))
+    return low, draw(st.integers(low, 512))  # GenerationConfig bounds both sides by the 512 reference canvas
 
 
 @given(canvases, side_settings())
@@ -108,8 +108,8 @@ def test_side_limits_grow_with_the_canvas(c1, c2):
 # -- schemas: round trips and fuzzing -----------------------------------------------------------------
 
 
-@given(boxes_on(), boxes_on(), st.text(min_size=1, max_size=80))
-def test_plan_json_round_trip(v, r, prompt):
+@given(boxes_on(), boxes_on(), st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=80))
+def test_plan_json_round_trip(v, r, prompt):  # control characters are stripped on the way in (issue 13): not round-trip text
     assume(prompt.strip())
     canvas = v[0]
     box_r = r[1].clipped(canvas)

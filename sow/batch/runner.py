@@ -40,15 +40,17 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sow.errors import InputError, SowError
-from sow.io.outputs import check_free, safe_name, save_image_atomic, save_json_atomic
+from sow.io.files import jsonl_lines, parse_json, read_regular_text
+from sow.io.journal import Journal
+from sow.io.outputs import check_free, check_unique, safe_name
+from sow.io.results import output_paths, write_outputs
+from sow.io.security import clean_text, redact
 from sow.schemas import Plan, Preset, first_error
-from sow.io.security import redact
-from sow.batch.workers import WorkerIdentity, complete_lines, merge_parts, part_files, parts_dir, run_of, shard
+from sow.batch.workers import WorkerIdentity, merge_parts, part_files, parts_dir, run_of, shard
 
 MANIFEST_NAME = "manifest.jsonl"
 MAX_BATCH_BYTES = 64 * 1024 * 1024
 """Batch files larger than this are refused (64 MiB: about a million jobs)."""
-OUTPUT_ROLES = {"image": ".png", "plan_image": ".plan.png", "record": ".json"}
 
 
 class BatchJob(BaseModel):
@@ -59,7 +61,7 @@ class BatchJob(BaseModel):
     condition: str = Field(min_length=1, description="Image file (relative paths: from the batch file's folder).")
     prompt: str = Field(description="What the scene should show.")
     plan: str | Plan | None = Field(None, description="A plan file path or an inline plan: skips the planner.")
-    seed: int = Field(0, ge=0, lt=2**63, description="Random seed.")
+    seed: int = Field(0, ge=0, lt=2**63, description="Random seed (0 .. 2**63-1, what torch's generator takes).")
     preset: Preset = Field("normal", description="normal, attribute or style.")
     name: str | None = Field(None, description="Output file stem (a plain name); default <line>-<prompt>-s<seed>.")
 
@@ -96,7 +98,7 @@ class BatchItem:
     """The batch file's folder (relative paths start here)."""
 
     def outputs(self, out_dir: Path) -> dict[str, Path]:
-        paths = {role: out_dir / f"{self.id}{suffix}" for role, suffix in OUTPUT_ROLES.items()}
+        paths = output_paths(out_dir, self.id)
         root = out_dir.resolve()
         for path in paths.values():  # safe_name makes this impossible; keep the guard anyway
             if path.resolve().parent != root:
@@ -111,30 +113,14 @@ class BatchItem:
 def read_batch_file(path: Path) -> list[BatchItem]:
     """Parse and validate a batch file; :class:`InputError` names the line and the field."""
     label = f"batch file {path}"
-    try:
-        size = path.stat().st_size
-        if not path.is_file():
-            raise InputError(f"{label}: not a regular file")
-        if size > MAX_BATCH_BYTES:
-            raise InputError(f"{label}: {size:,} bytes is over the {MAX_BATCH_BYTES:,}-byte limit")
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise InputError(f"{label}: no such file") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{label}: not UTF-8 text") from None
-    except OSError as exc:
-        raise InputError(f"{label}: cannot be read ({exc.strerror or exc})") from None
+    text = read_regular_text(path, "batch file", MAX_BATCH_BYTES)
     items: list[BatchItem] = []
     seen: dict[str, int] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
+    for number, raw in enumerate(jsonl_lines(text), start=1):  # \n only: U+2028 may sit inside a string
+        line = raw.strip(" \t\r")
         if not line or line.startswith("#"):
             continue
-        try:
-            data = json.loads(line)
-        except (json.JSONDecodeError, RecursionError) as exc:
-            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
-            raise InputError(f"{label} line {number}: not valid JSON ({reason})") from None
+        data = parse_json(line, f"{label} line {number}")
         if not isinstance(data, dict):
             raise InputError(f"{label} line {number}: expected a JSON object with condition and prompt")
         try:
@@ -142,43 +128,54 @@ def read_batch_file(path: Path) -> list[BatchItem]:
         except ValidationError as exc:
             raise InputError(f"{label} line {number}: {first_error(exc)}") from None
         item_id = safe_name(job.name) if job.name else f"{number:04d}-{safe_name(job.prompt, 40)}-s{job.seed}"
-        if item_id in seen:
-            raise InputError(f"{label} line {number}: output name {item_id!r} is already used by line {seen[item_id]}")
-        seen[item_id] = number
+        if item_id.casefold() in seen:
+            raise InputError(f"{label} line {number}: output name {item_id!r} is already used by line {seen[item_id.casefold()]}")
+        seen[item_id.casefold()] = number
         digest = hashlib.sha256(job.model_dump_json().encode()).hexdigest()
         items.append(BatchItem(item_id, number, job, digest, path.parent))
     if not items:
         raise InputError(f"{label}: no jobs (one JSON object per line)")
+    check_outputs_unique(items, path.parent)
     return items
+
+
+def check_outputs_unique(items: list[BatchItem], out_dir: Path) -> None:
+    """Every output of every job is its own file (job ``foo.plan``'s image is not job ``foo``'s plan picture)."""
+    labelled = {f"line {item.line} {role}": p for item in items for role, p in output_paths(out_dir, item.id).items()}
+    labelled[MANIFEST_NAME] = out_dir / MANIFEST_NAME
+    try:
+        check_unique(labelled, "output file")
+    except InputError as exc:
+        raise InputError(f"batch: {exc}") from None
 
 
 # -- the manifest ----------------------------------------------------------------------------
 
 
 class Manifest:
-    """The append-only record of a batch in ``<out>/manifest.jsonl`` (see the module docstring)."""
+    """The append-only record of a batch in ``<out>/manifest.jsonl`` (see the module docstring).
+
+    A :class:`sow.io.journal.Journal` (locked while a batch runs): a torn last line is not an
+    entry and is cut off before the next append.
+    """
 
     def __init__(self, out_dir: Path, part: str | None = None) -> None:
         """The batch manifest of ``out_dir``, or with ``part`` one worker's part of it (:mod:`sow.batch.workers`)."""
         self.out_dir = out_dir
         self.path = out_dir / MANIFEST_NAME if part is None else parts_dir(out_dir) / part
-        self.run = None if part is None else part.split(".", 1)[0]
+        self.run = None if part is None else run_of(self.path)
         """A part's run: every entry it writes carries it, so that siblings know each other after a merge."""
-        self._handle = None
+        self.journal = Journal(self.path, "batch manifest", lock=True, owner="batch")
 
     def exists(self) -> bool:
         """Whether an earlier batch is recorded here: in the manifest or in any worker's part."""
-        main = self.out_dir / MANIFEST_NAME
-        return (main.is_file() and main.stat().st_size > 0) or bool(part_files(self.out_dir))
+        return Journal(self.out_dir / MANIFEST_NAME).exists() or bool(part_files(self.out_dir))
 
     def entries(self) -> list[dict[str, Any]]:
-        """Every complete line of the manifest and of every worker's part; a line cut short by a kill is ignored."""
+        """Every complete entry of the manifest and of every worker's part (a line cut short by a kill is none)."""
         entries = []
         for path in [self.out_dir / MANIFEST_NAME, *part_files(self.out_dir)]:
-            try:
-                entries.extend(_entries_of(path))
-            except (FileNotFoundError, IsADirectoryError):
-                continue
+            entries.extend(_entries_of(path))
         return entries
 
     def state(self) -> dict[str, dict[str, Any]]:
@@ -194,48 +191,18 @@ class Manifest:
     @contextmanager
     def open(self, fresh: bool) -> Iterator[Manifest]:
         """Hold the manifest for appending (exclusively, where the OS can lock files)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            handle = open(self.path, "a+", encoding="utf-8")
-            _lock(handle, self.path)  # before truncating: never clobber a batch that is running
-            if _same_file(handle, self.path):
-                break
-            handle.close()  # a merge folded and removed this part between our open and our lock: open anew
-        try:
-            if fresh:
-                handle.truncate(0)
-            else:  # after a kill mid-line, start on a line of our own
-                handle.seek(0, os.SEEK_END)
-                if handle.tell() > 0:
-                    handle.seek(handle.tell() - 1)
-                    if handle.read(1) != "\n":
-                        handle.write("\n")
-            self._handle = handle
-            yield self
-        finally:
-            self._handle = None
-            handle.close()
+        for _ in range(100):
+            with self.journal.open(fresh=fresh):
+                if self.run is not None and not _same_file(self.journal._handle, self.path):
+                    continue  # a merge folded and removed this part between our open and our lock: open anew
+                yield self
+                return
+        raise SowError(f"{self.path}: could not hold the manifest part (it kept being merged away)")
 
     def append(self, **entry: Any) -> None:
-        if self._handle is None:
-            raise RuntimeError("manifest is not open")
-        entry.setdefault("time", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         if self.run is not None:
             entry.setdefault("run", self.run)
-        self._handle.write(redact(json.dumps(entry, ensure_ascii=False)) + "\n")
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-
-
-def _lock(handle, path: Path) -> None:
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory lock; one batch per folder is then the user's care
-        return
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        raise InputError(f"{path} is in use by another sow batch; wait for it or choose another --out") from None
+        self.journal.append(entry, stamp=True)
 
 
 def _same_file(handle, path: Path) -> bool:
@@ -287,6 +254,7 @@ def plan_work(
     is considered, and the parts of its own run are siblings, not an earlier batch.
     """
     mine = items if worker is None else shard(items, worker.rank, worker.world_size)
+    check_outputs_unique(items, out_dir)
     manifest = Manifest(out_dir)
     if not resume:
         earlier = _earlier_batch(out_dir, worker)
@@ -326,15 +294,13 @@ def _earlier_batch(out_dir: Path, worker: WorkerIdentity | None) -> Path | None:
 
 
 def _entries_of(path: Path) -> list[dict[str, Any]]:
-    entries = []
-    for line in complete_lines(path.read_bytes()):
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict):
-            entries.append(entry)
-    return entries
+    """The entries of one manifest file; a part a merge removed meanwhile has none."""
+    try:
+        return Journal(path, "batch manifest").entries()
+    except InputError:
+        if path.exists():
+            raise
+        return []
 
 
 def _start_afresh(out_dir: Path, worker: WorkerIdentity | None) -> None:
@@ -353,15 +319,21 @@ def _start_afresh(out_dir: Path, worker: WorkerIdentity | None) -> None:
             part.unlink(missing_ok=True)
 
 
-def run_item(pipe, item: BatchItem, out_dir: Path, manifest: Manifest, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_item(
+    pipe, item: BatchItem, out_dir: Path, manifest: Manifest, overrides: dict[str, Any] | None = None, *, redo: bool | None = None
+) -> dict[str, Any]:
     """Run one job and journal it in ``manifest``: ``start``, then ``done`` or ``failed``.
 
-    Returns the event (``done`` with ``seconds`` and ``warnings``, or ``failed`` with
-    ``error``). A ``KeyboardInterrupt`` propagates with the item left unfinished.
+    ``redo``: the item's existing files may be replaced (``--overwrite``, or the item was
+    started before by this batch); None reads it from the manifest (a worker that joined
+    late, an actor that retries a dead one's item). Returns the event (``done`` with
+    ``seconds`` and ``warnings``, or ``failed`` with ``error``). A ``KeyboardInterrupt``
+    propagates with the item left unfinished.
     """
-    from sow.io.canvas import draw_plan
     from sow.io.json_files import load_plan_file  # the one plan-file reader
 
+    if redo is None:
+        redo = item.id in Manifest(out_dir).state()
     manifest.append(event="start", id=item.id, line=item.line, job=item.job_sha256, worker=os.getpid())
     t0 = time.perf_counter()
     try:
@@ -369,14 +341,10 @@ def run_item(pipe, item: BatchItem, out_dir: Path, manifest: Manifest, overrides
         plan = load_plan_file(item.resolve(job.plan)) if isinstance(job.plan, str) else job.plan
         config = pipe.make_config(None, job.preset, **(overrides or {}))
         result = pipe(item.resolve(job.condition), job.prompt, plan=plan, seed=job.seed, config=config)
-        paths = item.outputs(out_dir)
-        save_image_atomic(result.image, paths["image"])
-        save_image_atomic(draw_plan(result.plan, result.seeded_canvas), paths["plan_image"])
-        result.record.outputs = {role: str(p) for role, p in paths.items()}
-        save_json_atomic(result.record, paths["record"])
+        paths = write_outputs(result, item.outputs(out_dir), overwrite=redo)
     except KeyboardInterrupt:
         raise
-    except Exception as exc:  # noqa: BLE001 - a failed item must not stop the batch
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - a failed item (even a plugin's sys.exit) must not stop the batch
         message, code = _describe(exc)
         manifest.append(event="failed", id=item.id, line=item.line, job=item.job_sha256, error=message, exit_code=code)
         return {"event": "failed", "id": item.id, "line": item.line, "error": message}
@@ -417,6 +385,7 @@ def run_batch(
     started = time.perf_counter()
     emit = on_event or (lambda event: None)
     todo, done_before, fresh = plan_work(items, out_dir, resume, overwrite, worker)
+    ours = set() if fresh else set(Manifest(out_dir).state())  # items this batch started: their files may be redone
     mine = items if worker is None else shard(items, worker.rank, worker.world_size)
     summary = BatchSummary(skipped=len(done_before), total=len(mine), manifest=str(out_dir / MANIFEST_NAME))
     for item in done_before:
@@ -430,7 +399,7 @@ def run_batch(
                         **({} if worker is None else {"rank": worker.rank, "world_size": worker.world_size}))
         for index, item in enumerate(todo):
             emit({"event": "start", "id": item.id, "line": item.line, "index": index, "todo": len(todo)})
-            event = run_item(pipe, item, out_dir, manifest, overrides)
+            event = run_item(pipe, item, out_dir, manifest, overrides, redo=overwrite or item.id in ours)
             if event["event"] == "failed":
                 summary.failed += 1
                 summary.failures.append({"id": item.id, "line": item.line, "error": event["error"]})
@@ -446,9 +415,11 @@ def run_batch(
 def _describe(exc: BaseException) -> tuple[str, int]:
     """One redacted line and the exit code the error would have had on its own."""
     if isinstance(exc, SowError):
-        return redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__), exc.exit_code
+        return clean_text(redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)), exc.exit_code
+    if isinstance(exc, SystemExit):
+        return f"a plugin called sys.exit({exc.code!r}) during this item", 1
     text = str(exc).splitlines()[0] if str(exc) else ""
-    return redact(f"unexpected {type(exc).__name__}: {text}".rstrip(": ")), 1
+    return clean_text(redact(f"unexpected {type(exc).__name__}: {text}".rstrip(": "))), 1
 
 
 __all__ = [

@@ -163,11 +163,12 @@ def merge_parts(out_dir: Path, manifest_path: Path) -> int:
     with _locked_file(manifest_path, "a+b") as manifest:
         if manifest is None:
             return 0
+        manifest.seek(0)
+        data = manifest.read()
+        complete = data.rfind(b"\n") + 1
+        if complete != len(data):  # the torn tail of a kill is no entry: cut it (sow.io.journal's policy)
+            manifest.truncate(complete)
         manifest.seek(0, os.SEEK_END)
-        if manifest.tell() > 0:  # after a kill mid-line, start on a line of our own
-            manifest.seek(manifest.tell() - 1)
-            if manifest.read(1) != b"\n":
-                manifest.write(b"\n")
         for part in parts:
             with _locked_file(part, "rb") as handle:
                 if handle is None:  # its worker still runs

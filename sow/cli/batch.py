@@ -15,7 +15,7 @@ from sow.batch.runner import plan_work, read_batch_file, run_batch
 from sow.batch.workers import PipelineSpec, WorkerIdentity
 from sow.errors import InputError
 from sow.schemas import GenerationConfig
-from sow.io.security import redact
+from sow.io.security import redact, redact_data
 
 
 def generate_batch(
@@ -53,7 +53,7 @@ def generate_batch(
     pipe = load() if todo else None
 
     def emit_json(event: dict[str, Any]) -> None:
-        print(redact(json.dumps(event)), flush=True)
+        print(redact(json.dumps(redact_data(event))), flush=True)
 
     progress = Progress(
         TextColumn("{task.description:<24}"),

@@ -88,16 +88,9 @@ def planner_options(items: list[str] | None, quantize: str | None) -> dict:
 
 def parse_options(items: list[str] | None) -> dict:
     """``["model=gemini-2.5-pro", "retries=2"]`` -> ``{"model": "gemini-2.5-pro", "retries": 2}``."""
-    options: dict = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise InputError(f"--planner-option {item!r}: expected KEY=VALUE")
-        try:
-            options[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key.strip()] = value
-    return options
+    from sow.io.options import parse_key_values
+
+    return parse_key_values(items, "--planner-option")
 
 
 @app.command("plan")
@@ -116,7 +109,8 @@ def plan_command(
     overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
 ) -> None:
     """Plan only: write the plan (box_v, box_r, prompt) as JSON and a picture of it; edit it, then `generate --plan`."""
-    from sow.io.outputs import check_free, save_image_atomic, save_json_atomic
+    from sow.io.outputs import image_bytes, json_bytes
+    from sow.io.results import place_files, prepare_outputs
     from sow.planners.cache import PlanCache
     from sow.planners.policy import check_policy, make_plan
 
@@ -124,7 +118,7 @@ def plan_command(
     if out.suffix.lower() != ".json":
         raise InputError(f"--out {out}: the plan file must end in .json")
     picture = out.with_suffix(".png")
-    check_free([out, picture], overwrite)
+    prepare_outputs(out.parent, {"plan": out, "picture": picture}, overwrite)
     config = GenerationConfig.from_preset(preset, **load_config_file(config_file))
     plan, image = make_plan(
         condition,
@@ -136,8 +130,7 @@ def plan_command(
         on_error=policy,
         cache=None if no_cache else PlanCache(),
     )
-    save_json_atomic(plan, out)
-    save_image_atomic(image, picture)
+    place_files({out: json_bytes(plan), picture: image_bytes(image, picture)}, overwrite=overwrite)
     lines = [f"box_v [{plan.box_v}]  box_r [{plan.box_r}]" + (f"  crop [{plan.crop}]" if plan.crop else "")]
     lines += [f"prompt: {plan.prompt}", *(f"note: {n}" for n in plan.notes), *(f"repaired: {r}" for r in plan.repairs)]
     for line in [*lines, f"wrote {out} and {picture}"]:
@@ -187,11 +180,13 @@ def generate(
     `torchrun --nproc-per-node N -m sow generate --batch ...` (each rank takes its share);
     see docs/scale-out.md.
     """
-    from sow.io.outputs import check_free, safe_name, save_image_atomic, save_json_atomic
-    from sow.pipeline import SOWPipeline
+    from sow.io.outputs import check_writable, safe_name
     from sow.io.prompt_checks import require_prompt
+    from sow.io.results import output_paths, prepare_outputs, write_outputs
+    from sow.pipeline import SOWPipeline
 
     overrides = load_config_file(config_file)
+    stage_options = planner_options(planner_option, quantize)  # a malformed KEY=VALUE fails before anything else
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {out_dir} is a file, not a folder")
     if not 0 <= seed < 2**63:
@@ -208,7 +203,7 @@ def generate(
         random_weights=random_weights,
         allow_pickle=allow_pickle or load_policy().allow_pickle,
         stages=tuple((k, v) for k, v in chosen.items() if v is not None),
-        planner_options=tuple(planner_options(planner_option, quantize).items()) if planner_option or quantize else (),
+        planner_options=tuple(stage_options.items()),
         on_planner_error=on_planner_error,
         plan_cache=not no_cache,
     )
@@ -225,6 +220,8 @@ def generate(
             raise InputError("--batch takes the jobs from the file: drop CONDITION, PROMPT, --plan, --box-v/--box-r and --name")
         from sow.cli.batch import generate_batch
 
+        check_writable(out_dir)
+
         generate_batch(
             batch, out_dir, overrides, spec=spec, ray=ray_settings(ray, workers, gpus_per_worker),
             resume=resume, overwrite=overwrite, quiet=quiet or json_output, json_output=json_output, console=err,
@@ -235,17 +232,15 @@ def generate(
     if condition is None or prompt is None:
         raise InputError("Missing argument CONDITION and PROMPT (or pass --batch FILE); see sow generate --help")
     require_prompt(prompt)
+    if plan_file and (box_v or box_r):
+        raise InputError("--plan FILE holds the boxes: drop --box-v/--box-r, or drop --plan")
     early = GenerationConfig.from_preset(preset, **overrides)  # bad inputs fail before the model loads
     early_plan = load_plan_file(plan_file) if plan_file else manual_plan(box_v, box_r, prompt, early)
     stem = safe_name(name) if name else f"{safe_name(prompt, 40)}-s{seed}"
-    paths = {"image": out_dir / f"{stem}.png", "plan_image": out_dir / f"{stem}.plan.png", "record": out_dir / f"{stem}.json"}
-    if num_images > 1:  # one file per variation: <stem>-0.png (seed), <stem>-1.png (seed + 1), ...
-        del paths["image"]
-        paths = {**{f"image_{i}": out_dir / f"{stem}-{i}.png" for i in range(num_images)}, **paths}
+    paths = output_paths(out_dir, stem, num_images=num_images, attention=save_attention)
     if save_attention:
-        paths["attention"] = out_dir / f"{stem}.attention.png"
         overrides["trace_attention"] = True
-    check_free(list(paths.values()), overwrite)
+    prepare_outputs(out_dir, paths, overwrite)  # writable, unique, free: before the long work
     from sow.io.images import load_condition
 
     load_condition(condition)  # missing, corrupt, hostile: refused before the model loads
@@ -261,21 +256,7 @@ def generate(
     with unet_progress(config.unet_evaluations(), disable=quiet or json_output, console=err) as callback:
         result = pipe(condition, prompt, plan=plan, seed=seed, config=config, callback=callback, num_images=num_images)
 
-    from sow.io.canvas import draw_plan
-
-    for i, image in enumerate(result.images):
-        save_image_atomic(image, paths["image"] if num_images == 1 else paths[f"image_{i}"])
-    used = result.plan.model_copy(update={"box_v": result.record.aligned_box_v})  # box_v as pasted: on the latent grid
-    save_image_atomic(draw_plan(used, result.seeded_canvas), paths["plan_image"])
-    if save_attention:
-        from sow.attention.dam import ATTENTION_ARTIFACT, attention_picture
-
-        capture = result.artifacts.get(ATTENTION_ARTIFACT)
-        if capture is None:
-            raise SowError(f"modulator {config.stages.modulator!r} captured no attention map for --save-attention")
-        save_image_atomic(attention_picture(capture, result.seeded_canvas), paths["attention"])
-    result.record.outputs = {role: str(p) for role, p in paths.items()}
-    save_json_atomic(result.record, paths["record"])
+    write_outputs(result, paths, overwrite=overwrite)  # never replaces a file another run placed meanwhile
     if plan is None:  # the planner ran: say what was repaired, or that another planner stood in
         fell_back = result.plan.planner != config.stages.planner and result.plan.notes
         for line in ([result.plan.notes[0]] if fell_back else []) + [f"plan repaired: {r}" for r in result.plan.repairs]:
@@ -284,8 +265,10 @@ def generate(
     for warning in result.record.warnings:
         err.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
     if json_output:
-        out.print(json.dumps({"event": "done", "outputs": result.record.outputs, "seconds": round(total, 3),
-                              "warnings": result.record.warnings}), markup=False, highlight=False, soft_wrap=True)
+        from sow.io.security import redact_data
+
+        event = {"event": "done", "outputs": result.record.outputs, "seconds": round(total, 3), "warnings": result.record.warnings}
+        out.print(json.dumps(redact_data(event)), markup=False, highlight=False, soft_wrap=True)
     else:
         first = paths["image"] if num_images == 1 else paths["image_0"]
         more = f" and {num_images - 1} more" if num_images > 1 else ""
@@ -305,7 +288,7 @@ def plugins() -> None:
         table.add_row(entry.kind, entry.name, entry.distribution, entry.description)
     out.print(table)
     for failure in registry.failures:
-        err.print(f"[yellow]plugin {failure.name} ({failure.distribution}) failed to load: {failure.error}[/]")
+        err.print(f"plugin {failure.name} ({failure.distribution}) failed to load: {failure.error}", style="yellow", markup=False, highlight=False, soft_wrap=True)
 
 
 from sow.cli.eval import eval_command, eval_spec_command  # noqa: E402
@@ -336,6 +319,14 @@ def bench(ctx: typer.Context) -> None:
     bench_main(list(ctx.args), prog="sow bench")
 
 
+def usage_line(exc: Exception) -> str:
+    """A click usage error as one ``error:`` line, with where to read more."""
+    message = " ".join(str(exc.format_message()).split())
+    context = getattr(exc, "ctx", None)
+    command = getattr(context, "command_path", None) or "sow"
+    return f"error: {message} (see {command} --help)"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one-line errors (secrets redacted), documented exit codes.
 
@@ -360,12 +351,13 @@ def main(argv: list[str] | None = None) -> None:
     except SowError as exc:
         _fail(f"error: {exc}", exc.exit_code)
     except Exception as exc:
-        # usage errors of the (possibly vendored) click: print usage and the one-line reason
-        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
-            exc.show(file=sys.stderr)
-            sys.exit(exc.exit_code)
-        if os.environ.get("SOW_DEBUG") == "1":
-            raise
+        # usage errors of the (possibly vendored) click: one line, like every other error
+        if callable(getattr(exc, "format_message", None)) and isinstance(getattr(exc, "exit_code", None), int):
+            _fail(usage_line(exc), exc.exit_code)
+        if os.environ.get("SOW_DEBUG") == "1":  # the traceback, redacted: it ends up in bug reports
+            from sow.io.security import format_traceback
+
+            sys.stderr.write(format_traceback(exc))
         first = str(exc).splitlines()[0] if str(exc) else ""
         _fail(f"error: unexpected {type(exc).__name__}: {first} (a bug in sow or a plugin; SOW_DEBUG=1 shows the traceback)", EXIT_FAILURE)
     if result == EXIT_INTERRUPTED:  # typer returns Ctrl-C as the exit code 130

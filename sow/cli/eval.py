@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from sow.cli.scale_options import GpusPerWorkerOpt, RayOpt, WorkersOpt, ray_settings
 from sow.errors import InputError
+from sow.io.security import redacting_console
 
-err = Console(stderr=True, soft_wrap=True)
+err = redacting_console(stderr=True, soft_wrap=True)
+"""Secrets redacted and control characters stripped from every line printed."""
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -23,19 +23,10 @@ def _csv(text: str | None) -> list[str] | None:
 
 
 def _options(pairs: list[str] | None) -> dict[str, object] | None:
-    """``KEY=VALUE`` pairs; values are read as JSON when they parse (numbers, true/false), else text."""
-    if not pairs:
-        return None
-    options: dict[str, object] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise InputError(f"--metric-option {pair!r}: expected KEY=VALUE")
-        try:
-            options[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key.strip()] = value
-    return options
+    """``KEY=VALUE`` pairs (:func:`sow.io.options.parse_key_values`); None when there are none."""
+    from sow.io.options import parse_key_values
+
+    return parse_key_values(pairs, "--metric-option") or None
 
 
 def eval_spec_command(
@@ -49,8 +40,9 @@ def eval_spec_command(
 ) -> None:
     """Pair the face images of FACES with prompt templates into a benchmark spec (JSONL)."""
     from sow.eval.spec import SETTINGS, face_images, load_templates, make_spec, write_spec
-    from sow.io.outputs import check_free
+    from sow.io.outputs import check_free, check_writable
 
+    check_writable(out.parent)
     check_free([out], overwrite)
     chosen = tuple(_csv(settings) or ())
     bad = [s for s in chosen if s not in SETTINGS]
@@ -62,7 +54,7 @@ def eval_spec_command(
             raise InputError("--limit must be at least 1")
         images = images[:limit]
     items = make_spec(images, load_templates(templates), chosen, per_setting, base=out.resolve().parent)
-    write_spec(items, out)
+    write_spec(items, out, replace=overwrite)
     err.print(f"wrote {out}: {len(items)} items ({len(images)} images x {len(chosen)} settings x {per_setting})")
 
 
@@ -116,9 +108,12 @@ def eval_command(
         if limit < 1:
             raise InputError("--limit must be at least 1")
         items = items[:limit]
+    from sow.io.outputs import check_writable
+
+    check_writable(out)  # before any model loads
     evaluation = Evaluation(items, config, out, spec_base=spec.resolve().parent)
     for note in evaluation.notes:
-        err.print(f"[yellow]note: {note}[/]")
+        err.print(f"note: {note}", style="yellow", markup=False, highlight=False)
 
     bar = Progress(
         TextColumn("{task.description:<32}"),
@@ -148,4 +143,6 @@ def eval_command(
         f"wrote {result.outputs['markdown']}, {result.outputs['csv']}, {result.outputs['contact_sheet']} "
         f"({len(result.computed)} images made, {skipped} resumed)"
     )
-    typer.echo(result.outputs["markdown"].read_text(encoding="utf-8"), nl=False)
+    from sow.io.security import clean_text
+
+    typer.echo(clean_text(result.outputs["markdown"].read_text(encoding="utf-8")), nl=False)

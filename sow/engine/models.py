@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from importlib import resources
@@ -28,6 +27,7 @@ from pathlib import Path
 import torch
 
 from sow.errors import InputError, ModelLoadError
+from sow.io.files import parse_json, read_regular_text
 
 log = logging.getLogger("sow.engine.models")
 
@@ -101,9 +101,17 @@ def resolve_device(name: str | None) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise InputError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type not in SUPPORTED_DEVICE_TYPES:
+        raise InputError(f"device {name!r} is not supported; use cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {name!r} asked for, but PyTorch sees no CUDA GPU; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InputError(f"device {name!r} asked for, but PyTorch sees {torch.cuda.device_count()} CUDA GPU(s)")
     return device
+
+
+SUPPORTED_DEVICE_TYPES = ("cpu", "cuda")
+"""Devices sow runs on (``meta`` holds no data to make an image from; ``mps`` and the rest are untested, so refused up front)."""
 
 
 def bundled_tokenizer():
@@ -197,7 +205,13 @@ def build_from_configs(folder: Path, seed: int = 0) -> Components:
         path = folder / name / ("scheduler_config.json" if name == "scheduler" else "config.json")
         if not path.is_file():
             raise ModelLoadError(f"config folder {folder}: missing {path.relative_to(folder)}")
-        return json.loads(path.read_text())
+        try:
+            data = parse_json(read_regular_text(path, "model config", 1024 * 1024), f"config folder {folder}: {path.relative_to(folder)}")
+        except InputError as exc:
+            raise ModelLoadError(str(exc)) from None
+        if not isinstance(data, dict):
+            raise ModelLoadError(f"config folder {folder}: {path.relative_to(folder)} is not a JSON object")
+        return data
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -218,10 +232,10 @@ def _from_diffusers(location: str, local_only: bool) -> Components:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    kwargs = {"local_files_only": local_only, "use_safetensors": True}
-    unet = UNet2DConditionModel.from_pretrained(location, subfolder="unet", **kwargs)
-    vae = AutoencoderKL.from_pretrained(location, subfolder="vae", **kwargs)
-    text_encoder = CLIPTextModel.from_pretrained(location, subfolder="text_encoder", **kwargs)
+    # safetensors only, whatever --allow-pickle says: a diffusers folder ships them (pickles: .ckpt files only)
+    unet = UNet2DConditionModel.from_pretrained(location, subfolder="unet", local_files_only=local_only, use_safetensors=True)
+    vae = AutoencoderKL.from_pretrained(location, subfolder="vae", local_files_only=local_only, use_safetensors=True)
+    text_encoder = CLIPTextModel.from_pretrained(location, subfolder="text_encoder", local_files_only=local_only, use_safetensors=True)
     tokenizer = CLIPTokenizer.from_pretrained(location, subfolder="tokenizer", local_files_only=local_only)
     scheduler = DDIMScheduler.from_pretrained(location, subfolder="scheduler", local_files_only=local_only)
     return Components(unet.eval(), vae.eval(), text_encoder.eval(), tokenizer, scheduler, location)
@@ -235,7 +249,7 @@ def _from_single_file(path: Path, allow_pickle: bool) -> Components:
             f"{path.name}: only .safetensors checkpoints load by default (pickled files can run code); "
             "pass --allow-pickle if you trust this file"
         )
-    pipe = StableDiffusionPipeline.from_single_file(str(path), local_files_only=True)
+    pipe = StableDiffusionPipeline.from_single_file(str(path), local_files_only=True)  # pickle-policy: suffix checked above
     scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     return Components(pipe.unet.eval(), pipe.vae.eval(), pipe.text_encoder.eval(), pipe.tokenizer, scheduler, str(path))
 

@@ -52,7 +52,11 @@ def load_inpaint_pipeline(spec: str, device: str | None = "cpu", dtype: str = "f
 
     torch_dtype = resolve_dtype(dtype)
     path = Path(spec).expanduser()
+    from sow.io.security import load_policy
+
     common = {"safety_checker": None, "requires_safety_checker": False, "torch_dtype": torch_dtype}
+    # pickled .bin weights can run code: safetensors only, unless SOW_ALLOW_PICKLE=1 (then either, safetensors first)
+    safetensors_only = True if not load_policy().allow_pickle else None
     try:
         if spec == "tiny":
             pipe = build_tiny_inpaint()
@@ -61,11 +65,13 @@ def load_inpaint_pipeline(spec: str, device: str | None = "cpu", dtype: str = "f
         elif path.suffix == ".safetensors":
             if not path.is_file():
                 raise ModelLoadError(f"inpainting checkpoint {path} not found")
-            pipe = StableDiffusionInpaintPipeline.from_single_file(str(path), local_files_only=True, **common)
+            pipe = StableDiffusionInpaintPipeline.from_single_file(str(path), local_files_only=True, **common)  # pickle-policy: .safetensors suffix checked above
         elif path.is_dir():
-            pipe = StableDiffusionInpaintPipeline.from_pretrained(str(path), local_files_only=True, **common)
+            pipe = StableDiffusionInpaintPipeline.from_pretrained(
+                str(path), local_files_only=True, use_safetensors=safetensors_only, **common
+            )
         elif "/" in spec and not spec.startswith((".", "/")):
-            pipe = StableDiffusionInpaintPipeline.from_pretrained(spec, **common)
+            pipe = StableDiffusionInpaintPipeline.from_pretrained(spec, use_safetensors=safetensors_only, **common)
         else:
             raise ModelLoadError(f"inpainting model {spec!r} not found: expected 'tiny', a folder, a .safetensors file or a hub id")
     except ModelLoadError:

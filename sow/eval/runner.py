@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -35,9 +35,11 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from sow.io import canvas as cv
-from sow.eval.spec import SpecItem
+from sow.eval.spec import SpecItem, item_file_name
 from sow.errors import InputError, SowError
 from sow.io.images import load_condition
+from sow.io.journal import Journal, repair_journal
+from sow.io.json_files import read_json
 from sow.io.outputs import safe_name, save_image_atomic, save_json_atomic
 from sow.plugins import Registry, get_registry
 from sow.schemas import GenerationConfig, StageNames, _deep_merge, validated
@@ -45,6 +47,8 @@ from sow.schemas import GenerationConfig, StageNames, _deep_merge, validated
 ROWS_FILE = "rows.jsonl"
 MANIFEST_FILE = "eval.json"
 BUILTIN_METHODS = ("sow", "cow", "inpaint", "paste")
+MAX_GRID_ROWS = 256
+"""Grid combinations at most: each is one more method, a generation per spec item."""
 
 PAPER_ABLATIONS: dict[str, dict[str, Any]] = {
     "sow-no-ap": {"ablation": {"adaptive_position": False}},
@@ -62,7 +66,7 @@ class InpaintSettings(_Strict):
     """The ``inpaint`` baseline."""
 
     model: str | None = Field(None, description="Inpainting model: 'tiny', a folder, a .safetensors file or a hub id.")
-    steps: int = Field(50, ge=1, le=1000, description="Inpainting denoising steps (diffusers' default).")
+    steps: int = Field(50, ge=1, le=1000, description="Inpainting denoising steps (diffusers' default; at most 1000, the timesteps SD was trained with).")
 
 
 class EvalConfig(_Strict):
@@ -71,7 +75,7 @@ class EvalConfig(_Strict):
     model: str = Field("tiny", description="The Stable Diffusion model every method shares.")
     device: str = Field("cpu", description="cpu, cuda, cuda:N or auto.")
     dtype: str = Field("fp32", description="fp32, fp16 or bf16.")
-    seed: int = Field(0, description="The seed of every method on every item.")
+    seed: int = Field(0, ge=0, lt=2**63, description="The seed of every method on every item (0 .. 2**63-1, what torch's generator takes).")
     metric: str = Field("dlib", description="Face metric plugin (see `sow plugins`).")
     metric_options: dict[str, Any] = Field(default_factory=dict, description="Options passed to the metric.")
     region_margin: float = Field(0.25, ge=0, le=2, description="How far the face search extends past box_v (share of its sides).")
@@ -97,7 +101,7 @@ class EvalConfig(_Strict):
     methods: list[str] | None = Field(
         None, description="Methods to run, in column order (default: sow, cow, the ablation rows, inpaint if a model is named, paste)."
     )
-    sheet_rows: int = Field(24, ge=1, description="Items shown in the contact sheet.")
+    sheet_rows: int = Field(24, ge=1, le=1000, description="Items shown in the contact sheet (at most 1000: one picture must stay a size an image viewer opens).")
 
     def fingerprint(self) -> str:
         """What makes two runs' rows comparable: everything but the method list and the sheet size."""
@@ -149,6 +153,9 @@ def resolve_methods(config: EvalConfig) -> list[Method]:
         ablation_names.append(name)
     if config.grid:
         keys = list(config.grid)
+        rows = math.prod(len(config.grid[k]) for k in keys)
+        if rows > MAX_GRID_ROWS:
+            raise InputError(f"grid: {rows:,} combinations; at most {MAX_GRID_ROWS} (each is a full run per item)")
         for values in itertools.product(*(config.grid[k] for k in keys)):
             change: dict[str, Any] = {}
             for key, value in zip(keys, values):
@@ -168,7 +175,21 @@ def resolve_methods(config: EvalConfig) -> list[Method]:
         raise InputError(f"unknown method {unknown[0]!r}; available: {', '.join(available)}")
     if "inpaint" in names and not config.inpaint.model:
         raise InputError("method 'inpaint' needs an inpainting model: set inpaint.model (or --inpaint-model)")
-    return [available[n] for n in names]
+    chosen = [available[n] for n in names]
+    folders: dict[str, str] = {}
+    for method in chosen:  # each method's images in a folder of its own, also on a case-insensitive filesystem
+        key = method_folder(method.name).casefold()
+        if key in folders:
+            raise InputError(
+                f"methods {folders[key]!r} and {method.name!r} would write to one folder ({method_folder(method.name)}); rename one"
+            )
+        folders[key] = method.name
+    return chosen
+
+
+def method_folder(name: str) -> str:
+    """The folder (under ``images/``) of a method's images."""
+    return safe_name(name, 80)
 
 
 # -- the rows file -----------------------------------------------------------------------
@@ -180,35 +201,15 @@ def item_key(item: SpecItem) -> str:
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    """The rows of ``rows.jsonl``; a torn last line (a kill mid-write) is dropped from the file."""
-    if not path.is_file():
-        return []
-    data = path.read_bytes()
-    lines = data.splitlines(keepends=True)
-    rows: list[dict[str, Any]] = []
-    good = 0
-    for number, line in enumerate(lines, start=1):
-        try:
-            if not line.endswith(b"\n"):
-                raise ValueError("no line end")
-            rows.append(json.loads(line))
-        except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            if number < len(lines):
-                raise InputError(f"{path} line {number} is not a JSON row; fix or remove that line to resume") from None
-            break
-        good += len(line)
-    if good != len(data):
-        with path.open("r+b") as handle:
-            handle.truncate(good)
-    return rows
+    """The rows of ``rows.jsonl`` (a :mod:`sow.io.journal`); a torn last line (a kill mid-write) is dropped from the file."""
+    return repair_journal(path, "eval rows file")
 
 
 def append_row(path: Path, row: dict[str, Any]) -> None:
     """Append one row and flush it to disk before the next item starts."""
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(row, sort_keys=True) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    journal = Journal(path, "eval rows file")
+    with journal.open():
+        journal.append(row, sort_keys=True)
 
 
 # -- the run -----------------------------------------------------------------------------
@@ -368,7 +369,7 @@ class Evaluation:
         """Make, save and measure one image; return its row (a per-item SowError becomes the row's error)."""
         from sow.eval.face_metrics import measure_identity
 
-        image_path = self.out_dir / "images" / safe_name(method.name, 80) / f"{safe_name(item.id, 80)}.png"
+        image_path = self.out_dir / "images" / method_folder(method.name) / f"{item_file_name(item.id)}.png"
         row: dict[str, Any] = {
             "id": item.id, "item_key": item_key(item), "method": method.name, "setting": item.setting,
             "prompt": item.prompt, "condition": item.condition, "seed": self.config.seed,
@@ -403,8 +404,9 @@ class Evaluation:
         fingerprint = self.config.fingerprint()
         if path.is_file():
             try:
-                previous = json.loads(path.read_text(encoding="utf-8")).get("fingerprint")
-            except (OSError, json.JSONDecodeError):
+                data = read_json(path, "eval manifest", 16 * 1024 * 1024)
+                previous = data.get("fingerprint") if isinstance(data, dict) else None
+            except InputError:
                 previous = None
             if previous != fingerprint:
                 raise InputError(
@@ -492,12 +494,7 @@ def load_eval_config(path: Path | None, **overrides: Any) -> EvalConfig:
     """An :class:`EvalConfig` from a JSON file (or the defaults), then non-None ``overrides``."""
     data: dict[str, Any] = {}
     if path is not None:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise InputError(f"eval config {path}: no such file") from None
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InputError(f"eval config {path}: not valid JSON ({exc})") from None
+        data = read_json(path, "eval config")
         if not isinstance(data, dict):
             raise InputError(f"eval config {path}: expected a JSON object")
     for key, value in overrides.items():

@@ -22,6 +22,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from sow.errors import InputError
+from sow.io.files import jsonl_lines, read_regular_text
 from sow.io.outputs import safe_name, write_bytes_atomic
 from sow.schemas import Preset, first_error
 
@@ -45,16 +46,25 @@ class SpecItem(BaseModel):
         return path if path.is_absolute() else base / path
 
 
+MAX_PER_SETTING = 100
+"""Prompts per face and setting at most: the templates hold a few dozen; more only repeats them."""
+
+MAX_SPEC_BYTES = 64 * 1024 * 1024
+"""Spec and template files larger than this are refused."""
+
+
+def item_file_name(item_id: str) -> str:
+    """The file stem an item's images get (the same for every method)."""
+    return safe_name(item_id, 80)
+
+
 def load_templates(path: Path | None = None) -> dict[str, list[str]]:
     """Prompt templates by setting: the shipped ones, or a JSON file ``{"normal": [...], ...}``."""
     if path is None:
         text = (resources.files("sow") / "data" / "eval_prompts.json").read_text(encoding="utf-8")
         where = "bundled eval_prompts.json"
     else:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise InputError(f"templates {path}: cannot read ({exc.strerror or exc})") from None
+        text = read_regular_text(path, "templates", MAX_SPEC_BYTES)
         where = f"templates {path}"
     try:
         data = json.loads(text)
@@ -95,6 +105,8 @@ def make_spec(
     so every template is used about equally and the spec is the same on every machine.
     Condition paths are written relative to ``base`` when they lie under it.
     """
+    if not 1 <= per_setting <= MAX_PER_SETTING:
+        raise InputError(f"--per-setting {per_setting}: must lie in 1 .. {MAX_PER_SETTING}")
     missing = [s for s in settings if s not in templates]
     if missing:
         raise InputError(f"no prompt templates for setting {missing[0]!r}")
@@ -126,22 +138,19 @@ def _relative(path: Path, base: Path | None) -> str:
     return str(resolved)
 
 
-def write_spec(items: list[SpecItem], path: Path) -> None:
+def write_spec(items: list[SpecItem], path: Path, *, replace: bool = True) -> None:
+    """Write the spec (``replace=False``: never replace a file that is there, see :mod:`sow.io.outputs`)."""
     lines = "".join(item.model_dump_json() + "\n" for item in items)
-    write_bytes_atomic(path, lines.encode("utf-8"))
+    write_bytes_atomic(path, lines.encode("utf-8"), replace=replace)
 
 
 def load_spec(path: Path) -> list[SpecItem]:
     """Read and validate a spec; errors name the line and the field. Ids must be unique."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"spec {path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"spec {path}: cannot read ({exc})") from None
+    text = read_regular_text(path, "spec", MAX_SPEC_BYTES)
     items: list[SpecItem] = []
     ids: set[str] = set()
-    for number, line in enumerate(text.splitlines(), start=1):
+    files: dict[str, tuple[int, str]] = {}
+    for number, line in enumerate(jsonl_lines(text), start=1):  # \n only: U+2028 may sit inside a string
         if not line.strip():
             continue
         try:
@@ -151,6 +160,14 @@ def load_spec(path: Path) -> list[SpecItem]:
         if item.id in ids:
             raise InputError(f"spec {path} line {number}: duplicate id {item.id!r}")
         ids.add(item.id)
+        written = item_file_name(item.id).casefold()  # what lands on disk, as a case-insensitive filesystem sees it
+        if written in files:
+            first_line, first_id = files[written]
+            raise InputError(
+                f"spec {path} line {number}: id {item.id!r} writes the same file ({item_file_name(item.id)}.png) "
+                f"as id {first_id!r} on line {first_line}; make the ids differ in letters or digits"
+            )
+        files[written] = (number, item.id)
         items.append(item)
     if not items:
         raise InputError(f"spec {path}: no items")

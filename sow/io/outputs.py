@@ -1,4 +1,11 @@
-"""Writing results: atomic, never overwriting unless asked, with names safe on every OS."""
+"""Writing results: atomic, never overwriting unless asked, with names safe on every OS.
+
+Without ``overwrite`` a file is *placed* (:func:`write_bytes_atomic` with ``replace=False``):
+the finished temporary file is hard-linked to its name, which fails if anything appeared
+there meanwhile, so a run never replaces a file another run (or the user) put there after
+:func:`check_free` looked. Where the filesystem has no hard links the file is created with
+``O_EXCL`` instead. The loser gets :class:`OutputExistsError`, one line.
+"""
 
 from __future__ import annotations
 
@@ -24,13 +31,62 @@ def safe_name(text: str, max_length: int = 60) -> str:
     return stem
 
 
+class OutputExistsError(InputError):
+    """An output file that exists (or appeared while the run worked) and may not be replaced."""
+
+
+def taken_message(path: Path, elsewhere: str = "choose another --out/--name") -> str:
+    return f"{path} already exists; pass --overwrite to replace it, or {elsewhere}"
+
+
+def check_unique(paths: dict[str, Path], what: str = "output") -> None:
+    """Refuse two roles (or jobs) whose files would be one: same name, or names differing only in case.
+
+    ``paths`` maps a label (``"line 3 image"``) to a path. Names are compared case-folded,
+    as a case-insensitive filesystem (macOS, Windows) would see them.
+    """
+    seen: dict[str, str] = {}
+    for label, path in paths.items():
+        key = os.path.normcase(os.path.abspath(path)).casefold()
+        if key in seen:
+            raise InputError(f"{what} {path} of {label} is also the {what} of {seen[key]}; rename one of them")
+        seen[key] = label
+
+
+def check_writable(folder: Path, what: str = "--out") -> None:
+    """Prove a file can be made in ``folder`` before any long work starts; leaves nothing behind.
+
+    Folders that do not exist yet are made for the probe and removed again (the run makes
+    them when it writes), so a refused input never leaves an empty output folder.
+    """
+    made: list[Path] = []
+    try:
+        missing = [p for p in [folder, *folder.parents] if not p.exists()]
+        for path in reversed(missing):
+            path.mkdir()
+            made.append(path)
+        fd, probe = tempfile.mkstemp(prefix=".sow-write-check.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except (FileExistsError, NotADirectoryError):
+        raise InputError(f"{what} {folder}: a file is in the way of this folder") from None
+    except OSError as exc:
+        raise InputError(f"{what} {folder}: cannot write there ({exc.strerror or exc})") from None
+    finally:
+        for path in reversed(made):
+            try:
+                path.rmdir()
+            except OSError:  # another process put something there meanwhile: leave it
+                pass
+
+
 def check_free(paths: list[Path | None], overwrite: bool, elsewhere: str = "choose another --out/--name") -> None:
     """Refuse to run when an output already exists (unless ``overwrite``); ``None`` entries are skipped."""
     if overwrite:
         return
     taken = [p for p in paths if p is not None and (p.exists() or p.is_symlink())]  # a dangling link is taken too
     if taken:
-        raise InputError(f"{taken[0]} already exists; pass --overwrite to replace it, or {elsewhere}")
+        raise OutputExistsError(taken_message(taken[0], elsewhere))
 
 
 def _file_mode() -> int:
@@ -44,8 +100,12 @@ FILE_MODE = _file_mode()
 """Outputs get the permissions any new file would (``mkstemp`` alone makes them owner-only, 0o600)."""
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename over ``path``."""
+def write_bytes_atomic(path: Path, data: bytes, *, replace: bool = True) -> None:
+    """Write to a temporary file in the same folder, then rename it to ``path``.
+
+    ``replace=False``: never replace an existing ``path`` (hard link, else ``O_EXCL``);
+    :class:`OutputExistsError` if one is there.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -55,23 +115,55 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _place(tmp, path, data)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def save_image_atomic(image: Image.Image, path: Path) -> None:
+def _place(tmp: str, path: Path, data: bytes) -> None:
+    """Give ``tmp`` the name ``path`` unless that name is taken; ``tmp`` is gone afterwards."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise OutputExistsError(taken_message(path)) from None
+    except OSError:  # no hard links here (FAT, some network shares): create exclusively, then write
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), FILE_MODE)
+        except FileExistsError:
+            raise OutputExistsError(taken_message(path)) from None
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    os.unlink(tmp)
+
+
+def image_bytes(image: Image.Image, path: Path) -> bytes:
+    """``image`` encoded in the format ``path``'s suffix names (PNG by default)."""
     import io
 
     buffer = io.BytesIO()
     image.save(buffer, format=(path.suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG"))
-    write_bytes_atomic(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
-def save_json_atomic(data: object, path: Path) -> None:
-    """Write a pydantic model or plain data as JSON, atomically, with secrets redacted."""
-    from sow.io.security import redact
+def json_bytes(data: object) -> bytes:
+    """A pydantic model or plain data as indented JSON: values redacted first, then serialised."""
+    from sow.io.security import redact, redact_data
 
-    text = data.model_dump_json(indent=2) if hasattr(data, "model_dump_json") else json.dumps(data, indent=2)
-    write_bytes_atomic(path, (redact(text) + "\n").encode("utf-8"))
+    plain = data.model_dump(mode="json") if hasattr(data, "model_dump") else data
+    text = json.dumps(redact_data(plain), indent=2, ensure_ascii=False)
+    return (redact(text) + "\n").encode("utf-8")
+
+
+def save_image_atomic(image: Image.Image, path: Path, *, replace: bool = True) -> None:
+    write_bytes_atomic(path, image_bytes(image, path), replace=replace)
+
+
+def save_json_atomic(data: object, path: Path, *, replace: bool = True) -> None:
+    """Write a pydantic model or plain data as JSON, atomically, with secrets redacted (before serialising)."""
+    write_bytes_atomic(path, json_bytes(data), replace=replace)

@@ -44,16 +44,21 @@ MAX_PROMPT_CHARS = 10_000
 """Longer prompts are refused outright (the encoder reads about 75 words of them anyway)."""
 
 
-def require_prompt(prompt: object, what: str = "prompt") -> str:
-    """``prompt`` stripped, or :class:`InputError` when it is empty, not text, or absurdly long."""
+def require_prompt(prompt: object, what: str = "prompt", max_chars: int | None = MAX_PROMPT_CHARS) -> str:
+    """``prompt`` stripped, or :class:`InputError` when it is empty, not text, or over ``max_chars``.
+
+    The limit applies to what a user writes (the CLI, batch lines, the API) and is checked
+    before the model loads; a planner's intensified prompt (the user's plus a few words) is
+    checked with ``max_chars=None``, so that a prompt accepted up front is never refused later.
+    """
     if not isinstance(prompt, str) or not prompt.strip():
         raise InputError(f"{what} is empty; describe the scene to generate")
     try:
         prompt.encode("utf-8")
     except UnicodeEncodeError:
         raise InputError(f"{what} holds bytes that are not valid text (check the terminal's or file's encoding)") from None
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise InputError(f"{what} is {len(prompt):,} characters; the limit is {MAX_PROMPT_CHARS:,} (the encoder reads 77 tokens)")
+    if max_chars is not None and len(prompt) > max_chars:
+        raise InputError(f"{what} is {len(prompt):,} characters; the limit is {max_chars:,} (the encoder reads 77 tokens)")
     return prompt.strip()
 
 

@@ -22,7 +22,12 @@ unless pickles are allowed, and the remote-code switch), or calls
 environment value whose *name* looks secret (has a KEY, TOKEN, SECRET, PASSWORD,
 CREDENTIAL or AUTH part, like ``GEMINI_API_KEY`` or ``HF_TOKEN``) and that is at least :data:`MIN_SECRET_LENGTH` characters long is
 replaced by ``***`` in everything sow prints, logs or writes as JSON (run records, plans,
-batch manifests): :func:`redact`. Plugins should still never put a key in a message;
+batch manifests): :func:`redact` on text, :func:`redact_data` on values *before* they are
+serialised (JSON escapes ``"`` and ``\\``, and an escaped key no longer matches).
+
+**Remote text.** Answers of models and APIs can hold terminal escape sequences (clear the
+screen, set the window title): :func:`clean_text` removes them and every other control
+character; the CLI's consoles, the plan and record schemas and the batch manifest apply it. Plugins should still never put a key in a message;
 this is the net under them.
 """
 
@@ -121,6 +126,49 @@ def secret_values() -> list[str]:
     return sorted(values, key=len, reverse=True)
 
 
+def redact_data(data: object) -> object:
+    """``data`` (dicts, lists, strings, numbers) with secrets redacted in every string, keys too.
+
+    Redact *before* serialising: a secret holding ``"`` or ``\\`` is escaped by ``json.dumps``
+    and would no longer match :func:`redact` afterwards.
+    """
+    if not secret_values():
+        return data
+    if isinstance(data, str):
+        return redact(data)
+    if isinstance(data, dict):
+        return {redact_data(k) if isinstance(k, str) else k: redact_data(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [redact_data(v) for v in data]
+    return data
+
+
+CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+"""C0 and C1 control characters (ESC starts terminal escape sequences) and bidi overrides; tab and newline stay."""
+
+
+ESCAPE_SEQUENCES = re.compile(
+    "\x1b\\][^\x07\x1b\x9c]*(?:\x07|\x1b\\\\|\x9c)?"  # OSC (a window title...), ended by BEL or ST
+    "|(?:\x1b\\[|\x9b)[0-?]*[ -/]*[@-~]?"  # CSI (clear screen, colours, cursor moves)
+    "|\x1b[ -/]*[0-~]?"  # any other escape
+)
+"""Whole terminal escape sequences, removed before the single control characters."""
+
+
+def clean_text(text: str) -> str:
+    """``text`` without escape sequences and control characters: for anything remote (a model's answer, an API's error) before it is shown or recorded."""
+    if not CONTROL_CHARACTERS.search(text):
+        return text
+    return CONTROL_CHARACTERS.sub("", ESCAPE_SEQUENCES.sub("", text))
+
+
+def format_traceback(exc: BaseException) -> str:
+    """The traceback of ``exc`` with secrets redacted and control characters removed (``SOW_DEBUG=1``)."""
+    import traceback
+
+    return clean_text(redact("".join(traceback.format_exception(type(exc), exc, exc.__traceback__))))
+
+
 def redact(text: str) -> str:
     """``text`` with every secret value from the environment replaced by ``***``."""
     for value in secret_values():
@@ -147,7 +195,7 @@ class RedactingFilter(logging.Filter):
             clean = redact(clean + "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip())
             record.exc_info = None
             record.exc_text = None
-        record.msg, record.args = clean, None
+        record.msg, record.args = clean_text(clean), None
         return True
 
 
@@ -189,11 +237,11 @@ def cli_logging(level: int = logging.WARNING) -> Iterator[logging.Handler]:
 
 
 def redacting_console(**kwargs):
-    """A rich ``Console`` whose ``print`` redacts secrets from its string arguments (the CLI's consoles)."""
+    """A rich ``Console`` whose ``print`` redacts secrets from its string arguments and strips control characters (the CLI's consoles)."""
     from rich.console import Console
 
     class RedactingConsole(Console):
         def print(self, *objects, **options):  # type: ignore[override]
-            return super().print(*(redact(o) if isinstance(o, str) else o for o in objects), **options)
+            return super().print(*(clean_text(redact(o)) if isinstance(o, str) else o for o in objects), **options)
 
     return RedactingConsole(**kwargs)

@@ -8,8 +8,11 @@ part of it: planners are expected to plan the same for every seed.
 Where: ``$SOW_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/sow``, else ``~/.cache/sow``
 (``%LOCALAPPDATA%\\sow`` on Windows), in a ``plans/`` folder, one JSON file per plan.
 Entries are written atomically (a temporary file renamed into place), so a crash mid-write
-leaves no entry rather than a corrupt one; an entry that does not validate anyway (edited by
-hand, older format) counts as a miss and is replaced.
+leaves no entry rather than a corrupt one. An entry that does not validate anyway (edited by
+hand, older format, not a regular file, another canvas, a crop outside the condition)
+counts as a miss: the planner is asked again, the plan's notes say why, and the entry is
+replaced. A cache that cannot be written is a warning, never a failure: the plan the
+(possibly paid) planner made is used all the same.
 
 Planners opt out with a class attribute ``cacheable = False`` (the built-in heuristic planner
 does: it is faster than the cache). The CLI uses the cache unless ``--no-cache``; the API
@@ -26,10 +29,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from sow.errors import InputError
+from sow.io.files import parse_json, read_regular_bytes
+from sow.io.outputs import json_bytes, write_bytes_atomic
+from sow.schemas import Plan, first_error
 from sow.version import __version__
-from sow.io.outputs import write_bytes_atomic
-from sow.schemas import Plan
 from sow.stages import Planner, PlanRequest
+
+MAX_ENTRY_BYTES = 1024 * 1024
+"""Cache entries larger than this are misses (a plan is a few hundred bytes)."""
 
 CACHE_FORMAT = 1
 """Bump when the key or the entry format changes: old entries then miss."""
@@ -90,16 +98,22 @@ class PlanCache:
 
     def get(self, key: str) -> Plan | None:
         """The cached plan, or None (missing, unreadable or invalid entries are misses)."""
+        return self.lookup(key)[0]
+
+    def lookup(self, key: str) -> tuple[Plan | None, str | None]:
+        """(the cached plan or None, why an entry that is there was not usable, or None)."""
         path = self.path(key)
+        if not path.exists() and not path.is_symlink():
+            return None, None
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            return Plan.model_validate(data)
-        except (OSError, ValueError):
-            return None
+            data = parse_json(read_regular_bytes(path, "plan cache entry", MAX_ENTRY_BYTES), "plan cache entry")
+            return Plan.model_validate(data), None
+        except InputError as exc:
+            return None, str(exc).rsplit(": ", 1)[-1]
+        except ValueError as exc:
+            return None, first_error(exc)
 
     def put(self, key: str, plan: Plan) -> Path:
         path = self.path(key)
-        from sow.io.security import redact  # a planner's answer may quote the API key
-
-        write_bytes_atomic(path, (redact(plan.model_dump_json(indent=2)) + "\n").encode("utf-8"))
+        write_bytes_atomic(path, json_bytes(plan))  # redacted before serialising: an answer may quote the API key
         return path

@@ -15,6 +15,7 @@ it is validated, never repaired.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +25,8 @@ from PIL import Image
 
 from sow.errors import InputError, PlannerError, SowError
 from sow.schemas import Box, Canvas, GenerationConfig, Plan, first_error
+
+log = logging.getLogger("sow.planners.policy")
 
 if TYPE_CHECKING:
     from sow.planners.cache import PlanCache
@@ -237,17 +240,23 @@ def plan_with_policy(
     """
     check_policy(on_error)
     key = cache.key(request, planner, settings or {}) if cache is not None else None
+    cache_notes: list[str] = []
     if key is not None:
-        hit = cache.get(key)
+        hit, problem = cache.lookup(key)
         if hit is not None:
-            return hit.model_copy(update={"notes": [*hit.notes, f"read from the plan cache ({key[:12]})"]})
+            problem = cache_hit_problem(hit, request)
+            if problem is None:
+                return hit.model_copy(update={"notes": [*hit.notes, f"read from the plan cache ({key[:12]})"]})
+        if problem is not None:
+            cache_notes.append(f"plan cache entry {key[:12]} not used ({problem}); the planner planned again")
+            log.warning("%s", cache_notes[-1])
     name = getattr(planner, "name", type(planner).__name__)
     try:
         try:
             answer = planner.plan(request)
-        except SowError:
+        except (SowError, KeyboardInterrupt):
             raise
-        except Exception as exc:  # a planner's bug: one line for the user, the cause chained for debugging
+        except BaseException as exc:  # a planner's bug (even sys.exit()): one line for the user, the cause chained
             raise PlannerError(f"{type(exc).__name__}: {exc} (a bug in the planner)") from exc
         plan = repair_crop(repair_plan(answer, request.config), request.condition.size)
     except PlannerError as exc:
@@ -261,8 +270,31 @@ def plan_with_policy(
         plan.notes = [f"planner {name!r} failed ({exc}); the {fallback.name} planner planned instead", *plan.notes]
         return plan
     if key is not None:
-        cache.put(key, plan)
+        try:
+            cache.put(key, plan)
+        except OSError as exc:  # the plan is good: a cache that cannot be written is only a warning
+            problem = f"plan cache not written ({exc.strerror or type(exc).__name__}: {cache.folder})"
+            cache_notes.append(f"warning: {problem}")
+            log.warning("%s", problem)
+    if cache_notes:
+        plan = plan.model_copy(update={"notes": [*plan.notes, *cache_notes]})
     return plan
+
+
+def cache_hit_problem(plan: Plan, request: PlanRequest) -> str | None:
+    """Why a cached plan does not fit this run (its canvas, the condition's size), or None."""
+    canvas = request.config.canvas
+    if plan.canvas != canvas:
+        return f"made for a {plan.canvas.width}x{plan.canvas.height} canvas, not {canvas.width}x{canvas.height}"
+    if plan.crop is not None:
+        width, height = request.condition.size
+        if plan.crop.right > width or plan.crop.bottom > height:
+            return f"its crop [{plan.crop}] reaches outside the {width}x{height} condition"
+    try:
+        repair_plan(plan, request.config)
+    except (SowError, ValueError) as exc:
+        return str(exc).splitlines()[0]
+    return None
 
 
 def make_plan(
@@ -288,8 +320,9 @@ def make_plan(
     from sow.plugins import get_registry
     from sow.stages import PlanRequest
 
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise InputError("prompt is empty; describe the scene to generate")
+    from sow.io.prompt_checks import require_prompt
+
+    require_prompt(prompt)
     config = config or GenerationConfig()
     registry = registry or get_registry()
     loaded = load_condition(condition)
