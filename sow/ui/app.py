@@ -25,7 +25,7 @@ One pipeline object serves the process and attaches its attention processors per
 MAX_IMAGES = 4
 """The page's largest ``num_images``."""
 
-CSS = "#sow-error { color: #b91c1c; font-weight: 600; }"
+CSS = "#sow-error, #sow-error * { color: #b91c1c !important; font-weight: 600; }"
 """The page's only style: the error line in red."""
 
 
