@@ -81,6 +81,16 @@ def normalize_call(
     )
 
 
+def check_generator_device(generators: list[torch.Generator] | None, device: torch.device) -> None:
+    """A caller's generator must live where the noise is drawn (torch refuses otherwise, deep in the loop)."""
+    for g in generators or []:
+        if g.device.type != device.type:
+            raise InputError(
+                f"generator is on {g.device.type} but the run draws its noise on {device.type}; "
+                f"make it with torch.Generator(device={str(device)!r})"
+            )
+
+
 def _num_images(num_images: int | None, per_prompt: int | None) -> int:
     if num_images is not None and per_prompt is not None and num_images != per_prompt:
         raise InputError(f"num_images={num_images} and num_images_per_prompt={per_prompt} disagree; pass one")

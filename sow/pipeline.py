@@ -369,6 +369,7 @@ class SOWPipeline:
 
         schedule = LevelSchedule.from_scheduler(comp.scheduler, config.num_inference_steps)
         denoiser = Denoiser(comp.unet, schedule, embeddings, config, region.canvas_mask(), callback)
+        diffusers_style.check_generator_device(call.generators, device)
         generators = call.generators or [torch.Generator(device=device).manual_seed(seed + i) for i in range(num_images)]
         if call.step_end is not None:
             denoiser.on_step_end = diffusers_style.StepEndCallback(self, call.step_end, call.tensor_inputs, embeddings)

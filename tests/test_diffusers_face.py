@@ -154,6 +154,13 @@ def test_generator_stands_for_seed(tiny_pipe, face_path, plain_run):
     assert any("does not replay" in w for w in stale.record.warnings)
     with pytest.raises(InputError, match="not both"):
         tiny_pipe(face_path, "a chef", seed=1, generator=torch.Generator().manual_seed(1), **SMALL)
+    if torch.cuda.is_available():
+        with pytest.raises(InputError, match="generator is on cuda"):
+            tiny_pipe(face_path, "a chef", generator=torch.Generator(device="cuda"), **SMALL)
+    from sow.diffusers_style import check_generator_device
+
+    with pytest.raises(InputError, match="generator is on cpu but the run draws its noise on cuda"):
+        check_generator_device([torch.Generator()], torch.device("cuda"))
     with pytest.raises(InputError, match="one per image"):
         tiny_pipe(face_path, "a chef", generator=[torch.Generator()] * 3, num_images=2, **SMALL)
 
