@@ -65,7 +65,10 @@ def test_generate_writes_the_plan_it_was_given(tiny_pipe, face_path, tmp_path):
     choices = Choices("tiny", "a chef", "heuristic", "dam", "normal", 1, 1, True)
     config = make_config(choices, {"canvas": {"width": 128, "height": 128}, "cycles": 1})
     plan = edited_plan(PLAN, [0, 8, 64, 64], [16, 72, 96, 56], "a chef at work")
-    done = generate(tiny_pipe, face_path, choices, config, plan, out_dir=tmp_path)
+    seen = []
+    done = generate(tiny_pipe, face_path, choices, config, plan, progress=seen.append, out_dir=tmp_path)
+    assert [info["evaluations"] for info in seen] == list(range(1, 20))  # the progress bar's feed: every UNet call
+    assert {info["total"] for info in seen} == {19}
     assert json.loads(done.plan_file.read_text())["box_v"] == {"x": 0, "y": 8, "w": 64, "h": 64}
     assert json.loads(done.record_file.read_text())["prompt_used"] == "a chef at work"
     assert done.images[0].size == (128, 128) and done.attention_picture is not None
