@@ -4,7 +4,7 @@ The root holds the contract a plugin author reads: `hookspecs` (the registration
 `stages` (the stage Protocols), `schemas` (pydantic models), `errors`, `plugins` (the
 registry) and `pipeline` (Algorithm 1, the only place that knows the order of the
 stages). The subpackages are `engine`, `attention`, `planners`, `io`, `eval`, `bench`,
-`batch` and `cli`; each one's docstring says what it may import.
+`batch`, `cli` and `ui` (the web app); each one's docstring says what it may import.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from sow.version import __version__
+from sow import diffusers_style
 from sow.io import canvas as cv
 from sow.engine.context import LatentRegion, RunContext
 from sow.engine.denoiser import Denoiser, PromptEmbeddings
@@ -51,13 +52,16 @@ class SOWOutput:
     """What one generation returns."""
 
     image: Image.Image
+    """The first image (with ``output_type`` "np"/"pt"/"latent": the first row of ``images``)."""
     plan: Plan
     record: RunRecord
     seeded_canvas: Image.Image
     latents: torch.Tensor = field(repr=False)
     """The final level-0 latents (before decoding), (num_images, 4, h, w)."""
     images: list[Image.Image] = field(default_factory=list)
-    """All images of the run (``num_images``); ``image`` is the first. Image i used seed + i."""
+    """All images of the run (``num_images``); ``image`` is the first. Image i used seed + i.
+    With ``output_type="np"`` an array (n, h, w, 3), ``"pt"`` a tensor (n, 3, h, w), both in [0, 1];
+    ``"latent"`` the final latents, undecoded."""
     artifacts: dict[str, Any] = field(default_factory=dict, repr=False)
     """What stages handed back (e.g. ``"attention"``: :class:`sow.attention.dam.AttentionCapture`)."""
 
@@ -167,6 +171,55 @@ class SOWPipeline:
     def device(self) -> torch.device:
         return self.components.device
 
+    # -- the diffusers face -------------------------------------------------------------
+
+    @classmethod
+    def from_pipe(cls, pipe: Any, **stages: Any) -> SOWPipeline:
+        """A SOW pipeline over a loaded diffusers Stable Diffusion pipeline's modules (shared, not copied).
+
+        ``stages``: ``planner=``, ``modulator=`` ... and ``stage_options=``, as for :meth:`from_pretrained`.
+        """
+        options = stages.pop("stage_options", None)
+        unknown = sorted(set(stages) - set(STAGE_FIELDS.values()))
+        if unknown:
+            raise InputError(f"from_pipe: unknown arguments {unknown}; stages are {', '.join(STAGE_FIELDS.values())}")
+        chosen = StageNames(**{k: v for k, v in stages.items() if v is not None})
+        return cls(diffusers_style.components_of(pipe), chosen, options)
+
+    def enable_model_cpu_offload(self, gpu_id: int | None = None, device: str | torch.device = "cuda") -> SOWPipeline:
+        """Weights on the CPU; each model moves to ``device`` while it runs (diffusers' method of that name)."""
+        from sow.engine.performance import enable_offload
+
+        target = _execution_device(gpu_id, device, "enable_model_cpu_offload")
+        self._offload = enable_offload(self.components, target)
+        self.performance = self.performance.model_copy(update={"offload": True})
+        return self
+
+    def enable_sequential_cpu_offload(self, gpu_id: int | None = None, device: str | torch.device = "cuda") -> SOWPipeline:
+        """Weights on the CPU; each layer moves to ``device`` only for its own forward (least memory, slowest)."""
+        from sow.engine.sequential_offload import enable_sequential_offload
+
+        target = _execution_device(gpu_id, device, "enable_sequential_cpu_offload")
+        self._offload = enable_sequential_offload(self.components, target)
+        return self
+
+    def enable_vae_tiling(self) -> SOWPipeline:
+        """Decode in overlapping tiles (large canvases in little memory)."""
+        self.components.vae.enable_tiling()
+        self.performance = self.performance.model_copy(update={"vae_tiling": True})
+        return self
+
+    def disable_vae_tiling(self) -> SOWPipeline:
+        self.components.vae.disable_tiling()
+        self.performance = self.performance.model_copy(update={"vae_tiling": False})
+        return self
+
+    def enable_vae_slicing(self) -> SOWPipeline:
+        """Decode a batch of images one at a time."""
+        self.components.vae.enable_slicing()
+        self.performance = self.performance.model_copy(update={"vae_slicing": True})
+        return self
+
     # -- stages ------------------------------------------------------------------------
 
     def stage(self, kind: str, name: str | None = None) -> Any:
@@ -240,12 +293,17 @@ class SOWPipeline:
         *,
         plan: Plan | None = None,
         planner: str | Planner | None = None,
-        seed: int = 0,
+        seed: int | None = None,
         config: GenerationConfig | None = None,
         preset: str = "normal",
         mask: Image.Image | None = None,
         callback: Callable[[dict[str, Any]], None] | None = None,
-        num_images: int = 1,
+        num_images: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        num_images_per_prompt: int | None = None,
+        output_type: str = "pil",
+        callback_on_step_end: diffusers_style.StepEndFn | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
         **overrides: Any,
     ) -> SOWOutput:
         """Generate an image of ``prompt`` that keeps ``condition``'s pixels.
@@ -257,7 +315,19 @@ class SOWPipeline:
         ``callback`` receives a dict after every UNet evaluation. ``num_images`` variations
         run batched through every UNet call; image i equals a single run with ``seed + i``
         and the same plan (the plan is made once, with ``seed``).
+
+        The diffusers spellings work too (:mod:`sow.diffusers_style`, docs/api.md): ``generator``
+        (one, or one per image) instead of ``seed``, ``num_images_per_prompt`` for ``num_images``,
+        ``output_type`` ("pil", "np", "pt", "latent": ``images`` holds that type) and
+        ``callback_on_step_end(pipe, i, t, kwargs)`` after each denoising step, which may return
+        changed latents.
         """
+        # 0. The diffusers-style arguments, read once into sow's own.
+        call = diffusers_style.normalize_call(
+            seed, generator, num_images, num_images_per_prompt, output_type,
+            callback_on_step_end, callback_on_step_end_tensor_inputs,
+        )
+        seed, num_images = call.seed, call.num_images
         comp, settings = self.components, self.performance
         sync = torch.cuda.synchronize if settings.stage_sync and comp.device.type == "cuda" else None
         timer = _Timer(sync)
@@ -265,9 +335,8 @@ class SOWPipeline:
             overrides["stages"] = {**overrides.get("stages", {}), "planner": planner}
         config = self.make_config(config, preset, **overrides)
         self.check_inputs(prompt, config, plan)
-        if not isinstance(num_images, int) or num_images < 1:
-            raise InputError(f"num_images must be a positive integer, not {num_images!r}")
         source, image, alpha_mask, digest, notes = _read_condition(condition)
+        notes = notes + call.notes
         mask = mask if mask is not None else alpha_mask
         device, scale = comp.device, comp.vae_scale_factor
 
@@ -303,7 +372,10 @@ class SOWPipeline:
 
         schedule = LevelSchedule.from_scheduler(comp.scheduler, config.num_inference_steps)
         denoiser = Denoiser(comp.unet, schedule, embeddings, config, region.canvas_mask(), callback)
-        generators = [torch.Generator(device=device).manual_seed(seed + i) for i in range(num_images)]
+        diffusers_style.check_generator_device(call.generators, device)
+        generators = call.generators or [torch.Generator(device=device).manual_seed(seed + i) for i in range(num_images)]
+        if call.step_end is not None:
+            denoiser.on_step_end = diffusers_style.StepEndCallback(self, call.step_end, call.tensor_inputs, embeddings)
         ctx = RunContext(
             config=config,
             plan=plan,
@@ -341,9 +413,12 @@ class SOWPipeline:
 
         # 6. Decode.
         with timer.stage("decode"):
-            decoded = decode_latents(comp.vae, latents, nan_guard=settings.nan_guard)
-            require_finite(decoded, "the decoded image (VAE)")
-            images = [cv.to_image(one) for one in decoded.split(1)]
+            if call.output_type == "latent":
+                images = latents
+            else:
+                decoded = decode_latents(comp.vae, latents, nan_guard=settings.nan_guard)
+                require_finite(decoded, "the decoded image (VAE)")
+                images = diffusers_style.to_output(decoded, call.output_type)
 
         record = RunRecord(
             sow_version=__version__,
@@ -389,6 +464,15 @@ def _read_condition(condition: str | Path | Image.Image) -> tuple[str, Image.Ima
         loaded = load_condition(Path(condition))
         return str(condition), loaded.image, loaded.mask, loaded.sha256, loaded.notes
     raise InputError(f"condition must be a path or a PIL image, not {type(condition).__name__}")
+
+
+def _execution_device(gpu_id: int | None, device: str | torch.device, method: str) -> torch.device:
+    target = torch.device(device)
+    if gpu_id is not None:
+        target = torch.device(target.type, gpu_id)
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"{method}: no CUDA device here to run on (pass device='cpu' to test it on the CPU)")
+    return target
 
 
 def _versions() -> dict[str, str]:

@@ -296,6 +296,10 @@ from sow.cli.eval import eval_command, eval_spec_command  # noqa: E402
 app.command("eval")(eval_command)
 app.command("eval-spec")(eval_spec_command)
 
+from sow.cli.ui import ui_command  # noqa: E402
+
+app.command("ui")(ui_command)
+
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 """The documented exit codes (docs/production.md)."""

@@ -65,6 +65,9 @@ class Denoiser:
         self.condition_mask = condition_mask
         self.callback = callback
         self.on_step: Callable[[Step], None] | None = None
+        self.on_step_end: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+        """Called with (latents, timestep) after every denoising step; what it returns replaces the latents
+        (diffusers' ``callback_on_step_end``, see :class:`sow.diffusers_style.StepEndCallback`)."""
         self.evaluations = 0
         self.total_evaluations = config.unet_evaluations()
         self.guard = FiniteGuard(config.finite_check)
@@ -135,6 +138,8 @@ class Denoiser:
         out = dm.ddim_update(latents, eps, a_from, a_to, eta=eta, noise=noise)
         self.guard.check(out, step)
         self._report(step)
+        if self.on_step_end is not None:
+            out = self.on_step_end(out, self.schedule.timesteps[level])
         return out
 
     def invert(self, latents: torch.Tensor, level: int, phase: Phase) -> torch.Tensor:
