@@ -474,3 +474,20 @@ def test_cow_reference_preset_computes_what_the_authors_code_computes(tiny_compo
     ours = pipe(face, PROMPT, plan=_plan(), seed=SEED, canvas=CANVAS, cycles=3, mask=mask, t3=[4], stages={"modulator": "none"},
                 readings={"mask_polarity": "black-keeps"})
     assert ((ours.latents - expected).norm() / expected.norm()).item() > 1e-3
+
+
+def test_cli_preset_cow_reference(face_path, tmp_path):
+    import json
+
+    from sow.cli.commands import main
+
+    config = tmp_path / "fast.json"
+    config.write_text(json.dumps({"canvas": {"width": 128, "height": 128}, "cycles": 1}))
+    with pytest.raises(SystemExit) as info:
+        main(["generate", str(face_path), PROMPT, "--preset", "cow-reference", "--config", str(config),
+              "--box-v", "40,24,48,48", "--box-r", "24,24,80,96", "--out", str(tmp_path / "out"), "--name", "r", "-q"])
+    assert info.value.code == 0
+    record = json.loads((tmp_path / "out" / "r.json").read_text())
+    assert record["config"]["preset"] == "cow-reference" and record["config"]["stages"]["modulator"] == "none"
+    assert record["config"]["readings"]["injection_levels"] == "reference" and record["config"]["cycles"] == 1
+    assert record["unet_evaluations"] == 7 + 5 + 2 + 5
