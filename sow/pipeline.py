@@ -356,7 +356,8 @@ class SOWPipeline:
             text = require_prompt(text, "the plan's prompt", max_chars=None)  # the user's prompt was checked; a planner may add words
             notes = notes + prompt_warnings(comp.tokenizer, text)
 
-        # 2. Seed initialization: the condition (its planned crop) pasted at box_v (snapped to latent cells) on gray.
+        # 2. Seed initialization: the condition (its planned crop) pasted at box_v (snapped to latent cells) on gray
+        #    (or the background of readings.seed_background).
         image, mask = apply_crop(image, mask, plan.crop)
         box_v = plan.box_v.aligned(scale)
         if not box_v.fits(config.canvas):
