@@ -385,7 +385,7 @@ class SOWPipeline:
                 embeddings = ReencodingEmbeddings(comp.text_encoder, comp.tokenizer, config, text)
             condition_parts, canvas_parts = [], []
             for i, (condition_image, canvas_image) in enumerate(images_in):
-                sampler = generators[i] if readings.vae_encoding == "sample" else None
+                sampler = generators[min(i, len(generators) - 1)] if readings.vae_encoding == "sample" else None
                 condition_parts.append(self._encode(condition_image, sampler))  # condition first, as the reference
                 if readings.seed_background != "none":
                     canvas_parts.append(self._encode(canvas_image, sampler))
