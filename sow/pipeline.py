@@ -34,7 +34,7 @@ from sow.planners.fixed import random_placement
 from sow.engine.numerics import require_finite
 from sow.plugins import Registry, check_options, get_registry, plugin_exits_fail
 from sow.io.prompt_checks import prompt_warnings, require_prompt
-from sow.schemas import GenerationConfig, Plan, RunRecord, StageNames, StageTiming
+from sow.schemas import PRESETS, GenerationConfig, Plan, RunRecord, StageNames, StageTiming
 from sow.stages import Planner, PlanRequest
 
 STAGE_FIELDS = {
@@ -233,7 +233,12 @@ class SOWPipeline:
     def make_config(self, config: GenerationConfig | None = None, preset: str = "normal", **overrides: Any) -> GenerationConfig:
         """The run's config: ``config`` (or the preset's defaults) with ``overrides``; stages default to the pipeline's."""
         if config is None:
-            overrides["stages"] = {**self.stages.model_dump(), **overrides.get("stages", {})}
+            # precedence: the preset's stages (cow-reference: modulator none) over the pipeline's defaults,
+            # stages chosen for the pipeline (not the defaults) over the preset, explicit overrides over all
+            defaults = StageNames().model_dump()
+            chosen = {k: v for k, v in self.stages.model_dump().items() if v != defaults[k]}
+            preset_stages = PRESETS.get(preset, {}).get("stages", {})
+            overrides["stages"] = {**self.stages.model_dump(), **preset_stages, **chosen, **overrides.get("stages", {})}
             return GenerationConfig.from_preset(preset, **overrides)
         if overrides:
             merged = config.model_dump()
@@ -337,7 +342,8 @@ class SOWPipeline:
         self.check_inputs(prompt, config, plan)
         source, image, alpha_mask, digest, notes = _read_condition(condition)
         notes = notes + call.notes
-        mask = mask if mask is not None else alpha_mask
+        explicit_mask = mask is not None  # readings.mask_polarity applies to it; an alpha channel keeps its opaque pixels
+        mask = mask if explicit_mask else alpha_mask
         device, scale = comp.device, comp.vae_scale_factor
 
         # 1. Plan: box_v, box_r and the (intensified) prompt.
@@ -350,14 +356,26 @@ class SOWPipeline:
             text = require_prompt(text, "the plan's prompt", max_chars=None)  # the user's prompt was checked; a planner may add words
             notes = notes + prompt_warnings(comp.tokenizer, text)
 
-        # 2. Seed initialization: the condition (its planned crop) pasted at box_v (snapped to latent cells) on gray.
+        # 2. Seed initialization: the condition (its planned crop) pasted at box_v (snapped to latent cells) on gray
+        #    (or the background of readings.seed_background).
         image, mask = apply_crop(image, mask, plan.crop)
         box_v = plan.box_v.aligned(scale)
         if not box_v.fits(config.canvas):
             box_v = box_v.model_copy(update={"x": config.canvas.width - box_v.w})
-        fitted, keep = cv.fit_condition(image, box_v, mask)
-        seeded = cv.paste_on_gray(fitted, box_v, config.canvas)
-        region = LatentRegion.from_box(box_v, config.canvas, scale, cv.latent_mask(keep, scale).to(device))
+        readings = config.readings
+        polarity = readings.mask_polarity if explicit_mask else "white-keeps"
+        fitted, keep = cv.fit_condition(image, box_v, mask, polarity)
+        # a seed-dependent canvas (noise background, sampled VAE latents) is made per image: image i as seed + i
+        per_image = readings.seed_background == "noise" or readings.vae_encoding == "sample"
+        images_in = [cv.seed_images(fitted, keep, box_v, config.canvas, readings.seed_background, seed + i)
+                     for i in range(num_images if per_image else 1)]
+        seeded = images_in[0][1]
+        region = LatentRegion.from_box(
+            box_v, config.canvas, scale, cv.latent_mask(keep, scale, readings.mask_cell_rule).to(device)
+        )
+        # the run's generators (one per image) exist before encoding: a sampled VAE encoding draws from them
+        diffusers_style.check_generator_device(call.generators, device)
+        generators = call.generators or [torch.Generator(device=device).manual_seed(seed + i) for i in range(num_images)]
 
         # 3. Encode: the prompts once per run; the condition (at its own size) and the canvas.
         with timer.stage("encode"):
@@ -365,15 +383,20 @@ class SOWPipeline:
                 embeddings = PromptEmbeddings.encode(comp.text_encoder, comp.tokenizer, config, text)
             else:
                 embeddings = ReencodingEmbeddings(comp.text_encoder, comp.tokenizer, config, text)
-            condition_latents = self._encode(fitted)
-            canvas_latents = self._encode(seeded)
+            condition_parts, canvas_parts = [], []
+            for i, (condition_image, canvas_image) in enumerate(images_in):
+                sampler = generators[min(i, len(generators) - 1)] if readings.vae_encoding == "sample" else None
+                condition_parts.append(self._encode(condition_image, sampler))  # condition first, as the reference
+                if readings.seed_background != "none":
+                    canvas_parts.append(self._encode(canvas_image, sampler))
+            condition_latents = torch.cat(condition_parts)
             require_finite(condition_latents, "the encoded condition (VAE)")
-            require_finite(canvas_latents, "the encoded canvas (VAE)")
+            canvas_latents = torch.cat(canvas_parts) if canvas_parts else None
+            if canvas_latents is not None:
+                require_finite(canvas_latents, "the encoded canvas (VAE)")
 
         schedule = LevelSchedule.from_scheduler(comp.scheduler, config.num_inference_steps)
         denoiser = Denoiser(comp.unet, schedule, embeddings, config, region.canvas_mask(), callback)
-        diffusers_style.check_generator_device(call.generators, device)
-        generators = call.generators or [torch.Generator(device=device).manual_seed(seed + i) for i in range(num_images)]
         if call.step_end is not None:
             denoiser.on_step_end = diffusers_style.StepEndCallback(self, call.step_end, call.tensor_inputs, embeddings)
         ctx = RunContext(
@@ -397,12 +420,20 @@ class SOWPipeline:
         modulator = self.stage("attention_modulator", config.stages.modulator)
         modulator.attach(comp.unet, ctx)
         try:
-            # 4. Inversion: the condition alone up to t2 (its trajectory kept), the canvas to t1.
-            #    Both are deterministic, so a batch of images shares them (inverted once, at batch 1).
+            # 4. Inversion: the condition alone up to t2 (its trajectory kept), the canvas to t1 (or t2).
+            #    Both are deterministic, so a batch of images shares them (inverted once, at batch 1),
+            #    unless the canvas depends on the seed (then each image's is inverted, batched).
+            #    Without a canvas (seed_background "none") the cycles start from Gaussian noise.
             with timer.stage("inversion"):
+                start = config.canvas_start_level()
                 ctx.condition_trajectory = ctx.inverter.invert(denoiser, condition_latents, 0, config.t2, "invert_condition")
-                inverted = ctx.inverter.invert(denoiser, canvas_latents, 0, config.t1, "invert_canvas")[-1]
-                ctx.canvas_latents = inverted.repeat(num_images, 1, 1, 1)
+                if canvas_latents is None:
+                    h, w = config.canvas.height // scale, config.canvas.width // scale
+                    shape_of = condition_latents.new_empty(num_images, condition_latents.shape[1], h, w)
+                    ctx.canvas_latents = ctx.noise_like(shape_of)
+                else:
+                    inverted = ctx.inverter.invert(denoiser, canvas_latents, 0, start, "invert_canvas")[-1]
+                    ctx.canvas_latents = inverted if inverted.shape[0] == num_images else inverted.repeat(num_images, 1, 1, 1)
             # 5. Cyclic one-way diffusion, then the final denoise with visual condition preservation
             #    (timed as "cycles" and "final": the timer switches at the first final step).
             with timer.stage("cycles"):
@@ -449,10 +480,13 @@ class SOWPipeline:
             artifacts=ctx.artifacts,
         )
 
-    def _encode(self, image: Image.Image) -> torch.Tensor:
+    def _encode(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
+        """VAE latents of ``image``: the posterior's mean, or (with ``generator``) a sample drawn from it."""
         vae = self.components.vae
         pixels = cv.to_tensor(image).to(device=self.device, dtype=vae.dtype)
-        return vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
+        posterior = vae.encode(pixels).latent_dist
+        latents = posterior.mode() if generator is None else posterior.sample(generator)
+        return latents * vae.config.scaling_factor
 
 
 def _read_condition(condition: str | Path | Image.Image) -> tuple[str, Image.Image, Image.Image | None, str, list[str]]:

@@ -10,6 +10,7 @@ names the field, not a silently ignored setting.
 
 from __future__ import annotations
 
+import copy
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -19,6 +20,9 @@ from sow.errors import InputError
 from sow.io.security import clean_text
 
 PAPER_NEGATIVE_PROMPT = "a bad quality and low-resolution image, extra fingers, deformed hands"
+REFERENCE_NEGATIVE_PROMPT = "a bad quality and low resolution image,extra fingers,deformed hands"
+"""The negative prompt as the reference code spells it (no hyphen, no spaces after the commas):
+a different token sequence from the paper's, so a different embedding."""
 
 
 class _Strict(BaseModel):
@@ -170,7 +174,19 @@ class ModulationSettings(_Strict):
     a_time_minus: float = Field(0.5, gt=0, description="Exponent a of the time decay of P-.")
     t_time: float = Field(10, gt=0, description="Horizon T of the time decay (in cycles).")
     a_dis: float = Field(0.3, gt=0, description="Exponent a of the distance decay of P+.")
-    t_dis: float = Field(10, gt=0, description="Horizon T of the distance decay (farthest box_r cell at T).")
+    t_dis: float = Field(
+        10,
+        gt=0,
+        description="Horizon T of the distance decay. With dis_units 'box_r' it cancels (the farthest related "
+        "cell sits at x = T whatever T is); with 'latent_cells' it is the distance, in cells of the latent grid, "
+        "where P+ reaches 0.",
+    )
+    dis_units: Literal["box_r", "latent_cells"] = Field(
+        "box_r",
+        description="Units of g_dis's x: 'box_r' scales distances so the farthest related cell is at x = T "
+        "(scale-free; T has no effect); 'latent_cells' measures them in cells of the latent grid "
+        "(canvas pixels / the VAE's 8), the same at every layer resolution.",
+    )
     tau: float = Field(0.273, description="Gate threshold on R_c.")
     use_p_plus: bool = Field(True, description="Apply P+ (ablation switch).")
     use_p_minus: bool = Field(True, description="Apply P- (ablation switch).")
@@ -178,6 +194,17 @@ class ModulationSettings(_Strict):
     use_distance_decay: bool = Field(True, description="Decay P+ with distance from the condition centre (off: 1).")
     use_gate: bool = Field(True, description="Gate on R_c (off: always modulate, as if the gate were open).")
     gate_fraction: float = Field(0.2, gt=0, le=1, description="Share k/m of box_r's closest points in R_c.")
+    gate_scope: Literal["layer", "step"] = Field(
+        "layer",
+        description="'layer': every self-attention layer gates itself on its own R_c; 'step': one R_c per UNet "
+        "call, the mean over the layers of gate_layers (measured on their unmodulated logits), used by every "
+        "layer from the last of them on (layers that run before the decision are not modulated).",
+    )
+    gate_layers: list[str] = Field(
+        default_factory=list,
+        description="With gate_scope 'step': the self-attention layers whose R_c decide the step, as processor "
+        "keys or prefixes (e.g. 'down_blocks.0'); empty: the first self-attention layer the UNet runs.",
+    )
 
 
 class AblationSettings(_Strict):
@@ -188,13 +215,83 @@ class AblationSettings(_Strict):
     dynamic_attention: bool = Field(True, description="DAM: the `dam` modulator modulates attention (off: it attaches nothing, as `none`).")
 
 
-Preset = Literal["normal", "attribute", "style"]
+class ReadingSettings(_Strict):
+    """Where the paper (or its reference code) leaves room: one switch per reading (docs/method.md).
+
+    The defaults are sow's readings; ``--preset cow-reference`` sets every one to the reference code's.
+    """
+
+    injection_levels: Literal["exact", "reference"] = Field(
+        "exact",
+        description="Alphas of the noise injection: 'exact' those of levels t1 and t2 (the injected latent has "
+        "level t2's marginal); 'reference' those of levels t1+1 and t2+1, as the reference code reads them.",
+    )
+    canvas_inversion: Literal["t1", "t2"] = Field(
+        "t1",
+        description="Where the seeded canvas is inverted to: 't1', then every cycle injects noise (reference "
+        "code); 't2', and the first cycle starts there without injection (Algorithm 1, line 5).",
+    )
+    final_negative: Literal["same", "empty"] = Field(
+        "same",
+        description="Negative branch of the final phase: 'same' is negative_prompt, as in the cycles; 'empty' "
+        "the empty prompt (reference code).",
+    )
+    vae_encoding: Literal["mean", "sample"] = Field(
+        "mean",
+        description="Latents of the condition and canvas: the VAE posterior's 'mean', or a 'sample' drawn from "
+        "the run's generator (condition first, then canvas), as the reference code does.",
+    )
+    mask_polarity: Literal["white-keeps", "black-keeps"] = Field(
+        "white-keeps",
+        description="Which pixels of a mask passed as mask= keep the condition: white (sow) or black (the "
+        "reference's mask files). An alpha channel always keeps its opaque pixels.",
+    )
+    mask_cell_rule: Literal["centre", "top-left"] = Field(
+        "centre",
+        description="Which pixel of an 8x8 cell decides whether the latent cell is kept: the one at its centre "
+        "(sow) or its top-left pixel (the reference's nearest-neighbour interpolation).",
+    )
+    seed_background: Literal["gray", "black", "noise", "none"] = Field(
+        "gray",
+        description="Seed initialization's background (paper Fig. 6): gray (128), black, uniform RGB noise seeded "
+        "by the run's seed, or 'none': no canvas is encoded or inverted, the cycles start from Gaussian noise.",
+    )
+
+
+Preset = Literal["normal", "attribute", "style", "cow-reference"]
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "normal": {"t3": [4, 3], "cycle_eta": 0.0},
-    "attribute": {"t3": [4], "cycle_eta": 0.1},
-    "style": {"t3": [4], "cycle_eta": 1.0},
+    "normal": {"t3": [4, 3], "cycle_eta": 0.0, "final_eta": 0.1},
+    "attribute": {"t3": [4], "cycle_eta": 0.1, "final_eta": 0.1},
+    "style": {"t3": [4], "cycle_eta": 1.0, "final_eta": 0.1},
+    "cow-reference": {
+        "num_inference_steps": 10,
+        "t1": 5,
+        "t2": 7,
+        "cycles": 10,
+        "t3": [4],
+        "cycle_eta": 0.0,
+        "final_eta": 0.1,
+        "guidance_scale": 7.5,
+        "inversion_guidance_scale": 7.5,
+        "negative_prompt": REFERENCE_NEGATIVE_PROMPT,
+        "background_guidance": True,
+        "background_suppress_prompt": "human face",
+        "background_diverse_prompt": "a high quality and colorful image",
+        "stages": {"modulator": "none"},
+        "readings": {
+            "injection_levels": "reference",
+            "canvas_inversion": "t1",
+            "final_negative": "empty",
+            "vae_encoding": "sample",
+            "mask_polarity": "black-keeps",
+            "mask_cell_rule": "top-left",
+            "seed_background": "gray",
+        },
+    },
 }
+"""Each preset's values. Every preset sets the cycle and the final eta; ``cow-reference`` sets every
+setting the reference code fixes (see docs/method.md, "The reference preset")."""
 
 
 class StageNames(_Strict):
@@ -218,7 +315,7 @@ class GenerationConfig(_Strict):
     ``num_inference_steps`` pure noise.
     """
 
-    preset: Preset = Field("normal", description="The preset the t3 / eta values came from.")
+    preset: Preset = Field("normal", description="The preset the t3 / eta values (and, for cow-reference, the readings) came from.")
     canvas: Canvas = Field(default_factory=Canvas)
     num_inference_steps: int = Field(10, ge=2, le=1000, description="S, the number of DDIM levels (at most 1000, the number of timesteps SD was trained with).")
     t1: int = Field(5, ge=1, le=999, description="Level the cycles return to (replace_step); below t2, so at most 999.")
@@ -243,6 +340,7 @@ class GenerationConfig(_Strict):
     stages: StageNames = Field(default_factory=StageNames)
     modulation: ModulationSettings = Field(default_factory=ModulationSettings)
     ablation: AblationSettings = Field(default_factory=AblationSettings)
+    readings: ReadingSettings = Field(default_factory=ReadingSettings)
     trace_attention: bool = Field(False, description="Record the gate R_c per layer and step in the run record.")
     finite_check: Literal["auto", "step", "deferred", "off"] = Field(
         "auto",
@@ -266,6 +364,10 @@ class GenerationConfig(_Strict):
             raise ValueError(f"t3 levels must lie in 1..t1-1 ({self.t1 - 1}); got {bad}")
         if self.min_side > self.max_side:
             raise ValueError(f"min_side {self.min_side} exceeds max_side {self.max_side}")
+        if self.readings.injection_levels == "reference" and self.t2 + 1 > s:
+            raise ValueError(f"injection_levels 'reference' reads level t2+1 = {self.t2 + 1}, beyond S = {s}")
+        if self.readings.canvas_inversion == "t2" and self.cycles < 1:
+            raise ValueError("canvas_inversion 't2' needs at least one cycle (the first one brings the canvas to t1)")
         return self
 
     @classmethod
@@ -273,7 +375,7 @@ class GenerationConfig(_Strict):
         """The paper's defaults with a preset's values, then ``overrides`` (nested dicts merge)."""
         if preset not in PRESETS:
             raise InputError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-        data: dict[str, Any] = {"preset": preset, **PRESETS[preset]}
+        data: dict[str, Any] = {"preset": preset, **copy.deepcopy(PRESETS[preset])}
         _deep_merge(data, overrides)
         return validated(cls, data, "config")
 
@@ -282,9 +384,14 @@ class GenerationConfig(_Strict):
         scale = self.canvas.short_side / 512
         return round(self.min_side * scale), round(self.max_side * scale)
 
+    def canvas_start_level(self) -> int:
+        """The level the seeded canvas is inverted to (``readings.canvas_inversion``)."""
+        return self.t2 if self.readings.canvas_inversion == "t2" else self.t1
+
     def unet_evaluations(self) -> int:
-        """UNet calls of one run: invert condition to t2, canvas to t1, cycles, final phase."""
-        return self.t2 + self.t1 + self.cycles * (self.t2 - self.t1) + self.t1
+        """UNet calls of one run: invert condition to t2, canvas to t1 (or t2; none without a canvas), cycles, final phase."""
+        canvas = 0 if self.readings.seed_background == "none" else self.canvas_start_level()
+        return self.t2 + canvas + self.cycles * (self.t2 - self.t1) + self.t1
 
 
 class StageTiming(_Strict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 import signal
 import subprocess
@@ -129,6 +130,10 @@ def test_cli_eval_end_to_end(spec, tmp_path, capsys):
     # the paste baseline keeps the photo: its face is found in box_v and is the same person
     pasted = [r for r in rows if r["method"] == "paste"]
     assert all(r["detected"] and r["id_distance"] < 0.6 and r["same_person"] for r in pasted)
+    # pixel fidelity of the condition region: exact for the paste, not for a method that repaints it
+    assert all(r["psnr"] == math.inf and r["ssim"] == 1.0 for r in pasted)
+    generated = [r for r in rows if r["method"] != "paste"]
+    assert all(math.isfinite(r["psnr"]) and r["ssim"] < 1 and r["seam"] is not None for r in generated)
 
     with open(out / "results.csv", newline="") as handle:
         table = list(csv.DictReader(handle))
@@ -137,10 +142,15 @@ def test_cli_eval_end_to_end(spec, tmp_path, capsys):
     ]
     paste_all = next(t for t in table if t["method"] == "paste" and t["setting"] == "all")
     assert paste_all["count"] == "3" and float(paste_all["detection"]) == 1.0
+    assert paste_all["psnr"] == "inf" and float(paste_all["ssim"]) == 1.0
+    cow_all = next(t for t in table if t["method"] == "cow" and t["setting"] == "all")
+    cow_rows = [r for r in rows if r["method"] == "cow"]
+    assert float(cow_all["psnr"]) == pytest.approx(np.mean([r["psnr"] for r in cow_rows]), abs=1e-5)
     distances = [r["id_distance"] for r in pasted]
     assert float(paste_all["id_mean"]) == pytest.approx(np.mean(distances), abs=1e-5)
     assert float(paste_all["id_median"]) == pytest.approx(np.median(distances), abs=1e-5)
     assert "| method | setting | count | detection |" in (out / "results.md").read_text()
+    assert "| psnr | ssim | seam |" in (out / "results.md").read_text()
 
     sheet = Image.open(out / "contact_sheet.png")
     assert sheet.width == LABEL_WIDTH + 4 * THUMB  # condition + 3 methods
@@ -237,6 +247,9 @@ def test_inpaint_and_paste_baselines(spec, tmp_path, tiny_components, registry, 
     assert inpainted["box_v"] == pasted["box_v"]  # both baselines place the condition alike
     expected = seed_canvas(Image.open(items[0].condition_path(spec.parent)), box, Canvas(width=256, height=256))
     assert np.array_equal(np.asarray(Image.open(out / pasted["image"])), np.asarray(expected))
+    # pixel fidelity: the paste is exact; inpainting repaints the face too (the VAE round trip at least)
+    assert pasted["psnr"] == math.inf and pasted["ssim"] == 1.0 and pasted["seam"] > 1
+    assert math.isfinite(inpainted["psnr"]) and inpainted["ssim"] < 1
 
     keep = Image.new("L", (box.w, box.h), 255)
     mask = np.asarray(repaint_mask((256, 256), box.x, box.y, keep))

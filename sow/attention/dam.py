@@ -29,6 +29,7 @@ from PIL import Image, ImageDraw
 
 from sow.attention import equations as mod
 from sow.engine.context import RunContext
+from sow.errors import InputError
 from sow.hookspecs import hookimpl
 from sow.schemas import Box
 
@@ -74,6 +75,8 @@ class DAMState:
     capture_layer: str | None = None
     sync_free: bool | str = "auto"
     """Keep the gate on the device (see :class:`DynamicAttentionModulator`): True, False or "auto"."""
+    step_gate: mod.StepGate | None = None
+    """With ``gate_scope`` "step": the one R_c per UNet call (None: every layer gates itself)."""
     _regions: dict[tuple[int, int], mod.LayerRegions] = field(default_factory=dict)
 
     def active(self) -> bool:
@@ -101,6 +104,7 @@ class DAMState:
                 s.t_dis,
                 s.a_dis,
                 s.use_distance_decay,
+                self.ctx.config.canvas.width / self.ctx.region.canvas_width if s.dis_units == "latent_cells" else None,
             )
             self._regions[key] = mod.LayerRegions(
                 **{name: _to(value, device) for name, value in vars(built).items()}
@@ -131,6 +135,8 @@ class DAMState:
         capture = layer == self.capture_layer
         need_gate = s.use_gate or ctx.config.trace_attention or capture
         if n_c == 0 or not (want_minus or want_plus or need_gate):
+            if self.step_gate is not None:
+                self.step_gate.decide(ctx.denoiser.evaluations, layer, 0.0)
             self._trace(layer, 0.0, False)
             return _sdpa(query, key, value)
 
@@ -139,7 +145,7 @@ class DAMState:
         values = value[:, :, regions.key_order].float()
         cond_q = query[:, :, regions.condition]
         sync_free = self.sync_free if isinstance(self.sync_free, bool) else query.device.type != "cpu"
-        if sync_free and s.use_gate and not (ctx.config.trace_attention or capture):
+        if sync_free and s.use_gate and self.step_gate is None and not (ctx.config.trace_attention or capture):
             return self._gated_on_device(query, key, value, regions, keys, values, cond_q, scale, want_minus, want_plus)
         parts, r_c = None, 0.0
         if need_gate:
@@ -148,9 +154,12 @@ class DAMState:
             one_pass = want_minus and not s.use_gate
             parts, gate_sums = self._rows(cond_q, keys, values, n_c, scale, (n_c, n_c + n_r), one_pass)
             r_c = float(mod.gate_ratio(gate_sums / n_c, s.gate_fraction).mean())
-        factor = mod.gate_factor(r_c, s.tau, s.use_gate)
+        gate_r_c: float | None = r_c
+        if self.step_gate is not None and s.use_gate:
+            gate_r_c = self.step_gate.decide(ctx.denoiser.evaluations, layer, r_c)  # None: not decided yet
+        factor = 0.0 if gate_r_c is None else mod.gate_factor(gate_r_c, s.tau, s.use_gate)
         minus_on, plus_on = factor > 0 and want_minus, factor > 0 and want_plus
-        self._trace(layer, r_c, minus_on or plus_on)
+        self._trace(layer, r_c, minus_on or plus_on, gate_r_c)
 
         if capture:
             minus = factor * s.w_minus * mod.time_decay(step.cycle or 0, s.t_time, s.a_time_minus, s.use_time_decay)
@@ -264,12 +273,13 @@ class DAMState:
             )
         return parts, gate_sums
 
-    def _trace(self, layer: str, r_c: float, fired: bool) -> None:
+    def _trace(self, layer: str, r_c: float, fired: bool, gate_r_c: float | None = None) -> None:
         if self.ctx.config.trace_attention:
             step = self.ctx.step
-            self.ctx.trace.append(
-                {"layer": layer, "cycle": step.cycle, "level": step.level, "r_c": round(r_c, 6), "fired": fired}
-            )
+            entry = {"layer": layer, "cycle": step.cycle, "level": step.level, "r_c": round(r_c, 6), "fired": fired}
+            if self.step_gate is not None:  # the step's R_c this layer was gated on (None: not yet decided)
+                entry["step_r_c"] = None if gate_r_c is None else round(gate_r_c, 6)
+            self.ctx.trace.append(entry)
 
     def _capture(
         self,
@@ -383,6 +393,17 @@ class DAMProcessor:
         return out / attn.rescale_output_factor
 
 
+def _step_gate(unet: torch.nn.Module, ctx: RunContext) -> mod.StepGate | None:
+    """The run's :class:`~sow.attention.equations.StepGate` when ``gate_scope`` is "step"."""
+    s = ctx.config.modulation
+    if s.gate_scope != "step":
+        return None
+    try:
+        return mod.StepGate(mod.select_layers(s.gate_layers, self_attention_layers(unet)))
+    except ValueError as exc:
+        raise InputError(f"modulation.gate_layers: {exc}") from None
+
+
 def self_attention_layers(unet: torch.nn.Module) -> list[str]:
     """The processor keys of the UNet's self-attention layers, in the UNet's order."""
     return [name for name in unet.attn_processors if name.endswith(SELF_ATTENTION_SUFFIX)]
@@ -431,7 +452,7 @@ class DynamicAttentionModulator:
         capture = None
         if ctx.config.trace_attention:
             capture = self.capture_layer or default_capture_layer(unet)
-        state = DAMState(ctx, self.chunk_elements, capture, self.sync_free)
+        state = DAMState(ctx, self.chunk_elements, capture, self.sync_free, _step_gate(unet, ctx))
         levels = len(getattr(getattr(unet, "config", None), "down_block_types", ()))
         parameter = next(unet.parameters(), None)
         if levels and parameter is not None:

@@ -14,10 +14,12 @@ explains the choices)::
     g(x; T, a)   = (0.5 * (1 + cos(pi * (2T - x) / T))) ** a,   x clamped to [0, T]
     P-[q, k]     = -w-  * g(cycle; T_time, a_time-)                     (q in C, k not in C)
     P+[q, k]     = +w+  * g(cycle; T_time, a_time+) * g(x_q; T_dis, a_dis)   (q in R, k in C)
-    x_q          = T_dis * |q - o*| / max_{r in R} |r - o*|     (o* the centre of C)
+    x_q          = T_dis * |q - o*| / max_{r in R} |r - o*|     (o* the centre of C; T_dis cancels)
+                 = |q - o*| / (pixels per latent cell)           (dis_units "latent_cells")
     R_c          = mean_h  sum_{k closest of R} N_h / sum_{all of R} N_h
     N_h[r]       = mean_{q in C} minmax_row(A_h)[q, r]          (head h, key r in R)
     A'           = A + s * (P+ + P-) * range_row(A),   s = sqrt(max(0, R_c - tau))
+                   (R_c of the layer, or with gate_scope "step" of the UNet call: :class:`StepGate`)
 
 Everything here is side-effect free and works on any leading batch / head dimensions.
 The attention processor in :mod:`sow.attention.dam` puts these pieces together without ever
@@ -64,15 +66,24 @@ def time_decay(cycle: int, horizon: float, exponent: float, enabled: bool = True
     return max(0.0, 0.5 * (1 + math.cos(math.pi * (2 * horizon - x) / horizon))) ** exponent
 
 
-def distance_decay(distances: torch.Tensor, horizon: float, exponent: float, enabled: bool = True) -> torch.Tensor:
-    """``g_dis`` of each related cell: ``g(T * d / max(d); T, a)``, so the farthest cell sits at x = T.
+def distance_decay(
+    distances: torch.Tensor, horizon: float, exponent: float, enabled: bool = True, unit: float | None = None
+) -> torch.Tensor:
+    """``g_dis`` of each related cell.
 
-    ``distances`` are the cells' distances to the condition centre o*; scaling by their
-    maximum makes the decay the same at every layer resolution. Off: all ones.
+    ``unit`` None (``dis_units`` "box_r"): ``g(T * d / max(d); T, a)``, so the farthest cell sits
+    at x = T; T cancels out of x / T, so the horizon has no effect (the decay is the same at every
+    layer resolution and for every T). ``unit`` a length (``dis_units`` "latent_cells": the
+    canvas pixels of one latent cell): ``g(d / unit; T, a)``, so P+ reaches 0 at T cells from o*.
+    ``distances`` are the cells' distances to the condition centre o*, in canvas pixels. Off: all ones.
     """
     distances = torch.as_tensor(distances, dtype=torch.float64)
     if not enabled or distances.numel() == 0:
         return torch.ones_like(distances)
+    if unit is not None:
+        if unit <= 0:
+            raise ValueError(f"the distance unit must be positive, not {unit}")
+        return decay(distances / unit, horizon, exponent)
     far = distances.max()
     x = distances * (horizon / far) if far > 0 else torch.zeros_like(distances)
     return decay(x, horizon, exponent)
@@ -126,6 +137,49 @@ def relevance_gate(condition_logits: torch.Tensor, related_keys: torch.Tensor, f
     """
     normalized = minmax_normalize(condition_logits)[..., related_keys]
     return gate_ratio(normalized.mean(-2), fraction)
+
+
+class StepGate:
+    """One R_c per UNet call (``gate_scope`` "step"): the mean R_c of a set of layers.
+
+    Each layer of a call reports its own R_c (measured on its unmodulated logits) with
+    :meth:`decide`. Until every layer of the set has reported, the step's gate is undecided
+    (``None``: the reporting layer is not modulated); from the report that completes the set on,
+    every layer of the call gets the set's mean. An empty set: the first layer that reports
+    decides. A new ``call`` key (the UNet evaluation's number) starts over.
+    """
+
+    def __init__(self, layers: frozenset[str] = frozenset()) -> None:
+        self.layers = layers
+        self._call: object = None
+        self._values: dict[str, float] = {}
+        self._decided: float | None = None
+
+    def decide(self, call: object, layer: str, r_c: float) -> float | None:
+        if call != self._call:
+            self._call, self._values, self._decided = call, {}, None
+        if self._decided is not None:
+            return self._decided
+        if self.layers and layer not in self.layers:
+            return None
+        self._values[layer] = r_c
+        if not self.layers or len(self._values) == len(self.layers):
+            self._decided = sum(self._values.values()) / len(self._values)
+        return self._decided
+
+
+def select_layers(names: list[str], keys: list[str]) -> frozenset[str]:
+    """The processor keys ``keys`` that ``names`` pick: a key itself, the key without
+    ``.processor``, or a dotted prefix of it (``"down_blocks.0"``). A name that picks nothing
+    raises ``ValueError`` naming it."""
+    chosen: set[str] = set()
+    for name in names:
+        stem = name.removesuffix(".processor")
+        picked = [k for k in keys if k.removesuffix(".processor") == stem or k.startswith(stem + ".")]
+        if not picked:
+            raise ValueError(f"gate layer {name!r} names no self-attention layer of this UNet")
+        chosen.update(picked)
+    return frozenset(chosen)
 
 
 def gate_factor(r_c: float, tau: float, use_gate: bool = True) -> float:
@@ -289,8 +343,10 @@ class LayerRegions:
         dis_horizon: float,
         dis_exponent: float,
         use_distance_decay: bool = True,
+        dis_unit: float | None = None,
     ) -> LayerRegions:
-        """Masks from the boxes (cells whose centres fall inside), distances from box_v's centre."""
+        """Masks from the boxes (cells whose centres fall inside), distances from box_v's centre
+        (``dis_unit``: see :func:`distance_decay`)."""
         from sow.io.canvas import box_mask
 
         cond = box_mask(condition_box, canvas, height, width)
@@ -306,7 +362,7 @@ class LayerRegions:
             width=width,
             condition=cond_idx,
             related=rel_idx,
-            related_decay=distance_decay(dist[rel_idx], dis_horizon, dis_exponent, use_distance_decay),
+            related_decay=distance_decay(dist[rel_idx], dis_horizon, dis_exponent, use_distance_decay, dis_unit),
             key_order=torch.cat([cond_idx, rel_idx, rest]),
             condition_mask=cond,
             related_mask=rel,

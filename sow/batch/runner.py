@@ -62,7 +62,7 @@ class BatchJob(BaseModel):
     prompt: str = Field(description="What the scene should show.")
     plan: str | Plan | None = Field(None, description="A plan file path or an inline plan: skips the planner.")
     seed: int = Field(0, ge=0, lt=2**63, description="Random seed (0 .. 2**63-1, what torch's generator takes).")
-    preset: Preset = Field("normal", description="normal, attribute or style.")
+    preset: Preset = Field("normal", description="normal, attribute, style or cow-reference.")
     name: str | None = Field(None, description="Output file stem (a plain name); default <line>-<prompt>-s<seed>.")
 
     @field_validator("prompt")

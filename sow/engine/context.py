@@ -86,9 +86,11 @@ class RunContext:
     inverter: Inverter
     preserver: Preserver
     condition_trajectory: list[torch.Tensor] = field(default_factory=list)
-    """The condition's latents at levels 0..t2 (index = level), from its own inversion."""
+    """The condition's latents at levels 0..t2 (index = level), from its own inversion; batch 1, or one per
+    image when the condition depends on the seed (sampled VAE latents, a noise background)."""
     canvas_latents: torch.Tensor | None = None
-    """The seeded canvas inverted to level t1: where the scheduler starts."""
+    """The seeded canvas inverted to ``config.canvas_start_level()`` (t1, or t2 with
+    ``readings.canvas_inversion`` "t2"; Gaussian noise with ``seed_background`` "none"): where the scheduler starts."""
     step: Step | None = None
     """The UNet evaluation in progress (set by the denoiser before every call)."""
     trace: list[dict[str, Any]] = field(default_factory=list)

@@ -105,7 +105,8 @@ class Denoiser:
             return dm.background_guidance(neg, text, sup, div, mask, cfg.guidance_scale)
         if cfg.guidance_scale <= 1:
             return self._unet(latents, level, [e.prompt])[0]
-        neg, text = self._unet(latents, level, [e.negative, e.prompt])
+        negative = e.empty if step.phase == "final" and cfg.readings.final_negative == "empty" else e.negative
+        neg, text = self._unet(latents, level, [negative, e.prompt])
         return dm.classifier_free_guidance(neg, text, cfg.guidance_scale)
 
     def _report(self, step: Step) -> None:

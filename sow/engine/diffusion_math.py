@@ -99,6 +99,21 @@ def inject_noise(x: torch.Tensor, alpha_from: float, alpha_to: float, noise: tor
     return ratio**0.5 * x + (1 - ratio) ** 0.5 * noise
 
 
+def injection_levels(t1: int, t2: int, reading: str = "exact") -> tuple[int, int]:
+    """The levels whose alphas the injection t1 -> t2 uses.
+
+    ``"exact"``: (t1, t2), so the injected latent has level t2's marginal. ``"reference"``:
+    (t1 + 1, t2 + 1), as the reference code reads ``alphas_cumprod`` at the inverse scheduler's
+    timesteps indexed by t1 and t2 (the timesteps of levels t1 + 1 and t2 + 1), while the latent
+    sits at level t1 and is then denoised from level t2.
+    """
+    if reading == "reference":
+        return t1 + 1, t2 + 1
+    if reading != "exact":
+        raise ValueError(f"unknown injection reading {reading!r}")
+    return t1, t2
+
+
 def classifier_free_guidance(eps_uncond: torch.Tensor, eps_text: torch.Tensor, scale: float) -> torch.Tensor:
     """eps = eps_uncond + scale (eps_text - eps_uncond)."""
     return eps_uncond + scale * (eps_text - eps_uncond)

@@ -11,7 +11,10 @@ from sow.hookspecs import hookimpl
 
 class CyclicOneWayScheduler:
     """N cycles of (inject noise t1 -> t2, denoise back to t1 resetting the condition at every level),
-    then denoising to the image with the condition reset once more at the levels t3."""
+    then denoising to the image with the condition reset once more at the levels t3.
+
+    ``config.readings`` chooses the injection's alphas (``injection_levels``) and whether the
+    first cycle injects at all (``canvas_inversion`` "t2": the canvas already sits at t2)."""
 
     name = "cyclic"
     description = "Cyclic one-way diffusion: N noise-inject / denoise cycles, then the final denoise."
@@ -19,9 +22,11 @@ class CyclicOneWayScheduler:
     def run(self, ctx: RunContext) -> torch.Tensor:
         cfg, denoiser = ctx.config, ctx.denoiser
         alpha = denoiser.schedule.alpha
+        low, high = dm.injection_levels(cfg.t1, cfg.t2, cfg.readings.injection_levels)
         x = ctx.canvas_latents
         for cycle in range(cfg.cycles):
-            x = dm.inject_noise(x, alpha(cfg.t1), alpha(cfg.t2), ctx.noise_like(x))
+            if not (cycle == 0 and cfg.readings.canvas_inversion == "t2"):  # Algorithm 1: the canvas starts at t2
+                x = dm.inject_noise(x, alpha(low), alpha(high), ctx.noise_like(x))
             for level in range(cfg.t2, cfg.t1, -1):
                 x = ctx.preserve(x, level)
                 noise = ctx.noise_like(x) if cfg.cycle_eta > 0 else None

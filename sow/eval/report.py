@@ -9,6 +9,9 @@ Columns of the table, per method and setting (and ``all`` settings):
 ``detection``      share of rows with a face found in the box_v region;
 ``id_mean``, ``id_median``  ID-distance over the rows with a face on both sides;
 ``same_person``    share of all rows whose ID-distance is under the metric's threshold;
+``psnr``, ``ssim``  pixel fidelity of the condition region: the condition as pasted against
+                   the image inside the aligned box_v (mean over rows; ``inf`` PSNR for an exact copy);
+``seam``           mean luminance step across box_v's border over the mean step inside it;
 ``sec_per_image``  mean wall time to make one image (planning + generation, no metric);
 ``errors``         rows whose generation failed (counted as not detected).
 """
@@ -28,7 +31,10 @@ from sow.io.outputs import save_image_atomic, write_bytes_atomic
 if TYPE_CHECKING:
     from sow.eval.runner import Evaluation
 
-COLUMNS = ("method", "setting", "count", "detection", "id_mean", "id_median", "same_person", "sec_per_image", "errors")
+COLUMNS = (
+    "method", "setting", "count", "detection", "id_mean", "id_median", "same_person",
+    "psnr", "ssim", "seam", "sec_per_image", "errors",
+)
 THUMB = 160
 """Side of one contact-sheet cell's image in pixels."""
 LABEL_WIDTH = 220
@@ -46,6 +52,7 @@ def summarize(rows: list[dict[str, Any]], methods: list[str], settings: list[str
                 continue
             distances = [r["id_distance"] for r in chosen if r.get("id_distance") is not None]
             times = [r["seconds"] for r in chosen if not r.get("error")]
+            fidelity = {c: [r[c] for r in chosen if r.get(c) is not None] for c in ("psnr", "ssim", "seam")}
             table.append(
                 {
                     "method": method,
@@ -55,6 +62,7 @@ def summarize(rows: list[dict[str, Any]], methods: list[str], settings: list[str
                     "id_mean": statistics.fmean(distances) if distances else None,
                     "id_median": statistics.median(distances) if distances else None,
                     "same_person": sum(bool(r.get("same_person")) for r in chosen) / len(chosen),
+                    **{c: statistics.fmean(v) if v else None for c, v in fidelity.items()},
                     "sec_per_image": statistics.fmean(times) if times else None,
                     "errors": sum(bool(r.get("error")) for r in chosen),
                 }
@@ -69,8 +77,10 @@ def _cell(value: Any, column: str) -> str:
         return f"{value:.1%}"
     if column in ("id_mean", "id_median"):
         return f"{value:.3f}"
-    if column == "sec_per_image":
+    if column in ("sec_per_image", "psnr", "seam"):
         return f"{value:.2f}"
+    if column == "ssim":
+        return f"{value:.4f}"
     return str(value)
 
 

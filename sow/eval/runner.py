@@ -1,8 +1,8 @@
 """``sow eval``: run the methods of a comparison on a benchmark spec and measure them.
 
 Every method runs every spec item with the same seed and the same Stable Diffusion
-model; each image is measured with a face metric (:mod:`sow.eval.face_metrics`) right after
-it is made, and one row per (item, method) is appended to ``rows.jsonl``. The rows file
+model; each image is measured with a face metric (:mod:`sow.eval.face_metrics`) and for the
+pixel fidelity of the condition region (:mod:`sow.eval.fidelity`) right after it is made, and one row per (item, method) is appended to ``rows.jsonl``. The rows file
 is the run's state: a killed eval restarted with the same ``--out`` skips the rows it
 finds and computes only the rest. At the end the table (``results.md``,
 ``results.csv``) and the contact sheet (``contact_sheet.png``) are written from the rows.
@@ -326,8 +326,8 @@ class Evaluation:
 
     # -- one (item, method) ------------------------------------------------------------
 
-    def _make_image(self, item: SpecItem, method: Method) -> tuple[Image.Image, Any, dict[str, Any]]:
-        """(image, box_v as used, extra row fields)."""
+    def _make_image(self, item: SpecItem, method: Method) -> tuple[Image.Image, Any, dict[str, Any], Image.Image, Any]:
+        """(image, box_v as used, extra row fields, the seeded canvas, the kept pixels of box_v or None)."""
         path = item.condition_path(self.spec_base)
         config = self.generation_config(item, method)
         seed = self.config.seed
@@ -338,24 +338,26 @@ class Evaluation:
                 "unet_evaluations": result.record.unet_evaluations,
                 "prompt_used": result.plan.prompt if config.ablation.prompt_intensification else item.prompt,
             }
-            return result.image, result.record.aligned_box_v, extra
+            box_v = result.record.aligned_box_v
+            return result.image, box_v, extra, result.seeded_canvas, _kept(path, result.plan.crop, box_v)
         loaded = load_condition(path)
         plan = self.pipe.plan(loaded.image, item.prompt, config, seed)
         box_v = plan.box_v.aligned(self.pipe.components.vae_scale_factor)
         if not box_v.fits(config.canvas):
             box_v = box_v.model_copy(update={"x": config.canvas.width - box_v.w})
         seeded = cv.seed_canvas(loaded.image, box_v, config.canvas, loaded.mask)
+        _, keep = cv.fit_condition(loaded.image, box_v, loaded.mask)
+        kept = keep if loaded.mask is not None else None
         if method.kind == "paste":
-            return seeded, box_v, {}
+            return seeded, box_v, {}, seeded, kept
         from sow.eval.inpainting import inpaint, repaint_mask
 
-        _, keep = cv.fit_condition(loaded.image, box_v, loaded.mask)
         mask = repaint_mask(seeded.size, box_v.x, box_v.y, keep)
         image = inpaint(
             self.inpaint_pipe, seeded, mask, item.prompt, seed=seed, steps=self.config.inpaint.steps,
             guidance_scale=config.guidance_scale, negative_prompt=config.negative_prompt,
         )
-        return image, box_v, {"inpaint_model": self.config.inpaint.model}
+        return image, box_v, {"inpaint_model": self.config.inpaint.model}, seeded, kept
 
     def _reference(self, item: SpecItem):
         from sow.eval.face_metrics import reference_face
@@ -376,12 +378,15 @@ class Evaluation:
         }
         start = time.perf_counter()
         try:
-            image, box_v, extra = self._make_image(item, method)
+            image, box_v, extra, pasted, kept = self._make_image(item, method)
         except SowError as exc:
             row.update(seconds=round(time.perf_counter() - start, 4), error=str(exc), faces=0, detected=False, id_distance=None, same_person=None)
             return row
         row["seconds"] = round(time.perf_counter() - start, 4)
         save_image_atomic(image, image_path)
+        from sow.eval.fidelity import condition_fidelity
+
+        row.update(condition_fidelity(pasted, image, box_v, kept).as_row())
         measured = measure_identity(self.metric, image, box_v, self._reference(item), self.config.region_margin)
         face = measured.face
         row.update(
@@ -488,6 +493,17 @@ class Evaluation:
         item_order = {item.id: n for n, item in enumerate(self.items)}
         method_order = {m.name: n for n, m in enumerate(self.methods)}
         return sorted(latest.values(), key=lambda r: (item_order[r["id"]], method_order[r["method"]]))
+
+
+def _kept(path: Path, crop: Any, box_v: Any) -> Image.Image | None:
+    """The kept pixels of box_v for a condition with an alpha mask (None: every pixel is kept)."""
+    from sow.planners.policy import apply_crop
+
+    loaded = load_condition(path)
+    if loaded.mask is None:
+        return None
+    image, mask = apply_crop(loaded.image, loaded.mask, crop)
+    return cv.fit_condition(image, box_v, mask)[1]
 
 
 def load_eval_config(path: Path | None, **overrides: Any) -> EvalConfig:
