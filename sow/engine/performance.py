@@ -114,11 +114,15 @@ def check_finite(tensor: torch.Tensor, what: str) -> None:
         )
 
 
-def decode_latents(vae: torch.nn.Module, latents: torch.Tensor, nan_guard: bool = False) -> torch.Tensor:
+def decode_latents(vae: torch.nn.Module, latents: torch.Tensor, nan_guard: bool = False, upcast: bool = False) -> torch.Tensor:
     """VAE-decode scaled latents; in fp16 with ``nan_guard``, re-decode in fp32 if the output is not finite.
 
     SD 2.x's VAE is known to overflow in fp16 on some images; the guard costs one host sync per run.
+    ``upcast`` (an fp16 VAE that always overflows, like SDXL's stock one: ``force_upcast`` in its
+    config): decode in fp32 from the start, as diffusers' SDXL pipeline does.
     """
+    if upcast and vae.dtype == torch.float16:
+        return _decode_in_fp32(vae, latents)
     scaled = latents.to(vae.dtype) / vae.config.scaling_factor
     decoded = vae.decode(scaled).sample
     if nan_guard and vae.dtype == torch.float16:
@@ -131,6 +135,14 @@ def decode_latents(vae: torch.nn.Module, latents: torch.Tensor, nan_guard: bool 
             finally:
                 vae.to(torch.float16)
     return decoded
+
+
+def _decode_in_fp32(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
+    vae.to(torch.float32)
+    try:
+        return vae.decode(latents.float() / vae.config.scaling_factor).sample
+    finally:
+        vae.to(torch.float16)
 
 
 # -- kernels and layout ------------------------------------------------------------------
@@ -236,6 +248,8 @@ def enable_offload(components, execution_device: torch.device | str) -> ModelOff
     offload = ModelOffload(execution_device)
     vae = components.vae
     offload.add("text_encoder", components.text_encoder)
+    if getattr(components, "text_encoder_2", None) is not None:
+        offload.add("text_encoder_2", components.text_encoder_2)
     offload.add("unet", components.unet)
     vae_entries = [m for m in (vae.encoder, vae.quant_conv, vae.post_quant_conv, vae.decoder) if m is not None]
     offload.add("vae", vae, vae_entries)
@@ -281,11 +295,13 @@ class ReencodingEmbeddings:
     """The reference code's habit, kept to price it: every prompt is re-encoded each time a UNet call reads it.
 
     Has the attributes of :class:`sow.engine.denoiser.PromptEmbeddings` (``prompt``, ``negative``,
-    ``empty``, ``suppress``, ``diverse``); each read runs the text encoder once.
+    ``empty``, ``suppress``, ``diverse``; ``pooled`` with a family ``encoder`` that pools); each read
+    runs the text encoder(s) once, and ``pooled[name]`` is the pooled output of the last such read.
     """
 
-    def __init__(self, text_encoder, tokenizer, config, prompt: str) -> None:
+    def __init__(self, text_encoder, tokenizer, config, prompt: str, encoder=None) -> None:
         self._encoder, self._tokenizer = text_encoder, tokenizer
+        self._family_encoder = encoder
         self._texts = {
             "prompt": prompt,
             "negative": config.negative_prompt,
@@ -293,12 +309,19 @@ class ReencodingEmbeddings:
             "suppress": config.background_suppress_prompt,
             "diverse": config.background_diverse_prompt,
         }
+        self.pooled = {} if encoder is not None and encoder.family.pooled else None
         self.encodings = 0
 
     def __getattr__(self, name: str) -> torch.Tensor:
         texts = self.__dict__.get("_texts", {})
         if name not in texts:
             raise AttributeError(name)
+        if self._family_encoder is not None:
+            hidden, pooled = self._family_encoder.encode([texts[name]])
+            if pooled is not None:
+                self.pooled[name] = pooled
+            self.encodings += 1
+            return hidden
         tokens = self._tokenizer(
             [texts[name]], padding="max_length", max_length=self._tokenizer.model_max_length, truncation=True, return_tensors="pt"
         ).input_ids.to(self._encoder.device)
