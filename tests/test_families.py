@@ -234,3 +234,60 @@ def test_sd15_shape_from_configs_is_detected_and_runs(tmp_path, face_path):
     output = SOWPipeline(components)(face_path, PROMPT, seed=0, canvas={"width": 64, "height": 64}, cycles=1)
     assert output.record.family == "sd1" and output.record.unet_evaluations == 7 + 5 + 2 + 5
     assert torch.isfinite(output.latents).all()
+
+
+# -- the real SDXL architecture ----------------------------------------------------------------
+
+
+def _sdxl_config_or_skip() -> Path:
+    if not (SDXL_CONFIG / "unet" / "config.json").is_file():
+        pytest.skip(f"SDXL-base configs not found at {SDXL_CONFIG}")
+    return SDXL_CONFIG
+
+
+def test_count_only_on_the_sdxl_configs_uses_sdxl_shapes(tmp_path):
+    """`sow bench --count-only` on SDXL-base's configs: meta-device counting, SDXL's widths in every UNet call."""
+    from sow.bench.benchmark import main
+
+    folder = _sdxl_config_or_skip()
+    out = tmp_path / "cost.json"
+    assert main(["--count-only", "--model", str(folder), "--size", "256", "--cycles", "2", "--json", str(out), "--quiet"]) == 0
+    report = json.loads(out.read_text())
+    assert report["unet_evaluations"] == 7 + 5 + 2 * 2 + 5
+    unet_calls = [c for c in report["per_call"] if c["module"] == "unet"]
+    assert unet_calls and all(c["shapes"][1][-1] == 2048 and c["shapes"][2][-1] == 1280 for c in unet_calls)
+    assert {c["module"] for c in report["per_call"]} >= {"text_encoder", "text_encoder_2", "vae_decoder"}
+    # on the canvas grid (32x32 latents) the cost is linear in the batch: CFG's 2 and background guidance's 4
+    full = {c["shapes"][0][0]: c["tflop_per_call"] for c in unet_calls if c["shapes"][0][-2:] == [32, 32]}
+    assert set(full) == {2, 4} and full[4] == pytest.approx(2 * full[2], rel=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    __import__("os").environ.get("SOW_HEAVY_TESTS") != "1",
+    reason="builds the real 2.6B-parameter SDXL UNet on the CPU (~6 GB in bf16, minutes on 2 cores): "
+    "not in CI; run with SOW_HEAVY_TESTS=1",
+)
+def test_real_sdxl_architecture_whole_run_at_64px_on_cpu(face_path):
+    """The real SDXL-base architecture (random weights), bf16, 64x64 canvas, one cycle, DAM forced open."""
+    folder = _sdxl_config_or_skip()
+    components = load_components(str(folder), device="cpu", dtype="bf16", random_weights=True)
+    assert components.family.name == "sdxl"
+    layers = dam.self_attention_layers(components.unet)
+    assert len(layers) == _self_attention_layers_by_hand(_json(folder, "unet")) == 70
+    seen = set()
+    original = dam.DAMState.attention
+
+    def spy(self, layer, query, key, value, grid):
+        seen.add(layer)
+        return original(self, layer, query, key, value, grid)
+
+    dam.DAMState.attention = spy
+    try:
+        pipe = SOWPipeline(components, {"modulator": "dam"}, stage_options={"attention_modulator": {"sync_free": True}})
+        output = pipe(face_path, PROMPT, seed=0, canvas={"width": 64, "height": 64}, cycles=1,
+                      modulation={"use_gate": False}, finite_check="deferred")
+    finally:
+        dam.DAMState.attention = original
+    assert seen == set(layers)
+    assert output.record.unet_evaluations == 7 + 5 + 2 + 5 and torch.isfinite(output.latents.float()).all()

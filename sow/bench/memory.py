@@ -9,7 +9,10 @@ modes of :class:`sow.engine.performance.PerformanceSettings`:
 - ``resident``: every model on the device; peak = all weights + the largest activation peak;
 - ``offload`` (model offload): one model on the device at a time; peak = max over models of
   (its weights + its activations);
-- VAE tiling changes the decoder's activation peak (tiles of the VAE's ``sample_size``).
+- VAE tiling changes the decoder's activation peak (tiles of the VAE's ``sample_size``, and
+  of 512 px).
+
+SDPA is modelled as a fused kernel (:func:`fused_attention`): output only, no N x N matrix.
 
 The numbers are a model of the allocator, not a measurement: the caching allocator's
 fragmentation, cuDNN workspaces and the CUDA context (~0.5 GiB) come on top.
@@ -18,9 +21,11 @@ fragmentation, cuDNN workspaces and the CUDA context (~0.5 GiB) come on top.
 from __future__ import annotations
 
 import weakref
+from contextlib import contextmanager
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 
@@ -48,6 +53,26 @@ class LiveBytes(TorchDispatchMode):
         return out
 
 
+@contextmanager
+def fused_attention():
+    """``F.scaled_dot_product_attention`` as a fused kernel allocates it: the output only.
+
+    On the meta device PyTorch decomposes SDPA into its math form (the N x N matrix, in
+    fp32), which no GPU kernel (flash, memory-efficient, cuDNN) materialises; this stands in
+    for the kernel with an output of the right shape and dtype.
+    """
+    original = F.scaled_dot_product_attention
+
+    def kernel(query, key, value, *args, **kwargs):
+        return query.new_empty((*query.shape[:-1], value.shape[-1]))
+
+    F.scaled_dot_product_attention = kernel
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = original
+
+
 def activation_peak(fn) -> int:
     """Peak bytes of the tensors ``fn()`` creates (its inputs and the weights not counted)."""
     with torch.no_grad(), LiveBytes() as tracker:
@@ -69,8 +94,9 @@ def memory_table(models, canvas: int = 1024, dtype: torch.dtype = torch.bfloat16
     """
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-    unet, vae = models.unet.to(dtype), models.vae.to(dtype)
-    encoders = [m.to(dtype) for m in (models.text_encoder, getattr(models, "text_encoder_2", None)) if m is not None]
+    # torch's own cast: diffusers' .to() warns on every dtype cast about an empty keep-in-fp32 list
+    unet, vae = torch.nn.Module.to(models.unet, dtype), torch.nn.Module.to(models.vae, dtype)
+    encoders = [torch.nn.Module.to(m, dtype) for m in (models.text_encoder, getattr(models, "text_encoder_2", None)) if m is not None]
     scale = 2 ** (len(vae.config.block_out_channels) - 1)
     side = canvas // scale
     cross = unet.config.cross_attention_dim
@@ -89,13 +115,19 @@ def memory_table(models, canvas: int = 1024, dtype: torch.dtype = torch.bfloat16
     for kind, processor in (("sdpa", AttnProcessor2_0()), ("math", AttnProcessor())):
         unet.set_attn_processor(processor)
         for batch in batches:
-            peaks[f"unet_b{batch}_{kind}"] = activation_peak(unet_call(batch))
+            with fused_attention():  # the math processor does not call SDPA: unaffected
+                peaks[f"unet_b{batch}_{kind}"] = activation_peak(unet_call(batch))
     unet.set_attn_processor(AttnProcessor2_0())
     latents = torch.zeros(1, vae.config.latent_channels, side, side, **meta)
-    peaks["vae_decode"] = activation_peak(lambda: vae.decode(latents))
-    vae.enable_tiling()
-    peaks["vae_decode_tiled"] = activation_peak(lambda: vae.decode(latents))
-    vae.disable_tiling()
+    with fused_attention():
+        peaks["vae_decode"] = activation_peak(lambda: vae.decode(latents))
+        vae.enable_tiling()
+        peaks["vae_decode_tiled"] = activation_peak(lambda: vae.decode(latents))
+        tile = (vae.tile_sample_min_size, vae.tile_latent_min_size)
+        vae.tile_sample_min_size, vae.tile_latent_min_size = 512, 512 // scale
+        peaks["vae_decode_tiled_512"] = activation_peak(lambda: vae.decode(latents))
+        vae.tile_sample_min_size, vae.tile_latent_min_size = tile
+        vae.disable_tiling()
     tokens = torch.zeros(5, 77, dtype=torch.long, device="meta")
     peaks["text_encoders"] = max(activation_peak(lambda m=m: m(tokens, output_hidden_states=True)) for m in encoders)
 
@@ -110,6 +142,8 @@ def memory_table(models, canvas: int = 1024, dtype: torch.dtype = torch.bfloat16
                              weights["text_encoders"] + peaks["text_encoders"]),
         "model offload, VAE tiling": max(weights["unet"] + unet_peak, weights["vae"] + peaks["vae_decode_tiled"],
                                          weights["text_encoders"] + peaks["text_encoders"]),
+        "model offload, VAE tiles of 512 px": max(weights["unet"] + unet_peak, weights["vae"] + peaks["vae_decode_tiled_512"],
+                                                  weights["text_encoders"] + peaks["text_encoders"]),
         "resident, math attention": total + max(peaks[f"unet_b{max(batches)}_math"], peaks["vae_decode"]),
     }
     return {"canvas": canvas, "dtype": str(dtype).removeprefix("torch."), "weights": weights, "activation_peaks": peaks, "modes": modes}

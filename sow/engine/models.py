@@ -505,7 +505,8 @@ def load_components(
             ) from None
     else:
         raise ModelLoadError(
-            f"model {spec!r} not found: it is not 'tiny', 'tiny-sdxl', a folder, a .safetensors file or a hub id (owner/name)"
+            f"model {spec!r} not found: it is not 'tiny', a folder, a .safetensors file or a hub id (owner/name), "
+            "nor 'tiny-sdxl'"
         )
     if vae is not None:
         components.vae = load_vae(vae)
