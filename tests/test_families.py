@@ -245,6 +245,7 @@ def _sdxl_config_or_skip() -> Path:
     return SDXL_CONFIG
 
 
+@pytest.mark.slow
 def test_count_only_on_the_sdxl_configs_uses_sdxl_shapes(tmp_path):
     """`sow bench --count-only` on SDXL-base's configs: meta-device counting, SDXL's widths in every UNet call."""
     from sow.bench.benchmark import main

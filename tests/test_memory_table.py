@@ -30,7 +30,7 @@ def test_memory_table_of_tiny_sdxl_orders_the_modes():
 
     models = meta_components("tiny-sdxl")
     params = {name: sum(p.numel() for p in m.parameters()) for name, m in (("unet", models.unet), ("vae", models.vae))}
-    table = memory_table(models, canvas=128, dtype=torch.bfloat16, batches=(2, 4))
+    table = memory_table(models, canvas=64, dtype=torch.bfloat16, batches=(2, 4))
     assert table["weights"]["unet"] == 2 * params["unet"] and table["weights"]["vae"] == 2 * params["vae"]
     peaks, modes = table["activation_peaks"], table["modes"]
     assert 0 < peaks["unet_b2_sdpa"] < peaks["unet_b4_sdpa"]

@@ -138,6 +138,7 @@ def memory_table(models, canvas: int = 1024, dtype: torch.dtype = torch.bfloat16
     modes = {
         "resident": total + max(unet_peak, peaks["vae_decode"]),
         "resident, VAE tiling": total + max(unet_peak, peaks["vae_decode_tiled"]),
+        "resident, VAE tiles of 512 px": total + max(unet_peak, peaks["vae_decode_tiled_512"]),
         "model offload": max(weights["unet"] + unet_peak, weights["vae"] + peaks["vae_decode"],
                              weights["text_encoders"] + peaks["text_encoders"]),
         "model offload, VAE tiling": max(weights["unet"] + unet_peak, weights["vae"] + peaks["vae_decode_tiled"],

@@ -257,6 +257,8 @@ def generate(
     pipe = load_pipe()
     config = pipe.make_config(None, preset, **overrides)
     plan = early_plan
+    if plan is not None and not plan_file and plan.canvas != config.canvas:  # --box-v/--box-r on the model's native canvas
+        plan = manual_plan(box_v, box_r, prompt, config)
     if save_attention and (config.stages.modulator == "none" or not config.ablation.dynamic_attention):
         raise InputError("--save-attention needs attention modulation; the modulator is off (use --modulator dam)")
 

@@ -71,6 +71,13 @@ class PerformanceSettings(BaseModel):
     vae_tiling: bool | None = Field(
         None, description=f"Decode in overlapping tiles (None: on from {TILING_AUTO_PIXELS} canvas pixels)."
     )
+    vae_tile_pixels: int | None = Field(
+        None,
+        ge=64,
+        multiple_of=8,
+        description="Tile side in pixels when the VAE decodes in tiles (None: the VAE's sample_size, 1024 for SDXL, "
+        "so a 1024-pixel canvas is not tiled; 512 cuts SDXL's decoder peak about 4x).",
+    )
     offload: bool = Field(
         False,
         description="Keep weights on the CPU and move each model (text encoder, UNet, VAE) to the GPU only while it "
@@ -276,6 +283,10 @@ def apply(components, settings: PerformanceSettings, canvas_pixels: int | None =
     if tiling is None:
         tiling = canvas_pixels is not None and canvas_pixels >= TILING_AUTO_PIXELS
     vae.enable_tiling() if tiling else vae.disable_tiling()
+    if tiling and settings.vae_tile_pixels is not None and hasattr(vae, "tile_sample_min_size"):
+        vae.tile_sample_min_size = settings.vae_tile_pixels
+        vae.tile_latent_min_size = settings.vae_tile_pixels // components.vae_scale_factor
+        done["vae_tile_pixels"] = settings.vae_tile_pixels
     done["vae_slicing"], done["vae_tiling"] = settings.vae_slicing, tiling
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = settings.cudnn_benchmark
