@@ -76,3 +76,13 @@ def test_cli_refuses_a_misfit_lora_with_exit_2(lora_file, tmp_path, face_path, c
     assert exit_info.value.code == 2, err
     assert "does not fit this sdxl model" in err and len(err.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_an_sdxl_lora_applies_to_the_sdxl_family(tmp_path, face_path):
+    from sow.engine.models import build_tiny_sdxl
+
+    lora = make_lora(build_tiny_sdxl(), tmp_path)
+    plain = SOWPipeline(load_components("tiny-sdxl"))(face_path, PROMPT, **RUN)
+    styled = SOWPipeline(load_components("tiny-sdxl", loras=[str(lora)]))(face_path, PROMPT, **RUN)
+    assert not torch.equal(plain.latents, styled.latents)
+    assert styled.record.family == "sdxl" and styled.record.loras[0].scale == 1.0
