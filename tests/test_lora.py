@@ -37,6 +37,11 @@ def lora_file(tmp_path_factory):
     return make_lora(build_tiny(), tmp_path_factory.mktemp("lora"))
 
 
+@pytest.fixture(scope="module")
+def plain(face_path):
+    return SOWPipeline(load_components("tiny"))(face_path, PROMPT, **RUN)
+
+
 def test_parse_lora_spec(lora_file):
     assert parse_lora(f"{lora_file}:0.5") == (lora_file, 0.5)
     assert parse_lora(str(lora_file)) == (lora_file, 1.0)
@@ -45,8 +50,7 @@ def test_parse_lora_spec(lora_file):
         parse_lora("/nonexistent/x.safetensors:0.3")
 
 
-def test_a_random_lora_changes_the_output_and_is_recorded(lora_file, face_path):
-    plain = SOWPipeline(load_components("tiny"))(face_path, PROMPT, **RUN)
+def test_a_random_lora_changes_the_output_and_is_recorded(lora_file, face_path, plain):
     with_lora = SOWPipeline(load_components("tiny", loras=[f"{lora_file}:0.7"]))(face_path, PROMPT, **RUN)
     assert not torch.equal(plain.latents, with_lora.latents)
     (record,) = with_lora.record.loras
@@ -55,8 +59,7 @@ def test_a_random_lora_changes_the_output_and_is_recorded(lora_file, face_path):
     assert plain.record.loras == []
 
 
-def test_a_zero_scale_lora_gives_the_plain_output(lora_file, face_path):
-    plain = SOWPipeline(load_components("tiny"))(face_path, PROMPT, **RUN)
+def test_a_zero_scale_lora_gives_the_plain_output(lora_file, face_path, plain):
     zero = SOWPipeline(load_components("tiny", loras=[f"{lora_file}:0"]))(face_path, PROMPT, **RUN)
     assert torch.allclose(plain.latents, zero.latents, atol=1e-5)
 
