@@ -128,6 +128,9 @@ class SOWPipeline:
         dtype: str = "auto",
         random_weights: bool = False,
         allow_pickle: bool = False,
+        family: str | None = None,
+        vae: str | None = None,
+        loras: list[str] | None = None,
         planner: str | None = None,
         inverter: str | None = None,
         scheduler: str | None = None,
@@ -137,7 +140,11 @@ class SOWPipeline:
         registry: Registry | None = None,
         performance: PerformanceSettings | None = None,
     ) -> SOWPipeline:
-        """Load a model (``"tiny"``, a hub id, a diffusers folder or a ``.safetensors`` file) and pick stages."""
+        """Load a model (``"tiny"``, ``"tiny-sdxl"``, a hub id, a diffusers folder or a ``.safetensors`` file) and pick stages.
+
+        The model family comes from its configs (``family`` only where they cannot tell);
+        ``vae`` replaces the VAE; ``loras`` are ``PATH[:SCALE]`` LoRA specs (see :mod:`sow.engine.lora`).
+        """
         chosen = {
             "planner": planner,
             "inverter": inverter,
@@ -152,7 +159,14 @@ class SOWPipeline:
             label = f"{kind.replace('_', ' ')} {entry.name!r} ({entry.distribution})"
             check_options(entry.factory, dict((stage_options or {}).get(kind, {})), label)
         components = load_components(
-            model, device=device, dtype=dtype, random_weights=random_weights, allow_pickle=allow_pickle
+            model,
+            device=device,
+            dtype=dtype,
+            random_weights=random_weights,
+            allow_pickle=allow_pickle,
+            family=family,
+            vae=vae,
+            loras=loras,
         )
         pipe = cls(components, stages, stage_options, registry)
         return pipe.optimize(performance) if performance is not None else pipe
@@ -231,7 +245,11 @@ class SOWPipeline:
         return self._instances[key]
 
     def make_config(self, config: GenerationConfig | None = None, preset: str = "normal", **overrides: Any) -> GenerationConfig:
-        """The run's config: ``config`` (or the preset's defaults) with ``overrides``; stages default to the pipeline's."""
+        """The run's config: ``config`` (or the preset's defaults) with ``overrides``; stages default to the pipeline's.
+
+        Without a config or a ``canvas`` override, the canvas is the model's native square
+        (512 for SD 1.x / 2.1-base, 1024 for SDXL: :attr:`Components.native_resolution`).
+        """
         if config is None:
             # precedence: the preset's stages (cow-reference: modulator none) over the pipeline's defaults,
             # stages chosen for the pipeline (not the defaults) over the preset, explicit overrides over all
@@ -239,6 +257,9 @@ class SOWPipeline:
             chosen = {k: v for k, v in self.stages.model_dump().items() if v != defaults[k]}
             preset_stages = PRESETS.get(preset, {}).get("stages", {})
             overrides["stages"] = {**self.stages.model_dump(), **preset_stages, **chosen, **overrides.get("stages", {})}
+            if "canvas" not in overrides:
+                side = self.components.native_resolution
+                overrides["canvas"] = {"width": side, "height": side}
             return GenerationConfig.from_preset(preset, **overrides)
         if overrides:
             merged = config.model_dump()
@@ -380,9 +401,9 @@ class SOWPipeline:
         # 3. Encode: the prompts once per run; the condition (at its own size) and the canvas.
         with timer.stage("encode"):
             if settings.cache_text_embeddings:
-                embeddings = PromptEmbeddings.encode(comp.text_encoder, comp.tokenizer, config, text)
+                embeddings = PromptEmbeddings.encode(comp.text_encoder, comp.tokenizer, config, text, comp.prompt_encoder())
             else:
-                embeddings = ReencodingEmbeddings(comp.text_encoder, comp.tokenizer, config, text)
+                embeddings = ReencodingEmbeddings(comp.text_encoder, comp.tokenizer, config, text, comp.prompt_encoder())
             condition_parts, canvas_parts = [], []
             for i, (condition_image, canvas_image) in enumerate(images_in):
                 sampler = generators[min(i, len(generators) - 1)] if readings.vae_encoding == "sample" else None
@@ -396,7 +417,9 @@ class SOWPipeline:
                 require_finite(canvas_latents, "the encoded canvas (VAE)")
 
         schedule = LevelSchedule.from_scheduler(comp.scheduler, config.num_inference_steps)
-        denoiser = Denoiser(comp.unet, schedule, embeddings, config, region.canvas_mask(), callback)
+        denoiser = Denoiser(
+            comp.unet, schedule, embeddings, config, region.canvas_mask(), callback, comp.added_conditioning()
+        )
         if call.step_end is not None:
             denoiser.on_step_end = diffusers_style.StepEndCallback(self, call.step_end, call.tensor_inputs, embeddings)
         ctx = RunContext(
@@ -447,13 +470,15 @@ class SOWPipeline:
             if call.output_type == "latent":
                 images = latents
             else:
-                decoded = decode_latents(comp.vae, latents, nan_guard=settings.nan_guard)
+                decoded = decode_latents(comp.vae, latents, nan_guard=settings.nan_guard, upcast=comp.vae_needs_fp32)
                 require_finite(decoded, "the decoded image (VAE)")
                 images = diffusers_style.to_output(decoded, call.output_type)
 
         record = RunRecord(
             sow_version=__version__,
             model=comp.source,
+            family=comp.family.name if comp.family else None,
+            loras=list(comp.loras),
             device=str(device),
             dtype=str(comp.dtype).removeprefix("torch."),
             seed=seed,
@@ -483,6 +508,15 @@ class SOWPipeline:
     def _encode(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
         """VAE latents of ``image``: the posterior's mean, or (with ``generator``) a sample drawn from it."""
         vae = self.components.vae
+        if vae.dtype == torch.float16 and self.components.vae_needs_fp32:  # SDXL's stock VAE overflows in fp16
+            vae.to(torch.float32)
+            try:
+                pixels = cv.to_tensor(image).to(device=self.device, dtype=torch.float32)
+                posterior = vae.encode(pixels).latent_dist
+                latents = posterior.mode() if generator is None else posterior.sample(generator)
+                return (latents * vae.config.scaling_factor).half()
+            finally:
+                vae.to(torch.float16)
         pixels = cv.to_tensor(image).to(device=self.device, dtype=vae.dtype)
         posterior = vae.encode(pixels).latent_dist
         latents = posterior.mode() if generator is None else posterior.sample(generator)

@@ -399,12 +399,23 @@ class StageTiming(_Strict):
     seconds: float
 
 
+class LoraRecord(_Strict):
+    """A LoRA applied to the model of a run."""
+
+    path: str = Field(description="The LoRA file as given (a .safetensors file).")
+    scale: float = Field(description="Its weight in set_adapters (1: as trained).")
+    sha256: str = Field(description="sha256 of the file's bytes.")
+    adapter: str = Field(description="The adapter name it was loaded under.")
+
+
 class RunRecord(_Strict):
     """What was run, written as ``<name>.json`` beside each image."""
 
     sow_version: str
     created: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
     model: str
+    family: str | None = Field(None, description="The model family told from its configs (sd1, sd2, sdxl).")
+    loras: list[LoraRecord] = Field(default_factory=list, description="LoRAs applied to the model, with their hashes.")
     device: str
     dtype: str
     seed: int

@@ -158,9 +158,12 @@ class CallShapes:
         def record(_module, args, kwargs):
             tensors = [a for a in args if isinstance(a, torch.Tensor)]
             context = kwargs.get("encoder_hidden_states")
+            added = kwargs.get("added_cond_kwargs") or {}
             shapes = tuple(tuple(t.shape) for t in tensors[:1])
             if context is not None:
                 shapes += (tuple(context.shape),)
+            if "text_embeds" in added:  # SDXL: the pooled text (time_ids follow from the batch)
+                shapes += (tuple(added["text_embeds"].shape),)
             self.calls[(name, shapes)] += 1
 
         return record
@@ -191,12 +194,17 @@ def count_flops(components, calls: Counter) -> dict[str, Any]:
         unet = UNet2DConditionModel.from_config(components.unet.config)
         vae = AutoencoderKL.from_config(components.vae.config)
         text_encoder = type(components.text_encoder)(components.text_encoder.config)
+        second = getattr(components, "text_encoder_2", None)
+        text_encoder_2 = type(second)(second.config) if second is not None else None
     unet.set_attn_processor(AttnProcessor())  # explicit matmuls: counted on any device
     per_call, totals = [], Counter()
     for (name, shapes), n in sorted(calls.items()):
         meta = [torch.zeros(s, device="meta") for s in shapes]
         with FlopCounterMode(display=False) as counter:
-            if name == "unet":
+            if name == "unet" and len(shapes) > 2:  # SDXL's added conditioning: pooled text and 6 time_ids
+                added = {"text_embeds": meta[2], "time_ids": torch.zeros((shapes[2][0], 6), device="meta")}
+                unet(meta[0], torch.zeros((), device="meta"), encoder_hidden_states=meta[1], added_cond_kwargs=added)
+            elif name == "unet":
                 unet(meta[0], torch.zeros((), device="meta"), encoder_hidden_states=meta[1])
             elif name == "vae_encoder":
                 vae.encoder(meta[0])
@@ -204,6 +212,8 @@ def count_flops(components, calls: Counter) -> dict[str, Any]:
                 vae.decoder(meta[0])
             elif name == "text_encoder":
                 text_encoder(torch.zeros(shapes[0], dtype=torch.long, device="meta"))
+            elif name == "text_encoder_2":
+                text_encoder_2(torch.zeros(shapes[0], dtype=torch.long, device="meta"), output_hidden_states=True)
         flops = counter.get_total_flops()
         per_call.append({"module": name, "shapes": [list(s) for s in shapes], "calls": n, "tflop_per_call": flops / 1e12})
         totals[name] += flops * n
@@ -211,12 +221,15 @@ def count_flops(components, calls: Counter) -> dict[str, Any]:
 
 
 def _modules_to_watch(components) -> dict[str, torch.nn.Module]:
-    return {
+    modules = {
         "unet": components.unet,
         "vae_encoder": components.vae.encoder,
         "vae_decoder": components.vae.decoder,
         "text_encoder": components.text_encoder,
     }
+    if getattr(components, "text_encoder_2", None) is not None:
+        modules["text_encoder_2"] = components.text_encoder_2
+    return modules
 
 
 def _peak_memory(device: torch.device) -> dict[str, Any]:
@@ -250,27 +263,19 @@ def time_sow(pipe, condition, args, config, batch: int, repeats: int, watch=None
 
 
 def time_ddim(components, args, steps: int, repeats: int) -> Timed:
-    """Plain text-to-image with diffusers' StableDiffusionPipeline and a DDIM scheduler, batch 1."""
+    """Plain text-to-image with the family's diffusers pipeline (StableDiffusionPipeline, or
+    StableDiffusionXLPipeline for SDXL) and a DDIM scheduler, batch 1."""
     from diffusers import DDIMScheduler
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # its import warns about image processors SD text-to-image never uses
     try:
-        from diffusers import StableDiffusionPipeline
+        import diffusers.pipelines  # noqa: F401
     finally:
         hf_logging.set_verbosity(verbosity)
 
-    sd = StableDiffusionPipeline(
-        vae=components.vae,
-        text_encoder=components.text_encoder,
-        tokenizer=components.tokenizer,
-        unet=components.unet,
-        scheduler=DDIMScheduler.from_config(components.scheduler.config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    sd = components.diffusers_pipeline(DDIMScheduler.from_config(components.scheduler.config))
     sd.set_progress_bar_config(disable=True)
     device = components.device
 
@@ -323,44 +328,52 @@ def _pick_modulator(requested: str, registry) -> str:
 
 
 def meta_components(spec: str):
-    """The models named by ``spec`` (``tiny``, or a folder of configs or weights) on the meta device: shapes only."""
+    """The models named by ``spec`` (``tiny``, ``tiny-sdxl``, or a folder of configs or weights) on the meta
+    device: shapes only. A ``text_encoder_2/`` config (SDXL) adds the second encoder."""
     from types import SimpleNamespace
 
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from sow.errors import ModelLoadError
-    from sow.engine.models import tiny_configs
+    from sow.engine.models import tiny_configs, tiny_sdxl_configs
 
-    if spec == "tiny":
-        configs = tiny_configs()
+    second_cfg = None
+    if spec in ("tiny", "tiny-sdxl"):
+        configs = tiny_configs() if spec == "tiny" else tiny_sdxl_configs()
         unet_cfg, vae_cfg, text_cfg = configs["unet"], configs["vae"], CLIPTextConfig(**configs["text_encoder"])
+        if "text_encoder_2" in configs:
+            second_cfg = CLIPTextConfig(**configs["text_encoder_2"])
     else:
         folder = Path(spec).expanduser()
         if not (folder / "unet" / "config.json").is_file():
-            raise ModelLoadError(f"--count-only needs 'tiny' or a folder with unet/, vae/ and text_encoder/ configs; got {spec!r}")
+            raise ModelLoadError(f"--count-only needs 'tiny', 'tiny-sdxl' or a folder with unet/, vae/ and text_encoder/ configs; got {spec!r}")
         unet_cfg = UNet2DConditionModel.load_config(folder / "unet")
         vae_cfg = AutoencoderKL.load_config(folder / "vae")
         text_cfg = CLIPTextConfig.from_pretrained(folder / "text_encoder")
+        if (folder / "text_encoder_2" / "config.json").is_file():
+            second_cfg = CLIPTextConfig.from_pretrained(folder / "text_encoder_2")
     with torch.device("meta"):
         return SimpleNamespace(
             unet=UNet2DConditionModel.from_config(unet_cfg),
             vae=AutoencoderKL.from_config(vae_cfg),
             text_encoder=CLIPTextModel(text_cfg),
+            text_encoder_2=CLIPTextModelWithProjection(second_cfg) if second_cfg is not None else None,
         )
 
 
 def cost_model(args: argparse.Namespace) -> dict[str, Any]:
     """FLOPs of one run of ``args.model``'s architecture at ``args``' settings, without running it.
 
-    The call shapes come from one run of the tiny model (same latent grid, same schedule and
-    batches); the text width is swapped for the target's. DAM's extra rows are not in it.
+    The call shapes come from one run of the tiny model of the same structure (``tiny-sdxl``
+    for a target with two text encoders: same latent grid, same schedule and batches); the
+    text and pooled widths are swapped for the target's. DAM's extra rows are not in it.
     """
     from sow.engine.models import load_components
     from sow.pipeline import SOWPipeline
 
     target = meta_components(args.model)
-    tiny = load_components("tiny", device="cpu")
+    tiny = load_components("tiny-sdxl" if target.text_encoder_2 is not None else "tiny", device="cpu")
     pipe = SOWPipeline(tiny, {"modulator": "none"})
     config = pipe.make_config(None, "normal", **_config_overrides(args, "none"))
     phases: Counter = Counter()
@@ -374,7 +387,10 @@ def cost_model(args: argparse.Namespace) -> dict[str, Any]:
     calls: Counter = Counter()
     for (name, call_shapes), n in shapes.calls.items():
         if name == "unet":
-            call_shapes = (call_shapes[0], (*call_shapes[1][:-1], width))
+            swapped = (call_shapes[0], (*call_shapes[1][:-1], width))
+            if len(call_shapes) > 2:  # the pooled text of SDXL's added conditioning: the target's projection width
+                swapped += ((call_shapes[2][0], target.text_encoder_2.config.projection_dim),)
+            call_shapes = swapped
         calls[(name, call_shapes)] += n
     counted = count_flops(target, calls)
     return {
@@ -430,7 +446,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     canvas_pixels = args.size * args.size
     pipe.optimize(settings.model_copy(update={"compile": False}), canvas_pixels)  # FLOPs are counted eagerly
     config = pipe.make_config(None, "normal", **_config_overrides(args, modulator))
-    weights_bytes = sum(p.numel() * p.element_size() for m in (components.unet, components.vae, components.text_encoder) for p in m.parameters())
+    weights_bytes = sum(p.numel() * p.element_size() for m in (components.unet, components.vae, *components.text_encoders) for p in m.parameters())
 
     # One counted run per batch size: every FLOP it does (DAM included), the call shapes, the UNet calls per phase.
     counted_runs, phases = {}, {}
