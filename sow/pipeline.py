@@ -24,7 +24,7 @@ from sow.io import canvas as cv
 from sow.engine.context import LatentRegion, RunContext
 from sow.engine.denoiser import Denoiser, PromptEmbeddings
 from sow.engine.diffusion_math import LevelSchedule
-from sow.errors import InputError
+from sow.errors import InputError, SowError
 from sow.io.images import load_condition
 from sow.engine.models import Components, load_components
 from sow.planners.policy import apply_crop
@@ -35,7 +35,7 @@ from sow.engine.numerics import require_finite
 from sow.plugins import Registry, check_options, get_registry, plugin_exits_fail
 from sow.io.prompt_checks import prompt_warnings, require_prompt
 from sow.schemas import GenerationConfig, Plan, RunRecord, StageNames, StageTiming
-from sow.stages import Planner, PlanRequest
+from sow.stages import Planner, PlanRequest, RunInputs
 
 STAGE_FIELDS = {
     "planner": "planner",
@@ -271,6 +271,14 @@ class SOWPipeline:
             settings=self.stage_options.get("planner", {}),
         )
 
+    def unet_evaluations(self, config: GenerationConfig | None = None, inputs: RunInputs | None = None) -> int:
+        """UNet evaluations of one run of ``config``: the inversions (each condition to t2, the
+        canvas to t1) plus the configured scheduler's own count (:meth:`sow.stages.Scheduler.unet_evaluations`)."""
+        config = config or self.make_config()
+        inputs = inputs or RunInputs()
+        scheduler = self.stage("scheduler", config.stages.scheduler)
+        return inversion_evaluations(config, inputs) + scheduler.unet_evaluations(config, inputs)
+
     # -- the run -----------------------------------------------------------------------
 
     def check_inputs(self, prompt: str, config: GenerationConfig, plan: Plan | None) -> None:
@@ -371,7 +379,8 @@ class SOWPipeline:
             require_finite(canvas_latents, "the encoded canvas (VAE)")
 
         schedule = LevelSchedule.from_scheduler(comp.scheduler, config.num_inference_steps)
-        denoiser = Denoiser(comp.unet, schedule, embeddings, config, region.canvas_mask(), callback)
+        total = self.unet_evaluations(config)
+        denoiser = Denoiser(comp.unet, schedule, embeddings, config, region.canvas_mask(), callback, total)
         diffusers_style.check_generator_device(call.generators, device)
         generators = call.generators or [torch.Generator(device=device).manual_seed(seed + i) for i in range(num_images)]
         if call.step_end is not None:
@@ -408,6 +417,11 @@ class SOWPipeline:
             with timer.stage("cycles"):
                 latents = self.stage("scheduler", config.stages.scheduler).run(ctx)
             denoiser.finish()
+            if denoiser.evaluations != total:
+                raise SowError(
+                    f"scheduler {config.stages.scheduler!r} counted {total} UNet evaluations for this run "
+                    f"(with the inversions) but {denoiser.evaluations} were made: its unet_evaluations() is wrong"
+                )
         finally:
             modulator.detach(comp.unet)
 
@@ -453,6 +467,11 @@ class SOWPipeline:
         vae = self.components.vae
         pixels = cv.to_tensor(image).to(device=self.device, dtype=vae.dtype)
         return vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
+
+
+def inversion_evaluations(config: GenerationConfig, inputs: RunInputs) -> int:
+    """UNet evaluations of step 4: every condition inverted to t2, the canvas to t1."""
+    return inputs.conditions * config.t2 + config.t1
 
 
 def _read_condition(condition: str | Path | Image.Image) -> tuple[str, Image.Image, Image.Image | None, str, list[str]]:

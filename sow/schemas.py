@@ -282,10 +282,6 @@ class GenerationConfig(_Strict):
         scale = self.canvas.short_side / 512
         return round(self.min_side * scale), round(self.max_side * scale)
 
-    def unet_evaluations(self) -> int:
-        """UNet calls of one run: invert condition to t2, canvas to t1, cycles, final phase."""
-        return self.t2 + self.t1 + self.cycles * (self.t2 - self.t1) + self.t1
-
 
 class StageTiming(_Strict):
     name: str
