@@ -27,7 +27,6 @@ from sow.engine.diffusion_math import LevelSchedule
 from sow.errors import InputError, SowError
 from sow.io.images import load_condition
 from sow.engine.models import Components, load_components
-from sow.planners.policy import apply_crop
 from sow.engine.performance import PerformanceSettings, ReencodingEmbeddings, decode_latents
 from sow.engine.performance import apply as apply_performance
 from sow.planners.fixed import random_placement
@@ -353,13 +352,13 @@ class SOWPipeline:
             if plan is None:
                 plan = self.plan(image, prompt, config, seed, planner=None if isinstance(planner, str) else planner)
                 if not config.ablation.adaptive_position:  # AP ablation: seeded random placement
-                    plan = random_placement(plan, apply_crop(image, None, plan.crop)[0], config, seed)
+                    plan = random_placement(plan, cv.apply_crop(image, None, plan.crop)[0], config, seed)
             text = plan.prompt if config.ablation.prompt_intensification else (plan.user_prompt or prompt)
             text = require_prompt(text, "the plan's prompt", max_chars=None)  # the user's prompt was checked; a planner may add words
             notes = notes + prompt_warnings(comp.tokenizer, text)
 
         # 2. Seed initialization: the condition (its planned crop) pasted at box_v (snapped to latent cells) on gray.
-        image, mask = apply_crop(image, mask, plan.crop)
+        image, mask = cv.apply_crop(image, mask, plan.crop)
         box_v = plan.box_v.aligned(scale)
         if not box_v.fits(config.canvas):
             box_v = box_v.model_copy(update={"x": config.canvas.width - box_v.w})

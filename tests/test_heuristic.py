@@ -7,7 +7,7 @@ from PIL import Image, ImageDraw
 
 from sow.planners.heuristic import HeuristicPlanner, composition_for, detect_faces, horizontal_for
 from sow.io.images import load_condition
-from sow.planners.policy import repair_plan
+from sow.planners.repair import repair_plan
 from sow.plugins import get_registry
 from sow.schemas import GenerationConfig
 from sow.stages import PlanRequest

@@ -17,7 +17,7 @@ and writes two methods:
 
 The base class runs the paper's three stages (:mod:`sow.planners.mllm.prompts`), reads each answer
 with :func:`sow.planners.mllm.answers.parse_answer`, retries a stage once with the error fed back,
-assembles the plan through :func:`sow.planners.policy.repair_plan` (conversions and repairs
+assembles the plan through :func:`sow.planners.repair.repair_plan` (conversions and repairs
 recorded in ``plan.repairs``) and raises :class:`~sow.errors.PlannerError` when a stage
 still fails, so the ``--on-planner-error`` policy decides what happens next. Loaded
 models are kept per process (:func:`cached_model`): a batch run loads once.
@@ -305,7 +305,7 @@ class MLLMPlanner:
         raise PlannerError(f"{self.family} {stage} answer unusable after {tries} tries: {error}")
 
     def plan(self, request: PlanRequest) -> Plan:
-        from sow.planners.policy import repair_plan
+        from sow.planners.repair import repair_plan
 
         config, image = request.config, request.condition
         canvas = config.canvas
