@@ -1,0 +1,45 @@
+"""The thresholds of plan repair, pinned at their edges (hand-computed boxes on a 512 canvas)."""
+
+from __future__ import annotations
+
+from sow.planners.repair import MIN_BOX_SIDE, fit_box_v, repair_plan
+from sow.schemas import Box, Canvas, GenerationConfig
+
+CANVAS = Canvas()  # 512 x 512
+LIMITS = (180, 256)
+
+
+def _fit(raw):
+    repairs: list[str] = []
+    return fit_box_v(raw, CANVAS, LIMITS, repairs), repairs
+
+
+def test_a_sliver_is_widened_to_one_latent_cell():
+    assert MIN_BOX_SIDE == 8  # one 8-px latent cell of SD's VAE
+    box, repairs = _fit((100, 100, 2, 200))  # longer side 200: inside the limits, no scaling
+    assert (box.w, box.h) == (8, 200)
+    assert len(repairs) == 1 and "widened to 8x200" in repairs[0]
+    box, repairs = _fit((100, 100, 8, 200))
+    assert (box.w, box.h) == (8, 200) and repairs == []
+
+
+def test_side_limits_are_exact_at_their_edges():
+    for side, expected in ((256, 256), (257, 256), (256.6, 256), (180, 180), (179, 180), (120, 180)):
+        box, repairs = _fit((100, 100, side, 100))
+        assert box.w == expected, (side, box)
+        assert bool(repairs) == (side != expected), (side, repairs)
+    # within half a pixel of the limit: rounded, not rescaled (the other side kept as given)
+    box, repairs = _fit((100, 100, 256.4, 100))
+    assert (box.w, box.h) == (256, 100) and repairs == ["box_v [100, 100, 256.4, 100] rounded to whole pixels"]
+    # 257 -> 256: the other side scaled by 256/257 and rounded: 100 -> 99.6 -> 100; 300 x 150 -> 256 x 128
+    assert _fit((100, 100, 300, 150))[0].as_list() == [122, 111, 256, 128]
+
+
+def test_box_r_is_kept_down_to_one_pixel_of_canvas():
+    config = GenerationConfig()
+    plan = {"box_v": [128, 0, 256, 256], "box_r": [10, 509, 100, 50], "prompt": "p"}
+    kept = repair_plan(plan, config)
+    assert kept.box_r == Box(x=10, y=509, w=100, h=3)  # clipped, 3 px tall: still a region
+    gone = repair_plan({**plan, "box_r": [10, 511.5, 100, 50]}, config)  # half a pixel left
+    assert gone.box_r.y == 256 and gone.box_r.h > 1  # the body box under box_v instead
+    assert "is empty" in gone.repairs[-1]
