@@ -246,3 +246,66 @@ def test_the_condition_region_sits_at_box_v(stub_run):
     seeded = torch.from_numpy(np.asarray(stub_run.result.seeded_canvas).astype(np.int64))
     assert (seeded[:48] == 128).all() and (seeded[112:] == 128).all() and (seeded[:, :32] == 128).all()
     assert (seeded[48:112, 32:96] != 128).any(dim=-1).float().mean() > 0.5
+
+
+def test_the_final_latents_equal_a_naive_algorithm_1(stub_run):
+    """Algorithm 1 written out again here, naively (float64), on the same stub UNet and seed.
+
+    The only inputs taken from the run are the VAE-encoded condition and canvas (the first
+    inputs of the two inversions). The noise is drawn in the method's order from the seed's
+    generator: one injection per cycle (the cycle phase has eta 0), one draw per final step.
+    """
+    unet = stub_run.unet
+    v0 = unet.calls[0].x.double()
+    canvas0 = unet.calls[7].x.double()
+    s, eta = 7.5, 0.1
+
+    def eps(x, level, branches):
+        t = t_of(level)
+        e = {b: unet.eps(x, t, b) for b in branches}
+        if branches == ("empty", "prompt"):
+            return e["empty"] + s * (e["prompt"] - e["empty"])
+        if branches == ("negative", "prompt"):
+            return e["negative"] + s * (e["prompt"] - e["negative"])
+        inside = torch.zeros_like(x[:, :1])
+        inside[:, :, ROWS, COLS] = 1
+        bg = e["negative"] + (1 - inside) * (e["suppress"] - e["diverse"])
+        return bg + s * (e["prompt"] - bg)
+
+    def step(x, e, a_from, a_to, sigma=0.0, z=None):
+        x0 = (x - math.sqrt(1 - a_from) * e) / math.sqrt(a_from)
+        out = math.sqrt(a_to) * x0 + math.sqrt(1 - a_to - sigma**2) * e
+        return out + sigma * z if sigma else out
+
+    def invert(x, top):
+        path = [x]
+        for k in range(top):
+            path.append(step(path[-1], eps(path[-1], k + 1, ("empty", "prompt")), alpha_of(k), alpha_of(k + 1)))
+        return path
+
+    v = invert(v0, 7)
+    x = invert(canvas0, 5)[-1]
+    generator = torch.Generator().manual_seed(0)
+
+    def draw():
+        return torch.randn((1, 4, 16, 16), generator=generator, dtype=torch.float32).double()
+
+    def reset(x, k):
+        x = x.clone()
+        x[:, :, ROWS, COLS] = v[k]
+        return x
+
+    for _cycle in range(3):
+        ratio = alpha_of(7) / alpha_of(5)
+        x = math.sqrt(ratio) * x + math.sqrt(1 - ratio) * draw()
+        for k in (7, 6):
+            x = reset(x, k)
+            x = step(x, eps(x, k, ("negative", "prompt", "suppress", "diverse")), alpha_of(k), alpha_of(k - 1))
+        x = reset(x, 5)
+    for k in (5, 4, 3, 2, 1):
+        if k in (4, 3):
+            x = reset(x, k)
+        a_from, a_to = alpha_of(k), alpha_of(k - 1)
+        sigma = eta * math.sqrt((1 - a_to) / (1 - a_from)) * math.sqrt(1 - a_from / a_to)
+        x = step(x, eps(x, k, ("negative", "prompt")), a_from, a_to, sigma, draw())
+    torch.testing.assert_close(stub_run.result.latents.double(), x, rtol=1e-4, atol=1e-4)
