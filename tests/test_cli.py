@@ -12,6 +12,8 @@ import pytest
 from sow.cli.commands import main
 from sow.schemas import RunRecord
 
+pytestmark = pytest.mark.usefixtures("isolated_registry")  # built-in stages only, whatever the venv holds
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

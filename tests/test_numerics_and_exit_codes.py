@@ -13,6 +13,8 @@ from sow.errors import NumericalError
 from sow.engine.numerics import FiniteGuard, describe_step
 from sow.pipeline import SOWPipeline
 
+pytestmark = pytest.mark.usefixtures("isolated_registry")  # built-in stages only, whatever the venv holds
+
 
 @pytest.fixture(autouse=True)
 def _only_builtin_plugins(builtin_plugins_only):

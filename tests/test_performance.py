@@ -22,6 +22,8 @@ from sow.engine.performance import (
 from sow.errors import NumericalError
 from sow.pipeline import SOWPipeline
 
+pytestmark = pytest.mark.usefixtures("isolated_registry")  # built-in stages only, whatever the venv holds
+
 PROMPT = "a chef in a busy kitchen"
 SAMPLE_FACE = Path(sow.__file__).parent / "data" / "sample_face.jpg"
 
