@@ -309,3 +309,29 @@ def test_the_final_latents_equal_a_naive_algorithm_1(stub_run):
         sigma = eta * math.sqrt((1 - a_to) / (1 - a_from)) * math.sqrt(1 - a_from / a_to)
         x = step(x, eps(x, k, ("negative", "prompt")), a_from, a_to, sigma, draw())
     torch.testing.assert_close(stub_run.result.latents.double(), x, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1.5])
+def test_guidance_switches_at_scale_one(scale):
+    """Scale <= 1: one branch, no guidance (half the UNet batch); above: CFG, by hand."""
+    names = ["prompt", "negative", "empty", "suppress", "diverse"]
+    tensors = {n: torch.full((1, 77, 8), float(i)) for i, n in enumerate(names)}
+    unet = StubUNet(tensors)
+    config = GenerationConfig(guidance_scale=scale, inversion_guidance_scale=scale)
+    schedule = dm.LevelSchedule.from_scheduler(DDIMScheduler(**tiny_configs()["scheduler"]), 10)
+    denoiser = Denoiser(unet, schedule, PromptEmbeddings(*(tensors[n] for n in names)), config)
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    for phase, move, uncond in (("final", lambda: denoiser.denoise(x, 3, "final"), "negative"),
+                                ("invert_canvas", lambda: denoiser.invert(x, 2, "invert_canvas"), "empty")):
+        out = move()
+        call = unet.calls[-1]
+        e = {b: unet.eps(x, 201, b) for b in ("prompt", uncond)}
+        if scale <= 1:
+            assert call.branches == ("prompt",), phase
+            want_eps = e["prompt"]
+        else:
+            assert call.branches == (uncond, "prompt"), phase
+            want_eps = e[uncond] + scale * (e["prompt"] - e[uncond])
+        a_from, a_to = (alpha_of(3), alpha_of(2)) if phase == "final" else (alpha_of(2), alpha_of(3))
+        x0 = (x - math.sqrt(1 - a_from) * want_eps) / math.sqrt(a_from)
+        torch.testing.assert_close(out, math.sqrt(a_to) * x0 + math.sqrt(1 - a_to) * want_eps, rtol=1e-5, atol=1e-6)
