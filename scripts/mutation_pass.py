@@ -40,12 +40,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 TARGETS: dict[str, list[str]] = {
     "sow/engine/diffusion_math.py": ["tests/test_diffusion_math.py", "tests/test_method_oracle.py"],
-    "sow/engine/scheduling.py": ["tests/test_method_oracle.py", "tests/test_scheduler_count.py::test_cyclic_count_by_hand"],
+    "sow/engine/scheduling.py": [
+        "tests/test_cyclic_schedule.py", "tests/test_method_oracle.py", "tests/test_scheduler_count.py::test_cyclic_count_by_hand",
+    ],
     "sow/engine/denoiser.py": ["tests/test_method_oracle.py"],
     "sow/attention/equations.py": ["tests/test_modulation.py"],
     "sow/planners/repair.py": ["tests/test_plan_repair.py", "tests/test_repair_thresholds.py"],
-    "sow/planners/policy.py": ["tests/test_plan_repair.py"],
-    "sow/batch/runner.py": ["tests/test_batch.py"],
+    "sow/planners/policy.py": ["tests/test_plan_repair.py", "tests/test_make_plan.py"],
+    "sow/batch/runner.py": ["tests/test_batch.py", "-k", "not sigkill and not cli"],  # the in-process ones
 }
 """Module -> the tests that cover it (a small, targeted subset: each mutant runs them)."""
 
@@ -268,6 +270,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--subprocess", action="store_true", help="a fresh interpreter per mutant (slow)")
+    parser.add_argument("--survivors", type=Path, help="rerun only the mutants that survived in this earlier --json")
     args = parser.parse_args()
 
     results: list[Mutant] = []
@@ -285,6 +288,10 @@ def main() -> int:
         if args.limit and len(mutants) > args.limit:
             mutants = random.Random(args.seed).sample(mutants, args.limit)
         mutants = named_mutants(module, original) + sorted(mutants, key=lambda m: m.line)
+        if args.survivors:
+            earlier = json.loads(args.survivors.read_text())
+            wanted = {(r["line"], r["label"]) for r in earlier if r["module"] == module and not r["killed"]}
+            mutants = [m for m in ast_mutants(module, original) + named_mutants(module, original) if (m.line, m.label) in wanted]
         try:
             for mutant in mutants:
                 path.write_text(mutant.source)

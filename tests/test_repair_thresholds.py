@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from sow.planners.repair import MIN_BOX_SIDE, fit_box_v, repair_plan
-from sow.schemas import Box, Canvas, GenerationConfig
+from sow.planners.repair import MIN_BOX_SIDE, fit_box_v, repair_crop, repair_plan
+from sow.schemas import Box, Canvas, GenerationConfig, Plan
 
 CANVAS = Canvas()  # 512 x 512
 LIMITS = (180, 256)
@@ -43,3 +43,26 @@ def test_box_r_is_kept_down_to_one_pixel_of_canvas():
     gone = repair_plan({**plan, "box_r": [10, 511.5, 100, 50]}, config)  # half a pixel left
     assert gone.box_r.y == 256 and gone.box_r.h > 1  # the body box under box_v instead
     assert "is empty" in gone.repairs[-1]
+
+
+def test_a_box_without_area_becomes_the_largest_square_about_its_centre():
+    # w = -20, h = 10: centre (200 - 10, 300 + 5) = (190, 305); side 256 -> [62, 177, 256, 256]
+    box, repairs = _fit((200, 300, -20, 10))
+    assert box.as_list() == [62, 177, 256, 256]
+    assert repairs[0].startswith("box_v [200, 300, -20, 10] had no area")
+    # one pixel wide still has area: widened to a latent cell, not replaced
+    box, repairs = _fit((100, 100, 1, 200))
+    assert box.as_list() == [100, 100, 8, 200] and "widened" in repairs[-1]
+
+
+def _with_crop(crop):
+    return Plan(box_v=[128, 0, 256, 256], box_r=[0, 256, 512, 256], prompt="p", crop=crop)
+
+
+def test_a_crop_to_the_very_edge_is_kept_and_one_past_it_is_clipped():
+    edge = _with_crop([100, 50, 200, 150])  # right = 300, bottom = 200: exactly the 300 x 200 image
+    assert repair_crop(edge, (300, 200)) is edge
+    beyond = repair_crop(_with_crop([500, 10, 50, 50]), (300, 200))  # starts past the right edge
+    assert beyond.crop.as_list() == [299, 10, 1, 50] and "clipped to the 300x200 condition" in beyond.repairs[-1]
+    below = repair_crop(_with_crop([10, 400, 50, 50]), (300, 200))
+    assert below.crop.as_list() == [10, 199, 50, 1]
