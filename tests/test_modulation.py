@@ -187,6 +187,7 @@ def test_layer_grid():
     assert mod.layer_grid(256, 32, 32) == (16, 16)
     assert mod.layer_grid(12, 7, 5) == (4, 3)  # odd sides round up, like a stride-2 conv
     assert mod.layer_grid(1, 4, 4) == (1, 1)  # halved down to a single cell
+    assert mod.layer_grid(1, 2, 1) == mod.layer_grid(1, 1, 2) == (1, 1)  # a side of 1 stays 1, the other halves
     with pytest.raises(ValueError, match="match no level"):
         mod.layer_grid(100, 32, 32)
 

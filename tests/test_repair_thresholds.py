@@ -53,6 +53,8 @@ def test_a_box_without_area_becomes_the_largest_square_about_its_centre():
     # one pixel wide still has area: widened to a latent cell, not replaced
     box, repairs = _fit((100, 100, 1, 200))
     assert box.as_list() == [100, 100, 8, 200] and "widened" in repairs[-1]
+    box, repairs = _fit((100, 100, 200, 1))
+    assert box.as_list() == [100, 100, 200, 8] and "widened" in repairs[-1]
 
 
 def _with_crop(crop):
