@@ -47,7 +47,7 @@ TARGETS: dict[str, list[str]] = {
     "sow/attention/equations.py": ["tests/test_modulation.py"],
     "sow/planners/repair.py": ["tests/test_plan_repair.py", "tests/test_repair_thresholds.py"],
     "sow/planners/policy.py": ["tests/test_plan_repair.py", "tests/test_make_plan.py"],
-    "sow/batch/runner.py": ["tests/test_batch.py", "-k", "not sigkill and not cli"],  # the in-process ones
+    "sow/batch/runner.py": ["tests/test_batch_errors.py", "tests/test_batch.py", "-k", "not sigkill and not cli"],  # in-process
 }
 """Module -> the tests that cover it (a small, targeted subset: each mutant runs them)."""
 
