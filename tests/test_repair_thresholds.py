@@ -68,3 +68,10 @@ def test_a_crop_to_the_very_edge_is_kept_and_one_past_it_is_clipped():
     assert beyond.crop.as_list() == [299, 10, 1, 50] and "clipped to the 300x200 condition" in beyond.repairs[-1]
     below = repair_crop(_with_crop([10, 400, 50, 50]), (300, 200))
     assert below.crop.as_list() == [10, 199, 50, 1]
+
+
+def test_vanishingly_small_sides_do_not_overflow():
+    # found by hypothesis: target / 1e-308 overflows to inf; the box becomes the smallest allowed square
+    repairs: list[str] = []
+    box = fit_box_v((0.0, 0.0, 1e-308, 1e-308), Canvas(width=64, height=64), (22, 32), repairs)
+    assert (box.w, box.h) == (22, 22) and box.fits(Canvas(width=64, height=64))

@@ -67,9 +67,8 @@ def fit_box_v(raw: tuple[float, float, float, float], canvas: Canvas, limits: tu
     longer = max(w, h)
     target = min(max(longer, lo), hi, canvas.width * longer / w, canvas.height * longer / h)
     if abs(target - longer) > 0.5:
-        scale = target / longer
         cx, cy = x + w / 2, y + h / 2
-        w, h = w * scale, h * scale
+        w, h = target * (w / longer), target * (h / longer)  # not w * (target / longer): overflows for tiny sides
         x, y = cx - w / 2, cy - h / 2
         repairs.append(
             f"box_v {_fmt(raw)}: longer side {longer:g} outside {lo}..{hi} (or the canvas); "
