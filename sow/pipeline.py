@@ -24,10 +24,9 @@ from sow.io import canvas as cv
 from sow.engine.context import LatentRegion, RunContext
 from sow.engine.denoiser import Denoiser, PromptEmbeddings
 from sow.engine.diffusion_math import LevelSchedule
-from sow.errors import InputError
+from sow.errors import InputError, SowError
 from sow.io.images import load_condition
 from sow.engine.models import Components, load_components
-from sow.planners.policy import apply_crop
 from sow.engine.performance import PerformanceSettings, ReencodingEmbeddings, decode_latents
 from sow.engine.performance import apply as apply_performance
 from sow.planners.fixed import random_placement
@@ -35,7 +34,7 @@ from sow.engine.numerics import require_finite
 from sow.plugins import Registry, check_options, get_registry, plugin_exits_fail
 from sow.io.prompt_checks import prompt_warnings, require_prompt
 from sow.schemas import PRESETS, GenerationConfig, Plan, RunRecord, StageNames, StageTiming
-from sow.stages import Planner, PlanRequest
+from sow.stages import Planner, PlanRequest, RunInputs
 
 STAGE_FIELDS = {
     "planner": "planner",
@@ -297,6 +296,14 @@ class SOWPipeline:
             settings=self.stage_options.get("planner", {}),
         )
 
+    def unet_evaluations(self, config: GenerationConfig | None = None, inputs: RunInputs | None = None) -> int:
+        """UNet evaluations of one run of ``config``: the inversions (each condition to t2, the
+        canvas to t1) plus the configured scheduler's own count (:meth:`sow.stages.Scheduler.unet_evaluations`)."""
+        config = config or self.make_config()
+        inputs = inputs or RunInputs()
+        scheduler = self.stage("scheduler", config.stages.scheduler)
+        return inversion_evaluations(config, inputs) + scheduler.unet_evaluations(config, inputs)
+
     # -- the run -----------------------------------------------------------------------
 
     def check_inputs(self, prompt: str, config: GenerationConfig, plan: Plan | None) -> None:
@@ -372,14 +379,14 @@ class SOWPipeline:
             if plan is None:
                 plan = self.plan(image, prompt, config, seed, planner=None if isinstance(planner, str) else planner)
                 if not config.ablation.adaptive_position:  # AP ablation: seeded random placement
-                    plan = random_placement(plan, apply_crop(image, None, plan.crop)[0], config, seed)
+                    plan = random_placement(plan, cv.apply_crop(image, None, plan.crop)[0], config, seed)
             text = plan.prompt if config.ablation.prompt_intensification else (plan.user_prompt or prompt)
             text = require_prompt(text, "the plan's prompt", max_chars=None)  # the user's prompt was checked; a planner may add words
             notes = notes + prompt_warnings(comp.tokenizer, text)
 
         # 2. Seed initialization: the condition (its planned crop) pasted at box_v (snapped to latent cells) on gray
         #    (or the background of readings.seed_background).
-        image, mask = apply_crop(image, mask, plan.crop)
+        image, mask = cv.apply_crop(image, mask, plan.crop)
         box_v = plan.box_v.aligned(scale)
         if not box_v.fits(config.canvas):
             box_v = box_v.model_copy(update={"x": config.canvas.width - box_v.w})
@@ -417,8 +424,10 @@ class SOWPipeline:
                 require_finite(canvas_latents, "the encoded canvas (VAE)")
 
         schedule = LevelSchedule.from_scheduler(comp.scheduler, config.num_inference_steps)
+        total = self.unet_evaluations(config)
         denoiser = Denoiser(
-            comp.unet, schedule, embeddings, config, region.canvas_mask(), callback, comp.added_conditioning()
+            comp.unet, schedule, embeddings, config, region.canvas_mask(), callback, comp.added_conditioning(),
+            total_evaluations=total,
         )
         if call.step_end is not None:
             denoiser.on_step_end = diffusers_style.StepEndCallback(self, call.step_end, call.tensor_inputs, embeddings)
@@ -462,6 +471,11 @@ class SOWPipeline:
             with timer.stage("cycles"):
                 latents = self.stage("scheduler", config.stages.scheduler).run(ctx)
             denoiser.finish()
+            if denoiser.evaluations != total:
+                raise SowError(
+                    f"scheduler {config.stages.scheduler!r} counted {total} UNet evaluations for this run "
+                    f"(with the inversions) but {denoiser.evaluations} were made: its unet_evaluations() is wrong"
+                )
         finally:
             modulator.detach(comp.unet)
 
@@ -521,6 +535,13 @@ class SOWPipeline:
         posterior = vae.encode(pixels).latent_dist
         latents = posterior.mode() if generator is None else posterior.sample(generator)
         return latents * vae.config.scaling_factor
+
+
+def inversion_evaluations(config: GenerationConfig, inputs: RunInputs) -> int:
+    """UNet evaluations of step 4: every condition inverted to t2, the canvas to t1 (or to t2, or not at all:
+    ``readings.canvas_inversion`` and ``readings.seed_background``)."""
+    canvas = 0 if config.readings.seed_background == "none" else config.canvas_start_level()
+    return inputs.conditions * config.t2 + canvas
 
 
 def _read_condition(condition: str | Path | Image.Image) -> tuple[str, Image.Image, Image.Image | None, str, list[str]]:

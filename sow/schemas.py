@@ -388,11 +388,6 @@ class GenerationConfig(_Strict):
         """The level the seeded canvas is inverted to (``readings.canvas_inversion``)."""
         return self.t2 if self.readings.canvas_inversion == "t2" else self.t1
 
-    def unet_evaluations(self) -> int:
-        """UNet calls of one run: invert condition to t2, canvas to t1 (or t2; none without a canvas), cycles, final phase."""
-        canvas = 0 if self.readings.seed_background == "none" else self.canvas_start_level()
-        return self.t2 + canvas + self.cycles * (self.t2 - self.t1) + self.t1
-
 
 class StageTiming(_Strict):
     name: str

@@ -10,6 +10,8 @@ import torch
 from sow.errors import InputError, ModelLoadError
 from sow.engine.models import build_tiny, load_components, tiny_configs
 
+pytestmark = pytest.mark.usefixtures("isolated_registry")  # built-in stages only, whatever the venv holds
+
 
 def test_tiny_model_is_sd_shaped_and_deterministic(tiny_components):
     c = tiny_components

@@ -186,6 +186,8 @@ def test_layer_grid():
     assert mod.layer_grid(1024, 32, 32) == (32, 32)
     assert mod.layer_grid(256, 32, 32) == (16, 16)
     assert mod.layer_grid(12, 7, 5) == (4, 3)  # odd sides round up, like a stride-2 conv
+    assert mod.layer_grid(1, 4, 4) == (1, 1)  # halved down to a single cell
+    assert mod.layer_grid(1, 2, 1) == mod.layer_grid(1, 1, 2) == (1, 1)  # a side of 1 stays 1, the other halves
     with pytest.raises(ValueError, match="match no level"):
         mod.layer_grid(100, 32, 32)
 
@@ -196,6 +198,7 @@ def test_layer_regions_6x6():
     box_r = Box(x=0, y=32, w=96, h=64)  # rows 2..5, overlapping box_v's lower row
     regions = mod.LayerRegions.build(box_v, box_r, canvas, 6, 6, dis_horizon=10, dis_exponent=0.3)
     assert regions.condition.tolist() == [7, 8, 13, 14]
+    assert regions.tokens == 36
     # R = box_r minus C: rows 2..5 except cells 13, 14; sorted by distance to (32, 32)
     assert sorted(regions.related.tolist()) == [12, 15, 16, 17] + list(range(18, 36))
     first, last = regions.related[0].item(), regions.related[-1].item()

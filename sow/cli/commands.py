@@ -264,7 +264,7 @@ def generate(
 
     from sow.cli.progress import unet_progress
 
-    with unet_progress(config.unet_evaluations(), disable=quiet or json_output, console=err) as callback:
+    with unet_progress(pipe.unet_evaluations(config), disable=quiet or json_output, console=err) as callback:
         result = pipe(condition, prompt, plan=plan, seed=seed, config=config, callback=callback, num_images=num_images)
 
     write_outputs(result, paths, overwrite=overwrite)  # never replaces a file another run placed meanwhile

@@ -81,6 +81,7 @@ class Denoiser:
         condition_mask: torch.Tensor | None = None,
         callback: Callable[[dict[str, Any]], None] | None = None,
         added_conditioning: AddedConditioning | None = None,
+        total_evaluations: int | None = None,
     ) -> None:
         self.unet = unet
         self.added_conditioning = added_conditioning
@@ -95,7 +96,8 @@ class Denoiser:
         """Called with (latents, timestep) after every denoising step; what it returns replaces the latents
         (diffusers' ``callback_on_step_end``, see :class:`sow.diffusers_style.StepEndCallback`)."""
         self.evaluations = 0
-        self.total_evaluations = config.unet_evaluations()
+        self.total_evaluations = total_evaluations
+        """The run's UNet evaluations (:meth:`sow.pipeline.SOWPipeline.unet_evaluations`), told to callbacks; None: unknown."""
         self.guard = FiniteGuard(config.finite_check)
         """NaN/inf check after every update; call :meth:`finish` when the loop ends."""
         self._timesteps: torch.Tensor | None = None

@@ -112,7 +112,7 @@ def picture(plan: Plan, condition: Path, scale: int = 8) -> Image.Image:
     """The plan drawn over the seeded canvas: the condition (its planned crop) pasted at box_v on gray."""
     from sow.io.canvas import draw_plan, seed_canvas
     from sow.io.images import load_condition
-    from sow.planners.policy import apply_crop
+    from sow.io.canvas import apply_crop
 
     loaded = load_condition(condition)
     image, mask = apply_crop(loaded.image, loaded.mask, plan.crop)

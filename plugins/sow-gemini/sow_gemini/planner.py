@@ -200,7 +200,7 @@ class GeminiPlanner:
             raise PlannerError(str(exc).replace(key, "***")) from None
 
     def _plan(self, request: PlanRequest, key: str) -> Plan:
-        from sow.planners.policy import fit_box_v, repair_plan
+        from sow.planners.repair import fit_box_v, repair_plan
 
         config, image = request.config, request.condition
         canvas = config.canvas
