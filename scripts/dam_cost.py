@@ -63,10 +63,10 @@ def clock(device: torch.device) -> float:
     return time.perf_counter() if device.type != "cpu" else time.process_time()
 
 
-def interleaved(calls: dict, repeat: int, device: torch.device) -> dict[str, float]:
+def interleaved(calls: dict, repeat: int, device: torch.device, warmup: bool = True) -> dict[str, float]:
     """Median seconds of each call over ``repeat`` rounds that run every call once, in turn."""
     times: dict[str, list[float]] = {name: [] for name in calls}
-    for round_ in range(repeat + 1):
+    for round_ in range(0 if warmup else 1, repeat + 1):
         for name, call in calls.items():
             start = clock(device)
             call()
@@ -105,7 +105,7 @@ def layer_rows(unet, canvas: int, repeat: int, device, dtype) -> list[dict]:
     return rows
 
 
-def unet_row(unet, canvas: int, repeat: int, device, dtype) -> dict:
+def unet_row(unet, canvas: int, repeat: int, device, dtype, variants: list[str], warmup: bool) -> dict:
     latent = canvas // 8
     torch.manual_seed(0)
     latents = torch.randn(BATCH, unet.config.in_channels, latent, latent, device=device, dtype=dtype)
@@ -124,11 +124,12 @@ def unet_row(unet, canvas: int, repeat: int, device, dtype) -> dict:
             if modulator is not None:
                 modulator.detach(unet)
 
-    return interleaved({name: (lambda spec=spec: call(spec)) for name, spec in VARIANTS.items()}, repeat, device)
+    calls = {name: (lambda spec=VARIANTS[name]: call(spec)) for name in variants}
+    return interleaved(calls, repeat, device, warmup)
 
 
 def table(title: str, rows: list[dict], label: str) -> str:
-    names = list(VARIANTS)
+    names = [n for n in VARIANTS if n in rows[0]]
     lines = [f"### {title}", "", f"| {label} | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for row in rows:
         base = row["none"]
@@ -146,6 +147,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--skip-unet", action="store_true", help="per-layer table only")
+    parser.add_argument("--unet-variants", default=",".join(VARIANTS), help="comma-separated variants of the UNet-call table (none first)")
+    parser.add_argument("--unet-warmup", choices=["first", "all", "none"], default="first",
+                        help="an untimed UNet round at the first canvas only (default; warms the process), at every canvas, or never")
     parser.add_argument("--json", type=Path, default=None, help="also write the medians here")
     args = parser.parse_args()
     if args.threads:
@@ -156,7 +160,10 @@ def main() -> None:
     report = {"model": args.model, "device": str(device), "dtype": args.dtype, "batch": BATCH, "threads": torch.get_num_threads(), "canvases": {}}
     clock_name = "process CPU time" if device.type == "cpu" else "wall time"
     print(f"model {args.model}, {device}, {args.dtype}, batch {BATCH}, {torch.get_num_threads()} threads; medians of {args.repeat} interleaved rounds ({clock_name}); ratios to none")
-    for canvas in args.canvas:
+    variants = [v.strip() for v in args.unet_variants.split(",")]
+    if variants[0] != "none" or any(v not in VARIANTS for v in variants):
+        parser.error(f"--unet-variants: names from {list(VARIANTS)}, 'none' first")
+    for index, canvas in enumerate(args.canvas):
         layers = layer_rows(unet, canvas, args.repeat, device, dtype)
         for row in layers:
             row["layer"] = f"{row['grid']}, {row['heads']} heads, {100 * row['modulated_rows']:.0f}% rows modulated"
@@ -164,7 +171,8 @@ def main() -> None:
         print(table(f"{canvas}x{canvas}: one self-attention layer (SDPA = none)", layers, "layer"))
         entry = {"layers": layers}
         if not args.skip_unet:
-            call = {"call": f"UNet, cycle phase, batch {BATCH}", **unet_row(unet, canvas, args.repeat, device, dtype)}
+            call = {"call": f"UNet, cycle phase, batch {BATCH}", **unet_row(unet, canvas, args.repeat, device, dtype, variants,
+                                                                         args.unet_warmup == "all" or (args.unet_warmup == "first" and index == 0))}
             print()
             print(table(f"{canvas}x{canvas}: one UNet call", [call], "call"))
             entry["unet"] = call
