@@ -147,6 +147,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--skip-unet", action="store_true", help="per-layer table only")
+    parser.add_argument("--skip-layers", action="store_true", help="UNet-call table only")
     parser.add_argument("--unet-variants", default=",".join(VARIANTS), help="comma-separated variants of the UNet-call table (none first)")
     parser.add_argument("--unet-warmup", choices=["first", "all", "none"], default="first",
                         help="an untimed UNet round at the first canvas only (default; warms the process), at every canvas, or never")
@@ -164,12 +165,14 @@ def main() -> None:
     if variants[0] != "none" or any(v not in VARIANTS for v in variants):
         parser.error(f"--unet-variants: names from {list(VARIANTS)}, 'none' first")
     for index, canvas in enumerate(args.canvas):
-        layers = layer_rows(unet, canvas, args.repeat, device, dtype)
-        for row in layers:
-            row["layer"] = f"{row['grid']}, {row['heads']} heads, {100 * row['modulated_rows']:.0f}% rows modulated"
-        print()
-        print(table(f"{canvas}x{canvas}: one self-attention layer (SDPA = none)", layers, "layer"))
-        entry = {"layers": layers}
+        entry = {}
+        if not args.skip_layers:
+            layers = layer_rows(unet, canvas, args.repeat, device, dtype)
+            for row in layers:
+                row["layer"] = f"{row['grid']}, {row['heads']} heads, {100 * row['modulated_rows']:.0f}% rows modulated"
+            print()
+            print(table(f"{canvas}x{canvas}: one self-attention layer (SDPA = none)", layers, "layer"))
+            entry["layers"] = layers
         if not args.skip_unet:
             call = {"call": f"UNet, cycle phase, batch {BATCH}", **unet_row(unet, canvas, args.repeat, device, dtype, variants,
                                                                          args.unet_warmup == "all" or (args.unet_warmup == "first" and index == 0))}
