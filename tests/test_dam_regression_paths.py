@@ -12,7 +12,6 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-import torch
 from dam_reference import ExplicitDAM
 
 from sow.attention.dam import DAMState
