@@ -72,7 +72,12 @@ def test_bf16_matches_reference_within_tolerance(reference_run, face_path, fast_
     assert worst > 0  # it really ran in another precision
 
 
-def test_batched_images_match_single_runs(tiny_pipe, face_path, fast_overrides):
+@pytest.mark.parametrize("tau", [None, 0.0], ids=["paper-tau", "gate-open"])
+def test_batched_images_match_single_runs(tiny_pipe, face_path, fast_overrides, tau):
+    """With the paper's tau the gate stays closed on random weights; with tau = 0 it opens, and
+    each image must still be gated on its own (R_c over its heads and CFG branches only)."""
+    if tau is not None:
+        fast_overrides = {**fast_overrides, "modulation": {"tau": tau}}
     batched = tiny_pipe(face_path, PROMPT, seed=11, num_images=2, **fast_overrides)
     assert batched.latents.shape[0] == 2 and len(batched.images) == 2 and batched.record.num_images == 2
     assert batched.image is batched.images[0]

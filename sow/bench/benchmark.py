@@ -239,15 +239,17 @@ def _peak_memory(device: torch.device) -> dict[str, Any]:
     return {"kind": "process_max_rss (whole process lifetime, not this run alone)", "bytes": int(rss)}
 
 
-def time_sow(pipe, condition, args, config, batch: int, repeats: int, watch=None) -> tuple[Timed, list]:
-    """Warm-up then timed runs of ``pipe`` at ``num_images = batch``; returns the times and the last record."""
+def time_sow(pipe, condition, args, config, batch: int, repeats: int, plan=None) -> tuple[Timed, list]:
+    """Warm-up then timed runs of ``pipe`` at ``num_images = batch``; returns the times and the last record.
+
+    ``plan``: made once beforehand and passed to every run (its cost is reported on its own)."""
     device = pipe.device
     records = []
 
     def once():
         _sync(device)
         start = time.perf_counter()
-        result = pipe(condition, BENCH_PROMPT, seed=args.seed, config=config, num_images=batch)
+        result = pipe(condition, BENCH_PROMPT, seed=args.seed, config=config, num_images=batch, plan=plan)
         _sync(device)
         return time.perf_counter() - start, result.record
 
@@ -260,6 +262,31 @@ def time_sow(pipe, condition, args, config, batch: int, repeats: int, watch=None
         stages.append({t.name: t.seconds for t in record.timings})
         records.append(record)
     return Timed(seconds, stages, batch), records
+
+
+def time_interleaved(variants: list[dict], condition, args, config, plan, repeats: int) -> list[tuple[Timed, list]]:
+    """``args.warmup`` untimed rounds, then ``repeats`` rounds that run each variant once, in turn.
+
+    Each variant is a dict with ``pipe``, ``settings`` (applied before each of its runs: the
+    reference variants share one set of components) and ``batch``. Returns per variant the
+    times and records, in order."""
+    seconds: list[list[float]] = [[] for _ in variants]
+    stages: list[list[dict[str, float]]] = [[] for _ in variants]
+    records: list[list] = [[] for _ in variants]
+    for round_ in range(args.warmup + repeats):
+        for i, variant in enumerate(variants):
+            pipe = variant["pipe"]
+            if variant["settings"] is not None:
+                pipe.optimize(variant["settings"])
+            _sync(pipe.device)
+            start = time.perf_counter()
+            result = pipe(condition, BENCH_PROMPT, seed=args.seed, config=config, num_images=variant["batch"], plan=plan)
+            _sync(pipe.device)
+            if round_ >= args.warmup:
+                seconds[i].append(time.perf_counter() - start)
+                stages[i].append({t.name: t.seconds for t in result.record.timings})
+                records[i].append(result.record)
+    return [(Timed(seconds[i], stages[i], v["batch"]), records[i]) for i, v in enumerate(variants)]
 
 
 def time_ddim(components, args, steps: int, repeats: int) -> Timed:
@@ -400,7 +427,7 @@ def cost_model(args: argparse.Namespace) -> dict[str, Any]:
         "unet_calls_per_phase": dict(phases),
         "unet_evaluations": sum(phases.values()),
         **counted,
-        "note": "standard models only (UNet, VAE, text encoder); DAM's explicit rows are counted by a timed run",
+        "note": "standard models only (UNet, VAE, text encoder); DAM's extra work is counted by a timed run (flops.modulation_extra_tflop) and timed (report['dam'])",
     }
 
 
@@ -448,6 +475,15 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     config = pipe.make_config(None, "normal", **_config_overrides(args, modulator))
     weights_bytes = sum(p.numel() * p.element_size() for m in (components.unet, components.vae, *components.text_encoders) for p in m.parameters())
 
+    # The plan: made and timed on its own, then passed to every run below, so the planner's
+    # cost (0.04 s for the heuristic, seconds for an MLLM) is neither hidden in nor repeated
+    # across the timed runs.
+    plan_seconds = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        plan = pipe.plan(condition, BENCH_PROMPT, config, args.seed)
+        plan_seconds.append(time.perf_counter() - start)
+
     # One counted run per batch size: every FLOP it does (DAM included), the call shapes, the UNet calls per phase.
     counted_runs, phases = {}, {}
     for batch in args.batch:
@@ -455,7 +491,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         shapes = CallShapes(_modules_to_watch(components))
         try:
             with flop_counter() as counter:
-                pipe(condition, BENCH_PROMPT, seed=args.seed, config=config, num_images=batch,
+                pipe(condition, BENCH_PROMPT, seed=args.seed, config=config, num_images=batch, plan=plan,
                      callback=lambda info: phase_counts.update([info["phase"]]))
         finally:
             shapes.remove()
@@ -477,7 +513,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         counted = counted_runs[batch]
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        timed, records = time_sow(pipe, condition, args, config, batch, args.repeats)
+        timed, records = time_sow(pipe, condition, args, config, batch, args.repeats, plan)
         per_image = timed.per_image()
         flop_per_image = counted["run_tflop"] / batch
         runs.append(
@@ -522,12 +558,21 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "unet_calls_per_phase": phases,
         "unet_evaluations": runs[0]["unet_evaluations"],
         "flops": flops,
+        "plan": {
+            "planner": config.stages.planner,
+            "seconds": {"median": statistics.median(plan_seconds), "runs": plan_seconds},
+            "note": "made once and passed to every timed run; the runs' 'plan' stage is then only the prompt checks",
+        },
         "runs": runs,
         "baselines": {},
         "not_measured": not_measured,
     }
     if modulator == "none":
         not_measured.append("DAM: no 'dam' attention modulator is installed; ran plain COW (modulator 'none')")
+    elif modulator == "dam":
+        from sow.bench.dam_share import dam_unet_call
+
+        report["dam"] = dam_unet_call(pipe, config, plan, args.batch[0], max(3, args.repeats))
 
     # 2. Plain DDIM text-to-image, same model and fast settings.
     fast_first = runs[0]["seconds_per_image"]["median"]
@@ -542,42 +587,47 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             "note": f"ratio = SOW seconds per image (batch {args.batch[0]}) / DDIM-{args.ddim_steps} seconds per image",
         }
 
-    # 3. The reference settings (fp32, re-encoding, math attention), then one switch at a time.
+    # 3. The reference settings (fp32, re-encoding, math attention), then one switch at a time,
+    #    and the fast path again: all interleaved round by round, so a busy machine (or a
+    #    warming GPU) slows every variant alike and the ratios hold.
     if not args.no_reference:
-        del pipe
         if settings.offload:
             components.unet.to("cpu")
         reference = load_components(args.model, device=device, dtype="fp32", random_weights=args.random_weights)
-        ladder = []
+        variants = []
         for name, switches in REFERENCE_LADDER:
             ref_settings = PerformanceSettings(channels_last=False, nan_guard=False, cudnn_benchmark=False, **switches)
-            ref_pipe = SOWPipeline(reference, {"modulator": modulator}, registry=registry).optimize(ref_settings)
-            timed, records = time_sow(ref_pipe, condition, argparse.Namespace(**{**vars(args), "repeats": baseline_repeats}), config, 1, baseline_repeats)
+            ref_pipe = SOWPipeline(reference, {"modulator": modulator}, registry=registry)
+            variants.append({"variant": name, "pipe": ref_pipe, "settings": ref_settings, "batch": 1, "switches": switches})
+        if not settings.offload:
+            for batch in args.batch:
+                variants.append({"variant": f"fast path ({report['dtype']}), batch {batch}", "pipe": pipe, "settings": None, "batch": batch, "switches": {}})
+        else:
+            not_measured.append("fast path in the interleaved ladder: skipped under --offload (its own runs above)")
+        timed = time_interleaved(variants, condition, args, config, plan, baseline_repeats)
+        ladder = []
+        for variant, (times, records) in zip(variants, timed):
             ladder.append(
                 {
-                    "variant": name,
-                    "dtype": "float32",
-                    **switches,
-                    "seconds_per_image": timed.per_image(),
-                    "stages_seconds_per_image": timed.stage_medians(),
+                    "variant": variant["variant"],
+                    "dtype": "float32" if variant["settings"] is not None else report["dtype"],
+                    "batch": variant["batch"],
+                    **variant["switches"],
+                    "seconds_per_image": times.per_image(),
+                    "stages_seconds_per_image": times.stage_medians(),
                     "unet_evaluations": records[-1].unet_evaluations,
                 }
             )
         ref_median = ladder[0]["seconds_per_image"]["median"]
         for entry in ladder:
             entry["speedup_vs_reference"] = ref_median / entry["seconds_per_image"]["median"]
+        for run, entry in zip(runs, ladder[len(REFERENCE_LADDER) :]):
+            run["speedup_vs_reference"] = entry["speedup_vs_reference"]
         for run in runs:
-            run["speedup_vs_reference"] = ref_median / run["seconds_per_image"]["median"]
-            ladder.append(
-                {
-                    "variant": f"fast path ({report['dtype']}), batch {run['batch']}",
-                    "seconds_per_image": run["seconds_per_image"],
-                    "stages_seconds_per_image": run["stages_seconds_per_image"],
-                    "speedup_vs_reference": run["speedup_vs_reference"],
-                }
-            )
+            run.setdefault("speedup_vs_reference", ref_median / run["seconds_per_image"]["median"])
         report["baselines"]["reference"] = {
-            "note": "fp32, prompts re-encoded at every UNet call, math attention; batch 1; same model and config",
+            "note": "fp32, prompts re-encoded at every UNet call, math attention; batch 1; same model, config and plan; "
+            "every variant (the fast path too) measured in the same interleaved rounds",
             "ladder": ladder,
             "same_unet_evaluations": ladder[0]["unet_evaluations"] == runs[0]["unet_evaluations"],
         }
@@ -642,6 +692,17 @@ def render(report: dict[str, Any], console=None) -> None:
         stages.add_row(str(run["batch"]), *(f"{st.get(n, 0.0):.3f}" for n in STAGES))
     console.print(table)
     console.print(stages)
+    plan = report.get("plan")
+    if plan:
+        console.print(f"plan ({plan['planner']}): {plan['seconds']['median']:.3f} s, made once and reused by every timed run")
+    dam = report.get("dam")
+    if dam:
+        calls = dam["unet_call_seconds"]
+        console.print(
+            f"DAM (gate {dam['gate']}, {100 * dam['modulated_rows']:.0f}% of the full-resolution rows modulated): one cycle-phase "
+            f"UNet call {calls['dam']:.3f} s vs {calls['none']:.3f} s without, {dam['ratio']:.3f}x "
+            f"({100 * dam['dam_share_of_call']:.1f}% of the call; {dam['clock']})"
+        )
     baselines = report["baselines"]
     if "ddim" in baselines:
         d = baselines["ddim"]
