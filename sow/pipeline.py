@@ -269,6 +269,7 @@ class SOWPipeline:
             on_error=self.on_planner_error,
             cache=self.plan_cache,
             settings=self.stage_options.get("planner", {}),
+            registry=self.registry,
         )
 
     # -- the run -----------------------------------------------------------------------

@@ -4,6 +4,6 @@
 `eval` the faces of those library parts, `progress` the progress bar. The CLI imports the
 library; nothing in the library imports the CLI.
 """
-from sow.cli.commands import app, main
+from sow.cli.commands import app, main, run
 
-__all__ = ["app", "main"]
+__all__ = ["app", "main", "run"]
