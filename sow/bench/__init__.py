@@ -1,4 +1,4 @@
-"""`sow bench`: the speed benchmark (`benchmark`) and its chart (`chart`).
+"""`sow bench`: the speed benchmark (`benchmark`), its settings and typed reports (`settings`) and its chart (`chart`).
 
 May import everything in the library except the CLI.
 """

@@ -52,7 +52,7 @@ def nice_ticks(longest: float, count: int = 5) -> list[float]:
     raw = longest / count
     power = 10 ** math.floor(math.log10(raw))
     step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
-    return [i * step for i in range(math.ceil(longest / step + 1e-9) + 1)]
+    return [i * step for i in range(math.ceil(longest / step - 1e-9) + 1)]
 
 
 def draw_stage_chart(report: Any, path: Path, width: int = 1000) -> Path:

@@ -60,8 +60,8 @@ def bench_command(
 
     from sow.bench.benchmark import cost_model, render, run_bench
     from sow.bench.settings import BenchSettings
-    from sow.cli.commands import err
     from sow.cli.progress import counted_progress
+    from sow.io.security import redacting_console
     from sow.io.outputs import check_free, save_json_atomic
 
     from click.core import ParameterSource
@@ -81,6 +81,7 @@ def bench_command(
         options = {k: v for k, v in options.items() if k not in SMOKE or ctx.get_parameter_source(k) != ParameterSource.DEFAULT}
     settings = BenchSettings(**options)
     check_free([json_path, plot], overwrite, "choose another --json/--plot path")  # before the long run
+    err = redacting_console(stderr=True)
     console = Console(width=None if sys.stdout.isatty() else TABLE_WIDTH)
     if count_only:
         report = cost_model(settings)
