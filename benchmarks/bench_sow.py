@@ -4,7 +4,7 @@
 GPU reproduction (SD 2.1-base architecture, random weights, paper settings, DAM with its gate open):
 
     python benchmarks/bench_sow.py --model ../shared/data/sd21-base-config --random-weights \
-        --device cuda --dtype bf16 --batch 1 8 --json bench-h100.json --plot bench-h100.png
+        --device cuda --dtype bf16 --batch 1,8 --json bench-h100.json --plot bench-h100.png
 
 See docs/performance.md for what each number means.
 """

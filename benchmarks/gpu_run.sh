@@ -37,5 +37,5 @@ mkdir -p "$out"
 } 2>&1 | tee "$out/bench-gpu-versions.log"
 # SOW_DEBUG=1: a failure on a lent GPU (rare, short-lived) shows its whole traceback, not one line
 SOW_DEBUG=1 PYTHONUNBUFFERED=1 "$python" benchmarks/bench_sow.py --model "$model" --random-weights --device cuda --dtype bf16 \
-  --batch 1 8 --warmup 2 --repeats 5 --baseline-repeats 3 \
+  --batch 1,8 --warmup 2 --repeats 5 --baseline-repeats 3 \
   --json "$out/bench-gpu.json" --plot "$out/bench-gpu.png" "$@" 2>&1 | tee "$out/bench-gpu.log"

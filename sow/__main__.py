@@ -17,6 +17,6 @@ def _without_working_directory(path: list[str]) -> list[str]:
 
 sys.path[:] = _without_working_directory(sys.path)
 
-from sow.cli import main  # noqa: E402
+from sow.cli import run  # noqa: E402
 
-main()
+run()

@@ -294,6 +294,7 @@ class SOWPipeline:
             on_error=self.on_planner_error,
             cache=self.plan_cache,
             settings=self.stage_options.get("planner", {}),
+            registry=self.registry,
         )
 
     def unet_evaluations(self, config: GenerationConfig | None = None, inputs: RunInputs | None = None) -> int:

@@ -24,6 +24,14 @@ SD21_CONFIG = next(
 """The SD 2.1-base configs beside the checkout (a worktree sits one folder deeper)."""
 
 
+def pytest_configure(config):
+    """Torch's threads as the CLI sets them (``$SOW_THREADS``, else half the cores): on a shared
+    2-core machine torch's default, one thread per core, made the suite 7x slower (44 min vs 6)."""
+    from sow.engine.performance import set_cpu_threads
+
+    set_cpu_threads()
+
+
 @pytest.fixture(scope="session")
 def sd21_config() -> Path:
     """The real SD 2.1-base config folder (random weights are built from it; nothing is downloaded)."""

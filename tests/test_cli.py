@@ -68,8 +68,6 @@ def test_manual_boxes_are_used(face_path, fast_config, tmp_path):
     [
         (["--box-v", "0,0,64,64"], "--box-v and --box-r go together"),
         (["--modulator", "nope"], "unknown attention modulator 'nope'; available: "),
-        (["--preset", "fancy"], "unknown preset 'fancy'"),
-        (["--dtype", "fp8"], "unknown dtype 'fp8'"),
         (["--model", "./no/such/folder"], "model './no/such/folder' not found"),
     ],
 )
@@ -79,6 +77,19 @@ def test_bad_options_exit_2_with_one_line(face_path, fast_config, tmp_path, caps
     assert code == 2
     assert message in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--preset", "fancy"], "'fancy' is not one of 'normal', 'attribute', 'style'"),
+        (["--dtype", "fp8"], "'fp8' is not one of 'auto', 'fp32', 'fp16', 'bf16'"),
+    ],
+)
+def test_a_choice_outside_the_enum_is_a_usage_error_listing_the_choices(face_path, tmp_path, capsys, extra, message):
+    code = run(["generate", str(face_path), "x", "--out", str(tmp_path), "-q", *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
 
 
 def test_invalid_plan_file_names_the_field(face_path, tmp_path, capsys):

@@ -16,7 +16,6 @@ from sow.engine.performance import (
     PerformanceSettings,
     ReencodingEmbeddings,
     attention_kinds,
-    check_finite,
     decode_latents,
 )
 from sow.errors import NumericalError
@@ -170,9 +169,11 @@ def test_auto_dtype_is_fp32_on_cpu_and_named_errors():
 
 
 def test_nan_guard():
-    check_finite(torch.ones(3), "x")
-    with pytest.raises(NumericalError, match="latents.*NaN"):
-        check_finite(torch.tensor([1.0, float("nan")]), "the latents")
+    from sow.engine.numerics import require_finite
+
+    require_finite(torch.ones(3), "x")
+    with pytest.raises(NumericalError, match="NaN or inf in the latents"):
+        require_finite(torch.tensor([1.0, float("nan")]), "the latents")
 
 
 def test_decode_latents_guard_passes_finite_output(tiny_components):

@@ -50,9 +50,9 @@ def test_plan_writes_json_and_picture(tmp_path, face_path, fast_config, capsys):
     plan = Plan.model_validate_json(out.read_text())
     assert plan.planner == "heuristic" and plan.canvas.width == 256 and plan.crop is not None
     picture = Image.open(out.with_suffix(".png"))
-    assert picture.size == (256, 256)
-    # the picture shows the green box_v outline at box_v's top-left corner
-    assert picture.convert("RGB").getpixel((plan.box_v.x + 1, plan.box_v.y + 1)) == (0, 200, 80)
+    assert picture.width == 2 * 256 and picture.height > 2 * 256  # shown x2 (under 512 px), legend and prompt below
+    # the picture shows the green box_v outline at box_v's top-left corner (upscaled)
+    assert picture.convert("RGB").getpixel((2 * plan.box_v.x + 1, 2 * plan.box_v.y + 1)) == (0, 200, 80)
     assert "wrote" in err
     code, err = run(["plan", str(face_path), "a chef", "--config", str(fast_config), "-o", str(out)], capsys)
     assert code == 2 and "already exists" in err

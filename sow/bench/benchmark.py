@@ -13,20 +13,22 @@ One run of the benchmark:
    (fp32, prompts re-encoded at every UNet call, math attention), then with caching and
    with SDPA turned back on one at a time, so each optimisation's gain shows.
 
-The report is a plain dict (``--json PATH`` writes it); ``--plot PATH`` draws the
-per-stage bars (with PIL: see :mod:`sow.bench.chart`). ``benchmarks/bench_sow.py`` and
-``sow bench`` both call :func:`main` with the same options.
+The API is three functions over a :class:`~sow.bench.settings.BenchSettings`:
+:func:`run_bench` (the timed benchmark, a :class:`~sow.bench.settings.BenchReport`),
+:func:`cost_model` (FLOPs only, a :class:`~sow.bench.settings.CostReport`) and :func:`render`
+(either as tables). ``sow bench`` (:mod:`sow.cli.bench`) is their command line;
+``--plot PATH`` draws the per-stage bars (with PIL: see :mod:`sow.bench.chart`).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 import resource
 import statistics
 import time
 from collections import Counter
+from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,8 +37,11 @@ import torch
 
 from sow.version import __version__
 from sow.errors import InputError
-from sow.io.outputs import check_free
 from sow.engine.performance import PerformanceSettings
+from sow.bench.settings import BenchReport, BenchSettings, CostReport
+
+Progress = Callable[[int, int, str], None]
+"""``progress(done, total, label)``: called after each pipeline run of the benchmark."""
 
 SAMPLE_FACE = Path(__file__).resolve().parents[1] / "data" / "sample_face.jpg"
 """The shipped sample face, the benchmark's default condition."""
@@ -74,60 +79,7 @@ class Timed:
 # -- options -----------------------------------------------------------------------------
 
 
-def build_parser(prog: str = "sow bench") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Time SOW image generation per stage, with ratios against plain DDIM and the reference settings.",
-    )
-    add = parser.add_argument
-    add("--model", "-m", default="tiny", help="'tiny', a diffusers folder, a config folder (with --random-weights), a .safetensors file or a hub id.")
-    add("--random-weights", action="store_true", help="Build a folder of configs (e.g. SD 2.1-base's) with random weights.")
-    add("--device", default="auto", help="cpu, cuda, cuda:N or auto (default).")
-    add("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"], help="Fast-path precision (auto: bf16 on GPUs that have it, fp32 on CPU).")
-    add("--batch", type=int, nargs="+", default=[1], help="Images per run (batched through each UNet call); several sizes allowed.")
-    add("--warmup", type=int, default=1, help="Untimed runs before timing (per batch size and variant).")
-    add("--repeats", type=int, default=3, help="Timed runs per batch size.")
-    add("--baseline-repeats", type=int, default=None, help="Timed runs of each baseline (default: --repeats).")
-    add("--size", type=int, default=512, help="Canvas side in pixels (square).")
-    add("--steps", type=int, default=10, help="DDIM levels S (paper: 10).")
-    add("--cycles", type=int, default=10, help="Cycles N (paper: 10).")
-    add("--seed", type=int, default=0)
-    add("--modulator", default="auto", help="Attention modulator: 'auto' (dam if installed, else none), or a name.")
-    add("--gate", action=argparse.BooleanOptionalAction, default=False, help="Keep DAM's gate (default: forced open, so DAM's cost is always paid).")
-    add("--attention", default="sdpa", choices=["sdpa", "math"], help="Attention kernel of unmodulated layers.")
-    add("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="channels_last layout (default: on for CUDA).")
-    add("--compile", action="store_true", help="torch.compile the UNet's resnet and feed-forward blocks.")
-    add("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"])
-    add("--vae-slicing", action="store_true", help="Decode batched images one at a time.")
-    add("--vae-tiling", action=argparse.BooleanOptionalAction, default=None, help="Tiled VAE (default: on from 1024x1024).")
-    add("--offload", action="store_true", help="Model CPU offload (small GPUs): one model on the GPU at a time.")
-    add("--ddim-steps", type=int, default=50, help="Steps of the plain DDIM text-to-image baseline (0: skip it).")
-    add("--no-reference", action="store_true", help="Skip the fp32 reference-settings runs.")
-    add("--condition", type=Path, default=None, help="Condition image (default: the bundled sample face).")
-    add("--json", type=Path, default=None, dest="json_path", help="Write the report as JSON here.")
-    add("--plot", type=Path, default=None, help="Draw the per-stage bar chart here (PNG).")
-    add("--overwrite", action="store_true", help="Replace an existing --json or --plot file (refused by default).")
-    add("--count-only", action="store_true", help="Only the cost model: FLOPs per run of --model's architecture (configs suffice), from the call shapes of a tiny-model run; no timing.")
-    add("--quiet", "-q", action="store_true", help="No table on stdout.")
-    return parser
-
-
-def parse_args(argv: list[str] | None = None, prog: str = "sow bench") -> argparse.Namespace:
-    args = build_parser(prog).parse_args(argv)
-    for name in ("warmup", "size", "steps", "cycles"):
-        if getattr(args, name) < (0 if name in ("warmup", "cycles") else 1):
-            raise InputError(f"--{name} must be {'>= 0' if name in ('warmup', 'cycles') else '>= 1'}, got {getattr(args, name)}")
-    if args.repeats < 1:
-        raise InputError(f"--repeats must be >= 1, got {args.repeats}")
-    if any(b < 1 for b in args.batch):
-        raise InputError(f"--batch sizes must be >= 1, got {args.batch}")
-    if args.size % 8:
-        raise InputError(f"--size must be a multiple of 8, got {args.size}")
-    check_free([args.json_path, args.plot], args.overwrite, "choose another --json/--plot path")  # before the long run
-    return args
-
-
-def performance_settings(args: argparse.Namespace) -> PerformanceSettings:
+def performance_settings(args: BenchSettings) -> PerformanceSettings:
     return PerformanceSettings(
         attention=args.attention,
         channels_last=args.channels_last,
@@ -239,10 +191,23 @@ def _peak_memory(device: torch.device) -> dict[str, Any]:
     return {"kind": "process_max_rss (whole process lifetime, not this run alone)", "bytes": int(rss)}
 
 
-def time_sow(pipe, condition, args, config, batch: int, repeats: int, plan=None) -> tuple[Timed, list]:
+class _Ticker:
+    """Counts the benchmark's pipeline runs for a :data:`Progress` callback."""
+
+    def __init__(self, total: int, progress: Progress | None) -> None:
+        self.done, self.total, self.progress = 0, total, progress
+
+    def __call__(self, label: str) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(min(self.done, self.total), self.total, label)
+
+
+def time_sow(pipe, condition, args, config, batch: int, repeats: int, plan=None, tick: Callable[[str], None] | None = None, label: str = "sow") -> tuple[Timed, list]:
     """Warm-up then timed runs of ``pipe`` at ``num_images = batch``; returns the times and the last record.
 
-    ``plan``: made once beforehand and passed to every run (its cost is reported on its own)."""
+    ``plan``: made once beforehand and passed to every run (its cost is reported on its own);
+    ``tick(label)`` after each run (the progress bar)."""
     device = pipe.device
     records = []
 
@@ -251,6 +216,8 @@ def time_sow(pipe, condition, args, config, batch: int, repeats: int, plan=None)
         start = time.perf_counter()
         result = pipe(condition, BENCH_PROMPT, seed=args.seed, config=config, num_images=batch, plan=plan)
         _sync(device)
+        if tick is not None:
+            tick(label)
         return time.perf_counter() - start, result.record
 
     for _ in range(args.warmup):
@@ -264,7 +231,7 @@ def time_sow(pipe, condition, args, config, batch: int, repeats: int, plan=None)
     return Timed(seconds, stages, batch), records
 
 
-def time_interleaved(variants: list[dict], condition, args, config, plan, repeats: int) -> list[tuple[Timed, list]]:
+def time_interleaved(variants: list[dict], condition, args, config, plan, repeats: int, tick: Callable[[str], None] | None = None) -> list[tuple[Timed, list]]:
     """``args.warmup`` untimed rounds, then ``repeats`` rounds that run each variant once, in turn.
 
     Each variant is a dict with ``pipe``, ``settings`` (applied before each of its runs: the
@@ -282,6 +249,8 @@ def time_interleaved(variants: list[dict], condition, args, config, plan, repeat
             start = time.perf_counter()
             result = pipe(condition, BENCH_PROMPT, seed=args.seed, config=config, num_images=variant["batch"], plan=plan)
             _sync(pipe.device)
+            if tick is not None:
+                tick(variant["variant"])
             if round_ >= args.warmup:
                 seconds[i].append(time.perf_counter() - start)
                 stages[i].append({t.name: t.seconds for t in result.record.timings})
@@ -289,7 +258,7 @@ def time_interleaved(variants: list[dict], condition, args, config, plan, repeat
     return [(Timed(seconds[i], stages[i], v["batch"]), records[i]) for i, v in enumerate(variants)]
 
 
-def time_ddim(components, args, steps: int, repeats: int) -> Timed:
+def time_ddim(components, args, steps: int, repeats: int, tick: Callable[[str], None] | None = None) -> Timed:
     """Plain text-to-image with the family's diffusers pipeline (StableDiffusionPipeline, or
     StableDiffusionXLPipeline for SDXL) and a DDIM scheduler, batch 1."""
     from diffusers import DDIMScheduler
@@ -320,6 +289,8 @@ def time_ddim(components, args, steps: int, repeats: int) -> Timed:
             generator=generator,
         )
         _sync(device)
+        if tick is not None:
+            tick(f"DDIM-{steps}")
         return time.perf_counter() - start
 
     for _ in range(args.warmup):
@@ -330,7 +301,7 @@ def time_ddim(components, args, steps: int, repeats: int) -> Timed:
 # -- the benchmark -----------------------------------------------------------------------
 
 
-def _config_overrides(args: argparse.Namespace, modulator: str) -> dict[str, Any]:
+def _config_overrides(args: BenchSettings, modulator: str) -> dict[str, Any]:
     overrides: dict[str, Any] = {
         "canvas": {"width": args.size, "height": args.size},
         "num_inference_steps": args.steps,
@@ -389,12 +360,49 @@ def meta_components(spec: str):
         )
 
 
-def cost_model(args: argparse.Namespace) -> dict[str, Any]:
+@contextmanager
+def shape_only(components):
+    """Within: the UNet, the VAE's encoder and decoder and the text encoder return zeros of their output shapes.
+
+    Forward pre-hooks (:class:`CallShapes`) still see every call; nothing is computed.
+    """
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+    vae = components.vae
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    latent, width = vae.config.latent_channels, components.text_encoder.config.hidden_size
+
+    def unet(sample, timestep, encoder_hidden_states=None, **kwargs):
+        return UNet2DConditionOutput(sample=torch.zeros_like(sample))
+
+    def encoder(x, *args, **kwargs):
+        return x.new_zeros(x.shape[0], 2 * latent, x.shape[2] // factor, x.shape[3] // factor)
+
+    def decoder(z, *args, **kwargs):
+        return z.new_zeros(z.shape[0], vae.config.out_channels, z.shape[2] * factor, z.shape[3] * factor)
+
+    def text_encoder(input_ids, *args, **kwargs):
+        return (torch.zeros(*input_ids.shape, width),)
+
+    stand_ins = {components.unet: unet, vae.encoder: encoder, vae.decoder: decoder, components.text_encoder: text_encoder}
+    for module, forward in stand_ins.items():
+        module.forward = forward
+    try:
+        yield
+    finally:
+        for module in stand_ins:
+            del module.forward  # the class's forward again
+
+
+def cost_model(args: BenchSettings) -> CostReport:
     """FLOPs of one run of ``args.model``'s architecture at ``args``' settings, without running it.
 
-    The call shapes come from one run of the tiny model of the same structure (``tiny-sdxl``
-    for a target with two text encoders: same latent grid, same schedule and batches); the
-    text and pooled widths are swapped for the target's. DAM's extra rows are not in it.
+    The call shapes come from one pass of the pipeline over the tiny model of the same
+    structure (``tiny-sdxl`` for a target with two text encoders) whose UNet, VAE and text
+    encoders are replaced by stand-ins that return zeros of the right shape
+    (:func:`shape_only`): the schedule, the batches and the latent grid are the real ones,
+    no model computes. The text and pooled widths are swapped for the target's. DAM's extra
+    rows are not in it.
     """
     from sow.engine.models import load_components
     from sow.pipeline import SOWPipeline
@@ -406,8 +414,9 @@ def cost_model(args: argparse.Namespace) -> dict[str, Any]:
     phases: Counter = Counter()
     shapes = CallShapes(_modules_to_watch(tiny))
     try:
-        pipe(args.condition or SAMPLE_FACE, BENCH_PROMPT, seed=args.seed,
-             config=config, num_images=args.batch[0], callback=lambda info: phases.update([info["phase"]]))
+        with shape_only(tiny):
+            pipe(args.condition or SAMPLE_FACE, BENCH_PROMPT, seed=args.seed,
+                 config=config, num_images=args.batch[0], callback=lambda info: phases.update([info["phase"]]))
     finally:
         shapes.remove()
     width = target.unet.config.cross_attention_dim
@@ -420,7 +429,7 @@ def cost_model(args: argparse.Namespace) -> dict[str, Any]:
             call_shapes = swapped
         calls[(name, call_shapes)] += n
     counted = count_flops(target, calls)
-    return {
+    return CostReport(**{
         "model": args.model,
         "batch": args.batch[0],
         "config": {"canvas": args.size, "steps": config.num_inference_steps, "cycles": config.cycles, "t1": config.t1, "t2": config.t2},
@@ -428,13 +437,14 @@ def cost_model(args: argparse.Namespace) -> dict[str, Any]:
         "unet_evaluations": sum(phases.values()),
         **counted,
         "note": "standard models only (UNet, VAE, text encoder); DAM's extra work is counted by a timed run (flops.modulation_extra_tflop) and timed (report['dam'])",
-    }
+    })
 
 
-def render_cost_model(model: dict[str, Any], console=None) -> None:
+def render_cost_model(model: CostReport | dict[str, Any], console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    model = model.as_dict() if isinstance(model, CostReport) else model
     console = console or Console()
     console.print(f"[bold]cost model[/] {model['model']} at {model['config']}, batch {model['batch']}")
     console.print(f"UNet calls per phase: {model['unet_calls_per_phase']}  (total {model['unet_evaluations']})")
@@ -448,8 +458,8 @@ def render_cost_model(model: dict[str, Any], console=None) -> None:
     console.print(table)
 
 
-def run_bench(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the benchmark described by ``args`` (see :func:`build_parser`); return the report."""
+def run_bench(args: BenchSettings, progress: Progress | None = None) -> BenchReport:
+    """Run the benchmark ``args`` describes; ``progress(done, total, label)`` after each pipeline run."""
     from sow.engine.models import load_components, resolve_device, resolve_dtype
     from sow.pipeline import SOWPipeline
     from sow.plugins import get_registry
@@ -464,6 +474,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     settings = performance_settings(args)
     baseline_repeats = args.baseline_repeats or args.repeats
     not_measured: list[str] = []
+    tick = _Ticker(args.runs(), progress)
 
     # 1. The fast path, alone in memory (so peak memory is its own).
     load_start = time.perf_counter()
@@ -495,6 +506,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                      callback=lambda info: phase_counts.update([info["phase"]]))
         finally:
             shapes.remove()
+        tick(f"count FLOPs, batch {batch}")
         run_tflop = counter.get_total_flops() / 1e12
         standard = count_flops(components, shapes.calls)
         counted_runs[batch] = {
@@ -513,7 +525,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         counted = counted_runs[batch]
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        timed, records = time_sow(pipe, condition, args, config, batch, args.repeats, plan)
+        timed, records = time_sow(pipe, condition, args, config, batch, args.repeats, plan, tick=tick, label=f"fast path, batch {batch}")
         per_image = timed.per_image()
         flop_per_image = counted["run_tflop"] / batch
         runs.append(
@@ -579,7 +591,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     if args.ddim_steps > 0 and settings.offload:
         not_measured.append("DDIM baseline: skipped under --offload (diffusers' pipeline does not see sow's offload hooks)")
     elif args.ddim_steps > 0:
-        ddim = time_ddim(components, args, args.ddim_steps, baseline_repeats)
+        ddim = time_ddim(components, args, args.ddim_steps, baseline_repeats, tick=tick)
         report["baselines"]["ddim"] = {
             "steps": args.ddim_steps,
             "seconds_per_image": ddim.per_image(),
@@ -593,7 +605,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     if not args.no_reference:
         if settings.offload:
             components.unet.to("cpu")
-        reference = load_components(args.model, device=device, dtype="fp32", random_weights=args.random_weights)
+        # fp32 on the CPU without compile or channels_last: the fast path's models are the reference's (no second load;
+        # each variant applies its own settings before each of its runs)
+        same = dtype == torch.float32 and device.type == "cpu" and not settings.compile and not settings.channels_last
+        reference = components if same else load_components(args.model, device=device, dtype="fp32", random_weights=args.random_weights)
         variants = []
         for name, switches in REFERENCE_LADDER:
             ref_settings = PerformanceSettings(channels_last=False, nan_guard=False, cudnn_benchmark=False, **switches)
@@ -601,16 +616,18 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             variants.append({"variant": name, "pipe": ref_pipe, "settings": ref_settings, "batch": 1, "switches": switches})
         if not settings.offload:
             for batch in args.batch:
-                variants.append({"variant": f"fast path ({report['dtype']}), batch {batch}", "pipe": pipe, "settings": None, "batch": batch, "switches": {}})
+                variants.append({"variant": f"fast path ({report['dtype']}), batch {batch}", "pipe": pipe,
+                                 "settings": settings if same else None,  # shared models: re-apply the fast settings
+                                 "batch": batch, "switches": {}})
         else:
             not_measured.append("fast path in the interleaved ladder: skipped under --offload (its own runs above)")
-        timed = time_interleaved(variants, condition, args, config, plan, baseline_repeats)
+        timed = time_interleaved(variants, condition, args, config, plan, baseline_repeats, tick=tick)
         ladder = []
         for variant, (times, records) in zip(variants, timed):
             ladder.append(
                 {
                     "variant": variant["variant"],
-                    "dtype": "float32" if variant["settings"] is not None else report["dtype"],
+                    "dtype": "float32" if variant["switches"] else report["dtype"],
                     "batch": variant["batch"],
                     **variant["switches"],
                     "seconds_per_image": times.per_image(),
@@ -635,7 +652,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         not_measured.append(
             "GPU timings: this report ran on CPU; peak memory is the process's max RSS, not GPU memory"
         )
-    return report
+    return BenchReport(**report)
 
 
 def _attention_during_run(pipe) -> dict[str, int]:
@@ -658,11 +675,14 @@ def _device_info(device: torch.device) -> dict[str, Any]:
 # -- rendering ---------------------------------------------------------------------------
 
 
-def render(report: dict[str, Any], console=None) -> None:
-    """Print the report as tables (rich)."""
+def render(report: BenchReport | CostReport | dict[str, Any], console=None) -> None:
+    """Print a report as tables (rich); a cost model goes to :func:`render_cost_model`."""
     from rich.console import Console
     from rich.table import Table
 
+    if isinstance(report, CostReport):
+        return render_cost_model(report, console)
+    report = report.as_dict() if isinstance(report, BenchReport) else report
     console = console or Console()
     dev = report["device"]
     console.print(
@@ -719,33 +739,3 @@ def render(report: dict[str, Any], console=None) -> None:
         console.print(ladder)
     for line in report["not_measured"]:
         console.print(f"[yellow]not measured:[/] {line}")
-
-
-def main(argv: list[str] | None = None, prog: str = "sow bench") -> int:
-    """Parse, run, render, write: the body of ``sow bench`` and ``benchmarks/bench_sow.py``."""
-    args = parse_args(argv, prog)
-    if args.count_only:
-        report = cost_model(args)
-        if not args.quiet:
-            render_cost_model(report)
-        if args.json_path is not None:
-            from sow.io.outputs import save_json_atomic
-
-            save_json_atomic(report, args.json_path)
-        return 0
-    report = run_bench(args)
-    if not args.quiet:
-        render(report)
-    if args.json_path is not None:
-        from sow.io.outputs import save_json_atomic
-
-        save_json_atomic(report, args.json_path)
-    if args.plot is not None:
-        from sow.bench.chart import draw_stage_chart
-
-        draw_stage_chart(report, args.plot)
-    return 0
-
-
-def load_report(path: Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text(encoding="utf-8"))

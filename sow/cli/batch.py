@@ -9,8 +9,8 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from sow.cli.progress import make_progress
 from sow.batch.runner import plan_work, read_batch_file, run_batch
 from sow.batch.workers import PipelineSpec, WorkerIdentity
 from sow.errors import InputError
@@ -55,16 +55,7 @@ def generate_batch(
     def emit_json(event: dict[str, Any]) -> None:
         print(redact(json.dumps(redact_data(event))), flush=True)
 
-    progress = Progress(
-        TextColumn("{task.description:<24}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-        disable=quiet,
-    )
+    progress = make_progress(24, console, disable=quiet)
     task = progress.add_task("batch", total=len(todo))
 
     def on_event(event: dict[str, Any]) -> None:
@@ -122,10 +113,7 @@ def _rank_spec(spec: PipelineSpec, worker: WorkerIdentity) -> PipelineSpec:
 def _run_on_ray(batch, items, out_dir, overrides, spec, ray, resume, overwrite, quiet, json_output, console) -> None:
     from sow.batch.ray_engine import run_batch_on_ray
 
-    bar = Progress(
-        TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=quiet,
-    )
+    bar = make_progress(24, console, disable=quiet)
     task = bar.add_task("batch (ray)", total=None)
 
     def on_event(event: dict[str, Any]) -> None:

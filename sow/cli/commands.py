@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from sow.cli.choices import DEVICE_METAVAR, Dtype, OnPlannerError, Preset, Quantize, value
 from sow.errors import InputError, SowError
 from sow.cli.scale_options import GpusPerWorkerOpt, RayOpt, WorkersOpt, ray_settings
 from sow.io.json_files import MAX_JSON_BYTES, load_config_file, load_plan_file, read_json as _read_json  # noqa: F401
@@ -22,8 +23,9 @@ app = typer.Typer(
     name="sow",
     help="Selective One-Way Diffusion: an image from a visual condition (a face photo) and a text prompt.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 from sow.io.security import redacting_console  # noqa: E402
 
@@ -35,32 +37,69 @@ ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'tiny' or 'tiny-sd
 FamilyOpt = Annotated[Optional[str], typer.Option("--family", help="sd1, sd2 or sdxl: only when the model's configs cannot tell its family (docs/models.md).")]
 VaeOpt = Annotated[Optional[str], typer.Option("--vae", help="A replacement VAE (AutoencoderKL folder or hub id), e.g. a fixed fp16 SDXL VAE.")]
 LoraOpt = Annotated[Optional[list[str]], typer.Option("--lora", help="PATH[:SCALE] of a .safetensors LoRA (repeatable); recorded with its sha256.")]
-DeviceOpt = Annotated[str, typer.Option(help="auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N.")]
-DtypeOpt = Annotated[str, typer.Option(help="auto (bf16 on GPUs that have it, fp16 on others, fp32 on CPU), fp32, fp16 or bf16.")]
+DeviceOpt = Annotated[str, typer.Option(metavar=DEVICE_METAVAR, help="auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N.")]
+DtypeOpt = Annotated[Dtype, typer.Option(help="auto: bf16 on GPUs that have it, fp16 on others, fp32 on CPU.")]
+PresetOpt = Annotated[Preset, typer.Option(help="normal, attribute (editing), style (transfer), or cow-reference (every reading as the reference code has it; docs/method.md).")]
 
 
-def manual_plan(box_v: str | None, box_r: str | None, prompt: str, config: GenerationConfig) -> Plan | None:
+def manual_plan(box_v: str | None, box_r: str | None, prompt: str, config: GenerationConfig, image=None) -> Plan | None:
+    """The plan of ``--box-v``/``--box-r``; with the condition ``image``, fitted to its aspect (:mod:`sow.planners.manual`)."""
     if box_v is None and box_r is None:
         return None
     if box_v is None or box_r is None:
         raise InputError("--box-v and --box-r go together (or pass --plan FILE)")
     try:
-        return Plan(canvas=config.canvas, box_v=Box.parse(box_v), box_r=Box.parse(box_r), prompt=prompt, user_prompt=prompt, planner="manual")
+        plan = Plan(canvas=config.canvas, box_v=Box.parse(box_v), box_r=Box.parse(box_r), prompt=prompt, user_prompt=prompt, planner="manual")
+        if image is None:
+            return plan
+        from sow.planners.manual import hand_made_plan
+
+        return hand_made_plan(image, plan.box_v, plan.box_r, prompt, config)
     except ValueError as exc:
         from sow.schemas import first_error
 
         raise InputError(f"invalid boxes: {first_error(exc)}") from None
 
 
+def _version(show: bool) -> None:
+    if show:
+        from sow.version import __version__
+
+        typer.echo(f"sow {__version__}")
+        raise typer.Exit(0)
+
+
+KNOWN_WARNINGS = {
+    "bitsandbytes": "imported by transformers/diffusers when installed; on CPUs with AVX512-BF16 it warns that an "
+    "optional faster 4-bit kernel (the `kernels` package) is missing. sow quantizes only MLLM planners, on request.",
+    "transformers.utils.import_utils": "diffusers' pipelines import CLIP's image processor, which without "
+    "torchvision falls back to its PIL version with a warning; sow never uses that processor.",
+}
+"""Third-party loggers the CLI keeps at ERROR, and why their warnings say nothing to a sow user."""
+
+
+def quiet_known_warnings() -> None:
+    """Raise the loggers of :data:`KNOWN_WARNINGS` to ERROR (the CLI's process only)."""
+    import logging
+
+    for name in KNOWN_WARNINGS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 @app.callback()
 def global_options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, envvar="SOW_THREADS", show_envvar=True, help="CPU threads for torch (default: half the cores, at most 8; torch's own default, all cores, is slow on a busy machine).")] = None,
     disable_plugin: Annotated[list[str], typer.Option("--disable-plugin", metavar="NAME", help="Do not load this plugin (entry-point or distribution name); repeatable. Also SOW_DISABLE_PLUGINS=a,b.")] = [],  # noqa: B006
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Let model repositories run their own Python code (some MLLM planners need it). Off by default.")] = False,
 ) -> None:
     """Selective One-Way Diffusion: an image from a visual condition (a face photo) and a text prompt."""
+    from sow.engine.performance import set_cpu_threads
     from sow.plugins import disable_plugins
     from sow.io.security import set_load_policy
 
+    set_cpu_threads(threads)
+    quiet_known_warnings()
     if disable_plugin:
         disable_plugins(disable_plugin)
     if trust_remote_code:
@@ -72,11 +111,11 @@ PlannerOptionOpt = Annotated[
     typer.Option("--planner-option", help="KEY=VALUE passed to the planner (repeatable; VALUE read as JSON if it parses)."),
 ]
 QuantizeOpt = Annotated[
-    Optional[str],
-    typer.Option("--quantize", help="4bit or 8bit: load a local MLLM planner (llava, qwen-vl) with bitsandbytes; same as --planner-option quantize=..."),
+    Optional[Quantize],
+    typer.Option("--quantize", help="Load a local MLLM planner (llava, qwen-vl) with bitsandbytes; same as --planner-option quantize=..."),
 ]
 OnPlannerErrorOpt = Annotated[
-    str, typer.Option("--on-planner-error", help="fail (default; with a hint) or heuristic (plan offline instead).")
+    OnPlannerError, typer.Option("--on-planner-error", help="fail (with a hint), or heuristic: plan offline instead (also when a planner's model cannot load).")
 ]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Ask the planner again instead of reusing a cached plan.")]
 
@@ -85,7 +124,7 @@ def planner_options(items: list[str] | None, quantize: str | None) -> dict:
     """``--planner-option`` items plus the ``--quantize`` shortcut."""
     options = parse_options(items)
     if quantize is not None:
-        options["quantize"] = quantize
+        options["quantize"] = value(quantize)
     return options
 
 
@@ -98,16 +137,16 @@ def parse_options(items: list[str] | None) -> dict:
 
 @app.command("plan")
 def plan_command(
-    condition: Annotated[Path, typer.Argument(help="The visual condition: an image file (a face photo).")],
-    prompt: Annotated[str, typer.Argument(help="What the scene should show.")],
+    condition: Annotated[Path, typer.Argument(metavar="CONDITION", help="The visual condition: an image file (a face photo).")],
+    prompt: Annotated[str, typer.Argument(metavar="PROMPT", help="What the scene should show.")],
     planner: Annotated[str, typer.Option(help="Planner plugin name (see `sow plugins`).")] = "heuristic",
     planner_option: PlannerOptionOpt = None,
     quantize: QuantizeOpt = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="The plan file to write; its picture goes beside it as .png.")] = Path("plan.json"),
-    preset: Annotated[str, typer.Option(help="normal, attribute (editing), style (transfer), or cow-reference (every reading as the reference code has it; docs/method.md).")] = "normal",
+    preset: PresetOpt = Preset.normal,
     config_file: Annotated[Optional[Path], typer.Option("--config", help="JSON file of GenerationConfig fields (the canvas matters).")] = None,
     seed: Annotated[int, typer.Option(help="Seed handed to the planner.")] = 0,
-    on_planner_error: OnPlannerErrorOpt = "fail",
+    on_planner_error: OnPlannerErrorOpt = OnPlannerError.fail,
     no_cache: NoCacheOpt = False,
     overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
 ) -> None:
@@ -117,12 +156,12 @@ def plan_command(
     from sow.planners.cache import PlanCache
     from sow.planners.policy import check_policy, make_plan
 
-    policy = check_policy(on_planner_error)
+    policy = check_policy(value(on_planner_error))
     if out.suffix.lower() != ".json":
         raise InputError(f"--out {out}: the plan file must end in .json")
     picture = out.with_suffix(".png")
     prepare_outputs(out.parent, {"plan": out, "picture": picture}, overwrite)
-    config = GenerationConfig.from_preset(preset, **load_config_file(config_file))
+    config = GenerationConfig.from_preset(value(preset), **load_config_file(config_file))
     plan, image = make_plan(
         condition,
         prompt,
@@ -142,10 +181,10 @@ def plan_command(
 
 @app.command()
 def generate(
-    condition: Annotated[Optional[Path], typer.Argument(help="The visual condition: an image file (a face photo).")] = None,
-    prompt: Annotated[Optional[str], typer.Argument(help="What the scene should show.")] = None,
+    condition: Annotated[Optional[Path], typer.Argument(metavar="CONDITION", help="The visual condition: an image file (a face photo).")] = None,
+    prompt: Annotated[Optional[str], typer.Argument(metavar="PROMPT", help="What the scene should show.")] = None,
     model: ModelOpt = "tiny",
-    preset: Annotated[str, typer.Option(help="normal, attribute (editing), style (transfer), or cow-reference (every reading as the reference code has it; docs/method.md).")] = "normal",
+    preset: PresetOpt = Preset.normal,
     seed: Annotated[int, typer.Option(help="Random seed: same seed, same image.")] = 0,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the image, the plan picture and the run record.")] = Path("sow-out"),
     name: Annotated[Optional[str], typer.Option(help="File-name stem (default: from the prompt and seed).")] = None,
@@ -156,14 +195,14 @@ def generate(
     planner: Annotated[Optional[str], typer.Option(help="Planner plugin name (see `sow plugins`).")] = None,
     inverter: Annotated[Optional[str], typer.Option(help="Inverter plugin name.")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Scheduler plugin name.")] = None,
-    modulator: Annotated[Optional[str], typer.Option(help="Attention modulator plugin name.")] = None,
+    modulator: Annotated[Optional[str], typer.Option(metavar="<name>", help="Attention modulator plugin name: dam or none (plugins may add more; see `sow plugins`).")] = None,
     preserver: Annotated[Optional[str], typer.Option(help="Preserver plugin name.")] = None,
     planner_option: PlannerOptionOpt = None,
     quantize: QuantizeOpt = None,
-    on_planner_error: OnPlannerErrorOpt = "fail",
+    on_planner_error: OnPlannerErrorOpt = OnPlannerError.fail,
     no_cache: NoCacheOpt = False,
     device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    dtype: DtypeOpt = Dtype.auto,
     random_weights: Annotated[bool, typer.Option(help="With a folder of configs only: build it with random weights (benchmarks).")] = False,
     allow_pickle: Annotated[bool, typer.Option(help="Allow pickled .ckpt checkpoints (they can run code).")] = False,
     family: FamilyOpt = None,
@@ -191,6 +230,7 @@ def generate(
     from sow.io.results import output_paths, prepare_outputs, write_outputs
     from sow.pipeline import SOWPipeline
 
+    preset, dtype, on_planner_error = value(preset), value(dtype), value(on_planner_error)
     overrides = load_config_file(config_file)
     stage_options = planner_options(planner_option, quantize)  # a malformed KEY=VALUE fails before anything else
     if out_dir.exists() and not out_dir.is_dir():
@@ -239,12 +279,15 @@ def generate(
     if ray is not None or workers is not None or gpus_per_worker is not None:
         raise InputError("--ray, --workers and --gpus-per-worker go with --batch FILE")
     if condition is None or prompt is None:
-        raise InputError("Missing argument CONDITION and PROMPT (or pass --batch FILE); see sow generate --help")
+        missing = "arguments CONDITION and PROMPT" if condition is None else "argument PROMPT"
+        raise InputError(f"Missing {missing} (or pass --batch FILE); see sow generate --help")
     require_prompt(prompt)
     if plan_file and (box_v or box_r):
         raise InputError("--plan FILE holds the boxes: drop --box-v/--box-r, or drop --plan")
     early = GenerationConfig.from_preset(preset, **overrides)  # bad inputs fail before the model loads
-    early_plan = load_plan_file(plan_file) if plan_file else manual_plan(box_v, box_r, prompt, early)
+    if save_attention and ((modulator or early.stages.modulator) == "none" or not early.ablation.dynamic_attention):
+        raise InputError("--save-attention needs attention modulation; the modulator is off (use --modulator dam)")
+    early_plan = load_plan_file(plan_file) if plan_file else manual_plan(box_v, box_r, prompt, early)  # checked early
     stem = safe_name(name) if name else f"{safe_name(prompt, 40)}-s{seed}"
     paths = output_paths(out_dir, stem, num_images=num_images, attention=save_attention)
     if save_attention:
@@ -252,7 +295,11 @@ def generate(
     prepare_outputs(out_dir, paths, overwrite)  # writable, unique, free: before the long work
     from sow.io.images import load_condition
 
-    load_condition(condition)  # missing, corrupt, hostile: refused before the model loads
+    loaded = load_condition(condition)  # missing, corrupt, hostile: refused before the model loads
+    if early_plan is not None and not plan_file:  # hand-made boxes: the condition's aspect kept, changes said
+        early_plan = manual_plan(box_v, box_r, prompt, early, loaded.image)
+        for line in early_plan.repairs:
+            err.print(f"box changed: {line}", markup=False, highlight=False, soft_wrap=True)
 
     pipe = load_pipe()
     config = pipe.make_config(None, preset, **overrides)
@@ -267,6 +314,8 @@ def generate(
     with unet_progress(pipe.unet_evaluations(config), disable=quiet or json_output, console=err) as callback:
         result = pipe(condition, prompt, plan=plan, seed=seed, config=config, callback=callback, num_images=num_images)
 
+    if result.record.aligned_box_v != result.plan.box_v:
+        err.print(f"box_v {result.plan.box_v} snapped to the latent grid: pasted at {result.record.aligned_box_v}", markup=False, highlight=False, soft_wrap=True)
     write_outputs(result, paths, overwrite=overwrite)  # never replaces a file another run placed meanwhile
     if plan is None:  # the planner ran: say what was repaired, or that another planner stood in
         fell_back = result.plan.planner != config.stages.planner and result.plan.notes
@@ -323,15 +372,9 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
-@app.command(
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
-    add_help_option=False,
-)
-def bench(ctx: typer.Context) -> None:
-    """Time generation per stage against plain DDIM and the reference settings (options: sow bench --help)."""
-    from sow.bench.benchmark import main as bench_main
+from sow.cli.bench import bench_command  # noqa: E402
 
-    bench_main(list(ctx.args), prog="sow bench")
+app.command("bench")(bench_command)
 
 
 def usage_line(exc: Exception) -> str:
@@ -380,5 +423,24 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(result if isinstance(result, int) else EXIT_OK)
 
 
+def run() -> None:
+    """The ``sow`` executable: :func:`main`, and on Ctrl-C an exit that does not wait.
+
+    By the time "interrupted" is printed every ``finally`` has run; worker threads (torch,
+    tokenizers, the hub probe) kept the process alive for another 12-30 s. ``main`` itself
+    raises ``SystemExit`` as usual (tests call it).
+    """
+    try:
+        main()
+    except SystemExit as exc:
+        if exc.code == EXIT_INTERRUPTED:
+            import os
+
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_INTERRUPTED)
+        raise
+
+
 if __name__ == "__main__":
-    main()
+    run()

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from sow.cli.choices import DEVICE_METAVAR, Dtype, value
 from sow.cli.scale_options import GpusPerWorkerOpt, RayOpt, WorkersOpt, ray_settings
 from sow.errors import InputError
 from sow.io.security import redacting_console
@@ -30,7 +30,7 @@ def _options(pairs: list[str] | None) -> dict[str, object] | None:
 
 
 def eval_spec_command(
-    faces: Annotated[Path, typer.Argument(help="A folder of face images (CelebAMask-HQ or your own).")],
+    faces: Annotated[Path, typer.Argument(metavar="FACES", help="A folder of face images (CelebAMask-HQ or your own).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The spec file to write (JSONL).")] = Path("spec.jsonl"),
     settings: Annotated[str, typer.Option(help="Comma-separated settings: normal, style, attribute.")] = "normal,style,attribute",
     per_setting: Annotated[int, typer.Option(help="Prompts per face and setting.")] = 1,
@@ -43,7 +43,7 @@ def eval_spec_command(
     from sow.io.outputs import check_free, check_writable
 
     check_writable(out.parent)
-    check_free([out], overwrite)
+    check_free([out], overwrite, "choose another --out")
     chosen = tuple(_csv(settings) or ())
     bad = [s for s in chosen if s not in SETTINGS]
     if bad or not chosen:
@@ -59,20 +59,20 @@ def eval_spec_command(
 
 
 def eval_command(
-    spec: Annotated[Path, typer.Argument(help="Benchmark spec (JSONL of id, condition, prompt, setting); see `sow eval-spec`.")],
+    spec: Annotated[Path, typer.Argument(metavar="SPEC", help="Benchmark spec (JSONL of id, condition, prompt, setting); see `sow eval-spec`.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Results folder; an unfinished eval there is resumed.")] = Path("sow-eval"),
     config_file: Annotated[Optional[Path], typer.Option("--config", help="Eval config JSON (EvalConfig fields).")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="'tiny', a hub id, a diffusers folder or a .safetensors file.")] = None,
-    methods: Annotated[Optional[str], typer.Option(help="Comma-separated methods: sow, cow, inpaint, paste, ablation rows.")] = None,
-    metric: Annotated[Optional[str], typer.Option(help="Face metric plugin: dlib (offline) or facenet.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", show_default="tiny, or --config's", help="'tiny', a hub id, a diffusers folder or a .safetensors file.")] = None,
+    methods: Annotated[Optional[str], typer.Option(show_default="sow, cow, ablations, inpaint (with --inpaint-model), paste", help="Comma-separated methods: sow, cow, inpaint, paste, ablation rows.")] = None,
+    metric: Annotated[Optional[str], typer.Option(show_default="dlib, or --config's", help="Face metric plugin: dlib (offline) or facenet.")] = None,
     metric_option: Annotated[Optional[list[str]], typer.Option(help="Metric option KEY=VALUE (repeatable).")] = None,
     inpaint_model: Annotated[Optional[str], typer.Option(help="Inpainting model for the inpaint baseline ('tiny' for the test model).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="The seed of every method on every item.")] = None,
-    canvas: Annotated[Optional[int], typer.Option(help="Square canvas side in pixels (default 512, the paper's).")] = None,
-    cycles: Annotated[Optional[int], typer.Option(help="Number of cycles N (default 10, the paper's).")] = None,
+    seed: Annotated[Optional[int], typer.Option(show_default="0, or --config's", help="The seed of every method on every item.")] = None,
+    canvas: Annotated[Optional[int], typer.Option(show_default="512, the paper's", help="Square canvas side in pixels.")] = None,
+    cycles: Annotated[Optional[int], typer.Option(show_default="10, the paper's", help="Number of cycles N.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Run only the first N spec items.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:N or auto.")] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="fp32, fp16 or bf16.")] = None,
+    device: Annotated[Optional[str], typer.Option(metavar=DEVICE_METAVAR, show_default="auto, or --config's", help="auto: a CUDA GPU when there is one, else the CPU (as `sow generate`).")] = None,
+    dtype: Annotated[Optional[Dtype], typer.Option(show_default="auto, or --config's", help="auto: bf16 on GPUs that have it, fp16 on others, fp32 on CPU (as `sow generate`).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     ray: RayOpt = None,
     workers: WorkersOpt = None,
@@ -101,7 +101,7 @@ def eval_command(
         seed=seed,
         generation=generation or None,
         device=device,
-        dtype=dtype,
+        dtype=value(dtype),
     )
     items = load_spec(spec)
     if limit is not None:
@@ -115,20 +115,7 @@ def eval_command(
     for note in evaluation.notes:
         err.print(f"note: {note}", style="yellow", markup=False, highlight=False)
 
-    bar = Progress(
-        TextColumn("{task.description:<32}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=err,
-        disable=quiet,
-    )
-    task = bar.add_task("eval", total=None)
-
-    def progress(done: int, total: int, label: str) -> None:
-        bar.update(task, completed=done, total=total, description=label[:32])
+    from sow.cli.progress import counted_progress
 
     settings = ray_settings(ray, workers, gpus_per_worker)
     compute = None
@@ -136,7 +123,7 @@ def eval_command(
         from sow.batch.ray_engine import eval_compute_on_ray
 
         compute = eval_compute_on_ray(evaluation, settings)
-    with bar:
+    with counted_progress("eval", console=err, disable=quiet) as progress:
         result = evaluation.run(progress=progress, compute=compute)
     skipped = len(result.rows) - len(result.computed)
     err.print(

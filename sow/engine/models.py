@@ -495,9 +495,17 @@ def load_components(
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"checkpoint {path}: {str(exc).splitlines()[0]}") from None
     elif "/" in spec and not spec.startswith((".", "/")):
+        from sow.io.hub import offline_reason
+
+        offline = offline_reason()
         try:
-            components = _from_diffusers(spec, local_only=False)
+            components = _from_diffusers(spec, local_only=offline is not None)
         except Exception as exc:  # hub errors come in many types: connection, 404, gated, offline
+            if offline is not None:
+                raise ModelLoadError(
+                    f"model {spec!r} is not in the Hugging Face cache and the hub cannot be reached ({offline}); "
+                    f"download it on a connected machine (`hf download {spec}`) and pass --model PATH, or use --model tiny"
+                ) from None
             raise ModelLoadError(
                 f"model {spec!r} not found: looked for a local folder, a checkpoint file and the Hugging Face "
                 f"hub/cache ({type(exc).__name__}); download it with `hf download {spec}` and pass "

@@ -31,7 +31,6 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from sow.errors import NumericalError
 
 log = logging.getLogger("sow.engine.performance")
 
@@ -85,8 +84,8 @@ class PerformanceSettings(BaseModel):
     )
     nan_guard: bool = Field(
         True,
-        description="In fp16: check the latents before decoding (one sync per run) and re-decode in fp32 when "
-        "the VAE overflows.",
+        description="In fp16: re-decode in fp32 when the VAE overflows (one sync per run). The latents "
+        "themselves are checked by GenerationConfig.finite_check (sow.engine.numerics), not here.",
     )
     cudnn_benchmark: bool = Field(
         True, description="Let cuDNN pick the fastest convolution algorithm per shape (CUDA; the shapes of a run repeat)."
@@ -113,14 +112,6 @@ def auto_dtype(device: torch.device | str) -> torch.dtype:
     return torch.float32
 
 
-def check_finite(tensor: torch.Tensor, what: str) -> None:
-    """Raise :class:`NumericalError` if ``tensor`` holds NaN or inf (one host sync)."""
-    if not bool(torch.isfinite(tensor).all()):
-        raise NumericalError(
-            f"{what} became NaN/inf in {str(tensor.dtype).removeprefix('torch.')}; run with --dtype bf16 or fp32"
-        )
-
-
 def decode_latents(vae: torch.nn.Module, latents: torch.Tensor, nan_guard: bool = False, upcast: bool = False) -> torch.Tensor:
     """VAE-decode scaled latents; in fp16 with ``nan_guard``, re-decode in fp32 if the output is not finite.
 
@@ -133,7 +124,6 @@ def decode_latents(vae: torch.nn.Module, latents: torch.Tensor, nan_guard: bool 
     scaled = latents.to(vae.dtype) / vae.config.scaling_factor
     decoded = vae.decode(scaled).sample
     if nan_guard and vae.dtype == torch.float16:
-        check_finite(latents, "the latents before decoding")
         if not bool(torch.isfinite(decoded).all()):
             log.warning("fp16 VAE decode overflowed; decoding again in fp32")
             vae.to(torch.float32)
@@ -340,3 +330,61 @@ class ReencodingEmbeddings:
             hidden = self._encoder(tokens)[0]
         self.encodings += 1
         return hidden
+
+
+# -- CPU threads -------------------------------------------------------------------------
+
+THREADS_ENV = "SOW_THREADS"
+"""The environment variable :func:`cpu_threads` reads when no count is passed."""
+MAX_DEFAULT_THREADS = 8
+"""The default thread count never exceeds this (more threads buy little for SD-sized ops on a CPU)."""
+
+
+def default_threads() -> int:
+    """Half the cores this process may use (at least 1, at most :data:`MAX_DEFAULT_THREADS`).
+
+    PyTorch's own default, one thread per core, is fastest on an idle machine but collapses
+    on a shared one: on 2 cores busy with other work a 128-px tiny-model run took 26–49 s
+    with two threads and 2.1 s with one (docs/performance.md). Half the cores keeps most of
+    the idle speed and none of the collapse.
+    """
+    import os
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(MAX_DEFAULT_THREADS, cores // 2))
+
+
+def cpu_threads(threads: int | None = None) -> int:
+    """The intra-op thread count to use: ``threads``, else ``$SOW_THREADS``, else :func:`default_threads`.
+
+    Raises :class:`~sow.errors.InputError` for a count below 1 or an unreadable variable.
+    """
+    import os
+
+    from sow.errors import InputError
+
+    source = "--threads"
+    if threads is None and os.environ.get(THREADS_ENV, "").strip():
+        source, raw = THREADS_ENV, os.environ[THREADS_ENV].strip()
+        try:
+            threads = int(raw)
+        except ValueError:
+            raise InputError(f"{THREADS_ENV}={raw!r}: expected a whole number of threads (1 or more)") from None
+    if threads is None:
+        return default_threads()
+    if threads < 1:
+        raise InputError(f"{source} {threads}: needs at least 1 thread")
+    return threads
+
+
+def set_cpu_threads(threads: int | None = None) -> int:
+    """Set torch's intra-op threads to :func:`cpu_threads` ``(threads)``; return the count set.
+
+    Process-wide: the CLI calls it once at start; from Python call it yourself if you want it.
+    """
+    count = cpu_threads(threads)
+    torch.set_num_threads(count)
+    return count

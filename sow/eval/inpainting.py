@@ -19,8 +19,6 @@ from sow.engine.models import resolve_device, resolve_dtype
 
 INPAINT_CHANNELS = 9
 """An inpainting UNet's input: 4 latent + 1 mask + 4 masked-image latent channels."""
-INPAINT_STEPS = 50
-"""diffusers' default number of inpainting steps."""
 
 
 def build_tiny_inpaint():
@@ -47,10 +45,13 @@ def build_tiny_inpaint():
 
 
 def load_inpaint_pipeline(spec: str, device: str | None = "cpu", dtype: str = "fp32"):
-    """``"tiny"``, a diffusers inpainting folder, a single ``.safetensors`` file or a hub id."""
+    """``"tiny"``, a diffusers inpainting folder, a single ``.safetensors`` file or a hub id.
+
+    ``device`` and ``dtype`` accept ``"auto"`` as :func:`sow.engine.models.load_components` does.
+    """
     from diffusers import StableDiffusionInpaintPipeline
 
-    torch_dtype = resolve_dtype(dtype)
+    torch_dtype = resolve_dtype(dtype, resolve_device(device))
     path = Path(spec).expanduser()
     from sow.io.security import load_policy
 

@@ -73,8 +73,8 @@ class EvalConfig(_Strict):
     """Everything an eval run compares, as one JSON file (``sow eval --config eval.json``)."""
 
     model: str = Field("tiny", description="The Stable Diffusion model every method shares.")
-    device: str = Field("cpu", description="cpu, cuda, cuda:N or auto.")
-    dtype: str = Field("fp32", description="fp32, fp16 or bf16.")
+    device: str = Field("auto", description="auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N; as `sow generate`.")
+    dtype: str = Field("auto", description="auto (bf16 on GPUs that have it, fp16 on others, fp32 on CPU), fp32, fp16 or bf16; as `sow generate`.")
     seed: int = Field(0, ge=0, lt=2**63, description="The seed of every method on every item (0 .. 2**63-1, what torch's generator takes).")
     metric: str = Field("dlib", description="Face metric plugin (see `sow plugins`).")
     metric_options: dict[str, Any] = Field(default_factory=dict, description="Options passed to the metric.")

@@ -115,14 +115,49 @@ def box_mask(box: Box, canvas: Canvas, height: int, width: int) -> torch.Tensor:
     return inside_y[:, None] & inside_x[None, :]
 
 
+BOX_V_COLOR = (0, 200, 80)
+BOX_R_COLOR = (255, 140, 0)
+
+
 def draw_plan(plan: Plan, seeded: Image.Image) -> Image.Image:
-    """The seeded canvas with box_v (green) and box_r (orange) drawn and labelled."""
-    image = seeded.convert("RGB").copy()
-    draw = ImageDraw.Draw(image)
-    for box, color, label in ((plan.box_r, (255, 140, 0), "box_r"), (plan.box_v, (0, 200, 80), "box_v")):
-        draw.rectangle([box.x, box.y, box.right - 1, box.bottom - 1], outline=color, width=3)
-        draw.text((box.x + 4, box.y + 4), f"{label} {box}", fill=color)
-    return image
+    """The seeded canvas with box_v (green) and box_r (orange), labelled; below it a legend, the canvas size and the prompt.
+
+    Canvases under 512 px are shown upscaled (whole factor, nearest neighbour) so the text reads;
+    the labels give the boxes in canvas pixels either way.
+    """
+    from sow.io.pictures import font, font_size, legend, tag, upscale_factor, upscaled, wrap
+
+    factor = upscale_factor(*seeded.size)
+    photo = upscaled(seeded.convert("RGB"), factor)
+    width, height = photo.size
+    face = font(font_size(min(width, height)))
+    line_h = face.size if hasattr(face, "size") else 11
+    draw = ImageDraw.Draw(photo)
+    stroke = max(2, width // 170)
+    for box, color in ((plan.box_r, BOX_R_COLOR), (plan.box_v, BOX_V_COLOR)):
+        draw.rectangle([box.x * factor, box.y * factor, box.right * factor - 1, box.bottom * factor - 1], outline=color, width=stroke)
+    r = plan.box_r
+    tag(draw, (r.x * factor + stroke, max(0, r.bottom * factor - line_h - 2 * stroke - 8)), f"box_r {r}", face, BOX_R_COLOR)
+    v = plan.box_v
+    above = v.y * factor - line_h - 8
+    tag(draw, (v.x * factor, above if above >= 0 else v.y * factor + stroke), f"box_v {v}", face, BOX_V_COLOR)
+
+    shown = f" (shown x{factor})" if factor > 1 else ""
+    info = wrap(f"canvas {plan.canvas.width}x{plan.canvas.height} px{shown}; planner {plan.planner}; boxes x,y,w,h in canvas pixels", face, width - 20)
+    info += wrap(f"prompt: {plan.prompt}", face, width - 20)
+    items = [(BOX_V_COLOR, "box_v: the condition, pasted here"), (BOX_R_COLOR, "box_r: the related region")]
+    probe = ImageDraw.Draw(Image.new("RGB", (width, 10 * line_h)))
+    legend_h = legend(probe, (10, 0), items, face, width - 20)
+    footer_h = 10 + legend_h + len(info) * (line_h + 6) + 6
+    out = Image.new("RGB", (width, height + footer_h), "white")
+    out.paste(photo, (0, 0))
+    draw = ImageDraw.Draw(out)
+    y = height + 10
+    y += legend(draw, (10, y), items, face, width - 20)
+    for line in info:
+        draw.text((10, y), line, fill="black", font=face)
+        y += line_h + 6
+    return out
 
 
 def apply_crop(image: Image.Image, mask: Image.Image | None, crop: Box | None) -> tuple[Image.Image, Image.Image | None]:

@@ -42,6 +42,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from sow.errors import InputError
 
+SAMPLE_FACE = Path(__file__).resolve().parents[1] / "data" / "sample_face.jpg"
+"""The face photo shipped with sow (the quickstart's and the docs' condition)."""
+
 MIN_SIDE = 16
 """Conditions with a side below this many pixels are refused: nothing recognizable survives."""
 

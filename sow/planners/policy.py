@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from PIL import Image
 
-from sow.errors import InputError, PlannerError, SowError
+from sow.errors import InputError, ModelLoadError, PlannerError, SowError
 from sow.planners.repair import repair_crop, repair_plan
 from sow.schemas import GenerationConfig, Plan
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 OnPlannerError = Literal["fail", "heuristic"]
 ON_PLANNER_ERROR_CHOICES: tuple[str, ...] = ("fail", "heuristic")
 FALLBACK_PLANNER = "heuristic"
-"""The planner :func:`plan_with_policy` falls back on with ``on_error="heuristic"``."""
+"""The planner :func:`plan_with_policy` falls back on with ``on_error="heuristic"`` (looked up in the registry)."""
 
 FALLBACK_HINT = "pass --on-planner-error heuristic (API: on_planner_error='heuristic') to plan offline instead"
 
@@ -51,15 +51,19 @@ def plan_with_policy(
     cache: PlanCache | None = None,
     settings: Mapping[str, Any] | None = None,
     fallback: Planner | None = None,
+    registry: Registry | None = None,
 ) -> Plan:
     """Run ``planner`` the way the CLI and the API do.
 
     1. ``cache`` (optional): a plan cached for the same condition, prompt, planner,
        ``settings`` (the planner's options) and model is returned without calling the planner.
     2. The planner. A :class:`PlannerError` either propagates with a hint (``on_error="fail"``,
-       the default) or the ``heuristic`` planner (or ``fallback``) plans instead and a note
-       says why (``on_error="heuristic"``). Any other exception from the planner counts as a
-       :class:`PlannerError` ("crashed"); other :class:`SowError` s propagate unchanged.
+       the default) or the :data:`FALLBACK_PLANNER` (or ``fallback``) plans instead and a note
+       says why (``on_error="heuristic"``). A planner whose model cannot load
+       (:class:`~sow.errors.ModelLoadError`: not downloaded, offline) falls back the same way;
+       with ``on_error="fail"`` it propagates unchanged (exit 2, the user must fix the input).
+       Any other exception from the planner counts as a :class:`PlannerError` ("crashed");
+       other :class:`SowError` s propagate unchanged.
     3. :func:`repair_plan`; the plan is cached (fallback plans are not: the next run retries).
     """
     check_policy(on_error)
@@ -83,15 +87,18 @@ def plan_with_policy(
         except BaseException as exc:  # a planner's bug (even sys.exit()): one line for the user, the cause chained
             raise PlannerError(f"{type(exc).__name__}: {exc} (a bug in the planner)") from exc
         plan = repair_crop(repair_plan(answer, request.config), request.condition.size)
-    except PlannerError as exc:
+    except (PlannerError, ModelLoadError) as exc:
         if on_error == "fail":
+            if isinstance(exc, ModelLoadError):
+                raise ModelLoadError(f"{exc}; or {FALLBACK_HINT}") from None
             raise PlannerError(f"planner {name!r} failed: {exc}; {FALLBACK_HINT}") from exc.__cause__
         if fallback is None:
-            from sow.planners.heuristic import HeuristicPlanner
+            from sow.plugins import get_registry
 
-            fallback = HeuristicPlanner()
+            fallback = (registry or get_registry()).create("planner", FALLBACK_PLANNER)
         plan = repair_crop(repair_plan(fallback.plan(request), request.config), request.condition.size)
-        plan.notes = [f"planner {name!r} failed ({exc}); the {fallback.name} planner planned instead", *plan.notes]
+        fallback_name = getattr(fallback, "name", type(fallback).__name__)
+        plan.notes = [f"planner {name!r} failed ({exc}); the {fallback_name} planner planned instead", *plan.notes]
         return plan
     if key is not None:
         try:
@@ -152,6 +159,6 @@ def make_plan(
     loaded = load_condition(condition)
     stage = registry.create("planner", planner, **dict(options or {}))
     request = PlanRequest(condition=loaded.image, prompt=prompt, config=config, seed=seed)
-    plan = plan_with_policy(stage, request, on_error=on_error, cache=cache, settings=options or {})
+    plan = plan_with_policy(stage, request, on_error=on_error, cache=cache, settings=options or {}, registry=registry)
     image, mask = apply_crop(loaded.image, loaded.mask, plan.crop)
     return plan, draw_plan(plan, seed_canvas(image, plan.box_v, config.canvas, mask))

@@ -122,7 +122,7 @@ def load_kwargs(options: MLLMOptions) -> dict[str, Any]:
 
     device = resolve_device(options.device)
     # safetensors only and no remote code, unless the user allowed them (--allow-pickle, --trust-remote-code)
-    kwargs: dict[str, Any] = {"local_files_only": options.local_files_only, **safe_load_kwargs()}
+    kwargs: dict[str, Any] = {"local_files_only": local_only(options), **safe_load_kwargs()}
     qconfig = quantization_config(options.quantize)
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
@@ -148,9 +148,25 @@ def _has_accelerate() -> bool:
     return find_spec("accelerate") is not None
 
 
+def local_only(options: MLLMOptions) -> bool:
+    """Whether to keep off the hub: asked for (``local_files_only``), or the hub is unreachable now."""
+    from sow.io.hub import offline_reason
+
+    return options.local_files_only or offline_reason() is not None
+
+
 def describe_load_error(family: str, model: str, options: MLLMOptions, exc: BaseException) -> ModelLoadError:
     """One line saying which model failed to load, how, and what to try."""
+    from sow.io.hub import offline_reason
+
     text = " ".join(str(exc).split()) or type(exc).__name__
+    offline = offline_reason()
+    if isinstance(exc, OSError) and not isinstance(exc, (ImportError, MemoryError)) and offline and not options.local_files_only:
+        return ModelLoadError(
+            f"could not load {family} model {model!r}: offline ({offline}) and it is not a local folder "
+            f"or in the Hugging Face cache; download it on a connected machine (`hf download {model}`) "
+            "or pass --planner-option model=PATH"
+        )
     if isinstance(exc, OSError) and not isinstance(exc, (ImportError, MemoryError)):
         return ModelLoadError(
             f"could not load {family} model {model!r}: not a model folder and not downloadable "
@@ -235,7 +251,7 @@ class MLLMPlanner:
         from transformers import AutoConfig
 
         try:
-            config = AutoConfig.from_pretrained(self.model_id, local_files_only=self.options.local_files_only)
+            config = AutoConfig.from_pretrained(self.model_id, local_files_only=local_only(self.options))
         except Exception as exc:
             raise describe_load_error(self.family, self.model_id, self.options, exc) from None
         if config.model_type not in model_types:
