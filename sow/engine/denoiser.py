@@ -56,7 +56,9 @@ class Denoiser:
         embeddings: PromptEmbeddings,
         config: GenerationConfig,
         condition_mask: torch.Tensor | None = None,
+        # (1, 1, H, W): 1 on every condition's kept cells (the union, for background guidance)
         callback: Callable[[dict[str, Any]], None] | None = None,
+        conditions: int = 1,
     ) -> None:
         self.unet = unet
         self.schedule = schedule
@@ -69,7 +71,7 @@ class Denoiser:
         """Called with (latents, timestep) after every denoising step; what it returns replaces the latents
         (diffusers' ``callback_on_step_end``, see :class:`sow.diffusers_style.StepEndCallback`)."""
         self.evaluations = 0
-        self.total_evaluations = config.unet_evaluations()
+        self.total_evaluations = config.unet_evaluations(conditions)
         self.guard = FiniteGuard(config.finite_check)
         """NaN/inf check after every update; call :meth:`finish` when the loop ends."""
         self._timesteps: torch.Tensor | None = None

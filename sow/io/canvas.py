@@ -75,6 +75,14 @@ def paste_on_gray(fitted: Image.Image, box: Box, canvas: Canvas) -> Image.Image:
     return out
 
 
+def paste_all_on_gray(pasted: list[tuple[Image.Image, Box]], canvas: Canvas) -> Image.Image:
+    """Several fitted conditions, each at its box, on one gray canvas (in order; the boxes do not overlap)."""
+    out = Image.new("RGB", (canvas.width, canvas.height), GRAY)
+    for fitted, box in pasted:
+        out.paste(fitted, (box.x, box.y))
+    return out
+
+
 def latent_mask(keep: Image.Image, scale: int, rule: str = "centre") -> torch.Tensor:
     """(1, 1, h/scale, w/scale) in {0, 1}: a latent cell is kept when its deciding pixel is kept.
 
@@ -114,11 +122,31 @@ def box_mask(box: Box, canvas: Canvas, height: int, width: int) -> torch.Tensor:
     return inside_y[:, None] & inside_x[None, :]
 
 
-def draw_plan(plan: Plan, seeded: Image.Image) -> Image.Image:
-    """The seeded canvas with box_v (green) and box_r (orange) drawn and labelled."""
+PLAN_COLORS: tuple[tuple[tuple[int, int, int], tuple[int, int, int]], ...] = (
+    ((0, 200, 80), (255, 140, 0)),
+    ((40, 120, 255), (255, 60, 160)),
+    ((230, 220, 0), (150, 80, 255)),
+    ((0, 210, 210), (255, 40, 40)),
+)
+"""(box_v, box_r) colours of conditions 1, 2, 3, 4 (then again from the first)."""
+
+
+def draw_plan(plan: Plan, seeded: Image.Image, aligned: list[Box] | None = None) -> Image.Image:
+    """The seeded canvas with every condition's box_v and box_r drawn and labelled.
+
+    One condition: box_v green, box_r orange, labelled ``box_v``/``box_r``. Several: each
+    condition its own pair of colours (:data:`PLAN_COLORS`), labelled with its number
+    (``1 box_v``, ``1 box_r``, ...). ``aligned``: the box_v as pasted (on the latent grid).
+    """
     image = seeded.convert("RGB").copy()
     draw = ImageDraw.Draw(image)
-    for box, color, label in ((plan.box_r, (255, 140, 0), "box_r"), (plan.box_v, (0, 200, 80), "box_v")):
-        draw.rectangle([box.x, box.y, box.right - 1, box.bottom - 1], outline=color, width=3)
-        draw.text((box.x + 4, box.y + 4), f"{label} {box}", fill=color)
+    several = len(plan.conditions) > 1
+    for i, cond in enumerate(plan.conditions):
+        box_v = aligned[i] if aligned else cond.box_v
+        color_v, color_r = PLAN_COLORS[i % len(PLAN_COLORS)]
+        prefix = f"{i + 1} " if several else ""
+        for box, color, label in ((cond.box_r, color_r, "box_r"), (box_v, color_v, "box_v")):
+            draw.rectangle([box.x, box.y, box.right - 1, box.bottom - 1], outline=color, width=3)
+            offset = 16 if several and label == "box_r" else 4
+            draw.text((box.x + 4, box.y + offset), f"{prefix}{label} {box}", fill=color)
     return image

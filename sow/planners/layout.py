@@ -1,0 +1,61 @@
+"""Several conditions on one canvas: placing them side by side so that their boxes fit and never overlap.
+
+Used by the heuristic planner (several photos, or several faces of one group photo) and by
+the planner policy when a planner's boxes for several conditions cannot be repaired
+(:func:`sow.planners.policy.repair_plan`). Every box this module makes lies on the 8-pixel
+latent grid, so snapping it to the grid at run time moves nothing and two neighbours stay apart.
+"""
+
+from __future__ import annotations
+
+from sow.errors import InputError
+from sow.schemas import Box, Canvas, GenerationConfig
+
+GRID = 8
+"""The latent cell of SD's VAE: boxes are placed on this grid."""
+GAP = 8
+"""Pixels left free between two neighbouring boxes and at the canvas edges (one latent cell)."""
+SHARED_MIN_SCALE = 0.5
+"""With several conditions box_v may shrink to this share of ``min_side`` (a 512 canvas: 90 px) to fit."""
+
+
+def side_limits(config: GenerationConfig, conditions: int) -> tuple[int, int]:
+    """box_v's side limits with ``conditions`` people: one keeps the paper's, several may go smaller."""
+    lo, hi = config.side_limits()
+    if conditions <= 1:
+        return lo, hi
+    return max(GRID, round(lo * SHARED_MIN_SCALE)), hi
+
+
+def _floor(value: float) -> int:
+    return int(value // GRID) * GRID
+
+
+def side_by_side(
+    sizes: list[tuple[int, int]], canvas: Canvas, config: GenerationConfig, top: float
+) -> list[Box]:
+    """One box per ``(width, height)`` image, left to right in the given order, the same longer side each.
+
+    The longer side is the largest that fits ``len(sizes)`` boxes with :data:`GAP` between them
+    and at both edges, capped at ``max_side`` (scaled with the canvas); each box keeps its image's
+    aspect ratio and sits centred in its share of the canvas width, its top at ``top`` (a fraction
+    of the height). Raises :class:`InputError` when the boxes would be smaller than
+    :func:`side_limits` allows ("more conditions than fit").
+    """
+    n = len(sizes)
+    lo, hi = side_limits(config, n)
+    room = _floor((canvas.width - GAP * (n + 1)) / n)
+    side = min(_floor(hi), room, _floor(canvas.height - GAP))
+    if side < lo:
+        raise InputError(
+            f"{n} conditions do not fit side by side on the {canvas.width}x{canvas.height} canvas: each box would be "
+            f"{max(side, 0)} px, below the smallest allowed {lo} px; use a wider canvas (e.g. 768x512) or fewer people"
+        )
+    boxes = []
+    for k, (w, h) in enumerate(sizes):
+        bw, bh = (side, max(GRID, _floor(side * h / w))) if w >= h else (max(GRID, _floor(side * w / h)), side)
+        centre = (k + 0.5) * canvas.width / n
+        x = min(max(0, _floor(centre - bw / 2)), canvas.width - bw)
+        y = min(max(0, _floor(canvas.height * top)), canvas.height - bh)
+        boxes.append(Box(x=x, y=y, w=bw, h=bh))
+    return boxes

@@ -1,0 +1,283 @@
+"""Several people in one image (issue 16): plans with several conditions, each kept pixel-exact.
+
+The engine checks run on the tiny model at non-square canvases (192x128, 256x128): every
+region is reset to its own condition's inverted latent at every replacement step, nothing
+outside the regions is touched by the preserver, and the UNet count grows by t2 per extra
+condition only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sow.engine.context import RunContext
+from sow.errors import InputError
+from sow.hookspecs import hookimpl
+from sow.io.images import load_condition
+from sow.io import canvas as cv
+from sow.engine.preservation import RegionReplacePreserver
+from sow.pipeline import SOWPipeline
+from sow.plugins import build_registry
+from sow.schemas import Box, GenerationConfig, Plan
+
+FAST = {"cycles": 2}
+
+
+def _faces(faces_dir, face_path):
+    return [face_path, faces_dir / "obama.jpg", faces_dir / "biden.jpg"]
+
+
+def _plan(width: int, height: int, boxes: list[list[int]], related: list[list[int]] | None = None) -> Plan:
+    related = related or [[b[0], b[1] + b[3], b[2], height - b[1] - b[3]] for b in boxes]
+    return Plan(
+        canvas={"width": width, "height": height},
+        conditions=[{"image": i, "box_v": b, "box_r": r} for i, (b, r) in enumerate(zip(boxes, related))],
+        prompt="friends at a cafe",
+    )
+
+
+TWO = (192, 128, [[8, 8, 64, 64], [96, 16, 48, 48]])
+THREE = (256, 128, [[0, 0, 64, 64], [80, 8, 56, 56], [160, 16, 48, 40]])
+
+
+# -- the plan schema ------------------------------------------------------------------------
+
+
+def test_a_one_condition_plan_file_of_today_still_loads():
+    old = {"canvas": {"width": 512, "height": 512}, "box_v": [10, 20, 200, 200], "box_r": [0, 220, 300, 292],
+           "crop": [1, 2, 30, 40], "prompt": "a chef", "planner": "heuristic"}
+    plan = Plan.model_validate(old)
+    assert len(plan.conditions) == 1
+    one = plan.conditions[0]
+    assert one.box_v.as_list() == [10, 20, 200, 200] and one.box_r.as_list() == [0, 220, 300, 292]
+    assert one.crop.as_list() == [1, 2, 30, 40] and one.image == 0 and one.mask is None
+    assert plan.box_v == one.box_v and plan.crop == one.crop  # one-condition readers
+    again = Plan.model_validate_json(plan.model_dump_json())  # written in the new form, read back
+    assert again == plan and "conditions" in json.loads(plan.model_dump_json())
+    with pytest.raises(ValueError, match="not both"):
+        Plan.model_validate({**old, "conditions": [{"box_v": [0, 0, 8, 8], "box_r": [0, 0, 8, 8]}]})
+
+
+def test_overlapping_boxes_of_two_conditions_are_refused_naming_both():
+    with pytest.raises(ValueError) as info:
+        _plan(256, 256, [[0, 0, 100, 100], [120, 0, 64, 64], [150, 40, 64, 64]])
+    message = str(info.value)
+    assert "condition 2 box_v [120,0,64,64]" in message and "condition 3 box_v [150,40,64,64]" in message
+    # related regions may overlap each other and the other person's box
+    plan = _plan(256, 256, [[0, 0, 100, 100], [120, 0, 64, 64]], related=[[0, 0, 256, 256], [0, 50, 256, 206]])
+    assert len(plan.conditions) == 2 and plan.overlaps() == []
+
+
+def test_boxes_that_touch_once_snapped_to_the_latent_grid_are_refused_at_run_time(tiny_pipe, face_path):
+    # 0..93 and 94..: apart in pixels; [0,0,96,96] and [88,..] on the 8-px grid
+    plan = _plan(192, 128, [[0, 0, 93, 93], [94, 0, 60, 60]])
+    assert plan.overlaps() == [] and len(plan.overlaps(8)) == 1
+    with pytest.raises(InputError, match="condition 1 box_v and condition 2 box_v overlap once snapped"):
+        tiny_pipe([face_path, face_path], "x", plan=plan, cycles=0, canvas={"width": 192, "height": 128})
+
+
+def test_plan_images_must_match_the_images_given(tiny_pipe, face_path):
+    plan = _plan(*TWO)
+    with pytest.raises(InputError, match="plan condition 2 uses image 2, but 1 condition image was given"):
+        tiny_pipe(face_path, "x", plan=plan, cycles=0, canvas={"width": 192, "height": 128})
+    one = _plan(192, 128, [[8, 8, 64, 64]])
+    with pytest.raises(InputError, match="condition image 2 not used by the plan"):
+        tiny_pipe([face_path, face_path], "x", plan=one, cycles=0, canvas={"width": 192, "height": 128})
+
+
+# -- the engine -----------------------------------------------------------------------------
+
+
+class SpyPreserver(RegionReplacePreserver):
+    name = "spy-several"
+    description = "Records every replacement."
+    calls: list = []
+
+    def preserve(self, latents, condition, region):
+        out = super().preserve(latents, condition, region)
+        SpyPreserver.calls.append((latents.clone(), condition, region, out.clone()))
+        return out
+
+
+class SpyPlugin:
+    @hookimpl
+    def register_preservers(self, register):
+        register(SpyPreserver)
+
+
+@pytest.fixture
+def spy_pipe(tiny_components):
+    SpyPreserver.calls = []
+    registry = build_registry(load_entry_points=False, extra_plugins=[SpyPlugin()])
+    return SOWPipeline(tiny_components, {"preserver": "spy-several"}, registry=registry)
+
+
+@pytest.mark.parametrize("layout", [TWO, THREE], ids=["two", "three"])
+def test_every_region_is_reset_to_its_own_latent_at_every_step_and_nothing_else(spy_pipe, faces_dir, face_path, layout, monkeypatch):
+    width, height, boxes = layout
+    n = len(boxes)
+    images = _faces(faces_dir, face_path)[:n]
+    steps = []  # (level, trajectories of that run, latents before, latents after) per ctx.preserve
+    original = RunContext.preserve
+
+    def recording(self, latents, level):
+        out = original(self, latents, level)
+        steps.append((level, self.condition_trajectories, latents.clone(), out.clone()))
+        return out
+
+    monkeypatch.setattr(RunContext, "preserve", recording)
+    result = spy_pipe(images, "friends", plan=_plan(width, height, boxes), seed=3, canvas={"width": width, "height": height}, **FAST)
+    cfg = result.record.config
+    assert [lv for lv, *_ in steps] == [lv for _ in range(cfg.cycles) for lv in (7, 6, 5)] + cfg.t3
+    assert len(SpyPreserver.calls) == n * len(steps)  # one preserver call per region per step
+    trajectories = steps[0][1]
+    assert len(trajectories) == n
+    for i, box in enumerate(boxes):  # each condition inverted on its own, at its own size
+        assert trajectories[i][0].shape[-2:] == (box[3] // 8, box[2] // 8)
+        assert len(trajectories[i]) == cfg.t2 + 1
+    outside = torch.ones(1, 1, height // 8, width // 8, dtype=torch.bool)
+    for box in boxes:
+        outside[:, :, box[1] // 8 : (box[1] + box[3]) // 8, box[0] // 8 : (box[0] + box[2]) // 8] = False
+    for k, (level, _, before, after) in enumerate(steps):
+        calls = SpyPreserver.calls[k * n : (k + 1) * n]
+        for i, (_, condition, region, _) in enumerate(calls):
+            assert condition is trajectories[i][level]  # its own trajectory, that very level
+            b = boxes[i]
+            inside = after[:, :, b[1] // 8 : (b[1] + b[3]) // 8, b[0] // 8 : (b[0] + b[2]) // 8]
+            assert torch.equal(inside, trajectories[i][level].expand_as(inside))
+        mask = outside.expand_as(after)
+        assert torch.equal(after[mask], before[mask])  # the preserver touched nothing outside the regions
+
+
+def test_the_seeded_canvas_holds_every_condition_on_gray(tiny_pipe, faces_dir, face_path):
+    width, height, boxes = THREE
+    images = _faces(faces_dir, face_path)
+    result = tiny_pipe(images, "friends", plan=_plan(width, height, boxes), seed=0, cycles=0, canvas={"width": width, "height": height})
+    seeded = np.asarray(result.seeded_canvas).astype(int)
+    rest = seeded.copy()
+    for path, (x, y, w, h) in zip(images, boxes):
+        loaded = load_condition(path).image  # large photos are brought under the size limit first
+        fitted = np.asarray(loaded.resize((w, h), Image.Resampling.LANCZOS)).astype(int)
+        assert np.array_equal(seeded[y : y + h, x : x + w], fitted)
+        rest[y : y + h, x : x + w] = 128
+    assert (rest == 128).all()
+    # the run record lists each condition with its file's hash and its box as used
+    assert [c.source for c in result.record.conditions] == [str(p) for p in images]
+    assert [c.sha256 for c in result.record.conditions] == [hashlib.sha256(p.read_bytes()).hexdigest() for p in images]
+    assert [c.aligned_box_v.as_list() for c in result.record.conditions] == boxes
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_unet_calls_grow_by_t2_per_extra_condition(tiny_pipe, faces_dir, face_path, n, monkeypatch):
+    unet = tiny_pipe.components.unet
+    calls = []
+    original = unet.forward
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(unet, "forward", counting)
+    width, height, boxes = THREE
+    images = _faces(faces_dir, face_path)[:n]
+    result = tiny_pipe(images if n > 1 else images[0], "x", plan=_plan(width, height, boxes[:n]), seed=0,
+                       canvas={"width": width, "height": height}, cycles=2)
+    # by hand: n conditions x 7 inversion steps, canvas 5, 2 cycles x 2 steps, final 5
+    expected = n * 7 + 5 + 2 * 2 + 5
+    assert len(calls) == expected == result.record.unet_evaluations == GenerationConfig(cycles=2).unet_evaluations(n)
+    assert calls.count(4) == 4  # background guidance: shared, once per cycle step, whatever n is
+
+
+# -- the heuristic planner ------------------------------------------------------------------
+
+
+def _request(images, width=768, height=512, prompt="two friends at a cafe"):
+    from sow.stages import PlanRequest
+
+    config = GenerationConfig(canvas={"width": width, "height": height})
+    return PlanRequest(condition=images[0], prompt=prompt, config=config, conditions=images)
+
+
+def test_several_photos_one_face_each_side_by_side(faces_dir):
+    from sow.planners.heuristic import HeuristicPlanner
+    from sow.planners.policy import plan_with_policy
+
+    images = [Image.open(faces_dir / n).convert("RGB") for n in ("obama.jpg", "biden.jpg")]
+    plan = plan_with_policy(HeuristicPlanner(), _request(images))
+    assert [c.image for c in plan.conditions] == [0, 1]
+    first, second = (c.box_v for c in plan.conditions)
+    assert first.right < second.x  # side by side, left to right, apart
+    assert first.w == 256 and first.h == 256  # max_side 256 fits twice on 768
+    for c in plan.conditions:
+        assert c.box_v.fits(plan.canvas) and c.box_v.aligned(8) == c.box_v and c.crop is not None
+    assert plan.overlaps(8) == []
+
+
+def test_a_group_photo_gives_every_face_largest_first_or_the_picked_ones(faces_dir):
+    from sow.planners.heuristic import HeuristicPlanner
+
+    group = [Image.open(faces_dir / "obama_and_biden.jpg").convert("RGB")]
+    plan = HeuristicPlanner(max_people=3, detector="dlib").plan(_request(group))
+    assert len(plan.conditions) == 3 and {c.image for c in plan.conditions} == {0}
+    crops = [c.crop for c in plan.conditions]
+    # placed in the photo's left-to-right order: Biden (x~740), Obama (x~1130), the girl (x~1600)
+    assert [c.x for c in crops] == sorted(c.x for c in crops)
+    assert "3 faces found" in plan.notes[0]
+    two = HeuristicPlanner(max_people=2, detector="dlib").plan(_request(group))
+    assert len(two.conditions) == 2 and all(c.crop.y < 700 for c in two.conditions)  # the two largest: the men
+    picked = HeuristicPlanner(pick=[3], detector="dlib").plan(_request(group))
+    assert len(picked.conditions) == 1 and picked.conditions[0].crop.y > 800  # number 3: the smallest, lower right
+    with pytest.raises(InputError, match="the photo has 3 face"):
+        HeuristicPlanner(pick=[4], detector="dlib").plan(_request(group))
+
+
+def test_more_conditions_than_fit_is_an_input_error(face_path):
+    from sow.planners.heuristic import HeuristicPlanner
+
+    images = [Image.open(face_path).convert("RGB")] * 6
+    with pytest.raises(InputError, match="6 conditions do not fit side by side on the 512x512 canvas"):
+        HeuristicPlanner().plan(_request(images, 512, 512))
+
+
+def test_a_planner_placing_one_condition_gets_the_side_by_side_layout(face_path):
+    from sow.planners.fixed import FixedPlanner
+    from sow.planners.policy import plan_with_policy
+
+    images = [Image.open(face_path).convert("RGB")] * 2
+    plan = plan_with_policy(FixedPlanner(), _request(images))
+    assert [c.image for c in plan.conditions] == [0, 1] and plan.overlaps(8) == []
+    assert any("placed 1 of 2 conditions" in r for r in plan.repairs)
+
+
+def test_overlapping_answers_are_repaired_per_condition():
+    from sow.planners.policy import repair_plan
+
+    config = GenerationConfig(canvas={"width": 768, "height": 512})
+    answer = {"conditions": [{"box_v": [100, 50, 300, 300], "box_r": [0, 0, 10, 10]},
+                             {"box_v": [-40, 60, 200, 200], "box_r": [0, 300, 300, 300], "image": 1}],
+              "prompt": "two friends"}
+    plan = repair_plan(answer, config, images=2)
+    assert plan.overlaps(8) == []
+    assert any(r.startswith("condition 1: box_v") for r in plan.repairs)  # 300 > 256: scaled, recorded per condition
+    assert any("overlap on the latent grid" in r for r in plan.repairs)
+    # left-to-right order kept: condition 2 (further left in the answer) ends up on the left
+    assert plan.conditions[1].box_v.x < plan.conditions[0].box_v.x
+
+
+# -- the plan picture -----------------------------------------------------------------------
+
+
+def test_the_plan_picture_draws_every_box_in_its_own_colour(face_path):
+    plan = _plan(*TWO)
+    seeded = Image.new("RGB", (192, 128), cv.GRAY)
+    picture = np.asarray(cv.draw_plan(plan, seeded))
+    for i, cond in enumerate(plan.conditions):
+        color_v, _ = cv.PLAN_COLORS[i]
+        b = cond.box_v
+        assert tuple(picture[b.y + 20, b.x]) == color_v  # the left edge of box_v
