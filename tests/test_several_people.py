@@ -281,3 +281,27 @@ def test_the_plan_picture_draws_every_box_in_its_own_colour(face_path):
         color_v, _ = cv.PLAN_COLORS[i]
         b = cond.box_v
         assert tuple(picture[b.y + 20, b.x]) == color_v  # the left edge of box_v
+
+
+# -- the MLLM planners: one structured answer per box stage, fallback per condition ---------
+
+
+def test_mllm_planner_asks_for_every_box_in_one_answer_and_falls_back_per_condition():
+    from tests.test_mllm_planner import ScriptedPlanner
+
+    images = [Image.new("RGB", (300, 300), (120, 90, 80)), Image.new("RGB", (200, 300), (60, 90, 120))]
+    replies = [
+        '{"description": "a man; a woman", "prompt": "a man and a woman at a cafe"}',
+        '{"boxes": [[40, 40, 240, 240], "left of the man"]}',  # the second box is unreadable
+        '{"boxes": [[0, 280, 380, 232]]}',  # only one box_r
+    ]
+    planner = ScriptedPlanner(replies)
+    plan = planner.plan(_request(images))
+    asked = [m[-1]["content"][-1]["text"] for m in planner.asked]
+    assert len(asked) == 3  # three stages, whatever the number of conditions
+    assert "2 photos side by side" in asked[1] and '{"boxes": [[' in asked[1]
+    assert "1: [40, 40, 240, 240]" in asked[2]
+    assert plan.conditions[0].box_v.as_list() == [40, 40, 240, 240]
+    assert any(r.startswith("condition 2: box_v") and "unreadable" in r for r in plan.repairs)
+    assert any(r.startswith("condition 2: the answer gave no box_r") for r in plan.repairs)
+    assert [c.image for c in plan.conditions] == [0, 1] and plan.overlaps(8) == []

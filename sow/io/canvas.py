@@ -148,5 +148,8 @@ def draw_plan(plan: Plan, seeded: Image.Image, aligned: list[Box] | None = None)
         for box, color, label in ((cond.box_r, color_r, "box_r"), (box_v, color_v, "box_v")):
             draw.rectangle([box.x, box.y, box.right - 1, box.bottom - 1], outline=color, width=3)
             offset = 16 if several and label == "box_r" else 4
-            draw.text((box.x + 4, box.y + offset), f"{prefix}{label} {box}", fill=color)
+            text, at = f"{prefix}{label} {box}", (box.x + 4, box.y + offset)
+            if several:  # a dark backing keeps the numbered labels readable on the photos
+                draw.rectangle(draw.textbbox(at, text), fill=(0, 0, 0))
+            draw.text(at, text, fill=color)
     return image

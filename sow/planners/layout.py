@@ -8,6 +8,8 @@ latent grid, so snapping it to the grid at run time moves nothing and two neighb
 
 from __future__ import annotations
 
+from PIL import Image, ImageDraw
+
 from sow.errors import InputError
 from sow.schemas import Box, Canvas, GenerationConfig
 
@@ -59,3 +61,22 @@ def side_by_side(
         y = min(max(0, _floor(canvas.height * top)), canvas.height - bh)
         boxes.append(Box(x=x, y=y, w=bw, h=bh))
     return boxes
+
+
+STRIP_HEIGHT = 384
+"""Height of each photo in the strip shown to a multimodal planner for several conditions."""
+
+
+def condition_strip(images: list[Image.Image], height: int = STRIP_HEIGHT, gap: int = 16) -> Image.Image:
+    """The condition photos side by side at one height on white, each numbered 1.. in its top-left corner."""
+    scaled = [im.convert("RGB").resize((max(1, round(im.width * height / im.height)), height)) for im in images]
+    strip = Image.new("RGB", (sum(im.width for im in scaled) + gap * (len(scaled) + 1), height + 2 * gap), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    x = gap
+    for number, im in enumerate(scaled, start=1):
+        strip.paste(im, (x, gap))
+        label = (x + 4, gap + 4)
+        draw.rectangle(draw.textbbox(label, str(number)), fill=(0, 0, 0))
+        draw.text(label, str(number), fill=(255, 255, 255))
+        x += im.width + gap
+    return strip
