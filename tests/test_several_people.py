@@ -305,3 +305,89 @@ def test_mllm_planner_asks_for_every_box_in_one_answer_and_falls_back_per_condit
     assert any(r.startswith("condition 2: box_v") and "unreadable" in r for r in plan.repairs)
     assert any(r.startswith("condition 2: the answer gave no box_r") for r in plan.repairs)
     assert [c.image for c in plan.conditions] == [0, 1] and plan.overlaps(8) == []
+
+
+# -- DAM with several conditions: the processor against the dense equations ---------------
+
+
+def _cells(box, canvas_w, canvas_h, h, w):
+    """Flat bool mask of the grid cells whose centres fall inside ``box`` (computed here, independently)."""
+    out = torch.zeros(h * w, dtype=torch.bool)
+    for r in range(h):
+        for c in range(w):
+            y, x = (r + 0.5) * canvas_h / h, (c + 0.5) * canvas_w / w
+            out[r * w + c] = box.x <= x < box.right and box.y <= y < box.bottom
+    return out
+
+
+@pytest.mark.parametrize("gate", [{"use_gate": False}, {"tau": 0.05}])
+def test_dam_with_three_conditions_matches_the_dense_equations(gate):
+    from types import SimpleNamespace
+
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+    from sow.attention import equations as mod
+    from sow.attention.dam import DAMProcessor, DAMState
+    from sow.engine.context import LatentRegion, Step
+
+    W, H, h, w = 128, 96, 6, 8  # a non-square 8x6 attention grid, 16-pixel cells
+    boxes_v = [Box(x=0, y=16, w=32, h=32), Box(x=48, y=0, w=32, h=32), Box(x=96, y=16, w=32, h=32)]
+    boxes_r = [Box(x=0, y=48, w=64, h=48), Box(x=32, y=32, w=64, h=64), Box(x=80, y=48, w=48, h=48)]  # R overlap
+    cfg = GenerationConfig.from_preset("normal", canvas={"width": W, "height": H}, trace_attention=True,
+                                       modulation={"w_plus": 2.0, "w_minus": 1.0, **gate})
+    plan = Plan(canvas=cfg.canvas, prompt="x", conditions=[{"image": i, "box_v": v, "box_r": r} for i, (v, r) in enumerate(zip(boxes_v, boxes_r))])
+    regions = [LatentRegion.from_box(b, cfg.canvas, 8, torch.ones(1, 1, b.h // 8, b.w // 8)) for b in boxes_v]
+    ctx = SimpleNamespace(config=cfg, plan=plan, regions=regions, region=regions[0], step=Step("cycle", 7, 3), trace=[], artifacts={})
+    torch.manual_seed(0)
+    attn = Attention(query_dim=16, heads=2, dim_head=8).eval()
+    hidden = torch.randn(2, h * w, 16) * 3
+    attn.set_processor(DAMProcessor("t.attn1.processor", DAMState(ctx, 2**25), AttnProcessor2_0()))
+    with torch.no_grad():
+        got = attn(hidden)
+        attn.set_processor(AttnProcessor2_0())
+        plain = attn(hidden)
+        # the equations literally, with an (N, N) bias
+        s = cfg.modulation
+        b, n, _ = hidden.shape
+        q, k, v = (f(hidden).view(b, n, attn.heads, -1).transpose(1, 2) for f in (attn.to_q, attn.to_k, attn.to_v))
+        logits = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5
+        conds = [_cells(bv, W, H, h, w) for bv in boxes_v]
+        union = conds[0] | conds[1] | conds[2]
+        rng = (logits.amax(-1) - logits.amin(-1)).unsqueeze(-1)
+        bias = torch.zeros(b, attn.heads, n, n)
+        r_cs = []
+        for i, (bv, br) in enumerate(zip(boxes_v, boxes_r)):
+            rel = _cells(br, W, H, h, w) & ~union
+            centre = bv.center
+            dist = torch.tensor([(((t // w) + 0.5) * H / h - centre[1]) ** 2 + (((t % w) + 0.5) * W / w - centre[0]) ** 2 for t in range(n)], dtype=torch.float64).sqrt()
+            rel_idx = torch.nonzero(rel).flatten()
+            rel_idx = rel_idx[torch.argsort(dist[rel_idx], stable=True)]
+            r_c = float(mod.relevance_gate(logits[:, :, torch.nonzero(conds[i]).flatten()], rel_idx, s.gate_fraction).mean())
+            r_cs.append(r_c)
+            factor = 1.0 if not s.use_gate else max(0.0, r_c - s.tau) ** 0.5
+            minus = factor * s.w_minus * mod.time_decay(3, s.t_time, s.a_time_minus)
+            g = mod.decay(dist * (s.t_dis / dist[rel_idx].max()), s.t_dis, s.a_dis).float()
+            plus = factor * s.w_plus * mod.time_decay(3, s.t_time, s.a_time_plus) * g
+            p_minus = -minus * (conds[i][:, None] & ~union[None, :]).float()  # C_i's queries, keys outside ALL conditions
+            p_plus = plus[:, None] * (rel[:, None] & conds[i][None, :]).float()  # R_i's queries, keys of its own C_i only
+            bias = bias + (p_minus + p_plus) * rng
+        out = (torch.softmax(logits + bias, -1) @ v).transpose(1, 2).reshape(b, n, -1)
+        expected = attn.to_out[1](attn.to_out[0](out))
+    assert min(r_cs) > 0.05  # every gate open
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert (got - plain).abs().max() > 1e-2
+    assert ctx.trace[0]["r_c_conditions"] == [pytest.approx(r, abs=1e-5) for r in r_cs]
+
+
+def test_several_bias_with_one_condition_is_the_single_condition_bias():
+    from sow.attention import equations as mod
+    from sow.attention.several import several_bias
+
+    torch.manual_seed(1)
+    logits = torch.randn(2, 12, 12)
+    cq = torch.zeros(12, dtype=torch.bool)
+    cq[:3] = True
+    rq = torch.zeros(12, dtype=torch.bool)
+    rq[3:7] = True
+    plus = torch.rand(12)
+    assert torch.allclose(several_bias(logits, [cq], [rq], [cq], [0.3], [plus]), mod.dam_bias(logits, cq, rq, cq, 0.3, plus))

@@ -14,7 +14,10 @@ cycle phase each processor:
    ever built, and at most ``chunk_elements`` logits exist at once.
 
 Outside the cycle phase, and at every step where the gate is closed, the output is the
-unmodulated attention. The equations and constants are in :mod:`sow.attention.equations` and
+unmodulated attention. With several conditions (a plan of several people) each processor
+runs :func:`sow.attention.several.modulated_attention` instead: P- per condition against
+the keys outside *all* condition regions, P+ from each related region to its own condition
+only, a gate per condition. The equations and constants are in :mod:`sow.attention.equations` and
 :class:`sow.schemas.ModulationSettings` (``config.modulation``).
 """
 
@@ -28,6 +31,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from sow.attention import equations as mod
+from sow.attention import several
 from sow.engine.context import RunContext
 from sow.errors import InputError
 from sow.hookspecs import hookimpl
@@ -78,6 +82,7 @@ class DAMState:
     step_gate: mod.StepGate | None = None
     """With ``gate_scope`` "step": the one R_c per UNet call (None: every layer gates itself)."""
     _regions: dict[tuple[int, int], mod.LayerRegions] = field(default_factory=dict)
+    _several: dict[tuple[int, int], several.SeveralRegions] = field(default_factory=dict)
 
     def active(self) -> bool:
         step = self.ctx.step
@@ -89,7 +94,27 @@ class DAMState:
         first UNet evaluation, not at the first cycle step in the middle of the loop."""
         region = self.ctx.region
         for height, width in mod.layer_grids(region.canvas_height, region.canvas_width, levels):
-            self.regions(height, width, device)
+            if self.several():
+                self.several_regions(height, width, device)
+            else:
+                self.regions(height, width, device)
+
+    def several(self) -> bool:
+        """Whether the run has several conditions (then :meth:`_attention_several` modulates)."""
+        return len(getattr(self.ctx, "regions", ()) or ()) > 1
+
+    def several_regions(self, height: int, width: int, device: torch.device) -> several.SeveralRegions:
+        """Every condition's regions on one grid (a plan of several conditions), built once per run."""
+        key = (height, width)
+        if key not in self._several:
+            s, ctx = self.ctx.config.modulation, self.ctx
+            boxes = [_region_box(r, ctx.config.canvas) for r in ctx.regions]
+            built = several.SeveralRegions.build(
+                boxes, [c.box_r for c in ctx.plan.conditions], ctx.config.canvas, height, width,
+                s.t_dis, s.a_dis, s.use_distance_decay,
+            )
+            self._several[key] = built.to(device)
+        return self._several[key]
 
     def regions(self, height: int, width: int, device: torch.device) -> mod.LayerRegions:
         key = (height, width)
@@ -127,8 +152,10 @@ class DAMState:
         """
         ctx, s = self.ctx, self.ctx.config.modulation
         step = ctx.step
-        regions = self.regions(*grid, query.device)
         self._chunk_for(query.device)
+        if self.several():
+            return self._attention_several(layer, query, key, value, grid)
+        regions = self.regions(*grid, query.device)
         n_c, n_r = len(regions.condition), len(regions.related)
         want_minus = s.use_p_minus and s.w_minus > 0
         want_plus = s.use_p_plus and s.w_plus > 0 and n_r > 0
@@ -167,6 +194,47 @@ class DAMState:
         if not (minus_on or plus_on):
             return _sdpa(query, key, value)
         return self._modulated(query, key, value, regions, keys, values, scale, parts, factor, minus_on, plus_on)
+
+    def _attention_several(
+        self, layer: str, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, grid: tuple[int, int]
+    ) -> torch.Tensor:
+        """DAM with several conditions (:mod:`sow.attention.several`): a gate per condition, P- to
+        the keys outside every condition, P+ from each related region to its own condition."""
+        ctx, s = self.ctx, self.ctx.config.modulation
+        regions = self.several_regions(*grid, query.device)
+        want_minus = s.use_p_minus and s.w_minus > 0
+        want_plus = s.use_p_plus and s.w_plus > 0
+        scale = query.shape[-1] ** -0.5
+        chunk = self._chunk(query.shape[0] * query.shape[1], key.shape[2])
+        need_gate = s.use_gate or ctx.config.trace_attention
+        gates = [
+            several.condition_gate(query, key, c, r, scale, s.gate_fraction, chunk) if need_gate else None
+            for c, r in zip(regions.conditions, regions.related)
+        ]
+        sync_free = self.sync_free if isinstance(self.sync_free, bool) else query.device.type != "cpu"
+        if s.use_gate:
+            factors = [(g - s.tau).clamp_min(0).sqrt() for g in gates]
+        else:
+            factors = [1.0] * len(gates)
+        on_host = not sync_free or ctx.config.trace_attention
+        r_cs = [float(g) for g in gates] if need_gate and on_host else None
+        fired = want_minus or want_plus
+        if fired and s.use_gate and on_host:
+            fired = any(r > s.tau for r in r_cs)
+        if ctx.config.trace_attention:
+            step = ctx.step
+            ctx.trace.append({
+                "layer": layer, "cycle": step.cycle, "level": step.level, "r_c": round(max(r_cs), 6),
+                "fired": fired, "r_c_conditions": [round(r, 6) for r in r_cs],
+            })
+        if not fired:
+            return _sdpa(query, key, value)
+        cycle = ctx.step.cycle or 0
+        minus_t = s.w_minus * mod.time_decay(cycle, s.t_time, s.a_time_minus, s.use_time_decay) if want_minus else 0.0
+        plus_t = s.w_plus * mod.time_decay(cycle, s.t_time, s.a_time_plus, s.use_time_decay) if want_plus else 0.0
+        return several.modulated_attention(
+            query, key, value, regions, [f * minus_t for f in factors], [f * plus_t for f in factors], chunk
+        )
 
     def _modulated(
         self,
@@ -315,6 +383,12 @@ class DAMState:
             condition_mask=regions.condition_mask.cpu(),
             related_mask=regions.related_mask.cpu(),
         )
+
+
+def _region_box(region, canvas) -> Box:
+    """A condition's region in canvas pixels (its box_v as aligned to the latent grid)."""
+    scale = canvas.width // region.canvas_width
+    return Box(x=region.left * scale, y=region.top * scale, w=region.width * scale, h=region.height * scale)
 
 
 def _to(value: Any, device: torch.device) -> Any:

@@ -321,6 +321,8 @@ def generate(
     stem = safe_name(name) if name else f"{safe_name(prompt, 40)}-s{seed}"
     paths = output_paths(out_dir, stem, num_images=num_images, attention=save_attention)
     if save_attention:
+        if len(conditions) > 1 or max_people or pick or (early_plan is not None and len(early_plan.conditions) > 1):
+            raise InputError("--save-attention draws one condition's attention; this run has several conditions")
         overrides["trace_attention"] = True
     prepare_outputs(out_dir, paths, overwrite)  # writable, unique, free: before the long work
     load_conditions(conditions)  # missing, corrupt, hostile: refused before the model loads (naming which)
