@@ -138,3 +138,16 @@ def test_an_identity_swap_counts_as_a_failure(faces_dir):
     people = measure_people(metric, swapped, boxes, [reference_face(metric, obama), reference_face(metric, biden)])
     assert all(p.detected and p.swapped and p.same_person is False for p in people)
     assert all(p.distance > 0.6 > p.other_distance for p in people)
+
+
+def test_plan_command_on_a_group_photo_with_max_people(faces_dir, tmp_path, capsys):
+    pytest.importorskip("dlib")
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"canvas": {"width": 768, "height": 512}}))
+    out = tmp_path / "group.json"
+    code, err = run(["plan", str(faces_dir / "obama_and_biden.jpg"), "three people", "--max-people", "3", "--config", str(config), "-o", str(out)], capsys)
+    assert code == 0, err
+    plan = Plan.model_validate_json(out.read_text())
+    assert len(plan.conditions) == 3 and {c.image for c in plan.conditions} == {0}
+    code, err = run(["plan", str(faces_dir / "obama.jpg"), "x", "--max-people", "2", "--planner", "fixed", "-o", str(tmp_path / "f.json")], capsys)
+    assert code == 2 and "with the heuristic planner" in err
