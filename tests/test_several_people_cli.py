@@ -95,6 +95,7 @@ def test_a_batch_job_with_several_conditions(reuse_tiny, faces_dir, tmp_path, wi
 # -- the face metric on real photos ---------------------------------------------------------
 
 
+@pytest.mark.slow  # dlib on five faces of real photos: ~10 s
 def test_eval_on_paste_assigns_every_face_to_its_own_person(faces_dir, tmp_path, tiny_components):
     pytest.importorskip("dlib")
     from sow.eval.runner import EvalConfig, Evaluation
@@ -116,6 +117,7 @@ def test_eval_on_paste_assigns_every_face_to_its_own_person(faces_dir, tmp_path,
     assert "swaps" in table
 
 
+@pytest.mark.slow  # dlib on real photos: ~6 s
 def test_an_identity_swap_counts_as_a_failure(faces_dir):
     pytest.importorskip("dlib")
     from sow.eval.face_metrics import DlibMetric, measure_people, reference_face

@@ -326,6 +326,10 @@ def generate(
         overrides["trace_attention"] = True
     prepare_outputs(out_dir, paths, overwrite)  # writable, unique, free: before the long work
     load_conditions(conditions)  # missing, corrupt, hostile: refused before the model loads (naming which)
+    if early_plan is None and len(conditions) > 1:  # more people than fit side by side: refused before the model loads
+        from sow.planners.layout import check_fits
+
+        check_fits(len(conditions), early)
     if early_plan is not None:
         from sow.pipeline import check_plan_images
 

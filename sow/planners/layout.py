@@ -33,6 +33,11 @@ def _floor(value: float) -> int:
     return int(value // GRID) * GRID
 
 
+def check_fits(conditions: int, config: GenerationConfig) -> None:
+    """Raise the :func:`side_by_side` error now when ``conditions`` boxes cannot fit side by side."""
+    side_by_side([(1, 1)] * conditions, config.canvas, config, 0.0)
+
+
 def side_by_side(
     sizes: list[tuple[int, int]], canvas: Canvas, config: GenerationConfig, top: float
 ) -> list[Box]:
