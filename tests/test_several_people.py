@@ -138,9 +138,15 @@ def test_every_region_is_reset_to_its_own_latent_at_every_step_and_nothing_else(
     assert len(SpyPreserver.calls) == n * len(steps)  # one preserver call per region per step
     trajectories = steps[0][1]
     assert len(trajectories) == n
-    for i, box in enumerate(boxes):  # each condition inverted on its own, at its own size
+    vae = spy_pipe.components.vae
+    for i, box in enumerate(boxes):  # each condition inverted on its own, at its own size, from its own encoding
         assert trajectories[i][0].shape[-2:] == (box[3] // 8, box[2] // 8)
         assert len(trajectories[i]) == cfg.t2 + 1
+        fitted = load_condition(images[i]).image.resize((box[2], box[3]), Image.Resampling.LANCZOS)
+        with torch.no_grad():
+            own = vae.encode(cv.to_tensor(fitted)).latent_dist.mode() * vae.config.scaling_factor
+        assert torch.equal(trajectories[i][0], own)
+        assert not torch.equal(trajectories[i][1], trajectories[i][0])  # inverted upward from there
     outside = torch.ones(1, 1, height // 8, width // 8, dtype=torch.bool)
     for box in boxes:
         outside[:, :, box[1] // 8 : (box[1] + box[3]) // 8, box[0] // 8 : (box[0] + box[2]) // 8] = False
