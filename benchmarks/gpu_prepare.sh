@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare .bench/ for a GPU run on a machine without network (the device machine of this workplace):
-# the wheels it lacks (diffusers, pydantic and their small needs, for CPython 3.12 x86-64) and the
-# SD 2.1-base configs. Run it here, from anywhere in the checkout; then, on the GPU machine, in the
+# the wheels it lacks (diffusers, pydantic and their small needs, and opencv-python-headless<5:
+# OpenCV 5 ships no Haar cascades, so the heuristic planner would fail; for CPython 3.12 x86-64)
+# and the SD 2.1-base configs. Run it here, from anywhere in the checkout; then, on the GPU machine, in the
 # repository root with .bench carried:  bash benchmarks/gpu_run.sh
 set -euo pipefail
 root="$(git rev-parse --show-toplevel)"
@@ -19,6 +20,7 @@ rm -rf .bench/sd21-base-config && cp -r "$config" .bench/sd21-base-config
   -d .bench/whl \
   "diffusers==${DIFFUSERS_VERSION:-0.42.1}" "pydantic==${PYDANTIC_VERSION:-2.14.3}" \
   "pydantic-core==${PYDANTIC_CORE_VERSION:-2.50.4}" "annotated-types==0.8.0" "typing-inspection==0.4.5" \
-  "typing-extensions==4.16.0" "importlib-metadata==10.2.0" "zipp==4.1.2"
+  "typing-extensions==4.16.0" "opencv-python-headless${OPENCV_VERSION:-==4.14.0}"
+# importlib-metadata (and its zipp) are not carried: nothing on the GPU machine's path needs them
 du -sh .bench
 echo "ready: run 'bash benchmarks/gpu_run.sh' on the GPU machine with .bench carried"

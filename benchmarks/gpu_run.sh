@@ -17,7 +17,9 @@ if [ "$overwrite" = 0 ]; then
     if [ -e "$f" ]; then echo "$f already exists; pass --overwrite to replace it, or set OUT=ANOTHER_FOLDER" >&2; exit 2; fi
   done
 fi
-if [ -d .bench/whl ] && ! "$python" -c "import diffusers, pydantic" 2>/dev/null; then
+# the carried wheels go first on the path when diffusers/pydantic are missing or cv2 is 5.x (no Haar cascades)
+cv2_ok='import cv2, sys; sys.exit(int(cv2.__version__.split(".")[0]) >= 5)'
+if [ -d .bench/whl ] && ! { "$python" -c "import diffusers, pydantic" 2>/dev/null && "$python" -c "$cv2_ok" 2>/dev/null; }; then
   "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/sow-site .bench/whl/*.whl
   export PYTHONPATH="/tmp/sow-site${PYTHONPATH:+:$PYTHONPATH}"
 fi
@@ -28,7 +30,11 @@ if [ ! -f "$model/unet/config.json" ]; then
   exit 2
 fi
 mkdir -p "$out"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+  "$python" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "gpu", torch.cuda.get_device_name() if torch.cuda.is_available() else None)'
+  "$python" -c 'import cv2; print("cv2", cv2.__version__, "haar", bool(cv2.data.haarcascades))' || echo "cv2 missing"
+} 2>&1 | tee "$out/bench-gpu-versions.log"
 # SOW_DEBUG=1: a failure on a lent GPU (rare, short-lived) shows its whole traceback, not one line
 SOW_DEBUG=1 PYTHONUNBUFFERED=1 "$python" benchmarks/bench_sow.py --model "$model" --random-weights --device cuda --dtype bf16 \
   --batch 1 8 --warmup 2 --repeats 5 --baseline-repeats 3 \

@@ -1,13 +1,19 @@
-"""Time and peak memory of one cycle-phase UNet evaluation with and without DAM.
+"""What DAM costs: per self-attention layer and per cycle-phase UNet call, DAM vs none, old path vs new.
 
-    python scripts/dam_cost.py --model tiny --canvas 512 --repeat 5
-    python scripts/dam_cost.py --model ../shared/data/sd21-base-config --device cuda --dtype fp16
+    python scripts/dam_cost.py --model ../shared/data/sd21-base-config --canvas 256 512 --repeat 3
+    python scripts/dam_cost.py --model tiny --canvas 128 --repeat 3            # a quick look
+    python scripts/dam_cost.py --model ../shared/data/sd21-base-config --device cuda --dtype bf16
 
-Variants: ``none`` (plain attention, COW), ``dam`` (the default gate; on a model with
-random weights it stays closed, so this is the cost of computing R_c), ``dam-open``
-(``use_gate=False``: every self-attention layer modulated). Each evaluation is the cycle
-phase's batch of 4 (background guidance). Peak memory: ``torch.cuda.max_memory_allocated``
-on a GPU; on the CPU, the running total of the allocations the torch profiler records.
+Variants: ``none`` (plain attention, COW); ``gate`` (the default gate at the paper's tau: on
+random weights it stays closed, so this is the cost of computing R_c); ``forced``
+(``use_gate=False``: every self-attention layer modulated, the worst case). ``old`` is the
+explicit path DAM used before the fused one (kept as the test reference,
+``tests/dam_reference.py``: explicit fp32 logits, softmax and P.V for the modulated rows,
+2**20-element chunks); ``new`` is :mod:`sow.attention.dam`. Each UNet evaluation is the cycle
+phase's batch of 4 (background guidance), one image, a face box at the top centre with the
+body under it (the fraction of modulated rows is printed). The variants are interleaved
+round by round (round 0 warms up) so that a busy machine slows them alike; the table shows
+medians of process CPU time on the CPU (wall time on a GPU) and the ratio to ``none``.
 """
 
 from __future__ import annotations
@@ -15,18 +21,32 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+import torch.nn.functional as F
 
+from sow.attention import equations as eq
+from sow.attention.dam import DAMState, DynamicAttentionModulator
 from sow.engine.context import LatentRegion, Step
-from sow.attention.dam import DynamicAttentionModulator
 from sow.engine.models import load_components
 from sow.planners.fixed import body_box
 from sow.schemas import Box, GenerationConfig, Plan
 
-VARIANTS = {"none": None, "dam": {}, "dam-open": {"use_gate": False}}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from dam_reference import ExplicitDAM, ExplicitModulator  # noqa: E402
+
+VARIANTS = {
+    "none": None,
+    "gate old": (ExplicitModulator, {}),
+    "gate new": (DynamicAttentionModulator, {}),
+    "forced old": (ExplicitModulator, {"use_gate": False}),
+    "forced new": (DynamicAttentionModulator, {"use_gate": False}),
+}
+BATCH = 4
 
 
 def bench_context(canvas: int, modulation: dict) -> SimpleNamespace:
@@ -36,90 +56,133 @@ def bench_context(canvas: int, modulation: dict) -> SimpleNamespace:
     box_v = Box(x=(canvas - side) // 2 // 8 * 8, y=0, w=side, h=side)
     plan = Plan(canvas=cfg.canvas, box_v=box_v, box_r=body_box(box_v, cfg.canvas), prompt="a person")
     region = LatentRegion.from_box(box_v, cfg.canvas, 8, torch.ones(1, 1, side // 8, side // 8))
-    return SimpleNamespace(config=cfg, plan=plan, region=region, step=Step("cycle", 7, 0), trace=[], artifacts={})
+    return SimpleNamespace(config=cfg, plan=plan, region=region, step=Step("cycle", 7, 0), trace=[], artifacts={}, num_images=1)
 
 
-def cpu_peak_bytes(call) -> int:
-    from torch.profiler import ProfilerActivity, profile
+def clock(device: torch.device) -> float:
+    return time.perf_counter() if device.type != "cpu" else time.process_time()
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        call()
-    running = peak = 0  # each op's own allocations (children excluded) and the loose frees, in time order
-    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
-        running += event.cpu_memory_usage if event.name == "[memory]" else event.self_cpu_memory_usage
-        peak = max(peak, running)
-    return peak
+
+def interleaved(calls: dict, repeat: int, device: torch.device, warmup: bool = True) -> dict[str, float]:
+    """Median seconds of each call over ``repeat`` rounds that run every call once, in turn."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for round_ in range(0 if warmup else 1, repeat + 1):
+        for name, call in calls.items():
+            start = clock(device)
+            call()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if round_:  # round 0 warms up
+                times[name].append(clock(device) - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def layer_rows(unet, canvas: int, repeat: int, device, dtype) -> list[dict]:
+    """One self-attention layer of each attended grid: SDPA vs DAM's attention, old and new."""
+    latent = canvas // 8
+    grids = eq.layer_grids(latent, latent, len(unet.config.down_block_types))
+    heads = unet.config.num_attention_heads or unet.config.attention_head_dim  # diffusers' naming: heads
+    heads = heads if isinstance(heads, (list, tuple)) else [heads] * len(grids)
+    channels = unet.config.block_out_channels
+    rows = []
+    for level, (block, (h, w)) in enumerate(zip(unet.config.down_block_types, grids)):
+        if "CrossAttn" not in block:
+            continue
+        n_heads, dim = heads[level], channels[level] // heads[level]
+        torch.manual_seed(level)
+        q, k, v = (torch.randn(BATCH, n_heads, h * w, dim, device=device, dtype=dtype) for _ in range(3))
+        calls = {"none": lambda: F.scaled_dot_product_attention(q, k, v)}
+        for name, spec in VARIANTS.items():
+            if spec is None:
+                continue
+            state_type = ExplicitDAM if spec[0] is ExplicitModulator else DAMState
+            state = state_type(bench_context(canvas, spec[1]), None, None, False)
+            calls[name] = lambda state=state: state.attention("x.attn1.processor", q, k, v, (h, w))
+        medians = interleaved(calls, repeat, device)
+        regions = DAMState(bench_context(canvas, {})).regions(h, w, device)
+        modulated = (len(regions.condition) + len(regions.related)) / (h * w)
+        rows.append({"grid": f"{h}x{w}", "heads": n_heads, "modulated_rows": round(modulated, 3), **medians})
+    return rows
+
+
+def unet_row(unet, canvas: int, repeat: int, device, dtype, variants: list[str], warmup: bool) -> dict:
+    latent = canvas // 8
+    torch.manual_seed(0)
+    latents = torch.randn(BATCH, unet.config.in_channels, latent, latent, device=device, dtype=dtype)
+    text = torch.randn(BATCH, 77, unet.config.cross_attention_dim, device=device, dtype=dtype)
+    t = torch.tensor(500, device=device)
+
+    def call(spec):
+        modulator = None
+        if spec is not None:
+            modulator = spec[0]()
+            modulator.attach(unet, bench_context(canvas, spec[1]))
+        try:
+            with torch.no_grad():
+                unet(latents, t, encoder_hidden_states=text)
+        finally:
+            if modulator is not None:
+                modulator.detach(unet)
+
+    calls = {name: (lambda spec=VARIANTS[name]: call(spec)) for name in variants}
+    return interleaved(calls, repeat, device, warmup)
+
+
+def table(title: str, rows: list[dict], label: str) -> str:
+    names = [n for n in VARIANTS if n in rows[0]]
+    lines = [f"### {title}", "", f"| {label} | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for row in rows:
+        base = row["none"]
+        cells = [f"{1000 * row['none']:.1f} ms"] + [f"{row[n] / base:.3f}x" for n in names[1:]]
+        lines.append(f"| {row[label]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny")
-    parser.add_argument("--canvas", type=int, default=512)
+    parser.add_argument("--canvas", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32")
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--skip-unet", action="store_true", help="per-layer table only")
+    parser.add_argument("--skip-layers", action="store_true", help="UNet-call table only")
+    parser.add_argument("--unet-variants", default=",".join(VARIANTS), help="comma-separated variants of the UNet-call table (none first)")
+    parser.add_argument("--unet-warmup", choices=["first", "all", "none"], default="first",
+                        help="an untimed UNet round at the first canvas only (default; warms the process), at every canvas, or never")
+    parser.add_argument("--json", type=Path, default=None, help="also write the medians here")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     comp = load_components(args.model, device=args.device, dtype=args.dtype, random_weights=True)
     unet, device, dtype = comp.unet, comp.device, comp.dtype
-    latent = args.canvas // comp.vae_scale_factor
-    torch.manual_seed(0)
-    latents = torch.randn(4, unet.config.in_channels, latent, latent, device=device, dtype=dtype)
-    text = torch.randn(4, 77, unet.config.cross_attention_dim, device=device, dtype=dtype)
-    t = torch.tensor(500, device=device)
-
-    def call():
-        with torch.no_grad():
-            unet(latents, t, encoder_hidden_states=text)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    def attached(name):
-        modulation = VARIANTS[name]
-        if modulation is None:
-            return None
-        modulator = DynamicAttentionModulator()
-        modulator.attach(unet, bench_context(args.canvas, modulation))
-        return modulator
-
-    # Rounds interleave the variants so that a busy machine slows them alike.
-    times: dict[str, list[float]] = {name: [] for name in VARIANTS}
-    for round_ in range(args.repeat + 1):
-        for name in VARIANTS:
-            modulator = attached(name)
-            try:
-                start = time.perf_counter()
-                call()
-                if round_:  # round 0 warms up
-                    times[name].append(time.perf_counter() - start)
-            finally:
-                if modulator is not None:
-                    modulator.detach(unet)
-    results = {}
-    for name in VARIANTS:
-        modulator = attached(name)
-        try:
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-                base = torch.cuda.memory_allocated()
-                call()
-                peak = torch.cuda.max_memory_allocated() - base
-            else:
-                peak = cpu_peak_bytes(call)
-        finally:
-            if modulator is not None:
-                modulator.detach(unet)
-        results[name] = {
-            "ms_min": round(1000 * min(times[name]), 2),
-            "ms_median": round(1000 * statistics.median(times[name]), 2),
-            "peak_mib": round(peak / 2**20, 1),
-        }
-    base = results["none"]
-    for name, row in results.items():
-        row["time_overhead_pct_min"] = round(100 * (row["ms_min"] / base["ms_min"] - 1), 1)
-        row["time_overhead_pct_median"] = round(100 * (row["ms_median"] / base["ms_median"] - 1), 1)
-        row["peak_overhead_mib"] = round(row["peak_mib"] - base["peak_mib"], 1)
-    print(json.dumps({"model": args.model, "canvas": args.canvas, "device": str(device), "dtype": args.dtype, "batch": 4, "results": results}, indent=1))
+    report = {"model": args.model, "device": str(device), "dtype": args.dtype, "batch": BATCH, "threads": torch.get_num_threads(), "canvases": {}}
+    clock_name = "process CPU time" if device.type == "cpu" else "wall time"
+    print(f"model {args.model}, {device}, {args.dtype}, batch {BATCH}, {torch.get_num_threads()} threads; medians of {args.repeat} interleaved rounds ({clock_name}); ratios to none")
+    variants = [v.strip() for v in args.unet_variants.split(",")]
+    if variants[0] != "none" or any(v not in VARIANTS for v in variants):
+        parser.error(f"--unet-variants: names from {list(VARIANTS)}, 'none' first")
+    for index, canvas in enumerate(args.canvas):
+        entry = {}
+        if not args.skip_layers:
+            layers = layer_rows(unet, canvas, args.repeat, device, dtype)
+            for row in layers:
+                row["layer"] = f"{row['grid']}, {row['heads']} heads, {100 * row['modulated_rows']:.0f}% rows modulated"
+            print()
+            print(table(f"{canvas}x{canvas}: one self-attention layer (SDPA = none)", layers, "layer"))
+            entry["layers"] = layers
+        if not args.skip_unet:
+            call = {"call": f"UNet, cycle phase, batch {BATCH}", **unet_row(unet, canvas, args.repeat, device, dtype, variants,
+                                                                         args.unet_warmup == "all" or (args.unet_warmup == "first" and index == 0))}
+            print()
+            print(table(f"{canvas}x{canvas}: one UNet call", [call], "call"))
+            entry["unet"] = call
+        report["canvases"][str(canvas)] = entry
+        sys.stdout.flush()
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

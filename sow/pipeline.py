@@ -28,10 +28,9 @@ from sow.io import canvas as cv
 from sow.engine.context import LatentRegion, RunContext, union_mask
 from sow.engine.denoiser import Denoiser, PromptEmbeddings
 from sow.engine.diffusion_math import LevelSchedule
-from sow.errors import InputError
+from sow.errors import InputError, SowError
 from sow.io.images import load_condition
 from sow.engine.models import Components, load_components
-from sow.planners.policy import apply_crop
 from sow.engine.performance import PerformanceSettings, ReencodingEmbeddings, decode_latents
 from sow.engine.performance import apply as apply_performance
 from sow.planners.fixed import random_placement
@@ -39,7 +38,7 @@ from sow.engine.numerics import require_finite
 from sow.plugins import Registry, check_options, get_registry, plugin_exits_fail
 from sow.io.prompt_checks import prompt_warnings, require_prompt
 from sow.schemas import PRESETS, ConditionRecord, GenerationConfig, Plan, RunRecord, StageNames, StageTiming
-from sow.stages import Planner, PlanRequest
+from sow.stages import Planner, PlanRequest, RunInputs
 
 STAGE_FIELDS = {
     "planner": "planner",
@@ -132,6 +131,9 @@ class SOWPipeline:
         dtype: str = "auto",
         random_weights: bool = False,
         allow_pickle: bool = False,
+        family: str | None = None,
+        vae: str | None = None,
+        loras: list[str] | None = None,
         planner: str | None = None,
         inverter: str | None = None,
         scheduler: str | None = None,
@@ -141,7 +143,11 @@ class SOWPipeline:
         registry: Registry | None = None,
         performance: PerformanceSettings | None = None,
     ) -> SOWPipeline:
-        """Load a model (``"tiny"``, a hub id, a diffusers folder or a ``.safetensors`` file) and pick stages."""
+        """Load a model (``"tiny"``, ``"tiny-sdxl"``, a hub id, a diffusers folder or a ``.safetensors`` file) and pick stages.
+
+        The model family comes from its configs (``family`` only where they cannot tell);
+        ``vae`` replaces the VAE; ``loras`` are ``PATH[:SCALE]`` LoRA specs (see :mod:`sow.engine.lora`).
+        """
         chosen = {
             "planner": planner,
             "inverter": inverter,
@@ -156,7 +162,14 @@ class SOWPipeline:
             label = f"{kind.replace('_', ' ')} {entry.name!r} ({entry.distribution})"
             check_options(entry.factory, dict((stage_options or {}).get(kind, {})), label)
         components = load_components(
-            model, device=device, dtype=dtype, random_weights=random_weights, allow_pickle=allow_pickle
+            model,
+            device=device,
+            dtype=dtype,
+            random_weights=random_weights,
+            allow_pickle=allow_pickle,
+            family=family,
+            vae=vae,
+            loras=loras,
         )
         pipe = cls(components, stages, stage_options, registry)
         return pipe.optimize(performance) if performance is not None else pipe
@@ -235,7 +248,11 @@ class SOWPipeline:
         return self._instances[key]
 
     def make_config(self, config: GenerationConfig | None = None, preset: str = "normal", **overrides: Any) -> GenerationConfig:
-        """The run's config: ``config`` (or the preset's defaults) with ``overrides``; stages default to the pipeline's."""
+        """The run's config: ``config`` (or the preset's defaults) with ``overrides``; stages default to the pipeline's.
+
+        Without a config or a ``canvas`` override, the canvas is the model's native square
+        (512 for SD 1.x / 2.1-base, 1024 for SDXL: :attr:`Components.native_resolution`).
+        """
         if config is None:
             # precedence: the preset's stages (cow-reference: modulator none) over the pipeline's defaults,
             # stages chosen for the pipeline (not the defaults) over the preset, explicit overrides over all
@@ -243,6 +260,9 @@ class SOWPipeline:
             chosen = {k: v for k, v in self.stages.model_dump().items() if v != defaults[k]}
             preset_stages = PRESETS.get(preset, {}).get("stages", {})
             overrides["stages"] = {**self.stages.model_dump(), **preset_stages, **chosen, **overrides.get("stages", {})}
+            if "canvas" not in overrides:
+                side = self.components.native_resolution
+                overrides["canvas"] = {"width": side, "height": side}
             return GenerationConfig.from_preset(preset, **overrides)
         if overrides:
             merged = config.model_dump()
@@ -279,6 +299,14 @@ class SOWPipeline:
             cache=self.plan_cache,
             settings=self.stage_options.get("planner", {}),
         )
+
+    def unet_evaluations(self, config: GenerationConfig | None = None, inputs: RunInputs | None = None) -> int:
+        """UNet evaluations of one run of ``config``: the inversions (each condition to t2, the
+        canvas to t1) plus the configured scheduler's own count (:meth:`sow.stages.Scheduler.unet_evaluations`)."""
+        config = config or self.make_config()
+        inputs = inputs or RunInputs()
+        scheduler = self.stage("scheduler", config.stages.scheduler)
+        return inversion_evaluations(config, inputs) + scheduler.unet_evaluations(config, inputs)
 
     # -- the run -----------------------------------------------------------------------
 
@@ -371,7 +399,7 @@ class SOWPipeline:
                 )
                 plan = _with_sources(plan, planned)
                 if not config.ablation.adaptive_position:  # AP ablation: seeded random placement
-                    plan = random_placement(plan, apply_crop(condition_images[0], None, plan.crop)[0], config, seed)
+                    plan = random_placement(plan, cv.apply_crop(condition_images[0], None, plan.crop)[0], config, seed)
                 self.check_inputs(prompt, config, plan, len(condition_images))
             text = plan.prompt if config.ablation.prompt_intensification else (plan.user_prompt or prompt)
             text = require_prompt(text, "the plan's prompt", max_chars=None)  # the user's prompt was checked; a planner may add words
@@ -384,7 +412,7 @@ class SOWPipeline:
         polarity = readings.mask_polarity if explicit_mask else "white-keeps"
         fitted_all, keeps, boxes, regions = [], [], [], []
         for cond in plan.conditions:
-            picture, keep_mask = apply_crop(condition_images[cond.image], _plan_mask(cond, masks), cond.crop)
+            picture, keep_mask = cv.apply_crop(condition_images[cond.image], _plan_mask(cond, masks), cond.crop)
             box_v = cond.box_v.aligned(scale)
             if not box_v.fits(config.canvas):
                 box_v = box_v.model_copy(update={"x": config.canvas.width - box_v.w})
@@ -414,9 +442,9 @@ class SOWPipeline:
         # 3. Encode: the prompts once per run; each condition (at its own size) and the canvas.
         with timer.stage("encode"):
             if settings.cache_text_embeddings:
-                embeddings = PromptEmbeddings.encode(comp.text_encoder, comp.tokenizer, config, text)
+                embeddings = PromptEmbeddings.encode(comp.text_encoder, comp.tokenizer, config, text, comp.prompt_encoder())
             else:
-                embeddings = ReencodingEmbeddings(comp.text_encoder, comp.tokenizer, config, text)
+                embeddings = ReencodingEmbeddings(comp.text_encoder, comp.tokenizer, config, text, comp.prompt_encoder())
             condition_parts = [[] for _ in regions]
             canvas_parts = []
             for i, (own_images, canvas_image) in enumerate(images_in):
@@ -433,8 +461,10 @@ class SOWPipeline:
                 require_finite(canvas_latents, "the encoded canvas (VAE)")
 
         schedule = LevelSchedule.from_scheduler(comp.scheduler, config.num_inference_steps)
+        total = self.unet_evaluations(config, RunInputs(conditions=len(regions)))
         denoiser = Denoiser(
-            comp.unet, schedule, embeddings, config, union_mask(regions), callback, conditions=len(regions)
+            comp.unet, schedule, embeddings, config, union_mask(regions), callback, comp.added_conditioning(),
+            total_evaluations=total,
         )
         if call.step_end is not None:
             denoiser.on_step_end = diffusers_style.StepEndCallback(self, call.step_end, call.tensor_inputs, embeddings)
@@ -481,6 +511,11 @@ class SOWPipeline:
             with timer.stage("cycles"):
                 latents = self.stage("scheduler", config.stages.scheduler).run(ctx)
             denoiser.finish()
+            if denoiser.evaluations != total:
+                raise SowError(
+                    f"scheduler {config.stages.scheduler!r} counted {total} UNet evaluations for this run "
+                    f"(with the inversions) but {denoiser.evaluations} were made: its unet_evaluations() is wrong"
+                )
         finally:
             modulator.detach(comp.unet)
 
@@ -489,13 +524,15 @@ class SOWPipeline:
             if call.output_type == "latent":
                 images = latents
             else:
-                decoded = decode_latents(comp.vae, latents, nan_guard=settings.nan_guard)
+                decoded = decode_latents(comp.vae, latents, nan_guard=settings.nan_guard, upcast=comp.vae_needs_fp32)
                 require_finite(decoded, "the decoded image (VAE)")
                 images = diffusers_style.to_output(decoded, call.output_type)
 
         record = RunRecord(
             sow_version=__version__,
             model=comp.source,
+            family=comp.family.name if comp.family else None,
+            loras=list(comp.loras),
             device=str(device),
             dtype=str(comp.dtype).removeprefix("torch."),
             seed=seed,
@@ -529,10 +566,26 @@ class SOWPipeline:
     def _encode(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
         """VAE latents of ``image``: the posterior's mean, or (with ``generator``) a sample drawn from it."""
         vae = self.components.vae
+        if vae.dtype == torch.float16 and self.components.vae_needs_fp32:  # SDXL's stock VAE overflows in fp16
+            vae.to(torch.float32)
+            try:
+                pixels = cv.to_tensor(image).to(device=self.device, dtype=torch.float32)
+                posterior = vae.encode(pixels).latent_dist
+                latents = posterior.mode() if generator is None else posterior.sample(generator)
+                return (latents * vae.config.scaling_factor).half()
+            finally:
+                vae.to(torch.float16)
         pixels = cv.to_tensor(image).to(device=self.device, dtype=vae.dtype)
         posterior = vae.encode(pixels).latent_dist
         latents = posterior.mode() if generator is None else posterior.sample(generator)
         return latents * vae.config.scaling_factor
+
+
+def inversion_evaluations(config: GenerationConfig, inputs: RunInputs) -> int:
+    """UNet evaluations of step 4: every condition inverted to t2, the canvas to t1 (or to t2, or not at all:
+    ``readings.canvas_inversion`` and ``readings.seed_background``)."""
+    canvas = 0 if config.readings.seed_background == "none" else config.canvas_start_level()
+    return inputs.conditions * config.t2 + canvas
 
 
 ConditionInput = str | Path | Image.Image

@@ -476,17 +476,6 @@ class GenerationConfig(_Strict):
         """The level the seeded canvas is inverted to (``readings.canvas_inversion``)."""
         return self.t2 if self.readings.canvas_inversion == "t2" else self.t1
 
-    def unet_evaluations(self, conditions: int = 1) -> int:
-        """UNet calls of one run with ``conditions`` visual conditions.
-
-        ``n * t2 + c + N * (t2 - t1) + t1``: each condition inverted to t2 on its own (its own size,
-        its own trajectory), the one seeded canvas to c = t1 (or t2; 0 without a canvas,
-        ``readings``), the N cycles and the final phase. Background guidance and the canvas
-        inversion are shared, so a condition more costs t2 calls.
-        """
-        canvas = 0 if self.readings.seed_background == "none" else self.canvas_start_level()
-        return conditions * self.t2 + canvas + self.cycles * (self.t2 - self.t1) + self.t1
-
 
 class StageTiming(_Strict):
     name: str
@@ -501,12 +490,23 @@ class ConditionRecord(_Strict):
     aligned_box_v: Box = Field(description="Its box_v snapped to the latent grid, as pasted.")
 
 
+class LoraRecord(_Strict):
+    """A LoRA applied to the model of a run."""
+
+    path: str = Field(description="The LoRA file as given (a .safetensors file).")
+    scale: float = Field(description="Its weight in set_adapters (1: as trained).")
+    sha256: str = Field(description="sha256 of the file's bytes.")
+    adapter: str = Field(description="The adapter name it was loaded under.")
+
+
 class RunRecord(_Strict):
     """What was run, written as ``<name>.json`` beside each image."""
 
     sow_version: str
     created: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
     model: str
+    family: str | None = Field(None, description="The model family told from its configs (sd1, sd2, sdxl).")
+    loras: list[LoraRecord] = Field(default_factory=list, description="LoRAs applied to the model, with their hashes.")
     device: str
     dtype: str
     seed: int

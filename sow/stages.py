@@ -101,6 +101,14 @@ class Preserver(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class RunInputs:
+    """What a run is given besides its config, as far as counting its UNet evaluations goes."""
+
+    conditions: int = 1
+    """Visual conditions the run inverts (each to level t2, its own trajectory kept)."""
+
+
 @runtime_checkable
 class Scheduler(Protocol):
     """Runs the denoising schedule from the inverted canvas (level t1) down to level 0."""
@@ -111,6 +119,12 @@ class Scheduler(Protocol):
     def run(self, ctx: RunContext) -> torch.Tensor:
         """Return the level-0 canvas latents. Uses ``ctx.denoiser`` and :meth:`RunContext.preserve`
         (every condition region reset to its own trajectory ``ctx.condition_trajectories[i]``)."""
+        ...
+
+    def unet_evaluations(self, config: GenerationConfig, inputs: RunInputs) -> int:
+        """How many UNet evaluations :meth:`run` makes for ``config`` and ``inputs`` (its own loop
+        only: the pipeline counts the inversions). Progress bars, the denoiser's total and the
+        run record's checks use this number, so it must be exact."""
         ...
 
 

@@ -6,6 +6,13 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("sow", deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=150)
+settings.register_profile("quick", deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=20)
+settings.load_profile(os.environ.get("SOW_HYPOTHESIS_PROFILE", "sow"))
+"""Every property test runs under one profile: no deadline (2 shared CPU cores), 150 examples;
+``SOW_HYPOTHESIS_PROFILE=quick`` for 20 (the mutation pass uses it)."""
 
 _ROOT = Path(__file__).resolve().parents[1]
 FACES = Path(
@@ -40,11 +47,11 @@ def tiny_components():
 
 
 @pytest.fixture(scope="session")
-def tiny_pipe(tiny_components):
-    """A SOWPipeline on the tiny model with the default stages (shared: do not mutate)."""
+def tiny_pipe(tiny_components, builtin_registry):
+    """A SOWPipeline on the tiny model with the default built-in stages (shared: do not mutate)."""
     from sow.pipeline import SOWPipeline
 
-    return SOWPipeline(tiny_components)
+    return SOWPipeline(tiny_components, registry=builtin_registry)
 
 
 @pytest.fixture
@@ -83,6 +90,19 @@ def builtin_registry():
     from sow.plugins import build_registry
 
     return build_registry(load_entry_points=False)
+
+
+@pytest.fixture
+def isolated_registry(monkeypatch, builtin_registry):
+    """The process-wide registry (:func:`sow.plugins.get_registry`) holds the built-ins only, for this test.
+
+    For tests that reach the registry implicitly (the CLI, ``SOWPipeline(...)`` without
+    ``registry=``): whatever plugins the venv holds cannot change their outcome.
+    """
+    import sow.plugins
+
+    monkeypatch.setattr(sow.plugins, "_registry", builtin_registry)
+    return builtin_registry
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,9 @@ from PIL import Image
 
 from sow.planners.fixed import random_placement
 from sow.schemas import Box, GenerationConfig, Plan
+import pytest
+
+pytestmark = pytest.mark.usefixtures("isolated_registry")  # built-in stages only, whatever the venv holds
 
 FAST = {"canvas": {"width": 256, "height": 256}, "cycles": 2}
 

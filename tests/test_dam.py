@@ -16,6 +16,8 @@ from sow.engine.context import LatentRegion, Step
 from sow.attention.dam import DAMProcessor, DAMState, DynamicAttentionModulator, condition_box, self_attention_layers
 from sow.schemas import Box, GenerationConfig, Plan
 
+pytestmark = pytest.mark.usefixtures("isolated_registry")  # built-in stages only, whatever the venv holds
+
 CANVAS_96 = {"width": 96, "height": 96}  # a 6x6 attention grid at 16-pixel cells
 BOX_V = Box(x=16, y=16, w=32, h=32)
 BOX_R = Box(x=0, y=48, w=96, h=48)

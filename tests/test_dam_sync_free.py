@@ -7,6 +7,8 @@ import torch
 
 from sow.pipeline import SOWPipeline
 
+pytestmark = pytest.mark.usefixtures("isolated_registry")  # built-in stages only, whatever the venv holds
+
 
 def _run(components, face_path, sync_free, **overrides):
     pipe = SOWPipeline(components, {"modulator": "dam"}, stage_options={"attention_modulator": {"sync_free": sync_free}})

@@ -7,8 +7,7 @@ from PIL import Image, ImageDraw
 
 from sow.planners.heuristic import HeuristicPlanner, composition_for, detect_faces, horizontal_for
 from sow.io.images import load_condition
-from sow.planners.policy import repair_plan
-from sow.plugins import get_registry
+from sow.planners.repair import repair_plan
 from sow.schemas import GenerationConfig
 from sow.stages import PlanRequest
 
@@ -20,8 +19,8 @@ def plan_for(image, prompt="a chef in a busy kitchen", config=None):
     return HeuristicPlanner().plan(PlanRequest(condition=image, prompt=prompt, config=config))
 
 
-def test_registered_and_the_default():
-    assert get_registry().get("planner", "heuristic").distribution == "sow"
+def test_registered_and_the_default(builtin_registry):
+    assert builtin_registry.get("planner", "heuristic").distribution == "sow"
     assert GenerationConfig().stages.planner == "heuristic"
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from sow.planners.mllm.answers import AnswerError, DescriptionAnswer, PositionAnswer, RegionAnswer, parse_answer, retry_message
@@ -83,8 +85,32 @@ def test_unusable_answer_gives_one_line_error(text, model, message):
     assert "\n" not in str(info.value)
 
 
-def test_corpus_is_large_enough():
-    assert len(GOOD) + len(BAD) >= 20
+def test_every_conversion_the_reader_records_is_exercised_by_a_good_answer():
+    """Each ``repairs.append`` of the answer reader runs for some GOOD case (a new one needs a case)."""
+    import sys
+
+    import sow.planners.mllm.answers as answers
+
+    source = Path(answers.__file__)
+    sites = {n for n, line in enumerate(source.read_text().splitlines(), 1) if "repairs.append(" in line}
+    assert len(sites) >= 5
+    ran: set[int] = set()
+
+    def tracer(frame, event, arg):
+        if frame.f_code.co_filename != str(source):
+            return None
+        if event == "line":
+            ran.add(frame.f_lineno)
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        for _, text, model, _, _ in GOOD:
+            parse_answer(text, model, CANVAS)
+    finally:
+        sys.settrace(None)
+    assert sites <= ran, f"conversions no GOOD case exercises: lines {sorted(sites - ran)} of {source.name}"
+    assert len({g[0] for g in GOOD}) == len(GOOD) and len({b[0] for b in BAD}) == len(BAD)  # ids name one case each
 
 
 def test_retry_message_feeds_back_the_error_and_the_form():

@@ -63,6 +63,18 @@ def test_three_stages_make_a_repaired_plan(request_):
     assert "box_v = [179, 26, 154, 205]" in asked[2]
 
 
+def test_timings_belong_to_the_call_not_the_planner(request_):
+    planner = ScriptedPlanner(GOOD + ['{"description": "a man"}', *GOOD])
+    before = set(vars(planner))
+    plan, timings = planner.plan_timed(request_)
+    assert plan.planner == "scripted"
+    assert list(timings) == ["load", "intensify#0", "position#0", "refine#0"]
+    assert all(isinstance(v, float) and v >= 0 for v in timings.values())
+    _, again = planner.plan_timed(request_)  # a retry in stage 1 this time: its own dict, both tries
+    assert list(again) == ["load", "intensify#0", "intensify#1", "position#0", "refine#0"]
+    assert set(vars(planner)) == before  # no per-run state left on the stage object
+
+
 def test_a_bad_answer_is_retried_once_with_the_error_fed_back(request_):
     planner = ScriptedPlanner(['{"description": "a man"}', GOOD[0], *GOOD[1:]])
     plan = planner.plan(request_)

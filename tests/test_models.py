@@ -10,6 +10,8 @@ import torch
 from sow.errors import InputError, ModelLoadError
 from sow.engine.models import build_tiny, load_components, tiny_configs
 
+pytestmark = pytest.mark.usefixtures("isolated_registry")  # built-in stages only, whatever the venv holds
+
 
 def test_tiny_model_is_sd_shaped_and_deterministic(tiny_components):
     c = tiny_components
@@ -33,8 +35,10 @@ def test_a_diffusers_folder_loads_through_from_pretrained(tmp_path, tiny_compone
     c.tokenizer.save_pretrained(folder / "tokenizer")
     c.scheduler.save_pretrained(folder / "scheduler")
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
-    loaded = load_components(str(folder))
-    assert loaded.source == str(folder)
+    with pytest.raises(ModelLoadError, match="cannot tell the model family .* pass --family"):
+        load_components(str(folder))  # the tiny model's toy widths name no family
+    loaded = load_components(str(folder), family="sd2")
+    assert loaded.source == str(folder) and loaded.family.name == "sd2"
     for a, b in zip(c.unet.parameters(), loaded.unet.parameters()):
         assert torch.equal(a, b)
     assert loaded.tokenizer("a photo").input_ids == c.tokenizer("a photo").input_ids
@@ -49,7 +53,7 @@ def test_a_config_folder_needs_random_weights_to_be_asked_for(tmp_path):
     (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps(configs["scheduler"]))
     with pytest.raises(ModelLoadError, match="holds configs but no weights; pass --random-weights"):
         load_components(str(tmp_path))
-    built = load_components(str(tmp_path), random_weights=True)
+    built = load_components(str(tmp_path), random_weights=True, family="sd2")
     assert "random weights" in built.source and built.vae_scale_factor == 8
 
 

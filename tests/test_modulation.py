@@ -162,6 +162,9 @@ def test_bias_with_the_paper_constants():
 
 
 def test_block_parts_equal_dense_biased_softmax():
+    """The explicit reference path's block algebra (tests/dam_reference.py)."""
+    from dam_reference import block_softmax_parts, combine_block_parts
+
     torch.manual_seed(0)
     logits = torch.randn(2, 3, 5, 9, dtype=torch.float64)  # (batch, heads, rows, keys)
     values = torch.randn(2, 3, 9, 4, dtype=torch.float64)
@@ -172,11 +175,11 @@ def test_block_parts_equal_dense_biased_softmax():
     dense[..., :n_in] += b_in[..., None]
     dense[..., n_in:] += b_out[..., None]
     expected = torch.softmax(dense, -1) @ values
-    parts = mod.block_softmax_parts(logits.clone(), values, n_in)
+    parts = block_softmax_parts(logits.clone(), values, n_in)
     assert torch.allclose(parts.range, mod.row_range(logits))
-    assert torch.allclose(mod.combine_block_parts(parts, b_in, b_out), expected, atol=1e-12)
+    assert torch.allclose(combine_block_parts(parts, b_in, b_out), expected, atol=1e-12)
     zero = torch.zeros(())
-    assert torch.allclose(mod.combine_block_parts(parts, zero, zero), torch.softmax(logits, -1) @ values, atol=1e-12)
+    assert torch.allclose(combine_block_parts(parts, zero, zero), torch.softmax(logits, -1) @ values, atol=1e-12)
 
 
 # -- geometry -------------------------------------------------------------------------
@@ -186,6 +189,8 @@ def test_layer_grid():
     assert mod.layer_grid(1024, 32, 32) == (32, 32)
     assert mod.layer_grid(256, 32, 32) == (16, 16)
     assert mod.layer_grid(12, 7, 5) == (4, 3)  # odd sides round up, like a stride-2 conv
+    assert mod.layer_grid(1, 4, 4) == (1, 1)  # halved down to a single cell
+    assert mod.layer_grid(1, 2, 1) == mod.layer_grid(1, 1, 2) == (1, 1)  # a side of 1 stays 1, the other halves
     with pytest.raises(ValueError, match="match no level"):
         mod.layer_grid(100, 32, 32)
 
@@ -196,6 +201,7 @@ def test_layer_regions_6x6():
     box_r = Box(x=0, y=32, w=96, h=64)  # rows 2..5, overlapping box_v's lower row
     regions = mod.LayerRegions.build(box_v, box_r, canvas, 6, 6, dis_horizon=10, dis_exponent=0.3)
     assert regions.condition.tolist() == [7, 8, 13, 14]
+    assert regions.tokens == 36
     # R = box_r minus C: rows 2..5 except cells 13, 14; sorted by distance to (32, 32)
     assert sorted(regions.related.tolist()) == [12, 15, 16, 17] + list(range(18, 36))
     first, last = regions.related[0].item(), regions.related[-1].item()
@@ -204,6 +210,7 @@ def test_layer_regions_6x6():
     far = math.hypot(56, 56)
     assert regions.related_decay[0].item() == pytest.approx(float(mod.decay(10 * math.hypot(8, 24) / far, 10, 0.3)))
     assert regions.related_decay[-1].item() == 0.0
-    assert sorted(regions.key_order.tolist()) == list(range(36))
-    assert regions.key_order[:4].tolist() == [7, 8, 13, 14]
-    assert regions.key_order[4:26].tolist() == regions.related.tolist()
+    everything = torch.cat([regions.condition, regions.related, regions.untouched])
+    assert sorted(everything.tolist()) == list(range(36))
+    assert regions.untouched.tolist() == [0, 1, 2, 3, 4, 5, 6, 9, 10, 11] and regions.untouched.dtype == torch.long
+    assert torch.nonzero(regions.condition_keys).flatten().tolist() == [7, 8, 13, 14]

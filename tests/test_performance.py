@@ -22,6 +22,8 @@ from sow.engine.performance import (
 from sow.errors import NumericalError
 from sow.pipeline import SOWPipeline
 
+pytestmark = pytest.mark.usefixtures("isolated_registry")  # built-in stages only, whatever the venv holds
+
 PROMPT = "a chef in a busy kitchen"
 SAMPLE_FACE = Path(sow.__file__).parent / "data" / "sample_face.jpg"
 
@@ -55,7 +57,7 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
 
 def test_fast_fp32_matches_reference(reference_run, tiny_pipe, face_path, fast_overrides):
     fast = tiny_pipe(face_path, PROMPT, seed=3, **fast_overrides)
-    assert fast.record.unet_evaluations == reference_run.record.unet_evaluations == fast.record.config.unet_evaluations()
+    assert fast.record.unet_evaluations == reference_run.record.unet_evaluations == 7 + 5 + 2 * 2 + 5
     worst, _ = _relative(fast.latents, reference_run.latents)
     assert worst <= FP32_TOLERANCE
 
@@ -70,7 +72,12 @@ def test_bf16_matches_reference_within_tolerance(reference_run, face_path, fast_
     assert worst > 0  # it really ran in another precision
 
 
-def test_batched_images_match_single_runs(tiny_pipe, face_path, fast_overrides):
+@pytest.mark.parametrize("tau", [None, 0.0], ids=["paper-tau", "gate-open"])
+def test_batched_images_match_single_runs(tiny_pipe, face_path, fast_overrides, tau):
+    """With the paper's tau the gate stays closed on random weights; with tau = 0 it opens, and
+    each image must still be gated on its own (R_c over its heads and CFG branches only)."""
+    if tau is not None:
+        fast_overrides = {**fast_overrides, "modulation": {"tau": tau}}
     batched = tiny_pipe(face_path, PROMPT, seed=11, num_images=2, **fast_overrides)
     assert batched.latents.shape[0] == 2 and len(batched.images) == 2 and batched.record.num_images == 2
     assert batched.image is batched.images[0]

@@ -14,8 +14,11 @@ from sow.hookspecs import hookimpl
 from sow.plugins import build_registry, reset_registry
 from sow.stages import STAGE_KINDS
 
-PLUGIN_DISTS = Path(__file__).parent / "plugin_dist"
 ROOT = Path(__file__).resolve().parents[1]
+PLUGIN_DISTS = {
+    "sow-corner-planner": ROOT / "examples" / "sow-corner-planner",  # the example plugin of docs/plugins.md
+    "sow-broken": Path(__file__).parent / "plugin_dist" / "sow-broken",  # a plugin that fails to load
+}
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +28,7 @@ def installed_plugins(tmp_path_factory) -> Path:
     for dist in ("sow-corner-planner", "sow-broken"):
         subprocess.run(
             [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-             "--no-index", "--target", str(target), str(PLUGIN_DISTS / dist)],
+             "--no-index", "--target", str(target), str(PLUGIN_DISTS[dist])],
             check=True,
         )
     return target

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from sow.batch.runner import BatchJob
@@ -13,8 +13,6 @@ from sow.errors import InputError
 from sow.io.outputs import _RESERVED, safe_name
 from sow.schemas import Box, Canvas, GenerationConfig, Plan, validated
 
-settings.register_profile("sow", deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=150)
-settings.load_profile("sow")
 
 sides = st.integers(min_value=8, max_value=512).map(lambda v: v * 8)  # 64..4096, multiples of 8
 canvases = st.builds(Canvas, width=sides, height=sides)

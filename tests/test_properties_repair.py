@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import math
 
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from sow.errors import PlannerError
-from sow.planners.policy import repair_plan
+from sow.planners.repair import repair_plan
 from sow.schemas import Canvas, GenerationConfig
 
-settings.register_profile("sow-repair", deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=150)
-settings.load_profile("sow-repair")
 
 canvases = st.builds(
     Canvas,

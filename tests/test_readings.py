@@ -156,7 +156,7 @@ def test_canvas_inverted_to_t2_starts_the_first_cycle_without_injection(pipe, al
     out, calls = _run(pipe, cycles=1, inversion_guidance_scale=1.0, readings={"canvas_inversion": "t2"})
     canvas_calls = [c for c in calls if c["phase"] == "invert_canvas"]
     assert [c["t"] for c in canvas_calls] == [1, 101, 201, 301, 401, 501, 601]  # 0 -> 7: t2 = 7 calls
-    assert out.record.unet_evaluations == 7 + 7 + 2 + 5 == out.record.config.unet_evaluations()
+    assert out.record.unet_evaluations == 7 + 7 + 2 + 5 == pipe.unet_evaluations(out.record.config)
     # the first cycle input is the canvas's last inversion step, by hand (no guidance: one branch)
     last = canvas_calls[-1]
     a6, a7 = alphas[6], alphas[7]
@@ -299,7 +299,7 @@ def test_seed_background_black_noise_or_none(pipe, alphas):
 
     none, calls = _run(pipe, cycles=1, readings={"seed_background": "none"})
     assert not [c for c in calls if c["phase"] == "invert_canvas"]
-    assert none.record.unet_evaluations == 7 + 0 + 2 + 5 == none.record.config.unet_evaluations()
+    assert none.record.unet_evaluations == 7 + 0 + 2 + 5 == pipe.unet_evaluations(none.record.config)
     # the canvas at t1 is the generator's first draw, the injection its second
     g = torch.Generator().manual_seed(SEED)
     start, eps = torch.randn((1, 4, 16, 16), generator=g), torch.randn((1, 4, 16, 16), generator=g)

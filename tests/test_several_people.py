@@ -25,6 +25,7 @@ from sow.engine.preservation import RegionReplacePreserver
 from sow.pipeline import SOWPipeline
 from sow.plugins import build_registry
 from sow.schemas import Box, GenerationConfig, Plan
+from sow.stages import RunInputs
 
 FAST = {"cycles": 2}
 
@@ -196,7 +197,8 @@ def test_unet_calls_grow_by_t2_per_extra_condition(tiny_pipe, faces_dir, face_pa
                        canvas={"width": width, "height": height}, cycles=2)
     # by hand: n conditions x 7 inversion steps, canvas 5, 2 cycles x 2 steps, final 5
     expected = n * 7 + 5 + 2 * 2 + 5
-    assert len(calls) == expected == result.record.unet_evaluations == GenerationConfig(cycles=2).unet_evaluations(n)
+    assert len(calls) == expected == result.record.unet_evaluations
+    assert tiny_pipe.unet_evaluations(result.record.config, RunInputs(conditions=n)) == expected
     assert calls.count(4) == 4  # background guidance: shared, once per cycle step, whatever n is
 
 
@@ -262,7 +264,7 @@ def test_a_planner_placing_one_condition_gets_the_side_by_side_layout(face_path)
 
 
 def test_overlapping_answers_are_repaired_per_condition():
-    from sow.planners.policy import repair_plan
+    from sow.planners.repair import repair_plan
 
     config = GenerationConfig(canvas={"width": 768, "height": 512})
     answer = {"conditions": [{"box_v": [100, 50, 300, 300], "box_r": [0, 0, 10, 10]},
@@ -397,3 +399,22 @@ def test_several_bias_with_one_condition_is_the_single_condition_bias():
     rq[3:7] = True
     plus = torch.rand(12)
     assert torch.allclose(several_bias(logits, [cq], [rq], [cq], [0.3], [plus]), mod.dam_bias(logits, cq, rq, cq, 0.3, plus))
+
+
+def test_a_batch_of_images_with_three_conditions_gates_each_image_on_its_own(tiny_pipe, faces_dir, face_path):
+    """tau = 0 opens every gate: image i of a batch equals the single run with seed + i (so each
+    condition's gate is read per image, as for one condition), and the trace has a gate per
+    condition and image."""
+    width, height, boxes = THREE
+    images = _faces(faces_dir, face_path)
+    kw = dict(plan=_plan(width, height, boxes), canvas={"width": width, "height": height}, cycles=2,
+              trace_attention=True, modulation={"tau": 0.0})
+    batch = tiny_pipe(images, "x", seed=3, num_images=2, **kw)
+    singles = [tiny_pipe(images, "x", seed=3 + i, **kw) for i in range(2)]
+    for i, single in enumerate(singles):
+        assert (batch.latents[i : i + 1] - single.latents).abs().max() < 1e-4, f"image {i}"
+        assert any(r["fired"] for r in single.record.trace)
+    assert not torch.equal(batch.latents[0], batch.latents[1])
+    first = batch.record.trace[0]
+    assert len(first["r_c_images"]) == 3 and all(len(per) == 2 for per in first["r_c_images"])
+    assert [per[1] for per in first["r_c_images"]] == pytest.approx(singles[1].record.trace[0]["r_c_conditions"], abs=1e-5)

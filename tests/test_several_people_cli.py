@@ -8,7 +8,10 @@ import pytest
 from PIL import Image
 
 from sow.cli.commands import main
+from sow.engine.scheduling import CyclicOneWayScheduler
+from sow.pipeline import inversion_evaluations
 from sow.schemas import Plan, RunRecord
+from sow.stages import RunInputs
 
 
 @pytest.fixture(autouse=True)
@@ -44,7 +47,9 @@ def test_generate_two_conditions_then_the_prompt(reuse_tiny, faces_dir, tmp_path
     record = RunRecord.model_validate_json((out / "pair.json").read_text())
     assert [c.source for c in record.conditions] == [str(a), str(b)]
     assert len(record.plan.conditions) == 2 and record.plan.overlaps(8) == []
-    assert record.unet_evaluations == record.config.unet_evaluations(2) == 2 * 7 + 5 + 0 + 5
+    inputs = RunInputs(conditions=2)
+    counted = inversion_evaluations(record.config, inputs) + CyclicOneWayScheduler().unet_evaluations(record.config, inputs)
+    assert record.unet_evaluations == counted == 2 * 7 + 5 + 0 + 5
     assert Image.open(out / "pair.png").size == (192, 128)
 
 

@@ -1,24 +1,33 @@
 """The ``dam`` attention modulator: dynamic attention modulation on the UNet's self-attention.
 
 :class:`DynamicAttentionModulator` installs a :class:`DAMProcessor` on every
-self-attention layer (processor keys ending in ``attn1.processor``) for one run and puts
-the previous processors back in :meth:`~DynamicAttentionModulator.detach`. During the
-cycle phase each processor:
+self-attention layer (processor keys ending in ``attn1.processor``) for one run; each
+processor keeps the processor it replaced, and :meth:`~DynamicAttentionModulator.detach`
+puts those back, so the stage object itself holds no per-run state. During the cycle
+phase each processor runs one path (:meth:`DAMState.attention`):
 
-1. computes explicit logits only for the condition region's query rows (chunked), and
-   from them the gate ``R_c`` (:func:`sow.attention.equations.relevance_gate`);
-2. if the gate is closed, runs ordinary scaled-dot-product attention for all rows;
-3. if it is open, runs scaled-dot-product attention for the rows DAM leaves alone and
-   computes the condition rows (P-) and the related region's rows (P+) exactly from
-   two key blocks (:func:`sow.attention.equations.block_softmax_parts`) — no (N, N) bias is
-   ever built, and at most ``chunk_elements`` logits exist at once.
+1. the condition region's query rows: their logit min and max from one chunked matmul
+   (:func:`~sow.attention.equations.row_stats`), and from those, in closed form, each
+   image's gate ``R_c`` (:func:`~sow.attention.equations.normalized_column_sums`,
+   :func:`~sow.attention.equations.image_gate`);
+2. the gate: on the CPU one host read per layer and step says whether any image's gate is
+   open (closed: ordinary attention, bit for bit); with ``sync_free`` (the GPU default) it
+   stays on the device and scales the bias (a closed gate is a zero bias);
+3. the related region's rows' min and max, then all rows in one fused
+   ``scaled_dot_product_attention`` call with the rank-one biases P- and P+ folded into
+   extra head dimensions (:func:`~sow.attention.equations.biased_attention`), the rows DAM
+   leaves alone in a plain one. No (N, N) bias, no explicit softmax, no upcast.
 
-Outside the cycle phase, and at every step where the gate is closed, the output is the
-unmodulated attention. With several conditions (a plan of several people) each processor
-runs :func:`sow.attention.several.modulated_attention` instead: P- per condition against
-the keys outside *all* condition regions, P+ from each related region to its own condition
-only, a gate per condition. The equations and constants are in :mod:`sow.attention.equations` and
-:class:`sow.schemas.ModulationSettings` (``config.modulation``).
+With several conditions (a plan of several people) the same three steps run over every
+condition's rows at once (:meth:`DAMState._attention_several`, regions from
+:class:`sow.attention.several.SeveralRegions`): a gate per condition and image, P- per
+condition against the keys outside *all* condition regions, P+ from each related region to
+its own condition only; one :class:`~sow.attention.equations.KeyBias` per condition more in
+the same fused call. One condition always runs the path above, unchanged.
+
+Outside the cycle phase the output is the layer's previous processor's. The equations and
+constants are in :mod:`sow.attention.equations` and :class:`sow.schemas.ModulationSettings`
+(``config.modulation``); ``docs/modulation.md`` explains the regions and the gate.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from sow.attention import equations as mod
+from sow.attention import equations as eq
 from sow.attention import several
 from sow.engine.context import RunContext
 from sow.errors import InputError
@@ -38,9 +47,11 @@ from sow.hookspecs import hookimpl
 from sow.schemas import Box
 
 SELF_ATTENTION_SUFFIX = "attn1.processor"
-DEFAULT_CHUNK_ELEMENTS = {"cpu": 2**20, "accelerator": 2**25}
-"""Logit elements per chunk of explicit rows: cache-sized on a CPU (4 MiB in fp32), few
-large kernels on a GPU (128 MiB in fp32)."""
+DEFAULT_CHUNK_ELEMENTS = {"cpu": 2**22, "accelerator": 2**28}
+"""Logits (batch x heads x rows x keys) one chunk of :func:`~sow.attention.equations.row_stats`
+may hold: 16 MiB in fp32 on a CPU (cache-friendly; 2**20 left 12 rows per chunk at a 64x64
+grid and batch 4, 2**22 measured 1.4x faster), 512 MiB in bf16 on a GPU (one chunk for a
+batch-4 cycle call of SD 2.1 at 512 px: no loop)."""
 ATTENTION_ARTIFACT = "attention"
 """Key of the :class:`AttentionCapture` in ``ctx.artifacts``."""
 
@@ -53,6 +64,7 @@ class AttentionCapture:
     cycle: int | None
     level: int
     r_c: float
+    """The gate, averaged over the run's images."""
     fired: bool
     attention: torch.Tensor
     """(h, w): attention from the condition region's queries to each key, averaged over queries, heads and batch."""
@@ -64,9 +76,42 @@ class AttentionCapture:
 
 def condition_box(ctx: RunContext) -> Box:
     """The condition region in canvas pixels: box_v as aligned to the latent grid (``ctx.region``)."""
-    region, canvas = ctx.region, ctx.config.canvas
+    return region_box(ctx.region, ctx.config.canvas)
+
+
+def region_box(region, canvas) -> Box:
+    """A condition's region in canvas pixels (its box_v as aligned to the latent grid)."""
     scale = canvas.width // region.canvas_width
     return Box(x=region.left * scale, y=region.top * scale, w=region.width * scale, h=region.height * scale)
+
+
+@dataclass(frozen=True)
+class LayerCall:
+    """One self-attention call at a cycle step: the projections and what DAM derives from them."""
+
+    query: torch.Tensor
+    """(B, H, N, d), B = CFG branches x images, branch-major."""
+    key: torch.Tensor
+    value: torch.Tensor
+    regions: eq.LayerRegions
+    images: int
+    rows_per_chunk: int
+    """Rows of :func:`~sow.attention.equations.row_stats` per chunk (sized from B x H x N)."""
+
+    @property
+    def scale(self) -> float:
+        return self.query.shape[-1] ** -0.5
+
+    def rows(self, index: torch.Tensor) -> torch.Tensor:
+        """The query rows ``index`` (B, H, n, d), gathered once (``index_select``: a plain copy)."""
+        return self.query.index_select(2, index)
+
+    def stats(self, queries: torch.Tensor) -> eq.RowStats:
+        return eq.row_stats(queries, self.key, self.scale, self.rows_per_chunk)
+
+    def per_batch(self, per_image: torch.Tensor) -> torch.Tensor:
+        """(images,) to (B, 1, 1): row b of the attention batch is image ``b % images``."""
+        return per_image.repeat(self.query.shape[0] // self.images)[:, None, None]
 
 
 @dataclass
@@ -79,9 +124,9 @@ class DAMState:
     capture_layer: str | None = None
     sync_free: bool | str = "auto"
     """Keep the gate on the device (see :class:`DynamicAttentionModulator`): True, False or "auto"."""
-    step_gate: mod.StepGate | None = None
+    step_gate: eq.StepGate | None = None
     """With ``gate_scope`` "step": the one R_c per UNet call (None: every layer gates itself)."""
-    _regions: dict[tuple[int, int], mod.LayerRegions] = field(default_factory=dict)
+    _regions: dict[tuple[int, int], eq.LayerRegions] = field(default_factory=dict)
     _several: dict[tuple[int, int], several.SeveralRegions] = field(default_factory=dict)
 
     def active(self) -> bool:
@@ -93,7 +138,7 @@ class DAMState:
         their index tensors (``nonzero``) and the copies to the device then happen before the
         first UNet evaluation, not at the first cycle step in the middle of the loop."""
         region = self.ctx.region
-        for height, width in mod.layer_grids(region.canvas_height, region.canvas_width, levels):
+        for height, width in eq.layer_grids(region.canvas_height, region.canvas_width, levels):
             if self.several():
                 self.several_regions(height, width, device)
             else:
@@ -108,19 +153,20 @@ class DAMState:
         key = (height, width)
         if key not in self._several:
             s, ctx = self.ctx.config.modulation, self.ctx
-            boxes = [_region_box(r, ctx.config.canvas) for r in ctx.regions]
+            canvas = ctx.config.canvas
             built = several.SeveralRegions.build(
-                boxes, [c.box_r for c in ctx.plan.conditions], ctx.config.canvas, height, width,
-                s.t_dis, s.a_dis, s.use_distance_decay,
+                [region_box(r, canvas) for r in ctx.regions], [c.box_r for c in ctx.plan.conditions], canvas,
+                height, width, s.t_dis, s.a_dis, s.use_distance_decay,
+                canvas.width / ctx.region.canvas_width if s.dis_units == "latent_cells" else None,
             )
             self._several[key] = built.to(device)
         return self._several[key]
 
-    def regions(self, height: int, width: int, device: torch.device) -> mod.LayerRegions:
+    def regions(self, height: int, width: int, device: torch.device) -> eq.LayerRegions:
         key = (height, width)
         if key not in self._regions:
             s = self.ctx.config.modulation
-            built = mod.LayerRegions.build(
+            built = eq.LayerRegions.build(
                 condition_box(self.ctx),
                 self.ctx.plan.box_r,
                 self.ctx.config.canvas,
@@ -131,264 +177,231 @@ class DAMState:
                 s.use_distance_decay,
                 self.ctx.config.canvas.width / self.ctx.region.canvas_width if s.dis_units == "latent_cells" else None,
             )
-            self._regions[key] = mod.LayerRegions(
+            self._regions[key] = eq.LayerRegions(
                 **{name: _to(value, device) for name, value in vars(built).items()}
             )
         return self._regions[key]
 
     def grid(self, tokens: int) -> tuple[int, int]:
         region = self.ctx.region
-        return mod.layer_grid(tokens, region.canvas_height, region.canvas_width)
+        return eq.layer_grid(tokens, region.canvas_height, region.canvas_width)
+
+    def rows_per_chunk(self, batch_heads_keys: int, device: torch.device) -> int:
+        budget = self.chunk_elements or DEFAULT_CHUNK_ELEMENTS["cpu" if device.type == "cpu" else "accelerator"]
+        return max(1, budget // max(1, batch_heads_keys))
+
+    def _images(self, batch: int) -> int:
+        images = getattr(self.ctx, "num_images", 1)
+        return images if images >= 1 and batch % images == 0 else 1
 
     # -- the modulation of one layer's attention ---------------------------------------
 
     def attention(
         self, layer: str, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, grid: tuple[int, int]
     ) -> torch.Tensor:
-        """Self-attention output (B, H, N, d) of one layer at a cycle step, with DAM applied.
-
-        Rows DAM does not touch (all rows when the gate is closed) come from
-        ``F.scaled_dot_product_attention``; the modulated rows from explicit, chunked logits.
-        """
-        ctx, s = self.ctx, self.ctx.config.modulation
-        step = ctx.step
-        self._chunk_for(query.device)
+        """Self-attention output (B, H, N, d) of one layer at a cycle step, with DAM applied."""
         if self.several():
             return self._attention_several(layer, query, key, value, grid)
+        ctx, s = self.ctx, self.ctx.config.modulation
         regions = self.regions(*grid, query.device)
         n_c, n_r = len(regions.condition), len(regions.related)
         want_minus = s.use_p_minus and s.w_minus > 0
         want_plus = s.use_p_plus and s.w_plus > 0 and n_r > 0
         capture = layer == self.capture_layer
-        need_gate = s.use_gate or ctx.config.trace_attention or capture
-        if n_c == 0 or not (want_minus or want_plus or need_gate):
+        tracing = ctx.config.trace_attention or capture
+        if n_c == 0 or not (want_minus or want_plus or s.use_gate or tracing):
             if self.step_gate is not None:
-                self.step_gate.decide(ctx.denoiser.evaluations, layer, 0.0)
-            self._trace(layer, 0.0, False)
+                self.step_gate.decide(ctx.denoiser.evaluations, layer, query.new_zeros(self._images(query.shape[0])).float())
+            self._trace(layer, None, False)
             return _sdpa(query, key, value)
 
-        scale = query.shape[-1] ** -0.5
-        keys = key[:, :, regions.key_order]
-        values = value[:, :, regions.key_order].float()
-        cond_q = query[:, :, regions.condition]
-        sync_free = self.sync_free if isinstance(self.sync_free, bool) else query.device.type != "cpu"
-        if sync_free and s.use_gate and self.step_gate is None and not (ctx.config.trace_attention or capture):
-            return self._gated_on_device(query, key, value, regions, keys, values, cond_q, scale, want_minus, want_plus)
-        parts, r_c = None, 0.0
-        if need_gate:
-            # With the gate on, a first pass computes only R_c (the gate is closed at most steps);
-            # with it off, the condition rows' softmax parts come in the same pass.
-            one_pass = want_minus and not s.use_gate
-            parts, gate_sums = self._rows(cond_q, keys, values, n_c, scale, (n_c, n_c + n_r), one_pass)
-            r_c = float(mod.gate_ratio(gate_sums / n_c, s.gate_fraction).mean())
-        gate_r_c: float | None = r_c
+        batch, heads, tokens, _ = key.shape
+        call = LayerCall(
+            query, key, value, regions, self._images(batch), self.rows_per_chunk(batch * heads * tokens, query.device)
+        )
+        cond_q = call.rows(regions.condition)
+        cond_stats = call.stats(cond_q)  # the gate's and P-'s rows: one pass serves both
+        r_c = None
+        if s.use_gate or tracing:
+            sums = eq.normalized_column_sums(cond_q, key.index_select(2, regions.related), cond_stats, call.scale)
+            r_c = eq.image_gate(sums, n_c, s.gate_fraction, call.images)
+        gate_r_c = r_c
         if self.step_gate is not None and s.use_gate:
             gate_r_c = self.step_gate.decide(ctx.denoiser.evaluations, layer, r_c)  # None: not decided yet
-        factor = 0.0 if gate_r_c is None else mod.gate_factor(gate_r_c, s.tau, s.use_gate)
-        minus_on, plus_on = factor > 0 and want_minus, factor > 0 and want_plus
-        self._trace(layer, r_c, minus_on or plus_on, gate_r_c)
-
+        factor = None if not s.use_gate or gate_r_c is None else eq.gate_factors(gate_r_c, s.tau)
+        fired = want_minus or want_plus
+        sync_free = self.sync_free if isinstance(self.sync_free, bool) else query.device.type != "cpu"
+        on_host = tracing or not sync_free or self.step_gate is not None
+        if s.use_gate and gate_r_c is None:
+            fired = False  # the step's gate is not decided yet: this layer is not modulated
+        elif fired and s.use_gate and on_host:
+            fired = float(gate_r_c.max()) > s.tau  # the one host read: does any image's gate open?
+        self._trace(layer, r_c, fired, gate_r_c)
         if capture:
-            minus = factor * s.w_minus * mod.time_decay(step.cycle or 0, s.t_time, s.a_time_minus, s.use_time_decay)
-            self._capture(layer, cond_q, keys, regions, scale, minus if minus_on else 0.0, r_c, minus_on or plus_on)
-        if not (minus_on or plus_on):
+            self._capture(layer, call, cond_q, cond_stats, factor, r_c, fired, fired and want_minus)
+        if not fired:
             return _sdpa(query, key, value)
-        return self._modulated(query, key, value, regions, keys, values, scale, parts, factor, minus_on, plus_on)
+        return self._biased(call, cond_stats, factor, want_minus, want_plus)
 
     def _attention_several(
         self, layer: str, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, grid: tuple[int, int]
     ) -> torch.Tensor:
-        """DAM with several conditions (:mod:`sow.attention.several`): a gate per condition, P- to
-        the keys outside every condition, P+ from each related region to its own condition."""
+        """DAM with several conditions (docs/modulation.md, "Several conditions"): the steps of
+        :meth:`attention` over every condition's rows. One :func:`~sow.attention.equations.row_stats`
+        pass over all modulated rows serves the gates, P- and P+; a gate per condition and image;
+        one fused call with a :class:`~sow.attention.equations.KeyBias` for P- (the keys outside
+        every condition) and one per condition for P+ (its related rows, on its own keys)."""
         ctx, s = self.ctx, self.ctx.config.modulation
         regions = self.several_regions(*grid, query.device)
         want_minus = s.use_p_minus and s.w_minus > 0
-        want_plus = s.use_p_plus and s.w_plus > 0
+        want_plus = s.use_p_plus and s.w_plus > 0 and any(len(r) for r in regions.related)
+        tracing = ctx.config.trace_attention
+        batch, heads, tokens, _ = key.shape
+        images = self._images(batch)
+        rows = regions.modulated
+        if len(rows) == 0 or all(len(c) == 0 for c in regions.conditions) or not (want_minus or want_plus or s.use_gate or tracing):
+            self._trace_several(layer, None, False)
+            return _sdpa(query, key, value)
         scale = query.shape[-1] ** -0.5
-        chunk = self._chunk(query.shape[0] * query.shape[1], key.shape[2])
-        need_gate = s.use_gate or ctx.config.trace_attention
-        gates = [
-            several.condition_gate(query, key, c, r, scale, s.gate_fraction, chunk) if need_gate else None
-            for c, r in zip(regions.conditions, regions.related)
-        ]
-        sync_free = self.sync_free if isinstance(self.sync_free, bool) else query.device.type != "cpu"
-        if s.use_gate:
-            factors = [(g - s.tau).clamp_min(0).sqrt() for g in gates]
-        else:
-            factors = [1.0] * len(gates)
-        on_host = not sync_free or ctx.config.trace_attention
-        r_cs = [float(g) for g in gates] if need_gate and on_host else None
+        stats = eq.row_stats(
+            query.index_select(2, rows), key, scale, self.rows_per_chunk(batch * heads * tokens, query.device)
+        )
+        position = regions.positions
+        gates = []
+        if s.use_gate or tracing:
+            for cond, rel in zip(regions.conditions, regions.related):
+                if len(cond) == 0 or len(rel) == 0:
+                    gates.append(query.new_zeros(images, dtype=torch.float32))
+                    continue
+                at = position[cond]
+                mine = eq.RowStats(low=stats.low[..., at], high=stats.high[..., at])
+                sums = eq.normalized_column_sums(query.index_select(2, cond), key.index_select(2, rel), mine, scale)
+                gates.append(eq.image_gate(sums, len(cond), s.gate_fraction, images))
         fired = want_minus or want_plus
-        if fired and s.use_gate and on_host:
-            fired = any(r > s.tau for r in r_cs)
-        if ctx.config.trace_attention:
-            step = ctx.step
-            ctx.trace.append({
-                "layer": layer, "cycle": step.cycle, "level": step.level, "r_c": round(max(r_cs), 6),
-                "fired": fired, "r_c_conditions": [round(r, 6) for r in r_cs],
-            })
+        sync_free = self.sync_free if isinstance(self.sync_free, bool) else query.device.type != "cpu"
+        if fired and s.use_gate and (tracing or not sync_free):
+            fired = any(float(g.max()) > s.tau for g in gates)  # the one host read: does any gate open?
+        self._trace_several(layer, gates or None, fired)
         if not fired:
             return _sdpa(query, key, value)
+        factors = [eq.gate_factors(g, s.tau) for g in gates] if s.use_gate else [None] * len(regions.conditions)
+        spread = stats.range  # (B, H, M): range_row(A) of every modulated row
         cycle = ctx.step.cycle or 0
-        minus_t = s.w_minus * mod.time_decay(cycle, s.t_time, s.a_time_minus, s.use_time_decay) if want_minus else 0.0
-        plus_t = s.w_plus * mod.time_decay(cycle, s.t_time, s.a_time_plus, s.use_time_decay) if want_plus else 0.0
-        return several.modulated_attention(
-            query, key, value, regions, [f * minus_t for f in factors], [f * plus_t for f in factors], chunk
-        )
 
-    def _modulated(
-        self,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        regions: mod.LayerRegions,
-        keys: torch.Tensor,
-        values: torch.Tensor,
-        scale: float,
-        parts: mod.BlockParts | None,
-        factor: float | torch.Tensor,
-        minus_on: bool,
-        plus_on: bool,
-    ) -> torch.Tensor:
-        """SDPA for the rows left alone; the P- (condition) and P+ (related) rows exactly, their
-        bias scaled by the gate ``factor`` (a float, or a device tensor: no host read)."""
-        s, cycle = self.ctx.config.modulation, self.ctx.step.cycle or 0
-        n_c, n_r = len(regions.condition), len(regions.related)
-        out = torch.empty_like(query)
-        untouched = regions.key_order[n_c + n_r :]  # neither C nor R
-        if not minus_on:
-            untouched = torch.cat([regions.condition, untouched])
-        if not plus_on:
-            untouched = torch.cat([regions.related, untouched])
-        out[:, :, untouched] = _sdpa(query[:, :, untouched], key, value)
-        if minus_on:
-            if parts is None:
-                parts, _ = self._rows(query[:, :, regions.condition], keys, values, n_c, scale, None, True)
-            minus = factor * s.w_minus * mod.time_decay(cycle, s.t_time, s.a_time_minus, s.use_time_decay)
-            bias_out = -minus * parts.range
-            out[:, :, regions.condition] = mod.combine_block_parts(parts, torch.zeros_like(bias_out), bias_out).to(out.dtype)
-        if plus_on:
-            plus = factor * s.w_plus * mod.time_decay(cycle, s.t_time, s.a_time_plus, s.use_time_decay)
-            rel_parts, _ = self._rows(query[:, :, regions.related], keys, values, n_c, scale, None, True)
-            bias_in = plus * regions.related_decay.to(rel_parts.range.dtype) * rel_parts.range
-            out[:, :, regions.related] = mod.combine_block_parts(rel_parts, bias_in, torch.zeros_like(bias_in)).to(out.dtype)
-        return out
+        def magnitude(factor: torch.Tensor | None, weight: float, exponent: float) -> torch.Tensor | float:
+            value_ = weight * eq.time_decay(cycle, s.t_time, exponent, s.use_time_decay)
+            return value_ if factor is None else factor.repeat(batch // images)[:, None, None] * value_
 
-    def _gated_on_device(
-        self,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        regions: mod.LayerRegions,
-        keys: torch.Tensor,
-        values: torch.Tensor,
-        cond_q: torch.Tensor,
-        scale: float,
-        want_minus: bool,
-        want_plus: bool,
-    ) -> torch.Tensor:
-        """The gated modulation without reading R_c on the host (no device sync).
+        biases = []
+        if want_minus:
+            coefficient = spread.new_zeros(spread.shape)
+            for cond, factor in zip(regions.conditions, factors):
+                at = position[cond]
+                coefficient[..., at] = -magnitude(factor, s.w_minus, s.a_time_minus) * spread[..., at]
+            biases.append(eq.KeyBias(keys=regions.background_keys, coefficient=coefficient))
+        if want_plus:
+            for rel, decay, keys, factor in zip(regions.related, regions.related_decay, regions.condition_keys, factors):
+                if len(rel) == 0:
+                    continue
+                at = position[rel]
+                coefficient = spread.new_zeros(spread.shape)
+                coefficient[..., at] = magnitude(factor, s.w_plus, s.a_time_plus) * decay * spread[..., at]
+                biases.append(eq.KeyBias(keys=keys, coefficient=coefficient))
+        return eq.biased_attention(query, key, value, rows, regions.untouched, biases, scale)
 
-        The gate factor ``sqrt(max(0, R_c - tau))`` stays a device tensor that scales the
-        bias: a closed gate gives a zero bias, whose output equals plain attention up to
-        float round-off. The modulated rows are always computed, so every step pays the
-        cost of an open gate, but the GPU's queue never drains inside the loop.
-        """
+    def _trace_several(self, layer: str, gates: list[torch.Tensor] | None, fired: bool) -> None:
+        """The trace record of a several-condition layer: ``r_c`` the largest condition's mean gate,
+        ``r_c_conditions`` each condition's (mean over images), ``r_c_images`` per condition and image."""
+        if not self.ctx.config.trace_attention:
+            return
+        step = self.ctx.step
+        per = [[0.0] for _ in self.ctx.regions] if gates is None else [g.tolist() for g in gates]
+        means = [sum(v) / len(v) for v in per]
+        record = {
+            "layer": layer, "cycle": step.cycle, "level": step.level, "r_c": round(max(means), 6), "fired": fired,
+            "r_c_conditions": [round(m, 6) for m in means],
+        }
+        if max(len(v) for v in per) > 1:
+            record["r_c_images"] = [[round(x, 6) for x in v] for v in per]
+        self.ctx.trace.append(record)
+
+    def _magnitude(self, call: LayerCall, factor: torch.Tensor | None, weight: float, exponent: float) -> torch.Tensor | float:
+        """``s * w * g_time`` per batch row (B, 1, 1), or a number when the gate is off."""
         s = self.ctx.config.modulation
-        n_c, n_r = len(regions.condition), len(regions.related)
-        parts, gate_sums = self._rows(cond_q, keys, values, n_c, scale, (n_c, n_c + n_r), want_minus)
-        factor = (mod.gate_ratio(gate_sums / n_c, s.gate_fraction).mean() - s.tau).clamp_min(0).sqrt()
-        return self._modulated(query, key, value, regions, keys, values, scale, parts, factor, want_minus, want_plus)
+        value = weight * eq.time_decay(self.ctx.step.cycle or 0, s.t_time, exponent, s.use_time_decay)
+        return value if factor is None else call.per_batch(factor) * value
 
-    def _chunk(self, batch_heads: int, tokens: int) -> int:
-        return max(1, self.chunk_elements // max(1, batch_heads * tokens))
+    def _biased(
+        self, call: LayerCall, cond_stats: eq.RowStats, factor: torch.Tensor | None, minus_on: bool, plus_on: bool
+    ) -> torch.Tensor:
+        """The P- rows (C, on keys outside C) and the P+ rows (R, on keys in C), fused."""
+        s, regions = self.ctx.config.modulation, call.regions
+        groups: list[torch.Tensor] = []  # query rows, in the order of the coefficients
+        minus = plus = None
+        if minus_on:
+            groups.append(regions.condition)
+            minus = -self._magnitude(call, factor, s.w_minus, s.a_time_minus) * cond_stats.range
+        if plus_on:
+            groups.append(regions.related)
+            decay = regions.related_decay
+            plus = self._magnitude(call, factor, s.w_plus, s.a_time_plus) * decay * call.stats(call.rows(regions.related)).range
+        rows = torch.cat(groups) if len(groups) > 1 else groups[0]
+        rest = [regions.untouched] + ([] if plus_on else [regions.related]) + ([] if minus_on else [regions.condition])
+        biases = []
+        if minus is not None:
+            pad = [minus.new_zeros(*minus.shape[:2], len(regions.related))] if plus is not None else []
+            biases.append(eq.KeyBias(keys=1 - regions.condition_keys, coefficient=torch.cat([minus, *pad], -1)))
+        if plus is not None:
+            pad = [plus.new_zeros(*plus.shape[:2], len(regions.condition))] if minus is not None else []
+            biases.append(eq.KeyBias(keys=regions.condition_keys, coefficient=torch.cat([*pad, plus], -1)))
+        return eq.biased_attention(call.query, call.key, call.value, rows, torch.cat(rest), biases, call.scale)
 
-    def _chunk_for(self, device: torch.device) -> None:
-        if self.chunk_elements is None:
-            self.chunk_elements = DEFAULT_CHUNK_ELEMENTS["cpu" if device.type == "cpu" else "accelerator"]
-
-    def _rows(
-        self,
-        rows_q: torch.Tensor,
-        keys: torch.Tensor,
-        values: torch.Tensor,
-        n_in: int,
-        scale: float,
-        gate_span: tuple[int, int] | None,
-        want_parts: bool,
-    ) -> tuple[mod.BlockParts | None, torch.Tensor | None]:
-        """Block parts of the rows ``rows_q`` (chunked) and, with ``gate_span``, the summed
-        min-max normalised logits of those rows on the keys ``keys[gate_span]``."""
-        batch, heads, n, _ = rows_q.shape
-        keys_t = keys.transpose(-1, -2)
-        chunk = self._chunk(batch * heads, keys.shape[2])
-        collected: list[mod.BlockParts] = []
-        gate_sums = None
-        for start in range(0, n, chunk):
-            logits = (rows_q[:, :, start : start + chunk] @ keys_t).float().mul_(scale)
-            if gate_span is not None:
-                lo, hi = gate_span  # min-max over the whole row, kept only on box_r's columns
-                low = logits.amin(-1, keepdim=True)  # (torch.aminmax is ~10x slower on CPU)
-                spread = (logits.amax(-1, keepdim=True) - low).clamp_min(mod.RANGE_EPS)
-                normalized = ((logits[..., lo:hi] - low) / spread).sum(-2)
-                gate_sums = normalized if gate_sums is None else gate_sums + normalized
-            if want_parts:
-                collected.append(mod.block_softmax_parts(logits, values, n_in))
-        parts = None
-        if collected:
-            parts = mod.BlockParts(
-                *(torch.cat([getattr(p, name) for p in collected], dim=2) for name in ("s_in", "s_out", "z_in", "z_out", "range"))
-            )
-        return parts, gate_sums
-
-    def _trace(self, layer: str, r_c: float, fired: bool, gate_r_c: float | None = None) -> None:
+    def _trace(self, layer: str, r_c: torch.Tensor | None, fired: bool, gate_r_c: torch.Tensor | None = None) -> None:
         if self.ctx.config.trace_attention:
             step = self.ctx.step
-            entry = {"layer": layer, "cycle": step.cycle, "level": step.level, "r_c": round(r_c, 6), "fired": fired}
+            values = [0.0] if r_c is None else r_c.tolist()
+            record = {"layer": layer, "cycle": step.cycle, "level": step.level, "r_c": round(sum(values) / len(values), 6), "fired": fired}
+            if len(values) > 1:
+                record["r_c_images"] = [round(v, 6) for v in values]
             if self.step_gate is not None:  # the step's R_c this layer was gated on (None: not yet decided)
-                entry["step_r_c"] = None if gate_r_c is None else round(gate_r_c, 6)
-            self.ctx.trace.append(entry)
+                record["step_r_c"] = None if gate_r_c is None else round(float(gate_r_c.mean()), 6)
+            self.ctx.trace.append(record)
 
     def _capture(
         self,
         layer: str,
+        call: LayerCall,
         cond_q: torch.Tensor,
-        keys: torch.Tensor,
-        regions: mod.LayerRegions,
-        scale: float,
-        minus: float,
-        r_c: float,
+        cond_stats: eq.RowStats,
+        factor: torch.Tensor | None,
+        r_c: torch.Tensor | None,
         fired: bool,
+        minus_on: bool,
     ) -> None:
+        """The mean attention of the condition's rows after P- (explicit softmax: one layer, tracing only)."""
+        regions, s = call.regions, self.ctx.config.modulation
         n_c = cond_q.shape[2]
-        total = torch.zeros(keys.shape[2], dtype=torch.float64, device=keys.device)
-        keys_t = keys.transpose(-1, -2)
-        chunk = self._chunk(cond_q.shape[0] * cond_q.shape[1], keys.shape[2])
-        for start in range(0, n_c, chunk):
-            logits = (cond_q[:, :, start : start + chunk] @ keys_t).float().mul_(scale)
-            if minus:
-                logits[..., n_c:] -= (minus * mod.row_range(logits)).unsqueeze(-1)
+        minus = -self._magnitude(call, factor, s.w_minus, s.a_time_minus) * cond_stats.range if minus_on else None
+        outside = 1 - regions.condition_keys
+        total = torch.zeros(call.key.shape[2], dtype=torch.float64, device=call.key.device)
+        keys_t = call.key.transpose(-1, -2)
+        for start in range(0, n_c, call.rows_per_chunk):
+            logits = (cond_q[:, :, start : start + call.rows_per_chunk] @ keys_t).float().mul_(call.scale)
+            if minus is not None:
+                logits += minus[..., start : start + call.rows_per_chunk, None] * outside
             total += torch.softmax(logits, -1).sum(dim=(0, 1, 2)).double()
         mean = total / (n_c * cond_q.shape[0] * cond_q.shape[1])
-        attention = torch.empty_like(mean)
-        attention[regions.key_order] = mean
         step = self.ctx.step
         self.ctx.artifacts[ATTENTION_ARTIFACT] = AttentionCapture(
             layer=layer,
             cycle=step.cycle,
             level=step.level,
-            r_c=r_c,
+            r_c=0.0 if r_c is None else float(r_c.mean()),
             fired=fired,
-            attention=attention.reshape(regions.height, regions.width).float().cpu(),
+            attention=mean.reshape(regions.height, regions.width).float().cpu(),
             condition_mask=regions.condition_mask.cpu(),
             related_mask=regions.related_mask.cpu(),
         )
-
-
-def _region_box(region, canvas) -> Box:
-    """A condition's region in canvas pixels (its box_v as aligned to the latent grid)."""
-    scale = canvas.width // region.canvas_width
-    return Box(x=region.left * scale, y=region.top * scale, w=region.width * scale, h=region.height * scale)
 
 
 def _to(value: Any, device: torch.device) -> Any:
@@ -408,7 +421,8 @@ class DAMProcessor:
 
     Same call signature as diffusers' ``AttnProcessor2_0``. In the cycle phase it computes
     the projections exactly as ``AttnProcessor2_0`` does and the attention itself with
-    :meth:`DAMState.attention`.
+    :meth:`DAMState.attention`. It holds the processor it replaced (``previous``), which is
+    how the modulator detaches without keeping per-run state of its own.
     """
 
     def __init__(self, layer: str, state: DAMState, previous: Any) -> None:
@@ -467,13 +481,13 @@ class DAMProcessor:
         return out / attn.rescale_output_factor
 
 
-def _step_gate(unet: torch.nn.Module, ctx: RunContext) -> mod.StepGate | None:
+def _step_gate(unet: torch.nn.Module, ctx: RunContext) -> eq.StepGate | None:
     """The run's :class:`~sow.attention.equations.StepGate` when ``gate_scope`` is "step"."""
     s = ctx.config.modulation
     if s.gate_scope != "step":
         return None
     try:
-        return mod.StepGate(mod.select_layers(s.gate_layers, self_attention_layers(unet)))
+        return eq.StepGate(eq.select_layers(s.gate_layers, self_attention_layers(unet)))
     except ValueError as exc:
         raise InputError(f"modulation.gate_layers: {exc}") from None
 
@@ -517,11 +531,12 @@ class DynamicAttentionModulator:
         self.chunk_elements = chunk_elements
         self.capture_layer = capture_layer
         self.sync_free = sync_free
-        self._previous: dict[str, Any] | None = None
 
     def attach(self, unet: torch.nn.Module, ctx: RunContext) -> None:
         if not ctx.config.ablation.dynamic_attention:
             return
+        if len(getattr(ctx, "regions", ()) or ()) > 1 and ctx.config.modulation.gate_scope == "step":
+            raise InputError("modulation.gate_scope 'step' takes one condition; this plan has several (use 'layer')")
         previous = dict(unet.attn_processors)
         capture = None
         if ctx.config.trace_attention:
@@ -537,12 +552,14 @@ class DynamicAttentionModulator:
                 for name, proc in previous.items()
             }
         )
-        self._previous = previous
 
     def detach(self, unet: torch.nn.Module) -> None:
-        if self._previous is not None:
-            unet.set_attn_processor(self._previous)
-            self._previous = None
+        """Put back what each :class:`DAMProcessor` replaced (the run's state goes with them)."""
+        installed = dict(unet.attn_processors)
+        if any(isinstance(proc, DAMProcessor) for proc in installed.values()):
+            unet.set_attn_processor(
+                {name: proc.previous if isinstance(proc, DAMProcessor) else proc for name, proc in installed.items()}
+            )
 
 
 # -- the picture -----------------------------------------------------------------------

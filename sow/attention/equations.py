@@ -23,17 +23,25 @@ explains the choices)::
 
 Everything here is side-effect free and works on any leading batch / head dimensions.
 The attention processor in :mod:`sow.attention.dam` puts these pieces together without ever
-building an (N, N) bias: :func:`block_softmax_parts` and :func:`combine_block_parts`
-compute the modulated rows exactly from two key blocks, because each modulated row's
-bias is one constant on one block of keys and zero on the other.
+building an (N, N) bias or an explicit softmax: each modulated row's bias is one number
+(:class:`KeyBias` ``coefficient``) on one set of keys (its ``keys`` indicator), and such a
+rank-one bias is one extra head dimension of the queries and keys, so
+:func:`biased_attention` hands it to the fused ``scaled_dot_product_attention`` kernel. The
+only extra pass is :func:`row_stats` (each modulated row's min and max, for ``range_row``
+and the gate), and :func:`normalized_column_sums` gets the gate's sums from those in closed
+form. :func:`minmax_normalize`, :func:`relevance_gate` and :func:`dam_bias` are the dense
+definitions the fast forms are tested against.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from sow.schemas import Box, Canvas
 
@@ -101,6 +109,62 @@ def minmax_normalize(logits: torch.Tensor) -> torch.Tensor:
     """Each row of ``logits`` mapped to [0, 1] by its own min and max (a constant row maps to 0)."""
     low = logits.amin(-1, keepdim=True)
     return (logits - low) / (logits.amax(-1, keepdim=True) - low).clamp_min(RANGE_EPS)
+
+
+@dataclass(frozen=True)
+class RowStats:
+    """The min and max of each query row of the logits ``A = Q K^T * scale`` (before any bias)."""
+
+    low: torch.Tensor
+    """(..., n) float32: the row minimum."""
+    high: torch.Tensor
+    """(..., n) float32: the row maximum."""
+
+    @property
+    def range(self) -> torch.Tensor:
+        """``range_row(A)`` (:func:`row_range`): what DAM scales its bias by."""
+        return self.high - self.low
+
+
+def row_stats(queries: torch.Tensor, keys: torch.Tensor, scale: float, rows_per_chunk: int) -> RowStats:
+    """:class:`RowStats` of the rows ``queries`` (..., n, d) over all ``keys`` (..., N, d).
+
+    One batched matmul per chunk of ``rows_per_chunk`` rows, in the inputs' precision (a GPU
+    accumulates it in fp32), into one reused buffer of at most ``rows_per_chunk * N`` logits
+    per batch and head (a fresh large tensor per chunk costs page faults on a CPU, and a
+    strided key view a slow matmul: measured 2-3x). Only the (..., n) extremes are kept. The
+    scale is applied to the extremes (``max(s x) = s max(x)`` for s > 0, also after rounding).
+    """
+    *lead, n, dim = queries.shape
+    tokens = keys.shape[-2]
+    q3 = queries.reshape(-1, n, dim)
+    k3 = keys.reshape(-1, tokens, dim).transpose(1, 2)  # (BH, d, N); one copy if keys is a strided view
+    rows = max(1, min(rows_per_chunk, n))
+    buffer = queries.new_empty(q3.shape[0] * rows * tokens)
+    lows, highs = [], []
+    for start in range(0, n, rows):
+        count = min(rows, n - start)
+        logits = buffer[: q3.shape[0] * count * tokens].view(q3.shape[0], count, tokens)
+        torch.bmm(q3[:, start : start + count], k3, out=logits)
+        highs.append(logits.amax(-1))  # (torch.aminmax is ~10x slower on CPU)
+        lows.append(logits.amin(-1))
+    low = torch.cat(lows, -1).view(*lead, n).float() * scale
+    high = torch.cat(highs, -1).view(*lead, n).float() * scale
+    return RowStats(low=low, high=high)
+
+
+def normalized_column_sums(queries: torch.Tensor, keys: torch.Tensor, stats: RowStats, scale: float) -> torch.Tensor:
+    """``sum_q minmax_row(A)[q, k]`` over the rows ``queries`` (..., n, d), for each of ``keys`` (..., m, d).
+
+    The normalisation is linear in the logits, so the sum needs no logits at all:
+    ``sum_q (A_qk - low_q) / range_q = scale * k . (sum_q q / range_q) - sum_q low_q / range_q``
+    (fp32; a constant row has range 0 and counts as 0, as in :func:`minmax_normalize`).
+    Returns (..., m). Equal to ``minmax_normalize(A)[..., keys].sum(-2)`` up to rounding.
+    """
+    inverse = 1.0 / stats.range.clamp_min(RANGE_EPS)
+    weighted = (queries.float() * inverse.unsqueeze(-1)).sum(-2)  # (..., d)
+    dots = (keys.float() @ weighted.unsqueeze(-1)).squeeze(-1)  # (..., m)
+    return dots * scale - (stats.low * inverse).sum(-1, keepdim=True)
 
 
 # -- the gate --------------------------------------------------------------------------
@@ -182,6 +246,23 @@ def select_layers(names: list[str], keys: list[str]) -> frozenset[str]:
     return frozenset(chosen)
 
 
+def image_gate(column_sums: torch.Tensor, rows: int, fraction: float, images: int) -> torch.Tensor:
+    """``R_c`` of each image from :func:`normalized_column_sums` of the condition's ``rows`` queries.
+
+    ``column_sums``: ``(B, heads, m)`` with the attention batch B laid out branch-major, as
+    the denoiser stacks it (``B = branches * images``, row ``b`` is image ``b % images``).
+    The ratio of :func:`gate_ratio` is averaged over the heads and the CFG branches of each
+    image, never across images: image i's gate depends on image i alone. Returns ``(images,)``.
+    """
+    ratio = gate_ratio(column_sums / max(rows, 1), fraction)  # (B,): mean over heads
+    return ratio.view(-1, images).mean(0)
+
+
+def gate_factors(r_c: torch.Tensor, tau: float) -> torch.Tensor:
+    """:func:`gate_factor` of each image's ``R_c`` as a tensor (no host read)."""
+    return (r_c - tau).clamp_min(0).sqrt()
+
+
 def gate_factor(r_c: float, tau: float, use_gate: bool = True) -> float:
     """The bias scale ``s = sqrt(max(0, R_c - tau))``; 1 when the gate is switched off."""
     if not use_gate:
@@ -216,58 +297,64 @@ def dam_bias(
     return (p_minus + p_plus) * rows
 
 
-# -- the bias, block-wise (what the processor runs) ------------------------------------
+# -- the bias in the fused kernel (what the processor runs) --------------------------
 
 
-@dataclass
-class BlockParts:
-    """Per-row softmax pieces of attention split into two key blocks, "in" and "out".
+HEAD_PAD = 8
+"""The extra head dimensions of :func:`biased_attention` are padded to a multiple of this:
+fused kernels want head dimensions in multiples of 8, and q, k and v of one size."""
 
-    For a row q with logits ``A_q``, max ``m_q``: ``z_in = sum_{k in} exp(A_qk - m_q)``,
-    ``s_in = sum_{k in} exp(A_qk - m_q) v_k`` and likewise for "out". Adding a constant
-    ``b_in`` to the "in" logits and ``b_out`` to the "out" logits gives the row's output
-    ``(e^b_in s_in + e^b_out s_out) / (e^b_in z_in + e^b_out z_out)`` exactly.
+
+@dataclass(frozen=True)
+class KeyBias:
+    """A rank-one bias: ``coefficient[..., q] * keys[k]`` added to the logits of the biased rows.
+
+    DAM has two: P- (the condition's rows, on the keys outside C) and P+ (the related rows,
+    on the keys in C). Several conditions would add one pair per condition.
     """
 
-    s_in: torch.Tensor
-    """(..., n, d)"""
-    s_out: torch.Tensor
-    """(..., n, d)"""
-    z_in: torch.Tensor
-    """(..., n)"""
-    z_out: torch.Tensor
-    """(..., n)"""
-    range: torch.Tensor
-    """(..., n): max - min of the row's logits (before any bias)."""
+    keys: torch.Tensor
+    """(N,) 0/1: the keys the bias is added to."""
+    coefficient: torch.Tensor
+    """(..., n) the bias of each biased row on those keys (0 for rows it leaves alone);
+    rows in the order of ``biased_attention``'s ``rows``."""
 
 
-def block_softmax_parts(logits: torch.Tensor, values: torch.Tensor, n_in: int) -> BlockParts:
-    """Split softmax(logits) @ values into the first ``n_in`` keys and the rest.
+def biased_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    rows: torch.Tensor,
+    rest: torch.Tensor,
+    biases: Sequence[KeyBias],
+    scale: float,
+) -> torch.Tensor:
+    """``softmax(Q K^T * scale + sum_b coefficient_b keys_b^T) V`` for every row, exactly, fused.
 
-    ``logits``: ``(..., n, N)`` with the keys ordered "in" block first; ``values``:
-    ``(..., N, d)`` in the same key order. ``logits`` is consumed (exponentiated in place).
+    A rank-one bias ``c[q] * 1[k in K]`` equals one more head dimension: queries get
+    ``c[q] / scale``, keys get the indicator, and ``scale * q'.k'`` is the biased logit. So the
+    ``rows`` (the biased query rows, (n,) indices) run through one
+    ``scaled_dot_product_attention`` call with ``len(biases)`` extra dimensions (padded to
+    :data:`HEAD_PAD`, values padded with zeros), and the ``rest`` through a plain one. No
+    logits are materialised and nothing is upcast: the kernel accumulates as it always does.
+    ``query``/``key``/``value``: (B, H, N, d). Returns (B, H, N, d).
     """
-    high = logits.amax(-1, keepdim=True)
-    rows = high.squeeze(-1) - logits.amin(-1)
-    probs = logits.sub_(high).exp_()
-    p_in, p_out = probs[..., :n_in], probs[..., n_in:]
-    return BlockParts(
-        s_in=p_in @ values[..., :n_in, :],
-        s_out=p_out @ values[..., n_in:, :],
-        z_in=p_in.sum(-1),
-        z_out=p_out.sum(-1),
-        range=rows,
-    )
-
-
-def combine_block_parts(parts: BlockParts, bias_in: torch.Tensor, bias_out: torch.Tensor) -> torch.Tensor:
-    """The attention output of each row with ``bias_in`` added to its "in" logits and ``bias_out`` to the rest.
-
-    ``bias_in`` / ``bias_out``: broadcastable to ``(..., n)``. Returns ``(..., n, d)``.
-    """
-    e_in, e_out = torch.exp(bias_in), torch.exp(bias_out)
-    numerator = e_in.unsqueeze(-1) * parts.s_in + e_out.unsqueeze(-1) * parts.s_out
-    return numerator / (e_in * parts.z_in + e_out * parts.z_out).unsqueeze(-1)
+    batch, heads, tokens, dim = key.shape
+    extra = -(-len(biases) // HEAD_PAD) * HEAD_PAD
+    dtype = query.dtype
+    q_extra = query.new_zeros(batch, heads, len(rows), extra)
+    k_extra = key.new_zeros(batch, heads, tokens, extra)
+    for i, bias in enumerate(biases):
+        q_extra[..., i] = bias.coefficient.to(dtype) * (1.0 / scale)
+        k_extra[..., i] = bias.keys.to(dtype)
+    q_rows = torch.cat([query.index_select(2, rows), q_extra], -1)
+    k_aug = torch.cat([key, k_extra], -1)
+    v_aug = torch.cat([value, value.new_zeros(batch, heads, tokens, extra)], -1)
+    out = torch.empty_like(query)
+    out.index_copy_(2, rows, F.scaled_dot_product_attention(q_rows, k_aug, v_aug, scale=scale)[..., :dim])
+    if len(rest):
+        out.index_copy_(2, rest, F.scaled_dot_product_attention(query.index_select(2, rest), key, value))
+    return out
 
 
 # -- geometry --------------------------------------------------------------------------
@@ -307,10 +394,12 @@ def cell_distances(centre: tuple[float, float], canvas: Canvas, height: int, wid
 
 @dataclass(frozen=True)
 class LayerRegions:
-    """The two regions of DAM on one attention grid, as flat token indices.
+    """The two regions of DAM on one attention grid, as flat token indices and key indicators.
 
-    ``key_order`` lists all tokens as [condition | related, closest to o* first | rest],
-    so the processor can slice both blocks and box_r's sorted points without gathers.
+    Query rows: ``condition`` (C, the P- rows), ``related`` (R, the P+ rows, closest to o*
+    first: the order the gate sorts box_r's points in), ``untouched`` (neither). Key sets:
+    ``condition_keys`` (the P+ bias goes there) and its complement (P-). Everything is built
+    once per grid before the loop (``nonzero`` reads the mask on the host).
     """
 
     height: int
@@ -321,8 +410,10 @@ class LayerRegions:
     """(n_r,) token indices of R = box_r minus C, sorted by distance to o* (closest first)."""
     related_decay: torch.Tensor
     """(n_r,) g_dis of each related token (float64), in the order of :attr:`related`."""
-    key_order: torch.Tensor
-    """(N,) permutation: condition tokens, then related (sorted), then the rest."""
+    untouched: torch.Tensor
+    """(N - n_c - n_r,) the tokens of neither region: rows DAM never changes."""
+    condition_keys: torch.Tensor
+    """(N,) float 0/1: 1 on the keys in C."""
     condition_mask: torch.Tensor
     """(height, width) bool."""
     related_mask: torch.Tensor
@@ -363,7 +454,8 @@ class LayerRegions:
             condition=cond_idx,
             related=rel_idx,
             related_decay=distance_decay(dist[rel_idx], dis_horizon, dis_exponent, use_distance_decay, dis_unit),
-            key_order=torch.cat([cond_idx, rel_idx, rest]),
+            untouched=rest,
+            condition_keys=cond.flatten().to(torch.float32),
             condition_mask=cond,
             related_mask=rel,
         )

@@ -13,9 +13,12 @@ So a condition's queries are pushed away from the background only (not from the 
 people), and a body attends to its own face only. With one condition this is exactly the
 single-condition DAM of :mod:`sow.attention.equations`.
 
-:func:`several_bias` is the dense reference (O(N^2), for tests); :func:`modulated_attention`
-is what the processor runs: exact, chunked explicit rows for the modulated queries (every
-C_i and R_i), scaled-dot-product attention for the others; never an (N, N) tensor.
+:func:`several_bias` is the dense reference (O(N^2), for tests). What the processor runs is
+:meth:`sow.attention.dam.DAMState._attention_several`: the fused path of one condition
+(:func:`~sow.attention.equations.row_stats`, the gate in closed form,
+:func:`~sow.attention.equations.biased_attention`) over the rows of :class:`SeveralRegions`,
+with one :class:`~sow.attention.equations.KeyBias` for P- and one per condition for P+;
+never an (N, N) tensor.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from sow.attention import equations as eq
 from sow.schemas import Box, Canvas
@@ -42,7 +44,9 @@ class SeveralRegions:
     related_decay: list[torch.Tensor]
     """Per condition, (n_r_i,) g_dis_i of its related tokens, in the order of :attr:`related`."""
     modulated: torch.Tensor
-    """(M,) every token that is in some C_i or R_i, ascending: the rows DAM computes explicitly."""
+    """(M,) every token that is in some C_i or R_i, ascending: the rows that get a bias (each once)."""
+    positions: torch.Tensor
+    """(N,) the row of each token in :attr:`modulated` (-1 for the others)."""
     untouched: torch.Tensor
     """(N - M,) the other tokens: plain attention."""
     condition_keys: list[torch.Tensor]
@@ -61,7 +65,10 @@ class SeveralRegions:
         dis_horizon: float,
         dis_exponent: float,
         use_distance_decay: bool = True,
+        dis_unit: float | None = None,
     ) -> SeveralRegions:
+        """As :meth:`sow.attention.equations.LayerRegions.build`, per condition (``dis_unit``: see
+        :func:`~sow.attention.equations.distance_decay`)."""
         from sow.io.canvas import box_mask
 
         masks = [box_mask(b, canvas, height, width).flatten() for b in condition_boxes]
@@ -73,18 +80,22 @@ class SeveralRegions:
             idx = torch.nonzero(rel).flatten()
             idx = idx[torch.argsort(dist[idx], stable=True)]
             related.append(idx)
-            decays.append(eq.distance_decay(dist[idx], dis_horizon, dis_exponent, use_distance_decay))
+            decays.append(eq.distance_decay(dist[idx], dis_horizon, dis_exponent, use_distance_decay, dis_unit))
             modulated |= rel
+        rows = torch.nonzero(modulated).flatten()
+        positions = torch.full((height * width,), -1, dtype=torch.long)
+        positions[rows] = torch.arange(len(rows))
         return cls(
             height=height,
             width=width,
             conditions=[torch.nonzero(m).flatten() for m in masks],
             related=related,
             related_decay=decays,
-            modulated=torch.nonzero(modulated).flatten(),
+            modulated=rows,
+            positions=positions,
             untouched=torch.nonzero(~modulated).flatten(),
-            condition_keys=[m.double() for m in masks],
-            background_keys=(~union).double(),
+            condition_keys=[m.float() for m in masks],
+            background_keys=(~union).float(),
         )
 
     def to(self, device: torch.device) -> SeveralRegions:
@@ -119,70 +130,3 @@ def several_bias(
         total = total - m * (cq[:, None] & ~union[None, :]).to(logits.dtype)
         total = total + p[:, None] * (rq[:, None] & ck[None, :]).to(logits.dtype)
     return total * eq.row_range(logits).unsqueeze(-1)
-
-
-def condition_gate(
-    query: torch.Tensor, key: torch.Tensor, condition: torch.Tensor, related: torch.Tensor, scale: float, fraction: float, chunk: int
-) -> torch.Tensor:
-    """R_c of one condition: its queries' min-max normalised logits on its related keys (a 0-d tensor).
-
-    Averaged over the batch and heads as :func:`sow.attention.equations.relevance_gate` reads it;
-    chunked over the condition's rows.
-    """
-    if len(condition) == 0 or len(related) == 0:
-        return query.new_zeros((), dtype=torch.float32)
-    keys_t = key.transpose(-1, -2)
-    sums = None
-    for start in range(0, len(condition), chunk):
-        rows = query[:, :, condition[start : start + chunk]]
-        logits = (rows @ keys_t).float().mul_(scale)
-        part = eq.minmax_normalize(logits)[..., related].sum(-2)
-        sums = part if sums is None else sums + part
-    return eq.gate_ratio(sums / len(condition), fraction).mean()
-
-
-def modulated_attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    regions: SeveralRegions,
-    minus: list[torch.Tensor | float],
-    plus: list[torch.Tensor | float],
-    chunk: int,
-) -> torch.Tensor:
-    """Self-attention (B, H, N, d) with ``sum_i (P+_i + P-_i) * range_row`` added, computed exactly.
-
-    ``minus[i]`` / ``plus[i]``: condition i's magnitudes with its gate factor folded in (numbers,
-    or 0-d device tensors). Rows outside every region: plain SDPA; the modulated rows: explicit
-    logits ``chunk`` rows at a time, their bias built per row from the key indicators.
-    """
-    out = torch.empty_like(query)
-    if len(regions.untouched):
-        out[:, :, regions.untouched] = F.scaled_dot_product_attention(query[:, :, regions.untouched], key, value)
-    rows_all = regions.modulated
-    n = query.shape[2]
-    # per condition: its P- and P+ coefficient on every modulated row (0 where the row is not its)
-    position = torch.full((n,), -1, dtype=torch.long, device=query.device)
-    position[rows_all] = torch.arange(len(rows_all), device=query.device)
-    coeff_minus, coeff_plus = [], []
-    for i in range(len(regions.conditions)):
-        cm = torch.zeros(len(rows_all), device=query.device, dtype=torch.float32)
-        cm[position[regions.conditions[i]]] = 1.0
-        cp = torch.zeros(len(rows_all), device=query.device, dtype=torch.float32)
-        cp[position[regions.related[i]]] = regions.related_decay[i].float()
-        coeff_minus.append(cm * minus[i])
-        coeff_plus.append(cp * plus[i])
-    scale = query.shape[-1] ** -0.5
-    keys_t = key.transpose(-1, -2)
-    values = value.float()
-    for start in range(0, len(rows_all), chunk):
-        idx = rows_all[start : start + chunk]
-        logits = (query[:, :, idx] @ keys_t).float().mul_(scale)
-        spread = eq.row_range(logits).unsqueeze(-1)
-        bias = torch.zeros(logits.shape[-2:], device=logits.device, dtype=logits.dtype)
-        for i in range(len(regions.conditions)):
-            bias = bias - coeff_minus[i][start : start + chunk, None] * regions.background_keys[None, :]
-            bias = bias + coeff_plus[i][start : start + chunk, None] * regions.condition_keys[i][None, :]
-        probs = torch.softmax(logits + bias * spread, -1)
-        out[:, :, idx] = (probs @ values).to(out.dtype)
-    return out

@@ -214,6 +214,11 @@ class PipelineSpec:
     dtype: str = "auto"
     random_weights: bool = False
     allow_pickle: bool = False
+    family: str | None = None
+    """The model family, only where its configs cannot tell it (``--family``)."""
+    vae: str | None = None
+    loras: tuple[str, ...] = ()
+    """``PATH[:SCALE]`` LoRA specs (``--lora``), applied in every worker."""
     stages: tuple[tuple[str, str], ...] = ()
     """(stage field, plugin name) pairs chosen on the command line."""
     planner_options: tuple[tuple[str, object], ...] = ()
@@ -238,6 +243,9 @@ class PipelineSpec:
             dtype=self.dtype,
             random_weights=self.random_weights,
             allow_pickle=self.allow_pickle,
+            family=self.family,
+            vae=self.vae,
+            loras=list(self.loras) or None,
             stage_options={"planner": dict(self.planner_options)} if self.planner_options else None,
             **dict(self.stages),
         )

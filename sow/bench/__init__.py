@@ -1,4 +1,4 @@
-"""`sow bench`: the speed benchmark (`benchmark`) and its chart (`chart`).
+"""`sow bench`: the speed benchmark (`benchmark`), DAM's measured share of a UNet call (`dam_share`) and the chart (`chart`).
 
 May import everything in the library except the CLI.
 """

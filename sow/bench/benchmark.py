@@ -158,9 +158,12 @@ class CallShapes:
         def record(_module, args, kwargs):
             tensors = [a for a in args if isinstance(a, torch.Tensor)]
             context = kwargs.get("encoder_hidden_states")
+            added = kwargs.get("added_cond_kwargs") or {}
             shapes = tuple(tuple(t.shape) for t in tensors[:1])
             if context is not None:
                 shapes += (tuple(context.shape),)
+            if "text_embeds" in added:  # SDXL: the pooled text (time_ids follow from the batch)
+                shapes += (tuple(added["text_embeds"].shape),)
             self.calls[(name, shapes)] += 1
 
         return record
@@ -191,12 +194,17 @@ def count_flops(components, calls: Counter) -> dict[str, Any]:
         unet = UNet2DConditionModel.from_config(components.unet.config)
         vae = AutoencoderKL.from_config(components.vae.config)
         text_encoder = type(components.text_encoder)(components.text_encoder.config)
+        second = getattr(components, "text_encoder_2", None)
+        text_encoder_2 = type(second)(second.config) if second is not None else None
     unet.set_attn_processor(AttnProcessor())  # explicit matmuls: counted on any device
     per_call, totals = [], Counter()
     for (name, shapes), n in sorted(calls.items()):
         meta = [torch.zeros(s, device="meta") for s in shapes]
         with FlopCounterMode(display=False) as counter:
-            if name == "unet":
+            if name == "unet" and len(shapes) > 2:  # SDXL's added conditioning: pooled text and 6 time_ids
+                added = {"text_embeds": meta[2], "time_ids": torch.zeros((shapes[2][0], 6), device="meta")}
+                unet(meta[0], torch.zeros((), device="meta"), encoder_hidden_states=meta[1], added_cond_kwargs=added)
+            elif name == "unet":
                 unet(meta[0], torch.zeros((), device="meta"), encoder_hidden_states=meta[1])
             elif name == "vae_encoder":
                 vae.encoder(meta[0])
@@ -204,6 +212,8 @@ def count_flops(components, calls: Counter) -> dict[str, Any]:
                 vae.decoder(meta[0])
             elif name == "text_encoder":
                 text_encoder(torch.zeros(shapes[0], dtype=torch.long, device="meta"))
+            elif name == "text_encoder_2":
+                text_encoder_2(torch.zeros(shapes[0], dtype=torch.long, device="meta"), output_hidden_states=True)
         flops = counter.get_total_flops()
         per_call.append({"module": name, "shapes": [list(s) for s in shapes], "calls": n, "tflop_per_call": flops / 1e12})
         totals[name] += flops * n
@@ -211,12 +221,15 @@ def count_flops(components, calls: Counter) -> dict[str, Any]:
 
 
 def _modules_to_watch(components) -> dict[str, torch.nn.Module]:
-    return {
+    modules = {
         "unet": components.unet,
         "vae_encoder": components.vae.encoder,
         "vae_decoder": components.vae.decoder,
         "text_encoder": components.text_encoder,
     }
+    if getattr(components, "text_encoder_2", None) is not None:
+        modules["text_encoder_2"] = components.text_encoder_2
+    return modules
 
 
 def _peak_memory(device: torch.device) -> dict[str, Any]:
@@ -226,15 +239,17 @@ def _peak_memory(device: torch.device) -> dict[str, Any]:
     return {"kind": "process_max_rss (whole process lifetime, not this run alone)", "bytes": int(rss)}
 
 
-def time_sow(pipe, condition, args, config, batch: int, repeats: int, watch=None) -> tuple[Timed, list]:
-    """Warm-up then timed runs of ``pipe`` at ``num_images = batch``; returns the times and the last record."""
+def time_sow(pipe, condition, args, config, batch: int, repeats: int, plan=None) -> tuple[Timed, list]:
+    """Warm-up then timed runs of ``pipe`` at ``num_images = batch``; returns the times and the last record.
+
+    ``plan``: made once beforehand and passed to every run (its cost is reported on its own)."""
     device = pipe.device
     records = []
 
     def once():
         _sync(device)
         start = time.perf_counter()
-        result = pipe(condition, BENCH_PROMPT, seed=args.seed, config=config, num_images=batch)
+        result = pipe(condition, BENCH_PROMPT, seed=args.seed, config=config, num_images=batch, plan=plan)
         _sync(device)
         return time.perf_counter() - start, result.record
 
@@ -249,28 +264,45 @@ def time_sow(pipe, condition, args, config, batch: int, repeats: int, watch=None
     return Timed(seconds, stages, batch), records
 
 
+def time_interleaved(variants: list[dict], condition, args, config, plan, repeats: int) -> list[tuple[Timed, list]]:
+    """``args.warmup`` untimed rounds, then ``repeats`` rounds that run each variant once, in turn.
+
+    Each variant is a dict with ``pipe``, ``settings`` (applied before each of its runs: the
+    reference variants share one set of components) and ``batch``. Returns per variant the
+    times and records, in order."""
+    seconds: list[list[float]] = [[] for _ in variants]
+    stages: list[list[dict[str, float]]] = [[] for _ in variants]
+    records: list[list] = [[] for _ in variants]
+    for round_ in range(args.warmup + repeats):
+        for i, variant in enumerate(variants):
+            pipe = variant["pipe"]
+            if variant["settings"] is not None:
+                pipe.optimize(variant["settings"])
+            _sync(pipe.device)
+            start = time.perf_counter()
+            result = pipe(condition, BENCH_PROMPT, seed=args.seed, config=config, num_images=variant["batch"], plan=plan)
+            _sync(pipe.device)
+            if round_ >= args.warmup:
+                seconds[i].append(time.perf_counter() - start)
+                stages[i].append({t.name: t.seconds for t in result.record.timings})
+                records[i].append(result.record)
+    return [(Timed(seconds[i], stages[i], v["batch"]), records[i]) for i, v in enumerate(variants)]
+
+
 def time_ddim(components, args, steps: int, repeats: int) -> Timed:
-    """Plain text-to-image with diffusers' StableDiffusionPipeline and a DDIM scheduler, batch 1."""
+    """Plain text-to-image with the family's diffusers pipeline (StableDiffusionPipeline, or
+    StableDiffusionXLPipeline for SDXL) and a DDIM scheduler, batch 1."""
     from diffusers import DDIMScheduler
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # its import warns about image processors SD text-to-image never uses
     try:
-        from diffusers import StableDiffusionPipeline
+        import diffusers.pipelines  # noqa: F401
     finally:
         hf_logging.set_verbosity(verbosity)
 
-    sd = StableDiffusionPipeline(
-        vae=components.vae,
-        text_encoder=components.text_encoder,
-        tokenizer=components.tokenizer,
-        unet=components.unet,
-        scheduler=DDIMScheduler.from_config(components.scheduler.config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    sd = components.diffusers_pipeline(DDIMScheduler.from_config(components.scheduler.config))
     sd.set_progress_bar_config(disable=True)
     device = components.device
 
@@ -323,44 +355,52 @@ def _pick_modulator(requested: str, registry) -> str:
 
 
 def meta_components(spec: str):
-    """The models named by ``spec`` (``tiny``, or a folder of configs or weights) on the meta device: shapes only."""
+    """The models named by ``spec`` (``tiny``, ``tiny-sdxl``, or a folder of configs or weights) on the meta
+    device: shapes only. A ``text_encoder_2/`` config (SDXL) adds the second encoder."""
     from types import SimpleNamespace
 
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from sow.errors import ModelLoadError
-    from sow.engine.models import tiny_configs
+    from sow.engine.models import tiny_configs, tiny_sdxl_configs
 
-    if spec == "tiny":
-        configs = tiny_configs()
+    second_cfg = None
+    if spec in ("tiny", "tiny-sdxl"):
+        configs = tiny_configs() if spec == "tiny" else tiny_sdxl_configs()
         unet_cfg, vae_cfg, text_cfg = configs["unet"], configs["vae"], CLIPTextConfig(**configs["text_encoder"])
+        if "text_encoder_2" in configs:
+            second_cfg = CLIPTextConfig(**configs["text_encoder_2"])
     else:
         folder = Path(spec).expanduser()
         if not (folder / "unet" / "config.json").is_file():
-            raise ModelLoadError(f"--count-only needs 'tiny' or a folder with unet/, vae/ and text_encoder/ configs; got {spec!r}")
+            raise ModelLoadError(f"--count-only needs 'tiny', 'tiny-sdxl' or a folder with unet/, vae/ and text_encoder/ configs; got {spec!r}")
         unet_cfg = UNet2DConditionModel.load_config(folder / "unet")
         vae_cfg = AutoencoderKL.load_config(folder / "vae")
         text_cfg = CLIPTextConfig.from_pretrained(folder / "text_encoder")
+        if (folder / "text_encoder_2" / "config.json").is_file():
+            second_cfg = CLIPTextConfig.from_pretrained(folder / "text_encoder_2")
     with torch.device("meta"):
         return SimpleNamespace(
             unet=UNet2DConditionModel.from_config(unet_cfg),
             vae=AutoencoderKL.from_config(vae_cfg),
             text_encoder=CLIPTextModel(text_cfg),
+            text_encoder_2=CLIPTextModelWithProjection(second_cfg) if second_cfg is not None else None,
         )
 
 
 def cost_model(args: argparse.Namespace) -> dict[str, Any]:
     """FLOPs of one run of ``args.model``'s architecture at ``args``' settings, without running it.
 
-    The call shapes come from one run of the tiny model (same latent grid, same schedule and
-    batches); the text width is swapped for the target's. DAM's extra rows are not in it.
+    The call shapes come from one run of the tiny model of the same structure (``tiny-sdxl``
+    for a target with two text encoders: same latent grid, same schedule and batches); the
+    text and pooled widths are swapped for the target's. DAM's extra rows are not in it.
     """
     from sow.engine.models import load_components
     from sow.pipeline import SOWPipeline
 
     target = meta_components(args.model)
-    tiny = load_components("tiny", device="cpu")
+    tiny = load_components("tiny-sdxl" if target.text_encoder_2 is not None else "tiny", device="cpu")
     pipe = SOWPipeline(tiny, {"modulator": "none"})
     config = pipe.make_config(None, "normal", **_config_overrides(args, "none"))
     phases: Counter = Counter()
@@ -374,7 +414,10 @@ def cost_model(args: argparse.Namespace) -> dict[str, Any]:
     calls: Counter = Counter()
     for (name, call_shapes), n in shapes.calls.items():
         if name == "unet":
-            call_shapes = (call_shapes[0], (*call_shapes[1][:-1], width))
+            swapped = (call_shapes[0], (*call_shapes[1][:-1], width))
+            if len(call_shapes) > 2:  # the pooled text of SDXL's added conditioning: the target's projection width
+                swapped += ((call_shapes[2][0], target.text_encoder_2.config.projection_dim),)
+            call_shapes = swapped
         calls[(name, call_shapes)] += n
     counted = count_flops(target, calls)
     return {
@@ -384,7 +427,7 @@ def cost_model(args: argparse.Namespace) -> dict[str, Any]:
         "unet_calls_per_phase": dict(phases),
         "unet_evaluations": sum(phases.values()),
         **counted,
-        "note": "standard models only (UNet, VAE, text encoder); DAM's explicit rows are counted by a timed run",
+        "note": "standard models only (UNet, VAE, text encoder); DAM's extra work is counted by a timed run (flops.modulation_extra_tflop) and timed (report['dam'])",
     }
 
 
@@ -430,7 +473,16 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     canvas_pixels = args.size * args.size
     pipe.optimize(settings.model_copy(update={"compile": False}), canvas_pixels)  # FLOPs are counted eagerly
     config = pipe.make_config(None, "normal", **_config_overrides(args, modulator))
-    weights_bytes = sum(p.numel() * p.element_size() for m in (components.unet, components.vae, components.text_encoder) for p in m.parameters())
+    weights_bytes = sum(p.numel() * p.element_size() for m in (components.unet, components.vae, *components.text_encoders) for p in m.parameters())
+
+    # The plan: made and timed on its own, then passed to every run below, so the planner's
+    # cost (0.04 s for the heuristic, seconds for an MLLM) is neither hidden in nor repeated
+    # across the timed runs.
+    plan_seconds = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        plan = pipe.plan(condition, BENCH_PROMPT, config, args.seed)
+        plan_seconds.append(time.perf_counter() - start)
 
     # One counted run per batch size: every FLOP it does (DAM included), the call shapes, the UNet calls per phase.
     counted_runs, phases = {}, {}
@@ -439,7 +491,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         shapes = CallShapes(_modules_to_watch(components))
         try:
             with flop_counter() as counter:
-                pipe(condition, BENCH_PROMPT, seed=args.seed, config=config, num_images=batch,
+                pipe(condition, BENCH_PROMPT, seed=args.seed, config=config, num_images=batch, plan=plan,
                      callback=lambda info: phase_counts.update([info["phase"]]))
         finally:
             shapes.remove()
@@ -461,7 +513,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         counted = counted_runs[batch]
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        timed, records = time_sow(pipe, condition, args, config, batch, args.repeats)
+        timed, records = time_sow(pipe, condition, args, config, batch, args.repeats, plan)
         per_image = timed.per_image()
         flop_per_image = counted["run_tflop"] / batch
         runs.append(
@@ -506,12 +558,21 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "unet_calls_per_phase": phases,
         "unet_evaluations": runs[0]["unet_evaluations"],
         "flops": flops,
+        "plan": {
+            "planner": config.stages.planner,
+            "seconds": {"median": statistics.median(plan_seconds), "runs": plan_seconds},
+            "note": "made once and passed to every timed run; the runs' 'plan' stage is then only the prompt checks",
+        },
         "runs": runs,
         "baselines": {},
         "not_measured": not_measured,
     }
     if modulator == "none":
         not_measured.append("DAM: no 'dam' attention modulator is installed; ran plain COW (modulator 'none')")
+    elif modulator == "dam":
+        from sow.bench.dam_share import dam_unet_call
+
+        report["dam"] = dam_unet_call(pipe, config, plan, args.batch[0], max(3, args.repeats))
 
     # 2. Plain DDIM text-to-image, same model and fast settings.
     fast_first = runs[0]["seconds_per_image"]["median"]
@@ -526,42 +587,47 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             "note": f"ratio = SOW seconds per image (batch {args.batch[0]}) / DDIM-{args.ddim_steps} seconds per image",
         }
 
-    # 3. The reference settings (fp32, re-encoding, math attention), then one switch at a time.
+    # 3. The reference settings (fp32, re-encoding, math attention), then one switch at a time,
+    #    and the fast path again: all interleaved round by round, so a busy machine (or a
+    #    warming GPU) slows every variant alike and the ratios hold.
     if not args.no_reference:
-        del pipe
         if settings.offload:
             components.unet.to("cpu")
         reference = load_components(args.model, device=device, dtype="fp32", random_weights=args.random_weights)
-        ladder = []
+        variants = []
         for name, switches in REFERENCE_LADDER:
             ref_settings = PerformanceSettings(channels_last=False, nan_guard=False, cudnn_benchmark=False, **switches)
-            ref_pipe = SOWPipeline(reference, {"modulator": modulator}, registry=registry).optimize(ref_settings)
-            timed, records = time_sow(ref_pipe, condition, argparse.Namespace(**{**vars(args), "repeats": baseline_repeats}), config, 1, baseline_repeats)
+            ref_pipe = SOWPipeline(reference, {"modulator": modulator}, registry=registry)
+            variants.append({"variant": name, "pipe": ref_pipe, "settings": ref_settings, "batch": 1, "switches": switches})
+        if not settings.offload:
+            for batch in args.batch:
+                variants.append({"variant": f"fast path ({report['dtype']}), batch {batch}", "pipe": pipe, "settings": None, "batch": batch, "switches": {}})
+        else:
+            not_measured.append("fast path in the interleaved ladder: skipped under --offload (its own runs above)")
+        timed = time_interleaved(variants, condition, args, config, plan, baseline_repeats)
+        ladder = []
+        for variant, (times, records) in zip(variants, timed):
             ladder.append(
                 {
-                    "variant": name,
-                    "dtype": "float32",
-                    **switches,
-                    "seconds_per_image": timed.per_image(),
-                    "stages_seconds_per_image": timed.stage_medians(),
+                    "variant": variant["variant"],
+                    "dtype": "float32" if variant["settings"] is not None else report["dtype"],
+                    "batch": variant["batch"],
+                    **variant["switches"],
+                    "seconds_per_image": times.per_image(),
+                    "stages_seconds_per_image": times.stage_medians(),
                     "unet_evaluations": records[-1].unet_evaluations,
                 }
             )
         ref_median = ladder[0]["seconds_per_image"]["median"]
         for entry in ladder:
             entry["speedup_vs_reference"] = ref_median / entry["seconds_per_image"]["median"]
+        for run, entry in zip(runs, ladder[len(REFERENCE_LADDER) :]):
+            run["speedup_vs_reference"] = entry["speedup_vs_reference"]
         for run in runs:
-            run["speedup_vs_reference"] = ref_median / run["seconds_per_image"]["median"]
-            ladder.append(
-                {
-                    "variant": f"fast path ({report['dtype']}), batch {run['batch']}",
-                    "seconds_per_image": run["seconds_per_image"],
-                    "stages_seconds_per_image": run["stages_seconds_per_image"],
-                    "speedup_vs_reference": run["speedup_vs_reference"],
-                }
-            )
+            run.setdefault("speedup_vs_reference", ref_median / run["seconds_per_image"]["median"])
         report["baselines"]["reference"] = {
-            "note": "fp32, prompts re-encoded at every UNet call, math attention; batch 1; same model and config",
+            "note": "fp32, prompts re-encoded at every UNet call, math attention; batch 1; same model, config and plan; "
+            "every variant (the fast path too) measured in the same interleaved rounds",
             "ladder": ladder,
             "same_unet_evaluations": ladder[0]["unet_evaluations"] == runs[0]["unet_evaluations"],
         }
@@ -626,6 +692,17 @@ def render(report: dict[str, Any], console=None) -> None:
         stages.add_row(str(run["batch"]), *(f"{st.get(n, 0.0):.3f}" for n in STAGES))
     console.print(table)
     console.print(stages)
+    plan = report.get("plan")
+    if plan:
+        console.print(f"plan ({plan['planner']}): {plan['seconds']['median']:.3f} s, made once and reused by every timed run")
+    dam = report.get("dam")
+    if dam:
+        calls = dam["unet_call_seconds"]
+        console.print(
+            f"DAM (gate {dam['gate']}, {100 * dam['modulated_rows']:.0f}% of the full-resolution rows modulated): one cycle-phase "
+            f"UNet call {calls['dam']:.3f} s vs {calls['none']:.3f} s without, {dam['ratio']:.3f}x "
+            f"({100 * dam['dam_share_of_call']:.1f}% of the call; {dam['clock']})"
+        )
     baselines = report["baselines"]
     if "ddim" in baselines:
         d = baselines["ddim"]

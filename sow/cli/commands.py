@@ -31,7 +31,10 @@ err = redacting_console(stderr=True)
 out = redacting_console()
 """The CLI's consoles: every string printed has secrets (API keys in the environment) redacted."""
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'tiny' (embedded, random weights), a hub id, a diffusers folder or a .safetensors file.")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'tiny' or 'tiny-sdxl' (embedded, random weights), a hub id, a diffusers folder or a .safetensors file (SD 1.x, 2.x or SDXL).")]
+FamilyOpt = Annotated[Optional[str], typer.Option("--family", help="sd1, sd2 or sdxl: only when the model's configs cannot tell its family (docs/models.md).")]
+VaeOpt = Annotated[Optional[str], typer.Option("--vae", help="A replacement VAE (AutoencoderKL folder or hub id), e.g. a fixed fp16 SDXL VAE.")]
+LoraOpt = Annotated[Optional[list[str]], typer.Option("--lora", help="PATH[:SCALE] of a .safetensors LoRA (repeatable); recorded with its sha256.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N.")]
 DtypeOpt = Annotated[str, typer.Option(help="auto (bf16 on GPUs that have it, fp16 on others, fp32 on CPU), fp32, fp16 or bf16.")]
 
@@ -241,6 +244,9 @@ def generate(
     dtype: DtypeOpt = "auto",
     random_weights: Annotated[bool, typer.Option(help="With a folder of configs only: build it with random weights (benchmarks).")] = False,
     allow_pickle: Annotated[bool, typer.Option(help="Allow pickled .ckpt checkpoints (they can run code).")] = False,
+    family: FamilyOpt = None,
+    vae: VaeOpt = None,
+    lora: LoraOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     save_attention: Annotated[bool, typer.Option("--save-attention", help="Also write <name>.attention.png (DAM's masks and the condition's mean attention at one layer) and trace the gate in the record.")] = False,
@@ -283,6 +289,9 @@ def generate(
         dtype=dtype,
         random_weights=random_weights,
         allow_pickle=allow_pickle or load_policy().allow_pickle,
+        family=family,
+        vae=vae,
+        loras=tuple(lora or ()),
         stages=tuple((k, v) for k, v in chosen.items() if v is not None),
         planner_options=tuple(stage_options.items()),
         on_planner_error=on_planner_error,
@@ -340,13 +349,17 @@ def generate(
     pipe = load_pipe()
     config = pipe.make_config(None, preset, **overrides)
     plan = early_plan
+    if plan is not None and not plan_file and plan.canvas != config.canvas:  # --box-v/--box-r on the model's native canvas
+        plan = manual_plan(box_v, box_r, prompt, config)
     if save_attention and (config.stages.modulator == "none" or not config.ablation.dynamic_attention):
         raise InputError("--save-attention needs attention modulation; the modulator is off (use --modulator dam)")
 
     from sow.cli.progress import unet_progress
 
+    from sow.stages import RunInputs
+
     count = len(plan.conditions) if plan is not None else len(conditions) if len(conditions) > 1 else (max_people or (len(pick.split(",")) if pick else 1))
-    with unet_progress(config.unet_evaluations(count), disable=quiet or json_output, console=err) as callback:
+    with unet_progress(pipe.unet_evaluations(config, RunInputs(conditions=count)), disable=quiet or json_output, console=err) as callback:
         given = [str(c) for c in conditions]
         result = pipe(given if len(given) > 1 else given[0], prompt, plan=plan, seed=seed, config=config, callback=callback, num_images=num_images)
 

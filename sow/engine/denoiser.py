@@ -16,34 +16,57 @@ import torch
 
 from sow.engine import diffusion_math as dm
 from sow.engine.context import Phase, Step
+from sow.engine.families import AddedConditioning, PromptEncoder
 from sow.engine.numerics import FiniteGuard
 from sow.schemas import GenerationConfig
 
 
+PROMPT_NAMES = ("prompt", "negative", "empty", "suppress", "diverse")
+"""The five prompts of a run, in the order they are encoded."""
+
+
+def run_texts(config: GenerationConfig, prompt: str) -> dict[str, str]:
+    """The text of each of the run's five prompts, by name."""
+    texts = (prompt, config.negative_prompt, "", config.background_suppress_prompt, config.background_diverse_prompt)
+    return dict(zip(PROMPT_NAMES, texts))
+
+
 @dataclass
 class PromptEmbeddings:
-    """Text-encoder outputs of the prompts one run needs, each (1, 77, D)."""
+    """Text-encoder outputs of the prompts one run needs, each (1, 77, D).
+
+    ``pooled`` (families with pooled conditioning, SDXL): each prompt's pooled embedding, (1, P), by name.
+    """
 
     prompt: torch.Tensor
     negative: torch.Tensor
     empty: torch.Tensor
     suppress: torch.Tensor
     diverse: torch.Tensor
+    pooled: dict[str, torch.Tensor] | None = None
 
     @classmethod
-    def encode(cls, text_encoder, tokenizer, config: GenerationConfig, prompt: str) -> PromptEmbeddings:
-        """Encode the prompt, negative prompt, empty prompt and the two background prompts in one batch."""
-        texts = [prompt, config.negative_prompt, "", config.background_suppress_prompt, config.background_diverse_prompt]
-        tokens = tokenizer(
-            texts,
-            padding="max_length",
-            max_length=tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(text_encoder.device)
-        with torch.no_grad():
-            hidden = text_encoder(tokens)[0]
-        return cls(*hidden.unsqueeze(1).unbind(0))
+    def encode(cls, text_encoder, tokenizer, config: GenerationConfig, prompt: str, encoder: PromptEncoder | None = None) -> PromptEmbeddings:
+        """Encode the prompt, negative prompt, empty prompt and the two background prompts in one batch.
+
+        ``encoder`` (a family's :class:`~sow.engine.families.PromptEncoder`) replaces the single
+        ``text_encoder``/``tokenizer`` pair (SD 1.x/2.x) for families with more encoders.
+        """
+        texts = list(run_texts(config, prompt).values())
+        if encoder is None:
+            tokens = tokenizer(
+                texts,
+                padding="max_length",
+                max_length=tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids.to(text_encoder.device)
+            with torch.no_grad():
+                hidden = text_encoder(tokens)[0]
+            return cls(*hidden.unsqueeze(1).unbind(0))
+        hidden, pooled = encoder.encode(texts)
+        pooled_by_name = None if pooled is None else dict(zip(PROMPT_NAMES, pooled.unsqueeze(1).unbind(0)))
+        return cls(*hidden.unsqueeze(1).unbind(0), pooled=pooled_by_name)
 
 
 class Denoiser:
@@ -58,9 +81,12 @@ class Denoiser:
         condition_mask: torch.Tensor | None = None,
         # (1, 1, H, W): 1 on every condition's kept cells (the union, for background guidance)
         callback: Callable[[dict[str, Any]], None] | None = None,
-        conditions: int = 1,
+        added_conditioning: AddedConditioning | None = None,
+        total_evaluations: int | None = None,
     ) -> None:
         self.unet = unet
+        self.added_conditioning = added_conditioning
+        """The UNet's extra inputs for families that have them (SDXL: pooled text, time_ids); None for SD 1.x/2.x."""
         self.schedule = schedule
         self.embeddings = embeddings
         self.config = config
@@ -71,14 +97,16 @@ class Denoiser:
         """Called with (latents, timestep) after every denoising step; what it returns replaces the latents
         (diffusers' ``callback_on_step_end``, see :class:`sow.diffusers_style.StepEndCallback`)."""
         self.evaluations = 0
-        self.total_evaluations = config.unet_evaluations(conditions)
+        self.total_evaluations = total_evaluations
+        """The run's UNet evaluations (:meth:`sow.pipeline.SOWPipeline.unet_evaluations`), told to callbacks; None: unknown."""
         self.guard = FiniteGuard(config.finite_check)
         """NaN/inf check after every update; call :meth:`finish` when the loop ends."""
         self._timesteps: torch.Tensor | None = None
 
     # -- noise prediction -------------------------------------------------------------
 
-    def _unet(self, latents: torch.Tensor, level: int, branches: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _unet(self, latents: torch.Tensor, level: int, names: list[str]) -> list[torch.Tensor]:
+        branches = [getattr(self.embeddings, name) for name in names]
         batch = latents.shape[0]
         model_input = torch.cat([latents] * len(branches))
         context = torch.cat([b.expand(batch, -1, -1) for b in branches])
@@ -86,7 +114,11 @@ class Denoiser:
         if self._timesteps is None or self._timesteps.device != latents.device:
             self._timesteps = self.schedule.timesteps.to(latents.device)  # once per run: no copy per call
         t = self._timesteps[level]
-        eps = self.unet(model_input, t, encoder_hidden_states=context).sample
+        extra = {}
+        if self.added_conditioning is not None:
+            pooled = [self.embeddings.pooled[name] for name in names]
+            extra = self.added_conditioning.kwargs(latents, pooled, context.dtype)
+        eps = self.unet(model_input, t, encoder_hidden_states=context, **extra).sample
         self.evaluations += 1
         return list(eps.chunk(len(branches)))
 
@@ -94,21 +126,21 @@ class Denoiser:
         """Guided noise prediction at level ``level`` (timestep t_level) for ``step``'s phase."""
         if self.on_step is not None:
             self.on_step(step)
-        cfg, e = self.config, self.embeddings
+        cfg = self.config
         if step.phase in ("invert_condition", "invert_canvas"):
             scale = cfg.inversion_guidance_scale
             if scale <= 1:
-                return self._unet(latents, level, [e.prompt])[0]
-            uncond, text = self._unet(latents, level, [e.empty, e.prompt])
+                return self._unet(latents, level, ["prompt"])[0]
+            uncond, text = self._unet(latents, level, ["empty", "prompt"])
             return dm.classifier_free_guidance(uncond, text, scale)
         if step.phase == "cycle" and cfg.background_guidance and self.condition_mask is not None:
-            neg, text, sup, div = self._unet(latents, level, [e.negative, e.prompt, e.suppress, e.diverse])
+            neg, text, sup, div = self._unet(latents, level, ["negative", "prompt", "suppress", "diverse"])
             mask = self.condition_mask.to(dtype=latents.dtype)
             return dm.background_guidance(neg, text, sup, div, mask, cfg.guidance_scale)
         if cfg.guidance_scale <= 1:
-            return self._unet(latents, level, [e.prompt])[0]
-        negative = e.empty if step.phase == "final" and cfg.readings.final_negative == "empty" else e.negative
-        neg, text = self._unet(latents, level, [negative, e.prompt])
+            return self._unet(latents, level, ["prompt"])[0]
+        negative = "empty" if step.phase == "final" and cfg.readings.final_negative == "empty" else "negative"
+        neg, text = self._unet(latents, level, [negative, "prompt"])
         return dm.classifier_free_guidance(neg, text, cfg.guidance_scale)
 
     def _report(self, step: Step) -> None:

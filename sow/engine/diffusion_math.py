@@ -29,10 +29,6 @@ class LevelSchedule:
         object.__setattr__(self, "_alpha_values", tuple(float(a) for a in self.alphas.tolist()))
         object.__setattr__(self, "_timestep_values", tuple(int(t) for t in self.timesteps.tolist()))
 
-    @property
-    def num_levels(self) -> int:
-        return len(self.alphas) - 1
-
     @classmethod
     def from_scheduler(cls, scheduler, num_inference_steps: int) -> LevelSchedule:
         """Levels of a diffusers DDIM-style scheduler (``alphas_cumprod``, ``final_alpha_cumprod``)."""

@@ -1,7 +1,12 @@
-"""Loading Stable Diffusion 1.x / 2.x components, and the embedded tiny model.
+"""Loading Stable Diffusion components of every family (SD 1.x, 2.x, SDXL), and the embedded tiny models.
 
+The family (:mod:`sow.engine.families`) is told from the loaded components' configs, never
+from the name; ``family=`` (``--family``) names it only where the configs cannot.
 ``load_components(spec)`` accepts:
 
+- ``"tiny-sdxl"``: an SDXL-shaped tiny model (no attention at the highest resolution, two
+  transformer layers at the lowest, two text encoders, pooled text and ``time_ids``);
+  random weights, built in about a second, like ``"tiny"``;
 - ``"tiny"``: an SD-shaped model (UNet with cross-attention at two resolutions, a VAE
   with scale factor 8, a CLIP text encoder) built from configs with seeded random
   weights and the real CLIP BPE tokenizer bundled with sow. It builds offline in about
@@ -10,7 +15,9 @@
 - a local diffusers folder (``model_index.json`` + component folders), loaded with
   ``from_pretrained``;
 - a single checkpoint file (``.safetensors``; ``.ckpt`` only with ``allow_pickle``),
-  loaded with ``StableDiffusionPipeline.from_single_file``;
+  loaded with ``StableDiffusionXLPipeline.from_single_file`` when its tensor names are
+  SDXL's (a second text encoder under ``conditioner.embedders.1``), else
+  ``StableDiffusionPipeline.from_single_file``;
 - a folder of component *configs* only (like SD 2.1-base's), with ``random_weights=True``:
   the real architecture with random weights, for speed and memory benchmarks;
 - a Hugging Face hub id (``stabilityai/stable-diffusion-2-1-base``), through the local
@@ -20,12 +27,13 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import torch
 
+from sow.engine.families import FAMILIES, AddedConditioning, ModelFamily, PromptEncoder, detect_family
 from sow.errors import InputError, ModelLoadError
 from sow.io.files import parse_json, read_regular_text
 
@@ -34,6 +42,13 @@ log = logging.getLogger("sow.engine.models")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 TINY_SEED = 20240607
+
+TINY_FAMILY = "sd2"
+"""The family the tiny model stands in for: its widths are a toy's, so its configs cannot say
+(it is SD 2.1-base-shaped and runs the paper's settings)."""
+
+SDXL_CHECKPOINT_KEY = "conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias"
+"""A tensor only original-layout SDXL checkpoints hold (the second, OpenCLIP bigG text encoder)."""
 
 
 @dataclass
@@ -49,6 +64,67 @@ class Components:
     """What was loaded: ``tiny``, a path or a hub id."""
     execution_device: torch.device | None = None
     """Where the models run when their weights are offloaded elsewhere (see :mod:`sow.engine.performance`)."""
+    text_encoder_2: torch.nn.Module | None = None
+    """SDXL's second text encoder (OpenCLIP bigG, with projection); None for one-encoder families."""
+    tokenizer_2: object | None = None
+    family: ModelFamily | None = None
+    """Set by :func:`load_components` from the configs (see :func:`sow.engine.families.detect_family`)."""
+    loras: list = field(default_factory=list)
+    """The LoRAs applied, as :class:`sow.schemas.LoraRecord` (see :mod:`sow.engine.lora`)."""
+
+    @property
+    def text_encoders(self) -> list[torch.nn.Module]:
+        return [m for m in (self.text_encoder, self.text_encoder_2) if m is not None]
+
+    @property
+    def tokenizers(self) -> list[object]:
+        return [t for t in (self.tokenizer, self.tokenizer_2) if t is not None]
+
+    def detect_family(self, override: str | None = None) -> ModelFamily:
+        """Tell (and set) the family from the configs; ``override`` only where they cannot."""
+        self.family = detect_family(self.unet.config, [m.config for m in self.text_encoders], override)
+        return self.family
+
+    def prompt_encoder(self) -> PromptEncoder | None:
+        """The family's prompt encoder, or None for the one-encoder path (SD 1.x/2.x, encoded as ever)."""
+        family = self.family
+        if family is None or (family.text_encoders == 1 and not family.pooled):
+            return None
+        return PromptEncoder(family, self.text_encoders, self.tokenizers)
+
+    def added_conditioning(self) -> AddedConditioning | None:
+        """The UNet's added conditioning for a run (SDXL's pooled text and time_ids), or None."""
+        if self.family is None or self.family.added_conditioning == "none":
+            return None
+        return AddedConditioning(self.vae_scale_factor)
+
+    def diffusers_pipeline(self, scheduler=None):
+        """The family's diffusers pipeline around these components (the same modules, not copies):
+        for its LoRA loader and for the plain text-to-image baseline of ``sow bench``."""
+        import diffusers
+
+        family = self.family
+        cls = getattr(diffusers, family.diffusers_pipeline if family else "StableDiffusionPipeline")
+        common = {"vae": self.vae, "text_encoder": self.text_encoder, "tokenizer": self.tokenizer, "unet": self.unet}
+        common["scheduler"] = scheduler or self.scheduler
+        if self.text_encoder_2 is not None:
+            return cls(**common, text_encoder_2=self.text_encoder_2, tokenizer_2=self.tokenizer_2)
+        return cls(**common, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+    @property
+    def native_resolution(self) -> int:
+        """Pixels per side the UNet was built for: its ``sample_size`` times the VAE's scale factor."""
+        sample = getattr(self.unet.config, "sample_size", None)
+        if isinstance(sample, (list, tuple)):
+            sample = min(sample)
+        if isinstance(sample, int):
+            return sample * self.vae_scale_factor
+        return self.family.native_resolution if self.family else 512
+
+    @property
+    def vae_needs_fp32(self) -> bool:
+        """The VAE overflows in fp16 (``force_upcast`` in its config: SDXL's stock VAE; a fixed VAE says false)."""
+        return bool(getattr(self.vae.config, "force_upcast", False))
 
     @property
     def vae_scale_factor(self) -> int:
@@ -64,7 +140,7 @@ class Components:
         return next(self.unet.parameters()).dtype
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Components:
-        for module in (self.unet, self.vae, self.text_encoder):
+        for module in (self.unet, self.vae, *self.text_encoders):
             current = next(module.parameters())
             same_dtype = dtype is None or current.dtype == dtype
             if device is not None and torch.device(device) != current.device:
@@ -114,13 +190,13 @@ SUPPORTED_DEVICE_TYPES = ("cpu", "cuda")
 """Devices sow runs on (``meta`` holds no data to make an image from; ``mps`` and the rest are untested, so refused up front)."""
 
 
-def bundled_tokenizer():
-    """The real CLIP BPE tokenizer (49,408 tokens) shipped with sow."""
+def bundled_tokenizer(**kwargs):
+    """The real CLIP BPE tokenizer (49,408 tokens) shipped with sow (``pad_token="!"``: SDXL's second)."""
     from transformers import CLIPTokenizer
 
     folder = resources.files("sow") / "data" / "clip_tokenizer"
     with resources.as_file(folder) as path:
-        return CLIPTokenizer.from_pretrained(str(path))
+        return CLIPTokenizer.from_pretrained(str(path), **kwargs)
 
 
 def tiny_configs() -> dict[str, dict]:
@@ -175,6 +251,39 @@ def tiny_configs() -> dict[str, dict]:
     return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "scheduler": scheduler}
 
 
+def tiny_sdxl_configs() -> dict[str, dict]:
+    """Configs of the embedded tiny SDXL model: SDXL's structure, a fraction of its widths.
+
+    As in SDXL: three resolutions, no attention at the highest, more transformer layers at the
+    lowest (here 1 and 2 for SDXL's 2 and 10), two text encoders whose widths add up to the
+    cross-attention width, the second's pooled projection plus six ``time_ids`` as added
+    conditioning, a VAE with SDXL's scaling factor that must decode in fp32.
+    """
+    base = tiny_configs()
+    pooled, time_dim = 32, 8
+    unet = {
+        "sample_size": 128,
+        "in_channels": 4,
+        "out_channels": 4,
+        "block_out_channels": [32, 64, 64],
+        "layers_per_block": 1,
+        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+        "transformer_layers_per_block": [1, 1, 2],
+        "cross_attention_dim": 64,
+        "attention_head_dim": [2, 4, 4],
+        "norm_num_groups": 8,
+        "use_linear_projection": True,
+        "addition_embed_type": "text_time",
+        "addition_time_embed_dim": time_dim,
+        "projection_class_embeddings_input_dim": 6 * time_dim + pooled,
+    }
+    vae = {**base["vae"], "scaling_factor": 0.13025, "force_upcast": True, "sample_size": 1024}
+    text_encoder = base["text_encoder"]
+    text_encoder_2 = {**base["text_encoder"], "projection_dim": pooled}
+    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2, "scheduler": base["scheduler"]}
+
+
 def build_tiny(seed: int = TINY_SEED) -> Components:
     """The embedded tiny model, with weights drawn from ``seed`` (same seed, same weights)."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -186,7 +295,7 @@ def build_tiny(seed: int = TINY_SEED) -> Components:
         unet = UNet2DConditionModel(**configs["unet"])
         vae = AutoencoderKL(**configs["vae"])
         text_encoder = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))
-    return Components(
+    components = Components(
         unet=unet.eval(),
         vae=vae.eval(),
         text_encoder=text_encoder.eval(),
@@ -194,15 +303,51 @@ def build_tiny(seed: int = TINY_SEED) -> Components:
         scheduler=DDIMScheduler(**configs["scheduler"]),
         source="tiny",
     )
+    components.detect_family(TINY_FAMILY)
+    return components
+
+
+def build_tiny_sdxl(seed: int = TINY_SEED) -> Components:
+    """The embedded tiny SDXL-shaped model (see :func:`tiny_sdxl_configs`), weights drawn from ``seed``."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    configs = tiny_sdxl_configs()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**configs["unet"])
+        vae = AutoencoderKL(**configs["vae"])
+        text_encoder = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**configs["text_encoder_2"]))
+    components = Components(
+        unet=unet.eval(),
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=bundled_tokenizer(),
+        scheduler=DDIMScheduler(**configs["scheduler"]),
+        source="tiny-sdxl",
+        text_encoder_2=text_encoder_2.eval(),
+        tokenizer_2=bundled_tokenizer(pad_token="!"),
+    )
+    components.detect_family()
+    return components
+
+
+def _config_file(folder: Path, name: str) -> Path:
+    return folder / name / ("scheduler_config.json" if name == "scheduler" else "config.json")
 
 
 def build_from_configs(folder: Path, seed: int = 0) -> Components:
-    """The architecture described by a folder of component configs, with random weights."""
+    """The architecture described by a folder of component configs, with random weights.
+
+    A ``text_encoder_2/`` folder (SDXL) adds the second encoder, built as
+    ``CLIPTextModelWithProjection`` (its pooled projection feeds the UNet).
+    """
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     def config(name: str) -> dict:
-        path = folder / name / ("scheduler_config.json" if name == "scheduler" else "config.json")
+        path = _config_file(folder, name)
         if not path.is_file():
             raise ModelLoadError(f"config folder {folder}: missing {path.relative_to(folder)}")
         try:
@@ -213,11 +358,13 @@ def build_from_configs(folder: Path, seed: int = 0) -> Components:
             raise ModelLoadError(f"config folder {folder}: {path.relative_to(folder)} is not a JSON object")
         return data
 
+    second = _config_file(folder, "text_encoder_2").is_file()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = UNet2DConditionModel.from_config(config("unet"))
         vae = AutoencoderKL.from_config(config("vae"))
         text_encoder = CLIPTextModel(CLIPTextConfig(**config("text_encoder")))
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**config("text_encoder_2"))).eval() if second else None
     return Components(
         unet=unet.eval(),
         vae=vae.eval(),
@@ -225,12 +372,25 @@ def build_from_configs(folder: Path, seed: int = 0) -> Components:
         tokenizer=bundled_tokenizer(),
         scheduler=DDIMScheduler.from_config(config("scheduler")),
         source=f"{folder} (random weights)",
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=bundled_tokenizer(pad_token="!") if second else None,  # SDXL's second tokenizer pads with "!"
     )
+
+
+def _has_second_encoder(location: str, local_only: bool) -> bool:
+    """Whether a diffusers folder or hub repo lists a ``text_encoder_2`` (its ``model_index.json``, or the folder)."""
+    folder = Path(location)
+    if folder.is_dir():
+        return (folder / "text_encoder_2").is_dir()
+    from diffusers import DiffusionPipeline
+
+    index = DiffusionPipeline.load_config(location, local_files_only=local_only)
+    return bool(index.get("text_encoder_2"))
 
 
 def _from_diffusers(location: str, local_only: bool) -> Components:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     # safetensors only, whatever --allow-pickle says: a diffusers folder ships them (pickles: .ckpt files only)
     unet = UNet2DConditionModel.from_pretrained(location, subfolder="unet", local_files_only=local_only, use_safetensors=True)
@@ -238,20 +398,53 @@ def _from_diffusers(location: str, local_only: bool) -> Components:
     text_encoder = CLIPTextModel.from_pretrained(location, subfolder="text_encoder", local_files_only=local_only, use_safetensors=True)
     tokenizer = CLIPTokenizer.from_pretrained(location, subfolder="tokenizer", local_files_only=local_only)
     scheduler = DDIMScheduler.from_pretrained(location, subfolder="scheduler", local_files_only=local_only)
-    return Components(unet.eval(), vae.eval(), text_encoder.eval(), tokenizer, scheduler, location)
+    components = Components(unet.eval(), vae.eval(), text_encoder.eval(), tokenizer, scheduler, location)
+    if _has_second_encoder(location, local_only):
+        components.text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
+            location, subfolder="text_encoder_2", local_files_only=local_only, use_safetensors=True
+        ).eval()
+        components.tokenizer_2 = CLIPTokenizer.from_pretrained(location, subfolder="tokenizer_2", local_files_only=local_only)
+    return components
+
+
+def is_sdxl_checkpoint(path: Path) -> bool:
+    """Whether a ``.safetensors`` checkpoint holds SDXL's second text encoder (read from its header, no weights)."""
+    if path.suffix != ".safetensors":
+        return False
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return SDXL_CHECKPOINT_KEY in handle.keys()
 
 
 def _from_single_file(path: Path, allow_pickle: bool) -> Components:
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     if path.suffix != ".safetensors" and not allow_pickle:
         raise InputError(
             f"{path.name}: only .safetensors checkpoints load by default (pickled files can run code); "
             "pass --allow-pickle if you trust this file"
         )
-    pipe = StableDiffusionPipeline.from_single_file(str(path), local_files_only=True)  # pickle-policy: suffix checked above
+    if is_sdxl_checkpoint(path):
+        pipe = StableDiffusionXLPipeline.from_single_file(str(path), local_files_only=True)  # pickle-policy: suffix checked above
+    else:
+        pipe = StableDiffusionPipeline.from_single_file(str(path), local_files_only=True)  # pickle-policy: suffix checked above
     scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    return Components(pipe.unet.eval(), pipe.vae.eval(), pipe.text_encoder.eval(), pipe.tokenizer, scheduler, str(path))
+    components = Components(pipe.unet.eval(), pipe.vae.eval(), pipe.text_encoder.eval(), pipe.tokenizer, scheduler, str(path))
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        components.text_encoder_2, components.tokenizer_2 = pipe.text_encoder_2.eval(), pipe.tokenizer_2
+    return components
+
+
+def load_vae(spec: str) -> torch.nn.Module:
+    """A replacement VAE (``--vae``): a diffusers ``AutoencoderKL`` folder or hub id, e.g. a fixed fp16 SDXL VAE."""
+    from diffusers import AutoencoderKL
+
+    path = Path(spec).expanduser()
+    try:
+        return AutoencoderKL.from_pretrained(str(path) if path.is_dir() else spec, local_files_only=path.is_dir(), use_safetensors=True).eval()
+    except Exception as exc:  # hub and file errors come in many types
+        raise ModelLoadError(f"VAE {spec!r} could not be loaded ({type(exc).__name__}); pass an AutoencoderKL folder or hub id") from None
 
 
 def load_components(
@@ -261,9 +454,15 @@ def load_components(
     dtype: str | torch.dtype = "fp32",
     random_weights: bool = False,
     allow_pickle: bool = False,
+    family: str | None = None,
+    vae: str | None = None,
+    loras: list[str] | None = None,
 ) -> Components:
     """Load (or build) the components named by ``spec`` and move them to ``device``/``dtype``.
 
+    ``family`` names the model family where the configs cannot tell it (see
+    :func:`sow.engine.families.detect_family`); ``vae`` replaces the VAE (e.g. a fixed fp16
+    SDXL VAE); ``loras`` are ``PATH[:SCALE]`` specs (see :mod:`sow.engine.lora`).
     Raises :class:`ModelLoadError` with one line saying where it looked and how to supply weights.
     """
     torch_device = resolve_device(device) if not isinstance(device, torch.device) else device
@@ -271,6 +470,8 @@ def load_components(
     path = Path(spec).expanduser()
     if spec == "tiny":
         components = build_tiny()
+    elif spec == "tiny-sdxl":
+        components = build_tiny_sdxl()
     elif path.is_dir():
         if (path / "model_index.json").is_file() or (path / "unet" / "diffusion_pytorch_model.safetensors").is_file():
             try:
@@ -304,9 +505,17 @@ def load_components(
             ) from None
     else:
         raise ModelLoadError(
-            f"model {spec!r} not found: it is not 'tiny', a folder, a .safetensors file or a hub id (owner/name)"
+            f"model {spec!r} not found: it is not 'tiny', a folder, a .safetensors file or a hub id (owner/name), "
+            "nor 'tiny-sdxl'"
         )
-    components.unet.requires_grad_(False)
-    components.vae.requires_grad_(False)
-    components.text_encoder.requires_grad_(False)
+    if vae is not None:
+        components.vae = load_vae(vae)
+    if components.family is None or family is not None:
+        components.detect_family(family)
+    for module in (components.unet, components.vae, *components.text_encoders):
+        module.requires_grad_(False)
+    if loras:
+        from sow.engine.lora import apply_loras
+
+        apply_loras(components, loras)
     return components.to(torch_device, torch_dtype)

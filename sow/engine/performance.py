@@ -71,6 +71,13 @@ class PerformanceSettings(BaseModel):
     vae_tiling: bool | None = Field(
         None, description=f"Decode in overlapping tiles (None: on from {TILING_AUTO_PIXELS} canvas pixels)."
     )
+    vae_tile_pixels: int | None = Field(
+        None,
+        ge=64,
+        multiple_of=8,
+        description="Tile side in pixels when the VAE decodes in tiles (None: the VAE's sample_size, 1024 for SDXL, "
+        "so a 1024-pixel canvas is not tiled; 512 cuts SDXL's decoder peak about 4x).",
+    )
     offload: bool = Field(
         False,
         description="Keep weights on the CPU and move each model (text encoder, UNet, VAE) to the GPU only while it "
@@ -114,11 +121,15 @@ def check_finite(tensor: torch.Tensor, what: str) -> None:
         )
 
 
-def decode_latents(vae: torch.nn.Module, latents: torch.Tensor, nan_guard: bool = False) -> torch.Tensor:
+def decode_latents(vae: torch.nn.Module, latents: torch.Tensor, nan_guard: bool = False, upcast: bool = False) -> torch.Tensor:
     """VAE-decode scaled latents; in fp16 with ``nan_guard``, re-decode in fp32 if the output is not finite.
 
     SD 2.x's VAE is known to overflow in fp16 on some images; the guard costs one host sync per run.
+    ``upcast`` (an fp16 VAE that always overflows, like SDXL's stock one: ``force_upcast`` in its
+    config): decode in fp32 from the start, as diffusers' SDXL pipeline does.
     """
+    if upcast and vae.dtype == torch.float16:
+        return _decode_in_fp32(vae, latents)
     scaled = latents.to(vae.dtype) / vae.config.scaling_factor
     decoded = vae.decode(scaled).sample
     if nan_guard and vae.dtype == torch.float16:
@@ -131,6 +142,14 @@ def decode_latents(vae: torch.nn.Module, latents: torch.Tensor, nan_guard: bool 
             finally:
                 vae.to(torch.float16)
     return decoded
+
+
+def _decode_in_fp32(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
+    vae.to(torch.float32)
+    try:
+        return vae.decode(latents.float() / vae.config.scaling_factor).sample
+    finally:
+        vae.to(torch.float16)
 
 
 # -- kernels and layout ------------------------------------------------------------------
@@ -236,6 +255,8 @@ def enable_offload(components, execution_device: torch.device | str) -> ModelOff
     offload = ModelOffload(execution_device)
     vae = components.vae
     offload.add("text_encoder", components.text_encoder)
+    if getattr(components, "text_encoder_2", None) is not None:
+        offload.add("text_encoder_2", components.text_encoder_2)
     offload.add("unet", components.unet)
     vae_entries = [m for m in (vae.encoder, vae.quant_conv, vae.post_quant_conv, vae.decoder) if m is not None]
     offload.add("vae", vae, vae_entries)
@@ -262,6 +283,10 @@ def apply(components, settings: PerformanceSettings, canvas_pixels: int | None =
     if tiling is None:
         tiling = canvas_pixels is not None and canvas_pixels >= TILING_AUTO_PIXELS
     vae.enable_tiling() if tiling else vae.disable_tiling()
+    if tiling and settings.vae_tile_pixels is not None and hasattr(vae, "tile_sample_min_size"):
+        vae.tile_sample_min_size = settings.vae_tile_pixels
+        vae.tile_latent_min_size = settings.vae_tile_pixels // components.vae_scale_factor
+        done["vae_tile_pixels"] = settings.vae_tile_pixels
     done["vae_slicing"], done["vae_tiling"] = settings.vae_slicing, tiling
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = settings.cudnn_benchmark
@@ -281,11 +306,13 @@ class ReencodingEmbeddings:
     """The reference code's habit, kept to price it: every prompt is re-encoded each time a UNet call reads it.
 
     Has the attributes of :class:`sow.engine.denoiser.PromptEmbeddings` (``prompt``, ``negative``,
-    ``empty``, ``suppress``, ``diverse``); each read runs the text encoder once.
+    ``empty``, ``suppress``, ``diverse``; ``pooled`` with a family ``encoder`` that pools); each read
+    runs the text encoder(s) once, and ``pooled[name]`` is the pooled output of the last such read.
     """
 
-    def __init__(self, text_encoder, tokenizer, config, prompt: str) -> None:
+    def __init__(self, text_encoder, tokenizer, config, prompt: str, encoder=None) -> None:
         self._encoder, self._tokenizer = text_encoder, tokenizer
+        self._family_encoder = encoder
         self._texts = {
             "prompt": prompt,
             "negative": config.negative_prompt,
@@ -293,12 +320,19 @@ class ReencodingEmbeddings:
             "suppress": config.background_suppress_prompt,
             "diverse": config.background_diverse_prompt,
         }
+        self.pooled = {} if encoder is not None and encoder.family.pooled else None
         self.encodings = 0
 
     def __getattr__(self, name: str) -> torch.Tensor:
         texts = self.__dict__.get("_texts", {})
         if name not in texts:
             raise AttributeError(name)
+        if self._family_encoder is not None:
+            hidden, pooled = self._family_encoder.encode([texts[name]])
+            if pooled is not None:
+                self.pooled[name] = pooled
+            self.encodings += 1
+            return hidden
         tokens = self._tokenizer(
             [texts[name]], padding="max_length", max_length=self._tokenizer.model_max_length, truncation=True, return_tensors="pt"
         ).input_ids.to(self._encoder.device)

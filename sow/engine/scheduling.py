@@ -7,6 +7,8 @@ import torch
 from sow.engine import diffusion_math as dm
 from sow.engine.context import RunContext
 from sow.hookspecs import hookimpl
+from sow.schemas import GenerationConfig
+from sow.stages import RunInputs
 
 
 class CyclicOneWayScheduler:
@@ -38,6 +40,10 @@ class CyclicOneWayScheduler:
             noise = ctx.noise_like(x) if cfg.final_eta > 0 else None
             x = denoiser.denoise(x, level, "final", eta=cfg.final_eta, noise=noise)
         return x
+
+    def unet_evaluations(self, config: GenerationConfig, inputs: RunInputs) -> int:
+        """N cycles of t2 - t1 denoising steps, then t1 steps to the image (``inputs`` change nothing)."""
+        return config.cycles * (config.t2 - config.t1) + config.t1
 
 
 @hookimpl

@@ -331,7 +331,7 @@ class Evaluation:
     def _make_image(self, item: SpecItem, method: Method) -> tuple[Image.Image, Any, dict[str, Any], Image.Image, Any]:
         """(image, the plan with each box_v as used (on the latent grid), extra row fields, the seeded
         canvas, the kept pixels of the first box_v or None)."""
-        from sow.planners.policy import apply_crop
+        from sow.io.canvas import apply_crop
 
         paths = item.condition_paths(self.spec_base)
         path = paths[0]
@@ -389,7 +389,7 @@ class Evaluation:
         """The reference face of condition ``index``: one condition, the largest face of its image;
         several, the largest face of that condition's planned crop (one group photo gives several)."""
         from sow.eval.face_metrics import reference_face
-        from sow.planners.policy import apply_crop
+        from sow.io.canvas import apply_crop
 
         paths = item.condition_paths(self.spec_base)
         cond = plan.conditions[index] if plan is not None and len(plan.conditions) > 1 else None
@@ -568,7 +568,7 @@ class Evaluation:
 
 def _kept(path: Path, crop: Any, box_v: Any) -> Image.Image | None:
     """The kept pixels of box_v for a condition with an alpha mask (None: every pixel is kept)."""
-    from sow.planners.policy import apply_crop
+    from sow.io.canvas import apply_crop
 
     loaded = load_condition(path)
     if loaded.mask is None:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from sow.errors import InputError
 from sow.schemas import Box, Canvas, Plan
 
 GRAY = (128, 128, 128)
@@ -153,3 +154,19 @@ def draw_plan(plan: Plan, seeded: Image.Image, aligned: list[Box] | None = None)
                 draw.rectangle(draw.textbbox(at, text), fill=(0, 0, 0))
             draw.text(at, text, fill=color)
     return image
+
+
+def apply_crop(image: Image.Image, mask: Image.Image | None, crop: Box | None) -> tuple[Image.Image, Image.Image | None]:
+    """The part of the condition (and its mask) that ``plan.crop`` selects; unchanged without a crop."""
+    if crop is None:
+        return image, mask
+    width, height = image.size
+    if crop.right > width or crop.bottom > height:
+        raise InputError(f"plan crop [{crop}] reaches outside the {width}x{height} condition image")
+    area = (crop.x, crop.y, crop.right, crop.bottom)
+    if mask is not None:
+        # a mask covers the whole condition at any resolution (seeding resizes it): crop the same share of it
+        sx, sy = mask.width / width, mask.height / height
+        mask_area = (round(crop.x * sx), round(crop.y * sy), round(crop.right * sx), round(crop.bottom * sy))
+        mask = mask.crop((mask_area[0], mask_area[1], max(mask_area[2], mask_area[0] + 1), max(mask_area[3], mask_area[1] + 1)))
+    return image.crop(area), mask

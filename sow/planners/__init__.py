@@ -1,7 +1,8 @@
 """Planners: from a condition image and a prompt to a validated `Plan`.
 
-The built-in `fixed` and `heuristic` planners, the policy that runs a planner, repairs
-its answer and falls back (`policy`), the plan cache (`cache`), and in `mllm` the parts
+The built-in `fixed` and `heuristic` planners, the repair that makes a planner's answer
+safe to run (`repair`), the policy that runs a planner, repairs its answer and falls back
+(`policy`), the plan cache (`cache`), and in `mllm` the parts
 that multimodal-LLM planner plugins share. May import the root contract and `sow.io`;
 never the engine, eval, bench, batch or CLI.
 """

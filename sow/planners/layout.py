@@ -2,7 +2,7 @@
 
 Used by the heuristic planner (several photos, or several faces of one group photo) and by
 the planner policy when a planner's boxes for several conditions cannot be repaired
-(:func:`sow.planners.policy.repair_plan`). Every box this module makes lies on the 8-pixel
+(:func:`sow.planners.repair.repair_plan`). Every box this module makes lies on the 8-pixel
 latent grid, so snapping it to the grid at run time moves nothing and two neighbours stay apart.
 """
 

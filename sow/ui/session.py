@@ -116,7 +116,7 @@ def picture(plan: Plan, condition: Path | list[Path], scale: int = 8) -> Image.I
     """
     from sow.io.canvas import draw_plan, fit_condition, paste_all_on_gray
     from sow.io.images import load_condition
-    from sow.planners.policy import apply_crop
+    from sow.io.canvas import apply_crop
 
     paths = condition if isinstance(condition, list) else [condition]
     loaded = [load_condition(p) for p in paths]

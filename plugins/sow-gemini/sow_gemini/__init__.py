@@ -6,7 +6,7 @@ module is the plugin object pluggy sees.
 
 from __future__ import annotations
 
-from sow.hookspecs import hookimpl
+from sow import hookimpl
 from sow_gemini.planner import GeminiOptions, GeminiPlanner
 
 __all__ = ["GeminiOptions", "GeminiPlanner", "register_planners"]

@@ -205,7 +205,7 @@ class GeminiPlanner:
             raise PlannerError(str(exc).replace(key, "***")) from None
 
     def _plan(self, request: PlanRequest, key: str) -> Plan:
-        from sow.planners.policy import fit_box_v, repair_plan
+        from sow.planners.repair import fit_box_v, repair_plan
 
         if len(request.conditions) > 1:
             return self._plan_several(request, key)
@@ -268,11 +268,11 @@ class GeminiPlanner:
 
         A box the answer leaves out falls back alone to that photo's side-by-side slot
         (:func:`sow.planners.layout.side_by_side`), recorded in ``plan.repairs``; overlapping boxes
-        are repaired by :func:`sow.planners.policy.repair_plan`.
+        are repaired by :func:`sow.planners.repair.repair_plan`.
         """
         from sow.planners.fixed import body_box
         from sow.planners.layout import side_by_side, side_limits
-        from sow.planners.policy import repair_plan
+        from sow.planners.repair import repair_plan
 
         config, images = request.config, request.conditions
         canvas, n = config.canvas, len(images)

@@ -18,8 +18,8 @@ from typing import Any
 from PIL import Image
 
 from sow.errors import ModelLoadError
-from sow.hookspecs import hookimpl
-from sow.planners.mllm.base import MLLMPlanner, describe_load_error
+from sow import hookimpl
+from sow.planners.mllm import MLLMPlanner, describe_load_error
 
 DEFAULT_MODEL = "llava-hf/llava-1.5-7b-hf"
 MODEL_TYPES = ("llava", "llava_next", "llava_onevision")

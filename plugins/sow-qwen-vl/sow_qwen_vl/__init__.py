@@ -20,8 +20,8 @@ from typing import Any, ClassVar
 from PIL import Image
 from pydantic import Field
 
-from sow.hookspecs import hookimpl
-from sow.planners.mllm.base import MLLMOptions, MLLMPlanner, describe_load_error
+from sow import hookimpl
+from sow.planners.mllm import MLLMOptions, MLLMPlanner, describe_load_error
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
 MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")

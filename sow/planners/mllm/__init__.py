@@ -1,9 +1,11 @@
 """What multimodal-LLM planner plugins share: prompts, answer parsing, a base class.
 
-Public API for plugin authors: `MLLMPlanner` (the three-stage planning of the paper over
-a `generate` method a plugin supplies) and `describe_load_error`. May import the root
-contract, `sow.io` and `sow.planners`.
+Public API for plugin authors (docs/plugins.md): `MLLMPlanner` (the three-stage planning of
+the paper over the `load` and `chat` methods a plugin supplies), its options `MLLMOptions`,
+`describe_load_error` (a one-line `ModelLoadError`) and `load_kwargs` (the `from_pretrained`
+arguments for device, dtype and quantization). May import the root contract, `sow.io` and
+`sow.planners`.
 """
-from sow.planners.mllm.base import MLLMPlanner, describe_load_error
+from sow.planners.mllm.base import MLLMOptions, MLLMPlanner, describe_load_error, load_kwargs
 
-__all__ = ["MLLMPlanner", "describe_load_error"]
+__all__ = ["MLLMOptions", "MLLMPlanner", "describe_load_error", "load_kwargs"]

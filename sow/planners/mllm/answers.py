@@ -29,7 +29,7 @@ The rules, in order (``docs/llava.md`` lists them for users):
    below to clip). Every reading other than ``[x, y, w, h]`` pixels is recorded.
 
 Geometry beyond the format (sides outside the limits, boxes off the canvas) is left to
-:func:`sow.planners.policy.repair_plan`, which the planners call on the assembled plan.
+:func:`sow.planners.repair.repair_plan`, which the planners call on the assembled plan.
 """
 
 from __future__ import annotations
@@ -355,7 +355,7 @@ def read_box(value: Any, name: str, canvas: Canvas, repairs: list[str]) -> RawBo
     """A box as the model wrote it -> ``(x, y, w, h)`` in canvas pixels; conversions appended to ``repairs``.
 
     The numbers may still leave the canvas or break the side limits: that is
-    :func:`sow.planners.policy.repair_plan`'s to fix.
+    :func:`sow.planners.repair.repair_plan`'s to fix.
     """
     numbers, corners, written = _box_numbers(value, name)
     shown = "[" + ", ".join(f"{v:g}" for v in numbers) + "]"

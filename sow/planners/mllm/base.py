@@ -17,7 +17,7 @@ and writes two methods:
 
 The base class runs the paper's three stages (:mod:`sow.planners.mllm.prompts`), reads each answer
 with :func:`sow.planners.mllm.answers.parse_answer`, retries a stage once with the error fed back,
-assembles the plan through :func:`sow.planners.policy.repair_plan` (conversions and repairs
+assembles the plan through :func:`sow.planners.repair.repair_plan` (conversions and repairs
 recorded in ``plan.repairs``) and raises :class:`~sow.errors.PlannerError` when a stage
 still fails, so the ``--on-planner-error`` policy decides what happens next. Loaded
 models are kept per process (:func:`cached_model`): a batch run loads once.
@@ -219,8 +219,6 @@ class MLLMPlanner:
         except ValueError as exc:
             raise InputError(f"planner {self.name!r} option {first_error(exc)}") from None
         self.model_id = self.options.model or self.default_model
-        self.timings: dict[str, float] = {}
-        """Seconds of the last ``load`` (0 when cached) and of each stage's generation."""
 
     # -- what a family implements --------------------------------------------------------
 
@@ -279,19 +277,23 @@ class MLLMPlanner:
         return (type(self).__qualname__, self.model_id, loading)
 
     def loaded(self) -> Any:
-        start = time.perf_counter()
-        result = cached_model(self.cache_key(), self.load)
-        self.timings["load"] = time.perf_counter() - start
-        return result
+        """The model and processor of :meth:`load`, loaded once per process (:func:`cached_model`)."""
+        return cached_model(self.cache_key(), self.load)
 
-    def ask(self, loaded: Any, stage: str, image: Image.Image, **values: Any) -> ParsedAnswer:
-        """One stage: the question, the answer parsed; on failure ``retries`` more tries with the error fed back."""
+    def ask(
+        self, loaded: Any, stage: str, image: Image.Image, timings: dict[str, float] | None = None, **values: Any
+    ) -> ParsedAnswer:
+        """One stage: the question, the answer parsed; on failure ``retries`` more tries with the error fed back.
+
+        ``timings`` (the caller's, per run) receives the seconds of each try as ``"<stage>#<try>"``.
+        """
         _, model = STAGES[stage]
         messages = stage_messages(stage, system_role=self.system_role, **values)
         for attempt in range(self.options.retries + 1):
             start = time.perf_counter()
             answer = self.chat(loaded, messages, image)
-            self.timings[f"{stage}#{attempt}"] = time.perf_counter() - start
+            if timings is not None:
+                timings[f"{stage}#{attempt}"] = time.perf_counter() - start
             try:
                 parsed = parse_answer(answer, model, values["canvas"])
             except AnswerError as exc:
@@ -305,15 +307,25 @@ class MLLMPlanner:
         raise PlannerError(f"{self.family} {stage} answer unusable after {tries} tries: {error}")
 
     def plan(self, request: PlanRequest) -> Plan:
+        return self.plan_timed(request)[0]
+
+    def plan_timed(self, request: PlanRequest) -> tuple[Plan, dict[str, float]]:
+        """:meth:`plan`, and the seconds it spent: ``"load"`` (about 0 when the model was cached) and
+        each stage's tries (``"intensify#0"``, ...; ``"position_several#0"``, ... with several
+        conditions). The timings belong to this call, not to the planner."""
+        from sow.planners.repair import repair_plan
+
         if len(request.conditions) > 1:
             return self._plan_several(request)
-        from sow.planners.policy import repair_plan
 
         config, image = request.config, request.condition
         canvas = config.canvas
         min_side, max_side = config.side_limits()
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
         loaded = self.loaded()
-        common = {"canvas": canvas, "width": canvas.width, "height": canvas.height}
+        timings["load"] = time.perf_counter() - start
+        common = {"canvas": canvas, "width": canvas.width, "height": canvas.height, "timings": timings}
 
         first = self.ask(loaded, "intensify", image, prompt=request.prompt, **common)
         intensified: Any = first.value
@@ -335,27 +347,30 @@ class MLLMPlanner:
             "repairs": [*first.repairs, *second.repairs, *third.repairs],
             "notes": [f"{self.family} model {self.model_id}"],
         }
-        return repair_plan(answer, config)
+        return repair_plan(answer, config), timings
 
 
-    def _plan_several(self, request: PlanRequest) -> Plan:
+    def _plan_several(self, request: PlanRequest) -> tuple[Plan, dict[str, float]]:
         """Several conditions: the three stages on a strip of the photos (numbered), each box stage one answer.
 
         A box that cannot be read, or a missing one, falls back alone to the side-by-side slot of its
         condition (:func:`sow.planners.layout.side_by_side`); each fallback is a line in ``plan.repairs``.
-        Boxes that overlap are then repaired by :func:`sow.planners.policy.repair_plan`.
+        Boxes that overlap are then repaired by :func:`sow.planners.repair.repair_plan`.
         """
         from sow.planners.fixed import body_box
         from sow.planners.layout import condition_strip, side_by_side, side_limits
         from sow.planners.mllm.answers import AnswerError, read_box
-        from sow.planners.policy import repair_plan
+        from sow.planners.repair import repair_plan
 
         config, images = request.config, request.conditions
         canvas, n = config.canvas, len(images)
         min_side, max_side = side_limits(config, n)
         strip = condition_strip(images)
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
         loaded = self.loaded()
-        common = {"canvas": canvas, "width": canvas.width, "height": canvas.height, "count": n}
+        timings["load"] = time.perf_counter() - start
+        common = {"canvas": canvas, "width": canvas.width, "height": canvas.height, "count": n, "timings": timings}
         first = self.ask(loaded, "intensify_several", strip, prompt=request.prompt, **common)
         intensified: Any = first.value
         sizes = ", ".join(f"{i + 1}: {im.width}x{im.height}" for i, im in enumerate(images))
@@ -379,7 +394,7 @@ class MLLMPlanner:
             "repairs": repairs,
             "notes": [f"{self.family} model {self.model_id}", f"{n} conditions, asked on a strip of the photos"],
         }
-        return repair_plan(answer, config, n)
+        return repair_plan(answer, config, n), timings
 
     @staticmethod
     def _each_box(raw: list, name: str, fallback: list, canvas, repairs: list[str], read_box, error) -> list[tuple[float, ...]]:

@@ -12,7 +12,7 @@ from sow.planners.policy import plan_with_policy
 from sow.plugins import build_registry
 from sow.schemas import GenerationConfig, Plan
 from sow.stages import PlanRequest
-from tiny_mllm import tiny_model
+from tests.tiny_mllm import tiny_model
 
 sow_qwen_vl = pytest.importorskip("sow_qwen_vl", reason="install the plugin: pip install -e ./plugins/sow-qwen-vl")
 
@@ -65,17 +65,15 @@ def test_real_generate_path_without_the_processor(family, request_, no_processor
     assert int(grid[1] * grid[2]) * 14 * 14 <= SMALL["max_pixels"]
     plan = plan_with_policy(planner, request_, on_error="heuristic")
     assert isinstance(plan, Plan) and plan.box_v.fits(plan.canvas)
-    assert plan.planner == "qwen-vl" or "'qwen-vl' failed" in plan.notes[0]
+    assert plan.planner == "heuristic" and "'qwen-vl' failed" in plan.notes[0]  # the random model answers garbage
 
 
 def test_garbage_fails_with_one_line(request_):
     planner = sow_qwen_vl.QwenVLPlanner(model=str(tiny_model("qwen2-vl")), retries=0, **SMALL)
-    try:
-        plan = planner.plan(request_)
-    except PlannerError as exc:
-        assert str(exc).startswith("Qwen-VL intensify answer unusable after 1 tries:") and "\n" not in str(exc)
-    else:
-        assert plan.planner == "qwen-vl"
+    with pytest.raises(PlannerError) as info:  # the seeded random model's answer is not JSON
+        planner.plan(request_)
+    assert str(info.value).startswith("Qwen-VL intensify answer unusable after 1 tries: the JSON object is not valid JSON")
+    assert "\n" not in str(info.value)
 
 
 def test_options_and_load_errors(tmp_path):
@@ -89,13 +87,8 @@ def test_options_and_load_errors(tmp_path):
 
 def test_quantized_4bit_loading_on_cpu(request_):
     clear_model_cache()
+    pytest.importorskip("bitsandbytes", reason="the [quantize] extra is not installed")
     planner = sow_qwen_vl.QwenVLPlanner(model=str(tiny_model("qwen2.5-vl")), quantize="4bit", **{**SMALL, "max_new_tokens": 8})
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        with pytest.raises(ModelLoadError, match="quantize=4bit needs bitsandbytes"):
-            planner.load()
-        return
     loaded = planner.load()
     assert "Linear4bit" in {type(m).__name__ for m in loaded.model.modules()}
     assert isinstance(planner.chat(loaded, stage_messages("intensify", prompt="a chef"), request_.condition), str)

@@ -1,0 +1,3 @@
+"""The plugin distributions' tests share the core's fixtures (tiny model, sample face, registries)."""
+
+from tests.conftest import *  # noqa: F401,F403

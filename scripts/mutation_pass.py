@@ -1,0 +1,320 @@
+"""A small mutation pass: change one thing in a module, run that module's tests, see if they notice.
+
+Not part of CI (it runs the tests once per mutant). Usage::
+
+    OMP_NUM_THREADS=1 python scripts/mutation_pass.py                 # every module below
+    OMP_NUM_THREADS=1 python scripts/mutation_pass.py sow/engine/scheduling.py --limit 10
+
+Mutations, one at a time, made on the AST (so the file always parses): comparison operators
+(``<`` <-> ``<=``, ``>`` <-> ``>=``, ``==`` <-> ``!=``), arithmetic (``+`` <-> ``-``,
+``*`` <-> ``/``, ``**`` -> ``*``), number constants (int n -> n + 1, float x -> 1.5 x, 0.0 -> 1.0),
+``and`` <-> ``or``, a dropped ``not``; plus the hand-written mutations of a wrong method listed
+in ``NAMED`` (issue 12's list). Numbers inside strings and docstrings are left alone. Mutants
+whose source equals the original after unparsing are not run. ``--limit`` samples the AST
+mutants of each module (seeded), the named ones always run.
+
+Each mutant is written over the module (restored afterwards, also on Ctrl-C), and the module's
+test subset in ``TARGETS`` runs with ``-x``; a failing (or timed-out) run kills it. By default
+the tests run in a child forked from one process that has already imported torch, diffusers
+and sow and built the tiny model (the child reloads the mutated module and the modules that
+imported names from it): seconds per mutant instead of a minute. ``--subprocess`` runs a fresh
+interpreter per mutant instead (slow, but nothing is shared). The report
+lists the kill rate per module and every survivor (line and change), as JSON with ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TARGETS: dict[str, list[str]] = {
+    "sow/engine/diffusion_math.py": ["tests/test_diffusion_math.py", "tests/test_method_oracle.py"],
+    "sow/engine/scheduling.py": [
+        "tests/test_cyclic_schedule.py", "tests/test_method_oracle.py", "tests/test_scheduler_count.py::test_cyclic_count_by_hand",
+    ],
+    "sow/engine/denoiser.py": ["tests/test_method_oracle.py"],
+    "sow/attention/equations.py": ["tests/test_modulation.py"],
+    "sow/planners/repair.py": ["tests/test_plan_repair.py", "tests/test_repair_thresholds.py"],
+    "sow/planners/policy.py": ["tests/test_plan_repair.py", "tests/test_make_plan.py"],
+    "sow/batch/runner.py": ["tests/test_batch_errors.py", "tests/test_batch.py", "-k", "not sigkill and not cli"],  # in-process
+}
+"""Module -> the tests that cover it (a small, targeted subset: each mutant runs them)."""
+
+NAMED: dict[str, list[tuple[str, str, str]]] = {
+    "sow/engine/scheduling.py": [
+        ("noise injection to one level below t2", "alpha(cfg.t2), ctx.noise_like", "alpha(cfg.t2 - 1), ctx.noise_like"),
+        ("cycle denoise starts one level low", "range(cfg.t2, cfg.t1, -1)", "range(cfg.t2 - 1, cfg.t1, -1)"),
+        ("no reset at t3", "if level in cfg.t3:", "if level in cfg.t3 and False:"),
+    ],
+    "sow/engine/denoiser.py": [
+        (
+            "background-guidance prompts swapped",
+            "neg, text, sup, div = self._unet(latents, level, [e.negative, e.prompt, e.suppress, e.diverse])",
+            "neg, text, sup, div = self._unet(latents, level, [e.negative, e.prompt, e.diverse, e.suppress])",
+        ),
+        (
+            "inversion guided by the negative prompt",
+            "uncond, text = self._unet(latents, level, [e.empty, e.prompt])",
+            "uncond, text = self._unet(latents, level, [e.negative, e.prompt])",
+        ),
+        (
+            "inversion evaluates the UNet at t_level (same as the step down)",
+            "eps = self.predict(latents, level + 1, step)",
+            "eps = self.predict(latents, max(level, 1), step)",
+        ),
+        (
+            "denoising evaluates the UNet at t_(level-1)",
+            "eps = self.predict(latents, level, step)",
+            "eps = self.predict(latents, max(level - 1, 1), step)",
+        ),
+    ],
+    "sow/planners/repair.py": [
+        ("MIN_BOX_SIDE moved", "MIN_BOX_SIDE = 8", "MIN_BOX_SIDE = 4"),
+        ("rescale tolerance moved", "if abs(target - longer) > 0.5:", "if abs(target - longer) > 2:"),
+        ("box_r emptiness threshold moved", "if right - left < 1 or bottom - top < 1:", "if right - left < 8 or bottom - top < 8:"),
+    ],
+}
+"""Module -> (label, exact text, replacement): the wrong methods of issue 12, each must be killed."""
+
+_SWAP_CMP = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq, ast.NotEq: ast.Eq}
+_SWAP_BIN = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult, ast.Pow: ast.Mult}
+
+
+@dataclass
+class Mutant:
+    module: str
+    line: int
+    label: str
+    source: str
+    killed: bool | None = None
+    seconds: float = 0.0
+
+
+def _in_strings(tree: ast.AST) -> set[int]:
+    """ids of nodes inside f-strings (messages) and docstrings."""
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.JoinedStr):
+            skip.update(id(n) for n in ast.walk(node))
+    return skip
+
+
+def ast_mutants(module: str, source: str) -> list[Mutant]:
+    tree = ast.parse(source)
+    baseline = ast.unparse(tree)
+    skip = _in_strings(tree)
+    candidates: list[tuple[int, int, str]] = []  # (node index, variant, label)
+    nodes = list(ast.walk(tree))
+    for i, node in enumerate(nodes):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Compare):
+            for j, op in enumerate(node.ops):
+                if type(op) in _SWAP_CMP:
+                    candidates.append((i, j, f"{type(op).__name__} -> {_SWAP_CMP[type(op)].__name__}"))
+        elif isinstance(node, ast.BinOp) and type(node.op) in _SWAP_BIN:
+            candidates.append((i, 0, f"{type(node.op).__name__} -> {_SWAP_BIN[type(node.op)].__name__}"))
+        elif isinstance(node, ast.Constant) and type(node.value) in (int, float) and not isinstance(node.value, bool):
+            candidates.append((i, 0, f"constant {node.value!r} changed"))
+        elif isinstance(node, ast.BoolOp):
+            candidates.append((i, 0, f"{type(node.op).__name__} -> {'Or' if isinstance(node.op, ast.And) else 'And'}"))
+        elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            candidates.append((i, 0, "not dropped"))
+    mutants = []
+    for i, j, label in candidates:
+        mutated = copy.deepcopy(tree)
+        node = list(ast.walk(mutated))[i]
+        line = getattr(node, "lineno", 0)
+        if isinstance(node, ast.Compare):
+            node.ops[j] = _SWAP_CMP[type(node.ops[j])]()
+        elif isinstance(node, ast.BinOp):
+            node.op = _SWAP_BIN[type(node.op)]()
+        elif isinstance(node, ast.Constant):
+            v = node.value
+            node.value = v + 1 if isinstance(v, int) else (1.0 if v == 0 else v * 1.5)
+        elif isinstance(node, ast.BoolOp):
+            node.op = ast.Or() if isinstance(node.op, ast.And) else ast.And()
+        elif isinstance(node, ast.UnaryOp):
+            parent_fix = _replace_child(mutated, node, node.operand)
+            if not parent_fix:
+                continue
+        text = ast.unparse(mutated)
+        if text != baseline:
+            mutants.append(Mutant(module, line, label, text + "\n"))
+    return mutants
+
+
+def _replace_child(tree: ast.AST, old: ast.AST, new: ast.AST) -> bool:
+    for parent in ast.walk(tree):
+        for name, value in ast.iter_fields(parent):
+            if value is old:
+                setattr(parent, name, new)
+                return True
+            if isinstance(value, list) and old in value:
+                value[value.index(old)] = new
+                return True
+    return False
+
+
+def named_mutants(module: str, source: str) -> list[Mutant]:
+    out = []
+    for label, old, new in NAMED.get(module, []):
+        if source.count(old) != 1:
+            raise SystemExit(f"{module}: the named mutation {label!r} no longer matches the source exactly once")
+        line = source[: source.index(old)].count("\n") + 1
+        out.append(Mutant(module, line, f"[named] {label}", source.replace(old, new)))
+    return out
+
+
+RELOAD_AFTER: dict[str, list[str]] = {
+    "sow/engine/diffusion_math.py": [],  # used as `dm.<name>` everywhere: the reload is seen
+    "sow/engine/scheduling.py": [],  # the registry imports it by name on every build
+    "sow/engine/denoiser.py": ["sow.engine.performance", "sow.pipeline"],
+    "sow/attention/equations.py": ["sow.attention.dam"],
+    "sow/planners/repair.py": ["sow.planners.policy", "sow.planners.fixed", "sow.planners.heuristic", "sow.planners.mllm.base"],
+    "sow/planners/policy.py": ["sow.pipeline"],
+    "sow/batch/runner.py": ["sow.cli.batch"],
+}
+"""Modules that ``from <mutated> import ...``: reloaded after it in the forked child."""
+
+_WARM = False
+
+
+def _warm_up() -> None:
+    """Import what the tests import and build the tiny model once; children share it."""
+    global _WARM
+    if _WARM:
+        return
+    sys.path.insert(0, str(ROOT))
+    import sow.cli.commands  # noqa: F401  (imports most of sow)
+    import sow.engine.models as models
+    import sow.pipeline  # noqa: F401
+
+    built: dict[str, object] = {}
+    real = models.load_components
+
+    def load_components(spec="tiny", **kwargs):
+        if spec == "tiny" and not kwargs:
+            if "tiny" not in built:
+                built["tiny"] = real("tiny")
+            return built["tiny"]
+        return real(spec, **kwargs)
+
+    models.load_components = load_components
+    load_components("tiny")
+    _WARM = True
+
+
+def run_forked(module: str, tests: list[str], timeout: float) -> bool:
+    """True when the tests fail (the mutant is killed), run in a forked child."""
+    import importlib
+    import signal
+
+    _warm_up()
+    pid = os.fork()
+    if pid == 0:  # the child: reload the mutated module (and its importers), run pytest, exit
+        code = 3
+        try:
+            os.chdir(ROOT)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1), os.dup2(devnull, 2)
+            name = module.removesuffix(".py").replace("/", ".")
+            for dotted in [name, *RELOAD_AFTER.get(module, [])]:
+                importlib.reload(importlib.import_module(dotted))
+            import pytest
+
+            code = int(pytest.main(["-x", "-q", "-p", "no:cacheprovider", "--no-header", *tests]))
+        except BaseException:  # a mutant that breaks the import counts as killed
+            code = 4
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status) != 0
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return True
+        time.sleep(0.2)
+
+
+def run_tests(tests: list[str], timeout: float) -> bool:
+    """True when the tests fail (the mutant is killed)."""
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--no-header", *tests]
+    try:
+        result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return True
+    return result.returncode != 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("modules", nargs="*", default=list(TARGETS))
+    parser.add_argument("--limit", type=int, default=0, help="sample this many AST mutants per module (0: all)")
+    parser.add_argument("--seed", type=int, default=12)
+    parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--subprocess", action="store_true", help="a fresh interpreter per mutant (slow)")
+    parser.add_argument("--survivors", type=Path, help="rerun only the mutants that survived in this earlier --json")
+    args = parser.parse_args()
+
+    results: list[Mutant] = []
+    for module in args.modules:
+        path = ROOT / module
+        original = path.read_text()
+        def check(module=module) -> bool:
+            if args.subprocess:
+                return run_tests(TARGETS[module], args.timeout)
+            return run_forked(module, TARGETS[module], args.timeout)
+
+        if check():
+            raise SystemExit(f"{module}: its tests fail without any mutation; fix them first")
+        mutants = ast_mutants(module, original)
+        if args.limit and len(mutants) > args.limit:
+            mutants = random.Random(args.seed).sample(mutants, args.limit)
+        mutants = named_mutants(module, original) + sorted(mutants, key=lambda m: m.line)
+        if args.survivors:
+            earlier = json.loads(args.survivors.read_text())
+            wanted = {(r["line"], r["label"]) for r in earlier if r["module"] == module and not r["killed"]}
+            mutants = [m for m in ast_mutants(module, original) + named_mutants(module, original) if (m.line, m.label) in wanted]
+        try:
+            for mutant in mutants:
+                path.write_text(mutant.source)
+                start = time.perf_counter()
+                mutant.killed = check()
+                mutant.seconds = round(time.perf_counter() - start, 1)
+                mark = "killed " if mutant.killed else "SURVIVED"
+                print(f"{mark} {module}:{mutant.line} {mutant.label} ({mutant.seconds} s)", flush=True)
+                results.append(mutant)
+        finally:
+            path.write_text(original)
+
+    print()
+    for module in args.modules:
+        ran = [m for m in results if m.module == module]
+        if ran:
+            killed = sum(m.killed for m in ran)
+            print(f"{module}: {killed}/{len(ran)} killed ({100 * killed / len(ran):.0f}%)")
+    if args.json:
+        rows = [{k: getattr(m, k) for k in ("module", "line", "label", "killed", "seconds")} for m in results]
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0 if all(m.killed for m in results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
