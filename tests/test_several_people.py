@@ -418,3 +418,28 @@ def test_a_batch_of_images_with_three_conditions_gates_each_image_on_its_own(tin
     first = batch.record.trace[0]
     assert len(first["r_c_images"]) == 3 and all(len(per) == 2 for per in first["r_c_images"])
     assert [per[1] for per in first["r_c_images"]] == pytest.approx(singles[1].record.trace[0]["r_c_conditions"], abs=1e-5)
+
+
+def test_a_cached_plan_of_several_conditions_is_read_back(faces_dir, tmp_path):
+    """The plan cache serves a several-condition plan again (the cached plan's image indices are
+    checked against every image of the request, not against one)."""
+    from sow.planners.cache import PlanCache
+    from sow.planners.heuristic import HeuristicPlanner
+    from sow.planners.policy import plan_with_policy
+
+    calls = []
+
+    class Counting(HeuristicPlanner):
+        name = "counting"
+        cacheable = True
+
+        def plan(self, request):
+            calls.append(1)
+            return super().plan(request)
+
+    images = [load_condition(faces_dir / n).image for n in ("obama.jpg", "biden.jpg")]
+    cache = PlanCache(tmp_path)
+    first = plan_with_policy(Counting(), _request(images), cache=cache)
+    again = plan_with_policy(Counting(), _request(images), cache=cache)
+    assert len(calls) == 1 and again.notes[-1].startswith("read from the plan cache")
+    assert again.conditions == first.conditions and [c.image for c in again.conditions] == [0, 1]

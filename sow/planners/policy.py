@@ -131,12 +131,16 @@ def cache_hit_problem(plan: Plan, request: PlanRequest) -> str | None:
     canvas = request.config.canvas
     if plan.canvas != canvas:
         return f"made for a {plan.canvas.width}x{plan.canvas.height} canvas, not {canvas.width}x{canvas.height}"
-    if plan.crop is not None:
-        width, height = request.condition.size
-        if plan.crop.right > width or plan.crop.bottom > height:
-            return f"its crop [{plan.crop}] reaches outside the {width}x{height} condition"
+    images = request.conditions
+    for cond in plan.conditions:
+        if cond.image >= len(images):
+            return f"it uses condition image {cond.image + 1} of {len(images)}"
+        if cond.crop is not None:
+            width, height = images[cond.image].size
+            if cond.crop.right > width or cond.crop.bottom > height:
+                return f"its crop [{cond.crop}] reaches outside the {width}x{height} condition"
     try:
-        repair_plan(plan, request.config)
+        repair_plan(plan, request.config, len(images))
     except (SowError, ValueError) as exc:
         return str(exc).splitlines()[0]
     return None
