@@ -3,13 +3,17 @@
     pipe = SOWPipeline.from_pretrained("tiny")
     result = pipe("face.jpg", "a chef in a busy kitchen", seed=7)
     result.image.save("chef.png")
+
+Several people (docs/several-people.md): pass a list of conditions, each kept pixel-exact::
+
+    result = pipe(["a.jpg", "b.jpg"], "two friends at a cafe", canvas={"width": 768, "height": 512})
 """
 
 from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +25,7 @@ from PIL import Image
 from sow.version import __version__
 from sow import diffusers_style
 from sow.io import canvas as cv
-from sow.engine.context import LatentRegion, RunContext
+from sow.engine.context import LatentRegion, RunContext, union_mask
 from sow.engine.denoiser import Denoiser, PromptEmbeddings
 from sow.engine.diffusion_math import LevelSchedule
 from sow.errors import InputError, SowError
@@ -33,7 +37,7 @@ from sow.planners.fixed import random_placement
 from sow.engine.numerics import require_finite
 from sow.plugins import Registry, check_options, get_registry, plugin_exits_fail
 from sow.io.prompt_checks import prompt_warnings, require_prompt
-from sow.schemas import PRESETS, GenerationConfig, Plan, RunRecord, StageNames, StageTiming
+from sow.schemas import PRESETS, ConditionRecord, GenerationConfig, Plan, RunRecord, StageNames, StageTiming
 from sow.stages import Planner, PlanRequest, RunInputs
 
 STAGE_FIELDS = {
@@ -269,7 +273,7 @@ class SOWPipeline:
     @plugin_exits_fail
     def plan(
         self,
-        condition: str | Path | Image.Image,
+        condition: ConditionInput | Sequence[ConditionInput],
         prompt: str,
         config: GenerationConfig | None = None,
         seed: int = 0,
@@ -277,17 +281,17 @@ class SOWPipeline:
     ) -> Plan:
         """Run the planner stage alone: cached, repaired, with the fallback policy (:mod:`sow.planners.policy`).
 
-        ``condition`` is a path or a PIL image, as for a run. ``planner`` is a registered name or
-        a planner object (default: the configured one).
+        ``condition`` is a path or a PIL image, or a list of them (several people), as for a run.
+        ``planner`` is a registered name or a planner object (default: the configured one).
         """
         from sow.planners.policy import plan_with_policy
 
-        if not isinstance(condition, Image.Image):
-            condition = _read_condition(condition)[1]
+        images = [c if isinstance(c, Image.Image) else _read_condition(c, i, n)[1] for i, n, c in _numbered(condition)]
+        sources = [c if isinstance(c, str) else str(c) if isinstance(c, Path) else "" for _, _, c in _numbered(condition)]
         config = config or self.make_config()
         if planner is None or isinstance(planner, str):
             planner = self.stage("planner", planner or config.stages.planner)
-        request = PlanRequest(condition=condition, prompt=prompt, config=config, seed=seed)
+        request = PlanRequest(condition=images[0], prompt=prompt, config=config, seed=seed, conditions=images, sources=sources)
         return plan_with_policy(
             planner,
             request,
@@ -307,7 +311,7 @@ class SOWPipeline:
 
     # -- the run -----------------------------------------------------------------------
 
-    def check_inputs(self, prompt: str, config: GenerationConfig, plan: Plan | None) -> None:
+    def check_inputs(self, prompt: str, config: GenerationConfig, plan: Plan | None, images: int = 1) -> None:
         require_prompt(prompt)  # the one limit, checked before any work
         if plan is not None and plan.canvas != config.canvas:
             raise InputError(
@@ -317,12 +321,19 @@ class SOWPipeline:
         scale = self.components.vae_scale_factor
         if config.canvas.width % scale or config.canvas.height % scale:
             raise InputError(f"canvas sides must be multiples of {scale}")
+        if plan is not None:
+            check_plan_images(plan, images)
+            for i, j, a, b in plan.overlaps(scale):
+                raise InputError(
+                    f"condition {i + 1} box_v and condition {j + 1} box_v overlap once snapped to the "
+                    f"{scale}-pixel latent grid ([{a}] and [{b}]); leave a gap between them"
+                )
 
     @plugin_exits_fail
     @torch.no_grad()
     def __call__(
         self,
-        condition: str | Path | Image.Image,
+        condition: ConditionInput | Sequence[ConditionInput],
         prompt: str,
         *,
         plan: Plan | None = None,
@@ -330,7 +341,7 @@ class SOWPipeline:
         seed: int | None = None,
         config: GenerationConfig | None = None,
         preset: str = "normal",
-        mask: Image.Image | None = None,
+        mask: Image.Image | Sequence[Image.Image | None] | None = None,
         callback: Callable[[dict[str, Any]], None] | None = None,
         num_images: int | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
@@ -343,7 +354,9 @@ class SOWPipeline:
         """Generate an image of ``prompt`` that keeps ``condition``'s pixels.
 
         ``condition`` is a path or an image (an alpha channel becomes the condition mask
-        unless ``mask`` is given). ``plan`` skips the planner; ``planner`` (a registered name
+        unless ``mask`` is given), or a list of them: several conditions, each kept pixel-exact
+        in its own box (``mask`` then a list too, one per image; a plan's ``conditions[i].mask``
+        file wins). ``plan`` skips the planner; ``planner`` (a registered name
         or a planner object) replaces the configured one for this call. ``config`` or ``preset`` plus
         keyword ``overrides`` (fields of :class:`GenerationConfig`) set the method's values.
         ``callback`` receives a dict after every UNet evaluation. ``num_images`` variations
@@ -368,66 +381,90 @@ class SOWPipeline:
         if isinstance(planner, str):
             overrides["stages"] = {**overrides.get("stages", {}), "planner": planner}
         config = self.make_config(config, preset, **overrides)
-        self.check_inputs(prompt, config, plan)
-        source, image, alpha_mask, digest, notes = _read_condition(condition)
-        notes = notes + call.notes
+        numbered = _numbered(condition)
+        self.check_inputs(prompt, config, plan, len(numbered))
+        read = [_read_condition(c, i, n) for i, n, c in numbered]
+        condition_images = [r[1] for r in read]
         explicit_mask = mask is not None  # readings.mask_polarity applies to it; an alpha channel keeps its opaque pixels
-        mask = mask if explicit_mask else alpha_mask
+        masks = _masks(mask, [r[2] for r in read])
+        notes = [note for r in read for note in r[4]] + call.notes
         device, scale = comp.device, comp.vae_scale_factor
 
-        # 1. Plan: box_v, box_r and the (intensified) prompt.
+        # 1. Plan: a box_v and box_r per condition, and the (intensified) prompt.
         with timer.stage("plan"):
             if plan is None:
-                plan = self.plan(image, prompt, config, seed, planner=None if isinstance(planner, str) else planner)
+                planned = [c if isinstance(c, Image.Image) else r[0] for (_, _, c), r in zip(numbered, read)]
+                plan = self.plan(
+                    condition_images if len(condition_images) > 1 else condition_images[0],
+                    prompt, config, seed, planner=None if isinstance(planner, str) else planner,
+                )
+                plan = _with_sources(plan, planned)
                 if not config.ablation.adaptive_position:  # AP ablation: seeded random placement
-                    plan = random_placement(plan, cv.apply_crop(image, None, plan.crop)[0], config, seed)
+                    plan = random_placement(plan, cv.apply_crop(condition_images[0], None, plan.crop)[0], config, seed)
+                self.check_inputs(prompt, config, plan, len(condition_images))
             text = plan.prompt if config.ablation.prompt_intensification else (plan.user_prompt or prompt)
             text = require_prompt(text, "the plan's prompt", max_chars=None)  # the user's prompt was checked; a planner may add words
             notes = notes + prompt_warnings(comp.tokenizer, text)
 
-        # 2. Seed initialization: the condition (its planned crop) pasted at box_v (snapped to latent cells) on gray
-        #    (or the background of readings.seed_background).
-        image, mask = cv.apply_crop(image, mask, plan.crop)
-        box_v = plan.box_v.aligned(scale)
-        if not box_v.fits(config.canvas):
-            box_v = box_v.model_copy(update={"x": config.canvas.width - box_v.w})
+        # 2. Seed initialization: each condition (its planned crop) pasted at its box_v (snapped to latent
+        #    cells) on one gray canvas (or the background of readings.seed_background, one condition only);
+        #    each condition's own-size image kept for its own inversion.
         readings = config.readings
         polarity = readings.mask_polarity if explicit_mask else "white-keeps"
-        fitted, keep = cv.fit_condition(image, box_v, mask, polarity)
+        fitted_all, keeps, boxes, regions = [], [], [], []
+        for cond in plan.conditions:
+            picture, keep_mask = cv.apply_crop(condition_images[cond.image], _plan_mask(cond, masks), cond.crop)
+            box_v = cond.box_v.aligned(scale)
+            if not box_v.fits(config.canvas):
+                box_v = box_v.model_copy(update={"x": config.canvas.width - box_v.w})
+            fitted, keep = cv.fit_condition(picture, box_v, keep_mask, polarity)
+            fitted_all.append(fitted)
+            keeps.append(keep)
+            boxes.append(box_v)
+            regions.append(LatentRegion.from_box(
+                box_v, config.canvas, scale, cv.latent_mask(keep, scale, readings.mask_cell_rule).to(device)
+            ))
+        if len(regions) > 1 and readings.seed_background not in ("gray", "none"):
+            raise InputError(f"readings.seed_background {readings.seed_background!r} takes one condition; this plan has {len(regions)} (use gray)")
         # a seed-dependent canvas (noise background, sampled VAE latents) is made per image: image i as seed + i
         per_image = readings.seed_background == "noise" or readings.vae_encoding == "sample"
-        images_in = [cv.seed_images(fitted, keep, box_v, config.canvas, readings.seed_background, seed + i)
-                     for i in range(num_images if per_image else 1)]
+        images_in = []  # per image: (each condition's own image, the seeded canvas)
+        for i in range(num_images if per_image else 1):
+            if len(regions) == 1:
+                one, canvas_image = cv.seed_images(fitted_all[0], keeps[0], boxes[0], config.canvas, readings.seed_background, seed + i)
+                images_in.append(([one], canvas_image))
+            else:
+                images_in.append((fitted_all, cv.paste_all_on_gray(list(zip(fitted_all, boxes)), config.canvas)))
         seeded = images_in[0][1]
-        region = LatentRegion.from_box(
-            box_v, config.canvas, scale, cv.latent_mask(keep, scale, readings.mask_cell_rule).to(device)
-        )
         # the run's generators (one per image) exist before encoding: a sampled VAE encoding draws from them
         diffusers_style.check_generator_device(call.generators, device)
         generators = call.generators or [torch.Generator(device=device).manual_seed(seed + i) for i in range(num_images)]
 
-        # 3. Encode: the prompts once per run; the condition (at its own size) and the canvas.
+        # 3. Encode: the prompts once per run; each condition (at its own size) and the canvas.
         with timer.stage("encode"):
             if settings.cache_text_embeddings:
                 embeddings = PromptEmbeddings.encode(comp.text_encoder, comp.tokenizer, config, text, comp.prompt_encoder())
             else:
                 embeddings = ReencodingEmbeddings(comp.text_encoder, comp.tokenizer, config, text, comp.prompt_encoder())
-            condition_parts, canvas_parts = [], []
-            for i, (condition_image, canvas_image) in enumerate(images_in):
+            condition_parts = [[] for _ in regions]
+            canvas_parts = []
+            for i, (own_images, canvas_image) in enumerate(images_in):
                 sampler = generators[min(i, len(generators) - 1)] if readings.vae_encoding == "sample" else None
-                condition_parts.append(self._encode(condition_image, sampler))  # condition first, as the reference
+                for k, own in enumerate(own_images):  # conditions first, as the reference
+                    condition_parts[k].append(self._encode(own, sampler))
                 if readings.seed_background != "none":
                     canvas_parts.append(self._encode(canvas_image, sampler))
-            condition_latents = torch.cat(condition_parts)
-            require_finite(condition_latents, "the encoded condition (VAE)")
+            condition_latents = [torch.cat(parts) for parts in condition_parts]
+            for k, latent in enumerate(condition_latents):
+                require_finite(latent, "the encoded condition (VAE)" if len(regions) == 1 else f"the encoded condition {k + 1} (VAE)")
             canvas_latents = torch.cat(canvas_parts) if canvas_parts else None
             if canvas_latents is not None:
                 require_finite(canvas_latents, "the encoded canvas (VAE)")
 
         schedule = LevelSchedule.from_scheduler(comp.scheduler, config.num_inference_steps)
-        total = self.unet_evaluations(config)
+        total = self.unet_evaluations(config, RunInputs(conditions=len(regions)))
         denoiser = Denoiser(
-            comp.unet, schedule, embeddings, config, region.canvas_mask(), callback, comp.added_conditioning(),
+            comp.unet, schedule, embeddings, config, union_mask(regions), callback, comp.added_conditioning(),
             total_evaluations=total,
         )
         if call.step_end is not None:
@@ -436,7 +473,7 @@ class SOWPipeline:
             config=config,
             plan=plan,
             seed=seed,
-            region=region,
+            regions=regions,
             generator=generators[0],
             generators=generators,
             denoiser=denoiser,
@@ -453,16 +490,19 @@ class SOWPipeline:
         modulator = self.stage("attention_modulator", config.stages.modulator)
         modulator.attach(comp.unet, ctx)
         try:
-            # 4. Inversion: the condition alone up to t2 (its trajectory kept), the canvas to t1 (or t2).
-            #    Both are deterministic, so a batch of images shares them (inverted once, at batch 1),
+            # 4. Inversion: each condition alone up to t2 (its own trajectory kept), the canvas to t1 (or t2).
+            #    All deterministic, so a batch of images shares them (inverted once, at batch 1),
             #    unless the canvas depends on the seed (then each image's is inverted, batched).
             #    Without a canvas (seed_background "none") the cycles start from Gaussian noise.
             with timer.stage("inversion"):
                 start = config.canvas_start_level()
-                ctx.condition_trajectory = ctx.inverter.invert(denoiser, condition_latents, 0, config.t2, "invert_condition")
+                ctx.condition_trajectories = [
+                    ctx.inverter.invert(denoiser, latent, 0, config.t2, "invert_condition") for latent in condition_latents
+                ]
                 if canvas_latents is None:
                     h, w = config.canvas.height // scale, config.canvas.width // scale
-                    shape_of = condition_latents.new_empty(num_images, condition_latents.shape[1], h, w)
+                    first = condition_latents[0]
+                    shape_of = first.new_empty(num_images, first.shape[1], h, w)
                     ctx.canvas_latents = ctx.noise_like(shape_of)
                 else:
                     inverted = ctx.inverter.invert(denoiser, canvas_latents, 0, start, "invert_canvas")[-1]
@@ -497,11 +537,15 @@ class SOWPipeline:
             device=str(device),
             dtype=str(comp.dtype).removeprefix("torch."),
             seed=seed,
-            condition=source,
-            condition_sha256=digest,
+            condition=read[0][0],
+            condition_sha256=read[0][3],
+            conditions=[
+                ConditionRecord(source=read[cond.image][0], sha256=read[cond.image][3], aligned_box_v=box)
+                for cond, box in zip(plan.conditions, boxes)
+            ],
             config=config,
             plan=plan,
-            aligned_box_v=box_v,
+            aligned_box_v=boxes[0],
             timings=timer.timings,
             unet_evaluations=denoiser.evaluations,
             num_images=num_images,
@@ -545,15 +589,91 @@ def inversion_evaluations(config: GenerationConfig, inputs: RunInputs) -> int:
     return inputs.conditions * config.t2 + canvas
 
 
-def _read_condition(condition: str | Path | Image.Image) -> tuple[str, Image.Image, Image.Image | None, str, list[str]]:
-    """(source label, RGB image, alpha mask or None, sha256 of the file bytes or pixels, conversion notes)."""
-    if isinstance(condition, Image.Image):
-        loaded = load_condition(condition)
-        return "image", loaded.image, loaded.mask, loaded.sha256, loaded.notes
-    if isinstance(condition, (str, Path)):
-        loaded = load_condition(Path(condition))
-        return str(condition), loaded.image, loaded.mask, loaded.sha256, loaded.notes
-    raise InputError(f"condition must be a path or a PIL image, not {type(condition).__name__}")
+ConditionInput = str | Path | Image.Image
+"""A visual condition as the API takes it: a file path or a PIL image."""
+
+
+def _numbered(condition: ConditionInput | Sequence[ConditionInput]) -> list[tuple[int, int, ConditionInput]]:
+    """``[(index, count, condition)]``: one condition or a non-empty list of them."""
+    if isinstance(condition, (str, Path, Image.Image)):
+        return [(0, 1, condition)]
+    if isinstance(condition, Sequence) and condition:
+        return [(i, len(condition), c) for i, c in enumerate(condition)]
+    if isinstance(condition, Sequence):
+        raise InputError("no condition given: pass a path or image, or a list of them")
+    raise InputError(f"condition must be a path or a PIL image (or a list of them), not {type(condition).__name__}")
+
+
+def _read_condition(
+    condition: ConditionInput, index: int = 0, count: int = 1
+) -> tuple[str, Image.Image, Image.Image | None, str, list[str]]:
+    """(source label, RGB image, alpha mask or None, sha256 of the file bytes or pixels, conversion notes).
+
+    With several conditions an error and each note say which one (``condition 2 of 3``).
+    """
+    which = f"condition {index + 1} of {count}" if count > 1 else ""
+    try:
+        if isinstance(condition, Image.Image):
+            loaded = load_condition(condition)
+            source = "image"
+        elif isinstance(condition, (str, Path)):
+            loaded = load_condition(Path(condition))
+            source = str(condition)
+        else:
+            raise InputError(f"condition must be a path or a PIL image, not {type(condition).__name__}")
+    except InputError as exc:
+        if not which:
+            raise
+        raise type(exc)(f"{which}: {exc}") from None
+    notes = [f"{which}: {n}" for n in loaded.notes] if which else loaded.notes
+    return source, loaded.image, loaded.mask, loaded.sha256, notes
+
+
+def _masks(mask: Image.Image | Sequence[Image.Image | None] | None, alphas: list[Image.Image | None]) -> list[Image.Image | None]:
+    """One mask per condition image: the caller's (one image, or a list of one per image), else its alpha."""
+    if mask is None:
+        return alphas
+    given = [mask] if isinstance(mask, Image.Image) else list(mask)
+    if len(given) != len(alphas):
+        raise InputError(f"mask: {len(given)} given for {len(alphas)} condition images; give one per image (None: its alpha)")
+    return [m if m is not None else a for m, a in zip(given, alphas)]
+
+
+def _plan_mask(cond, masks: list[Image.Image | None]) -> Image.Image | None:
+    """A condition's mask: the plan's mask file when it names one, else its image's mask."""
+    if cond.mask is None:
+        return masks[cond.image]
+    try:
+        return load_condition(Path(cond.mask)).image.convert("L")
+    except InputError as exc:
+        raise InputError(f"plan mask {cond.mask!r}: {exc}") from None
+
+
+def check_plan_images(plan: Plan, count: int) -> None:
+    """Every condition of ``plan`` refers to one of ``count`` images, and every image is used."""
+    for i, cond in enumerate(plan.conditions):
+        if cond.image >= count:
+            raise InputError(
+                f"plan condition {i + 1} uses image {cond.image + 1}, but {count} condition image"
+                f"{'s were' if count > 1 else ' was'} given"
+            )
+    unused = sorted(set(range(count)) - {c.image for c in plan.conditions})
+    if unused:
+        raise InputError(
+            f"condition image{'s' if len(unused) > 1 else ''} {', '.join(str(u + 1) for u in unused)} "
+            f"not used by the plan ({len(plan.conditions)} condition{'s' if len(plan.conditions) > 1 else ''})"
+        )
+
+
+def _with_sources(plan: Plan, sources: list[Any]) -> Plan:
+    """The planner's plan with each condition's ``source`` filled from the paths the run was given."""
+    labels = [s if isinstance(s, str) else "" for s in sources]
+    if all(c.source or not labels[c.image] for c in plan.conditions if c.image < len(labels)):
+        return plan
+    conditions = [
+        c.model_copy(update={"source": c.source or labels[c.image]}) if c.image < len(labels) else c for c in plan.conditions
+    ]
+    return plan.model_copy(update={"conditions": conditions})
 
 
 def _execution_device(gpu_id: int | None, device: str | torch.device, method: str) -> torch.device:

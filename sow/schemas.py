@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from datetime import datetime, timezone
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -126,19 +127,47 @@ class Box(_Strict):
             raise InputError(f"box {text!r}: {first_error(exc)}") from None
 
 
+class Condition(_Strict):
+    """One visual condition of a plan: which image, where it goes, what relates to it."""
+
+    image: int = Field(0, ge=0, description="Which of the run's condition images this is (0: the first given).")
+    source: str = Field("", description="Where that image came from when it was planned (a path), for people reading the plan.")
+    box_v: Box = Field(description="Where this condition is pasted on the canvas.")
+    box_r: Box = Field(description="This condition's related region, e.g. the body under its face.")
+    crop: Box | None = Field(None, description="The region of the condition image used, in its pixels (none: all of it).")
+    mask: str | None = Field(None, description="An image file whose bright pixels (>= 128) are the kept part of the crop (none: the image's alpha, else all).")
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _no_control_characters(cls, value: Any) -> Any:
+        """A path printed back to a terminal: no escape sequences in it."""
+        return clean_text(value) if isinstance(value, str) else value
+
+
+ONE_CONDITION_FIELDS = ("box_v", "box_r", "crop")
+"""The top-level fields of a one-condition plan file (sow <= 0.x), migrated into ``conditions[0]``."""
+
+
+def overlapping(a: Box, b: Box) -> bool:
+    """Whether two boxes share at least one pixel."""
+    return a.x < b.right and b.x < a.right and a.y < b.bottom and b.y < a.bottom
+
+
 class Plan(_Strict):
-    """Where the condition goes and what the scene says: the planner's output.
+    """Where the conditions go and what the scene says: the planner's output.
 
     A plan can be saved (``plan.json``), edited by hand and passed back with ``--plan``.
+    A plan file written before plans held several conditions (``box_v``, ``box_r`` and
+    ``crop`` at the top level) still loads: those three fields become ``conditions[0]``
+    (docs/several-people.md, "Migration"). ``plan.box_v``, ``plan.box_r`` and ``plan.crop``
+    read the first condition's, for code that handles one condition.
     """
 
     canvas: Canvas = Field(default_factory=Canvas, description="The canvas the boxes refer to.")
-    box_v: Box = Field(description="Where the visual condition is pasted on the canvas.")
-    box_r: Box = Field(description="The condition-related region, e.g. the body under a face.")
-    crop: Box | None = Field(None, description="The region of the condition image used, in condition pixels (none: all of it).")
+    conditions: list[Condition] = Field(min_length=1, max_length=16, description="The visual conditions, one per person or object; their box_v may not overlap.")
     prompt: str = Field(min_length=1, description="The prompt the image is generated from (intensified by the planner).")
     user_prompt: str = Field("", description="The prompt as the user wrote it.")
-    description: str = Field("", description="The planner's description of the visual condition.")
+    description: str = Field("", description="The planner's description of the visual condition(s).")
     planner: str = Field("manual", description="Name of the planner that made this plan.")
     repairs: list[str] = Field(default_factory=list, description="Changes made to the planner's answer to make it valid.")
     notes: list[str] = Field(default_factory=list, description="What the planner noticed (e.g. which face it chose).")
@@ -154,15 +183,74 @@ class Plan(_Strict):
     def _no_control_characters_in_lines(cls, value: list[str]) -> list[str]:
         return [clean_text(line) for line in value]
 
+    @model_validator(mode="before")
+    @classmethod
+    def _migrate_one_condition(cls, data: Any) -> Any:
+        """A one-condition plan (top-level box_v, box_r, crop) becomes ``conditions=[{box_v, box_r, crop}]``."""
+        if not isinstance(data, dict) or not any(k in data for k in ONE_CONDITION_FIELDS):
+            return data
+        if "conditions" in data:
+            given = ", ".join(k for k in ONE_CONDITION_FIELDS if k in data)
+            raise ValueError(f"a plan has either conditions or the one-condition fields box_v/box_r/crop, not both (got conditions and {given})")
+        data = dict(data)
+        one = {k: data.pop(k) for k in ONE_CONDITION_FIELDS if k in data}
+        data["conditions"] = [one]
+        return data
+
     @model_validator(mode="after")
     def _boxes_on_canvas(self) -> Plan:
-        for name in ("box_v", "box_r"):
-            box: Box = getattr(self, name)
-            if not box.fits(self.canvas):
-                raise ValueError(
-                    f"{name} [{box}] reaches outside the {self.canvas.width}x{self.canvas.height} canvas"
-                )
+        several = len(self.conditions) > 1
+        for i, cond in enumerate(self.conditions):
+            for name in ("box_v", "box_r"):
+                box: Box = getattr(cond, name)
+                if not box.fits(self.canvas):
+                    where = f"conditions[{i}].{name}" if several else name
+                    raise ValueError(
+                        f"{where} [{box}] reaches outside the {self.canvas.width}x{self.canvas.height} canvas"
+                    )
+        for i, j, a, b in self.overlaps():
+            raise ValueError(f"condition {i + 1} box_v [{a}] and condition {j + 1} box_v [{b}] overlap; conditions need boxes of their own")
         return self
+
+    def overlaps(self, grid: int = 1) -> list[tuple[int, int, Box, Box]]:
+        """Pairs ``(i, j, box_v_i, box_v_j)`` whose box_v overlap (snapped to ``grid`` first: 8 for the latent cells)."""
+        boxes = [c.box_v.aligned(grid) if grid > 1 else c.box_v for c in self.conditions]
+        return [
+            (i, j, boxes[i], boxes[j])
+            for i in range(len(boxes))
+            for j in range(i + 1, len(boxes))
+            if overlapping(boxes[i], boxes[j])
+        ]
+
+    @property
+    def box_v(self) -> Box:
+        """The first condition's box_v (one-condition code)."""
+        return self.conditions[0].box_v
+
+    @property
+    def box_r(self) -> Box:
+        """The first condition's box_r (one-condition code)."""
+        return self.conditions[0].box_r
+
+    @property
+    def crop(self) -> Box | None:
+        """The first condition's crop (one-condition code)."""
+        return self.conditions[0].crop
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Plan:
+        """As pydantic's, and an update of ``box_v`` / ``box_r`` / ``crop`` changes the first condition's
+        (one-condition planners written before several conditions keep working)."""
+        if update and any(k in update for k in ONE_CONDITION_FIELDS):
+            update = dict(update)
+            one = {k: update.pop(k) for k in ONE_CONDITION_FIELDS if k in update}
+            update["conditions"] = [self.conditions[0].model_copy(update=one), *self.conditions[1:]]
+        return super().model_copy(update=update, deep=deep)
+
+    def with_condition(self, index: int = 0, **update: Any) -> Plan:
+        """A copy with condition ``index``'s fields updated (validated: the boxes are checked again)."""
+        conditions = [c.model_dump() for c in self.conditions]
+        conditions[index].update({k: (v.model_dump() if isinstance(v, BaseModel) else v) for k, v in update.items()})
+        return Plan.model_validate({**self.model_dump(exclude={"conditions"}), "conditions": conditions})
 
 
 class ModulationSettings(_Strict):
@@ -394,6 +482,14 @@ class StageTiming(_Strict):
     seconds: float
 
 
+class ConditionRecord(_Strict):
+    """One condition of a run, as used."""
+
+    source: str = Field(description="Where the condition image came from (path or 'image').")
+    sha256: str = Field(description="sha256 of the file's bytes (or of the pixels of an in-memory image).")
+    aligned_box_v: Box = Field(description="Its box_v snapped to the latent grid, as pasted.")
+
+
 class LoraRecord(_Strict):
     """A LoRA applied to the model of a run."""
 
@@ -414,11 +510,12 @@ class RunRecord(_Strict):
     device: str
     dtype: str
     seed: int
-    condition: str = Field(description="Where the condition image came from (path or 'array').")
-    condition_sha256: str
+    condition: str = Field(description="Where the first condition image came from (path or 'image').")
+    condition_sha256: str = Field(description="sha256 of the first condition (all of them: ``conditions``).")
+    conditions: list[ConditionRecord] = Field(default_factory=list, description="Every condition with its file hash and box as used (records before several conditions: empty).")
     config: GenerationConfig
     plan: Plan
-    aligned_box_v: Box = Field(description="box_v snapped to the latent grid, as used.")
+    aligned_box_v: Box = Field(description="The first condition's box_v snapped to the latent grid, as used.")
     timings: list[StageTiming] = Field(default_factory=list)
     unet_evaluations: int
     num_images: int = Field(1, ge=1, le=64, description="Images made in this run, batched; image i used seed + i (at most 64, the CLI's --num-images limit: one batch must fit in memory).")

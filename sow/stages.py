@@ -29,7 +29,7 @@ class PlanRequest:
     """What a planner is given."""
 
     condition: Image.Image
-    """The visual condition, RGB."""
+    """The (first) visual condition, RGB."""
     prompt: str
     """The user's prompt."""
     config: GenerationConfig
@@ -38,6 +38,19 @@ class PlanRequest:
     """The run's seed, for planners that place things at random."""
     extras: dict = field(default_factory=dict)
     """Free-form hints from the caller (e.g. a mask of the condition)."""
+    conditions: list[Image.Image] = field(default_factory=list)
+    """Every condition image given (several people); ``[condition]`` when one was given.
+    A plan's ``conditions[i].image`` indexes this list; one group photo may give several conditions."""
+    sources: list[str] = field(default_factory=list)
+    """Where each image came from (a path, or "" for an in-memory image), beside ``conditions``."""
+    options: dict = field(default_factory=dict)
+    """Per-request planner choices (``max_people``, ``pick``: see the heuristic planner)."""
+
+    def __post_init__(self) -> None:
+        if not self.conditions:
+            self.conditions = [self.condition]
+        if len(self.sources) != len(self.conditions):
+            self.sources = [""] * len(self.conditions)
 
 
 @runtime_checkable
@@ -48,7 +61,12 @@ class Planner(Protocol):
     description: ClassVar[str]
 
     def plan(self, request: PlanRequest) -> Plan:
-        """Return a valid plan for ``request`` or raise :class:`sow.errors.PlannerError`."""
+        """Return a valid plan for ``request`` or raise :class:`sow.errors.PlannerError`.
+
+        With several images (``request.conditions``) the plan has a condition per image
+        (``conditions[i].image``); a planner that places one condition only may return a
+        one-condition plan, and :func:`sow.planners.policy.plan_with_policy` places the
+        others side by side (recorded in ``plan.repairs``)."""
         ...
 
 
@@ -76,7 +94,10 @@ class Preserver(Protocol):
     description: ClassVar[str]
 
     def preserve(self, latents: torch.Tensor, condition: torch.Tensor, region: LatentRegion) -> torch.Tensor:
-        """Return ``latents`` with the condition region set from ``condition`` (its own-size latent)."""
+        """Return ``latents`` with the condition region set from ``condition`` (its own-size latent).
+
+        Called once per condition of a plan (:meth:`RunContext.preserve`): touch nothing outside ``region``.
+        """
         ...
 
 
@@ -96,8 +117,8 @@ class Scheduler(Protocol):
     description: ClassVar[str]
 
     def run(self, ctx: RunContext) -> torch.Tensor:
-        """Return the level-0 canvas latents. Uses ``ctx.denoiser``, ``ctx.preserver`` and the
-        condition trajectory ``ctx.condition_trajectory``."""
+        """Return the level-0 canvas latents. Uses ``ctx.denoiser`` and :meth:`RunContext.preserve`
+        (every condition region reset to its own trajectory ``ctx.condition_trajectories[i]``)."""
         ...
 
     def unet_evaluations(self, config: GenerationConfig, inputs: RunInputs) -> int:

@@ -14,9 +14,16 @@ settings.load_profile(os.environ.get("SOW_HYPOTHESIS_PROFILE", "sow"))
 """Every property test runs under one profile: no deadline (2 shared CPU cores), 150 examples;
 ``SOW_HYPOTHESIS_PROFILE=quick`` for 20 (the mutation pass uses it)."""
 
-FACES = Path(os.environ.get("SOW_FACES_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "faces")
-SAMPLE_FACE = Path(__file__).resolve().parents[1] / "sow" / "data" / "sample_face.jpg"
 _ROOT = Path(__file__).resolve().parents[1]
+FACES = Path(
+    os.environ.get("SOW_FACES_DIR")
+    or next(
+        (p for p in (r / "shared" / "data" / "faces" for r in (_ROOT.parent, _ROOT.parent.parent)) if p.is_dir()),
+        _ROOT.parent / "shared" / "data" / "faces",
+    )
+)
+"""The shared face photos beside the checkout (a worktree sits one folder deeper)."""
+SAMPLE_FACE = Path(__file__).resolve().parents[1] / "sow" / "data" / "sample_face.jpg"
 SD21_CONFIG = next(
     (p for p in (r / "shared" / "data" / "sd21-base-config" for r in (_ROOT.parent, _ROOT.parent.parent)) if p.is_dir()),
     _ROOT.parent / "shared" / "data" / "sd21-base-config",

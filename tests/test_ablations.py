@@ -44,7 +44,8 @@ def test_ap_off_changes_only_the_placement(tiny_pipe, face_path):
     off = tiny_pipe(face_path, "a chef", seed=5, ablation={"adaptive_position": False}, **FAST)
     assert off.record.config.ablation.adaptive_position is False
     assert off.plan.box_v != on.plan.box_v
-    assert off.plan.model_dump(exclude={"box_v", "box_r", "notes"}) == on.plan.model_dump(exclude={"box_v", "box_r", "notes"})
+    assert off.plan.model_dump(exclude={"conditions", "notes"}) == on.plan.model_dump(exclude={"conditions", "notes"})
+    assert off.plan.crop == on.plan.crop
     assert off.record.prompt_used == on.record.prompt_used
     on_cfg = on.record.config.model_dump()
     off_cfg = off.record.config.model_dump()

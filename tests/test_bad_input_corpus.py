@@ -114,7 +114,7 @@ def _corpus(tmp: Path, face: Path) -> list[tuple[str, list[str], str, int]]:
         ("box zero size", [*gen, good, "a chef", "--box-v", "0,0,0,10", "--box-r", "0,0,10,10", *out], "greater than 0", 2),
         ("box outside", [*gen, good, "a chef", "--box-v", "480,0,100,100", "--box-r", "0,0,10,10", *out], "reaches outside", 2),
         ("box garbage", [*gen, good, "a chef", "--box-v", "1,2,x", "--box-r", "0,0,10,10", *out], "expected four integers", 2),
-        ("unknown preset", [*gen, good, "a chef", "--preset", "fancy", *out], "unknown preset 'fancy'", 2),
+        ("unknown preset", [*gen, good, "a chef", "--preset", "fancy", *out], "Invalid value for '--preset': 'fancy' is not one of", 2),
         ("unknown planner", [*gen, good, "a chef", "--planner", "nope", *out], "unknown planner 'nope'", 2),
         ("pickle checkpoint", [*gen, good, "a chef", "--model", str(_write(tmp / "m.ckpt", "x")), *out], "only .safetensors checkpoints load by default", 2),
         ("output exists", [*gen, good, "a chef", "--name", "x", "-o", str(tmp / "taken")], "already exists; pass --overwrite", 2),

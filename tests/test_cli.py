@@ -60,7 +60,7 @@ def test_manual_boxes_are_used(face_path, fast_config, tmp_path):
                 "--box-v", "0,0,64,64", "--box-r", "0,64,128,64"])
     assert code == 0
     record = json.loads((tmp_path / "m.json").read_text())
-    assert record["plan"]["box_v"] == {"x": 0, "y": 0, "w": 64, "h": 64} and record["plan"]["planner"] == "manual"
+    assert record["plan"]["conditions"][0]["box_v"] == {"x": 0, "y": 0, "w": 64, "h": 64} and record["plan"]["planner"] == "manual"
 
 
 @pytest.mark.parametrize(

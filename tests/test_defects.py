@@ -593,7 +593,7 @@ def test_12_an_unknown_stage_option_is_a_usage_error():
     from sow.plugins import build_registry
 
     registry = build_registry(load_entry_points=False)
-    with pytest.raises(StageOptionError, match="has no option 'face_margn'; its options: face_margin"):
+    with pytest.raises(StageOptionError, match="has no option 'face_margn'; its options: detector, face_margin, max_people, pick"):
         registry.create("planner", "heuristic", face_margn=0.1)
     assert StageOptionError.exit_code == 2
 

@@ -248,11 +248,16 @@ def _sdxl_config_or_skip() -> Path:
 @pytest.mark.slow
 def test_count_only_on_the_sdxl_configs_uses_sdxl_shapes(tmp_path):
     """`sow bench --count-only` on SDXL-base's configs: meta-device counting, SDXL's widths in every UNet call."""
-    from sow.bench.benchmark import main
+    from sow.cli.commands import main
 
     folder = _sdxl_config_or_skip()
     out = tmp_path / "cost.json"
-    assert main(["--count-only", "--model", str(folder), "--size", "256", "--cycles", "2", "--json", str(out), "--quiet"]) == 0
+    try:
+        main(["bench", "--count-only", "--model", str(folder), "--size", "256", "--cycles", "2", "--json", str(out), "--quiet"])
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    assert code == 0
     report = json.loads(out.read_text())
     assert report["unet_evaluations"] == 7 + 5 + 2 * 2 + 5
     unet_calls = [c for c in report["per_call"] if c["module"] == "unet"]

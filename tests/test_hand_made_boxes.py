@@ -47,7 +47,7 @@ def test_generate_with_hand_made_boxes(face_path, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 0
     record = json.loads((tmp_path / "run.json").read_text())
-    plan = record["plan"]
+    plan = record["plan"]["conditions"][0]  # the one condition of this run
     crop, box_v = plan["crop"], plan["box_v"]
     assert crop is not None  # the face crop the heuristic planner would use
     crop_aspect = crop[2] / crop[3] if isinstance(crop, list) else crop["w"] / crop["h"]

@@ -48,7 +48,8 @@ def test_arguments_reach_the_planner(registry, face_path):
     plan, picture = make_plan(face_path, "a chef", planner="recorder", options={"tag": "x"}, config=config, registry=registry)
     assert SEEN == [{"options": {"tag": "x"}, "seed": 0, "canvas": config.canvas, "prompt": "a chef"}]
     assert plan.planner == "recorder" and plan.canvas == config.canvas
-    assert picture.size == (256, 384)
+    # the plan picture: the canvas upscaled to a readable size (x2 here), with a legend below it
+    assert picture.width == 2 * 256 and picture.height > 2 * 384
     make_plan(face_path, "a chef", planner="recorder", registry=registry, seed=9)
     assert SEEN[-1]["seed"] == 9 and SEEN[-1]["options"] == {} and SEEN[-1]["canvas"] == GenerationConfig().canvas
 

@@ -79,10 +79,10 @@ def test_plan_then_generate_with_plan_equals_generate_with_the_planner(reuse_tin
 @pytest.mark.parametrize(
     "edit, field",
     [
-        (lambda d: d.pop("box_v"), "box_v"),
-        (lambda d: d["box_r"].update(w=0), "box_r.w"),
+        (lambda d: d["conditions"][0].pop("box_v"), "conditions.0.box_v"),
+        (lambda d: d["conditions"][0]["box_r"].update(w=0), "conditions.0.box_r.w"),
         (lambda d: d.update(colour="red"), "colour"),
-        (lambda d: d.update(box_v=[200, 0, 128, 128]), "box_v"),
+        (lambda d: d["conditions"][0].update(box_v=[200, 0, 128, 128]), "box_v [200,0,128,128] reaches outside"),
     ],
 )
 def test_invalid_plan_file_names_the_field(reuse_tiny, tmp_path, face_path, fast_config, capsys, edit, field):

@@ -69,7 +69,7 @@ def test_generate_writes_the_plan_it_was_given(tiny_pipe, face_path, tmp_path):
     done = generate(tiny_pipe, face_path, choices, config, plan, progress=seen.append, out_dir=tmp_path)
     assert [info["evaluations"] for info in seen] == list(range(1, 20))  # the progress bar's feed: every UNet call
     assert {info["total"] for info in seen} == {19}
-    assert json.loads(done.plan_file.read_text())["box_v"] == {"x": 0, "y": 8, "w": 64, "h": 64}
+    assert json.loads(done.plan_file.read_text())["conditions"][0]["box_v"] == {"x": 0, "y": 8, "w": 64, "h": 64}
     assert json.loads(done.record_file.read_text())["prompt_used"] == "a chef at work"
     assert done.images[0].size == (128, 128) and done.attention_picture is not None
     assert "19 UNet evaluations" in done.summary
@@ -109,3 +109,15 @@ def test_sow_ui_help_names_the_gradio_options():
     assert result.exit_code == 0
     for option in ("--model", "--host", "--port", "--share", "--config"):
         assert option in result.output
+
+
+def test_edited_plan_edits_the_first_condition_of_a_plan_of_several():
+    from sow.ui.session import edited_plan
+
+    plan = Plan(canvas={"width": 768, "height": 512}, prompt="two", conditions=[
+        {"box_v": [0, 0, 200, 200], "box_r": [0, 200, 300, 312]},
+        {"image": 1, "box_v": [400, 0, 200, 200], "box_r": [400, 200, 300, 312]},
+    ])
+    edited = edited_plan(plan.model_dump(mode="json"), [8, 8, 180, 180], [0, 190, 200, 300], "two friends")
+    assert edited.conditions[0].box_v.as_list() == [8, 8, 180, 180] and edited.prompt == "two friends"
+    assert edited.conditions[1] == plan.conditions[1]

@@ -18,6 +18,13 @@ phase each processor runs one path (:meth:`DAMState.attention`):
    extra head dimensions (:func:`~sow.attention.equations.biased_attention`), the rows DAM
    leaves alone in a plain one. No (N, N) bias, no explicit softmax, no upcast.
 
+With several conditions (a plan of several people) the same three steps run over every
+condition's rows at once (:meth:`DAMState._attention_several`, regions from
+:class:`sow.attention.several.SeveralRegions`): a gate per condition and image, P- per
+condition against the keys outside *all* condition regions, P+ from each related region to
+its own condition only; one :class:`~sow.attention.equations.KeyBias` per condition more in
+the same fused call. One condition always runs the path above, unchanged.
+
 Outside the cycle phase the output is the layer's previous processor's. The equations and
 constants are in :mod:`sow.attention.equations` and :class:`sow.schemas.ModulationSettings`
 (``config.modulation``); ``docs/modulation.md`` explains the regions and the gate.
@@ -33,6 +40,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from sow.attention import equations as eq
+from sow.attention import several
 from sow.engine.context import RunContext
 from sow.errors import InputError
 from sow.hookspecs import hookimpl
@@ -68,7 +76,11 @@ class AttentionCapture:
 
 def condition_box(ctx: RunContext) -> Box:
     """The condition region in canvas pixels: box_v as aligned to the latent grid (``ctx.region``)."""
-    region, canvas = ctx.region, ctx.config.canvas
+    return region_box(ctx.region, ctx.config.canvas)
+
+
+def region_box(region, canvas) -> Box:
+    """A condition's region in canvas pixels (its box_v as aligned to the latent grid)."""
     scale = canvas.width // region.canvas_width
     return Box(x=region.left * scale, y=region.top * scale, w=region.width * scale, h=region.height * scale)
 
@@ -115,6 +127,7 @@ class DAMState:
     step_gate: eq.StepGate | None = None
     """With ``gate_scope`` "step": the one R_c per UNet call (None: every layer gates itself)."""
     _regions: dict[tuple[int, int], eq.LayerRegions] = field(default_factory=dict)
+    _several: dict[tuple[int, int], several.SeveralRegions] = field(default_factory=dict)
 
     def active(self) -> bool:
         step = self.ctx.step
@@ -126,7 +139,28 @@ class DAMState:
         first UNet evaluation, not at the first cycle step in the middle of the loop."""
         region = self.ctx.region
         for height, width in eq.layer_grids(region.canvas_height, region.canvas_width, levels):
-            self.regions(height, width, device)
+            if self.several():
+                self.several_regions(height, width, device)
+            else:
+                self.regions(height, width, device)
+
+    def several(self) -> bool:
+        """Whether the run has several conditions (then :meth:`_attention_several` modulates)."""
+        return len(getattr(self.ctx, "regions", ()) or ()) > 1
+
+    def several_regions(self, height: int, width: int, device: torch.device) -> several.SeveralRegions:
+        """Every condition's regions on one grid (a plan of several conditions), built once per run."""
+        key = (height, width)
+        if key not in self._several:
+            s, ctx = self.ctx.config.modulation, self.ctx
+            canvas = ctx.config.canvas
+            built = several.SeveralRegions.build(
+                [region_box(r, canvas) for r in ctx.regions], [c.box_r for c in ctx.plan.conditions], canvas,
+                height, width, s.t_dis, s.a_dis, s.use_distance_decay,
+                canvas.width / ctx.region.canvas_width if s.dis_units == "latent_cells" else None,
+            )
+            self._several[key] = built.to(device)
+        return self._several[key]
 
     def regions(self, height: int, width: int, device: torch.device) -> eq.LayerRegions:
         key = (height, width)
@@ -166,6 +200,8 @@ class DAMState:
         self, layer: str, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, grid: tuple[int, int]
     ) -> torch.Tensor:
         """Self-attention output (B, H, N, d) of one layer at a cycle step, with DAM applied."""
+        if self.several():
+            return self._attention_several(layer, query, key, value, grid)
         ctx, s = self.ctx, self.ctx.config.modulation
         regions = self.regions(*grid, query.device)
         n_c, n_r = len(regions.condition), len(regions.related)
@@ -206,6 +242,88 @@ class DAMState:
         if not fired:
             return _sdpa(query, key, value)
         return self._biased(call, cond_stats, factor, want_minus, want_plus)
+
+    def _attention_several(
+        self, layer: str, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, grid: tuple[int, int]
+    ) -> torch.Tensor:
+        """DAM with several conditions (docs/modulation.md, "Several conditions"): the steps of
+        :meth:`attention` over every condition's rows. One :func:`~sow.attention.equations.row_stats`
+        pass over all modulated rows serves the gates, P- and P+; a gate per condition and image;
+        one fused call with a :class:`~sow.attention.equations.KeyBias` for P- (the keys outside
+        every condition) and one per condition for P+ (its related rows, on its own keys)."""
+        ctx, s = self.ctx, self.ctx.config.modulation
+        regions = self.several_regions(*grid, query.device)
+        want_minus = s.use_p_minus and s.w_minus > 0
+        want_plus = s.use_p_plus and s.w_plus > 0 and any(len(r) for r in regions.related)
+        tracing = ctx.config.trace_attention
+        batch, heads, tokens, _ = key.shape
+        images = self._images(batch)
+        rows = regions.modulated
+        if len(rows) == 0 or all(len(c) == 0 for c in regions.conditions) or not (want_minus or want_plus or s.use_gate or tracing):
+            self._trace_several(layer, None, False)
+            return _sdpa(query, key, value)
+        scale = query.shape[-1] ** -0.5
+        stats = eq.row_stats(
+            query.index_select(2, rows), key, scale, self.rows_per_chunk(batch * heads * tokens, query.device)
+        )
+        position = regions.positions
+        gates = []
+        if s.use_gate or tracing:
+            for cond, rel in zip(regions.conditions, regions.related):
+                if len(cond) == 0 or len(rel) == 0:
+                    gates.append(query.new_zeros(images, dtype=torch.float32))
+                    continue
+                at = position[cond]
+                mine = eq.RowStats(low=stats.low[..., at], high=stats.high[..., at])
+                sums = eq.normalized_column_sums(query.index_select(2, cond), key.index_select(2, rel), mine, scale)
+                gates.append(eq.image_gate(sums, len(cond), s.gate_fraction, images))
+        fired = want_minus or want_plus
+        sync_free = self.sync_free if isinstance(self.sync_free, bool) else query.device.type != "cpu"
+        if fired and s.use_gate and (tracing or not sync_free):
+            fired = any(float(g.max()) > s.tau for g in gates)  # the one host read: does any gate open?
+        self._trace_several(layer, gates or None, fired)
+        if not fired:
+            return _sdpa(query, key, value)
+        factors = [eq.gate_factors(g, s.tau) for g in gates] if s.use_gate else [None] * len(regions.conditions)
+        spread = stats.range  # (B, H, M): range_row(A) of every modulated row
+        cycle = ctx.step.cycle or 0
+
+        def magnitude(factor: torch.Tensor | None, weight: float, exponent: float) -> torch.Tensor | float:
+            value_ = weight * eq.time_decay(cycle, s.t_time, exponent, s.use_time_decay)
+            return value_ if factor is None else factor.repeat(batch // images)[:, None, None] * value_
+
+        biases = []
+        if want_minus:
+            coefficient = spread.new_zeros(spread.shape)
+            for cond, factor in zip(regions.conditions, factors):
+                at = position[cond]
+                coefficient[..., at] = -magnitude(factor, s.w_minus, s.a_time_minus) * spread[..., at]
+            biases.append(eq.KeyBias(keys=regions.background_keys, coefficient=coefficient))
+        if want_plus:
+            for rel, decay, keys, factor in zip(regions.related, regions.related_decay, regions.condition_keys, factors):
+                if len(rel) == 0:
+                    continue
+                at = position[rel]
+                coefficient = spread.new_zeros(spread.shape)
+                coefficient[..., at] = magnitude(factor, s.w_plus, s.a_time_plus) * decay * spread[..., at]
+                biases.append(eq.KeyBias(keys=keys, coefficient=coefficient))
+        return eq.biased_attention(query, key, value, rows, regions.untouched, biases, scale)
+
+    def _trace_several(self, layer: str, gates: list[torch.Tensor] | None, fired: bool) -> None:
+        """The trace record of a several-condition layer: ``r_c`` the largest condition's mean gate,
+        ``r_c_conditions`` each condition's (mean over images), ``r_c_images`` per condition and image."""
+        if not self.ctx.config.trace_attention:
+            return
+        step = self.ctx.step
+        per = [[0.0] for _ in self.ctx.regions] if gates is None else [g.tolist() for g in gates]
+        means = [sum(v) / len(v) for v in per]
+        record = {
+            "layer": layer, "cycle": step.cycle, "level": step.level, "r_c": round(max(means), 6), "fired": fired,
+            "r_c_conditions": [round(m, 6) for m in means],
+        }
+        if max(len(v) for v in per) > 1:
+            record["r_c_images"] = [[round(x, 6) for x in v] for v in per]
+        self.ctx.trace.append(record)
 
     def _magnitude(self, call: LayerCall, factor: torch.Tensor | None, weight: float, exponent: float) -> torch.Tensor | float:
         """``s * w * g_time`` per batch row (B, 1, 1), or a number when the gate is off."""
@@ -417,6 +535,8 @@ class DynamicAttentionModulator:
     def attach(self, unet: torch.nn.Module, ctx: RunContext) -> None:
         if not ctx.config.ablation.dynamic_attention:
             return
+        if len(getattr(ctx, "regions", ()) or ()) > 1 and ctx.config.modulation.gate_scope == "step":
+            raise InputError("modulation.gate_scope 'step' takes one condition; this plan has several (use 'layer')")
         previous = dict(unet.attn_processors)
         capture = None
         if ctx.config.trace_attention:

@@ -6,7 +6,9 @@ are skipped)::
     {"condition": "faces/ada.jpg", "prompt": "a chef in a busy kitchen", "seed": 7}
     {"condition": "faces/bob.png", "prompt": "an astronaut", "preset": "style", "plan": "bob.plan.json"}
 
-Relative ``condition`` and ``plan`` paths are read from the batch file's folder. Every
+Relative ``condition`` and ``plan`` paths are read from the batch file's folder. Several
+people: ``condition`` is a list of images (``{"condition": ["a.jpg", "b.jpg"], ...}``), one
+condition each (docs/several-people.md). Every
 output goes into the one output folder, named ``<id>.png`` / ``.plan.png`` / ``.json``
 where the id is the job's ``name`` (a plain file name: no folders, no ``..``) or
 ``<line>-<prompt>-s<seed>``; nothing in a batch file can write anywhere else.
@@ -58,12 +60,20 @@ class BatchJob(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    condition: str = Field(min_length=1, description="Image file (relative paths: from the batch file's folder).")
+    condition: str | list[str] = Field(description="Image file, or a list of them for several people (relative paths: from the batch file's folder).")
     prompt: str = Field(description="What the scene should show.")
     plan: str | Plan | None = Field(None, description="A plan file path or an inline plan: skips the planner.")
     seed: int = Field(0, ge=0, lt=2**63, description="Random seed (0 .. 2**63-1, what torch's generator takes).")
     preset: Preset = Field("normal", description="normal, attribute, style or cow-reference.")
     name: str | None = Field(None, description="Output file stem (a plain name); default <line>-<prompt>-s<seed>.")
+
+    @field_validator("condition")
+    @classmethod
+    def _some_condition(cls, value: str | list[str]) -> str | list[str]:
+        names = [value] if isinstance(value, str) else value
+        if not names or any(not n for n in names):
+            raise ValueError("give an image file (or a non-empty list of them)")
+        return value
 
     @field_validator("prompt")
     @classmethod
@@ -340,7 +350,8 @@ def run_item(
         job = item.job
         plan = load_plan_file(item.resolve(job.plan)) if isinstance(job.plan, str) else job.plan
         config = pipe.make_config(None, job.preset, **(overrides or {}))
-        result = pipe(item.resolve(job.condition), job.prompt, plan=plan, seed=job.seed, config=config)
+        condition = item.resolve(job.condition) if isinstance(job.condition, str) else [item.resolve(c) for c in job.condition]
+        result = pipe(condition, job.prompt, plan=plan, seed=job.seed, config=config)
         paths = write_outputs(result, item.outputs(out_dir), overwrite=redo)
     except KeyboardInterrupt:
         raise

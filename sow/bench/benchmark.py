@@ -370,7 +370,7 @@ def shape_only(components):
 
     vae = components.vae
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    latent, width = vae.config.latent_channels, components.text_encoder.config.hidden_size
+    latent = vae.config.latent_channels
 
     def unet(sample, timestep, encoder_hidden_states=None, **kwargs):
         return UNet2DConditionOutput(sample=torch.zeros_like(sample))
@@ -381,10 +381,28 @@ def shape_only(components):
     def decoder(z, *args, **kwargs):
         return z.new_zeros(z.shape[0], vae.config.out_channels, z.shape[2] * factor, z.shape[3] * factor)
 
-    def text_encoder(input_ids, *args, **kwargs):
-        return (torch.zeros(*input_ids.shape, width),)
+    def text_encoder_of(module):
+        """Zeros shaped like the encoder's output (last state, pooled or projected, every hidden state), in its order."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+        from transformers.models.clip.modeling_clip import CLIPTextModelOutput
 
-    stand_ins = {components.unet: unet, vae.encoder: encoder, vae.decoder: decoder, components.text_encoder: text_encoder}
+        config = module.config
+        hidden, layers = config.hidden_size, config.num_hidden_layers
+        projected = "WithProjection" in type(module).__name__
+
+        def forward(input_ids, *args, output_hidden_states=None, **kwargs):
+            zeros = torch.zeros(*input_ids.shape, hidden)
+            states = tuple(zeros for _ in range(layers + 1)) if output_hidden_states else None
+            if projected:  # SDXL's second encoder: text_embeds first, as CLIPTextModelWithProjection returns
+                embeds = torch.zeros(input_ids.shape[0], config.projection_dim)
+                return CLIPTextModelOutput(text_embeds=embeds, last_hidden_state=zeros, hidden_states=states)
+            return BaseModelOutputWithPooling(last_hidden_state=zeros, pooler_output=torch.zeros(input_ids.shape[0], hidden), hidden_states=states)
+
+        return forward
+
+    stand_ins = {components.unet: unet, vae.encoder: encoder, vae.decoder: decoder}
+    for encoder_module in components.text_encoders:
+        stand_ins[encoder_module] = text_encoder_of(encoder_module)
     for module, forward in stand_ins.items():
         module.forward = forward
     try:

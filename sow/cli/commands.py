@@ -86,6 +86,72 @@ def quiet_known_warnings() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+ConditionsArg = Annotated[
+    Optional[list[str]],
+    typer.Argument(
+        metavar="CONDITION... PROMPT",
+        help="The visual condition(s) first, then the prompt LAST: `a.jpg \"a chef\"`, or several people "
+        "`a.jpg b.jpg \"two friends at a cafe\"`. With --condition, give only the prompt here.",
+    ),
+]
+ConditionOpt = Annotated[
+    Optional[list[Path]],
+    typer.Option("--condition", "-c", help="A condition image (repeatable, in order); then the only argument is the prompt."),
+]
+MaxPeopleOpt = Annotated[
+    Optional[int],
+    typer.Option("--max-people", min=1, max=16, help="Heuristic planner, one group photo: use its N largest faces, each its own condition."),
+]
+PickOpt = Annotated[
+    Optional[str],
+    typer.Option("--pick", help="Heuristic planner, one group photo: the faces to use, by number largest first (e.g. 1,3)."),
+]
+
+
+def split_conditions(arguments: list[str] | None, conditions: list[Path] | None) -> tuple[list[Path], str | None]:
+    """``(condition paths, prompt)`` from the positional arguments (conditions first, prompt last) and ``--condition``."""
+    arguments = list(arguments or [])
+    if conditions:
+        if len(arguments) > 1:
+            raise InputError(f"with --condition give only the prompt as an argument; got {len(arguments)} arguments")
+        return list(conditions), (arguments[0] if arguments else None)
+    if not arguments:
+        return [], None
+    if len(arguments) == 1:
+        raise InputError("Missing argument PROMPT: give the condition image(s) first and the prompt last, e.g. sow generate face.jpg \"a chef\"")
+    return [Path(a) for a in arguments[:-1]], arguments[-1]
+
+
+def people_options(max_people: int | None, pick: str | None, planner: str | None) -> dict:
+    """``--max-people`` / ``--pick`` as heuristic-planner options."""
+    options: dict = {}
+    if max_people is None and pick is None:
+        return options
+    if (planner or "heuristic") != "heuristic":
+        raise InputError("--max-people and --pick choose the faces of one group photo with the heuristic planner (--planner heuristic)")
+    if max_people is not None:
+        options["max_people"] = max_people
+    if pick is not None:
+        try:
+            options["pick"] = [int(p) for p in pick.split(",")]
+        except ValueError:
+            raise InputError(f"--pick {pick!r}: expected face numbers like 1,3") from None
+    return options
+
+
+def load_conditions(paths: list[Path]) -> None:
+    """Refuse a missing, corrupt or hostile condition before anything loads, naming which one."""
+    from sow.io.images import load_condition
+
+    for i, path in enumerate(paths):
+        try:
+            load_condition(path)
+        except InputError as exc:
+            if len(paths) == 1:
+                raise
+            raise type(exc)(f"condition {i + 1} of {len(paths)}: {exc}") from None
+
+
 @app.callback()
 def global_options(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
@@ -137,9 +203,11 @@ def parse_options(items: list[str] | None) -> dict:
 
 @app.command("plan")
 def plan_command(
-    condition: Annotated[Path, typer.Argument(metavar="CONDITION", help="The visual condition: an image file (a face photo).")],
-    prompt: Annotated[str, typer.Argument(metavar="PROMPT", help="What the scene should show.")],
+    arguments: ConditionsArg = None,
+    condition_opt: ConditionOpt = None,
     planner: Annotated[str, typer.Option(help="Planner plugin name (see `sow plugins`).")] = "heuristic",
+    max_people: MaxPeopleOpt = None,
+    pick: PickOpt = None,
     planner_option: PlannerOptionOpt = None,
     quantize: QuantizeOpt = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="The plan file to write; its picture goes beside it as .png.")] = Path("plan.json"),
@@ -150,30 +218,38 @@ def plan_command(
     no_cache: NoCacheOpt = False,
     overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
 ) -> None:
-    """Plan only: write the plan (box_v, box_r, prompt) as JSON and a picture of it; edit it, then `generate --plan`."""
+    """Plan only: write the plan (box_v, box_r per condition, prompt) as JSON and a picture of it (every box drawn, numbered); edit it, then `generate --plan`. Conditions first, prompt last."""
     from sow.io.outputs import image_bytes, json_bytes
     from sow.io.results import place_files, prepare_outputs
     from sow.planners.cache import PlanCache
     from sow.planners.policy import check_policy, make_plan
 
+    conditions, prompt = split_conditions(arguments, condition_opt)
+    if not conditions or prompt is None:
+        raise InputError("Missing CONDITION... PROMPT; see sow plan --help")
     policy = check_policy(value(on_planner_error))
     if out.suffix.lower() != ".json":
         raise InputError(f"--out {out}: the plan file must end in .json")
     picture = out.with_suffix(".png")
     prepare_outputs(out.parent, {"plan": out, "picture": picture}, overwrite)
     config = GenerationConfig.from_preset(value(preset), **load_config_file(config_file))
+    load_conditions(conditions)
     plan, image = make_plan(
-        condition,
+        conditions if len(conditions) > 1 else conditions[0],
         prompt,
         planner=planner,
-        options=planner_options(planner_option, quantize),
+        options={**planner_options(planner_option, quantize), **people_options(max_people, pick, planner)},
         config=config,
         seed=seed,
         on_error=policy,
         cache=None if no_cache else PlanCache(),
     )
     place_files({out: json_bytes(plan), picture: image_bytes(image, picture)}, overwrite=overwrite)
-    lines = [f"box_v [{plan.box_v}]  box_r [{plan.box_r}]" + (f"  crop [{plan.crop}]" if plan.crop else "")]
+    several = len(plan.conditions) > 1
+    lines = [
+        (f"{i + 1}: " if several else "") + f"box_v [{c.box_v}]  box_r [{c.box_r}]" + (f"  crop [{c.crop}]" if c.crop else "")
+        for i, c in enumerate(plan.conditions)
+    ]
     lines += [f"prompt: {plan.prompt}", *(f"note: {n}" for n in plan.notes), *(f"repaired: {r}" for r in plan.repairs)]
     for line in [*lines, f"wrote {out} and {picture}"]:
         err.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -181,8 +257,8 @@ def plan_command(
 
 @app.command()
 def generate(
-    condition: Annotated[Optional[Path], typer.Argument(metavar="CONDITION", help="The visual condition: an image file (a face photo).")] = None,
-    prompt: Annotated[Optional[str], typer.Argument(metavar="PROMPT", help="What the scene should show.")] = None,
+    arguments: ConditionsArg = None,
+    condition_opt: ConditionOpt = None,
     model: ModelOpt = "tiny",
     preset: PresetOpt = Preset.normal,
     seed: Annotated[int, typer.Option(help="Random seed: same seed, same image.")] = 0,
@@ -193,6 +269,8 @@ def generate(
     box_r: Annotated[Optional[str], typer.Option("--box-r", help="Related-region box x,y,w,h (with --box-v).")] = None,
     config_file: Annotated[Optional[Path], typer.Option("--config", help="JSON file of GenerationConfig fields to override.")] = None,
     planner: Annotated[Optional[str], typer.Option(help="Planner plugin name (see `sow plugins`).")] = None,
+    max_people: MaxPeopleOpt = None,
+    pick: PickOpt = None,
     inverter: Annotated[Optional[str], typer.Option(help="Inverter plugin name.")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Scheduler plugin name.")] = None,
     modulator: Annotated[Optional[str], typer.Option(metavar="<name>", help="Attention modulator plugin name: dam or none (plugins may add more; see `sow plugins`).")] = None,
@@ -219,7 +297,9 @@ def generate(
     workers: WorkersOpt = None,
     gpus_per_worker: GpusPerWorkerOpt = None,
 ) -> None:
-    """Generate an image that keeps CONDITION's pixels while the scene follows PROMPT (or a --batch of jobs).
+    """Generate an image that keeps each CONDITION's pixels while the scene follows PROMPT (or a --batch of jobs).
+
+    Conditions first, the prompt last: `sow generate a.jpg b.jpg "two friends at a cafe"` keeps both faces, each in its own box (or --condition a.jpg --condition b.jpg "two friends at a cafe").
 
     A --batch runs on several GPUs or machines with --ray [ADDRESS], or under
     `torchrun --nproc-per-node N -m sow generate --batch ...` (each rank takes its share);
@@ -232,7 +312,8 @@ def generate(
 
     preset, dtype, on_planner_error = value(preset), value(dtype), value(on_planner_error)
     overrides = load_config_file(config_file)
-    stage_options = planner_options(planner_option, quantize)  # a malformed KEY=VALUE fails before anything else
+    # a malformed KEY=VALUE (or --max-people with another planner) fails before anything else
+    stage_options = {**planner_options(planner_option, quantize), **people_options(max_people, pick, planner)}
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {out_dir} is a file, not a folder")
     if not 0 <= seed < 2**63:
@@ -265,7 +346,7 @@ def generate(
             raise InputError("--resume goes with --batch FILE")
         if num_images > 1:
             raise InputError("--num-images applies to one generation, not to --batch (give each job its own line)")
-        if condition is not None or prompt is not None or plan_file or box_v or box_r or name:
+        if arguments or condition_opt or plan_file or box_v or box_r or name:
             raise InputError("--batch takes the jobs from the file: drop CONDITION, PROMPT, --plan, --box-v/--box-r and --name")
         from sow.cli.batch import generate_batch
 
@@ -278,9 +359,9 @@ def generate(
         return
     if ray is not None or workers is not None or gpus_per_worker is not None:
         raise InputError("--ray, --workers and --gpus-per-worker go with --batch FILE")
-    if condition is None or prompt is None:
-        missing = "arguments CONDITION and PROMPT" if condition is None else "argument PROMPT"
-        raise InputError(f"Missing {missing} (or pass --batch FILE); see sow generate --help")
+    conditions, prompt = split_conditions(arguments, condition_opt)
+    if not conditions or prompt is None:
+        raise InputError("Missing arguments CONDITION... and PROMPT (or pass --batch FILE); see sow generate --help")
     require_prompt(prompt)
     if plan_file and (box_v or box_r):
         raise InputError("--plan FILE holds the boxes: drop --box-v/--box-r, or drop --plan")
@@ -291,28 +372,46 @@ def generate(
     stem = safe_name(name) if name else f"{safe_name(prompt, 40)}-s{seed}"
     paths = output_paths(out_dir, stem, num_images=num_images, attention=save_attention)
     if save_attention:
+        if len(conditions) > 1 or max_people or pick or (early_plan is not None and len(early_plan.conditions) > 1):
+            raise InputError("--save-attention draws one condition's attention; this run has several conditions")
         overrides["trace_attention"] = True
     prepare_outputs(out_dir, paths, overwrite)  # writable, unique, free: before the long work
-    from sow.io.images import load_condition
+    load_conditions(conditions)  # missing, corrupt, hostile: refused before the model loads (naming which)
+    if early_plan is None and len(conditions) > 1:  # more people than fit side by side: refused before the model loads
+        from sow.planners.layout import check_fits
 
-    loaded = load_condition(condition)  # missing, corrupt, hostile: refused before the model loads
-    if early_plan is not None and not plan_file:  # hand-made boxes: the condition's aspect kept, changes said
-        early_plan = manual_plan(box_v, box_r, prompt, early, loaded.image)
+        check_fits(len(conditions), early)
+    manual_image = None
+    if early_plan is not None and not plan_file and len(conditions) == 1:  # hand-made boxes: the condition's aspect kept, changes said
+        from sow.io.images import load_condition
+
+        manual_image = load_condition(conditions[0]).image
+        early_plan = manual_plan(box_v, box_r, prompt, early, manual_image)
         for line in early_plan.repairs:
             err.print(f"box changed: {line}", markup=False, highlight=False, soft_wrap=True)
+    if early_plan is not None:
+        from sow.pipeline import check_plan_images
+
+        check_plan_images(early_plan, len(conditions))
+        for i, j, a, b in early_plan.overlaps(8):
+            raise InputError(f"condition {i + 1} box_v and condition {j + 1} box_v overlap once snapped to the 8-pixel latent grid ([{a}] and [{b}])")
 
     pipe = load_pipe()
     config = pipe.make_config(None, preset, **overrides)
     plan = early_plan
     if plan is not None and not plan_file and plan.canvas != config.canvas:  # --box-v/--box-r on the model's native canvas
-        plan = manual_plan(box_v, box_r, prompt, config)
+        plan = manual_plan(box_v, box_r, prompt, config, manual_image)
     if save_attention and (config.stages.modulator == "none" or not config.ablation.dynamic_attention):
         raise InputError("--save-attention needs attention modulation; the modulator is off (use --modulator dam)")
 
     from sow.cli.progress import unet_progress
 
-    with unet_progress(pipe.unet_evaluations(config), disable=quiet or json_output, console=err) as callback:
-        result = pipe(condition, prompt, plan=plan, seed=seed, config=config, callback=callback, num_images=num_images)
+    from sow.stages import RunInputs
+
+    count = len(plan.conditions) if plan is not None else len(conditions) if len(conditions) > 1 else (max_people or (len(pick.split(",")) if pick else 1))
+    with unet_progress(pipe.unet_evaluations(config, RunInputs(conditions=count)), disable=quiet or json_output, console=err) as callback:
+        given = [str(c) for c in conditions]
+        result = pipe(given if len(given) > 1 else given[0], prompt, plan=plan, seed=seed, config=config, callback=callback, num_images=num_images)
 
     if result.record.aligned_box_v != result.plan.box_v:
         err.print(f"box_v {result.plan.box_v} snapped to the latent grid: pasted at {result.record.aligned_box_v}", markup=False, highlight=False, soft_wrap=True)

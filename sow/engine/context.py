@@ -79,15 +79,16 @@ class RunContext:
     config: GenerationConfig
     plan: Plan
     seed: int
-    region: LatentRegion
+    regions: list[LatentRegion]
+    """One region per condition, in the plan's order; they never overlap."""
     generator: torch.Generator
     """The first image's generator (seeded with the run's seed)."""
     denoiser: Denoiser
     inverter: Inverter
     preserver: Preserver
-    condition_trajectory: list[torch.Tensor] = field(default_factory=list)
-    """The condition's latents at levels 0..t2 (index = level), from its own inversion; batch 1, or one per
-    image when the condition depends on the seed (sampled VAE latents, a noise background)."""
+    condition_trajectories: list[list[torch.Tensor]] = field(default_factory=list)
+    """Per condition, its latents at levels 0..t2 (index = level), from its own inversion; batch 1, or one
+    per image when the condition depends on the seed (sampled VAE latents, a noise background)."""
     canvas_latents: torch.Tensor | None = None
     """The seeded canvas inverted to ``config.canvas_start_level()`` (t1, or t2 with
     ``readings.canvas_inversion`` "t2"; Gaussian noise with ``seed_background`` "none"): where the scheduler starts."""
@@ -112,6 +113,32 @@ class RunContext:
             return torch.cat([torch.randn(shape, generator=g, device=x.device, dtype=x.dtype) for g in self.generators])
         return torch.randn(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
 
+    @property
+    def region(self) -> LatentRegion:
+        """The first condition's region (one-condition code)."""
+        return self.regions[0]
+
+    @property
+    def condition_trajectory(self) -> list[torch.Tensor]:
+        """The first condition's trajectory (one-condition code)."""
+        return self.condition_trajectories[0]
+
     def preserve(self, latents: torch.Tensor, level: int) -> torch.Tensor:
-        """Reset the condition region of ``latents`` (at ``level``) to the condition's own latent."""
-        return self.preserver.preserve(latents, self.condition_trajectory[level], self.region)
+        """Reset every condition region of ``latents`` (at ``level``) to that condition's own latent.
+
+        One preserver call per condition, in the plan's order; the regions do not overlap, so
+        the order does not matter and each region ends up equal to its own trajectory's latent.
+        """
+        for region, trajectory in zip(self.regions, self.condition_trajectories, strict=True):
+            latents = self.preserver.preserve(latents, trajectory[level], region)
+        return latents
+
+    def condition_mask(self) -> torch.Tensor:
+        """(1, 1, H, W): 1 on the kept cells of any condition, 0 elsewhere (background guidance's mask)."""
+        return union_mask(self.regions)
+
+
+def union_mask(regions: list[LatentRegion]) -> torch.Tensor:
+    """(1, 1, H, W) on the canvas latent grid: 1 on the kept cells of any of ``regions``, 0 elsewhere."""
+    masks = [r.canvas_mask() for r in regions]
+    return masks[0] if len(masks) == 1 else torch.stack(masks).amax(0)

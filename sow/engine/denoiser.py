@@ -79,6 +79,7 @@ class Denoiser:
         embeddings: PromptEmbeddings,
         config: GenerationConfig,
         condition_mask: torch.Tensor | None = None,
+        # (1, 1, H, W): 1 on every condition's kept cells (the union, for background guidance)
         callback: Callable[[dict[str, Any]], None] | None = None,
         added_conditioning: AddedConditioning | None = None,
         total_evaluations: int | None = None,

@@ -242,3 +242,80 @@ def measure_identity(
         return IdentityMeasurement(len(faces), placed, None, None, reference.note)
     distance = metric.distance(metric.embed(crop, face), reference.embedding)
     return IdentityMeasurement(len(faces), placed, distance, distance < metric.threshold)
+
+
+# -- several people ----------------------------------------------------------------------
+
+
+@dataclass
+class PersonMeasurement:
+    """One condition (person) of a several-people image: its face, its distance to itself and to the others."""
+
+    condition: int
+    """The condition's index in the plan (0-based)."""
+    face: FaceBox | None
+    """The face found around this condition's box_v (the largest there), in the generated image's pixels."""
+    distance: float | None
+    """ID-distance to this condition's own reference face."""
+    other_distance: float | None
+    """The smallest ID-distance to another condition's reference face (None with one reference)."""
+    closest: int | None
+    """The condition whose reference is nearest to this face (``condition`` itself unless swapped)."""
+    same_person: bool | None
+    """Own distance under the threshold and no other reference nearer (an identity swap is False)."""
+    note: str = ""
+
+    @property
+    def detected(self) -> bool:
+        return self.face is not None
+
+    @property
+    def swapped(self) -> bool:
+        """The face is nearer another condition's reference than its own: an identity swap."""
+        return self.closest is not None and self.closest != self.condition
+
+
+def measure_people(
+    metric: FaceMetric,
+    generated: Image.Image,
+    boxes: list[Box],
+    references: list[Reference],
+    margin: float = REGION_MARGIN,
+) -> list[PersonMeasurement]:
+    """Per condition: the face around its box_v, compared with every condition's reference.
+
+    Each generated face is matched to its own condition by position (the face found around
+    that condition's box_v); its distance to its own reference is the ID-distance, and a
+    face nearer another condition's reference than its own is an identity swap, counted as
+    not the same person. A search region that reaches a neighbour's box keeps only faces
+    whose centre lies nearer this box's centre than any other's.
+    """
+    image = generated.convert("RGB")
+    out: list[PersonMeasurement] = []
+    centres = [b.center for b in boxes]
+    for i, box in enumerate(boxes):
+        left, top, right, bottom = search_region(box, image.width, image.height, margin)
+        crop = image.crop((left, top, right, bottom))
+        faces = []
+        for f in metric.detect(crop):
+            cx, cy = f.left + left + f.width / 2, f.top + top + f.height / 2
+            nearest = min(range(len(boxes)), key=lambda k: (centres[k][0] - cx) ** 2 + (centres[k][1] - cy) ** 2)
+            if nearest == i:
+                faces.append(f)
+        face = largest_face(faces)
+        if face is None:
+            out.append(PersonMeasurement(i, None, None, None, None, None, "no face"))
+            continue
+        placed = FaceBox(face.left + left, face.top + top, face.width, face.height, face.score)
+        embedding = metric.embed(crop, face)
+        distances = [None if r.embedding is None else metric.distance(embedding, r.embedding) for r in references]
+        own = distances[i]
+        others = [d for k, d in enumerate(distances) if k != i and d is not None]
+        known = [(d, k) for k, d in enumerate(distances) if d is not None]
+        closest = min(known)[1] if known else None
+        same = None if own is None else bool(own < metric.threshold and closest == i)
+        note = "" if own is not None else references[i].note
+        if closest is not None and closest != i:
+            note = f"identity swap: nearest to condition {closest + 1}"
+        out.append(PersonMeasurement(i, placed, own, min(others) if others else None, closest, same, note))
+    return out

@@ -13,7 +13,11 @@ Columns of the table, per method and setting (and ``all`` settings):
                    the image inside the aligned box_v (mean over rows; ``inf`` PSNR for an exact copy);
 ``seam``           mean luminance step across box_v's border over the mean step inside it;
 ``sec_per_image``  mean wall time to make one image (planning + generation, no metric);
-``errors``         rows whose generation failed (counted as not detected).
+``errors``         rows whose generation failed (counted as not detected);
+``swaps``          identity swaps: a person's face nearer another condition's reference than its own.
+
+An item of several people counts each person: ``detection``, the ID-distances and
+``same_person`` are over people (a swapped face is not the same person), ``count`` over items.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ if TYPE_CHECKING:
 
 COLUMNS = (
     "method", "setting", "count", "detection", "id_mean", "id_median", "same_person",
-    "psnr", "ssim", "seam", "sec_per_image", "errors",
+    "psnr", "ssim", "seam", "sec_per_image", "errors", "swaps",
 )
 THUMB = 160
 """Side of one contact-sheet cell's image in pixels."""
@@ -50,7 +54,8 @@ def summarize(rows: list[dict[str, Any]], methods: list[str], settings: list[str
             chosen = mine if setting == "all" else [r for r in mine if r["setting"] == setting]
             if not chosen or (setting == "all" and len(settings) < 2):
                 continue
-            distances = [r["id_distance"] for r in chosen if r.get("id_distance") is not None]
+            people = [p for r in chosen for p in (r.get("people") or [r])]
+            distances = [p["id_distance"] for p in people if p.get("id_distance") is not None]
             times = [r["seconds"] for r in chosen if not r.get("error")]
             fidelity = {c: [r[c] for r in chosen if r.get(c) is not None] for c in ("psnr", "ssim", "seam")}
             table.append(
@@ -58,13 +63,14 @@ def summarize(rows: list[dict[str, Any]], methods: list[str], settings: list[str
                     "method": method,
                     "setting": setting,
                     "count": len(chosen),
-                    "detection": sum(bool(r.get("detected")) for r in chosen) / len(chosen),
+                    "detection": sum(bool(p.get("detected")) for p in people) / len(people),
                     "id_mean": statistics.fmean(distances) if distances else None,
                     "id_median": statistics.median(distances) if distances else None,
-                    "same_person": sum(bool(r.get("same_person")) for r in chosen) / len(chosen),
+                    "same_person": sum(bool(p.get("same_person")) for p in people) / len(people),
                     **{c: statistics.fmean(v) if v else None for c, v in fidelity.items()},
                     "sec_per_image": statistics.fmean(times) if times else None,
                     "errors": sum(bool(r.get("error")) for r in chosen),
+                    "swaps": sum(int(r.get("swaps") or 0) for r in chosen),
                 }
             )
     return table

@@ -197,7 +197,8 @@ def method_folder(name: str) -> str:
 
 def item_key(item: SpecItem) -> str:
     """Changes when an item's condition, prompt or setting changes (its rows are then stale)."""
-    return hashlib.sha256(f"{item.condition}\n{item.prompt}\n{item.setting}".encode()).hexdigest()[:12]
+    people = f"\n{item.people}" if item.people is not None else ""  # one-person items keep their keys
+    return hashlib.sha256(f"{item.condition}\n{item.prompt}\n{item.setting}{people}".encode()).hexdigest()[:12]
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -260,9 +261,10 @@ class Evaluation:
         for method in self.methods:  # bad generation settings: fail before any work
             for setting in sorted({i.setting for i in items}):
                 self.generation_config(SpecItem(id="check", condition="-", prompt="-", setting=setting), method)
-        missing = [i for i in items if not i.condition_path(spec_base).is_file()]
-        if missing:
-            raise InputError(f"item {missing[0].id!r}: condition {missing[0].condition_path(spec_base)} not found")
+        for item in items:
+            for path in item.condition_paths(spec_base):
+                if not path.is_file():
+                    raise InputError(f"item {item.id!r}: condition {path} not found")
         self._pipe = None
         self._inpaint_pipe = None
         self._metric = metric
@@ -327,49 +329,88 @@ class Evaluation:
     # -- one (item, method) ------------------------------------------------------------
 
     def _make_image(self, item: SpecItem, method: Method) -> tuple[Image.Image, Any, dict[str, Any], Image.Image, Any]:
-        """(image, box_v as used, extra row fields, the seeded canvas, the kept pixels of box_v or None)."""
-        path = item.condition_path(self.spec_base)
+        """(image, the plan with each box_v as used (on the latent grid), extra row fields, the seeded
+        canvas, the kept pixels of the first box_v or None)."""
+        from sow.io.canvas import apply_crop
+
+        paths = item.condition_paths(self.spec_base)
+        path = paths[0]
+        condition = paths[0] if len(paths) == 1 else paths
         config = self.generation_config(item, method)
         seed = self.config.seed
+        group = None
+        if item.people is not None and item.people > 1:
+            from sow.planners.heuristic import HeuristicPlanner
+
+            group = HeuristicPlanner(max_people=item.people)
         if method.kind == "generate":
-            result = self.pipe(path, item.prompt, seed=seed, config=config)
+            result = self.pipe(condition, item.prompt, seed=seed, config=config, planner=group)
             extra = {
                 "stages": result.record.config.stages.model_dump(),
                 "unet_evaluations": result.record.unet_evaluations,
                 "prompt_used": result.plan.prompt if config.ablation.prompt_intensification else item.prompt,
             }
-            box_v = result.record.aligned_box_v
-            return result.image, box_v, extra, result.seeded_canvas, _kept(path, result.plan.crop, box_v)
-        loaded = load_condition(path)
-        plan = self.pipe.plan(loaded.image, item.prompt, config, seed)
-        box_v = plan.box_v.aligned(self.pipe.components.vae_scale_factor)
-        if not box_v.fits(config.canvas):
-            box_v = box_v.model_copy(update={"x": config.canvas.width - box_v.w})
-        seeded = cv.seed_canvas(loaded.image, box_v, config.canvas, loaded.mask)
-        _, keep = cv.fit_condition(loaded.image, box_v, loaded.mask)
-        kept = keep if loaded.mask is not None else None
+            used = _used(result.plan, [c.aligned_box_v for c in result.record.conditions])
+            kept = _kept(path, result.plan.crop, used.box_v) if len(paths) == 1 else None
+            return result.image, used, extra, result.seeded_canvas, kept
+        loaded = [load_condition(p) for p in paths]
+        plan = self.pipe.plan([one.image for one in loaded] if len(loaded) > 1 else loaded[0].image, item.prompt, config, seed, planner=group)
+        scale = self.pipe.components.vae_scale_factor
+        boxes, pasted = [], []
+        for cond in plan.conditions:
+            box_v = cond.box_v.aligned(scale)
+            if not box_v.fits(config.canvas):
+                box_v = box_v.model_copy(update={"x": config.canvas.width - box_v.w})
+            one = loaded[cond.image]
+            # one condition: the whole image, as before; several: each its planned crop
+            image, mask = (one.image, one.mask) if len(plan.conditions) == 1 else apply_crop(one.image, one.mask, cond.crop)
+            boxes.append(box_v)
+            pasted.append((image, mask, box_v))
+        seeded = cv.paste_all_on_gray([(cv.fit_condition(im, b, m)[0], b) for im, m, b in pasted], config.canvas)
+        used = _used(plan, boxes)
+        first_image, first_mask, first_box = pasted[0]
+        kept = cv.fit_condition(first_image, first_box, first_mask)[1] if first_mask is not None and len(pasted) == 1 else None
         if method.kind == "paste":
-            return seeded, box_v, {}, seeded, kept
+            return seeded, used, {}, seeded, kept
+        if len(pasted) > 1:
+            raise InputError(f"method {method.name!r}: the inpaint baseline takes one condition; item {item.id!r} has {len(pasted)}")
         from sow.eval.inpainting import inpaint, repaint_mask
 
+        image, mask, box_v = pasted[0]
+        _, keep = cv.fit_condition(image, box_v, mask)
         mask = repaint_mask(seeded.size, box_v.x, box_v.y, keep)
         image = inpaint(
             self.inpaint_pipe, seeded, mask, item.prompt, seed=seed, steps=self.config.inpaint.steps,
             guidance_scale=config.guidance_scale, negative_prompt=config.negative_prompt,
         )
-        return image, box_v, {"inpaint_model": self.config.inpaint.model}, seeded, kept
+        return image, used, {"inpaint_model": self.config.inpaint.model}, seeded, kept
 
-    def _reference(self, item: SpecItem):
+    def _reference(self, item: SpecItem, plan: Any = None, index: int = 0):
+        """The reference face of condition ``index``: one condition, the largest face of its image;
+        several, the largest face of that condition's planned crop (one group photo gives several)."""
         from sow.eval.face_metrics import reference_face
+        from sow.io.canvas import apply_crop
 
-        path = str(item.condition_path(self.spec_base))
-        if path not in self._references:
-            self._references[path] = reference_face(self.metric, load_condition(Path(path)).image)
-        return self._references[path]
+        paths = item.condition_paths(self.spec_base)
+        cond = plan.conditions[index] if plan is not None and len(plan.conditions) > 1 else None
+        path = str(paths[cond.image if cond is not None else 0])
+        key = f"{path}#{cond.crop}" if cond is not None and cond.crop is not None else path
+        if key not in self._references:
+            image = load_condition(Path(path)).image
+            if cond is not None:
+                image = apply_crop(image, None, cond.crop)[0]
+            self._references[key] = reference_face(self.metric, image)
+        return self._references[key]
 
     def run_one(self, item: SpecItem, method: Method) -> dict[str, Any]:
-        """Make, save and measure one image; return its row (a per-item SowError becomes the row's error)."""
-        from sow.eval.face_metrics import measure_identity
+        """Make, save and measure one image; return its row (a per-item SowError becomes the row's error).
+
+        An item of several people gets ``people``: one entry per condition (detected, face,
+        ID-distance to its own reference, the nearest other's, swapped, same_person); the row's
+        ``detected`` / ``same_person`` hold only when they hold for everyone, ``id_distance`` is
+        the mean own distance, and ``swaps`` counts identity swaps.
+        """
+        from sow.eval.face_metrics import measure_identity, measure_people
 
         image_path = self.out_dir / "images" / method_folder(method.name) / f"{item_file_name(item.id)}.png"
         row: dict[str, Any] = {
@@ -378,7 +419,7 @@ class Evaluation:
         }
         start = time.perf_counter()
         try:
-            image, box_v, extra, pasted, kept = self._make_image(item, method)
+            image, plan, extra, pasted, kept = self._make_image(item, method)
         except SowError as exc:
             row.update(seconds=round(time.perf_counter() - start, 4), error=str(exc), faces=0, detected=False, id_distance=None, same_person=None)
             return row
@@ -386,7 +427,37 @@ class Evaluation:
         save_image_atomic(image, image_path)
         from sow.eval.fidelity import condition_fidelity
 
-        row.update(condition_fidelity(pasted, image, box_v, kept).as_row())
+        row.update(condition_fidelity(pasted, image, plan.box_v, kept).as_row())  # the first condition's box
+        boxes = [c.box_v for c in plan.conditions]
+        if len(boxes) > 1:
+            references = [self._reference(item, plan, i) for i in range(len(boxes))]
+            people = measure_people(self.metric, image, boxes, references, self.config.region_margin)
+            own = [p.distance for p in people if p.distance is not None]
+            row.update(
+                extra,
+                image=image_path.relative_to(self.out_dir).as_posix(),
+                box_v=[b.as_list() for b in boxes],
+                faces=sum(p.detected for p in people),
+                detected=all(p.detected for p in people),
+                id_distance=round(sum(own) / len(own), 6) if own else None,
+                same_person=all(p.same_person for p in people),
+                swaps=sum(p.swapped for p in people),
+                people=[
+                    {
+                        "condition": p.condition + 1,
+                        "detected": p.detected,
+                        "face": [p.face.left, p.face.top, p.face.width, p.face.height] if p.face else None,
+                        "id_distance": None if p.distance is None else round(p.distance, 6),
+                        "other_distance": None if p.other_distance is None else round(p.other_distance, 6),
+                        "swapped": p.swapped,
+                        "same_person": p.same_person,
+                        "note": p.note,
+                    }
+                    for p in people
+                ],
+            )
+            return row
+        box_v = boxes[0]
         measured = measure_identity(self.metric, image, box_v, self._reference(item), self.config.region_margin)
         face = measured.face
         row.update(
@@ -497,13 +568,18 @@ class Evaluation:
 
 def _kept(path: Path, crop: Any, box_v: Any) -> Image.Image | None:
     """The kept pixels of box_v for a condition with an alpha mask (None: every pixel is kept)."""
-    from sow.planners.policy import apply_crop
+    from sow.io.canvas import apply_crop
 
     loaded = load_condition(path)
     if loaded.mask is None:
         return None
     image, mask = apply_crop(loaded.image, loaded.mask, crop)
     return cv.fit_condition(image, box_v, mask)[1]
+
+
+def _used(plan: Any, boxes: list[Any]) -> Any:
+    """``plan`` with each condition's box_v as used (snapped to the latent grid)."""
+    return plan.model_copy(update={"conditions": [c.model_copy(update={"box_v": b}) for c, b in zip(plan.conditions, boxes)]})
 
 
 def load_eval_config(path: Path | None, **overrides: Any) -> EvalConfig:

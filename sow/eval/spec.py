@@ -10,7 +10,12 @@ One spec line::
 
     {"id": "obama-style-0", "condition": "faces/obama.jpg", "prompt": "...", "setting": "style"}
 
-A relative ``condition`` path is read relative to the spec file's folder.
+A relative ``condition`` path is read relative to the spec file's folder. Several people
+(docs/several-people.md): ``condition`` is a list of images, one person each, or one group
+photo with ``people`` (its N largest faces, each its own condition)::
+
+    {"id": "pair-0", "condition": ["faces/obama.jpg", "faces/biden.jpg"], "prompt": "...", "setting": "normal"}
+    {"id": "group-0", "condition": "faces/obama_and_biden.jpg", "people": 3, "prompt": "...", "setting": "normal"}
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sow.errors import InputError
 from sow.io.files import jsonl_lines, read_regular_text
@@ -37,13 +42,31 @@ class SpecItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(min_length=1, description="Unique item id (used in file names).")
-    condition: str = Field(min_length=1, description="Condition image path (relative: to the spec's folder).")
+    condition: str | list[str] = Field(description="Condition image path, or a list of them for several people (relative: to the spec's folder).")
     prompt: str = Field(min_length=1, description="The text prompt.")
     setting: Preset = Field(description="normal, style or attribute: the preset the item runs with.")
+    people: int | None = Field(None, ge=1, le=16, description="One group photo: use its N largest faces, each its own condition (the heuristic planner's max_people).")
+
+    @field_validator("condition")
+    @classmethod
+    def _paths(cls, value: str | list[str]) -> str | list[str]:
+        names = [value] if isinstance(value, str) else value
+        if not names or any(not n for n in names):
+            raise ValueError("give a condition image path (or a non-empty list of them)")
+        return value
+
+    @property
+    def conditions(self) -> list[str]:
+        """The condition paths as written: one or several."""
+        return [self.condition] if isinstance(self.condition, str) else list(self.condition)
+
+    def condition_paths(self, base: Path) -> list[Path]:
+        paths = [Path(c).expanduser() for c in self.conditions]
+        return [p if p.is_absolute() else base / p for p in paths]
 
     def condition_path(self, base: Path) -> Path:
-        path = Path(self.condition).expanduser()
-        return path if path.is_absolute() else base / path
+        """The first condition's path."""
+        return self.condition_paths(base)[0]
 
 
 MAX_PER_SETTING = 100

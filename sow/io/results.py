@@ -60,8 +60,9 @@ def render_outputs(result: Any, paths: dict[str, Path]) -> dict[str, bytes]:
         raise SowError(f"the run made {len(images)} images for {len(roles)} image files")
     for role, image in zip(roles, images):
         files[role] = image_bytes(image, paths[role])
-    used = result.plan.model_copy(update={"box_v": result.record.aligned_box_v})  # box_v as pasted: on the latent grid
-    files["plan_image"] = image_bytes(draw_plan(used, result.seeded_canvas), paths["plan_image"])
+    # every box_v as pasted: on the latent grid (numbered when there are several conditions)
+    aligned = [c.aligned_box_v for c in result.record.conditions] or [result.record.aligned_box_v]
+    files["plan_image"] = image_bytes(draw_plan(result.plan, result.seeded_canvas, aligned=aligned), paths["plan_image"])
     if "attention" in paths:
         from sow.attention.dam import ATTENTION_ARTIFACT, attention_picture
 

@@ -90,6 +90,10 @@ class PlanCache:
             "canvas": [config.canvas.width, config.canvas.height],
             "side_limits": list(config.side_limits()),
         }
+        if len(request.conditions) > 1:  # several people: every image counts (one image: the key as before)
+            parts["conditions"] = [hashlib.sha256(im.tobytes()).hexdigest() + f"{im.size}" for im in request.conditions]
+        if request.options:
+            parts["options"] = dict(request.options)
         text = json.dumps(parts, sort_keys=True, default=str)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 

@@ -64,6 +64,11 @@ def random_placement(plan: Plan, condition: Image.Image, config: GenerationConfi
     same seed, same placement. box_r follows box_v (the same scale and shift, clipped to
     the canvas), so only the position changes; the prompt is untouched.
     """
+    if len(plan.conditions) > 1:
+        from sow.errors import InputError
+
+        raise InputError("the adaptive-position ablation (random placement) places one condition; this plan has "
+                         f"{len(plan.conditions)}: pass a plan, or keep adaptive_position on")
     rng = random.Random(seed)
     canvas = plan.canvas
     low, high = config.side_limits()
@@ -84,4 +89,4 @@ def random_placement(plan: Plan, condition: Image.Image, config: GenerationConfi
     else:
         box_r = Box(x=min(left, canvas.width - 1), y=min(top, canvas.height - 1), w=right - left, h=bottom - top)
     note = f"adaptive position off: box_v placed at random (seed {seed}), box_r moved with it"
-    return plan.model_copy(update={"box_v": box_v, "box_r": box_r, "notes": [*plan.notes, note]})
+    return plan.with_condition(0, box_v=box_v, box_r=box_r).model_copy(update={"notes": [*plan.notes, note]})

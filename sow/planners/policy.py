@@ -34,6 +34,27 @@ FALLBACK_PLANNER = "heuristic"
 FALLBACK_HINT = "pass --on-planner-error heuristic (API: on_planner_error='heuristic') to plan offline instead"
 
 
+# -- the repair, for a request of one or several conditions ------------------------------
+
+
+def _repaired(answer: Plan | Mapping[str, Any], request: PlanRequest, name: str) -> Plan:
+    """:func:`repair_plan` and :func:`repair_crop` for ``request``; a plan placing fewer conditions than
+    there are images gets the heuristic's side-by-side layout for all of them (recorded)."""
+    images = request.conditions
+    plan = repair_plan(answer, request.config, len(images))
+    if len(images) > 1 and {c.image for c in plan.conditions} != set(range(len(images))):
+        from sow.planners.heuristic import HeuristicPlanner
+
+        layout = HeuristicPlanner().plan(request)
+        line = (
+            f"planner {name!r} placed {len(plan.conditions)} of {len(images)} conditions; "
+            "the heuristic laid out all of them side by side"
+        )
+        plan = plan.model_copy(update={"conditions": layout.conditions, "repairs": [*plan.repairs, line]})
+        plan = repair_plan(plan, request.config, len(images))
+    return repair_crop(plan, [im.size for im in images])
+
+
 # -- the planner, the cache and the fallback policy --------------------------------------
 
 
@@ -86,7 +107,7 @@ def plan_with_policy(
             raise
         except BaseException as exc:  # a planner's bug (even sys.exit()): one line for the user, the cause chained
             raise PlannerError(f"{type(exc).__name__}: {exc} (a bug in the planner)") from exc
-        plan = repair_crop(repair_plan(answer, request.config), request.condition.size)
+        plan = _repaired(answer, request, name)
     except (PlannerError, ModelLoadError) as exc:
         if on_error == "fail":
             if isinstance(exc, ModelLoadError):
@@ -96,8 +117,8 @@ def plan_with_policy(
             from sow.plugins import get_registry
 
             fallback = (registry or get_registry()).create("planner", FALLBACK_PLANNER)
-        plan = repair_crop(repair_plan(fallback.plan(request), request.config), request.condition.size)
         fallback_name = getattr(fallback, "name", type(fallback).__name__)
+        plan = _repaired(fallback.plan(request), request, fallback_name)
         plan.notes = [f"planner {name!r} failed ({exc}); the {fallback_name} planner planned instead", *plan.notes]
         return plan
     if key is not None:
@@ -117,19 +138,23 @@ def cache_hit_problem(plan: Plan, request: PlanRequest) -> str | None:
     canvas = request.config.canvas
     if plan.canvas != canvas:
         return f"made for a {plan.canvas.width}x{plan.canvas.height} canvas, not {canvas.width}x{canvas.height}"
-    if plan.crop is not None:
-        width, height = request.condition.size
-        if plan.crop.right > width or plan.crop.bottom > height:
-            return f"its crop [{plan.crop}] reaches outside the {width}x{height} condition"
+    images = request.conditions
+    for cond in plan.conditions:
+        if cond.image >= len(images):
+            return f"it uses condition image {cond.image + 1} of {len(images)}"
+        if cond.crop is not None:
+            width, height = images[cond.image].size
+            if cond.crop.right > width or cond.crop.bottom > height:
+                return f"its crop [{cond.crop}] reaches outside the {width}x{height} condition"
     try:
-        repair_plan(plan, request.config)
+        repair_plan(plan, request.config, len(images))
     except (SowError, ValueError) as exc:
         return str(exc).splitlines()[0]
     return None
 
 
 def make_plan(
-    condition: str | Path | Image.Image,
+    condition: str | Path | Image.Image | list[str | Path | Image.Image],
     prompt: str,
     *,
     planner: str = "heuristic",
@@ -142,11 +167,13 @@ def make_plan(
 ) -> tuple[Plan, Image.Image]:
     """Plan without loading a diffusion model: ``(plan, picture of the plan)``; what ``sow plan`` runs.
 
-    ``options`` are the planner's keyword arguments (e.g. ``{"model": "gemini-2.5-flash"}``).
-    The picture is the seeded canvas (the condition's crop pasted at box_v on gray) with
-    both boxes drawn and labelled (:func:`sow.io.canvas.draw_plan`).
+    ``condition`` is one image or a list (several people; a group photo with the heuristic's
+    ``max_people``/``pick`` options gives several conditions from one image). ``options`` are
+    the planner's keyword arguments (e.g. ``{"model": "gemini-2.5-flash"}``). The picture is
+    the seeded canvas (each condition's crop pasted at its box_v on gray) with every box drawn
+    and labelled, numbered when there are several (:func:`sow.io.canvas.draw_plan`).
     """
-    from sow.io.canvas import apply_crop, draw_plan, seed_canvas
+    from sow.io.canvas import apply_crop, draw_plan, fit_condition, paste_all_on_gray
     from sow.io.images import load_condition
     from sow.plugins import get_registry
     from sow.stages import PlanRequest
@@ -156,9 +183,28 @@ def make_plan(
     require_prompt(prompt)
     config = config or GenerationConfig()
     registry = registry or get_registry()
-    loaded = load_condition(condition)
+    given = condition if isinstance(condition, list) else [condition]
+    if not given:
+        raise InputError("no condition given")
+    loaded = []
+    for i, one in enumerate(given):
+        try:
+            loaded.append(load_condition(one))
+        except InputError as exc:
+            if len(given) == 1:
+                raise
+            raise type(exc)(f"condition {i + 1} of {len(given)}: {exc}") from None
+    sources = [str(c) if isinstance(c, (str, Path)) else "" for c in given]
     stage = registry.create("planner", planner, **dict(options or {}))
-    request = PlanRequest(condition=loaded.image, prompt=prompt, config=config, seed=seed)
+    request = PlanRequest(
+        condition=loaded[0].image, prompt=prompt, config=config, seed=seed,
+        conditions=[one.image for one in loaded], sources=sources,
+    )
     plan = plan_with_policy(stage, request, on_error=on_error, cache=cache, settings=options or {}, registry=registry)
-    image, mask = apply_crop(loaded.image, loaded.mask, plan.crop)
-    return plan, draw_plan(plan, seed_canvas(image, plan.box_v, config.canvas, mask))
+    conditions = [c.model_copy(update={"source": c.source or sources[c.image]}) for c in plan.conditions]
+    plan = plan.model_copy(update={"conditions": conditions})
+    pasted = []
+    for cond in plan.conditions:
+        image, mask = apply_crop(loaded[cond.image].image, loaded[cond.image].mask, cond.crop)
+        pasted.append((fit_condition(image, cond.box_v, mask)[0], cond.box_v))
+    return plan, draw_plan(plan, paste_all_on_gray(pasted, config.canvas))

@@ -17,7 +17,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from sow.errors import PlannerError
+from sow.errors import InputError, PlannerError
 from sow.schemas import Box, Canvas, GenerationConfig, Plan, first_error
 
 MIN_BOX_SIDE = 8
@@ -107,24 +107,43 @@ def _fit_box_r(raw: tuple[float, float, float, float], box_v: Box, canvas: Canva
     return box
 
 
-def repair_plan(plan: Plan | Mapping[str, Any], config: GenerationConfig) -> Plan:
-    """A valid plan on ``config``'s canvas with box_v's side in ``config.side_limits()``.
+def _answer_conditions(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The conditions of a planner's answer: its ``conditions`` list, or the one-condition fields."""
+    if data.get("conditions") is not None:
+        raw = data["conditions"]
+        if not isinstance(raw, (list, tuple)) or not raw:
+            raise PlannerError(f"planner answer: conditions must be a non-empty list, got {raw!r}")
+        return [dict(c) if isinstance(c, Mapping) else c.model_dump() if hasattr(c, "model_dump") else c for c in raw]
+    return [{k: data.get(k) for k in ("box_v", "box_r", "crop")}]
+
+
+def repair_plan(plan: Plan | Mapping[str, Any], config: GenerationConfig, images: int = 1) -> Plan:
+    """A valid plan on ``config``'s canvas with each box_v's side in the side limits.
 
     ``plan`` is a :class:`Plan` or a mapping of its fields as a planner answered them
     (boxes as ``[x, y, w, h]`` lists or ``{"x":..}`` objects of any numbers, even negative
-    or beyond the canvas). Repairs, each appended to ``plan.repairs`` as one line:
+    or beyond the canvas; one condition at the top level or a ``conditions`` list).
+    Repairs, each appended to ``plan.repairs`` as one line, per condition:
 
     - a plan made for another canvas: boxes scaled to ``config.canvas``;
     - box_v: longer side brought into the side limits (aspect kept, about its centre),
       then moved inside the canvas (moved, not cut, so the condition is not squeezed);
+      with several conditions the lower limit is :func:`sow.planners.layout.side_limits`'s;
     - box_r: clipped to the canvas; empty after clipping -> the body box under box_v;
+    - box_v overlapping an earlier condition's (on the latent grid): every condition placed
+      side by side instead (:func:`sow.planners.layout.side_by_side`), the crops kept;
     - an empty prompt -> the user's prompt.
 
+    ``images`` is how many condition images the run has: a condition naming another raises.
     Raises :class:`PlannerError` naming the field when the answer cannot be read at all.
     """
+    from sow.planners.layout import GRID, side_by_side, side_limits
+
     data: dict[str, Any] = dict(plan) if isinstance(plan, Mapping) else {
         name: getattr(plan, name) for name in Plan.model_fields
     }
+    conditions = _answer_conditions(data)
+    several = len(conditions) > 1
     repairs: list[str] = list(data.get("repairs") or [])
     canvas = config.canvas
     raw_canvas = data.get("canvas")
@@ -134,15 +153,47 @@ def repair_plan(plan: Plan | Mapping[str, Any], config: GenerationConfig) -> Pla
             source = raw_canvas if isinstance(raw_canvas, Canvas) else Canvas.model_validate(raw_canvas)
         except ValueError as exc:
             raise PlannerError(f"planner answer: canvas: {first_error(exc)}") from None
-    boxes = {name: box_numbers(data.get(name), name) for name in ("box_v", "box_r")}
     if source != canvas:
-        sx, sy = canvas.width / source.width, canvas.height / source.height
-        boxes = {n: (b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy) for n, b in boxes.items()}
         repairs.append(
             f"plan was made for a {source.width}x{source.height} canvas; boxes scaled to {canvas.width}x{canvas.height}"
         )
-    box_v = fit_box_v(boxes["box_v"], canvas, config.side_limits(), repairs)
-    box_r = _fit_box_r(boxes["box_r"], box_v, canvas, repairs)
+    limits = side_limits(config, len(conditions))
+    fixed: list[dict[str, Any]] = []
+    for i, cond in enumerate(conditions):
+        if not isinstance(cond, Mapping):
+            raise PlannerError(f"planner answer: conditions[{i}] must be an object, got {cond!r}")
+        label = f"conditions[{i}]." if several else ""
+        boxes = {name: box_numbers(cond.get(name), label + name) for name in ("box_v", "box_r")}
+        if source != canvas:
+            sx, sy = canvas.width / source.width, canvas.height / source.height
+            boxes = {n: (b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy) for n, b in boxes.items()}
+        mine: list[str] = []
+        box_v = fit_box_v(boxes["box_v"], canvas, limits, mine)
+        box_r = _fit_box_r(boxes["box_r"], box_v, canvas, mine)
+        repairs += [f"condition {i + 1}: {line}" for line in mine] if several else mine
+        image = cond.get("image", 0) or 0
+        if not isinstance(image, int) or not 0 <= image < images:
+            raise PlannerError(f"planner answer: {label}image {image!r} is not one of the {images} condition image(s)")
+        fixed.append({**{k: v for k, v in cond.items() if v is not None or k == "crop"}, "box_v": box_v, "box_r": box_r, "image": image})
+    clash = _first_overlap([c["box_v"] for c in fixed], GRID)
+    if clash is not None:
+        i, j = clash
+        sizes = [(c["box_v"].w, c["box_v"].h) for c in fixed]
+        top = min(c["box_v"].y for c in fixed) / canvas.height
+        try:
+            placed = side_by_side(sizes, canvas, config, top)
+        except InputError as exc:
+            raise PlannerError(f"planner answer: condition {i + 1} and {j + 1} box_v overlap, and {exc}") from None
+        from sow.planners.fixed import body_box
+
+        order = sorted(range(len(fixed)), key=lambda k: fixed[k]["box_v"].center[0])  # keep the left-to-right order
+        for slot, k in enumerate(order):
+            fixed[k]["box_v"] = placed[slot]
+            fixed[k]["box_r"] = body_box(placed[slot], canvas)
+        repairs.append(
+            f"condition {i + 1} and {j + 1} box_v overlap on the latent grid; all {len(fixed)} placed side by side "
+            "in their left-to-right order (box_r: the body under each)"
+        )
 
     prompt = str(data.get("prompt") or "").strip()
     user_prompt = str(data.get("user_prompt") or "")
@@ -152,22 +203,39 @@ def repair_plan(plan: Plan | Mapping[str, Any], config: GenerationConfig) -> Pla
         prompt = user_prompt
         repairs.append("prompt was empty; the user's prompt is used")
 
-    fields = {**data, "canvas": canvas, "box_v": box_v, "box_r": box_r, "prompt": prompt, "repairs": repairs}
+    rest = {k: v for k, v in data.items() if k not in ("box_v", "box_r", "crop", "conditions") and v is not None}
+    fields = {**rest, "canvas": canvas, "conditions": fixed, "prompt": prompt, "repairs": repairs}
     try:
-        return Plan.model_validate({k: v for k, v in fields.items() if v is not None or k == "crop"})
+        return Plan.model_validate(fields)
     except ValueError as exc:
         raise PlannerError(f"planner answer: {first_error(exc)}") from None
+
+
+def _first_overlap(boxes: list[Box], grid: int) -> tuple[int, int] | None:
+    from sow.schemas import overlapping
+
+    snapped = [b.aligned(grid) for b in boxes]
+    for j in range(len(snapped)):
+        for i in range(j):
+            if overlapping(snapped[i], snapped[j]):
+                return i, j
+    return None
 
 
 # -- the condition crop ----------------------------------------------------------
 
 
-def repair_crop(plan: Plan, size: tuple[int, int]) -> Plan:
-    """``plan`` with its crop clipped to a ``size`` (width, height) condition image; the change recorded."""
-    crop = plan.crop
-    if crop is None or (crop.right <= size[0] and crop.bottom <= size[1]):
-        return plan
-    x, y = min(crop.x, size[0] - 1), min(crop.y, size[1] - 1)
-    fixed = Box(x=x, y=y, w=max(1, min(crop.right, size[0]) - x), h=max(1, min(crop.bottom, size[1]) - y))
-    line = f"crop [{crop}] clipped to the {size[0]}x{size[1]} condition: [{fixed}]"
-    return plan.model_copy(update={"crop": fixed, "repairs": [*plan.repairs, line]})
+def repair_crop(plan: Plan, size: tuple[int, int] | list[tuple[int, int]]) -> Plan:
+    """``plan`` with each crop clipped to its condition image (``size``: (width, height), or one per image)."""
+    sizes = size if isinstance(size, list) else [size]
+    several = len(plan.conditions) > 1
+    for i, cond in enumerate(plan.conditions):
+        crop, (width, height) = cond.crop, sizes[cond.image]
+        if crop is None or (crop.right <= width and crop.bottom <= height):
+            continue
+        x, y = min(crop.x, width - 1), min(crop.y, height - 1)
+        fixed = Box(x=x, y=y, w=max(1, min(crop.right, width) - x), h=max(1, min(crop.bottom, height) - y))
+        line = f"crop [{crop}] clipped to the {width}x{height} condition: [{fixed}]"
+        plan = plan.with_condition(i, crop=fixed)
+        plan.repairs = [*plan.repairs, f"condition {i + 1}: {line}" if several else line]
+    return plan

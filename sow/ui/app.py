@@ -69,7 +69,7 @@ def build_app(
             config = make_config(choices, overrides)
             pipe = cache.get(choices.model)
             plan = pipe.plan(the_condition(paths), prompt, config, choices.seed, planner=choices.planner)
-            drawn = picture(plan, paths[0], pipe.components.vae_scale_factor)
+            drawn = picture(plan, paths, pipe.components.vae_scale_factor)
             notes = "; ".join([*plan.notes, *(f"repaired: {r}" for r in plan.repairs)])
             return (plan.model_dump(mode="json"), drawn, *box_values(plan.box_v), *box_values(plan.box_r),
                     plan.prompt, "", notes)
@@ -81,7 +81,7 @@ def build_app(
             plan = edited_plan(plan_json, list(fields[0:4]), list(fields[4:8]), fields[8])
             if plan is None:
                 return gr.update(), ""
-            return picture(plan, condition_paths(files)[0]), ""
+            return picture(plan, condition_paths(files)), ""
         except Exception as exc:  # noqa: BLE001
             return gr.update(), _shown(one_line(exc), files)
 
@@ -101,7 +101,7 @@ def build_app(
 
             progress(0, desc="starting")
             done = run_generation(pipe, the_condition(paths), choices, config, plan, progress=step)
-            drawn = picture(done.plan, paths[0], pipe.components.vae_scale_factor)
+            drawn = picture(done.plan, paths, pipe.components.vae_scale_factor)
             return (done.images, done.plan_picture, done.attention_picture, [str(done.plan_file), str(done.record_file)],
                     done.summary, "", done.plan.model_dump(mode="json"), drawn,
                     *box_values(done.plan.box_v), *box_values(done.plan.box_r), done.plan.prompt)

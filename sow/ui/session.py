@@ -108,18 +108,27 @@ def load_image(path: Path) -> Image.Image:
     return load_condition(path).image
 
 
-def picture(plan: Plan, condition: Path, scale: int = 8) -> Image.Image:
-    """The plan drawn over the seeded canvas: the condition (its planned crop) pasted at box_v on gray."""
-    from sow.io.canvas import draw_plan, seed_canvas
+def picture(plan: Plan, condition: Path | list[Path], scale: int = 8) -> Image.Image:
+    """The plan drawn over the seeded canvas: each condition (its planned crop) pasted at its box_v on gray.
+
+    ``condition``: the uploaded photo, or the list of them (a plan of several people: every box
+    drawn, numbered).
+    """
+    from sow.io.canvas import draw_plan, fit_condition, paste_all_on_gray
     from sow.io.images import load_condition
     from sow.io.canvas import apply_crop
 
-    loaded = load_condition(condition)
-    image, mask = apply_crop(loaded.image, loaded.mask, plan.crop)
-    box_v = plan.box_v.aligned(scale)
-    if not box_v.fits(plan.canvas):
-        box_v = box_v.model_copy(update={"x": plan.canvas.width - box_v.w})
-    return draw_plan(plan, seed_canvas(image, box_v, plan.canvas, mask))
+    paths = condition if isinstance(condition, list) else [condition]
+    loaded = [load_condition(p) for p in paths]
+    pasted = []
+    for cond in plan.conditions:
+        one = loaded[min(cond.image, len(loaded) - 1)]
+        image, mask = apply_crop(one.image, one.mask, cond.crop)
+        box_v = cond.box_v.aligned(scale)
+        if not box_v.fits(plan.canvas):
+            box_v = box_v.model_copy(update={"x": plan.canvas.width - box_v.w})
+        pasted.append((fit_condition(image, box_v, mask)[0], box_v))
+    return draw_plan(plan, paste_all_on_gray(pasted, plan.canvas))
 
 
 def edited_plan(plan_json: dict | None, box_v: list[Any], box_r: list[Any], prompt: str) -> Plan | None:
@@ -131,8 +140,11 @@ def edited_plan(plan_json: dict | None, box_v: list[Any], box_r: list[Any], prom
     except (TypeError, ValueError):
         raise InputError("box fields must be numbers (x, y, w, h in canvas pixels)") from None
     data = dict(plan_json)
-    data["box_v"] = dict(zip(BOX_FIELDS, values[0]))
-    data["box_r"] = dict(zip(BOX_FIELDS, values[1]))
+    edited = {"box_v": dict(zip(BOX_FIELDS, values[0])), "box_r": dict(zip(BOX_FIELDS, values[1]))}
+    if isinstance(data.get("conditions"), list) and data["conditions"]:  # the fields edit the first condition
+        data["conditions"] = [{**data["conditions"][0], **edited}, *data["conditions"][1:]]
+    else:
+        data.update(edited)
     if not (prompt or "").strip():
         raise InputError("the plan's prompt is empty; write what the scene should show")
     data["prompt"] = prompt

@@ -27,12 +27,16 @@ from sow.schemas import Box, Plan, first_error
 from sow.stages import PlanRequest
 from sow_gemini.prompts import (
     POSITION_PROMPT,
+    POSITIONS_PROMPT,
     PREAMBLE,
     RECOGNITION_PROMPT,
     REFINEMENT_PROMPT,
+    REFINEMENTS_PROMPT,
     Position,
+    Positions,
     Recognition,
     Refinement,
+    Refinements,
 )
 
 KEY_VARIABLES = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
@@ -135,7 +139,8 @@ class GeminiPlanner:
         for attempt in range(1, attempts + 1):
             usage.requests += 1
             try:
-                response = client.models.generate_content(model=self.model, contents=[image_part, text], config=config)
+                parts = list(image_part) if isinstance(image_part, list) else [image_part]
+                response = client.models.generate_content(model=self.model, contents=[*parts, text], config=config)
                 break
             except errors.APIError as exc:
                 if exc.code in RETRY_STATUS and attempt < attempts:
@@ -202,6 +207,8 @@ class GeminiPlanner:
     def _plan(self, request: PlanRequest, key: str) -> Plan:
         from sow.planners.repair import fit_box_v, repair_plan
 
+        if len(request.conditions) > 1:
+            return self._plan_several(request, key)
         config, image = request.config, request.condition
         canvas = config.canvas
         lo, hi = config.side_limits()
@@ -254,6 +261,79 @@ class GeminiPlanner:
                 "notes": notes,
             },
             config,
+        )
+
+    def _plan_several(self, request: PlanRequest, key: str) -> Plan:
+        """Several photos: recognition per photo, then box_v of all in one answer, box_r of all in one.
+
+        A box the answer leaves out falls back alone to that photo's side-by-side slot
+        (:func:`sow.planners.layout.side_by_side`), recorded in ``plan.repairs``; overlapping boxes
+        are repaired by :func:`sow.planners.repair.repair_plan`.
+        """
+        from sow.planners.fixed import body_box
+        from sow.planners.layout import side_by_side, side_limits
+        from sow.planners.repair import repair_plan
+
+        config, images = request.config, request.conditions
+        canvas, n = config.canvas, len(images)
+        lo, hi = side_limits(config, n)
+        client = self._client(key)
+        usage = _Usage()
+        common = {"preamble": PREAMBLE, "canvas_width": canvas.width, "canvas_height": canvas.height, "count": n}
+        parts, crops, seen_all, notes = [], [], [], []
+        for i, image in enumerate(images):
+            part, (sent_w, sent_h) = _image_part(image, self.options.max_image_side)
+            seen: Recognition = self._ask(
+                client, Recognition,
+                RECOGNITION_PROMPT.format(preamble=PREAMBLE, width=sent_w, height=sent_h, prompt=request.prompt),
+                part, f"prompt intensification (photo {i + 1})", usage,
+            )
+            mine: list[str] = []
+            crops.append(self._crop(seen, image.size, (sent_w, sent_h), mine))
+            notes += [f"condition {i + 1}: {line}" for line in mine]
+            parts.append(part)
+            seen_all.append(seen)
+        scene = f"{request.prompt.strip().rstrip('.,')}, with " + "; ".join(s.description.strip().rstrip(".") for s in seen_all)
+        aspects = [(c.w, c.h) if c else im.size for c, im in zip(crops, images)]
+        slots = side_by_side(aspects, canvas, config, 0.06)
+        placed: Positions = self._ask(
+            client, Positions,
+            POSITIONS_PROMPT.format(**common, aspects=", ".join(f"{w}:{h}" for w, h in aspects), scene=scene, min_side=lo, max_side=hi),
+            parts, "adaptive position", usage,
+        )
+        repairs: list[str] = []
+        boxes_v = []
+        for i, slot in enumerate(slots):
+            if i < len(placed.boxes):
+                mine = []
+                boxes_v.append(_with_aspect(placed.boxes[i].as_list(), aspects[i][0] / aspects[i][1], mine))
+                repairs += [f"condition {i + 1}: {line}" for line in mine]
+            else:
+                boxes_v.append([float(v) for v in slot.as_list()])
+                repairs.append(f"condition {i + 1}: gemini gave no box_v; the side-by-side layout's [{slot}] is used")
+        shown = "; ".join(f"photo {i + 1}: [" + ", ".join(str(round(v)) for v in b) + "]" for i, b in enumerate(boxes_v))
+        refined: Refinements = self._ask(
+            client, Refinements, REFINEMENTS_PROMPT.format(**common, boxes=shown, scene=scene), parts, "contextual refinement", usage,
+        )
+        boxes_r = []
+        for i, slot in enumerate(slots):
+            if i < len(refined.boxes):
+                boxes_r.append(refined.boxes[i].as_list())
+            else:
+                body = body_box(slot, canvas)
+                boxes_r.append(body.as_list())
+                repairs.append(f"condition {i + 1}: gemini gave no box_r; the body under its slot [{body}] is used")
+        retried = f", {len(usage.retries)} retried ({', '.join(map(str, usage.retries))})" if usage.retries else ""
+        notes.append(f"gemini {self.model}: {usage.requests} requests{retried}, {usage.tokens} tokens")
+        conditions = [{"image": i, "box_v": v, "box_r": r, "crop": c} for i, (v, r, c) in enumerate(zip(boxes_v, boxes_r, crops))]
+        return repair_plan(
+            {
+                "canvas": canvas, "conditions": conditions, "prompt": scene, "user_prompt": request.prompt,
+                "description": "; ".join(s.description for s in seen_all), "planner": self.name,
+                "repairs": repairs, "notes": notes,
+            },
+            config,
+            n,
         )
 
     @staticmethod

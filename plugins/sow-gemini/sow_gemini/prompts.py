@@ -40,6 +40,22 @@ Give box_r: the region of the canvas that belongs with the subject and must matc
 Also give a one-sentence reason."""
 
 
+POSITIONS_PROMPT = """{preamble}
+
+Step 2 of 3, adaptive position, for {count} photos (attached in order, photo 1 first).
+Each photo will be pasted onto one {canvas_width}x{canvas_height} pixel canvas as its own box; the aspect ratios (width:height) are {aspects}. The scene: "{scene}"
+Choose one box per photo, in the photos' order (boxes[0] for photo 1, ...), so that the scene looks natural with every person where they would be in it.
+Rules: x and y are the top-left corner in canvas pixels; the longer side of each box is between {min_side} and {max_side} pixels; every box lies inside the canvas; the boxes do not overlap each other.
+Also give a one-sentence reason."""
+
+REFINEMENTS_PROMPT = """{preamble}
+
+Step 3 of 3, contextual refinement, for {count} photos (attached in order).
+On the {canvas_width}x{canvas_height} pixel canvas the photos are pasted at {boxes} (in order; x, y the top-left corner). The scene: "{scene}"
+Give one box_r per photo, in the same order: the region of the canvas that belongs with that subject (for a face: that person's neck, shoulders and body below it). Each lies inside the canvas; they may overlap.
+Also give a one-sentence reason."""
+
+
 class AnswerBox(BaseModel):
     """A box as Gemini answers it: any integers (off-canvas values are repaired, not rejected)."""
 
@@ -73,3 +89,17 @@ class Refinement(BaseModel):
 
     box_r: AnswerBox = Field(description="The region related to the subject, in canvas pixels.")
     reason: str = Field("", description="Why this region, in one sentence.")
+
+
+class Positions(BaseModel):
+    """Stage 2's answer for several photos: one box per photo, in their order."""
+
+    boxes: list[AnswerBox] = Field(description="box_v of photo 1, 2, ... in canvas pixels.")
+    reason: str = Field("", description="Why there, in one sentence.")
+
+
+class Refinements(BaseModel):
+    """Stage 3's answer for several photos: one related region per photo, in their order."""
+
+    boxes: list[AnswerBox] = Field(description="box_r of photo 1, 2, ... in canvas pixels.")
+    reason: str = Field("", description="Why these regions, in one sentence.")

@@ -297,3 +297,24 @@ def test_generate_falls_back_to_the_heuristic_planner_when_asked(reuse_tiny, mon
     assert "planner 'gemini' failed (no Gemini API key" in err and "heuristic planner planned instead" in err
     record = json.loads(next((tmp_path / "o").glob("*.json")).read_text())
     assert record["plan"]["planner"] == "heuristic" and "gemini" in record["plan"]["notes"][0]
+
+
+def test_several_photos_one_position_answer_with_a_fallback_per_condition(fake, face_path):
+    """Several conditions: one recognition per photo, then every box_v in one answer, every box_r in one."""
+    image = load_condition(face_path).image
+    request = PlanRequest(condition=image, prompt="two friends", config=GenerationConfig(canvas={"width": 768, "height": 512}),
+                          conditions=[image, image])
+    fake.script = [
+        answer(RECOGNITION), answer(RECOGNITION),
+        answer({"boxes": [{"x": 40, "y": 40, "w": 240, "h": 240}], "reason": "one only"}),  # box_v of photo 2 missing
+        answer({"boxes": [{"x": 0, "y": 280, "w": 380, "h": 232}, {"x": 384, "y": 280, "w": 384, "h": 232}], "reason": "bodies"}),
+    ]
+    plan = planner(fake).plan(request)
+    assert len(fake.requests) == 4
+    position = fake.requests[2]["body"]
+    assert len(position["contents"][0]["parts"]) == 3  # both photos, then the question
+    assert "boxes" in position["generationConfig"]["responseSchema"]["properties"]
+    assert [c.image for c in plan.conditions] == [0, 1] and plan.overlaps(8) == []
+    assert plan.conditions[0].box_v.as_list() == [40, 40, 240, 240]
+    assert any(r.startswith("condition 2: gemini gave no box_v") for r in plan.repairs)
+    assert all(c.crop is not None for c in plan.conditions)

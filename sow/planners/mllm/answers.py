@@ -122,6 +122,30 @@ class RegionAnswer(_Answer):
         return '{"box_r": [112, 232, 288, 280]}'
 
 
+class PositionsAnswer(_Answer):
+    """Stage 2 with several conditions: one box_v per condition, in the conditions' order, in one answer.
+
+    The boxes are kept as written: each is read on its own (:func:`read_box`) so that one bad
+    box falls back alone (:meth:`sow.planners.mllm.base.MLLMPlanner.plan`), not the whole answer.
+    """
+
+    boxes: list[Any] = Field(min_length=1, description="box_v of condition 1, 2, ... as [x, y, w, h].")
+
+    @classmethod
+    def example(cls) -> str:
+        return '{"boxes": [[40, 60, 200, 200], [300, 60, 200, 200]]}'
+
+
+class RegionsAnswer(_Answer):
+    """Stage 3 with several conditions: one box_r per condition, in the conditions' order, in one answer."""
+
+    boxes: list[Any] = Field(min_length=1, description="box_r of condition 1, 2, ... as [x, y, w, h].")
+
+    @classmethod
+    def example(cls) -> str:
+        return '{"boxes": [[0, 260, 260, 252], [260, 260, 260, 252]]}'
+
+
 BOX_FIELDS = ("box_v", "box_r")
 
 

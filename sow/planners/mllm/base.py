@@ -327,8 +327,12 @@ class MLLMPlanner:
 
     def plan_timed(self, request: PlanRequest) -> tuple[Plan, dict[str, float]]:
         """:meth:`plan`, and the seconds it spent: ``"load"`` (about 0 when the model was cached) and
-        each stage's tries (``"intensify#0"``, ...). The timings belong to this call, not to the planner."""
+        each stage's tries (``"intensify#0"``, ...; ``"position_several#0"``, ... with several
+        conditions). The timings belong to this call, not to the planner."""
         from sow.planners.repair import repair_plan
+
+        if len(request.conditions) > 1:
+            return self._plan_several(request)
 
         config, image = request.config, request.condition
         canvas = config.canvas
@@ -360,6 +364,72 @@ class MLLMPlanner:
             "notes": [f"{self.family} model {self.model_id}"],
         }
         return repair_plan(answer, config), timings
+
+
+    def _plan_several(self, request: PlanRequest) -> tuple[Plan, dict[str, float]]:
+        """Several conditions: the three stages on a strip of the photos (numbered), each box stage one answer.
+
+        A box that cannot be read, or a missing one, falls back alone to the side-by-side slot of its
+        condition (:func:`sow.planners.layout.side_by_side`); each fallback is a line in ``plan.repairs``.
+        Boxes that overlap are then repaired by :func:`sow.planners.repair.repair_plan`.
+        """
+        from sow.planners.fixed import body_box
+        from sow.planners.layout import condition_strip, side_by_side, side_limits
+        from sow.planners.mllm.answers import AnswerError, read_box
+        from sow.planners.repair import repair_plan
+
+        config, images = request.config, request.conditions
+        canvas, n = config.canvas, len(images)
+        min_side, max_side = side_limits(config, n)
+        strip = condition_strip(images)
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        loaded = self.loaded()
+        timings["load"] = time.perf_counter() - start
+        common = {"canvas": canvas, "width": canvas.width, "height": canvas.height, "count": n, "timings": timings}
+        first = self.ask(loaded, "intensify_several", strip, prompt=request.prompt, **common)
+        intensified: Any = first.value
+        sizes = ", ".join(f"{i + 1}: {im.width}x{im.height}" for i, im in enumerate(images))
+        second = self.ask(loaded, "position_several", strip, prompt=intensified.prompt, sizes=sizes,
+                          min_side=min_side, max_side=max_side, **common)
+        repairs = [*first.repairs, *second.repairs]
+        slots = side_by_side([im.size for im in images], canvas, config, 0.06)
+        boxes_v = self._each_box(second.value.boxes, "box_v", slots, canvas, repairs, read_box, AnswerError)  # type: ignore[attr-defined]
+        shown = "; ".join(f"{i + 1}: [" + ", ".join(str(round(v)) for v in b) + "]" for i, b in enumerate(boxes_v))
+        third = self.ask(loaded, "refine_several", strip, prompt=intensified.prompt, boxes_v=shown, **common)
+        repairs += third.repairs
+        bodies = [body_box(b, canvas).as_list() for b in slots]
+        boxes_r = self._each_box(third.value.boxes, "box_r", bodies, canvas, repairs, read_box, AnswerError)  # type: ignore[attr-defined]
+        answer = {
+            "canvas": canvas,
+            "conditions": [{"image": i, "box_v": list(v), "box_r": list(r)} for i, (v, r) in enumerate(zip(boxes_v, boxes_r))],
+            "prompt": intensified.prompt,
+            "user_prompt": request.prompt,
+            "description": intensified.description,
+            "planner": self.name,
+            "repairs": repairs,
+            "notes": [f"{self.family} model {self.model_id}", f"{n} conditions, asked on a strip of the photos"],
+        }
+        return repair_plan(answer, config, n), timings
+
+    @staticmethod
+    def _each_box(raw: list, name: str, fallback: list, canvas, repairs: list[str], read_box, error) -> list[tuple[float, ...]]:
+        """One box per condition from an answer's list; an unreadable or missing one takes its fallback (recorded)."""
+        out = []
+        for i, default in enumerate(fallback):
+            default = tuple(default.as_list() if hasattr(default, "as_list") else default)
+            if i >= len(raw):
+                repairs.append(f"condition {i + 1}: the answer gave no {name}; the side-by-side layout's {list(default)} is used")
+                out.append(default)
+                continue
+            try:
+                out.append(read_box(raw[i], f"{name} of condition {i + 1}", canvas, repairs))
+            except (error, ValueError, TypeError) as exc:
+                repairs.append(f"condition {i + 1}: {name} {raw[i]!r} unreadable ({exc}); the side-by-side layout's {list(default)} is used")
+                out.append(default)
+        if len(raw) > len(fallback):
+            repairs.append(f"the answer gave {len(raw)} {name} boxes for {len(fallback)} conditions; the extra ones were ignored")
+        return out
 
 
 def last_error(messages: list[dict[str, Any]]) -> str:

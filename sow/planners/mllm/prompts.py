@@ -23,7 +23,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sow.planners.mllm.answers import DescriptionAnswer, PositionAnswer, RegionAnswer, _Answer
+from sow.planners.mllm.answers import (
+    DescriptionAnswer,
+    PositionAnswer,
+    PositionsAnswer,
+    RegionAnswer,
+    RegionsAnswer,
+    _Answer,
+)
 
 SYSTEM = (
     "You plan images for a generator that pastes a photo (the visual condition) onto a blank "
@@ -57,12 +64,42 @@ REFINE = (
     "Answer with JSON only, in this form: {example}"
 )
 
+INTENSIFY_SEVERAL = (
+    "The attached image shows {count} photos side by side, numbered 1 to {count} from the left; "
+    "each is one person (or object) to put in the scene. The user's prompt is: \"{prompt}\".\n"
+    "1. Describe them in a short phrase (who or what, in order).\n"
+    "2. Rewrite the user's prompt as one sentence that keeps everything the user asked for and "
+    "includes that description, so the generated scene matches the photos.\n"
+    "Answer with JSON only, in this form: {example}"
+)
+
+POSITION_SEVERAL = (
+    "The attached image shows {count} photos side by side, numbered 1 to {count} from the left "
+    "(their sizes: {sizes}). Each will be pasted onto a {width}x{height} canvas for the scene: \"{prompt}\".\n"
+    "Choose where each goes: one box per photo, in their order, each with its photo's aspect ratio and a "
+    "longer side between {min_side} and {max_side} pixels, entirely inside the canvas, the boxes NOT "
+    "overlapping each other, placed where each person would naturally be in that scene.\n"
+    "Answer with JSON only, in this form: {example}"
+)
+
+REFINE_SEVERAL = (
+    "On the {width}x{height} canvas for the scene \"{prompt}\", the {count} photos are placed at "
+    "{boxes_v} ([x, y, w, h], in order).\n"
+    "Give one box_r per photo, in the same order: the region of the canvas that belongs with that photo "
+    "(for a face, that person's neck, shoulders and body below it), inside the canvas. They may overlap.\n"
+    "Answer with JSON only, in this form: {example}"
+)
+
 STAGES: dict[str, tuple[str, type[_Answer]]] = {
     "intensify": (INTENSIFY, DescriptionAnswer),
     "position": (POSITION, PositionAnswer),
     "refine": (REFINE, RegionAnswer),
+    "intensify_several": (INTENSIFY_SEVERAL, DescriptionAnswer),
+    "position_several": (POSITION_SEVERAL, PositionsAnswer),
+    "refine_several": (REFINE_SEVERAL, RegionsAnswer),
 }
-"""Stage name -> (template, answer model), in the order the planner asks."""
+"""Stage name -> (template, answer model), in the order the planner asks. The ``_several``
+stages are asked instead when a run has several conditions (one answer holds every box)."""
 
 
 def stage_text(stage: str, **values: Any) -> str:
