@@ -144,7 +144,8 @@ def test_upload_plan_move_a_box_generate_and_a_bad_upload(served, browser, faces
         plan, via = json.loads(downloaded.read_text()), "the browser's download"
     except Exception:  # a headless build that keeps downloads to itself: fetch the link the page offers
         plan, via = json.loads(urllib.request.urlopen(links[0].get_attribute("href"), timeout=10).read()), "its link"
-    assert plan["box_v"]["x"] == moved and plan["box_v"]["w"] == w
+    box_v = plan["conditions"][0]["box_v"]  # the plan file holds a list of conditions
+    assert box_v["x"] == moved and box_v["w"] == w
     assert cache.loads == 1
 
     # A bad upload: the one-line error, no traceback
