@@ -268,11 +268,26 @@ def test_count_only_on_the_sdxl_configs_uses_sdxl_shapes(tmp_path):
     assert set(full) == {2, 4} and full[4] == pytest.approx(2 * full[2], rel=1e-3)
 
 
+def _available_gib() -> float:
+    """MemAvailable from /proc/meminfo (0 where there is none)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return 0.0
+
+
+HEAVY_GIB = 14
+"""The real SDXL build peaks near 10 GB (fp32 init, then bf16); below this much free memory it is skipped."""
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
-    __import__("os").environ.get("SOW_HEAVY_TESTS") != "1",
-    reason="builds the real 2.6B-parameter SDXL UNet on the CPU (~6 GB in bf16, minutes on 2 cores): "
-    "not in CI; run with SOW_HEAVY_TESTS=1",
+    _available_gib() < HEAVY_GIB and __import__("os").environ.get("SOW_HEAVY_TESTS") != "1",
+    reason=f"builds the real 2.6B-parameter SDXL UNet on the CPU (peak ~10 GB): needs {HEAVY_GIB} GiB of free memory "
+    "(SOW_HEAVY_TESTS=1 forces it); 81 s on an idle 2-core machine",
 )
 def test_real_sdxl_architecture_whole_run_at_64px_on_cpu(face_path):
     """The real SDXL-base architecture (random weights), bf16, 64x64 canvas, one cycle, DAM forced open."""

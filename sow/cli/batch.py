@@ -84,7 +84,7 @@ def generate_batch(
 def _finish(summary, json_output: bool, console: Console, who: str = "") -> None:
     result = summary.as_dict()
     if json_output:
-        print(redact(json.dumps({"event": "summary", **result})), flush=True)
+        print(redact(json.dumps(redact_data({"event": "summary", **result}))), flush=True)
     else:
         console.print(
             f"batch{who}: {summary.done} done, {summary.failed} failed, {summary.skipped} skipped "
@@ -118,7 +118,7 @@ def _run_on_ray(batch, items, out_dir, overrides, spec, ray, resume, overwrite, 
 
     def on_event(event: dict[str, Any]) -> None:
         if json_output:
-            print(redact(json.dumps(event)), flush=True)
+            print(redact(json.dumps(redact_data(event))), flush=True)
         if event["event"] in ("done", "failed"):
             bar.update(task, completed=event["index"] + 1, total=event["todo"], description=event["id"][:24])
             if event["event"] == "failed" and not json_output:
