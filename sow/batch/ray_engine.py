@@ -144,11 +144,7 @@ def run_batch_on_ray(
         driver.append(event="batch", resume=resume, items=len(items), todo=len(todo), engine="ray")
         if todo:
             for index, event in enumerate(_map_items(spec, todo, out_dir, overrides or {}, run_id, settings)):
-                if event["event"] == "failed":
-                    summary.failed += 1
-                    summary.failures.append({"id": event["id"], "error": event["error"]})
-                else:
-                    summary.done += 1
+                summary.count(event)
                 emit({**event, "index": index, "todo": len(todo)})
         summary.seconds = time.perf_counter() - started
         driver.append(event="summary", **{k: v for k, v in summary.as_dict().items() if k != "failures"})

@@ -243,6 +243,14 @@ class BatchSummary:
     manifest: str = ""
     failures: list[dict[str, Any]] = field(default_factory=list)
 
+    def count(self, event: dict[str, Any]) -> None:
+        """Add one finished item's event (``done`` or ``failed``) to the totals."""
+        if event["event"] == "failed":
+            self.failed += 1
+            self.failures.append({k: event[k] for k in ("id", "line", "error") if k in event})
+        else:
+            self.done += 1
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "done": self.done,
@@ -411,11 +419,7 @@ def run_batch(
         for index, item in enumerate(todo):
             emit({"event": "start", "id": item.id, "line": item.line, "index": index, "todo": len(todo)})
             event = run_item(pipe, item, out_dir, manifest, overrides, redo=overwrite or item.id in ours)
-            if event["event"] == "failed":
-                summary.failed += 1
-                summary.failures.append({"id": item.id, "line": item.line, "error": event["error"]})
-            else:
-                summary.done += 1
+            summary.count(event)
             emit({**event, "index": index, "todo": len(todo)})
         summary.seconds = time.perf_counter() - started
         manifest.append(event="summary", **{k: v for k, v in summary.as_dict().items() if k != "failures"})
