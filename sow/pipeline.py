@@ -414,7 +414,7 @@ class SOWPipeline:
         fitted_all, keeps, boxes, regions = [], [], [], []
         for cond in plan.conditions:
             picture, keep_mask = cv.apply_crop(condition_images[cond.image], _plan_mask(cond, masks), cond.crop)
-            box_v = cond.box_v.aligned(scale)
+            box_v = cond.box_v.aligned(scale, config.canvas)
             if not box_v.fits(config.canvas):
                 box_v = box_v.model_copy(update={"x": config.canvas.width - box_v.w})
             fitted, keep = cv.fit_condition(picture, box_v, keep_mask, polarity)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.table import Table
@@ -18,6 +18,9 @@ from sow.errors import InputError, SowError
 from sow.cli.scale_options import GpusPerWorkerOpt, RayOpt, WorkersOpt, ray_settings
 from sow.io.json_files import MAX_JSON_BYTES, load_config_file, load_plan_file, read_json as _read_json  # noqa: F401
 from sow.schemas import Box, GenerationConfig, Plan, validated
+
+if TYPE_CHECKING:  # the pipeline (torch, diffusers) is imported only when a model loads
+    from sow.pipeline import SOWPipeline
 
 app = typer.Typer(
     name="sow",
@@ -139,9 +142,28 @@ def people_options(max_people: int | None, pick: str | None, planner: str | None
     return options
 
 
-def load_conditions(paths: list[Path]) -> None:
-    """Refuse a missing, corrupt or hostile condition before anything loads, naming which one."""
+def check_order(paths: list[Path], prompt: str | None) -> None:
+    """Prompt first, image last (``sow generate "a chef" face.jpg``): say so, instead of "no such file"."""
+    if prompt is None or not paths or paths[-1].exists():
+        return
+    looks_like_file = Path(prompt).suffix.lower() in IMAGE_SUFFIXES or Path(prompt).is_file()
+    if looks_like_file and not any(p.exists() for p in paths):
+        raise InputError(
+            f"condition {str(paths[-1])!r}: no such file, and the prompt {prompt!r} looks like an image: "
+            f"give the condition image(s) first and the prompt last, e.g. sow generate {prompt} \"{paths[-1]}\""
+        )
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+"""File endings that make a prompt look like a photo given in the wrong place."""
+
+
+def load_conditions(paths: list[Path], prompt: str | None = None) -> None:
+    """Refuse a missing, corrupt or hostile condition before anything loads, naming which one
+    (with a hint about the order when the prompt came first and the photo last)."""
     from sow.io.images import load_condition
+
+    check_order(paths, prompt)
 
     for i, path in enumerate(paths):
         try:
@@ -154,17 +176,22 @@ def load_conditions(paths: list[Path]) -> None:
 
 @app.callback()
 def global_options(
+    ctx: typer.Context,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
     threads: Annotated[Optional[int], typer.Option("--threads", min=1, envvar="SOW_THREADS", show_envvar=True, help="CPU threads for torch (default: half the cores, at most 8; torch's own default, all cores, is slow on a busy machine).")] = None,
     disable_plugin: Annotated[list[str], typer.Option("--disable-plugin", metavar="NAME", help="Do not load this plugin (entry-point or distribution name); repeatable. Also SOW_DISABLE_PLUGINS=a,b.")] = [],  # noqa: B006
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Let model repositories run their own Python code (some MLLM planners need it). Off by default.")] = False,
 ) -> None:
-    """Selective One-Way Diffusion: an image from a visual condition (a face photo) and a text prompt."""
-    from sow.engine.performance import set_cpu_threads
+    """Selective One-Way Diffusion: an image from a visual condition (a face photo) and a text prompt.
+
+    Global options (--threads, --disable-plugin, --trust-remote-code) go before or after the command.
+    """
+    from sow.cli.startup import apply_threads
     from sow.plugins import disable_plugins
     from sow.io.security import set_load_policy
 
-    set_cpu_threads(threads)
+    if not (ctx.obj or {}).get("text_only"):  # help and completion leave torch unimported
+        apply_threads(threads)
     quiet_known_warnings()
     if disable_plugin:
         disable_plugins(disable_plugin)
@@ -233,7 +260,7 @@ def plan_command(
     picture = out.with_suffix(".png")
     prepare_outputs(out.parent, {"plan": out, "picture": picture}, overwrite)
     config = GenerationConfig.from_preset(value(preset), **load_config_file(config_file))
-    load_conditions(conditions)
+    load_conditions(conditions, prompt)
     plan, image = make_plan(
         conditions if len(conditions) > 1 else conditions[0],
         prompt,
@@ -308,8 +335,6 @@ def generate(
     from sow.io.outputs import check_writable, safe_name
     from sow.io.prompt_checks import require_prompt
     from sow.io.results import output_paths, prepare_outputs, write_outputs
-    from sow.pipeline import SOWPipeline
-
     preset, dtype, on_planner_error = value(preset), value(dtype), value(on_planner_error)
     overrides = load_config_file(config_file)
     # a malformed KEY=VALUE (or --max-people with another planner) fails before anything else
@@ -376,7 +401,7 @@ def generate(
             raise InputError("--save-attention draws one condition's attention; this run has several conditions")
         overrides["trace_attention"] = True
     prepare_outputs(out_dir, paths, overwrite)  # writable, unique, free: before the long work
-    load_conditions(conditions)  # missing, corrupt, hostile: refused before the model loads (naming which)
+    load_conditions(conditions, prompt)  # missing, corrupt, hostile: refused before the model loads (naming which)
     if early_plan is None and len(conditions) > 1:  # more people than fit side by side: refused before the model loads
         from sow.planners.layout import check_fits
 
@@ -476,6 +501,10 @@ from sow.cli.bench import bench_command  # noqa: E402
 app.command("bench")(bench_command)
 
 
+COMMANDS = ("generate", "plan", "plugins", "eval", "eval-spec", "ui", "bench")
+"""The subcommands (global options written after one of them are moved before it)."""
+
+
 def usage_line(exc: Exception) -> str:
     """A click usage error as one ``error:`` line, with where to read more."""
     message = " ".join(str(exc.format_message()).split())
@@ -495,10 +524,13 @@ def main(argv: list[str] | None = None) -> None:
     from sow.cli.scale_options import optional_ray_address
     from sow.io.security import cli_logging
 
+    from sow.cli.startup import hoist_global_options, reads_text_only
+
     argv = optional_ray_address(sys.argv[1:] if argv is None else argv)
+    argv = hoist_global_options(argv, COMMANDS)
     try:
         with cli_logging():
-            result = app(args=argv, prog_name="sow", standalone_mode=False)
+            result = app(args=argv, prog_name="sow", standalone_mode=False, obj={"text_only": reads_text_only(argv)})
     except typer.Exit as exc:
         if exc.exit_code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into Exit(130)
             _fail("interrupted", EXIT_INTERRUPTED)

@@ -124,7 +124,7 @@ def picture(plan: Plan, condition: Path | list[Path], scale: int = 8) -> Image.I
     for cond in plan.conditions:
         one = loaded[min(cond.image, len(loaded) - 1)]
         image, mask = apply_crop(one.image, one.mask, cond.crop)
-        box_v = cond.box_v.aligned(scale)
+        box_v = cond.box_v.aligned(scale, plan.canvas)
         if not box_v.fits(plan.canvas):
             box_v = box_v.model_copy(update={"x": plan.canvas.width - box_v.w})
         pasted.append((fit_condition(image, box_v, mask)[0], box_v))
