@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sow.errors import InputError, PlannerError
+from sow.errors import InputError, PlannerError, PlannerSetupError
 from sow.schemas import Box, Plan, first_error
 from sow.stages import PlanRequest
 from sow_gemini.prompts import (
@@ -76,7 +76,7 @@ def api_key() -> str:
         value = os.environ.get(name, "").strip()
         if value:
             return value
-    raise PlannerError("no Gemini API key: set GEMINI_API_KEY (or GOOGLE_API_KEY)")
+    raise PlannerSetupError("no Gemini API key: set GEMINI_API_KEY (or GOOGLE_API_KEY)")
 
 
 def _is_a(exc: BaseException, *names: str) -> bool:
@@ -110,6 +110,10 @@ class GeminiPlanner:
         self.model = self.options.model
         self.sleep: Callable[[float], None] = time.sleep
         """How the planner waits between retries (tests replace it)."""
+
+    def preflight(self) -> None:
+        """Refuse a missing API key before any model loads (a configuration error, exit 2)."""
+        api_key()
 
     # -- one request ----------------------------------------------------------------------
 

@@ -289,7 +289,7 @@ def test_generate_falls_back_to_the_heuristic_planner_when_asked(reuse_tiny, mon
     with pytest.raises(SystemExit) as info:
         main(argv)
     err = capsys.readouterr().err
-    assert info.value.code == 1 and "no Gemini API key" in err and "--on-planner-error heuristic" in err
+    assert info.value.code == 2 and "no Gemini API key" in err and "--on-planner-error heuristic" in err  # configuration: exit 2
     with pytest.raises(SystemExit) as info:
         main([*argv, "--on-planner-error", "heuristic"])
     err = capsys.readouterr().err
