@@ -17,7 +17,7 @@ from sow.schemas import Plan
 
 WidthOpt = Annotated[
     Optional[int],
-    typer.Option("--width", metavar="PX", help="Canvas width in pixels (a multiple of 8, 64..4096; with --height). Default: the --plan file's canvas, else the model's native square."),
+    typer.Option("--width", metavar="PX", help="Canvas width in pixels (a multiple of 8, 64..4096; with --height). Default: a --plan file's canvas where one is given, else the model's native square."),
 ]
 HeightOpt = Annotated[
     Optional[int],

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from sow.cli.canvas_options import HeightOpt, WidthOpt, with_canvas
 from sow.errors import InputError
 
 UI_INSTALL = 'pip install "sow[ui]"'
@@ -21,13 +22,15 @@ def ui_command(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto, fp32, fp16 or bf16.")] = "auto",
     config_file: Annotated[Optional[Path], typer.Option("--config", help="JSON file of GenerationConfig fields for every run (e.g. the canvas).")] = None,
+    width: WidthOpt = None,
+    height: HeightOpt = None,
 ) -> None:
-    """Serve the web app: upload a photo, plan, move the boxes, generate (needs sow[ui])."""
+    """Serve the web app: upload photos, plan, drag each person's boxes, generate (needs the extra sow[ui])."""
     from sow.io.json_files import load_config_file
 
     if not 0 < port < 65536:
         raise InputError(f"--port {port}: must lie in 1 .. 65535")
-    overrides = load_config_file(config_file)
+    overrides = with_canvas(load_config_file(config_file), width, height)  # the page's canvas fields start here
     try:
         import gradio  # noqa: F401
     except ImportError:

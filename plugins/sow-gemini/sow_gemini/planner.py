@@ -71,7 +71,7 @@ class _Usage:
 
 
 def api_key() -> str:
-    """The key from :data:`KEY_VARIABLES`, or a PlannerError saying where to put it."""
+    """The key from :data:`KEY_VARIABLES`, or a PlannerSetupError (a configuration error, exit 2) saying where to put it."""
     for name in KEY_VARIABLES:
         value = os.environ.get(name, "").strip()
         if value:

@@ -237,8 +237,13 @@ def test_401_names_the_key_variable_and_never_the_key(fake, request_, caplog):
 
 def test_missing_key_and_bad_option(monkeypatch, fake, request_):
     monkeypatch.delenv("GEMINI_API_KEY")
-    with pytest.raises(PlannerError, match="GEMINI_API_KEY"):
+    from sow.errors import PlannerSetupError
+
+    with pytest.raises(PlannerSetupError, match="GEMINI_API_KEY") as missing:  # configuration: exit 2
         planner(fake).plan(request_)
+    assert missing.value.exit_code == 2
+    with pytest.raises(PlannerSetupError, match="GEMINI_API_KEY"):
+        planner(fake).preflight()  # the CLI asks before any model loads
     assert fake.requests == []
     monkeypatch.setenv("GOOGLE_API_KEY", KEY)
     fake.script = list(GOOD)
