@@ -62,7 +62,7 @@ def test_generate_writes_the_plan_it_was_given(tiny_pipe, face_path, tmp_path):
 
     choices = Choices("tiny", "a chef", "heuristic", "dam", "normal", 1, 1, True)
     config = make_config(choices, {"canvas": {"width": 128, "height": 128}, "cycles": 1})
-    plan = edited_plan(PLAN, [0, 8, 64, 64], [16, 72, 96, 56], "a chef at work")
+    plan = edited_plan({**PLAN, "box_v": {"x": 0, "y": 8, "w": 64, "h": 64}}, "a chef at work")
     seen = []
     done = generate(tiny_pipe, face_path, choices, config, plan, progress=seen.append, out_dir=tmp_path)
     assert [info["evaluations"] for info in seen] == list(range(1, 20))  # the progress bar's feed: every UNet call
@@ -121,7 +121,8 @@ def test_every_person_has_a_labelled_box_v_and_box_r():
     boxes = annotation_boxes(TWO)
     assert sorted(b["label"] for b in boxes) == ["person 1 box_r", "person 1 box_v", "person 2 box_r", "person 2 box_v"]
     second_v = next(b for b in boxes if b["label"] == "person 2 box_v")
-    assert (second_v["xmin"], second_v["ymin"], second_v["xmax"], second_v["ymax"]) == (136, 8, 184, 56)  # corners
+    # corners on the page: the 256x128 canvas shown x2 under a 24-px label band
+    assert (second_v["xmin"], second_v["ymin"], second_v["xmax"], second_v["ymax"]) == (272, 40, 368, 136)
     assert boxes[-1]["label"].endswith("box_v")  # box_v drawn last: on top of the body box it sits in
     assert table_rows(TWO)[2] == [2, "box_v", 136, 8, 48, 48]
     assert parse_label("person 2 box_r", 2) == (1, "box_r")
@@ -133,15 +134,18 @@ def test_every_person_has_a_labelled_box_v_and_box_r():
 def test_a_dragged_box_snaps_to_the_nearest_latent_cell_on_release():
     from sow.ui.boxes import annotation_boxes, plan_with_annotation
 
+    from sow.ui.boxes import LABEL_MARGIN, display_factor
+
+    k = display_factor(TWO)
     boxes = annotation_boxes(TWO)
     for b in boxes:
-        if b["label"] == "person 2 box_v":  # dropped 27 px lower and 3 px left: [133, 35, 48, 48]
-            b.update(xmin=133, ymin=35, xmax=181, ymax=83)
+        if b["label"] == "person 2 box_v":  # dropped 27 px lower and 3 px left: [133, 35, 48, 48] in canvas pixels
+            b.update(xmin=133 * k, ymin=35 * k + LABEL_MARGIN, xmax=181 * k, ymax=83 * k + LABEL_MARGIN)
     moved = plan_with_annotation(TWO, boxes, 8)
     assert moved.conditions[1].box_v.as_list() == [136, 32, 48, 48]  # nearest cell: 35 -> 32 (not 40), 133 -> 136 (not 128)
     assert moved.conditions[0] == TWO.conditions[0] and moved.conditions[1].box_r == TWO.conditions[1].box_r
     assert plan_with_annotation(TWO, annotation_boxes(TWO), 8) == TWO  # the page's own boxes coming back: no change
-    off = [{**b, "xmin": 240, "xmax": 300} if b["label"] == "person 1 box_v" else b for b in annotation_boxes(TWO)]
+    off = [{**b, "xmin": 240 * k, "xmax": 300 * k} if b["label"] == "person 1 box_v" else b for b in annotation_boxes(TWO)]
     dragged_off = plan_with_annotation(TWO, off, 8).conditions[0].box_v
     assert dragged_off.right <= 256 and dragged_off.x % 8 == 0  # dragged past the edge: kept on the canvas
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from sow.ui.boxes import TABLE_HEADERS, annotation_boxes, box_label, plan_with_annotation, plan_with_rows, table_rows
+from sow.ui.boxes import TABLE_HEADERS, annotation_boxes, box_label, display_image, plan_with_annotation, plan_with_rows, table_rows
 from sow.ui.session import Choices, ModelCache, canvas_overrides, condition_paths, edited_plan
 from sow.ui.session import generate as run_generation
 from sow.ui.session import make_config, one_line, preview, seeded_picture, the_condition
@@ -78,7 +78,7 @@ def build_app(
         return cache.get(model_name).components.vae_scale_factor
 
     def editor_value(plan, paths, grid):
-        return {"image": seeded_picture(plan, paths, grid), "boxes": annotation_boxes(plan)}
+        return {"image": display_image(seeded_picture(plan, paths, grid), plan), "boxes": annotation_boxes(plan)}
 
     def plan_outputs(plan, paths, grid, notes=""):
         """plan_state, editor, table, intensified prompt, error, notes."""
@@ -215,7 +215,7 @@ def build_app(
                 editor = image_annotator(
                     None, label="Plan", show_label=False, label_list=labels, disable_edit_boxes=True, sources=[],
                     image_type="filepath", show_clear_button=False, show_remove_button=False, show_download_button=False,
-                    enable_keyboard_shortcuts=False, box_min_size=8, handle_size=6, boxes_alpha=0.15, height=340,
+                    enable_keyboard_shortcuts=False, box_min_size=8, handle_size=6, boxes_alpha=0.12, height=420,
                     elem_id="sow-plan-editor",
                 )
                 table = gr.Dataframe(None, headers=TABLE_HEADERS, datatype=["number", "str", "number", "number", "number", "number"],
@@ -228,12 +228,11 @@ def build_app(
                 summary = gr.Markdown("", elem_id="sow-summary")
                 downloads = gr.File(label="Plan JSON and run record", file_count="multiple", interactive=False,
                                     height=120, elem_id="sow-downloads")
-                gr.Markdown("**Plan as used** (box_v as pasted) and the **attention** picture:")
-                with gr.Row():
-                    used_plan = gr.Image(label="Plan as used", show_label=False, type="pil", interactive=False, height=300,
-                                         elem_id="sow-used-plan")
-                    attention_image = gr.Image(label="Attention", show_label=False, type="pil", interactive=False, height=300,
-                                               elem_id="sow-attention-image")
+                gr.Markdown("**Plan as used** (every box as the image used it; the full-size picture opens from its corner):")
+                used_plan = gr.Image(label="Plan as used", show_label=False, type="pil", interactive=False, height=420,
+                                     elem_id="sow-used-plan")
+                attention_image = gr.Image(label="Attention (DAM)", type="pil", interactive=False, height=300,
+                                           elem_id="sow-attention-image")
 
         controls = [files, model_box, prompt, planner_box, modulator_box, preset_box, seed_box, count_box, attention_box,
                     width_box, height_box]

@@ -13,8 +13,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from PIL import Image
+
 from sow.errors import InputError
 from sow.schemas import Box, Plan
+
+DISPLAY_SIDE = 384
+"""Canvases smaller than this are shown enlarged by a whole factor (the box component shows a small
+image at its own size, too small to grab a box)."""
+LABEL_MARGIN = 24
+"""Display pixels of empty band above the canvas: the component writes each box's label above its
+top edge, so a box at the canvas's top keeps its label in view."""
 
 KINDS = ("box_v", "box_r")
 """The two boxes of a condition, in the order the table lists them."""
@@ -37,16 +46,33 @@ def parse_label(label: str, conditions: int) -> tuple[int, str]:
     raise InputError(f"box {label!r}: not one of the plan's boxes (person 1..{conditions}, box_v or box_r)")
 
 
+def display_factor(plan: Plan) -> int:
+    """The whole factor the canvas is enlarged by on the page (1 from :data:`DISPLAY_SIDE` up)."""
+    return max(1, round(DISPLAY_SIDE / max(plan.canvas.width, plan.canvas.height)))
+
+
+def display_image(seeded: Image.Image, plan: Plan) -> Image.Image:
+    """The seeded canvas as the box component shows it: enlarged (nearest neighbour) under a label band."""
+    factor = display_factor(plan)
+    width, height = seeded.width * factor, seeded.height * factor
+    shown = Image.new("RGB", (width, height + LABEL_MARGIN), (246, 246, 246))
+    shown.paste(seeded.convert("RGB").resize((width, height), Image.Resampling.NEAREST), (0, LABEL_MARGIN))
+    return shown
+
+
 def annotation_boxes(plan: Plan) -> list[dict[str, Any]]:
-    """The plan's boxes in the box component's form (corners in canvas pixels), box_r under box_v."""
+    """The plan's boxes in the box component's form (corners in the pixels of :func:`display_image`),
+    box_r first so that each box_v is drawn, and picked, on top of the body box it sits in."""
     from sow.io.canvas import PLAN_COLORS
 
+    factor = display_factor(plan)
     boxes = []
-    for kind in reversed(KINDS):  # box_r first: the smaller box_v is drawn (and picked) on top
+    for kind in reversed(KINDS):
         for i, cond in enumerate(plan.conditions):
             box: Box = getattr(cond, kind)
             color = PLAN_COLORS[i % len(PLAN_COLORS)][KINDS.index(kind)]
-            boxes.append({"xmin": box.x, "ymin": box.y, "xmax": box.right, "ymax": box.bottom,
+            boxes.append({"xmin": box.x * factor, "ymin": box.y * factor + LABEL_MARGIN,
+                          "xmax": box.right * factor, "ymax": box.bottom * factor + LABEL_MARGIN,
                           "label": box_label(i, kind), "color": tuple(color)})
     return boxes
 
@@ -57,15 +83,18 @@ def snapped(box: Box, plan: Plan, grid: int) -> Box:
 
 
 def plan_with_annotation(plan: Plan, boxes: list[dict[str, Any]] | None, grid: int = 8) -> Plan:
-    """``plan`` with the boxes as the component now holds them, each snapped to the grid.
+    """``plan`` with the boxes as the component now holds them (display pixels, as
+    :func:`annotation_boxes` gives them), each snapped to the grid in canvas pixels.
 
     A box missing from ``boxes`` keeps its place; coordinates are clipped to the canvas.
     """
+    factor = display_factor(plan)
     update: dict[int, dict[str, Box]] = {}
     for item in boxes or []:
         index, kind = parse_label(item.get("label", ""), len(plan.conditions))
         try:
-            x0, y0, x1, y1 = (int(round(float(item[k]))) for k in ("xmin", "ymin", "xmax", "ymax"))
+            x0, x1 = (int(round(float(item[k]) / factor)) for k in ("xmin", "xmax"))
+            y0, y1 = (int(round((float(item[k]) - LABEL_MARGIN) / factor)) for k in ("ymin", "ymax"))
         except (KeyError, TypeError, ValueError):
             raise InputError(f"box {item.get('label')!r}: its corners are not numbers") from None
         x0, x1 = sorted((max(0, min(x0, plan.canvas.width)), max(0, min(x1, plan.canvas.width))))
