@@ -42,3 +42,10 @@ class PlannerError(SowError):
 
 class NumericalError(SowError):
     """NaN or inf appeared in the latents (usually fp16 overflow)."""
+
+
+class EnvironmentProblem(SowError):
+    """What the machine lacks or refuses (disk space, a port, a reachable peer): exit 1, not sow's fault.
+
+    Its message says what the environment lacks; the CLI prints it without "a bug in sow".
+    """

@@ -178,6 +178,18 @@ class Plan(_Strict):
         """A plan's text may come from a model or an API: no terminal escape sequences in it (then the length checks)."""
         return clean_text(value) if isinstance(value, str) else value
 
+    @field_validator("prompt", "user_prompt")
+    @classmethod
+    def _prompt_within_limit(cls, value: str, info: Any) -> str:
+        """The prompt limit every door passes (plan files, the web app, the API): a user's prompt at most
+        ``MAX_PROMPT_CHARS``, the plan's prompt that plus ``PLANNER_PROMPT_ROOM`` (a planner adds words)."""
+        from sow.io.prompt_checks import MAX_PROMPT_CHARS, PLANNER_PROMPT_ROOM
+
+        limit = MAX_PROMPT_CHARS + (PLANNER_PROMPT_ROOM if info.field_name == "prompt" else 0)
+        if len(value) > limit:
+            raise ValueError(f"{len(value):,} characters; the limit is {limit:,} (the encoder reads 77 tokens)")
+        return value
+
     @field_validator("notes", "repairs")
     @classmethod
     def _no_control_characters_in_lines(cls, value: list[str]) -> list[str]:

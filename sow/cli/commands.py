@@ -119,16 +119,33 @@ def split_conditions(arguments: list[str] | None, conditions: list[Path] | None)
         return [], None
     if len(arguments) == 1:
         raise InputError("Missing argument PROMPT: give the condition image(s) first and the prompt last, e.g. sow generate face.jpg \"a chef\"")
+    refuse_path_as_prompt(arguments[-1])
     return [Path(a) for a in arguments[:-1]], arguments[-1]
 
 
-def people_options(max_people: int | None, pick: str | None, planner: str | None) -> dict:
-    """``--max-people`` / ``--pick`` as heuristic-planner options."""
+def refuse_path_as_prompt(prompt: str) -> None:
+    """A last positional that names an image file is a forgotten prompt, not a prompt (exit 2, not a silent run)."""
+    from sow.io.images import looks_like_image_path
+
+    if looks_like_image_path(prompt):
+        raise InputError(
+            f"the last argument {prompt!r} is an image file, not a prompt: give the prompt last, "
+            "e.g. sow generate a.jpg b.jpg \"two friends at a cafe\""
+        )
+
+
+def people_options(max_people: int | None, pick: str | None, planner: str | None, photos: int = 1) -> dict:
+    """``--max-people`` / ``--pick`` as heuristic-planner options; they conflict with each other and with several photos."""
     options: dict = {}
     if max_people is None and pick is None:
         return options
     if (planner or "heuristic") != "heuristic":
         raise InputError("--max-people and --pick choose the faces of one group photo with the heuristic planner (--planner heuristic)")
+    if max_people is not None and pick is not None:
+        raise InputError("--pick chooses the faces by number and --max-people by size: give one of them, not both")
+    if photos > 1:
+        which = "--max-people" if max_people is not None else "--pick"
+        raise InputError(f"{which} chooses faces in one group photo; this run has {photos} photos (one person each): drop {which}")
     if max_people is not None:
         options["max_people"] = max_people
     if pick is not None:
@@ -238,7 +255,7 @@ def plan_command(
         conditions if len(conditions) > 1 else conditions[0],
         prompt,
         planner=planner,
-        options={**planner_options(planner_option, quantize), **people_options(max_people, pick, planner)},
+        options={**planner_options(planner_option, quantize), **people_options(max_people, pick, planner, len(conditions))},
         config=config,
         seed=seed,
         on_error=policy,
@@ -363,6 +380,9 @@ def generate(
     if not conditions or prompt is None:
         raise InputError("Missing arguments CONDITION... and PROMPT (or pass --batch FILE); see sow generate --help")
     require_prompt(prompt)
+    people_options(max_people, pick, planner, len(conditions))  # --max-people/--pick against several photos
+    if (plan_file or box_v or box_r) and (max_people is not None or pick is not None):
+        raise InputError("--plan / --box-v place the faces themselves: drop --max-people and --pick (they choose faces for the planner)")
     if plan_file and (box_v or box_r):
         raise InputError("--plan FILE holds the boxes: drop --box-v/--box-r, or drop --plan")
     early = GenerationConfig.from_preset(preset, **overrides)  # bad inputs fail before the model loads
