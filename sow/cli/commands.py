@@ -339,6 +339,12 @@ def generate(
     from sow.batch.workers import PipelineSpec
     from sow.io.security import load_policy
 
+    if lora:  # a missing file or a scale of nan/inf: refused before the model loads
+        from sow.engine.lora import parse_lora
+
+        for item in lora:
+            parse_lora(item)
+
     chosen = {"planner": planner, "inverter": inverter, "scheduler": scheduler, "modulator": modulator, "preserver": preserver}
     spec = PipelineSpec(
         model=model,
@@ -516,6 +522,9 @@ def main(argv: list[str] | None = None) -> None:
     from sow.io.security import cli_logging
 
     argv = optional_ray_address(sys.argv[1:] if argv is None else argv)
+    from sow.cli import batch as batch_cli
+
+    batch_cli.INVOKED = list(argv)  # the resume hint of an interrupted batch repeats these
     try:
         with cli_logging():
             result = app(args=argv, prog_name="sow", standalone_mode=False)
@@ -531,6 +540,11 @@ def main(argv: list[str] | None = None) -> None:
         # usage errors of the (possibly vendored) click: one line, like every other error
         if callable(getattr(exc, "format_message", None)) and isinstance(getattr(exc, "exit_code", None), int):
             _fail(usage_line(exc), exc.exit_code)
+        from sow.errors import environment_problem
+
+        problem = environment_problem(exc)  # a full disk, no memory, a port taken: the machine's, not a bug
+        if problem is not None:
+            _fail(f"error: {problem}", problem.exit_code)
         if os.environ.get("SOW_DEBUG") == "1":  # the traceback, redacted: it ends up in bug reports
             from sow.io.security import format_traceback
 

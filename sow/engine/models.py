@@ -411,7 +411,7 @@ def is_sdxl_checkpoint(path: Path) -> bool:
     """Whether a ``.safetensors`` checkpoint holds SDXL's second text encoder (read from its header, no weights)."""
     if path.suffix != ".safetensors":
         return False
-    from sow.engine.model_size import safetensors_header
+    from sow.engine.model_checks import safetensors_header
 
     return SDXL_CHECKPOINT_KEY in safetensors_header(path)  # checked: a hostile header is one line, exit 2
 
@@ -474,11 +474,14 @@ def load_components(
     """
     torch_device = resolve_device(device) if not isinstance(device, torch.device) else device
     torch_dtype = resolve_dtype(dtype, torch_device)
-    from sow.engine.model_size import check_model_size, check_vae, vae_fits_unet
+    from sow.engine.model_checks import check_model_size, check_vae, vae_fits_unet
 
     configs = check_model_size(spec, torch_device, torch_dtype)  # valid and small enough, before anything is built
     if vae is not None:
         check_vae(vae, configs.get("unet"), torch_device, torch_dtype)
+    if family is not None and "unet" in configs:  # a --family the configs contradict: refused before building
+        encoders = [configs[name] for name in ("text_encoder", "text_encoder_2") if name in configs]
+        detect_family(configs["unet"], encoders, family)
     path = Path(spec).expanduser()
     if spec == "tiny":
         components = build_tiny()

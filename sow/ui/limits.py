@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sow.errors import InputError
+from sow.schemas import MAX_CONDITIONS
 
 MAX_LOADED_MODELS = 1
 """Models the web app keeps in memory at once by default (an SD 2.1 pipeline is ~2.5 GiB in fp16):
@@ -29,8 +30,8 @@ MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 """Largest upload the page accepts by default (20 MiB: a full-resolution phone photo is 3-12 MiB).
 ``sow ui --max-upload-mb`` changes it."""
 
-MAX_UPLOAD_FILES = 16
-"""Most photos in one request: a plan holds at most 16 conditions."""
+MAX_UPLOAD_FILES = MAX_CONDITIONS
+"""Most photos in one request: a run takes at most :data:`sow.schemas.MAX_CONDITIONS` people."""
 
 MAX_IMAGES = 4
 """The page's largest ``num_images`` (each image is a full run's memory in one batch)."""
@@ -79,7 +80,7 @@ class UiLimits:
     def uploads(self, paths: Sequence[Path]) -> list[Path]:
         """The uploaded files, if their count and sizes are within the caps and they lie in the upload cache."""
         if len(paths) > self.max_files:
-            raise InputError(f"{len(paths)} photos uploaded; the limit is {self.max_files} (a plan holds at most {MAX_UPLOAD_FILES} people)")
+            raise InputError(f"{len(paths)} photos uploaded; the limit is {self.max_files} (a run takes at most {MAX_CONDITIONS} people)")
         checked = []
         for path in paths:
             resolved = Path(path).resolve()

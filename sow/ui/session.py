@@ -30,8 +30,13 @@ def one_line(exc: BaseException) -> str:
     """The message the CLI prints for ``exc``: ``error: ...`` on one line, secrets redacted."""
     from sow.io.security import redact
 
+    from sow.errors import environment_problem
+
+    problem = environment_problem(exc)
     if isinstance(exc, SowError):
         text = f"error: {exc}"
+    elif problem is not None:  # out of memory, a full disk: the machine's, not a bug
+        text = f"error: {problem}"
     else:
         first = str(exc).splitlines()[0] if str(exc) else ""
         text = f"error: unexpected {type(exc).__name__}: {first} (a bug in sow or a plugin)"

@@ -155,6 +155,45 @@ def _check_depths(config: Mapping[str, Any], where: str) -> None:
                 raise ModelLoadError(f"{where}: {key} = {v:g} is over {MAX_CONFIG_DEPTH:,}")
 
 
+MAX_TRAIN_TIMESTEPS = 100_000
+"""A scheduler config's ``num_train_timesteps`` above this is refused (SD uses 1000)."""
+
+
+def check_scheduler_config(config: Mapping[str, Any], where: str) -> None:
+    """A scheduler config's numbers make a DDIM schedule: positive betas below 1, a count of timesteps, an offset inside it.
+
+    Diffusers accepts a negative ``beta_start`` or ``steps_offset`` and the run then fails deep in
+    the loop (NaN from a square root, an index past the table); here it is one line naming the key.
+    """
+    import math
+
+    def number(key: str, default: Any) -> Any:
+        value = config.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ModelLoadError(f"{where}: {key} = {value!r} is not a finite number")
+        return value
+
+    steps = number("num_train_timesteps", 1000)
+    if not isinstance(steps, int) or not 2 <= steps <= MAX_TRAIN_TIMESTEPS:
+        raise ModelLoadError(f"{where}: num_train_timesteps = {steps!r}; expected a whole number in 2 .. {MAX_TRAIN_TIMESTEPS:,}")
+    offset = number("steps_offset", 0)
+    if not isinstance(offset, int) or not 0 <= offset < steps:
+        raise ModelLoadError(f"{where}: steps_offset = {offset!r}; expected a whole number in 0 .. {steps - 1}")
+    if config.get("trained_betas") is None:
+        start, end = number("beta_start", 0.0001), number("beta_end", 0.02)
+        if not 0 < start <= end < 1:
+            raise ModelLoadError(f"{where}: beta_start = {start!r}, beta_end = {end!r}; expected 0 < beta_start <= beta_end < 1")
+    try:
+        from diffusers import DDIMScheduler
+
+        alphas = DDIMScheduler.from_config(dict(config)).alphas_cumprod
+    except Exception as exc:  # noqa: BLE001 - diffusers rejects bad values with many types
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ModelLoadError(f"{where}: its values do not make a DDIM schedule ({type(exc).__name__}: {first})") from None
+    if not bool(((alphas > 0) & (alphas <= 1)).all()):
+        raise ModelLoadError(f"{where}: its betas give noise levels outside (0, 1]")
+
+
 def meta_module(name: str, config: dict[str, Any]):
     """The component ``name`` built from ``config`` on the meta device (shapes, no memory)."""
     import torch
@@ -195,6 +234,19 @@ def folder_parameters(folder: Path) -> tuple[int, dict[str, dict[str, Any]]]:
             raise ModelLoadError(f"{where}: its values do not make a model ({type(exc).__name__}: {first})") from None
         total += sum(p.numel() for p in module.parameters())
         configs[name] = config
+    scheduler = folder / "scheduler" / "scheduler_config.json"
+    if configs and scheduler.is_file():
+        from sow.errors import InputError
+        from sow.io.files import parse_json, read_regular_text
+
+        where = f"model folder {folder}: scheduler/scheduler_config.json"
+        try:
+            data = parse_json(read_regular_text(scheduler, "scheduler config", 1024 * 1024), where)
+        except InputError as exc:
+            raise ModelLoadError(str(exc)) from None
+        if not isinstance(data, dict):
+            raise ModelLoadError(f"{where} is not a JSON object")
+        check_scheduler_config(data, where)
     return total, configs
 
 
