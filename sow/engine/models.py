@@ -47,6 +47,9 @@ TINY_FAMILY = "sd2"
 """The family the tiny model stands in for: its widths are a toy's, so its configs cannot say
 (it is SD 2.1-base-shaped and runs the paper's settings)."""
 
+UNET_CHECKPOINT_PREFIX = "model.diffusion_model."
+"""Where an original-layout SD 1/2/XL checkpoint keeps its UNet (what ``from_single_file`` converts)."""
+
 SDXL_CHECKPOINT_KEY = "conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias"
 """A tensor only original-layout SDXL checkpoints hold (the second, OpenCLIP bigG text encoder)."""
 
@@ -424,6 +427,14 @@ def _from_single_file(path: Path, allow_pickle: bool) -> Components:
             f"{path.name}: only .safetensors checkpoints load by default (pickled files can run code); "
             "pass --allow-pickle if you trust this file"
         )
+    if path.suffix == ".safetensors":
+        from sow.engine.model_checks import safetensors_header
+
+        if not any(name.startswith(UNET_CHECKPOINT_PREFIX) for name in safetensors_header(path)):
+            raise ModelLoadError(
+                f"checkpoint {path.name}: no {UNET_CHECKPOINT_PREFIX}* tensors, so not a Stable Diffusion checkpoint "
+                "(a LoRA goes to --lora, a VAE to --vae)"
+            )
     if is_sdxl_checkpoint(path):
         pipe = StableDiffusionXLPipeline.from_single_file(str(path), local_files_only=True)  # pickle-policy: suffix checked above
     else:

@@ -40,7 +40,7 @@ def split_host_port(address: str, what: str) -> tuple[str, int]:
 
 def check_port_number(port: int, what: str = "--port") -> int:
     if not 0 < port < 65536:
-        raise InputError(f"{what} {port}: a port lies in 1 .. 65535")
+        raise InputError(f"{what} {port}: must lie in 1 .. 65535")
     return port
 
 
