@@ -36,6 +36,13 @@ class LevelSchedule:
         descending = scheduler.timesteps.to(torch.int64).cpu()
         ascending = descending.flip(0)
         alphas_cumprod = scheduler.alphas_cumprod.to(torch.float64).cpu()
+        if len(ascending) != num_inference_steps or int(ascending.max()) >= len(alphas_cumprod) or int(ascending.min()) < 0:
+            from sow.errors import InputError
+
+            raise InputError(
+                f"num_inference_steps {num_inference_steps}: this model's scheduler ({len(alphas_cumprod)} training "
+                f"timesteps, steps_offset {scheduler.config.get('steps_offset', 0)}) has no such schedule; use fewer steps"
+            )
         final = torch.as_tensor(scheduler.final_alpha_cumprod, dtype=torch.float64).reshape(1)
         alphas = torch.cat([final, alphas_cumprod[ascending]])
         return cls(timesteps=torch.cat([torch.tensor([-1]), ascending]), alphas=alphas)

@@ -22,6 +22,7 @@ from sow.ui.boxes import TABLE_HEADERS, annotation_boxes, box_label, display_ima
 from sow.ui.session import Choices, ModelCache, canvas_overrides, condition_paths, edited_plan
 from sow.ui.session import generate as run_generation
 from sow.ui.session import make_config, one_line, preview, seeded_picture, the_condition
+from sow.ui.limits import MAX_IMAGES, UiLimits, checked_request  # noqa: F401 - MAX_IMAGES: the page's default
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no calls home
 import gradio as gr  # noqa: E402
@@ -30,9 +31,6 @@ from gradio_image_annotation import image_annotator  # noqa: E402
 CONCURRENCY_LIMIT = 1
 """Model work (plan, generate) runs one job at a time; other users wait in Gradio's queue.
 One pipeline object serves the process and attaches its attention processors per run."""
-
-MAX_IMAGES = 4
-"""The page's largest ``num_images``."""
 
 CSS = "#sow-error, #sow-error * { color: #b91c1c !important; font-weight: 600; }"
 """The page's only style: the error line in red."""
@@ -59,23 +57,31 @@ def build_app(
     config_overrides: dict[str, Any] | None = None,
     planner: str = "heuristic",
     modulator: str = "dam",
+    limits: UiLimits | None = None,
 ) -> gr.Blocks:
     """The page over ``cache`` (a process-wide :class:`ModelCache`); ``config_overrides`` as ``--config`` gives
-    (its ``canvas`` fills the page's canvas fields)."""
+    (its ``canvas`` fills the page's canvas fields).
+
+    ``limits`` (default: the cache's) name the models offered and the upload caps: every request's
+    fields are checked against them before any work (:mod:`sow.ui.limits`).
+    """
     from sow.plugins import get_registry
     from sow.schemas import PRESETS
 
-    cache = cache or ModelCache()
+    limits = limits or (cache.limits if cache is not None else UiLimits(models=(model,)))
+    cache = cache or ModelCache(limits=limits)
     overrides = dict(config_overrides or {})
     registry = get_registry()
     given_canvas = overrides.get("canvas") if isinstance(overrides.get("canvas"), dict) else {}
 
-    def choices_of(model_name, prompt, planner_name, modulator_name, preset, seed, count, attention) -> Choices:
-        seed_value = int(seed) if seed is not None and float(seed).is_integer() else seed
-        return Choices(model_name, prompt, planner_name, modulator_name, preset, seed_value, int(count), bool(attention))
+    def choices_of(files, model_name, prompt, planner_name, modulator_name, preset, seed, count, attention) -> tuple[list, Choices]:
+        return checked_request(limits, registry, files, model_name, prompt, planner_name, modulator_name, preset, seed, count, attention)
+
+    def uploads(files) -> list:
+        return limits.uploads(condition_paths(files))
 
     def grid_of(model_name) -> int:
-        return cache.get(model_name).components.vae_scale_factor
+        return cache.get(limits.model(model_name)).components.vae_scale_factor
 
     def editor_value(plan, paths, grid):
         return {"image": display_image(seeded_picture(plan, paths, grid), plan), "boxes": annotation_boxes(plan)}
@@ -85,13 +91,10 @@ def build_app(
         return (plan.model_dump(mode="json"), editor_value(plan, paths, grid), table_rows(plan), plan.prompt, "", notes)
 
     def make_plan(files, model_name, prompt, planner_name, modulator_name, preset, seed, count, attention, width, height):
-        paths = condition_paths(files)
-        choices = choices_of(model_name, prompt, planner_name, modulator_name, preset, seed, count, attention)
-        if not (prompt or "").strip():
-            raise_input("prompt is empty; describe the scene to generate")
+        paths, choices = choices_of(files, model_name, prompt, planner_name, modulator_name, preset, seed, count, attention)
         config = make_config(choices, canvas_overrides(width, height, overrides))
         pipe = cache.get(choices.model)
-        plan = pipe.plan(the_condition(paths), prompt, config, choices.seed, planner=choices.planner)
+        plan = pipe.plan(the_condition(paths), choices.prompt, config, choices.seed, planner=choices.planner)
         notes = "; ".join([*plan.notes, *(f"repaired: {r}" for r in plan.repairs)])
         return plan_outputs(plan, paths, pipe.components.vae_scale_factor, notes)
 
@@ -104,7 +107,7 @@ def build_app(
     def on_files(files, plan_json, *inputs):
         """Photos added or removed: the preview follows, and a plan already made is made again for them."""
         try:
-            shown = preview(files)
+            shown = preview(uploads(files) if files else None)
         except Exception as exc:  # noqa: BLE001
             return (gr.update(), *[gr.update()] * 4, _shown(one_line(exc), files), "")
         if not files:
@@ -128,7 +131,7 @@ def build_app(
             moved = plan_with_annotation(plan, value.get("boxes"), grid)
             if moved == plan and _same_boxes(value.get("boxes"), annotation_boxes(plan)):
                 return gr.skip(), gr.skip(), gr.skip(), ""  # the page's own update coming back: nothing to do
-            return moved.model_dump(mode="json"), editor_value(moved, condition_paths(files), grid), table_rows(moved), ""
+            return moved.model_dump(mode="json"), editor_value(moved, uploads(files), grid), table_rows(moved), ""
         except Exception as exc:  # noqa: BLE001
             return gr.skip(), gr.skip(), gr.skip(), _shown(one_line(exc), files)
 
@@ -142,17 +145,14 @@ def build_app(
             plan = Plan.model_validate(plan_json)
             grid = grid_of(model_name)
             moved = plan_with_rows(plan, _rows(rows), grid)
-            return moved.model_dump(mode="json"), editor_value(moved, condition_paths(files), grid), table_rows(moved), ""
+            return moved.model_dump(mode="json"), editor_value(moved, uploads(files), grid), table_rows(moved), ""
         except Exception as exc:  # noqa: BLE001
             return gr.skip(), gr.skip(), gr.skip(), _shown(one_line(exc), files)
 
     def on_generate(files, model_name, prompt, planner_name, modulator_name, preset, seed, count, attention, width, height,
                     plan_json, plan_prompt, progress=gr.Progress()):
         try:
-            paths = condition_paths(files)
-            choices = choices_of(model_name, prompt, planner_name, modulator_name, preset, seed, count, attention)
-            if not (prompt or "").strip():
-                raise_input("prompt is empty; describe the scene to generate")
+            paths, choices = choices_of(files, model_name, prompt, planner_name, modulator_name, preset, seed, count, attention)
             config = make_config(choices, canvas_overrides(width, height, overrides))
             plan = edited_plan(plan_json, plan_prompt)
             pipe = cache.get(choices.model)
@@ -189,8 +189,8 @@ def build_app(
                 error = gr.Markdown("", elem_id="sow-error")
                 with gr.Accordion("Settings", open=True):
                     with gr.Row():
-                        model_box = gr.Dropdown([model] if model == "tiny" else [model, "tiny"], value=model,
-                                                label="Model", allow_custom_value=True, min_width=100, elem_id="sow-model")
+                        model_box = gr.Dropdown(list(limits.models), value=model if model in limits.models else limits.models[0],
+                                                label="Model", allow_custom_value=False, min_width=100, elem_id="sow-model")
                         planner_box = gr.Dropdown(registry.names("planner"), value=planner, label="Planner",
                                                   min_width=100, elem_id="sow-planner")
                     with gr.Row():
@@ -205,8 +205,8 @@ def build_app(
                                                maximum=4096, step=8, min_width=100, elem_id="sow-height")
                     with gr.Row():
                         seed_box = gr.Number(0, label="Seed", precision=0, minimum=0, min_width=100, elem_id="sow-seed")
-                        count_box = gr.Number(1, label=f"Images (1-{MAX_IMAGES})", precision=0, minimum=1,
-                                              maximum=MAX_IMAGES, min_width=100, elem_id="sow-count")
+                        count_box = gr.Number(1, label=f"Images (1-{limits.max_images})", precision=0, minimum=1,
+                                              maximum=limits.max_images, min_width=100, elem_id="sow-count")
                     attention_box = gr.Checkbox(False, label="Attention picture (DAM)", elem_id="sow-attention")
             with gr.Column(scale=5, min_width=320):
                 gr.Markdown("**Plan**: drag or resize the boxes (box_v: where the face goes; box_r: its body); "
@@ -277,13 +277,14 @@ def _rows(rows: Any) -> list[list[Any]]:
     return [list(r) for r in rows]
 
 
-def raise_input(message: str) -> None:
-    from sow.errors import InputError
+def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
+           max_upload_bytes: int | None = None, **kwargs: Any) -> Any:
+    """Serve ``demo`` (blocks until stopped unless ``prevent_thread_lock=True``).
 
-    raise InputError(message)
+    ``max_upload_bytes`` (default :data:`sow.ui.limits.MAX_UPLOAD_BYTES`): Gradio refuses a larger
+    upload (HTTP 413) before storing it.
+    """
+    from sow.ui.limits import MAX_UPLOAD_BYTES
 
-
-def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: bool = False, **kwargs: Any) -> Any:
-    """Serve ``demo`` (blocks until stopped unless ``prevent_thread_lock=True``)."""
     return demo.launch(server_name=host, server_port=port, share=share, inbrowser=False, show_error=False,
-                       quiet=True, css=CSS, **kwargs)
+                       quiet=True, css=CSS, max_file_size=max_upload_bytes or MAX_UPLOAD_BYTES, **kwargs)
