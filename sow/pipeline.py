@@ -30,7 +30,7 @@ from sow.engine.denoiser import Denoiser, PromptEmbeddings
 from sow.engine.diffusion_math import LevelSchedule
 from sow.errors import InputError, SowError
 from sow.io.images import load_condition
-from sow.engine.models import Components, load_components
+from sow.engine.models import EMBEDDED_DEFAULT_SIDES, Components, load_components
 from sow.engine.performance import PerformanceSettings, ReencodingEmbeddings, decode_latents
 from sow.engine.performance import apply as apply_performance
 from sow.planners.fixed import random_placement
@@ -251,7 +251,8 @@ class SOWPipeline:
         """The run's config: ``config`` (or the preset's defaults) with ``overrides``; stages default to the pipeline's.
 
         Without a config or a ``canvas`` override, the canvas is the model's native square
-        (512 for SD 1.x / 2.1-base, 1024 for SDXL: :attr:`Components.native_resolution`).
+        (512 for SD 1.x / 2.1-base, 1024 for SDXL: :attr:`Components.native_resolution`); the
+        embedded random-weight models take a small one (:data:`sow.engine.models.EMBEDDED_DEFAULT_SIDES`).
         """
         if config is None:
             # precedence: the preset's stages (cow-reference: modulator none) over the pipeline's defaults,
@@ -261,7 +262,7 @@ class SOWPipeline:
             preset_stages = PRESETS.get(preset, {}).get("stages", {})
             overrides["stages"] = {**self.stages.model_dump(), **preset_stages, **chosen, **overrides.get("stages", {})}
             if "canvas" not in overrides:
-                side = self.components.native_resolution
+                side = EMBEDDED_DEFAULT_SIDES.get(self.components.source, self.components.native_resolution)
                 overrides["canvas"] = {"width": side, "height": side}
             return GenerationConfig.from_preset(preset, **overrides)
         if overrides:
