@@ -162,28 +162,10 @@ def people_options(max_people: int | None, pick: str | None, planner: str | None
     return options
 
 
-def check_order(paths: list[Path], prompt: str | None) -> None:
-    """Prompt first, image last (``sow generate "a chef" face.jpg``): say so, instead of "no such file"."""
-    if prompt is None or not paths or paths[-1].exists():
-        return
-    looks_like_file = Path(prompt).suffix.lower() in IMAGE_SUFFIXES or Path(prompt).is_file()
-    if looks_like_file and not any(p.exists() for p in paths):
-        raise InputError(
-            f"condition {str(paths[-1])!r}: no such file, and the prompt {prompt!r} looks like an image: "
-            f"give the condition image(s) first and the prompt last, e.g. sow generate {prompt} \"{paths[-1]}\""
-        )
-
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-"""File endings that make a prompt look like a photo given in the wrong place."""
-
-
-def load_conditions(paths: list[Path], prompt: str | None = None) -> None:
-    """Refuse a missing, corrupt or hostile condition before anything loads, naming which one
-    (with a hint about the order when the prompt came first and the photo last)."""
+def load_conditions(paths: list[Path]) -> None:
+    """Refuse a missing, corrupt or hostile condition before anything loads, naming which one."""
     from sow.io.images import load_condition
 
-    check_order(paths, prompt)
 
     for i, path in enumerate(paths):
         try:
@@ -282,7 +264,7 @@ def plan_command(
     picture = out.with_suffix(".png")
     prepare_outputs(out.parent, {"plan": out, "picture": picture}, overwrite)
     config = GenerationConfig.from_preset(value(preset), **with_canvas(load_config_file(config_file), width, height))
-    load_conditions(conditions, prompt)
+    load_conditions(conditions)
     options = {**planner_options(planner_option, quantize), **people_options(max_people, pick, planner, len(conditions))}
     from sow.cli.preflight import check_planner
 
@@ -440,7 +422,7 @@ def generate(
             raise InputError("--save-attention draws one condition's attention; this run has several conditions")
         overrides["trace_attention"] = True
     prepare_outputs(out_dir, paths, overwrite)  # writable, unique, free: before the long work
-    load_conditions(conditions, prompt)  # missing, corrupt, hostile: refused before the model loads (naming which)
+    load_conditions(conditions)  # missing, corrupt, hostile: refused before the model loads (naming which)
     if early_plan is None and len(conditions) > 1:  # more people than fit side by side: refused before the model loads
         from sow.planners.layout import check_fits
 
