@@ -3,7 +3,8 @@
 Upload two faces (the preview shows both), plan (two boxes per person, no numbers before), drag the
 second person's box_v with real pointer events (selenium's ActionChains: pointerdown, pointermove,
 pointerup on the box canvas), generate; assert on what the page shows and on the plan JSON it offers
-(the dragged box, snapped to the latent grid); a bad upload shows the one-line error. A screenshot of each step lands in the test's tmp
+(the dragged box, snapped to the latent grid); removing a photo plans again for the people left;
+a bad upload shows the one-line error. A screenshot of each step lands in the test's tmp
 dir (``SOW_UI_SHOTS=folder`` keeps a copy). Without chromium the test skips, except under CI
 (``CI=true``), where .ci/run installs it and a missing browser is a failure.
 """
@@ -174,6 +175,13 @@ def test_two_people_plan_drag_the_second_box_generate_and_a_bad_upload(served, b
     assert size == [CANVAS, CANVAS]
     _wait(driver, lambda d: "UNet evaluations" in d.find_element(By.ID, "sow-summary").text, what="the summary")
     _shot(driver, tmp_path, "4-generated.png")
+    used = driver.find_element(By.ID, "sow-used-plan")
+    driver.execute_script("arguments[0].scrollIntoView()", used)
+    _wait(driver, lambda d: d.execute_script("const i = arguments[0].querySelector('img'); return i && i.complete && i.naturalWidth", used),
+          what="the plan as used")
+    used.screenshot(str(tmp_path / "4b-plan-as-used.png"))  # the plan picture as the page shows it: look at its text
+    if os.environ.get("SOW_UI_SHOTS"):
+        shutil.copy(tmp_path / "4b-plan-as-used.png", Path(os.environ["SOW_UI_SHOTS"]) / "4b-plan-as-used.png")
     links = _wait(driver, lambda d: [a for a in d.find_elements(By.CSS_SELECTOR, "#sow-downloads a") if "plan" in (a.get_attribute("href") or "")],
                   what="the plan download link")
     links[0].click()
@@ -188,13 +196,19 @@ def test_two_people_plan_drag_the_second_box_generate_and_a_bad_upload(served, b
     assert [plan["conditions"][0]["box_v"][k] for k in "xywh"] == planned[(1, "box_v")]
     assert cache.loads == 1
 
+    # Removing a photo plans again for the people left: one person, two boxes
+    driver.find_elements(By.CSS_SELECTOR, "#sow-upload button[aria-label='Remove this file']")[-1].click()
+    _wait(driver, lambda d: set(_boxes(d)) == {(1, "box_v"), (1, "box_r")}, what="the plan for the one photo left")
+    _wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#sow-faces img")) == 1, what="the preview of one face")
+    _shot(driver, tmp_path, "5-one-photo-left.png")
+
     # A bad upload: the one-line error, no traceback
     bad = tmp_path / "not-a-photo.png"
     bad.write_bytes(b"this is text, not a PNG")
     driver.get(url)
     _upload(driver, [bad])
     message = _wait(driver, lambda d: d.find_element(By.ID, "sow-error").text.strip(), what="the error line")
-    _shot(driver, tmp_path, "5-bad-upload.png")
+    _shot(driver, tmp_path, "6-bad-upload.png")
     assert message.startswith("error: ") and "\n" not in message
     assert "not-a-photo.png" in message and "/tmp/gradio" not in message  # the name the user knows, not the cache path
     assert "Traceback" not in driver.find_element(By.TAG_NAME, "body").text
