@@ -25,7 +25,9 @@ receives as ``session``, once per plan) and ``notes(self, session)`` (lines for
    or raises one :class:`~sow.errors.PlannerError` line, so that ``--on-planner-error``
    decides what happens next (:func:`sow.planners.policy.plan_with_policy`).
 
-The helpers a planner may want on its own are exported here too.
+The helpers a planner may want on its own are exported here too. May import the root
+contract (``sow.schemas``, ``sow.stages``, ``sow.errors``) and ``sow.planners``; never
+``sow.planners.mllm`` (which builds on it), the engine, eval, bench, batch or CLI.
 """
 from sow.planners.fixed import body_box, condition_box
 from sow.planners.layout import condition_strip, side_by_side, side_limits
