@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from sow.bench.benchmark import STAGES, count_flops, flop_counter
+from sow.bench.flops import count_flops, flop_counter
+from sow.bench.timing import STAGES
 from sow.cli.commands import main
 
 def run_cli(argv: list[str]) -> int:
@@ -116,9 +117,9 @@ def test_flop_count_of_sd21_unet_matches_the_issue(sd21_config):
     components = SimpleNamespace(unet=unet, vae=vae, text_encoder=text)
     calls = Counter({("unet", ((2, 4, 64, 64), (2, 77, 1024))): 3})
     counted = count_flops(components, calls)
-    per_sample = counted["per_call"][0]["tflop_per_call"] / 2
+    per_sample = counted.per_call[0].tflop_per_call / 2
     assert per_sample == pytest.approx(0.804, rel=0.01)
-    assert counted["tflop"]["unet"] == pytest.approx(3 * 2 * per_sample)
+    assert counted.tflop["unet"] == pytest.approx(3 * 2 * per_sample)
 
 
 def test_flop_counter_counts_cpu_attention():
@@ -213,7 +214,8 @@ def test_progress_reaches_the_total_and_tables_keep_their_numbers(tmp_path):
 
     from rich.console import Console
 
-    from sow.bench.benchmark import render, run_bench
+    from sow.bench.benchmark import run_bench
+    from sow.bench.render import renderables
     from sow.bench.settings import BenchSettings
 
     settings = BenchSettings(smoke=True, device="cpu", no_reference=True)
@@ -224,8 +226,10 @@ def test_progress_reaches_the_total_and_tables_keep_their_numbers(tmp_path):
     buffer = io.StringIO()
     from sow.cli.bench import TABLE_WIDTH
 
-    render(report, Console(file=buffer, width=TABLE_WIDTH))
-    assert "…" not in buffer.getvalue() and f"{report.runs[0]['seconds_per_image']['median']:.3f}" in buffer.getvalue()
+    console = Console(file=buffer, width=TABLE_WIDTH)
+    for item in renderables(report):
+        console.print(item)
+    assert "…" not in buffer.getvalue() and f"{report.runs[0].seconds_per_image.median:.3f}" in buffer.getvalue()
 
 
 def test_count_only_runs_no_model(monkeypatch):
@@ -234,7 +238,7 @@ def test_count_only_runs_no_model(monkeypatch):
     from diffusers.models.autoencoders.vae import Decoder, Encoder
     from transformers import CLIPTextModel
 
-    from sow.bench.benchmark import cost_model
+    from sow.bench.cost_model import cost_model
     from sow.bench.settings import BenchSettings
 
     import torch
@@ -253,7 +257,7 @@ def test_count_only_runs_no_model(monkeypatch):
     report = cost_model(BenchSettings(size=128, cycles=2))
     # 128 px, S=10, N=2: 7 + 5 condition/canvas inversion steps, 2 cycles x 2 levels, 5 final (the test above)
     assert report.unet_evaluations == 7 + 5 + 2 * 2 + 5
-    assert sum(c["calls"] for c in report.per_call if c["module"] == "unet") == report.unet_evaluations
+    assert sum(c.calls for c in report.per_call if c.module == "unet") == report.unet_evaluations
 
 
 def test_the_progress_total_knows_the_reference_ladder():
