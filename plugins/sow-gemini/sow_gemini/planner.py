@@ -68,6 +68,11 @@ class GeminiPlanner(StagedPlanner):
     family = "gemini"
     options_class = GeminiOptions
 
+    @property
+    def model(self) -> str:
+        """The Gemini model asked (part of the plan cache's key)."""
+        return self.options.model
+
     def start(self) -> Session:
         from google import genai
         from google.genai import types
