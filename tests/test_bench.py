@@ -208,9 +208,14 @@ def test_smoke_takes_the_smoke_settings_and_explicit_options_win():
     assert BenchSettings(batch=[1, 2], warmup=1, repeats=3, baseline_repeats=2).runs() == (1 + 1 + 3) * 2 + (1 + 2) + (3 + 2) * (1 + 2)
 
 
-def test_progress_reaches_the_total_and_tables_keep_their_numbers(tmp_path):
-    """A smoke run: progress after every pipeline run; redirected stdout keeps whole numbers (no '…')."""
+def test_progress_reaches_the_total_and_tables_keep_their_numbers(tmp_path, capsys):
+    """A smoke run: progress after every pipeline run, nothing printed by the library, a typed report;
+    redirected stdout keeps whole numbers (no '…')."""
     import io
+
+    from pydantic import ValidationError
+
+    from sow.bench.reports import RunTiming
 
     from rich.console import Console
 
@@ -223,6 +228,10 @@ def test_progress_reaches_the_total_and_tables_keep_their_numbers(tmp_path):
     report = run_bench(settings, progress=lambda done, total, label: calls.append((done, total, label)))
     assert [c[0] for c in calls] == list(range(1, settings.runs() + 1))
     assert {c[1] for c in calls} == {settings.runs()} and calls[-1][2] == "DDIM-2"
+    assert capsys.readouterr().out == ""  # the library returns the report; the CLI prints
+    assert report.baselines.reference is None and report.baselines.ddim.steps == 2
+    with pytest.raises(ValidationError, match="bogus"):  # every field declared: a stray one is refused
+        RunTiming(**report.runs[0].model_dump(), bogus=1)
     buffer = io.StringIO()
     from sow.cli.bench import TABLE_WIDTH
 
