@@ -191,13 +191,13 @@ def _bounds(model) -> list[tuple[str, str, object]]:
 
 
 def test_the_documented_step_maximum_runs(tiny_pipe, face_path):
-    from sow.schemas import MAX_STEPS, GenerationConfig
+    from sow.schemas import GenerationConfig
 
-    field = GenerationConfig.model_fields["num_inference_steps"]
-    assert str(MAX_STEPS) in field.description and ("num_inference_steps", "le", MAX_STEPS) in _bounds(GenerationConfig)
-    config = tiny_pipe.make_config(None, "normal", canvas={"width": 64, "height": 64}, cycles=0, num_inference_steps=MAX_STEPS,
+    documented = dict(((n, k), v) for n, k, v in _bounds(GenerationConfig))[("num_inference_steps", "le")]
+    assert f"at most {documented}" in GenerationConfig.model_fields["num_inference_steps"].description
+    config = tiny_pipe.make_config(None, "normal", canvas={"width": 64, "height": 64}, cycles=0, num_inference_steps=documented,
                                    t1=2, t2=3, t3=[1])
-    result = tiny_pipe(str(face_path), "a chef", config=config, seed=0)
+    result = tiny_pipe(str(face_path), "a chef", config=config, seed=0)  # the maximum runs, as one below does
     assert result.images[0].size == (64, 64)
 
 
@@ -246,29 +246,29 @@ def test_a_schedule_the_model_cannot_give_is_an_input_error():
 # -- class 6: the run id comes from the batch and the launch ---------------------------------
 
 
-def test_a_different_batch_into_the_same_folder_under_torchrun_defaults_is_an_earlier_batch(tmp_path, face_path):
-    from sow.batch.runner import Manifest, batch_digest, batch_settings, plan_work, read_batch_file
-    from sow.batch.workers import WorkerIdentity
+TORCHRUN_DEFAULTS = {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "TORCHELASTIC_RUN_ID": "none",
+                     "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+"""What every `torchrun --nproc-per-node 2` launch without --rdzv-id shares."""
 
-    defaults = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "TORCHELASTIC_RUN_ID": "none",
-                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+
+def test_a_different_batch_into_the_same_folder_under_torchrun_defaults_is_an_earlier_batch(tmp_path, face_path, config_file, capsys, monkeypatch):
+    for key, value in {**TORCHRUN_DEFAULTS, "RANK": "0", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(key, value)
     first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     first.write_text(json.dumps({"condition": str(face_path), "prompt": "a chef"}) + "\n")
     second.write_text(json.dumps({"condition": str(face_path), "prompt": "an astronaut"}) + "\n")
     out = tmp_path / "out"
-    settings = batch_settings(None, SMALL)
-    a_items, b_items = read_batch_file(first), read_batch_file(second)
-    a = WorkerIdentity.from_environment(defaults, batch=batch_digest(a_items, settings))
-    b = WorkerIdentity.from_environment(defaults, batch=batch_digest(b_items, settings))
-    assert a.run_id != b.run_id
-    out.mkdir()
-    with Manifest(out, part=a.part_name).open(fresh=False) as manifest:  # batch a's rank 0 ran here
-        manifest.append(event="batch", resume=False, items=1, todo=1)
-    with pytest.raises(InputError, match="records an earlier batch"):
-        plan_work(b_items, out, resume=False, overwrite=False, worker=b, settings=settings)
-    rank1 = WorkerIdentity.from_environment({**defaults, "RANK": "1", "LOCAL_RANK": "1"}, batch=batch_digest(a_items, settings))
-    assert rank1.run_id == a.run_id  # batch a's other rank is its sibling, as before
-    plan_work(a_items, out, resume=False, overwrite=False, worker=rank1, settings=settings)
+    code, err = run(["generate", "--batch", str(first), "--config", str(config_file), "-o", str(out), "-q"], capsys)
+    assert code == 0, err  # rank 0 of launch 1 ran its share of batch a
+    code, err = run(["generate", "--batch", str(second), "--config", str(config_file), "-o", str(out), "-q"], capsys)
+    assert code == 2 and "records an earlier batch; pass --resume to finish it, or --overwrite" in one_line(err)
+    from sow.batch.runner import batch_digest, batch_settings, read_batch_file
+    from sow.batch.workers import WorkerIdentity
+
+    settings = batch_settings(None, {})
+    ids = {WorkerIdentity.from_environment({**TORCHRUN_DEFAULTS, "RANK": r}, batch=batch_digest(read_batch_file(first), settings)).run_id
+           for r in ("0", "1")}
+    assert len(ids) == 1  # the ranks of one launch of one batch still share their run
 
 
 # -- class 7: conflicting options refused ------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -56,16 +57,22 @@ def ui_command(
     from sow.engine.model_checks import check_model_spec
 
     for name in models[1:]:  # the first loads below; the others are checked now (found, fits memory) and loaded on demand
-        check_model_spec(name)
+        check_model_spec(name, device, dtype)
     check_port_free(host, port)  # a port in use or not allowed: said now, not after the model loads
     from sow.ui.app import build_app, launch
     from sow.ui.limits import gradio_upload_roots
     from sow.ui.session import ModelCache
 
-    limits = UiLimits(models=models, max_loaded=max_loaded, max_upload_bytes=limits.max_upload_bytes, upload_roots=gradio_upload_roots())
+    limits = dataclasses.replace(limits, upload_roots=gradio_upload_roots())
     cache = ModelCache(device=device, dtype=dtype, limits=limits)
     cache.get(models[0])  # load before serving: a bad --model fails here, in one line
     exposed = " (every interface: anyone who reaches this port can use the page)" if host in ("0.0.0.0", "::") else ""
     typer.echo(f"sow ui: http://{host}:{port}{exposed} (models {', '.join(models)}; Ctrl-C stops)", err=True)
-    launch(build_app(models[0], cache=cache, config_overrides=overrides, limits=limits), host=host, port=port, share=share,
-           max_upload_bytes=limits.max_upload_bytes)
+    demo = build_app(models[0], cache=cache, config_overrides=overrides, limits=limits)
+    try:
+        launch(demo, host=host, port=port, share=share, max_upload_bytes=limits.max_upload_bytes)
+    except OSError as exc:  # the port was taken meanwhile, or Gradio could not bind: the environment's
+        from sow.errors import EnvironmentProblem
+
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise EnvironmentProblem(f"cannot serve on {host}:{port}: {first}") from None

@@ -120,6 +120,9 @@ def apply_loras(components, specs: list[str]) -> list[LoraRecord]:
     names, scales, records = [], [], []
     for index, (path, scale) in enumerate(parsed):
         name = f"lora{len(components.loras) + index}"
+        from sow.engine.model_checks import check_file_fits
+
+        check_file_fits(path, f"LoRA {path.name}")  # read whole into memory: it must fit there first
         try:
             state = load_file(str(path))
         except Exception as exc:  # safetensors raises its own error types for corrupt headers

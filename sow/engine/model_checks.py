@@ -287,6 +287,14 @@ def check_fits(parameters: int, dtype: Any, device: Any, what: str) -> None:
         )
 
 
+def check_file_fits(path: Path, what: str) -> None:
+    """A file that is read whole into system memory (a LoRA) must be smaller than the memory available."""
+    size = path.stat().st_size
+    free, label = available_memory("cpu")
+    if size > free:
+        raise ModelLoadError(f"{what} is {gib(size)}, but {gib(free)} {label}; it is read whole into memory")
+
+
 def check_model_size(spec: str, device: Any = "cpu", dtype: Any = "fp32", allow_pickle: bool = False) -> dict[str, dict[str, Any]]:
     """Check a local model (folder or ``.safetensors``) before it is built: valid, and small enough for ``device``.
 
