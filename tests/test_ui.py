@@ -161,8 +161,14 @@ def test_typed_numbers_move_the_box_and_bad_ones_are_refused():
     assert typed.conditions[1].box_r.as_list() == [120, 64, 96, 64]  # snapped like a drag
     with pytest.raises(InputError, match="reaches outside"):
         plan_with_rows(TWO, [[1, "box_v", 240, 8, 48, 48]], 8)
-    with pytest.raises(InputError, match="must be numbers"):
-        plan_with_rows(TWO, [[1, "box_v", "left", 8, 48, 48]], 8)
+    for bad in ("left", float("nan"), float("inf")):
+        with pytest.raises(InputError, match="must be numbers"):
+            plan_with_rows(TWO, [[1, "box_v", bad, 8, 48, 48]], 8)
+    from sow.ui.boxes import annotation_boxes, plan_with_annotation
+
+    hostile = [{**b, "xmin": float("inf")} if b["label"] == "person 1 box_v" else b for b in annotation_boxes(TWO)]
+    with pytest.raises(InputError, match="corners are not numbers"):
+        plan_with_annotation(TWO, hostile, 8)
 
 
 def test_preview_and_canvas_fields(face_path, tmp_path):

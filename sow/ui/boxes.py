@@ -95,7 +95,7 @@ def plan_with_annotation(plan: Plan, boxes: list[dict[str, Any]] | None, grid: i
         try:
             x0, x1 = (int(round(float(item[k]) / factor)) for k in ("xmin", "xmax"))
             y0, y1 = (int(round((float(item[k]) - LABEL_MARGIN) / factor)) for k in ("ymin", "ymax"))
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):  # a visitor's value: anything may come
             raise InputError(f"box {item.get('label')!r}: its corners are not numbers") from None
         x0, x1 = sorted((max(0, min(x0, plan.canvas.width)), max(0, min(x1, plan.canvas.width))))
         y0, y1 = sorted((max(0, min(y0, plan.canvas.height)), max(0, min(y1, plan.canvas.height))))
@@ -118,7 +118,7 @@ def plan_with_rows(plan: Plan, rows: list[list[Any]] | None, grid: int = 8) -> P
         index, kind = parse_label(f"person {row[0]} {row[1]}", len(plan.conditions))
         try:
             x, y, w, h = (int(round(float(v))) for v in row[2:6])
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise InputError(f"person {row[0]} {row[1]}: x, y, w, h must be numbers (canvas pixels)") from None
         try:
             box = Box(x=x, y=y, w=w, h=h)
