@@ -9,8 +9,8 @@ without any change of method (a different BLAS summation order moves the last bi
 The tolerance: max |got - stored| <= 1e-5 x max |stored|. This change reproduces them exactly (0);
 float noise across torch builds is of the order of 1e-6 here. The smallest change of method among
 the cases, forcing DAM's gate open instead of setting tau to 0, moves them by 1.1e-3, and the
-planted mistakes below (a swapped prompt, an off-by-one injection level) by far more. A change that means to alter results
-records them again in its own commit, saying why.
+planted mistakes below (a swapped prompt, an off-by-one injection level) by far more. A change
+that means to alter results records them again in its own commit, saying why.
 """
 
 from __future__ import annotations
