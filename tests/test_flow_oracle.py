@@ -16,8 +16,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sow.engine.flow.rectified_flow import euler_step
+from sow.engine.backbone import batch_conditioning
 from sow.engine.flow.schedule import FlowLevels
+from sow.engine.parameterization import split_prediction
+from sow.engine.transitions import deterministic_step
 from tests.flow_models import PROMPT, flow_backbone, pipeline_for
 
 STEPS = 4
@@ -31,19 +33,25 @@ CASES = {
 
 
 def sow_plain_sampling(backbone, noise: torch.Tensor, scale: float) -> torch.Tensor:
-    """sow's zero-cycle path, written from the backbone, the level schedule and the Euler step."""
-    levels = FlowLevels.from_scheduler(backbone.scheduler, STEPS, backbone.schedule_rule, backbone.image_tokens(*noise.shape[-2:]))
-    text = backbone.encode_texts(["", PROMPT])
+    """sow's zero-cycle path through the seams: the backbone's schedule, prompts and model call,
+    the one (x̂0, ε̂) conversion and the (α, σ) deterministic step."""
+    schedule = backbone.noise_schedule(STEPS, tuple(noise.shape[-2:]))
+    prompts = backbone.encode_prompts({"negative": "", "prompt": PROMPT})
+    backbone.embedded_guidance = scale
     x = noise
     with torch.no_grad():
         for level in range(STEPS, 0, -1):
+            here = schedule.level(level)
             if backbone.guidance == "cfg":
-                both = type(text).cat([text.select(0), text.select(1)], noise.shape[0])
-                uncond, cond = backbone.velocity(x, levels.timestep(level), both).chunk(2)
+                both = batch_conditioning(prompts, ["negative", "prompt"], noise.shape[0])
+                out = backbone.predict(x, schedule.timestep(level), both)
+                uncond, cond = out.output.chunk(2)
                 v = uncond + scale * (cond - uncond)
             else:
-                v = backbone.velocity(x, levels.timestep(level), text.select(1), scale)
-            x = euler_step(x, v, levels.sigmas[level], levels.sigmas[level - 1])
+                out = backbone.predict(x, schedule.timestep(level), batch_conditioning(prompts, ["prompt"], noise.shape[0]))
+                v = out.output
+            x0, eps = split_prediction(v, x, here.alpha, here.sigma, out.parameterization)
+            x = deterministic_step(x0, eps, schedule.level(level - 1))
     return x
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from sow.engine.flow.backbone import AttentionLayout, FlowBackbone, TextRows
+from sow.engine.flow.backbone import FlowBackbone, GuidanceKind, TextRows
 
 
 def pack_2x2(latents: torch.Tensor) -> torch.Tensor:
@@ -39,12 +39,16 @@ class Flux1Backbone(FlowBackbone):
 
     family = "flux1"
     schedule_rule = "flux1"
-    layout = AttentionLayout(image_first=False, patch=2)
-    grid_scale = 8
+    image_position = "last"
+    patch_size = 2
 
     @property
-    def guidance(self) -> str:  # type: ignore[override]
+    def guidance(self) -> GuidanceKind:
         return "embedded" if self.transformer.config.guidance_embeds else "none"
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.transformer.config.in_channels) // 4
 
     @torch.no_grad()
     def encode_texts(self, texts: list[str]) -> TextRows:
@@ -59,15 +63,14 @@ class Flux1Backbone(FlowBackbone):
     def pack(self, latents: torch.Tensor) -> torch.Tensor:
         return pack_2x2(latents)
 
-    def velocity(self, latents: torch.Tensor, timestep: torch.Tensor, text: TextRows, guidance: float | None = None) -> torch.Tensor:
-        batch, _, height, width = latents.shape
+    def velocity(self, latents: torch.Tensor, timestep: torch.Tensor, text: TextRows) -> torch.Tensor:
+        _, _, height, width = latents.shape
         rows = text.hidden.shape[0]
-        tokens = pack_2x2(latents)
-        tokens = torch.cat([tokens] * (rows // batch)) if rows > batch else tokens
+        tokens = self._repeat(pack_2x2(latents), rows)
         t = timestep.to(tokens.device).expand(rows).to(latents.dtype)
         embedded = None
         if self.transformer.config.guidance_embeds:
-            embedded = torch.full([1], 3.5 if guidance is None else guidance, device=tokens.device, dtype=torch.float32).expand(rows)
+            embedded = torch.full([1], self.embedded_guidance, device=tokens.device, dtype=torch.float32).expand(rows)
         out = self.transformer(
             hidden_states=tokens.to(self.dtype),
             timestep=t / 1000,
@@ -79,11 +82,3 @@ class Flux1Backbone(FlowBackbone):
             return_dict=False,
         )[0]
         return unpack_2x2(out, height, width)
-
-    def encode_image(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        config = self.vae.config
-        return (self.vae_latents(pixels, generator) - config.shift_factor) * config.scaling_factor
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        config = self.vae.config
-        return self.vae.decode(latents.to(self.vae.dtype) / config.scaling_factor + config.shift_factor, return_dict=False)[0]

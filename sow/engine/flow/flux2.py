@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from sow.engine.flow.backbone import AttentionLayout, FlowBackbone, TextRows
+from sow.engine.flow.backbone import FlowBackbone, GuidanceKind, TextRows
 
 KLEIN_LAYERS = (9, 18, 27)
 """The Qwen3-4B hidden states ``Flux2KleinPipeline`` stacks into the 3 × 2560 = 7680-wide context."""
@@ -40,17 +40,29 @@ class Flux2Backbone(FlowBackbone):
 
     family = "flux2"
     schedule_rule = "flux2"
-    layout = AttentionLayout(image_first=False, patch=1)
-    grid_scale = 16
+    image_position = "last"
+    patch_size = 1
 
-    def __init__(self, components: dict[str, Any], text_length: int, hidden_layers: tuple[int, ...] = KLEIN_LAYERS, distilled: bool = True) -> None:
-        super().__init__(components, text_length)
+    def __init__(
+        self, components: dict[str, Any], text_length: int, hidden_layers: tuple[int, ...] = KLEIN_LAYERS,
+        distilled: bool = True, **settings: Any,
+    ) -> None:
+        super().__init__(components, text_length, **settings)
         self.hidden_layers = tuple(hidden_layers)
         self.distilled = distilled
 
     @property
-    def guidance(self) -> str:  # type: ignore[override]
+    def guidance(self) -> GuidanceKind:
         return "none" if self.distilled else "cfg"
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.transformer.config.in_channels)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """16: the engine's grid is the patchified one (2×2 VAE cells per token), where the batch norm applies."""
+        return 2 * super().vae_scale_factor
 
     @torch.no_grad()
     def encode_texts(self, texts: list[str]) -> TextRows:
@@ -77,11 +89,10 @@ class Flux2Backbone(FlowBackbone):
         b, c, h, w = latents.shape
         return latents.reshape(b, c, h * w).permute(0, 2, 1)
 
-    def velocity(self, latents: torch.Tensor, timestep: torch.Tensor, text: TextRows, guidance: float | None = None) -> torch.Tensor:
-        batch, channels, height, width = latents.shape
+    def velocity(self, latents: torch.Tensor, timestep: torch.Tensor, text: TextRows) -> torch.Tensor:
+        _, channels, height, width = latents.shape
         rows = text.hidden.shape[0]
-        tokens = self.pack(latents)
-        tokens = torch.cat([tokens] * (rows // batch)) if rows > batch else tokens
+        tokens = self._repeat(self.pack(latents), rows)
         t = timestep.to(tokens.device).expand(rows).to(latents.dtype)
         out = self.transformer(
             hidden_states=tokens.to(self.dtype),
@@ -103,9 +114,9 @@ class Flux2Backbone(FlowBackbone):
     def encode_image(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         latents = patchify(self.vae_latents(pixels, generator))
         mean, std = self._bn(latents)
-        return (latents - mean) / std
+        return ((latents - mean) / std).to(self.dtype)
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode_latents(self, latents: torch.Tensor, nan_guard: bool = False) -> torch.Tensor:
         mean, std = self._bn(latents)
         raw = unpatchify(latents * std + mean)
         return self.vae.decode(raw.to(self.vae.dtype), return_dict=False)[0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from sow.engine.flow.backbone import AttentionLayout, FlowBackbone, TextRows
+from sow.engine.flow.backbone import FlowBackbone, TextRows
 
 
 class SD3Backbone(FlowBackbone):
@@ -18,9 +18,16 @@ class SD3Backbone(FlowBackbone):
 
     family = "sd3"
     schedule_rule = "sd3"
-    guidance = "cfg"
-    layout = AttentionLayout(image_first=True, patch=2)
-    grid_scale = 8
+    image_position = "first"
+    patch_size = 2
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.transformer.config.in_channels)
+
+    def is_image_only(self, processor_key: str) -> bool:
+        """SD3.5's dual-attention blocks (MMDiT-X) add an image-only ``attn2`` beside the joint ``attn``."""
+        return processor_key.endswith("attn2.processor")
 
     def _clip(self, index: int, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         suffix = "" if index == 0 else "_2"
@@ -46,18 +53,9 @@ class SD3Backbone(FlowBackbone):
         hidden = torch.cat([clip.to(t5.dtype), t5], dim=-2).to(self.dtype)
         return TextRows(hidden, torch.cat([pooled_first, pooled_second], dim=-1).to(self.dtype))
 
-    def velocity(self, latents: torch.Tensor, timestep: torch.Tensor, text: TextRows, guidance: float | None = None) -> torch.Tensor:
-        branches = text.hidden.shape[0] // latents.shape[0]
-        x = torch.cat([latents] * branches) if branches > 1 else latents
+    def velocity(self, latents: torch.Tensor, timestep: torch.Tensor, text: TextRows) -> torch.Tensor:
+        x = self._repeat(latents, text.hidden.shape[0])
         t = timestep.to(x.device).expand(x.shape[0])
         return self.transformer(
             hidden_states=x.to(self.dtype), timestep=t, encoder_hidden_states=text.hidden, pooled_projections=text.pooled, return_dict=False
         )[0]
-
-    def encode_image(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        config = self.vae.config
-        return (self.vae_latents(pixels, generator) - config.shift_factor) * config.scaling_factor
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        config = self.vae.config
-        return self.vae.decode(latents.to(self.vae.dtype) / config.scaling_factor + config.shift_factor, return_dict=False)[0]
