@@ -30,17 +30,13 @@ from typing import Any, Literal
 
 import torch
 
+from sow.engine import transitions as tr
+from sow.engine.parameterization import is_flow_scheduler, split_prediction
+from sow.engine.transitions import Level
+
+__all__ = ["Level", "NoiseSchedule", "ScheduleKind", "is_flow_scheduler", "vp_alpha_bars"]
+
 ScheduleKind = Literal["vp", "flow"]
-
-
-@dataclass(frozen=True)
-class Level:
-    """One noise level: x = alpha · x0 + sigma · ε."""
-
-    alpha: float
-    """Signal scale α (VP: √ᾱ; flow: 1 − s)."""
-    sigma: float
-    """Noise scale σ (VP: √(1 − ᾱ); flow: s)."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +53,8 @@ class NoiseSchedule:
     def __post_init__(self) -> None:
         if len(self.levels) != len(self.timesteps):
             raise ValueError(f"{len(self.levels)} levels but {len(self.timesteps)} timesteps")
+        # plain numbers for the per-step reads (no tensor indexing, no device sync inside the loop)
+        object.__setattr__(self, "_timestep_values", tuple(self.timesteps.tolist()))
 
     @property
     def steps(self) -> int:
@@ -66,11 +64,35 @@ class NoiseSchedule:
     def level(self, k: int) -> Level:
         return self.levels[k]
 
-    def timestep(self, k: int) -> torch.Tensor:
-        """The model's timestep at level ``k`` (1..S), as a 0-d tensor of the schedule's dtype."""
+    def timestep(self, k: int) -> int | float:
+        """The model's timestep at level ``k`` (1..S): an int for VP, a float for flow."""
         if not 1 <= k <= self.steps:
             raise ValueError(f"level {k} has no timestep (the model is evaluated at levels 1..{self.steps})")
-        return self.timesteps[k]
+        return self._timestep_values[k]
+
+    # -- moves (the engine calls these; the equations are in sow.engine.transitions) ------------
+
+    def move(
+        self,
+        x: torch.Tensor,
+        output: torch.Tensor,
+        parameterization: str,
+        start: int,
+        end: int,
+        eta: float = 0.0,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """From level ``start`` to level ``end`` with the model's ``output`` at ``start``'s scales:
+        the η step down (η = 0: deterministic), or the inversion step up."""
+        frm, to = self.levels[start], self.levels[end]
+        x0, eps = split_prediction(output, x, frm.alpha, frm.sigma, parameterization)
+        if end > start:
+            return tr.inversion_step(x0, eps, to)
+        return tr.eta_step(x0, eps, frm, to, eta, noise)
+
+    def inject(self, x: torch.Tensor, low: int, high: int, noise: torch.Tensor) -> torch.Tensor:
+        """Noise injection from level ``low`` to the noisier ``high``, keeping the marginals."""
+        return tr.inject_noise(x, self.levels[low], self.levels[high], noise)
 
     # -- builders -------------------------------------------------------------------------
 
@@ -102,11 +124,6 @@ class NoiseSchedule:
         timesteps = torch.cat([torch.zeros(1, dtype=torch.float32), model_timesteps])
         levels = tuple(Level(alpha=1.0 - s, sigma=s) for s in ascending.tolist())
         return cls(kind="flow", levels=levels, timesteps=timesteps)
-
-
-def is_flow_scheduler(scheduler: Any) -> bool:
-    """A flow-matching scheduler: it has ``sigmas``-based shifting and no ``alphas_cumprod``."""
-    return not hasattr(scheduler, "alphas_cumprod") and hasattr(scheduler, "sigmas")
 
 
 def vp_alpha_bars(scheduler: Any, num_inference_steps: int) -> tuple[torch.Tensor, torch.Tensor]:

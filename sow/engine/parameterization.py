@@ -47,8 +47,6 @@ def split_prediction(
 def prediction_type_of(scheduler: Any) -> Parameterization:
     """The parameterization a scheduler was configured with: its ``prediction_type``
     (``epsilon`` when absent), ``flow`` for flow-matching schedulers. An unknown value is refused."""
-    from sow.engine.noise_schedule import is_flow_scheduler
-
     if is_flow_scheduler(scheduler):
         return "flow"
     config = getattr(scheduler, "config", {})
@@ -57,3 +55,8 @@ def prediction_type_of(scheduler: Any) -> Parameterization:
     if value not in ("epsilon", "v_prediction", "sample"):
         raise ModelLoadError(f"scheduler prediction_type {value!r} is not supported; sow reads epsilon, v_prediction and sample")
     return value
+
+
+def is_flow_scheduler(scheduler: Any) -> bool:
+    """A flow-matching scheduler (diffusers' ``FlowMatch*``): ``sigmas`` and no ``alphas_cumprod``."""
+    return not hasattr(scheduler, "alphas_cumprod") and hasattr(scheduler, "sigmas")

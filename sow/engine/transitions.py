@@ -15,15 +15,25 @@ move a latent. The same function serves every schedule kind:
   √(ᾱ_h/ᾱ_l)·x + √(1 − ᾱ_h/ᾱ_l)·z (Ho et al. 2020, eq. 4 between two levels); for flow from
   level 0 it is diffusers' ``scale_noise``, s·z + (1 − s)·x0.
 
-The functions take the levels as :class:`~sow.engine.noise_schedule.Level` (α, σ); nothing here
+The functions take the levels as :class:`Level` (α, σ); nothing here
 knows which kind of model made the prediction.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from sow.engine.noise_schedule import Level
+
+@dataclass(frozen=True)
+class Level:
+    """One noise level: x = alpha · x0 + sigma · ε (levels of a run: :class:`sow.engine.noise_schedule.NoiseSchedule`)."""
+
+    alpha: float
+    """Signal scale α (VP: √ᾱ; flow: 1 − s)."""
+    sigma: float
+    """Noise scale σ (VP: √(1 − ᾱ); flow: s)."""
 
 
 def deterministic_step(x0: torch.Tensor, eps: torch.Tensor, to: Level) -> torch.Tensor:
