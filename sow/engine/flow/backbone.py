@@ -131,10 +131,10 @@ class FlowBackbone:
 
     # -- the model call -----------------------------------------------------------------
 
-    def velocity(self, latents: torch.Tensor, timestep: torch.Tensor, text: TextRows) -> torch.Tensor:
+    def velocity(self, latents: torch.Tensor, timestep: torch.Tensor | float, text: TextRows) -> torch.Tensor:
         raise NotImplementedError
 
-    def predict(self, latents: torch.Tensor, timestep: torch.Tensor, conditioning: Mapping[str, torch.Tensor]) -> ModelOutput:
+    def predict(self, latents: torch.Tensor, timestep: torch.Tensor | float, conditioning: Mapping[str, torch.Tensor]) -> ModelOutput:
         """The velocity v = ε − x0 on the latent grid, for each row of ``latents`` and ``conditioning``."""
         return ModelOutput(output=self.velocity(latents, timestep, TextRows.of(conditioning)), parameterization="flow")
 

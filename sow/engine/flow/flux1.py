@@ -63,11 +63,11 @@ class Flux1Backbone(FlowBackbone):
     def pack(self, latents: torch.Tensor) -> torch.Tensor:
         return pack_2x2(latents)
 
-    def velocity(self, latents: torch.Tensor, timestep: torch.Tensor, text: TextRows) -> torch.Tensor:
+    def velocity(self, latents: torch.Tensor, timestep: torch.Tensor | float, text: TextRows) -> torch.Tensor:
         _, _, height, width = latents.shape
         rows = text.hidden.shape[0]
         tokens = self._repeat(pack_2x2(latents), rows)
-        t = timestep.to(tokens.device).expand(rows).to(latents.dtype)
+        t = torch.as_tensor(timestep, dtype=torch.float32, device=tokens.device).expand(rows).to(latents.dtype)
         embedded = None
         if self.transformer.config.guidance_embeds:
             embedded = torch.full([1], self.embedded_guidance, device=tokens.device, dtype=torch.float32).expand(rows)

@@ -89,11 +89,11 @@ class Flux2Backbone(FlowBackbone):
         b, c, h, w = latents.shape
         return latents.reshape(b, c, h * w).permute(0, 2, 1)
 
-    def velocity(self, latents: torch.Tensor, timestep: torch.Tensor, text: TextRows) -> torch.Tensor:
+    def velocity(self, latents: torch.Tensor, timestep: torch.Tensor | float, text: TextRows) -> torch.Tensor:
         _, channels, height, width = latents.shape
         rows = text.hidden.shape[0]
         tokens = self._repeat(self.pack(latents), rows)
-        t = timestep.to(tokens.device).expand(rows).to(latents.dtype)
+        t = torch.as_tensor(timestep, dtype=torch.float32, device=tokens.device).expand(rows).to(latents.dtype)
         out = self.transformer(
             hidden_states=tokens.to(self.dtype),
             timestep=t / 1000,

@@ -53,9 +53,9 @@ class SD3Backbone(FlowBackbone):
         hidden = torch.cat([clip.to(t5.dtype), t5], dim=-2).to(self.dtype)
         return TextRows(hidden, torch.cat([pooled_first, pooled_second], dim=-1).to(self.dtype))
 
-    def velocity(self, latents: torch.Tensor, timestep: torch.Tensor, text: TextRows) -> torch.Tensor:
+    def velocity(self, latents: torch.Tensor, timestep: torch.Tensor | float, text: TextRows) -> torch.Tensor:
         x = self._repeat(latents, text.hidden.shape[0])
-        t = timestep.to(x.device).expand(x.shape[0])
+        t = torch.as_tensor(timestep, dtype=torch.float32, device=x.device).expand(x.shape[0])
         return self.transformer(
             hidden_states=x.to(self.dtype), timestep=t, encoder_hidden_states=text.hidden, pooled_projections=text.pooled, return_dict=False
         )[0]
