@@ -43,8 +43,9 @@ def picture(height: int, width: int, seed: int) -> torch.Tensor:
     return torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
-def flow_run(backbone, boxes: list[list[int]], config: GenerationConfig | None = None, seed: int = 0) -> FlowRun:
-    """COW (Algorithm 1) on ``backbone`` with one condition per box of ``boxes`` ([x, y, w, h] on the canvas)."""
+def flow_run(backbone, boxes: list[list[int]], config: GenerationConfig | None = None, seed: int = 0, dam: bool = False) -> FlowRun:
+    """COW (Algorithm 1) on ``backbone`` with one condition per box of ``boxes`` ([x, y, w, h] on the canvas);
+    ``dam``: with DAM's processors on every joint attention layer (:mod:`sow.engine.flow.joint_attention`)."""
     config = config or flow_config(backbone)
     canvas = config.canvas
     scale = backbone.vae_scale_factor
@@ -75,11 +76,34 @@ def flow_run(backbone, boxes: list[list[int]], config: GenerationConfig | None =
         return predict(latents, level, step)
 
     denoiser.predict = recording
+    if dam:
+        from sow.attention.dam import DAMState
+        from sow.engine.flow.joint_attention import attach_joint_dam
+
+        attach_joint_dam(backbone, DAMState(ctx))
+        predict_step = denoiser.on_step
+
+        def follow(step):  # the processors read the step in progress, as the pipeline sets it
+            ctx.step = step
+            if predict_step is not None:
+                predict_step(step)
+
+        denoiser.on_step = follow
+    try:
+        run.latents = _run(ctx, denoiser, backbone, boxes, canvas, config, seed)
+    finally:
+        if dam:
+            from sow.engine.flow.joint_attention import detach_joint_dam
+
+            detach_joint_dam(backbone.network)
+    denoiser.finish()
+    return run
+
+
+def _run(ctx, denoiser, backbone, boxes, canvas, config, seed) -> torch.Tensor:
     with torch.no_grad():
         conditions = [backbone.encode_image(picture(b[3], b[2], seed=10 + k)) for k, b in enumerate(boxes)]
         canvas_latent = backbone.encode_image(picture(canvas.height, canvas.width, seed=99))
         ctx.condition_trajectories = [ctx.inverter.invert(denoiser, c, 0, config.t2, "invert_condition") for c in conditions]
         ctx.canvas_latents = ctx.inverter.invert(denoiser, canvas_latent, 0, config.canvas_start_level(), "invert_canvas")[-1]
-        run.latents = CyclicOneWayScheduler().run(ctx)
-    denoiser.finish()
-    return run
+        return CyclicOneWayScheduler().run(ctx)

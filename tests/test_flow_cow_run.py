@@ -71,3 +71,19 @@ def test_background_guidance_runs_four_branches_where_the_model_has_cfg():
     cycle_calls = [c for c, p in zip(calls, phases) if p == "cycle"]
     assert cycle_calls == [4] * (cfg.cycles * (cfg.t2 - cfg.t1))
     assert {c for c, p in zip(calls, phases) if p == "final"} == {2}
+
+
+@pytest.mark.parametrize("name", ["tiny-sd3", "tiny-flux", "tiny-flux2"])
+def test_dam_acts_in_the_cycles_and_keeps_the_regions(name):
+    """With DAM's joint processors installed (gate off: always on), the run differs from one without,
+    every region is still reset exactly, and the processors are gone afterwards."""
+    backbone = flow_backbone(name)
+    before = {k: type(p) for k, p in backbone.network.attn_processors.items()}
+    config = flow_config(backbone, modulation={"use_gate": False, "w_plus": 1.0, "w_minus": 1.0})
+    plain = flow_run(backbone, [[32, 32, 48, 48]], config)
+    modulated = flow_run(backbone, [[32, 32, 48, 48]], config, dam=True)
+    assert check_regions_reset(modulated) == check_regions_reset(plain) > 0
+    assert not torch.allclose(modulated.latents, plain.latents, atol=1e-4)
+    # inversions are not modulated (DAM acts in the cycle phase only): the trajectories agree
+    assert torch.equal(modulated.ctx.condition_trajectories[0][-1], plain.ctx.condition_trajectories[0][-1])
+    assert {k: type(p) for k, p in backbone.network.attn_processors.items()} == before
