@@ -77,3 +77,29 @@ def test_a_config_folder_builds_on_the_meta_device():
         parts = build_from_config_folder(DATA / CONFIGS["flux1"], "flux1")
     params = sum(p.numel() for p in parts["transformer"].parameters())
     assert abs(params - 11_891_178_560) < 1e6
+
+
+def test_the_levels_scale_with_the_paper_fractions():
+    from sow.engine.flow.readings import scaled_levels
+
+    assert scaled_levels(10) == {"num_inference_steps": 10, "t1": 5, "t2": 7, "t3": [4, 3]}  # the paper's
+    assert scaled_levels(4) == {"num_inference_steps": 4, "t1": 2, "t2": 3, "t3": [1]}  # schnell / klein
+    assert scaled_levels(28) == {"num_inference_steps": 28, "t1": 14, "t2": 20, "t3": [11, 8]}
+    for steps in range(3, 60):
+        levels = scaled_levels(steps)
+        assert 1 <= levels["t1"] < levels["t2"] <= steps
+        assert all(1 <= t < levels["t1"] for t in levels["t3"]) and (levels["t3"] or levels["t1"] == 1)
+
+
+@pytest.mark.parametrize(("spec", "kind", "cfg", "background"), [
+    ("tiny-sd3", "sd3", 7.0, True), ("tiny-flux", "flux1-schnell", 1.0, False),
+    ("tiny-flux-dev", "flux1-dev", 1.0, False), ("tiny-flux2", "flux2-klein", 1.0, False)])
+def test_each_model_kind_has_its_guidance_defaults(registry, spec, kind, cfg, background):
+    from sow.engine.flow.readings import config_overrides, model_kind
+    from sow.schemas import GenerationConfig
+
+    backbone = registry.family_for(request(spec)).family.load(request(spec))
+    assert model_kind(backbone) == kind
+    overrides = config_overrides(backbone)
+    assert overrides["guidance_scale"] == cfg and overrides["background_guidance"] is background
+    GenerationConfig.from_preset("normal", **overrides)  # a valid config
