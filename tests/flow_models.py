@@ -37,3 +37,33 @@ def pipeline_for(name: str, backbone):
         pipe = diffusers.FluxPipeline(**backbone.components)
     pipe.set_progress_bar_config(disable=True)
     return pipe, call
+
+
+TINY_INDEX = {
+    "tiny-sd3": {"_class_name": "StableDiffusion3Pipeline", "transformer": ["diffusers", "SD3Transformer2DModel"],
+                 "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModelWithProjection"],
+                 "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"], "text_encoder_3": ["transformers", "T5EncoderModel"],
+                 "tokenizer": ["transformers", "CLIPTokenizer"], "tokenizer_2": ["transformers", "CLIPTokenizer"],
+                 "tokenizer_3": ["transformers", "T5TokenizerFast"], "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"]},
+    "tiny-flux": {"_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"],
+                  "text_encoder": ["transformers", "CLIPTextModel"], "text_encoder_2": ["transformers", "T5EncoderModel"],
+                  "tokenizer": ["transformers", "CLIPTokenizer"], "tokenizer_2": ["transformers", "T5TokenizerFast"],
+                  "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"]},
+}
+
+
+def write_config_folder(name: str, folder):
+    """A folder of the tiny model's component configs (no weights), as ``../shared/data/*-config`` are laid out."""
+    import json
+
+    from sow.engine.flow.tiny import tiny_flow_configs
+
+    configs = tiny_flow_configs(name)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model_index.json").write_text(json.dumps(TINY_INDEX[name]))
+    for key, config in configs.items():
+        (folder / key).mkdir(exist_ok=True)
+        if key.startswith("text_encoder") and "d_model" in config:
+            config = {**config, "vocab_size": 6003}
+        (folder / key / ("scheduler_config.json" if key == "scheduler" else "config.json")).write_text(json.dumps(config))
+    return folder

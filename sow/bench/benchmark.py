@@ -422,6 +422,10 @@ def cost_model(args: BenchSettings) -> CostReport:
     no model computes. The text and pooled widths are swapped for the target's. DAM's extra
     rows are not in it.
     """
+    from sow.bench.flow_cost import flow_cost_model, is_flow_folder
+
+    if is_flow_folder(args.model):  # a flow transformer (SD3, FLUX.1, FLUX.2): calls from its settings
+        return flow_cost_model(args.model, args.size, args.batch[0], _flow_overrides(args))
     from sow.engine.models import load_components
     from sow.pipeline import SOWPipeline
 
@@ -456,6 +460,12 @@ def cost_model(args: BenchSettings) -> CostReport:
         **counted,
         "note": "standard models only (UNet, VAE, text encoder); DAM's extra work is counted by a timed run (flops.modulation_extra_tflop) and timed (report['dam'])",
     })
+
+
+def _flow_overrides(args: BenchSettings) -> dict[str, Any]:
+    """The config fields the user set on the command line that the flow defaults would otherwise choose."""
+    overrides = {k: v for k, v in _config_overrides(args, "none").items() if k in ("cycles",)}
+    return overrides
 
 
 def render_cost_model(model: CostReport | dict[str, Any], console=None) -> None:
