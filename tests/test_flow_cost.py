@@ -8,6 +8,7 @@ from sow.bench.flow_cost import flow_cost_model
 from tests.flow_models import write_config_folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "calls", "branches"), [
     ("tiny-sd3", {"invert_condition": 7, "invert_canvas": 5, "cycle": 20, "final": 5},
      {"invert_condition": 1, "invert_canvas": 1, "cycle": 4, "final": 2}),

@@ -60,6 +60,8 @@ class FlowBackbone:
     """Latent cells per image token side on the engine's grid (SD3 / FLUX.1: 2; FLUX.2: 1)."""
     parameterization: ClassVar[str] = "flow"
     shared_conditioning: ClassVar[frozenset[str]] = frozenset()
+    native_resolution: ClassVar[int] = 1024
+    """The usual canvas side in pixels (all three families train at 1024²)."""
 
     def __init__(self, components: dict[str, Any], text_length: int, shift: float | str | None = None,
                  embedded_guidance: float = 3.5) -> None:
@@ -74,6 +76,23 @@ class FlowBackbone:
         """The guidance *input* of guidance-distilled models (FLUX.1 dev); unused by the others."""
 
     # -- what the engine reads ----------------------------------------------------------
+
+    def config_defaults(self) -> dict[str, Any]:
+        """The run settings this model kind starts from (S, t1, t2, t3, guidance): :mod:`sow.engine.flow.readings`."""
+        from sow.engine.flow.readings import config_overrides
+
+        return config_overrides(self)
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> FlowBackbone:
+        """Every module to ``device`` / ``dtype`` (diffusers' cast where it keeps modules in fp32)."""
+        for module in self.components.values():
+            if not isinstance(module, torch.nn.Module):
+                continue
+            if getattr(module, "_keep_in_fp32_modules", None):
+                module.to(device=device, dtype=dtype)
+            else:
+                torch.nn.Module.to(module, device=device, dtype=dtype)
+        return self
 
     @property
     def guidance(self) -> GuidanceKind:
