@@ -166,8 +166,16 @@ def _has_weights(folder: Path) -> bool:
     return any(folder.glob("transformer/*.safetensors"))
 
 
-def build_from_config_folder(folder: Path, family: str, seed: int = 0) -> dict[str, Any]:
-    """A flow model's architecture from a folder of component configs, with random weights and offline tokenizers."""
+DEPTH_KEYS = ("num_layers", "num_single_layers", "num_hidden_layers", "num_decoder_layers")
+"""Config keys that set a component's depth (transformer blocks, encoder layers)."""
+
+
+def build_from_config_folder(folder: Path, family: str, seed: int = 0, depth: int | None = None) -> dict[str, Any]:
+    """A flow model's architecture from a folder of component configs, with random weights and offline tokenizers.
+
+    ``depth`` cuts every transformer and text encoder to that many blocks / layers (the widths stay the
+    real ones: a whole run at the real widths in a fraction of the memory); SD3.5's dual-attention
+    layers are cut with them."""
     import diffusers
     import transformers
 
@@ -184,6 +192,10 @@ def build_from_config_folder(folder: Path, family: str, seed: int = 0) -> dict[s
             sub = folder / name
             config_file = sub / ("scheduler_config.json" if name == "scheduler" else "config.json")
             config = json.loads(config_file.read_text(encoding="utf-8"))
+            if depth is not None:
+                config.update({k: min(depth, config[k]) for k in DEPTH_KEYS if isinstance(config.get(k), int)})
+                if "dual_attention_layers" in config:
+                    config["dual_attention_layers"] = [i for i in config["dual_attention_layers"] if i < depth]
             cls = getattr(diffusers if library == "diffusers" else transformers, class_name)
             if name == "scheduler":
                 parts[name] = cls.from_config(config)
