@@ -76,5 +76,8 @@ def register_model_families(register):
 
     ``register(family)``: a :class:`sow.engine.backbone.ModelFamilyAdapter` (object or class). For a
     ``--model`` value the families are asked ``claims(request)`` from the last registered to the
-    first (a plugin is asked before the built-ins); the first that claims it loads it.
+    first (a plugin is asked before the built-ins); the first that claims it loads it and returns a
+    :class:`sow.engine.backbone.Backbone`. A family name is unique as a stage name is.
+
+    Built-ins: ``sd1``, ``sd2``, ``sdxl`` (:mod:`sow.engine.unet_family`).
     """

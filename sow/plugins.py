@@ -55,13 +55,22 @@ class StageEntry:
     distribution: str
 
     def create(self, **options: object) -> object:
-        """The stage, made with ``options``; unknown option keys are the user's error (exit 2)."""
+        """The stage, made with ``options``; unknown keys and bad values are the user's error (exit 2).
+
+        A factory with a nested pydantic ``Options`` model gets its options validated by it (the error
+        names the field); any other factory's signature decides which keys exist, and a ``ValueError``
+        it raises while taking them is reported as the user's bad option too.
+        """
         label = f"{self.kind.replace('_', ' ')} {self.name!r} ({self.distribution})"
-        check_options(self.factory, options, label)
+        options = validate_options(self.factory, options, label)
         try:
             return self.factory(**options)
         except TypeError as exc:
             raise PluginError(f"{label} rejected its options: {exc}") from None
+        except ValueError as exc:
+            if options:
+                raise StageOptionError(f"{label}: {str(exc).splitlines()[0] if str(exc) else 'a bad option value'}") from None
+            raise
         except (Exception, KeyboardInterrupt):
             raise
         except BaseException as exc:  # sys.exit() in a plugin: that plugin's failure, not a silent exit 0
@@ -103,6 +112,28 @@ def plugin_exits_fail(function: Callable[..., Any]) -> Callable[..., Any]:
             raise PluginError(f"plugin code in {_raiser(exc)} stopped the run ({describe_exit(exc)})") from None
 
     return wrapper
+
+
+def validate_options(factory: Callable[..., object], options: dict[str, object], label: str) -> dict[str, object]:
+    """``options`` checked against the factory: through its nested pydantic ``Options`` model when it has
+    one (unknown field or bad value: :class:`StageOptionError` naming the field, exit 2), else by its
+    signature (:func:`check_options`). Returns the options to call the factory with."""
+    model = getattr(factory, "Options", None)
+    if model is None or not hasattr(model, "model_validate"):
+        check_options(factory, options, label)
+        return options
+    from pydantic import ValidationError
+
+    try:
+        validated = model.model_validate(options)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error.get("loc", ())) or "options"
+        if error.get("type") == "extra_forbidden":
+            known = ", ".join(model.model_fields) or "none"
+            raise StageOptionError(f"{label} has no option {where!r}; its options: {known}") from None
+        raise StageOptionError(f"{label} option {where}: {error.get('msg', 'invalid value')} (got {error.get('input')!r})") from None
+    return {name: getattr(validated, name) for name in options}
 
 
 def check_options(factory: Callable[..., object], options: dict[str, object], label: str) -> None:
@@ -253,7 +284,7 @@ def _make_family_register(registry: Registry, distribution: str, plugin_name: st
         name = getattr(adapter, "name", None)
         missing = [m for m in ("claims", "load", "detect") if not callable(getattr(adapter, m, None))]
         if not isinstance(name, str) or not name or missing:
-            what = "without a name" if not missing else f"without {', '.join(missing)}()"
+            what = "without a name" if not missing else "without " + " and ".join(f"{m}()" for m in missing)
             registry.fail(plugin_name, distribution, f"registered a model family {what}")
             return
         text = str(getattr(adapter, "description", "") or "").splitlines()

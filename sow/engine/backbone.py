@@ -18,6 +18,10 @@ and knows nothing of text encoders, UNets or transformers; a backbone adapts one
   layers and where the image tokens sit in each layer's sequence, so DAM biases only the
   image-query × image-key logits.
 
+Optional attributes the pipeline reads when present: ``source`` (what was loaded, for the run
+record), ``native_resolution`` (the default canvas side), ``tokenizer`` (prompt-length warnings),
+``device`` and ``to(device, dtype)``.
+
 Families register through the pluggy hook ``register_model_families`` (:mod:`sow.hookspecs`):
 ``register(family)`` with an object satisfying :class:`ModelFamilyAdapter`. The built-in SD 1.x,
 2.x and SDXL families (:mod:`sow.engine.unet_family`) come through the same door.
@@ -135,8 +139,9 @@ class Backbone(Protocol):
         the posterior's mode, or a sample drawn with ``generator``."""
         ...
 
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """The model's latents -> (B, 3, H, W) in [-1, 1] (scale and shift undone)."""
+    def decode_latents(self, latents: torch.Tensor, nan_guard: bool = False) -> torch.Tensor:
+        """The model's latents -> (B, 3, H, W) in [-1, 1] (scale and shift undone). ``nan_guard``: an fp16
+        VAE whose output is not finite decodes again in fp32 (where the family's VAE can)."""
         ...
 
 

@@ -19,7 +19,7 @@ import torch
 
 from sow.engine import diffusion_math as dm
 from sow.engine.backbone import ModelOutput, PromptConditioning, batch_conditioning
-from sow.engine.context import Phase, Step
+from sow.engine.steps import Phase, Step
 from sow.engine.families import AddedConditioning, PromptEncoder
 from sow.engine.noise_schedule import NoiseSchedule
 from sow.engine.numerics import FiniteGuard
@@ -56,7 +56,7 @@ class PromptEmbeddings:
     @classmethod
     def from_conditioning(cls, by_name: dict[str, PromptConditioning]) -> PromptEmbeddings:
         """The embeddings of a :meth:`Backbone.encode_prompts` result (the five prompts by name)."""
-        hidden = [by_name[name]["encoder_hidden_states"] for name in PROMPT_NAMES]
+        hidden = [by_name[name].get("encoder_hidden_states") for name in PROMPT_NAMES]
         return cls(*hidden, conditionings=by_name)
 
     def conditioning(self, name: str) -> PromptConditioning:

@@ -53,8 +53,6 @@ class NoiseSchedule:
     def __post_init__(self) -> None:
         if len(self.levels) != len(self.timesteps):
             raise ValueError(f"{len(self.levels)} levels but {len(self.timesteps)} timesteps")
-        # plain numbers for the per-step reads (no tensor indexing, no device sync inside the loop)
-        object.__setattr__(self, "_timestep_values", tuple(self.timesteps.tolist()))
 
     @property
     def steps(self) -> int:
@@ -64,11 +62,11 @@ class NoiseSchedule:
     def level(self, k: int) -> Level:
         return self.levels[k]
 
-    def timestep(self, k: int) -> int | float:
-        """The model's timestep at level ``k`` (1..S): an int for VP, a float for flow."""
+    def timestep(self, k: int) -> torch.Tensor:
+        """The model's timestep at level ``k`` (1..S), as a 0-d tensor of the schedule's dtype (int64 VP, float32 flow)."""
         if not 1 <= k <= self.steps:
             raise ValueError(f"level {k} has no timestep (the model is evaluated at levels 1..{self.steps})")
-        return self._timestep_values[k]
+        return self.timesteps[k]
 
     # -- moves (the engine calls these; the equations are in sow.engine.transitions) ------------
 

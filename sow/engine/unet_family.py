@@ -20,10 +20,10 @@ from typing import Any, ClassVar
 
 import torch
 
+from sow.engine.diffusion_math import LevelSchedule
 from sow.engine.backbone import AttentionLayer, AttentionLayout, LoadRequest, ModelOutput, PromptConditioning
 from sow.engine.families import FAMILIES, AddedConditioning, FamilyError, detect_family
 from sow.engine.models import Components, load_components
-from sow.engine.noise_schedule import NoiseSchedule
 from sow.engine.parameterization import prediction_type_of
 from sow.engine.performance import decode_latents
 from sow.hookspecs import hookimpl
@@ -38,10 +38,10 @@ class UNetBackbone:
     shared_conditioning: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, components: Components) -> None:
-        if components.family is None:
-            components.detect_family()
         self.components = components
-        self.family = components.family.name
+        self.family = components.family.name if components.family is not None else None
+        """``sd1``, ``sd2`` or ``sdxl``; None for components whose configs do not tell (a toy's widths) and
+        for which no family was named: they run as a one-encoder model, as they always did."""
         self.parameterization = prediction_type_of(components.scheduler)
         self._added = components.added_conditioning()
 
@@ -64,9 +64,10 @@ class UNetBackbone:
         keys = [k for k in self.components.unet.attn_processors if k.endswith(SELF_ATTENTION_SUFFIX)]
         return AttentionLayout(layers=tuple(AttentionLayer(processor=k) for k in keys))
 
-    def noise_schedule(self, num_inference_steps: int, latent_size: tuple[int, int] | None = None) -> NoiseSchedule:
-        """VP levels of the model's DDIM scheduler (the latent size changes nothing)."""
-        return NoiseSchedule.from_ddim_scheduler(self.components.scheduler, num_inference_steps)
+    def noise_schedule(self, num_inference_steps: int, latent_size: tuple[int, int] | None = None) -> LevelSchedule:
+        """VP levels of the model's DDIM scheduler (the latent size changes nothing), moving in ᾱ
+        coordinates (:class:`~sow.engine.diffusion_math.LevelSchedule`, the VP reading of the (α, σ) steps)."""
+        return LevelSchedule.from_scheduler(self.components.scheduler, num_inference_steps)
 
     # -- prompts ------------------------------------------------------------------------
 
