@@ -45,7 +45,7 @@ def picture(height: int, width: int, seed: int) -> torch.Tensor:
 
 def flow_run(backbone, boxes: list[list[int]], config: GenerationConfig | None = None, seed: int = 0, dam: bool = False) -> FlowRun:
     """COW (Algorithm 1) on ``backbone`` with one condition per box of ``boxes`` ([x, y, w, h] on the canvas);
-    ``dam``: with DAM's processors on every joint attention layer (:mod:`sow.engine.flow.joint_attention`)."""
+    ``dam``: with DAM's processors on every joint attention layer (:mod:`sow.attention.joint`)."""
     config = config or flow_config(backbone)
     canvas = config.canvas
     scale = backbone.vae_scale_factor
@@ -78,7 +78,7 @@ def flow_run(backbone, boxes: list[list[int]], config: GenerationConfig | None =
     denoiser.predict = recording
     if dam:
         from sow.attention.dam import DAMState
-        from sow.engine.flow.joint_attention import attach_joint_dam
+        from sow.attention.joint import attach_joint_dam
 
         attach_joint_dam(backbone, DAMState(ctx))
         predict_step = denoiser.on_step
@@ -93,7 +93,7 @@ def flow_run(backbone, boxes: list[list[int]], config: GenerationConfig | None =
         run.latents = _run(ctx, denoiser, backbone, boxes, canvas, config, seed)
     finally:
         if dam:
-            from sow.engine.flow.joint_attention import detach_joint_dam
+            from sow.attention.joint import detach_joint_dam
 
             detach_joint_dam(backbone.network)
     denoiser.finish()

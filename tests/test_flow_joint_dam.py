@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from sow.attention import equations as eq
 from sow.attention.dam import DAMState
 from sow.engine.context import LatentRegion, Step
-from sow.engine.flow.joint_attention import joint_modulated_attention, joint_processor
+from sow.attention.joint import joint_modulated_attention, joint_processor
 from sow.schemas import Box, GenerationConfig, Plan
 from tests.flow_models import flow_backbone
 

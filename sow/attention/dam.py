@@ -532,6 +532,14 @@ class DynamicAttentionModulator:
             return
         if len(getattr(ctx, "regions", ()) or ()) > 1 and ctx.config.modulation.gate_scope == "step":
             raise InputError("modulation.gate_scope 'step' takes one condition; this plan has several (use 'layer')")
+        backbone = getattr(getattr(ctx, "denoiser", None), "backbone", None)
+        if _joint_layers(backbone):  # a flow transformer: DAM on the image block of its joint attention
+            from sow.attention.joint import attach_joint_dam
+
+            if ctx.config.modulation.gate_scope == "step":
+                raise InputError("modulation.gate_scope 'step' is for UNet self-attention; use 'layer' on this model")
+            attach_joint_dam(backbone, DAMState(ctx, self.chunk_elements, None, self.sync_free))
+            return
         previous = dict(unet.attn_processors)
         capture = None
         if ctx.config.trace_attention:
@@ -550,11 +558,20 @@ class DynamicAttentionModulator:
 
     def detach(self, unet: torch.nn.Module) -> None:
         """Put back what each :class:`DAMProcessor` replaced (the run's state goes with them)."""
+        from sow.attention.joint import detach_joint_dam
+
+        detach_joint_dam(unet)
         installed = dict(unet.attn_processors)
         if any(isinstance(proc, DAMProcessor) for proc in installed.values()):
             unet.set_attn_processor(
                 {name: proc.previous if isinstance(proc, DAMProcessor) else proc for name, proc in installed.items()}
             )
+
+
+def _joint_layers(backbone) -> bool:
+    """Whether a backbone's attention layout has joint (image + text) layers: SD 3, FLUX."""
+    layout = getattr(backbone, "attention", None)
+    return any(layer.image_position in ("first", "last") for layer in getattr(layout, "layers", ()))
 
 
 @hookimpl

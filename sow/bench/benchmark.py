@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from sow.bench.flop_counting import flop_counter  # noqa: F401 (re-exported: sow.bench.benchmark.flop_counter)
 from sow.version import __version__
 from sow.errors import InputError
 from sow.engine.performance import PerformanceSettings
@@ -124,16 +125,6 @@ class CallShapes:
         for handle in self._handles:
             handle.remove()
 
-
-def flop_counter():
-    """``FlopCounterMode`` that also counts CPU SDPA (PyTorch counts only the CUDA attention kernels)."""
-    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
-
-    def cpu_sdpa(query, key, value, *args, out_shape=None, **kwargs):
-        return sdpa_flop_count(query, key, value)
-
-    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa}
-    return FlopCounterMode(display=False, custom_mapping=mapping)
 
 
 def count_flops(components, calls: Counter) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from sow.bench.benchmark import flop_counter
+from sow.bench.flop_counting import flop_counter
 from sow.bench.settings import CostReport
 from sow.engine.flow.backbone import TextRows
 from sow.engine.flow.family import FLOW_FAMILIES, build_from_config_folder

@@ -5,7 +5,7 @@ velocity v = ε − x0. This package holds what differs from the UNet families: 
 (`sd3`, `flux1`, `flux2` on the common `backbone`: prompt encoding, the model call, latent
 packing, the VAE's normalisation), the level schedule of a flow scheduler (`schedule`), the
 families' registration and loading (`family`), the embedded tiny models (`tiny`) and their
-offline tokenizers (`tokenizers`), and DAM on joint attention (`joint_attention`).
+offline tokenizers (`tokenizers`).
 May import the rest of `sow.engine`, `sow.attention`'s pure functions, `sow.errors`,
 `sow.hookspecs` and `sow.io`; never the planners, eval, bench, batch or CLI.
 """

@@ -77,11 +77,12 @@ class FlowBackbone:
 
     # -- what the engine reads ----------------------------------------------------------
 
-    def config_defaults(self) -> dict[str, Any]:
-        """The run settings this model kind starts from (S, t1, t2, t3, guidance): :mod:`sow.engine.flow.readings`."""
+    def config_defaults(self, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The run settings this model kind starts from (S, t1, t2, t3, guidance; :mod:`sow.engine.flow.readings`);
+        with ``given`` settings (the user's), the levels follow a ``num_inference_steps`` they chose."""
         from sow.engine.flow.readings import config_overrides
 
-        return config_overrides(self)
+        return config_overrides(self, given)
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> FlowBackbone:
         """Every module to ``device`` / ``dtype`` (diffusers' cast where it keeps modules in fp32)."""

@@ -32,6 +32,7 @@ without guidance (``inversion_guidance_scale`` 1).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 PAPER_FRACTIONS = {"t1": 0.5, "t2": 0.7, "t3": (0.4, 0.3)}
@@ -66,10 +67,16 @@ def model_kind(backbone) -> str:
     return backbone.family
 
 
-def config_overrides(backbone) -> dict[str, Any]:
-    """The :class:`~sow.schemas.GenerationConfig` fields a run on ``backbone`` starts from (the user's win)."""
+def config_overrides(backbone, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The :class:`~sow.schemas.GenerationConfig` fields a run on ``backbone`` starts from (the user's win).
+
+    A ``num_inference_steps`` in ``given`` (the user's settings) scales the levels from that S."""
     defaults = FAMILY_DEFAULTS[model_kind(backbone)]
-    out = scaled_levels(defaults["steps"])
+    given = given or {}
+    steps = given.get("num_inference_steps") or defaults["steps"]
+    out = scaled_levels(int(steps))
+    if "t1" in given:  # the user's t1: the scaled t3 levels below it
+        out["t3"] = [t for t in out["t3"] if t < int(given["t1"])]
     out["guidance_scale"] = defaults["guidance_scale"]
     out["inversion_guidance_scale"] = 1.0
     out["background_guidance"] = backbone.guidance == "cfg"

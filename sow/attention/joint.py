@@ -32,14 +32,16 @@ import torch
 import torch.nn.functional as F
 
 from sow.attention import equations as eq
-from sow.attention.dam import DAMState
 
 
 def joint_modulated_attention(
-    state: DAMState, layer: str, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, image: slice,
+    state: Any, layer: str, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, image: slice,
     grid: tuple[int, int],
 ) -> torch.Tensor:
-    """Attention (B, H, N, d) over a joint sequence with DAM on its image block (see the module docstring)."""
+    """Attention (B, H, N, d) over a joint sequence with DAM on its image block (see the module docstring).
+
+    ``state`` is the run's :class:`sow.attention.dam.DAMState` (its regions per grid, its trace);
+    not imported here, so that :mod:`sow.attention.dam` can hand flow networks to this module."""
     ctx, s = state.ctx, state.ctx.config.modulation
     regions = state.several_regions(*grid, query.device)
     want_minus = s.use_p_minus and s.w_minus > 0
@@ -108,7 +110,7 @@ def joint_modulated_attention(
 class JointDAMProcessor:
     """The common part: hold the replaced processor and the run's DAM state, find the image block."""
 
-    def __init__(self, layer: str, state: DAMState, previous: Any, image_position: str, patch_size: int) -> None:
+    def __init__(self, layer: str, state: Any, previous: Any, image_position: str, patch_size: int) -> None:
         self.layer = layer
         self.state = state
         self.previous = previous
@@ -235,7 +237,7 @@ class Flux2SingleDAMProcessor(JointDAMProcessor):
         return attn.to_out(torch.cat([out, attn.mlp_act_fn(mlp)], dim=-1))
 
 
-def joint_processor(layer: str, state: DAMState, previous: Any, image_position: str, patch_size: int) -> Any:
+def joint_processor(layer: str, state: Any, previous: Any, image_position: str, patch_size: int) -> Any:
     """The DAM processor for one of a flow transformer's attention layers (by the processor it replaces)."""
     kind = type(previous).__name__
     if kind == "JointAttnProcessor2_0":
@@ -249,7 +251,7 @@ def joint_processor(layer: str, state: DAMState, previous: Any, image_position: 
     raise ValueError(f"{layer}: no DAM processor for {kind}; DAM knows JointAttnProcessor2_0, FluxAttnProcessor, Flux2AttnProcessor, Flux2ParallelSelfAttnProcessor")
 
 
-def attach_joint_dam(backbone, state: DAMState) -> None:
+def attach_joint_dam(backbone, state: Any) -> None:
     """Install a DAM processor on every attention layer of ``backbone``'s transformer (its :attr:`attention`)."""
     network = backbone.network
     previous = dict(network.attn_processors)

@@ -1,0 +1,63 @@
+"""``SOWPipeline`` on the flow families, end to end (issue 25): loading by name, the family's
+defaults, DAM's joint processors in the cycles, several people on a non-square canvas, a batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sow.attention.joint import JointDAMProcessor
+from sow.pipeline import SOWPipeline
+
+
+@pytest.fixture(scope="module")
+def flux_pipe():
+    return SOWPipeline.from_pretrained("tiny-flux", device="cpu", dtype="fp32")
+
+
+def test_a_flow_model_runs_with_its_family_defaults(flux_pipe, face_path):
+    config = flux_pipe.make_config(None, "normal", canvas={"width": 128, "height": 128}, cycles=2)
+    assert (config.num_inference_steps, config.t1, config.t2, config.t3) == (4, 2, 3, [1])
+    assert config.guidance_scale == 1.0 and config.background_guidance is False
+    out = flux_pipe(face_path, "a chef in a kitchen", seed=1, config=config)
+    assert out.record.family == "flux1"
+    assert out.record.unet_evaluations == 3 + 2 + 2 * 1 + 2
+    assert out.image.size == (128, 128)
+    # the user's S scales the levels; their own t1 / t2 win
+    assert flux_pipe.make_config(None, "normal", num_inference_steps=10).t2 == 7
+    assert flux_pipe.make_config(None, "normal", num_inference_steps=10, t1=4, t2=6).t1 == 4
+
+
+def test_dam_modulates_every_joint_layer_in_the_cycles(flux_pipe, face_path):
+    seen = set()
+    original = JointDAMProcessor.attend
+
+    def spy(self, query, key, value):
+        seen.add(self.layer)
+        return original(self, query, key, value)
+
+    JointDAMProcessor.attend = spy
+    try:
+        config = flux_pipe.make_config(None, "normal", canvas={"width": 128, "height": 128}, cycles=1,
+                                       modulation={"use_gate": False}, trace_attention=True)
+        out = flux_pipe(face_path, "a chef", seed=2, config=config)
+    finally:
+        JointDAMProcessor.attend = original
+    assert seen == set(flux_pipe.backbone.network.attn_processors)  # every double- and single-stream block
+    assert {r["layer"] for r in out.record.trace} == seen and all(r["cycle"] == 0 for r in out.record.trace)
+    assert not any(isinstance(p, JointDAMProcessor) for p in flux_pipe.backbone.network.attn_processors.values())
+
+
+def test_two_people_on_a_non_square_flux_canvas_and_a_batch(flux_pipe, faces_dir, face_path):
+    from sow.schemas import Plan
+
+    plan = Plan(canvas={"width": 192, "height": 128}, prompt="two friends at a cafe", conditions=[
+        {"image": 0, "box_v": [16, 16, 48, 48], "box_r": [16, 64, 48, 64]},
+        {"image": 1, "box_v": [112, 32, 64, 48], "box_r": [112, 80, 64, 48]}])
+    config = flux_pipe.make_config(None, "normal", canvas={"width": 192, "height": 128}, cycles=1)
+    out = flux_pipe([face_path, faces_dir / "obama.jpg"], "two friends at a cafe", plan=plan, seed=3, config=config,
+                    num_images=2)
+    assert len(out.images) == 2 and out.images[0].size == (192, 128)
+    assert out.latents.shape == (2, 16, 16, 24)
+    assert len(out.record.conditions) == 2
+    assert not torch.equal(out.latents[0], out.latents[1])  # image 2 drew its own noise
