@@ -61,3 +61,24 @@ def test_two_people_on_a_non_square_flux_canvas_and_a_batch(flux_pipe, faces_dir
     assert out.latents.shape == (2, 16, 16, 24)
     assert len(out.record.conditions) == 2
     assert not torch.equal(out.latents[0], out.latents[1])  # image 2 drew its own noise
+
+
+@pytest.mark.parametrize(("model", "family", "evaluations"), [("tiny-flux2", "flux2", 3 + 2 + 1 + 2), ("tiny-sd3", "sd3", 7 + 5 + 2 + 5)])
+def test_sow_generate_on_a_flow_model(face_path, tmp_path, model, family, evaluations):
+    """``sow generate --model tiny-flux2 / tiny-sd3``: the CLI, the heuristic planner, the record — unchanged."""
+    import json
+
+    from sow.cli.commands import main
+    from sow.schemas import RunRecord
+
+    config = tmp_path / "fast.json"
+    config.write_text(json.dumps({"canvas": {"width": 128, "height": 128}, "cycles": 1}))
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", str(face_path), "a chef", "--model", model, "--config", str(config), "--out", str(out), "-q"])
+    assert exit_info.value.code == 0
+    record = RunRecord.model_validate_json((out / "a-chef-s0.json").read_text())
+    assert record.family == family and record.unet_evaluations == evaluations
+    box = record.conditions[0].aligned_box_v
+    grid = 16 if family == "flux2" else 8
+    assert box.x % grid == 0 and box.y % grid == 0 and box.w % grid == 0
