@@ -18,8 +18,8 @@ from tests.flow_models import write_config_folder
 def test_calls_and_batch_items_per_image(tmp_path, name, calls, branches):
     report = flow_cost_model(str(write_config_folder(name, tmp_path / name)), size=128)
     assert report.unet_calls_per_phase == calls
-    assert report.config["branches"] == branches
-    rows = {row["module"]: row for row in report.per_call}
+    assert report.config.branches == branches
+    rows = {row.module: row.model_dump() for row in report.per_call}
     canvas_call = rows["transformer, invert_canvas"]["tflop_per_call"]
     # the cycles' call costs its branches times the one-branch call; totals are calls x per call
     assert rows["transformer, cycle"]["tflop_per_call"] == pytest.approx(branches["cycle"] * canvas_call)

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from sow.bench.flop_counting import flop_counter
-from sow.bench.settings import CostReport
+from sow.bench.flops import flop_counter
+from sow.bench.reports import CallFlops, CostConfig, CostReport
 from sow.engine.flow.backbone import TextRows
 from sow.engine.flow.family import FLOW_FAMILIES, build_from_config_folder
 from sow.engine.flow.readings import config_overrides, model_kind
@@ -125,11 +125,11 @@ def flow_cost_model(spec: str, size: int = 1024, batch: int = 1, overrides: dict
     return CostReport(
         model=spec,
         batch=batch,
-        config={"canvas": size, "steps": config.num_inference_steps, "cycles": config.cycles, "t1": config.t1, "t2": config.t2,
-                "kind": model_kind(backbone), "branches": phase_branches, "condition": side},
+        config=CostConfig(canvas=size, steps=config.num_inference_steps, cycles=config.cycles, t1=config.t1, t2=config.t2,
+                          kind=model_kind(backbone), branches=phase_branches, condition=side),
         unet_calls_per_phase=phase_calls,
         unet_evaluations=sum(phase_calls.values()),
-        per_call=rows,
+        per_call=[CallFlops(**row) for row in rows],
         tflop=totals,
         total_tflop=sum(totals.values()),
         note=f"per image at batch {batch} (inversions and encoders shared by the batch); transformer FLOPs from one "
