@@ -82,3 +82,18 @@ def test_sow_generate_on_a_flow_model(face_path, tmp_path, model, family, evalua
     box = record.conditions[0].aligned_box_v
     grid = 16 if family == "flux2" else 8
     assert box.x % grid == 0 and box.y % grid == 0 and box.w % grid == 0
+
+
+def test_a_batch_file_on_a_flow_model(flux_pipe, face_path, tmp_path):
+    """``sow batch``'s runner on tiny-flux, a job with the attribute preset among them: unchanged."""
+    import json
+
+    from sow.batch.runner import read_batch_file, run_batch
+
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("\n".join(json.dumps({"condition": str(face_path), "prompt": f"portrait {i}", "seed": i,
+                                          **({"preset": "attribute"} if i == 1 else {})}) for i in range(2)) + "\n")
+    summary = run_batch(flux_pipe, read_batch_file(jobs), tmp_path / "out", overrides={"canvas": {"width": 128, "height": 128}, "cycles": 1})
+    assert (summary.done, summary.failed) == (2, 0), summary.failures
+    records = sorted((tmp_path / "out").glob("*.json"))
+    assert {json.loads(p.read_text())["family"] for p in records if "family" in json.loads(p.read_text())} == {"flux1"}
