@@ -97,3 +97,16 @@ def test_a_batch_file_on_a_flow_model(flux_pipe, face_path, tmp_path):
     assert (summary.done, summary.failed) == (2, 0), summary.failures
     records = sorted((tmp_path / "out").glob("*.json"))
     assert {json.loads(p.read_text())["family"] for p in records if "family" in json.loads(p.read_text())} == {"flux1"}
+
+
+def test_the_web_app_session_on_a_flow_model(flux_pipe, face_path, tmp_path):
+    """The page's config takes the flow family's defaults under its choices; a generation runs as on the UNets."""
+    from sow.ui.session import Choices, generate, make_config
+
+    choices = Choices("tiny-flux", "a chef", "heuristic", "dam", "normal", 1, 1, False)
+    config = make_config(choices, {"canvas": {"width": 128, "height": 128}, "cycles": 1}, flux_pipe)
+    assert (config.num_inference_steps, config.guidance_scale, config.background_guidance) == (4, 1.0, False)
+    seen = []
+    done = generate(flux_pipe, face_path, choices, config, None, progress=seen.append, out_dir=tmp_path)
+    assert [info["evaluations"] for info in seen] == list(range(1, 3 + 2 + 1 + 2 + 1))
+    assert done.images[0].size == (128, 128)
