@@ -110,3 +110,25 @@ def test_the_web_app_session_on_a_flow_model(flux_pipe, face_path, tmp_path):
     done = generate(flux_pipe, face_path, choices, config, None, progress=seen.append, out_dir=tmp_path)
     assert [info["evaluations"] for info in seen] == list(range(1, 3 + 2 + 1 + 2 + 1))
     assert done.images[0].size == (128, 128)
+
+
+def test_sow_eval_on_a_flow_model(faces_dir, tmp_path, capsys):
+    """``sow eval --model tiny-flux``: loaded through the families' door, run at the family's defaults."""
+    pytest.importorskip("dlib", reason="the eval extra (dlib-bin, face_recognition_models) is not installed")
+    from PIL import Image
+
+    from sow.cli.commands import main
+    from sow.eval.runner import read_rows
+    from sow.eval.spec import SpecItem, write_spec
+
+    (tmp_path / "faces").mkdir()
+    Image.open(faces_dir / "obama.jpg").crop((214, 7, 752, 545)).save(tmp_path / "faces" / "obama.jpg")
+    spec = tmp_path / "spec.jsonl"
+    write_spec([SpecItem(id="obama", condition="faces/obama.jpg", prompt="a chef", setting="normal")], spec)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as info:
+        main(["eval", str(spec), "-o", str(out), "--model", "tiny-flux", "--canvas", "128", "--cycles", "1",
+              "--methods", "sow,paste", "-q"])
+    assert info.value.code == 0, capsys.readouterr().err
+    rows = {r["method"]: r for r in read_rows(out / "rows.jsonl")}
+    assert set(rows) == {"sow", "paste"} and not rows["sow"].get("error")

@@ -101,7 +101,7 @@ def build_app(
 
             progress(0, desc="starting")
             done = run_generation(pipe, the_condition(paths), choices, config, plan, progress=step)
-            drawn = picture(done.plan, paths, pipe.components.vae_scale_factor)
+            drawn = picture(done.plan, paths, pipe.backbone.vae_scale_factor)
             return (done.images, done.plan_picture, done.attention_picture, [str(done.plan_file), str(done.record_file)],
                     done.summary, "", done.plan.model_dump(mode="json"), drawn,
                     *box_values(done.plan.box_v), *box_values(done.plan.box_r), done.plan.prompt)
