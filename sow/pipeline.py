@@ -41,7 +41,7 @@ from sow.engine.conditions import (
 from sow.engine.context import RunContext, union_mask
 from sow.engine.denoiser import Denoiser, PromptEmbeddings, run_texts
 from sow.errors import InputError, SowError
-from sow.engine.models import Components, resolve_device, resolve_dtype
+from sow.engine.models import Components, load_components, resolve_device, resolve_dtype
 from sow.engine.performance import PerformanceSettings, ReencodingEmbeddings
 from sow.engine.performance import apply as apply_performance
 from sow.engine.unet_family import UNetBackbone, UNetFamily
@@ -723,8 +723,12 @@ def load_model(
         entry = registry.family_for(request)
         if entry is not None and not isinstance(entry.family, UNetFamily) and any(v for v in (family, vae, loras)):
             request = dataclasses.replace(request, options={"vae": vae, "loras": loras})
-    if entry is None:
-        entry = registry.family("sd1")  # the UNet loader's own messages say what was looked for
+    if entry is None or isinstance(entry.family, UNetFamily):
+        # the built-in UNet families share one loader, which tells the family from the configs
+        # (and whose messages say what was looked for when nothing claims the model)
+        components = load_components(model, device=torch_device, dtype=request.dtype, random_weights=random_weights,
+                                     allow_pickle=allow_pickle, family=family, vae=vae, loras=loras)
+        return UNetBackbone(components)
     return entry.family.load(request)
 
 

@@ -128,7 +128,7 @@ def test_a_third_party_family_samples_as_the_builtin_and_runs_the_method(toy_mod
     assert torch.isfinite(ours.latents).all()
 
 
-def test_sow_generate_model_uses_a_family_from_an_entry_point(toy_module, face_path, tmp_path, monkeypatch):
+def test_sow_generate_model_uses_a_family_from_an_entry_point(toy_module, face_path, tmp_path, monkeypatch, capsys):
     from sow.cli.commands import main
 
     _, site = toy_module
@@ -141,9 +141,14 @@ def test_sow_generate_model_uses_a_family_from_an_entry_point(toy_module, face_p
         with pytest.raises(SystemExit) as exit_info:
             main(["generate", str(face_path), PROMPT, "--model", "tiny-toy", "--box-v", "40,24,48,48", "--box-r", "24,72,80,56",
                   "--config", str(config), "--out", str(tmp_path), "--name", "toy", "-q"])
+        capsys.readouterr()
+        with pytest.raises(SystemExit):
+            main(["plugins"])
+        listed = capsys.readouterr().out
     finally:
         reset_registry()
     assert exit_info.value.code == 0
+    assert "model_family" in listed and "toy" in listed and "sow-toy-family" in listed
     record = json.loads((tmp_path / "toy.json").read_text())
     assert record["family"] == "toy" and record["model"] == "tiny-toy"
     assert (tmp_path / "toy.png").is_file()

@@ -532,14 +532,6 @@ class DynamicAttentionModulator:
             return
         if len(getattr(ctx, "regions", ()) or ()) > 1 and ctx.config.modulation.gate_scope == "step":
             raise InputError("modulation.gate_scope 'step' takes one condition; this plan has several (use 'layer')")
-        backbone = getattr(getattr(ctx, "denoiser", None), "backbone", None)
-        if _joint_layers(backbone):  # a flow transformer: DAM on the image block of its joint attention
-            from sow.attention.joint import attach_joint_dam
-
-            if ctx.config.modulation.gate_scope == "step":
-                raise InputError("modulation.gate_scope 'step' is for UNet self-attention; use 'layer' on this model")
-            attach_joint_dam(backbone, DAMState(ctx, self.chunk_elements, None, self.sync_free))
-            return
         previous = dict(unet.attn_processors)
         capture = None
         if ctx.config.trace_attention:
@@ -549,29 +541,51 @@ class DynamicAttentionModulator:
         parameter = next(unet.parameters(), None)
         if levels and parameter is not None:
             state.prepare(levels, parameter.device)
-        unet.set_attn_processor(
-            {
-                name: DAMProcessor(name, state, proc) if name.endswith(SELF_ATTENTION_SUFFIX) else proc
-                for name, proc in previous.items()
-            }
-        )
+        unet.set_attn_processor({name: proc for name, proc in previous.items()} | modulated_processors(unet, ctx, state, previous))
 
     def detach(self, unet: torch.nn.Module) -> None:
-        """Put back what each :class:`DAMProcessor` replaced (the run's state goes with them)."""
-        from sow.attention.joint import detach_joint_dam
-
-        detach_joint_dam(unet)
+        """Put back what each DAM processor replaced (the run's state goes with them)."""
         installed = dict(unet.attn_processors)
-        if any(isinstance(proc, DAMProcessor) for proc in installed.values()):
-            unet.set_attn_processor(
-                {name: proc.previous if isinstance(proc, DAMProcessor) else proc for name, proc in installed.items()}
-            )
+        if any(_is_dam(proc) for proc in installed.values()):
+            unet.set_attn_processor({name: proc.previous if _is_dam(proc) else proc for name, proc in installed.items()})
 
 
-def _joint_layers(backbone) -> bool:
-    """Whether a backbone's attention layout has joint (image + text) layers: SD 3, FLUX."""
+def _is_dam(processor: Any) -> bool:
+    return isinstance(processor, DAMProcessor) or getattr(processor, "is_dam_processor", False)
+
+
+def modulated_processors(network: torch.nn.Module, ctx: RunContext, state: DAMState, previous: dict[str, Any]) -> dict[str, Any]:
+    """DAM's processor for every layer of the backbone's attention layout (:class:`sow.engine.backbone.AttentionLayout`).
+
+    Image self-attention (``alone``): :class:`DAMProcessor`. Joint attention (image tokens ``first`` or
+    ``last`` among the text tokens): the backbone's own ``dam_processor(layer, state, previous)``, which must
+    bias only the image-query x image-key logits; a backbone with joint layers and no such method is
+    refused in one line rather than left unmodulated. Without a layout (a bare UNet), every ``attn1`` layer.
+    """
+    denoiser = getattr(ctx, "denoiser", None)
+    backbone = getattr(denoiser, "backbone", None)
     layout = getattr(backbone, "attention", None)
-    return any(layer.image_position in ("first", "last") for layer in getattr(layout, "layers", ()))
+    if layout is None:
+        return {name: DAMProcessor(name, state, proc) for name, proc in previous.items() if name.endswith(SELF_ATTENTION_SUFFIX)}
+    out: dict[str, Any] = {}
+    for layer in layout.layers:
+        if layer.processor not in previous:
+            raise InputError(f"attention layout names {layer.processor!r}, which the network does not have")
+        before = previous[layer.processor]
+        if layer.image_position == "alone":
+            out[layer.processor] = DAMProcessor(layer.processor, state, before)
+            continue
+        make = getattr(backbone, "dam_processor", None)
+        if make is None:
+            raise InputError(
+                f"the dam modulator cannot modulate joint attention layer {layer.processor!r} of the "
+                f"{backbone.family} family: its backbone has no dam_processor(); use --modulator none"
+            )
+        processor = make(layer, state, before)
+        processor.is_dam_processor = True
+        processor.previous = before
+        out[layer.processor] = processor
+    return out
 
 
 @hookimpl

@@ -20,7 +20,10 @@ and knows nothing of text encoders, UNets or transformers; a backbone adapts one
 
 Optional attributes the pipeline reads when present: ``source`` (what was loaded, for the run
 record), ``native_resolution`` (the default canvas side), ``tokenizer`` (prompt-length warnings),
-``device`` and ``to(device, dtype)``.
+``device`` and ``to(device, dtype)``; and ``dam_processor(layer, state, previous)`` for backbones
+with joint attention layers: the processor that applies DAM (:class:`sow.attention.dam.DAMState`)
+to that :class:`AttentionLayer`, biasing only image-query x image-key logits (the ``dam`` modulator
+installs it on every joint layer of :attr:`Backbone.attention`, and refuses a joint layout without it).
 
 Families register through the pluggy hook ``register_model_families`` (:mod:`sow.hookspecs`):
 ``register(family)`` with an object satisfying :class:`ModelFamilyAdapter`. The built-in SD 1.x,

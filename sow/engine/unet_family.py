@@ -22,7 +22,7 @@ import torch
 
 from sow.engine.diffusion_math import LevelSchedule
 from sow.engine.backbone import AttentionLayer, AttentionLayout, LoadRequest, ModelOutput, PromptConditioning
-from sow.engine.families import FAMILIES, AddedConditioning, FamilyError, detect_family
+from sow.engine.families import FAMILIES, FamilyError, detect_family
 from sow.engine.models import Components, load_components
 from sow.engine.parameterization import prediction_type_of
 from sow.engine.performance import decode_latents

@@ -123,6 +123,13 @@ class FlowBackbone:
     def is_image_only(self, processor_key: str) -> bool:
         return False
 
+    def dam_processor(self, layer: AttentionLayer, state: Any, previous: Any) -> Any:
+        """DAM's processor for one joint attention layer (:mod:`sow.attention.joint`): it biases only the
+        image-query × image-key logits, at this family's image offset; ``state`` is the run's DAMState."""
+        from sow.attention.joint import joint_processor
+
+        return joint_processor(layer.processor, state, previous, layer.image_position, layer.patch_size)
+
     def image_tokens(self, height: int, width: int) -> int:
         """Transformer image tokens of a (height, width) latent grid."""
         return (height // self.patch_size) * (width // self.patch_size)
