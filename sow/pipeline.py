@@ -340,6 +340,9 @@ class SOWPipeline:
             if "canvas" not in overrides:
                 side = self.components.native_resolution if self.components is not None else getattr(self.backbone, "native_resolution", 512)
                 overrides["canvas"] = {"width": side, "height": side}
+            family_defaults = getattr(self.backbone, "config_defaults", None)  # flow models: S, t1..t3, guidance
+            if family_defaults is not None:
+                overrides = {**family_defaults(overrides), **overrides}
             return GenerationConfig.from_preset(preset, **overrides)
         if overrides:
             merged = config.model_dump()
