@@ -81,7 +81,7 @@ def build_app(
         return limits.uploads(condition_paths(files))
 
     def grid_of(model_name) -> int:
-        return cache.get(limits.model(model_name)).components.vae_scale_factor
+        return cache.get(limits.model(model_name)).backbone.vae_scale_factor
 
     def editor_value(plan, paths, grid):
         return {"image": display_image(seeded_picture(plan, paths, grid), plan), "boxes": annotation_boxes(plan)}
@@ -92,11 +92,11 @@ def build_app(
 
     def make_plan(files, model_name, prompt, planner_name, modulator_name, preset, seed, count, attention, width, height):
         paths, choices = choices_of(files, model_name, prompt, planner_name, modulator_name, preset, seed, count, attention)
-        config = make_config(choices, canvas_overrides(width, height, overrides))
         pipe = cache.get(choices.model)
+        config = make_config(choices, canvas_overrides(width, height, overrides), pipe)
         plan = pipe.plan(the_condition(paths), choices.prompt, config, choices.seed, planner=choices.planner)
         notes = "; ".join([*plan.notes, *(f"repaired: {r}" for r in plan.repairs)])
-        return plan_outputs(plan, paths, pipe.components.vae_scale_factor, notes)
+        return plan_outputs(plan, paths, pipe.backbone.vae_scale_factor, notes)
 
     def on_plan(*inputs):
         try:
@@ -153,16 +153,16 @@ def build_app(
                     plan_json, plan_prompt, progress=gr.Progress()):
         try:
             paths, choices = choices_of(files, model_name, prompt, planner_name, modulator_name, preset, seed, count, attention)
-            config = make_config(choices, canvas_overrides(width, height, overrides))
             plan = edited_plan(plan_json, plan_prompt)
             pipe = cache.get(choices.model)
+            config = make_config(choices, canvas_overrides(width, height, overrides), pipe)
 
             def step(info: dict) -> None:
                 progress(info["evaluations"] / max(1, info["total"]), desc=f"{info['phase']} ({info['evaluations']}/{info['total']} UNet calls)")
 
             progress(0, desc="starting")
             done = run_generation(pipe, the_condition(paths), choices, config, plan, progress=step)
-            grid = pipe.components.vae_scale_factor
+            grid = pipe.backbone.vae_scale_factor
             return (done.images, done.plan_picture, done.attention_picture, [str(done.plan_file), str(done.record_file)],
                     done.summary, "", done.plan.model_dump(mode="json"), editor_value(done.plan, paths, grid),
                     table_rows(done.plan), done.plan.prompt)
