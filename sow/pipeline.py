@@ -476,6 +476,7 @@ class SOWPipeline:
             regions=regions,
             generator=generators[0],
             generators=generators,
+            num_images=num_images,
             denoiser=denoiser,
             inverter=self.stage("inverter", config.stages.inverter),
             preserver=self.stage("preserver", config.stages.preserver),
