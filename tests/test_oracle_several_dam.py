@@ -160,3 +160,48 @@ def test_two_person_dam_in_a_run_equals_the_dense_reference(tiny_pipe, faces_dir
         record = next(traced)
         assert record["r_c_conditions"] == pytest.approx(gates, abs=1e-5), name
     assert moved > 1e-2  # DAM changed the layers' outputs: the comparison is not of plain attention
+
+
+# -- a mask per image in a several-people run ------------------------------------------------
+
+
+def _unet_inputs_at_first_cycle_step(pipe, images, plan, masks):
+    """The seeded canvas and the latents the UNet receives at the first cycle step (a forward pre-hook)."""
+    seen = []
+    handle = pipe.components.unet.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
+    try:
+        out = pipe(images, plan.prompt, plan=plan, mask=masks, seed=1, canvas={"width": W, "height": H}, cycles=1,
+                   output_type="latent")
+    finally:
+        handle.remove()
+    cfg = out.record.config
+    first_cycle = len(plan.conditions) * cfg.t2 + cfg.t1  # after every inversion (conditions, then the canvas)
+    return out.seeded_canvas, seen[first_cycle][0]  # the negative branch's copy of the latents
+
+
+def test_each_image_keeps_its_own_mask_in_a_several_people_run(tiny_pipe):
+    """Two solid photos, the plan naming them in swapped order (condition 1 is image 2): image 1's
+    mask (its left half kept) shapes only the condition made from image 1. The seeded canvas is
+    written out here pixel by pixel; in the latents the UNet receives, the other condition's
+    region is exactly what it is without any mask."""
+    import numpy as np
+    from PIL import Image
+
+    red, blue = Image.new("RGB", (64, 64), (220, 30, 30)), Image.new("RGB", (64, 64), (30, 30, 220))
+    left_half = Image.new("L", (64, 64), 0)
+    left_half.paste(255, (0, 0, 32, 64))
+    boxes = [[8, 8, 48, 48], [72, 8, 48, 48]]
+    plan = Plan(canvas={"width": W, "height": H}, prompt="two friends at a cafe", conditions=[
+        {"image": 1, "box_v": boxes[0], "box_r": [0, 56, 64, 8]},  # blue, unmasked
+        {"image": 0, "box_v": boxes[1], "box_r": [64, 56, 64, 8]},  # red, its left half kept
+    ])
+    seeded, latents = _unet_inputs_at_first_cycle_step(tiny_pipe, [red, blue], plan, [left_half, None])
+    expected = np.full((H, W, 3), 128, dtype=np.int16)
+    expected[8:56, 8:56] = (30, 30, 220)  # condition 1: all of image 2
+    expected[8:56, 72:96] = (220, 30, 30)  # condition 2: image 1's kept left half (24 of 48 px) ...
+    assert np.abs(np.asarray(seeded, dtype=np.int16) - expected).max() <= 1  # ... the rest gray
+    _, unmasked = _unet_inputs_at_first_cycle_step(tiny_pipe, [red, blue], plan, None)
+    blue_cells = (slice(None), slice(1, 7), slice(1, 7))
+    red_cells = (slice(None), slice(1, 7), slice(9, 15))
+    assert torch.equal(latents[blue_cells], unmasked[blue_cells])  # image 2 has no mask: its region is untouched
+    assert (latents[red_cells] - unmasked[red_cells]).abs().max() > 1e-2  # image 1's mask took effect
