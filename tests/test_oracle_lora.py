@@ -47,7 +47,7 @@ def loras(tmp_path_factory) -> list[Path]:
 
 def _merged_by_hand(files: list[Path], scales: tuple[float, ...]):
     """The tiny model with W + scale * B @ A added to every weight a LoRA file names."""
-    components = load_components("tiny")
+    components = build_tiny()  # a fresh model of its own: its weights are changed in place
     params = dict(components.unet.named_parameters())
     touched = set()
     with torch.no_grad():
