@@ -124,3 +124,11 @@ def test_every_unet_input_equals_diffusers_sdxl_conditioning(tiny_sdxl, diffuser
         want_ids = _time_ids(diffusers_sdxl, height, width).expand(shape[0], -1)
         assert torch.equal(time_ids.float(), want_ids), where
     assert calls[0][0][0] == 2 and calls[-1][0][0] == 2 * images  # the condition alone; the canvas per image
+
+
+def test_box_v_side_range_scales_from_the_paper_512_canvas():
+    from sow.engine.families import FAMILIES
+
+    # 180..256 on 512 (DESIGN.md §2), scaled with the short side: 1024 -> 360..512, 768 -> 270..384
+    assert FAMILIES["sdxl"].side_range() == (360, 512)
+    assert FAMILIES["sd2"].side_range(768) == (270, 384) and FAMILIES["sd1"].side_range() == (180, 256)
