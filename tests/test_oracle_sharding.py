@@ -34,7 +34,7 @@ def _items(tmp_path: Path, face: Path, n: int):
 def _worker(rank: int, local_rank: int, world: int, port: str = "29500") -> WorkerIdentity:
     """What torchrun tells one process of a ``world``-process launch (two nodes: local ranks repeat)."""
     env = {"RANK": str(rank), "LOCAL_RANK": str(local_rank), "WORLD_SIZE": str(world),
-           "MASTER_ADDR": "node0", "MASTER_PORT": port, "TORCHELASTIC_RUN_ID": "none"}
+           "MASTER_ADDR": "node0", "MASTER_PORT": port}  # no TORCHELASTIC_RUN_ID (accelerate launch): the run is addr:port
     return WorkerIdentity.from_environment(env)
 
 
