@@ -104,3 +104,13 @@ def test_one_generator_for_two_images_counts_two_images_and_keeps_them_apart(tin
     cycle_calls = len(before)
     assert [g[0] for g in after] == pytest.approx([g[0] for g in before], abs=1e-6)
     assert any(abs(a[1] - b[1]) > 1e-4 for a, b in zip(after[cycle_calls // 2 :], before[cycle_calls // 2 :]))
+
+
+def test_a_list_of_generators_must_hold_one_per_image(tiny_pipe, face_path):
+    from sow.errors import InputError
+
+    pair = [torch.Generator().manual_seed(SEED + i) for i in range(2)]
+    with pytest.raises(InputError, match="got a list of 2 generators for 1 images; pass one per image"):
+        tiny_pipe(face_path, "a chef", generator=pair)
+    with pytest.raises(InputError, match="got a list of 2 generators for 3 images"):
+        tiny_pipe(face_path, "a chef", generator=pair, num_images=3)
