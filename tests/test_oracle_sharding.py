@@ -11,7 +11,6 @@ written (its lock is held).
 
 from __future__ import annotations
 
-import fcntl
 import json
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 from sow.batch.runner import MANIFEST_NAME, Manifest, read_batch_file, run_batch
 from sow.batch.workers import PARTS_DIR, WorkerIdentity, part_files
 from sow.errors import InputError
+from sow.io.locks import held
 
 FAST = {"canvas": {"width": 64, "height": 64}, "cycles": 1}
 
@@ -125,8 +125,8 @@ def test_overwrite_forgets_other_runs_but_never_a_live_sibling_part(tmp_path, fa
     # rank 1 of the same launch is running: its part is open and locked
     sibling = out / PARTS_DIR / rank1.part_name
     sibling.write_text(json.dumps({"event": "batch", "run": rank1.part_name.split(".")[0]}) + "\n")
-    with open(sibling, "a", encoding="utf-8") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with held(sibling) as ours:  # how a running worker holds its part
+        assert ours
         summary, ran = _run(tiny_pipe, items, out, rank0, overwrite=True)
         assert ran == [items[0].id]
         assert sibling.is_file() and sibling.read_text().startswith('{"event": "batch"')  # the live part is untouched
