@@ -57,6 +57,7 @@ TARGETS: dict[str, list[str]] = {
     "sow/planners/layout.py": ["tests/test_oracle_layouts.py", "tests/test_several_people.py", "-k", "not dam and not gates and not reset and not grow"],
     "sow/batch/workers.py": ["tests/test_oracle_sharding.py", "tests/test_scale_out.py", "-k", "not torchrun and not ray"],
     "sow/diffusers_style.py": ["tests/test_oracle_batches.py", "tests/test_diffusers_face.py", "-k", "not offload and not from_pipe"],
+    "sow/engine/conditions.py": ["tests/test_oracle_batches.py", "tests/test_oracle_several_dam.py"],
     "sow/pipeline.py": ["tests/test_oracle_batches.py", "tests/test_diffusers_face.py", "tests/test_several_people.py", "-k", "batch or generator or images"],
 }
 """Module -> the tests that cover it (a small, targeted subset: each mutant runs them)."""
@@ -126,12 +127,14 @@ NAMED: dict[str, list[tuple[str, str, str]]] = {
         ("sharding by the local rank", "return cls(rank=rank, world_size=world, local_rank=local, run_id=run)", "return cls(rank=local, world_size=world, local_rank=local, run_id=run)"),
         ("parts named by the local rank (two nodes share one)", 'rank{self.rank:04d}-of-', 'rank{self.local_rank:04d}-of-'),
     ],
+    "sow/engine/conditions.py": [
+        ("a seed-dependent background shared by the batch", "readings.seed_background, seed + i)", "readings.seed_background, seed)"),
+    ],
     "sow/diffusers_style.py": [
         ("a list of generators seeds from the last", "seed = generators[0].initial_seed()", "seed = generators[-1].initial_seed()"),
     ],
     "sow/pipeline.py": [
-        ("images counted from the generators (issue 23's defect)", "            num_images=num_images,\n            denoiser=denoiser,", "            num_images=len(generators),\n            denoiser=denoiser,"),
-        ("a seed-dependent background shared by the batch", "readings.seed_background, seed + i)", "readings.seed_background, seed)"),
+        ("images counted from the generators (issue 23's defect)", "            num_images=call.num_images,\n            denoiser=denoiser,", "            num_images=len(generators),\n            denoiser=denoiser,"),
         ("sampled VAE latents all from the first generator", "sampler = generators[min(i, len(generators) - 1)]", "sampler = generators[0]"),
     ],
 }
@@ -242,6 +245,7 @@ RELOAD_AFTER: dict[str, list[str]] = {
     "sow/batch/workers.py": ["sow.batch.runner", "sow.cli.batch"],
     "sow/diffusers_style.py": [],  # used as `diffusers_style.<name>`
     "sow/pipeline.py": [],
+    "sow/engine/conditions.py": [],  # its names elsewhere: rebound (see _rebind)
 }
 """Modules that ``from <mutated> import ...``: reloaded after it in the forked child."""
 
