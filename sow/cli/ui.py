@@ -47,7 +47,7 @@ def ui_command(
         import gradio  # noqa: F401
     except ImportError:
         raise InputError(f"the web app needs gradio: {UI_INSTALL}") from None
-    from sow.engine.model_checks import check_model_spec
+    from sow.engine.models import check_model_spec
 
     for name in models[1:]:  # the first loads below; the others are checked now (found, fits memory) and loaded on demand
         check_model_spec(name, device, dtype)

@@ -61,7 +61,8 @@ def build_app(
     registry = get_registry()
 
     def choices_of(files, model_name, prompt, planner_name, modulator_name, preset, seed, count, attention) -> tuple[list, Choices]:
-        return checked_request(limits, registry, files, model_name, prompt, planner_name, modulator_name, preset, seed, count, attention)
+        paths, fields = checked_request(limits, registry, files, model_name, prompt, planner_name, modulator_name, preset, seed, count, attention)
+        return paths, Choices(**fields)
 
     def on_plan(files, model_name, prompt, planner_name, modulator_name, preset, seed, count, attention):
         try:
