@@ -67,10 +67,10 @@ def build_app(
     def on_plan(files, model_name, prompt, planner_name, modulator_name, preset, seed, count, attention):
         try:
             paths, choices = choices_of(files, model_name, prompt, planner_name, modulator_name, preset, seed, count, attention)
-            config = make_config(choices, overrides)
             pipe = cache.get(choices.model)
+            config = make_config(choices, overrides, pipe)
             plan = pipe.plan(the_condition(paths), choices.prompt, config, choices.seed, planner=choices.planner)
-            drawn = picture(plan, paths, pipe.components.vae_scale_factor)
+            drawn = picture(plan, paths, pipe.backbone.vae_scale_factor)
             notes = "; ".join([*plan.notes, *(f"repaired: {r}" for r in plan.repairs)])
             return (plan.model_dump(mode="json"), drawn, *box_values(plan.box_v), *box_values(plan.box_r),
                     plan.prompt, "", notes)
@@ -90,16 +90,16 @@ def build_app(
                     plan_json, *fields, progress=gr.Progress()):
         try:
             paths, choices = choices_of(files, model_name, prompt, planner_name, modulator_name, preset, seed, count, attention)
-            config = make_config(choices, overrides)
-            plan = edited_plan(plan_json, list(fields[0:4]), list(fields[4:8]), fields[8])
             pipe = cache.get(choices.model)
+            config = make_config(choices, overrides, pipe)
+            plan = edited_plan(plan_json, list(fields[0:4]), list(fields[4:8]), fields[8])
 
             def step(info: dict) -> None:
                 progress(info["evaluations"] / max(1, info["total"]), desc=f"{info['phase']} ({info['evaluations']}/{info['total']} UNet calls)")
 
             progress(0, desc="starting")
             done = run_generation(pipe, the_condition(paths), choices, config, plan, progress=step)
-            drawn = picture(done.plan, paths, pipe.components.vae_scale_factor)
+            drawn = picture(done.plan, paths, pipe.backbone.vae_scale_factor)
             return (done.images, done.plan_picture, done.attention_picture, [str(done.plan_file), str(done.record_file)],
                     done.summary, "", done.plan.model_dump(mode="json"), drawn,
                     *box_values(done.plan.box_v), *box_values(done.plan.box_r), done.plan.prompt)

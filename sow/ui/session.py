@@ -122,12 +122,16 @@ def the_condition(paths: list[Path]) -> Path | list[Path]:
     return paths[0] if len(paths) == 1 else paths
 
 
-def make_config(choices: Choices, overrides: dict[str, Any]) -> GenerationConfig:
+def make_config(choices: Choices, overrides: dict[str, Any], pipe: Any = None) -> GenerationConfig:
+    """The run's config from the page's choices over the file's ``overrides``; with ``pipe``, its model
+    family's own defaults (a flow model's S, t1, t2, t3 and guidance: docs/models.md) under both."""
     if not isinstance(choices.seed, int) or not 0 <= choices.seed < 2**63:
         raise InputError(f"seed {choices.seed!r}: must be a whole number in 0 .. 2**63-1")
     stages = {**overrides.get("stages", {}), "planner": choices.planner, "modulator": choices.modulator}
     extra = {"trace_attention": True} if choices.attention else {}
-    return GenerationConfig.from_preset(choices.preset, **{**overrides, **extra, "stages": stages})
+    family_defaults = getattr(getattr(pipe, "backbone", None), "config_defaults", None)
+    base = family_defaults(overrides) if family_defaults is not None else {}
+    return GenerationConfig.from_preset(choices.preset, **{**base, **overrides, **extra, "stages": stages})
 
 
 def load_image(path: Path) -> Image.Image:
@@ -221,7 +225,7 @@ def generate(
     used = result.plan.model_copy(update={"box_v": result.record.aligned_box_v})
     attention = None
     if choices.attention:
-        from sow.attention.dam import ATTENTION_ARTIFACT, attention_picture
+        from sow.attention.capture import ATTENTION_ARTIFACT, attention_picture
 
         capture = result.artifacts.get(ATTENTION_ARTIFACT)
         attention = attention_picture(capture, result.seeded_canvas) if capture is not None else None
