@@ -43,7 +43,9 @@ def test_one_line_is_the_cli_line():
 
 def test_model_cache_loads_each_model_once():
     made = []
-    cache = ModelCache(loader=lambda name: made.append(name) or object())
+    from sow.ui.limits import UiLimits
+
+    cache = ModelCache(loader=lambda name: made.append(name) or object(), limits=UiLimits(models=("tiny", "other"), max_loaded=2))
     first = cache.get("tiny")
     assert cache.get(" tiny ") is first and cache.get("other") is not first
     assert made == ["tiny", "other"] and cache.loads == 2

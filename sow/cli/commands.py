@@ -119,16 +119,33 @@ def split_conditions(arguments: list[str] | None, conditions: list[Path] | None)
         return [], None
     if len(arguments) == 1:
         raise InputError("Missing argument PROMPT: give the condition image(s) first and the prompt last, e.g. sow generate face.jpg \"a chef\"")
+    refuse_path_as_prompt(arguments[-1])
     return [Path(a) for a in arguments[:-1]], arguments[-1]
 
 
-def people_options(max_people: int | None, pick: str | None, planner: str | None) -> dict:
-    """``--max-people`` / ``--pick`` as heuristic-planner options."""
+def refuse_path_as_prompt(prompt: str) -> None:
+    """A last positional that names an image file is a forgotten prompt, not a prompt (exit 2, not a silent run)."""
+    from sow.io.images import looks_like_image_path
+
+    if looks_like_image_path(prompt):
+        raise InputError(
+            f"the last argument {prompt!r} is an image file, not a prompt: give the prompt last, "
+            "e.g. sow generate a.jpg b.jpg \"two friends at a cafe\""
+        )
+
+
+def people_options(max_people: int | None, pick: str | None, planner: str | None, photos: int = 1) -> dict:
+    """``--max-people`` / ``--pick`` as heuristic-planner options; they conflict with each other and with several photos."""
     options: dict = {}
     if max_people is None and pick is None:
         return options
     if (planner or "heuristic") != "heuristic":
         raise InputError("--max-people and --pick choose the faces of one group photo with the heuristic planner (--planner heuristic)")
+    if max_people is not None and pick is not None:
+        raise InputError("--pick chooses the faces by number and --max-people by size: give one of them, not both")
+    if photos > 1:
+        which = "--max-people" if max_people is not None else "--pick"
+        raise InputError(f"{which} chooses faces in one group photo; this run has {photos} photos (one person each): drop {which}")
     if max_people is not None:
         options["max_people"] = max_people
     if pick is not None:
@@ -238,7 +255,7 @@ def plan_command(
         conditions if len(conditions) > 1 else conditions[0],
         prompt,
         planner=planner,
-        options={**planner_options(planner_option, quantize), **people_options(max_people, pick, planner)},
+        options={**planner_options(planner_option, quantize), **people_options(max_people, pick, planner, len(conditions))},
         config=config,
         seed=seed,
         on_error=policy,
@@ -322,6 +339,12 @@ def generate(
     from sow.batch.workers import PipelineSpec
     from sow.io.security import load_policy
 
+    if lora:  # a missing file or a scale of nan/inf: refused before the model loads
+        from sow.engine.lora import parse_lora
+
+        for item in lora:
+            parse_lora(item)
+
     chosen = {"planner": planner, "inverter": inverter, "scheduler": scheduler, "modulator": modulator, "preserver": preserver}
     spec = PipelineSpec(
         model=model,
@@ -363,6 +386,9 @@ def generate(
     if not conditions or prompt is None:
         raise InputError("Missing arguments CONDITION... and PROMPT (or pass --batch FILE); see sow generate --help")
     require_prompt(prompt)
+    people_options(max_people, pick, planner, len(conditions))  # --max-people/--pick against several photos
+    if (plan_file or box_v or box_r) and (max_people is not None or pick is not None):
+        raise InputError("--plan / --box-v place the faces themselves: drop --max-people and --pick (they choose faces for the planner)")
     if plan_file and (box_v or box_r):
         raise InputError("--plan FILE holds the boxes: drop --box-v/--box-r, or drop --plan")
     early = GenerationConfig.from_preset(preset, **overrides)  # bad inputs fail before the model loads
@@ -498,6 +524,9 @@ def main(argv: list[str] | None = None) -> None:
     from sow.io.security import cli_logging
 
     argv = optional_ray_address(sys.argv[1:] if argv is None else argv)
+    from sow.cli import batch as batch_cli
+
+    batch_cli.INVOKED = list(argv)  # the resume hint of an interrupted batch repeats these
     try:
         with cli_logging():
             result = app(args=argv, prog_name="sow", standalone_mode=False)
@@ -513,6 +542,11 @@ def main(argv: list[str] | None = None) -> None:
         # usage errors of the (possibly vendored) click: one line, like every other error
         if callable(getattr(exc, "format_message", None)) and isinstance(getattr(exc, "exit_code", None), int):
             _fail(usage_line(exc), exc.exit_code)
+        from sow.errors import environment_problem
+
+        problem = environment_problem(exc)  # a full disk, no memory, a port taken: the machine's, not a bug
+        if problem is not None:
+            _fail(f"error: {problem}", problem.exit_code)
         if os.environ.get("SOW_DEBUG") == "1":  # the traceback, redacted: it ends up in bug reports
             from sow.io.security import format_traceback
 

@@ -14,6 +14,7 @@ from typing import Any
 from sow.ui.session import BOX_FIELDS, Choices, ModelCache, box_values, condition_paths, edited_plan
 from sow.ui.session import generate as run_generation
 from sow.ui.session import make_config, one_line, picture, the_condition
+from sow.ui.limits import MAX_IMAGES, UiLimits, checked_request  # noqa: F401 - MAX_IMAGES: the page's default
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no calls home
 import gradio as gr  # noqa: E402
@@ -21,9 +22,6 @@ import gradio as gr  # noqa: E402
 CONCURRENCY_LIMIT = 1
 """Model work (plan, generate) runs one job at a time; other users wait in Gradio's queue.
 One pipeline object serves the process and attaches its attention processors per run."""
-
-MAX_IMAGES = 4
-"""The page's largest ``num_images``."""
 
 CSS = "#sow-error, #sow-error * { color: #b91c1c !important; font-weight: 600; }"
 """The page's only style: the error line in red."""
@@ -47,28 +45,31 @@ def build_app(
     config_overrides: dict[str, Any] | None = None,
     planner: str = "heuristic",
     modulator: str = "dam",
+    limits: UiLimits | None = None,
 ) -> gr.Blocks:
-    """The page over ``cache`` (a process-wide :class:`ModelCache`); ``config_overrides`` as ``--config`` gives."""
+    """The page over ``cache`` (a process-wide :class:`ModelCache`); ``config_overrides`` as ``--config`` gives.
+
+    ``limits`` (default: the cache's) name the models offered and the upload caps: every request's
+    fields are checked against them before any work (:mod:`sow.ui.limits`).
+    """
     from sow.plugins import get_registry
     from sow.schemas import PRESETS
 
-    cache = cache or ModelCache()
+    limits = limits or (cache.limits if cache is not None else UiLimits(models=(model,)))
+    cache = cache or ModelCache(limits=limits)
     overrides = dict(config_overrides or {})
     registry = get_registry()
 
-    def choices_of(model_name, prompt, planner_name, modulator_name, preset, seed, count, attention) -> Choices:
-        seed_value = int(seed) if seed is not None and float(seed).is_integer() else seed
-        return Choices(model_name, prompt, planner_name, modulator_name, preset, seed_value, int(count), bool(attention))
+    def choices_of(files, model_name, prompt, planner_name, modulator_name, preset, seed, count, attention) -> tuple[list, Choices]:
+        paths, fields = checked_request(limits, registry, files, model_name, prompt, planner_name, modulator_name, preset, seed, count, attention)
+        return paths, Choices(**fields)
 
     def on_plan(files, model_name, prompt, planner_name, modulator_name, preset, seed, count, attention):
         try:
-            paths = condition_paths(files)
-            choices = choices_of(model_name, prompt, planner_name, modulator_name, preset, seed, count, attention)
-            if not (prompt or "").strip():
-                raise_input("prompt is empty; describe the scene to generate")
+            paths, choices = choices_of(files, model_name, prompt, planner_name, modulator_name, preset, seed, count, attention)
             pipe = cache.get(choices.model)
             config = make_config(choices, overrides, pipe)
-            plan = pipe.plan(the_condition(paths), prompt, config, choices.seed, planner=choices.planner)
+            plan = pipe.plan(the_condition(paths), choices.prompt, config, choices.seed, planner=choices.planner)
             drawn = picture(plan, paths, pipe.backbone.vae_scale_factor)
             notes = "; ".join([*plan.notes, *(f"repaired: {r}" for r in plan.repairs)])
             return (plan.model_dump(mode="json"), drawn, *box_values(plan.box_v), *box_values(plan.box_r),
@@ -81,17 +82,14 @@ def build_app(
             plan = edited_plan(plan_json, list(fields[0:4]), list(fields[4:8]), fields[8])
             if plan is None:
                 return gr.update(), ""
-            return picture(plan, condition_paths(files)), ""
+            return picture(plan, limits.uploads(condition_paths(files))), ""
         except Exception as exc:  # noqa: BLE001
             return gr.update(), _shown(one_line(exc), files)
 
     def on_generate(files, model_name, prompt, planner_name, modulator_name, preset, seed, count, attention,
                     plan_json, *fields, progress=gr.Progress()):
         try:
-            paths = condition_paths(files)
-            choices = choices_of(model_name, prompt, planner_name, modulator_name, preset, seed, count, attention)
-            if not (prompt or "").strip():
-                raise_input("prompt is empty; describe the scene to generate")
+            paths, choices = choices_of(files, model_name, prompt, planner_name, modulator_name, preset, seed, count, attention)
             pipe = cache.get(choices.model)
             config = make_config(choices, overrides, pipe)
             plan = edited_plan(plan_json, list(fields[0:4]), list(fields[4:8]), fields[8])
@@ -126,8 +124,8 @@ def build_app(
                 error = gr.Markdown("", elem_id="sow-error")
                 with gr.Accordion("Settings", open=True):
                     with gr.Row():
-                        model_box = gr.Dropdown([model] if model == "tiny" else [model, "tiny"], value=model,
-                                                label="Model", allow_custom_value=True, min_width=100, elem_id="sow-model")
+                        model_box = gr.Dropdown(list(limits.models), value=model if model in limits.models else limits.models[0],
+                                                label="Model", allow_custom_value=False, min_width=100, elem_id="sow-model")
                         planner_box = gr.Dropdown(registry.names("planner"), value=planner, label="Planner",
                                                   min_width=100, elem_id="sow-planner")
                     with gr.Row():
@@ -136,8 +134,8 @@ def build_app(
                         preset_box = gr.Dropdown(list(PRESETS), value="normal", label="Preset", min_width=100, elem_id="sow-preset")
                     with gr.Row():
                         seed_box = gr.Number(0, label="Seed", precision=0, minimum=0, min_width=100, elem_id="sow-seed")
-                        count_box = gr.Number(1, label=f"Images (1-{MAX_IMAGES})", precision=0, minimum=1,
-                                              maximum=MAX_IMAGES, min_width=100, elem_id="sow-count")
+                        count_box = gr.Number(1, label=f"Images (1-{limits.max_images})", precision=0, minimum=1,
+                                              maximum=limits.max_images, min_width=100, elem_id="sow-count")
                     attention_box = gr.Checkbox(False, label="Attention picture (DAM)", elem_id="sow-attention")
             with gr.Column(scale=5, min_width=320):
                 plan_image = gr.Image(label="Plan: box_v green, box_r orange", type="pil", interactive=False,
@@ -179,13 +177,14 @@ def build_app(
     return demo
 
 
-def raise_input(message: str) -> None:
-    from sow.errors import InputError
+def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
+           max_upload_bytes: int | None = None, **kwargs: Any) -> Any:
+    """Serve ``demo`` (blocks until stopped unless ``prevent_thread_lock=True``).
 
-    raise InputError(message)
+    ``max_upload_bytes`` (default :data:`sow.ui.limits.MAX_UPLOAD_BYTES`): Gradio refuses a larger
+    upload (HTTP 413) before storing it.
+    """
+    from sow.ui.limits import MAX_UPLOAD_BYTES
 
-
-def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: bool = False, **kwargs: Any) -> Any:
-    """Serve ``demo`` (blocks until stopped unless ``prevent_thread_lock=True``)."""
     return demo.launch(server_name=host, server_port=port, share=share, inbrowser=False, show_error=False,
-                       quiet=True, css=CSS, **kwargs)
+                       quiet=True, css=CSS, max_file_size=max_upload_bytes or MAX_UPLOAD_BYTES, **kwargs)

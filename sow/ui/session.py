@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import tempfile
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from PIL import Image
 
 from sow.errors import InputError, SowError
 from sow.schemas import Box, GenerationConfig, Plan
+from sow.ui.limits import UiLimits, condition_paths  # noqa: F401 - condition_paths: part of this module's API
 
 BOX_FIELDS = ("x", "y", "w", "h")
 """The order of a box's number fields in the page."""
@@ -28,8 +30,13 @@ def one_line(exc: BaseException) -> str:
     """The message the CLI prints for ``exc``: ``error: ...`` on one line, secrets redacted."""
     from sow.io.security import redact
 
+    from sow.errors import environment_problem
+
+    problem = environment_problem(exc)
     if isinstance(exc, SowError):
         text = f"error: {exc}"
+    elif problem is not None:  # out of memory, a full disk: the machine's, not a bug
+        text = f"error: {problem}"
     else:
         first = str(exc).splitlines()[0] if str(exc) else ""
         text = f"error: unexpected {type(exc).__name__}: {first} (a bug in sow or a plugin)"
@@ -37,30 +44,63 @@ def one_line(exc: BaseException) -> str:
 
 
 class ModelCache:
-    """One :class:`SOWPipeline` per model name for the life of the process, loaded on first use."""
+    """The pipelines of the models the operator offers, loaded on first use, at most ``limits.max_loaded`` at once.
 
-    def __init__(self, device: str = "auto", dtype: str = "auto", loader: Callable[..., Any] | None = None) -> None:
+    A name the operator did not offer is refused before anything is read from disk (the page's
+    model field is a visitor's text); loading one more than ``max_loaded`` evicts the model used
+    longest ago (its memory is freed once no running job holds it).
+    """
+
+    def __init__(
+        self, device: str = "auto", dtype: str = "auto", loader: Callable[..., Any] | None = None, limits: UiLimits | None = None
+    ) -> None:
         self.device, self.dtype = device, dtype
         self.loader = loader
+        self.limits = limits or UiLimits()
         self.loads = 0
-        """How many models were loaded (the page reuses them: one load per model name)."""
-        self._pipes: dict[str, Any] = {}
+        """How many models were loaded (the page reuses them: one load per model name while it stays loaded)."""
+        self._pipes: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, model: str) -> Any:
-        model = (model or "").strip()
-        if not model:
-            raise InputError("choose a model (e.g. tiny)")
-        with self._lock:
-            if model not in self._pipes:
-                if self.loader is not None:
-                    self._pipes[model] = self.loader(model)
-                else:
-                    from sow.pipeline import SOWPipeline
+    @property
+    def loaded(self) -> list[str]:
+        """The names in memory, the one used longest ago first."""
+        return list(self._pipes)
 
-                    self._pipes[model] = SOWPipeline.from_pretrained(model, device=self.device, dtype=self.dtype)
-                self.loads += 1
-            return self._pipes[model]
+    def get(self, model: str) -> Any:
+        if model is None or (isinstance(model, str) and not model.strip()):
+            raise InputError("choose a model (e.g. tiny)")
+        model = self.limits.model(model)
+        with self._lock:
+            if model in self._pipes:
+                self._pipes.move_to_end(model)
+                return self._pipes[model]
+            while len(self._pipes) >= self.limits.max_loaded:
+                self._pipes.popitem(last=False)
+                _free_memory()
+            if self.loader is not None:
+                pipe = self.loader(model)
+            else:
+                from sow.pipeline import SOWPipeline
+
+                pipe = SOWPipeline.from_pretrained(model, device=self.device, dtype=self.dtype)
+            self._pipes[model] = pipe
+            self.loads += 1
+            return pipe
+
+
+def _free_memory() -> None:
+    """Give an evicted model's memory back (Python's cycles, then CUDA's cache)."""
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover - torch is a core dependency
+        pass
 
 
 @dataclass
@@ -75,18 +115,6 @@ class Choices:
     seed: int
     num_images: int = 1
     attention: bool = False
-
-
-def condition_paths(files: Any) -> list[Path]:
-    """The uploaded files as paths (gradio hands over paths, file objects or dicts, by version)."""
-    if not files:
-        raise InputError("upload a condition photo (a face) first")
-    items = files if isinstance(files, (list, tuple)) else [files]
-    paths = []
-    for item in items:
-        name = item if isinstance(item, (str, Path)) else getattr(item, "name", None) or (item or {}).get("path")
-        paths.append(Path(name))
-    return paths
 
 
 def the_condition(paths: list[Path]) -> Path | list[Path]:
