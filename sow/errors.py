@@ -36,6 +36,12 @@ class ModelLoadError(InputError):
     """Model weights that could not be found or loaded: the user must point --model elsewhere (exit 2)."""
 
 
+class PlannerSetupError(ModelLoadError):
+    """A planner that cannot start as configured (no API key, a local model path that holds no
+    model): a configuration error (exit 2), found before any model loads; with
+    ``--on-planner-error heuristic`` the heuristic plans instead, as for a model that cannot load."""
+
+
 class PlannerError(SowError):
     """A planner that could not produce a plan."""
 

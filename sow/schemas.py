@@ -103,11 +103,19 @@ class Box(_Strict):
         x, y = min(self.x, canvas.width - 1), min(self.y, canvas.height - 1)
         return Box(x=x, y=y, w=max(1, min(self.right, canvas.width) - x), h=max(1, min(self.bottom, canvas.height) - y))
 
-    def aligned(self, grid: int) -> Box:
-        """This box snapped to a grid (the VAE's 8-pixel latent cells): corner floored, size rounded."""
-        x, y = (self.x // grid) * grid, (self.y // grid) * grid
+    def aligned(self, grid: int, canvas: Canvas | None = None) -> Box:
+        """This box snapped to a grid (the VAE's 8-pixel latent cells): the corner to the nearest
+        grid line (halves up), the size rounded to whole cells (halves to even, at least one).
+
+        With ``canvas`` (its sides multiples of ``grid``) a box that fitted is kept on it: a corner
+        rounded past the edge moves back by whole cells.
+        """
+        x, y = (self.x + grid // 2) // grid * grid, (self.y + grid // 2) // grid * grid
         w = max(grid, round(self.w / grid) * grid)
         h = max(grid, round(self.h / grid) * grid)
+        if canvas is not None:
+            w, h = min(w, max(grid, canvas.width // grid * grid)), min(h, max(grid, canvas.height // grid * grid))
+            x, y = max(0, min(x, (canvas.width - w) // grid * grid)), max(0, min(y, (canvas.height - h) // grid * grid))
         return Box(x=x, y=y, w=w, h=h)
 
     def __str__(self) -> str:

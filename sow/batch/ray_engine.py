@@ -20,6 +20,7 @@ import logging
 import os
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,12 +203,26 @@ def run_batch_on_ray(
     return summary
 
 
+def actor_map(dataset, actor: type, **kwargs: Any):
+    """``dataset.map_batches(actor, ...)`` on an actor pool whose actors are not restarted.
+
+    Ray Data restarts a dead actor forever and retries its tasks forever by default: a worker that
+    dies on every item (out of memory) would loop, and every successful run printed an error-level
+    line (the actors' constructor arguments sit in the object store while restarts are on). Here a
+    lost worker stops the run, and ``--resume`` finishes it. Ray 2.60 names no parameter for
+    ``max_restarts`` yet, so it goes in the older form, whose deprecation warning is kept quiet.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        return dataset.map_batches(actor, max_restarts=0, **kwargs)
+
+
 def _map_items(spec, todo, out_dir, overrides, run_id, settings) -> Iterator[dict[str, Any]]:
     ray = connect(settings)
     workers, gpus = pool_shape(ray, settings)
     dataset = ray.data.from_items([{"id": item.id} for item in todo], override_num_blocks=len(todo))
-    results = dataset.map_batches(
-        _BatchActor,
+    results = actor_map(
+        dataset, _BatchActor,
         fn_constructor_kwargs={
             "spec": spec, "items": todo, "out_dir": str(out_dir), "overrides": overrides, "run_id": run_id, "gpus": gpus,
         },
@@ -262,8 +277,8 @@ def eval_compute_on_ray(evaluation, settings: RaySettings) -> Callable[[list], I
         workers, gpus = pool_shape(ray, settings)
         keyed = [(f"{n:06d}", (item.id, method.name)) for n, (item, method) in enumerate(pairs)]
         dataset = ray.data.from_items([{"key": key} for key, _ in keyed], override_num_blocks=len(keyed))
-        results = dataset.map_batches(
-            _EvalActor,
+        results = actor_map(
+            dataset, _EvalActor,
             fn_constructor_kwargs={
                 "items": evaluation.items, "config": evaluation.config, "out_dir": str(evaluation.out_dir),
                 "spec_base": str(evaluation.spec_base), "pairs": keyed,

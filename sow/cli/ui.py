@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from sow.cli.canvas_options import HeightOpt, WidthOpt, with_canvas
 from sow.errors import InputError
 from sow.ui.limits import MAX_LOADED_MODELS, MAX_UPLOAD_BYTES, UiLimits
 
@@ -23,10 +24,12 @@ def ui_command(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto, fp32, fp16 or bf16.")] = "auto",
     config_file: Annotated[Optional[Path], typer.Option("--config", help="JSON file of GenerationConfig fields for every run (e.g. the canvas); checked at start.")] = None,
+    width: WidthOpt = None,
+    height: HeightOpt = None,
     max_loaded: Annotated[int, typer.Option("--max-loaded", min=1, help="Models kept in memory at once; loading another evicts the one used longest ago.")] = MAX_LOADED_MODELS,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.001, max=1024, help="Largest photo a visitor may upload, in MiB.")] = MAX_UPLOAD_BYTES / 2**20,
 ) -> None:
-    """Serve the web app: upload a photo, plan, move the boxes, generate (needs sow[ui])."""
+    """Serve the web app: upload photos, plan, drag each person's boxes, generate (needs the extra sow[ui])."""
     from sow.io.json_files import load_config_file
     from sow.io.network import check_host, check_port_free, check_port_number
     from sow.schemas import PRESETS, GenerationConfig
@@ -37,7 +40,7 @@ def ui_command(
     limits = UiLimits(models=models, max_loaded=max_loaded, max_upload_bytes=int(max_upload_mb * 2**20))
     check_port_number(port)
     check_host(host)
-    overrides = load_config_file(config_file)
+    overrides = with_canvas(load_config_file(config_file), width, height)  # the page's canvas fields start here
     for preset in PRESETS:  # the page offers every preset: a config any of them rejects would fail every such request
         try:
             GenerationConfig.from_preset(preset, **overrides)
@@ -47,6 +50,10 @@ def ui_command(
         import gradio  # noqa: F401
     except ImportError:
         raise InputError(f"the web app needs gradio: {UI_INSTALL}") from None
+    try:
+        import gradio_image_annotation  # noqa: F401 - the boxes dragged on the plan
+    except ImportError:
+        raise InputError(f"the web app needs gradio_image_annotation: {UI_INSTALL}") from None
     from sow.engine.models import check_model_spec
 
     for name in models[1:]:  # the first loads below; the others are checked now (found, fits memory) and loaded on demand

@@ -43,6 +43,11 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 TINY_SEED = 20240607
 
+EMBEDDED_DEFAULT_SIDES = {"tiny": 512, "tiny-sdxl": 512}
+"""The default canvas side of the embedded random-weight models: their images are noise, so the
+default is what shows the pipeline runs in reasonable time, not SDXL's native 1024 (8 minutes of
+CPU for a noise image). A real model's default is its native size."""
+
 TINY_FAMILY = "sd2"
 """The family the tiny model stands in for: its widths are a toy's, so its configs cannot say
 (it is SD 2.1-base-shaped and runs the paper's settings)."""

@@ -19,12 +19,8 @@ from typing import Any
 from PIL import Image
 
 from sow.errors import InputError, SowError
-from sow.schemas import Box, GenerationConfig, Plan
+from sow.schemas import GenerationConfig, Plan
 from sow.ui.limits import UiLimits, condition_paths  # noqa: F401 - condition_paths: part of this module's API
-
-BOX_FIELDS = ("x", "y", "w", "h")
-"""The order of a box's number fields in the page."""
-
 
 def one_line(exc: BaseException) -> str:
     """The message the CLI prints for ``exc``: ``error: ...`` on one line, secrets redacted."""
@@ -140,15 +136,13 @@ def load_image(path: Path) -> Image.Image:
     return load_condition(path).image
 
 
-def picture(plan: Plan, condition: Path | list[Path], scale: int = 8) -> Image.Image:
-    """The plan drawn over the seeded canvas: each condition (its planned crop) pasted at its box_v on gray.
+def seeded_picture(plan: Plan, condition: Path | list[Path], scale: int = 8) -> Image.Image:
+    """The seeded canvas: each condition (its planned crop) pasted at its box_v (as the run pastes it) on gray.
 
-    ``condition``: the uploaded photo, or the list of them (a plan of several people: every box
-    drawn, numbered).
+    ``condition``: the uploaded photo, or the list of them (one per condition image).
     """
-    from sow.io.canvas import draw_plan, fit_condition, paste_all_on_gray
+    from sow.io.canvas import apply_crop, fit_condition, paste_all_on_gray
     from sow.io.images import load_condition
-    from sow.io.canvas import apply_crop
 
     paths = condition if isinstance(condition, list) else [condition]
     loaded = [load_condition(p) for p in paths]
@@ -156,40 +150,58 @@ def picture(plan: Plan, condition: Path | list[Path], scale: int = 8) -> Image.I
     for cond in plan.conditions:
         one = loaded[min(cond.image, len(loaded) - 1)]
         image, mask = apply_crop(one.image, one.mask, cond.crop)
-        box_v = cond.box_v.aligned(scale)
-        if not box_v.fits(plan.canvas):
-            box_v = box_v.model_copy(update={"x": plan.canvas.width - box_v.w})
+        box_v = cond.box_v.aligned(scale, plan.canvas)
         pasted.append((fit_condition(image, box_v, mask)[0], box_v))
-    return draw_plan(plan, paste_all_on_gray(pasted, plan.canvas))
+    return paste_all_on_gray(pasted, plan.canvas)
 
 
-def edited_plan(plan_json: dict | None, box_v: list[Any], box_r: list[Any], prompt: str) -> Plan | None:
-    """The plan of the page: the planner's, with the boxes and the prompt as the fields now say."""
+def picture(plan: Plan, condition: Path | list[Path], scale: int = 8) -> Image.Image:
+    """The plan picture (:func:`sow.io.canvas.draw_plan`) over :func:`seeded_picture`: every box drawn, numbered."""
+    from sow.io.canvas import draw_plan
+
+    return draw_plan(plan, seeded_picture(plan, condition, scale))
+
+
+def preview(files: Any) -> list[tuple[Image.Image, str]]:
+    """The uploaded photos for the page's preview, each captioned ``N: file name``; nothing uploaded: [].
+
+    Each photo is read as a run reads it (a bad upload raises the CLI's one-line error here).
+    """
+    if not files:
+        return []
+    out = []
+    for i, path in enumerate(condition_paths(files)):
+        image = load_image(path)
+        image.thumbnail((256, 256))
+        out.append((image, f"{i + 1}: {path.name}"))
+    return out
+
+
+def edited_plan(plan_json: dict | None, prompt: str) -> Plan | None:
+    """The plan of the page: the boxes as the page holds them (dragged or typed), the prompt as its field says."""
     if not plan_json:
         return None
-    try:
-        values = [[int(round(float(v))) for v in box] for box in (box_v, box_r)]
-    except (TypeError, ValueError):
-        raise InputError("box fields must be numbers (x, y, w, h in canvas pixels)") from None
-    data = dict(plan_json)
-    edited = {"box_v": dict(zip(BOX_FIELDS, values[0])), "box_r": dict(zip(BOX_FIELDS, values[1]))}
-    if isinstance(data.get("conditions"), list) and data["conditions"]:  # the fields edit the first condition
-        data["conditions"] = [{**data["conditions"][0], **edited}, *data["conditions"][1:]]
-    else:
-        data.update(edited)
     if not (prompt or "").strip():
         raise InputError("the plan's prompt is empty; write what the scene should show")
-    data["prompt"] = prompt
     try:
-        return Plan.model_validate(data)
+        return Plan.model_validate({**dict(plan_json), "prompt": prompt})
     except ValueError as exc:
         from sow.schemas import first_error
 
         raise InputError(f"invalid plan: {first_error(exc)}") from None
 
 
-def box_values(box: Box) -> list[int]:
-    return [box.x, box.y, box.w, box.h]
+def canvas_overrides(width: Any, height: Any, overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` with the page's canvas fields (both empty: the overrides' or the model's canvas)."""
+    if width in (None, "") and height in (None, ""):
+        return overrides
+    try:
+        width, height = int(width), int(height)
+    except (TypeError, ValueError):
+        raise InputError("canvas width and height must both be whole numbers of pixels") from None
+    if width % 8 or height % 8 or not (64 <= width <= 4096 and 64 <= height <= 4096):
+        raise InputError(f"canvas {width}x{height}: each side must be a multiple of 8 in 64..4096")
+    return {**overrides, "canvas": {"width": width, "height": height}}
 
 
 @dataclass
@@ -222,7 +234,7 @@ def generate(
         condition, choices.prompt, plan=plan, seed=choices.seed, config=config,
         callback=progress, num_images=choices.num_images,
     )
-    used = result.plan.model_copy(update={"box_v": result.record.aligned_box_v})
+    aligned = [c.aligned_box_v for c in result.record.conditions] or [result.record.aligned_box_v]
     attention = None
     if choices.attention:
         from sow.attention.capture import ATTENTION_ARTIFACT, attention_picture
@@ -239,7 +251,7 @@ def generate(
     notes = [*result.record.warnings, *result.plan.notes]
     return Generated(
         images=result.images,
-        plan_picture=draw_plan(used, result.seeded_canvas),
+        plan_picture=draw_plan(result.plan, result.seeded_canvas, aligned),
         attention_picture=attention,
         plan_file=plan_file,
         record_file=record_file,
