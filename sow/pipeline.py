@@ -641,6 +641,7 @@ class _Run:
             regions=regions,
             generator=generators[0],
             generators=generators,
+            num_images=call.num_images,
             denoiser=denoiser,
             inverter=pipe.stage("inverter", config.stages.inverter),
             preserver=pipe.stage("preserver", config.stages.preserver),

@@ -57,6 +57,14 @@ def no_model_load(monkeypatch):
 
 
 @pytest.fixture
+def plenty_of_memory(monkeypatch):
+    """The memory check sees 1 TiB: a test of another check must not depend on how busy the machine is."""
+    import sow.engine.model_checks as checks
+
+    monkeypatch.setattr(checks, "available_memory", lambda device: (2**40, "of available memory"))
+
+
+@pytest.fixture
 def config_file(tmp_path) -> Path:
     path = tmp_path / "small.json"
     path.write_text(json.dumps(SMALL))
@@ -289,7 +297,7 @@ def test_pick_with_max_people_is_refused(faces_dir, tmp_path, capsys, no_model_l
     assert code == 2 and "give one of them, not both" in one_line(err)
 
 
-def test_a_family_the_configs_contradict_is_refused_before_building(sd21_config, face_path, tmp_path, capsys, no_model_load):
+def test_a_family_the_configs_contradict_is_refused_before_building(sd21_config, face_path, tmp_path, capsys, no_model_load, plenty_of_memory):
     code, err = run(["generate", str(face_path), "a chef", "--model", str(sd21_config), "--random-weights", "--family", "sd1",
                      "--device", "cpu", "-o", str(tmp_path / "o")], capsys)
     assert code == 2 and "--family sd1 contradicts the model's configs, which say sd2" in one_line(err)
@@ -344,7 +352,8 @@ def test_hostile_safetensors_given_to_model_are_input_errors(tmp_path, face_path
     ("scheduler", {"steps_offset": -1}, "steps_offset = -1"),
     ("scheduler", {"num_train_timesteps": 0}, "num_train_timesteps = 0"),
 ])
-def test_bad_config_values_of_a_model_folder_are_input_errors(sd21_copy, face_path, tmp_path, capsys, no_model_load, component, change, expected):
+def test_bad_config_values_of_a_model_folder_are_input_errors(sd21_copy, face_path, tmp_path, capsys, no_model_load, plenty_of_memory,
+                                                              component, change, expected):
     folder = sd21_copy("bad", component, **change)
     code, err = run(["generate", str(face_path), "a chef", "--model", str(folder), "--random-weights", "--device", "cpu",
                      "-o", str(tmp_path / "o")], capsys)
@@ -381,7 +390,7 @@ def test_a_lora_scale_of_nan_or_inf_is_refused_before_loading(tmp_path, face_pat
     assert code == 2 and f"scale '{scale}' must be a finite number" in one_line(err)
 
 
-def test_a_vae_that_does_not_fit_the_model_is_refused_before_loading(tmp_path, sd21_config, face_path, capsys, no_model_load):
+def test_a_vae_that_does_not_fit_the_model_is_refused_before_loading(tmp_path, sd21_config, face_path, capsys, no_model_load, plenty_of_memory):
     vae = tmp_path / "vae16"
     vae.mkdir()
     config = json.loads((sd21_config / "vae" / "config.json").read_text())

@@ -303,7 +303,8 @@ def check_resume_settings(out_dir: Path, settings: dict[str, Any], hint: str = "
     start = batch_start(out_dir)
     if start is None:
         return
-    differences = settings_differences(start["settings"], settings)
+    recorded = {k: v for k, v in start["settings"].items() if k in settings}  # a library caller may not know the pipeline
+    differences = settings_differences(recorded, settings)
     if differences:
         more = f" (and {len(differences) - 2} more)" if len(differences) > 2 else ""
         command = start.get("resume_command") or hint

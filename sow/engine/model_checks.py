@@ -295,51 +295,33 @@ def check_file_fits(path: Path, what: str) -> None:
         raise ModelLoadError(f"{what} is {gib(size)}, but {gib(free)} {label}; it is read whole into memory")
 
 
-def check_model_size(spec: str, device: Any = "cpu", dtype: Any = "fp32", allow_pickle: bool = False) -> dict[str, dict[str, Any]]:
+def check_model_size(spec: str, device: Any, dtype: Any) -> dict[str, dict[str, Any]]:
     """Check a local model (folder or ``.safetensors``) before it is built: valid, and small enough for ``device``.
 
-    Returns the configs read (empty for a checkpoint, a hub id or an embedded model); hub ids
-    and the embedded tiny models are not checked here (a hub model's configs are not local yet).
+    ``device`` and ``dtype`` are resolved torch values. Returns the configs read (empty for a
+    checkpoint, a hub id or an embedded model); hub ids and the embedded tiny models are not
+    checked here (a hub model's configs are not local yet).
     """
-    from sow.engine.models import resolve_device, resolve_dtype
-
     path = Path(spec).expanduser()
     if spec in ("tiny", "tiny-sdxl"):
         return {}
-    torch_device = resolve_device(device) if not hasattr(device, "type") else device
-    torch_dtype = resolve_dtype(dtype, torch_device)
     if path.is_dir():
         parameters, configs = folder_parameters(path)
         if configs:
-            check_fits(parameters, torch_dtype, torch_device, f"model folder {path}")
+            check_fits(parameters, dtype, device, f"model folder {path}")
         return configs
     if path.suffix == ".safetensors" and path.is_file():
-        check_fits(checkpoint_parameters(path), torch_dtype, torch_device, f"checkpoint {path.name}")
+        check_fits(checkpoint_parameters(path), dtype, device, f"checkpoint {path.name}")
     return {}
-
-
-def check_model_spec(spec: str, device: Any = "auto", dtype: Any = "auto") -> None:
-    """A model named at start (``sow ui --model``): found where it says, and small enough; nothing loads."""
-    path = Path(spec).expanduser()
-    if spec in ("tiny", "tiny-sdxl"):
-        return
-    if path.is_dir() or path.suffix in (".safetensors", ".ckpt", ".pt", ".bin"):
-        if not path.exists():
-            raise ModelLoadError(f"model {spec!r} not found")
-        check_model_size(spec, device, dtype)
-        return
-    if "/" not in spec or spec.startswith((".", "/")):
-        raise ModelLoadError(f"model {spec!r} not found: it is not 'tiny', a folder, a .safetensors file or a hub id (owner/name)")
 
 
 def check_vae(spec: str, unet_config: Mapping[str, Any] | Any | None, device: Any = "cpu", dtype: Any = "fp32") -> None:
     """A replacement VAE (``--vae``) folder: valid config, small enough, and latents the UNet takes.
 
     ``unet_config``: the model's UNet config (a dict or a diffusers ``FrozenDict``), or None when
-    it is not known yet. A hub id is not checked here (its config is not local).
+    it is not known yet; ``device`` and ``dtype`` are resolved torch values. A hub id is not
+    checked here (its config is not local).
     """
-    from sow.engine.models import resolve_device, resolve_dtype
-
     path = Path(spec).expanduser()
     if not path.is_dir():
         return
@@ -362,8 +344,7 @@ def check_vae(spec: str, unet_config: Mapping[str, Any] | Any | None, device: An
     except Exception as exc:  # noqa: BLE001 - the VAE class rejects bad values with many types
         first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise ModelLoadError(f"{where}: its values do not make a VAE ({type(exc).__name__}: {first})") from None
-    torch_device = resolve_device(device) if not hasattr(device, "type") else device
-    check_fits(sum(p.numel() for p in module.parameters()), resolve_dtype(dtype, torch_device), torch_device, f"VAE {spec}")
+    check_fits(sum(p.numel() for p in module.parameters()), dtype, device, f"VAE {spec}")
     if unet_config is not None:
         vae_fits_unet(module.config, unet_config, spec)
 

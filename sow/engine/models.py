@@ -470,6 +470,23 @@ def load_vae(spec: str) -> torch.nn.Module:
         raise ModelLoadError(f"VAE {spec!r} could not be loaded ({type(exc).__name__}); pass an AutoencoderKL folder or hub id") from None
 
 
+def check_model_spec(spec: str, device: str = "auto", dtype: str = "auto") -> None:
+    """A model named at start (``sow ui --model``): found where it says, valid and small enough; nothing loads."""
+    from sow.engine.model_checks import check_model_size
+
+    path = Path(spec).expanduser()
+    if spec in ("tiny", "tiny-sdxl"):
+        return
+    if path.is_dir() or path.suffix in (".safetensors", ".ckpt", ".pt", ".bin"):
+        if not path.exists():
+            raise ModelLoadError(f"model {spec!r} not found")
+        torch_device = resolve_device(device)
+        check_model_size(spec, torch_device, resolve_dtype(dtype, torch_device))
+        return
+    if "/" not in spec or spec.startswith((".", "/")):
+        raise ModelLoadError(f"model {spec!r} not found: it is not 'tiny', a folder, a .safetensors file or a hub id (owner/name)")
+
+
 def load_components(
     spec: str = "tiny",
     *,

@@ -130,7 +130,7 @@ def vp_alpha_bars(scheduler: Any, num_inference_steps: int) -> tuple[torch.Tenso
     ascending = scheduler.timesteps.to(torch.int64).cpu().flip(0)
     alphas_cumprod = scheduler.alphas_cumprod.to(torch.float64).cpu()
     if len(ascending) != num_inference_steps or int(ascending.max()) >= len(alphas_cumprod) or int(ascending.min()) < 0:
-        from sow.errors import InputError  # (issue 27's check, moved here from LevelSchedule.from_scheduler)
+        from sow.errors import InputError  # a schedule past the trained timesteps: said, not an index error
 
         raise InputError(
             f"num_inference_steps {num_inference_steps}: this model's scheduler ({len(alphas_cumprod)} training "

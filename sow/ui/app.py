@@ -75,7 +75,8 @@ def build_app(
     given_canvas = overrides.get("canvas") if isinstance(overrides.get("canvas"), dict) else {}
 
     def choices_of(files, model_name, prompt, planner_name, modulator_name, preset, seed, count, attention) -> tuple[list, Choices]:
-        return checked_request(limits, registry, files, model_name, prompt, planner_name, modulator_name, preset, seed, count, attention)
+        paths, fields = checked_request(limits, registry, files, model_name, prompt, planner_name, modulator_name, preset, seed, count, attention)
+        return paths, Choices(**fields)
 
     def uploads(files) -> list:
         return limits.uploads(condition_paths(files))

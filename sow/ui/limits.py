@@ -121,11 +121,25 @@ def gradio_upload_roots() -> tuple[Path, ...]:
     return (Path(get_upload_folder()).resolve(),)
 
 
+def condition_paths(files: Any) -> list[Path]:
+    """The uploaded files as paths (gradio hands over paths, file objects or dicts, by version)."""
+    if not files:
+        raise InputError("upload a condition photo (a face) first")
+    items = files if isinstance(files, (list, tuple)) else [files]
+    paths = []
+    for item in items:
+        name = item if isinstance(item, (str, Path)) else getattr(item, "name", None) or (item or {}).get("path")
+        if not isinstance(name, (str, Path)) or not str(name):
+            raise InputError("an upload is not a file; upload the photo again")
+        paths.append(Path(name))
+    return paths
+
+
 def checked_request(
     limits: UiLimits, registry: Any, files: Any, model: Any, prompt: Any, planner: Any, modulator: Any, preset: Any,
     seed: Any, count: Any, attention: Any,
-) -> tuple[list[Path], Any]:
-    """(the uploaded paths, a :class:`~sow.ui.session.Choices`) from one request's fields, every one checked.
+) -> tuple[list[Path], dict[str, Any]]:
+    """(the uploaded paths, the fields of a :class:`~sow.ui.session.Choices`) from one request, every field checked.
 
     The page's dropdowns offer only valid values, but a visitor can post anything to Gradio's API:
     the model must be one the operator offers, the planner, modulator and preset ones the page
@@ -133,7 +147,6 @@ def checked_request(
     """
     from sow.io.prompt_checks import require_prompt
     from sow.schemas import PRESETS
-    from sow.ui.session import Choices, condition_paths
 
     paths = limits.uploads(condition_paths(files))
     model = limits.model(model)
@@ -144,7 +157,8 @@ def checked_request(
     seed_int = whole_seed(seed)
     if not isinstance(attention, bool):
         raise InputError(f"attention picture {shown(attention)}: must be true or false")
-    return paths, Choices(model, prompt, planner, modulator, preset, seed_int, limits.image_count(count), attention)
+    return paths, {"model": model, "prompt": prompt, "planner": planner, "modulator": modulator, "preset": preset,
+                   "seed": seed_int, "num_images": limits.image_count(count), "attention": attention}
 
 
 def whole_seed(seed: Any) -> int:

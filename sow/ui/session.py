@@ -20,7 +20,7 @@ from PIL import Image
 
 from sow.errors import InputError, SowError
 from sow.schemas import GenerationConfig, Plan
-from sow.ui.limits import UiLimits
+from sow.ui.limits import UiLimits, condition_paths  # noqa: F401 - condition_paths: part of this module's API
 
 def one_line(exc: BaseException) -> str:
     """The message the CLI prints for ``exc``: ``error: ...`` on one line, secrets redacted."""
@@ -111,18 +111,6 @@ class Choices:
     seed: int
     num_images: int = 1
     attention: bool = False
-
-
-def condition_paths(files: Any) -> list[Path]:
-    """The uploaded files as paths (gradio hands over paths, file objects or dicts, by version)."""
-    if not files:
-        raise InputError("upload a condition photo (a face) first")
-    items = files if isinstance(files, (list, tuple)) else [files]
-    paths = []
-    for item in items:
-        name = item if isinstance(item, (str, Path)) else getattr(item, "name", None) or (item or {}).get("path")
-        paths.append(Path(name))
-    return paths
 
 
 def the_condition(paths: list[Path]) -> Path | list[Path]:

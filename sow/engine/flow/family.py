@@ -64,10 +64,9 @@ class FlowFamily:
         if path.is_dir():
             return self._index_class(path / "model_index.json") == self.pipeline_class
         if path.suffix == ".safetensors" and path.is_file() and self.name in SINGLE_FILE_KEYS:
-            from safetensors import safe_open
+            from sow.engine.model_checks import safetensors_header
 
-            with safe_open(str(path), framework="pt") as handle:
-                return SINGLE_FILE_KEYS[self.name] in handle.keys()
+            return SINGLE_FILE_KEYS[self.name] in safetensors_header(path)  # checked: a hostile header is one line, exit 2
         if "/" in spec and not spec.startswith((".", "/")) and path.suffix == "":
             return self._hub_class(spec, request) == self.pipeline_class
         return False
