@@ -85,10 +85,6 @@ def generate_batch(
     _finish(summary, json_output, console, "" if worker is None else f" (rank {worker.rank} of {worker.world_size})")
 
 
-INVOKED: list[str] | None = None
-"""This process's ``sow`` arguments (set by :func:`sow.cli.commands.main`): the resume hint repeats them."""
-
-
 def resume_command(batch: Path, out_dir: Path, worker: WorkerIdentity | None = None) -> str:
     """The command that resumes this batch exactly: this one's arguments, less ``--overwrite``, plus ``--resume``.
 
@@ -96,6 +92,8 @@ def resume_command(batch: Path, out_dir: Path, worker: WorkerIdentity | None = N
     resumed items run at the same settings (a resume at other settings is refused anyway).
     """
     import shlex
+
+    from sow.cli.startup import INVOKED  # this process's arguments, set by sow.cli.commands.main
 
     given = INVOKED if INVOKED else ["generate", "--batch", str(batch), "--out", str(out_dir)]
     args = [a for a in given if a != "--overwrite"]

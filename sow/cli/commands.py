@@ -354,7 +354,6 @@ def generate(
     if not 0 <= seed < 2**63:
         raise InputError(f"--seed {seed}: must lie in 0 .. 2**63-1")
 
-    from sow.batch.workers import PipelineSpec
     from sow.io.security import load_policy
 
     if lora:  # a missing file or a scale of nan/inf: refused before the model loads
@@ -364,23 +363,27 @@ def generate(
             parse_lora(item)
 
     chosen = {"planner": planner, "inverter": inverter, "scheduler": scheduler, "modulator": modulator, "preserver": preserver}
-    spec = PipelineSpec(
-        model=model,
-        device=device,
-        dtype=dtype,
-        random_weights=random_weights,
-        allow_pickle=allow_pickle or load_policy().allow_pickle,
-        family=family,
-        vae=vae,
-        loras=tuple(lora or ()),
-        stages=tuple((k, v) for k, v in chosen.items() if v is not None),
-        planner_options=tuple(stage_options.items()),
-        on_planner_error=on_planner_error,
-        plan_cache=not no_cache,
-    )
+
+    def pipeline_spec():  # the pipeline module (torch) is imported once the inputs have passed their checks
+        from sow.pipeline import PipelineSpec
+
+        return PipelineSpec(
+            model=model,
+            device=device,
+            dtype=dtype,
+            random_weights=random_weights,
+            allow_pickle=allow_pickle or load_policy().allow_pickle,
+            family=family,
+            vae=vae,
+            loras=tuple(lora or ()),
+            stages=tuple((k, v) for k, v in chosen.items() if v is not None),
+            planner_options=tuple(stage_options.items()),
+            on_planner_error=on_planner_error,
+            plan_cache=not no_cache,
+        )
 
     def load_pipe() -> SOWPipeline:
-        return spec.load()
+        return pipeline_spec().load()
 
     if batch is not None or resume:
         if batch is None:
@@ -394,7 +397,7 @@ def generate(
         check_writable(out_dir)
 
         generate_batch(
-            batch, out_dir, overrides, spec=spec, ray=ray_settings(ray, workers, gpus_per_worker),
+            batch, out_dir, overrides, spec=pipeline_spec(), ray=ray_settings(ray, workers, gpus_per_worker),
             resume=resume, overwrite=overwrite, quiet=quiet or json_output, json_output=json_output, console=err,
         )
         return
@@ -427,9 +430,8 @@ def generate(
         from sow.planners.layout import check_fits
 
         check_fits(len(conditions), early)
-    from sow.cli.preflight import check_loras, check_planner
+    from sow.cli.preflight import check_planner
 
-    check_loras(lora)  # a missing LoRA file: before the model is built
     if early_plan is None:  # the planner will run: one that cannot start is said now
         check_planner(planner or early.stages.planner, stage_options, on_planner_error)
     manual_image = None
@@ -556,9 +558,9 @@ def main(argv: list[str] | None = None) -> None:
 
     argv = optional_ray_address(sys.argv[1:] if argv is None else argv)
     argv = hoist_global_options(argv, COMMANDS)
-    from sow.cli import batch as batch_cli
+    from sow.cli import startup
 
-    batch_cli.INVOKED = list(argv)  # the resume hint of an interrupted batch repeats these
+    startup.INVOKED = list(argv)  # the resume hint of an interrupted batch repeats these (sow.cli.batch)
     try:
         with cli_logging():
             result = app(args=argv, prog_name="sow", standalone_mode=False, obj={"text_only": reads_text_only(argv)})

@@ -1,17 +1,11 @@
-"""Checks that need no model, run before any model loads (a missing LoRA file, a planner that
-cannot start), so that a bad input costs a second, not the minutes of building Stable Diffusion."""
+"""Checks that need no model, run before any model loads (a planner that cannot start: an unknown
+option, a missing API key, a local model path that holds no model), so that a bad input costs a
+second, not the minutes of building Stable Diffusion. (A missing LoRA file is refused by the
+`generate` command itself, issue 27's check.)"""
 
 from __future__ import annotations
 
 from typing import Any
-
-
-def check_loras(specs: list[str] | None) -> None:
-    """Every ``--lora PATH[:SCALE]`` names a readable ``.safetensors`` file (:func:`sow.engine.lora.parse_lora`)."""
-    from sow.engine.lora import parse_lora
-
-    for spec in specs or ():
-        parse_lora(spec)
 
 
 def check_planner(name: str, options: dict[str, Any], on_error: str) -> None:

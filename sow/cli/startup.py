@@ -17,6 +17,11 @@ import os
 import sys
 from collections.abc import Iterable
 
+INVOKED: list[str] | None = None
+"""This process's ``sow`` arguments, as parsed (set by :func:`sow.cli.commands.main`): the resume
+hint of an interrupted batch repeats them (:func:`sow.cli.batch.resume_command`). Kept here, not in
+``sow.cli.batch``, whose import pulls in the pipeline (torch) before any option is read."""
+
 GLOBAL_OPTIONS: dict[str, bool] = {"--threads": True, "--disable-plugin": True, "--trust-remote-code": False}
 """The group's options that may also follow the command: name -> whether it takes a value."""
 
