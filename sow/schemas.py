@@ -358,7 +358,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "t2": 7,
         "cycles": 10,
         "t3": [4],
-        "cycle_eta": 0.0,
+        "cycle_eta": 1.0,  # the reference's head since its commit aada16e (May 2024); its January 2024 file had 0
         "final_eta": 0.1,
         "guidance_scale": 7.5,
         "inversion_guidance_scale": 7.5,
