@@ -28,8 +28,11 @@ from sow.io import canvas as cv
 from sow.engine.context import LatentRegion, RunContext, union_mask
 from sow.engine.denoiser import Denoiser, PromptEmbeddings
 from sow.engine.diffusion_math import LevelSchedule
+from sow.engine.fingerprint import weights_fingerprint
 from sow.errors import InputError, SowError
 from sow.io.images import load_condition
+from sow.io.masks import used_mask
+from sow.io.paste import KeptCondition, paste_outputs
 from sow.engine.models import Components, load_components
 from sow.engine.performance import PerformanceSettings, ReencodingEmbeddings, decode_latents
 from sow.engine.performance import apply as apply_performance
@@ -411,9 +414,11 @@ class SOWPipeline:
         #    each condition's own-size image kept for its own inversion.
         readings = config.readings
         polarity = readings.mask_polarity if explicit_mask else "white-keeps"
-        fitted_all, keeps, boxes, regions = [], [], [], []
+        fitted_all, keeps, boxes, regions, used_masks = [], [], [], [], []
         for cond in plan.conditions:
-            picture, keep_mask = cv.apply_crop(condition_images[cond.image], _plan_mask(cond, masks), cond.crop)
+            given_mask = _plan_mask(cond, masks)
+            used_masks.append(used_mask(given_mask, polarity, condition_images[cond.image].size))  # saved beside the image
+            picture, keep_mask = cv.apply_crop(condition_images[cond.image], given_mask, cond.crop)
             box_v = cond.box_v.aligned(scale)
             if not box_v.fits(config.canvas):
                 box_v = box_v.model_copy(update={"x": config.canvas.width - box_v.w})
@@ -529,11 +534,18 @@ class SOWPipeline:
                 require_finite(decoded, "the decoded image (VAE)")
                 images = diffusers_style.to_output(decoded, call.output_type)
 
+        # 7. Paste: every condition's kept pixels back over the decoded images, exactly (sow.io.paste).
+        kept = [KeptCondition(box, fitted, keep) for fitted, keep, box in zip(fitted_all, keeps, boxes)]
+        pasted = paste_outputs(images, kept, config.canvas, config.paste, config.paste_band, call.output_type)
+        images, notes = pasted.images, notes + pasted.notes
+        ctx.artifacts.update(kept=kept, unpasted=pasted.unpasted, masks=used_masks)
+
         record = RunRecord(
             sow_version=__version__,
             model=comp.source,
             family=comp.family.name if comp.family else None,
             loras=list(comp.loras),
+            model_fingerprint=weights_fingerprint(comp),
             device=str(device),
             dtype=str(comp.dtype).removeprefix("torch."),
             seed=seed,
