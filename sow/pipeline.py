@@ -536,7 +536,8 @@ class SOWPipeline:
 
         # 7. Paste: every condition's kept pixels back over the decoded images, exactly (sow.io.paste).
         kept = [KeptCondition(box, fitted, keep) for fitted, keep, box in zip(fitted_all, keeps, boxes)]
-        pasted = paste_outputs(images, kept, config.canvas, config.paste, config.paste_band, call.output_type)
+        with timer.stage("paste"):
+            pasted = paste_outputs(images, kept, config.canvas, config.paste, config.paste_band, call.output_type)
         images, notes = pasted.images, notes + pasted.notes
         ctx.artifacts.update(kept=kept, unpasted=pasted.unpasted, masks=used_masks)
 

@@ -296,6 +296,8 @@ def generate(
     ray: RayOpt = None,
     workers: WorkersOpt = None,
     gpus_per_worker: GpusPerWorkerOpt = None,
+    paste: Annotated[Optional[str], typer.Option("--paste", metavar="<feather|hard|none>", show_default="feather (cow-reference: none)", help="After decoding, put the kept pixels back exactly: feather (seam blended on the generated side), hard (no blend), or none (the model's decode, not exact).")] = None,
+    paste_band: Annotated[Optional[int], typer.Option("--paste-band", min=1, max=256, show_default="1/64 of the canvas's short side", help="Width in pixels of the feather band.")] = None,
     replay: Annotated[Optional[Path], typer.Option("--replay", help="A run record (<stem>.json): rerun that run from the record alone; its conditions, masks, LoRAs and model are checked first (docs/production.md).")] = None,
 ) -> None:
     """Generate an image that keeps each CONDITION's pixels while the scene follows PROMPT (or a --batch of jobs).
@@ -320,11 +322,14 @@ def generate(
             "--config": config_file, "--batch": batch or resume, "--overwrite (a replay never replaces a file)": overwrite,
             "--seed": seed != 0, "--num-images": num_images != 1, "--preset": preset != "normal", "--model": model != "tiny",
             "--lora": lora, "--vae": vae, "--family": family, "--dtype": dtype != "auto", "--ray": ray is not None,
+            "--paste/--paste-band": paste is not None or paste_band is not None,
         })
         replay_generate(replay, out_dir, name, device=device, allow_pickle=allow_pickle, quiet=quiet,
                         json_output=json_output, console=err, out=out)
         return
     overrides = load_config_file(config_file)
+    if paste is not None or paste_band is not None:  # checked with the rest of the config, before the model loads
+        overrides.update({k: v for k, v in {"paste": paste, "paste_band": paste_band}.items() if v is not None})
     # a malformed KEY=VALUE (or --max-people with another planner) fails before anything else
     stage_options = {**planner_options(planner_option, quantize), **people_options(max_people, pick, planner)}
     if out_dir.exists() and not out_dir.is_dir():

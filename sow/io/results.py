@@ -81,18 +81,24 @@ def render_outputs(result: Any, paths: dict[str, Path]) -> dict[str, bytes]:
         if capture is None:
             raise SowError("the modulator captured no attention map for --save-attention")
         files["attention"] = image_bytes(attention_picture(capture, result.seeded_canvas), paths["attention"])
-    masks = result.artifacts.get("masks") or []
-    paths = _with_masks(paths, len(masks))
+    paths = _with_masks(paths, len(result.artifacts.get("masks") or []))
+    files.update(mask_files(result, paths))
+    result.record.outputs = {role: str(p) for role, p in paths.items()}
+    files["record"] = json_bytes(result.record)
+    return {role: files[role] for role in paths}
+
+
+def mask_files(result: Any, paths: dict[str, Path]) -> dict[str, bytes]:
+    """The PNG bytes of each condition's mask as used (role ``mask_K``), named with its sha256 in the record's conditions."""
+    files: dict[str, bytes] = {}
     conditions = list(result.record.conditions)
-    for k, mask in enumerate(masks):
+    for k, mask in enumerate(result.artifacts.get("masks") or []):
         role = f"mask_{k + 1}"
         files[role] = image_bytes(mask, paths[role])
         if k < len(conditions):
             conditions[k] = conditions[k].model_copy(update={"mask": str(paths[role]), "mask_sha256": hashlib.sha256(files[role]).hexdigest()})
     result.record.conditions = conditions
-    result.record.outputs = {role: str(p) for role, p in paths.items()}
-    files["record"] = json_bytes(result.record)
-    return {role: files[role] for role in paths}
+    return files
 
 
 def write_outputs(result: Any, paths: dict[str, Path], *, overwrite: bool = False) -> dict[str, Path]:
