@@ -537,7 +537,8 @@ class SOWPipeline:
         # 7. Paste: every condition's kept pixels back over the decoded images, exactly (sow.io.paste).
         kept = [KeptCondition(box, fitted, keep) for fitted, keep, box in zip(fitted_all, keeps, boxes)]
         with timer.stage("paste"):
-            pasted = paste_outputs(images, kept, config.canvas, config.paste, config.paste_band, call.output_type)
+            pasted = paste_outputs(images, kept, config.canvas, config.paste, config.paste_band, call.output_type,
+                                   decoded if call.output_type != "latent" else None)
         images, notes = pasted.images, notes + pasted.notes
         ctx.artifacts.update(kept=kept, unpasted=pasted.unpasted, masks=used_masks)
 
