@@ -46,7 +46,7 @@ Progress = Callable[[int, int, str], None]
 SAMPLE_FACE = Path(__file__).resolve().parents[1] / "data" / "sample_face.jpg"
 """The shipped sample face, the benchmark's default condition."""
 
-STAGES = ("plan", "encode", "inversion", "cycles", "final", "decode")
+STAGES = ("plan", "encode", "inversion", "cycles", "final", "decode", "paste")
 """The stages of a run, in order, as :class:`sow.schemas.RunRecord` times them."""
 
 BENCH_PROMPT = "a chef in a busy kitchen"
