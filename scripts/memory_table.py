@@ -13,7 +13,7 @@ import json
 
 import torch
 
-from sow.bench.benchmark import meta_components
+from sow.bench.cost_model import meta_components
 from sow.bench.memory import memory_table
 
 GIB = 2**30

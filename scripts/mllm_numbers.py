@@ -93,7 +93,7 @@ def tiny_timings() -> str:
     from tiny_mllm import tiny_model
 
     from sow.planners.mllm.base import clear_model_cache
-    from sow.planners.mllm.prompts import stage_messages
+    from sow.planners.toolkit.prompts import stage_messages
 
     face = Image.open(Path(__file__).resolve().parents[1] / "sow" / "data" / "sample_face.jpg").convert("RGB")
     lines = ["| tiny model | parameters | build (s) | load (s) | generate, at most 32 new tokens (s) |", "|---|---|---|---|---|"]

@@ -234,7 +234,7 @@ def run_forked(module: str, tests: list[str], timeout: float) -> bool:
                 importlib.reload(importlib.import_module(dotted))
             import pytest
 
-            code = int(pytest.main(["-x", "-q", "-p", "no:cacheprovider", "--no-header", *tests]))
+            code = int(pytest.main(["-x", "-q", "-p", "no:cacheprovider", "--no-header", "-m", "slow or not slow", *tests]))
         except BaseException:  # a mutant that breaks the import counts as killed
             code = 4
         finally:
@@ -254,7 +254,7 @@ def run_forked(module: str, tests: list[str], timeout: float) -> bool:
 def run_tests(tests: list[str], timeout: float) -> bool:
     """True when the tests fail (the mutant is killed)."""
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--no-header", *tests]
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--no-header", "-m", "slow or not slow", *tests]
     try:
         result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -26,6 +26,10 @@ error naming both. The Protocol each stage must satisfy is in :mod:`sow.stages`.
 
 Hooks are called in registration order: the built-ins first, then entry points of the
 group ``sow`` in the order Python reports them. Their return values are ignored.
+
+Each hook's docstring names its built-ins and the modules that register them;
+``tests/test_hookspecs.py`` fails when a hook is undocumented in ``docs/plugins.md``, has no
+built-in, names one wrongly, or has no ``test_hook_<name>`` test.
 """
 
 from __future__ import annotations
@@ -38,29 +42,49 @@ hookimpl = pluggy.HookimplMarker("sow")
 
 @hookspec
 def register_planners(register):
-    """Register planners: (condition image, prompt) -> :class:`sow.schemas.Plan`. See :class:`sow.stages.Planner`."""
+    """Register planners: (condition image, prompt) -> :class:`sow.schemas.Plan`. See :class:`sow.stages.Planner`.
+
+    Built-ins: ``fixed`` (:mod:`sow.planners.fixed`), ``heuristic`` (:mod:`sow.planners.heuristic`).
+
+    A multimodal-LLM planner builds on the toolkit :mod:`sow.planners.toolkit`.
+    """
 
 
 @hookspec
 def register_inverters(register):
-    """Register inverters: latents -> their trajectory up the noise levels. See :class:`sow.stages.Inverter`."""
+    """Register inverters: latents -> their trajectory up the noise levels. See :class:`sow.stages.Inverter`.
+
+    Built-ins: ``ddim`` (:mod:`sow.engine.inversion`).
+    """
 
 
 @hookspec
 def register_schedulers(register):
-    """Register schedulers: the denoising schedule from the inverted canvas to level 0. See :class:`sow.stages.Scheduler`."""
+    """Register schedulers: the denoising schedule from the inverted canvas to level 0. See :class:`sow.stages.Scheduler`.
+
+    Built-ins: ``cyclic`` (:mod:`sow.engine.scheduling`).
+    """
 
 
 @hookspec
 def register_attention_modulators(register):
-    """Register attention modulators: attach to the UNet's attention for a run. See :class:`sow.stages.AttentionModulator`."""
+    """Register attention modulators: attach to the UNet's attention for a run. See :class:`sow.stages.AttentionModulator`.
+
+    Built-ins: ``none`` (:mod:`sow.attention.plain`), ``dam`` (:mod:`sow.attention.dam`).
+    """
 
 
 @hookspec
 def register_preservers(register):
-    """Register preservers: put the condition back into the canvas latents. See :class:`sow.stages.Preserver`."""
+    """Register preservers: put the condition back into the canvas latents. See :class:`sow.stages.Preserver`.
+
+    Built-ins: ``replace`` (:mod:`sow.engine.preservation`).
+    """
 
 
 @hookspec
 def register_metrics(register):
-    """Register face metrics for ``sow eval``: detect faces, embed them, compare. See :class:`sow.stages.FaceMetric`."""
+    """Register face metrics for ``sow eval``: detect faces, embed them, compare. See :class:`sow.stages.FaceMetric`.
+
+    Built-ins: ``dlib``, ``facenet`` (:mod:`sow.eval.face_metrics`).
+    """

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from sow.bench.benchmark import STAGES, count_flops, flop_counter
+from sow.bench.flops import count_flops, flop_counter
+from sow.bench.timing import STAGES
 from sow.cli.commands import main
 
 def run_cli(argv: list[str]) -> int:
@@ -116,9 +117,9 @@ def test_flop_count_of_sd21_unet_matches_the_issue(sd21_config):
     components = SimpleNamespace(unet=unet, vae=vae, text_encoder=text)
     calls = Counter({("unet", ((2, 4, 64, 64), (2, 77, 1024))): 3})
     counted = count_flops(components, calls)
-    per_sample = counted["per_call"][0]["tflop_per_call"] / 2
+    per_sample = counted.per_call[0].tflop_per_call / 2
     assert per_sample == pytest.approx(0.804, rel=0.01)
-    assert counted["tflop"]["unet"] == pytest.approx(3 * 2 * per_sample)
+    assert counted.tflop["unet"] == pytest.approx(3 * 2 * per_sample)
 
 
 def test_flop_counter_counts_cpu_attention():
@@ -207,13 +208,19 @@ def test_smoke_takes_the_smoke_settings_and_explicit_options_win():
     assert BenchSettings(batch=[1, 2], warmup=1, repeats=3, baseline_repeats=2).runs() == (1 + 1 + 3) * 2 + (1 + 2) + (3 + 2) * (1 + 2)
 
 
-def test_progress_reaches_the_total_and_tables_keep_their_numbers(tmp_path):
-    """A smoke run: progress after every pipeline run; redirected stdout keeps whole numbers (no '…')."""
+def test_progress_reaches_the_total_and_tables_keep_their_numbers(tmp_path, capsys):
+    """A smoke run: progress after every pipeline run, nothing printed by the library, a typed report;
+    redirected stdout keeps whole numbers (no '…')."""
     import io
+
+    from pydantic import ValidationError
+
+    from sow.bench.reports import RunTiming
 
     from rich.console import Console
 
-    from sow.bench.benchmark import render, run_bench
+    from sow.bench.benchmark import run_bench
+    from sow.bench.render import renderables
     from sow.bench.settings import BenchSettings
 
     settings = BenchSettings(smoke=True, device="cpu", no_reference=True)
@@ -221,11 +228,17 @@ def test_progress_reaches_the_total_and_tables_keep_their_numbers(tmp_path):
     report = run_bench(settings, progress=lambda done, total, label: calls.append((done, total, label)))
     assert [c[0] for c in calls] == list(range(1, settings.runs() + 1))
     assert {c[1] for c in calls} == {settings.runs()} and calls[-1][2] == "DDIM-2"
+    assert capsys.readouterr().out == ""  # the library returns the report; the CLI prints
+    assert report.baselines.reference is None and report.baselines.ddim.steps == 2
+    with pytest.raises(ValidationError, match="bogus"):  # every field declared: a stray one is refused
+        RunTiming(**report.runs[0].model_dump(), bogus=1)
     buffer = io.StringIO()
     from sow.cli.bench import TABLE_WIDTH
 
-    render(report, Console(file=buffer, width=TABLE_WIDTH))
-    assert "…" not in buffer.getvalue() and f"{report.runs[0]['seconds_per_image']['median']:.3f}" in buffer.getvalue()
+    console = Console(file=buffer, width=TABLE_WIDTH)
+    for item in renderables(report):
+        console.print(item)
+    assert "…" not in buffer.getvalue() and f"{report.runs[0].seconds_per_image.median:.3f}" in buffer.getvalue()
 
 
 def test_count_only_runs_no_model(monkeypatch):
@@ -234,7 +247,7 @@ def test_count_only_runs_no_model(monkeypatch):
     from diffusers.models.autoencoders.vae import Decoder, Encoder
     from transformers import CLIPTextModel
 
-    from sow.bench.benchmark import cost_model
+    from sow.bench.cost_model import cost_model
     from sow.bench.settings import BenchSettings
 
     import torch
@@ -253,7 +266,7 @@ def test_count_only_runs_no_model(monkeypatch):
     report = cost_model(BenchSettings(size=128, cycles=2))
     # 128 px, S=10, N=2: 7 + 5 condition/canvas inversion steps, 2 cycles x 2 levels, 5 final (the test above)
     assert report.unet_evaluations == 7 + 5 + 2 * 2 + 5
-    assert sum(c["calls"] for c in report.per_call if c["module"] == "unet") == report.unet_evaluations
+    assert sum(c.calls for c in report.per_call if c.module == "unet") == report.unet_evaluations
 
 
 def test_the_progress_total_knows_the_reference_ladder():

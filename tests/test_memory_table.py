@@ -26,7 +26,7 @@ def test_live_bytes_counts_new_tensors_frees_dropped_ones_and_skips_views():
 
 
 def test_memory_table_of_tiny_sdxl_orders_the_modes():
-    from sow.bench.benchmark import meta_components
+    from sow.bench.cost_model import meta_components
 
     models = meta_components("tiny-sdxl")
     params = {name: sum(p.numel() for p in m.parameters()) for name, m in (("unet", models.unet), ("vae", models.vae))}

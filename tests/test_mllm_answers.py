@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sow.planners.mllm.answers import AnswerError, DescriptionAnswer, PositionAnswer, RegionAnswer, parse_answer, retry_message
+from sow.planners.toolkit.answers import AnswerError, DescriptionAnswer, PositionAnswer, RegionAnswer, parse_answer, retry_message
 from sow.schemas import Canvas
 
 CANVAS = Canvas(width=512, height=512)
@@ -89,7 +89,7 @@ def test_every_conversion_the_reader_records_is_exercised_by_a_good_answer():
     """Each ``repairs.append`` of the answer reader runs for some GOOD case (a new one needs a case)."""
     import sys
 
-    import sow.planners.mllm.answers as answers
+    import sow.planners.toolkit.answers as answers
 
     source = Path(answers.__file__)
     sites = {n for n, line in enumerate(source.read_text().splitlines(), 1) if "repairs.append(" in line}
@@ -134,7 +134,7 @@ def test_canvas_of_1000_pixels_is_not_mistaken_for_the_grid():
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sow.planners.mllm.answers import read_box
+from sow.planners.toolkit.answers import read_box
 
 
 @st.composite

@@ -7,7 +7,7 @@ from PIL import Image
 
 from sow.errors import InputError, ModelLoadError, PlannerError
 from sow.planners.mllm.base import MLLMPlanner, cached_model, clear_model_cache, load_kwargs, MLLMOptions, quantization_config
-from sow.planners.mllm.prompts import SYSTEM, stage_messages
+from sow.planners.toolkit.prompts import SYSTEM, stage_messages
 from sow.planners.policy import plan_with_policy
 from sow.schemas import GenerationConfig
 from sow.stages import PlanRequest
@@ -150,7 +150,7 @@ def test_missing_bitsandbytes_is_a_clear_error(monkeypatch):
 def test_docs_show_the_prompts_in_full(page):
     from pathlib import Path
 
-    from sow.planners.mllm import prompts as mllm_prompts
+    from sow.planners.toolkit import prompts as mllm_prompts
 
     text = (Path(__file__).resolve().parents[1] / "docs" / page).read_text(encoding="utf-8")
     for template in (mllm_prompts.SYSTEM, mllm_prompts.INTENSIFY, mllm_prompts.POSITION, mllm_prompts.REFINE):
@@ -160,7 +160,7 @@ def test_docs_show_the_prompts_in_full(page):
 def test_generation_stops_once_the_first_json_object_closes():
     import torch
 
-    from sow.planners.mllm.answers import json_object_closed
+    from sow.planners.toolkit.answers import json_object_closed
 
     pieces = {1: '"box_v": [1, 2,', 2: " 3, 4]", 3: "}", 4: " and more prose {"}
 

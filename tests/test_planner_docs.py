@@ -9,10 +9,10 @@ import pytest
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "planners.md").read_text(encoding="utf-8")
 
 
-def test_gemini_prompts_are_quoted_in_full():
-    from sow_gemini import prompts
+def test_the_toolkit_prompts_are_quoted_in_full():
+    from sow.planners.toolkit import prompts
 
-    for name in ("PREAMBLE", "RECOGNITION_PROMPT", "POSITION_PROMPT", "REFINEMENT_PROMPT"):
+    for name in ("SYSTEM", "INTENSIFY", "POSITION", "REFINE"):
         assert getattr(prompts, name) in DOC, f"{name} changed: update docs/planners.md"
 
 

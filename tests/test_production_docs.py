@@ -29,7 +29,6 @@ def test_limits_in_the_docs_match_the_code():
 
 
 def test_one_batch_per_output_folder(tmp_path):
-    pytest.importorskip("fcntl")
     with Manifest(tmp_path).open(fresh=True):
         with pytest.raises(InputError, match="in use by another sow batch"):
             with Manifest(tmp_path).open(fresh=True):

@@ -6,6 +6,7 @@ same behaviour. A change that means to alter results updates them in its own com
 saying why. "dam-open" and "dam-forced" were re-recorded when DAM moved to the fused path
 (the float operations run in another order; tests/test_dam_regression_paths.py shows the
 same runs on the old explicit path agree to 1e-5 relative); "default" and "cow" did not move.
+"default" equals "cow" because the gate stays closed on random weights at the paper's tau.
 """
 
 from __future__ import annotations
@@ -46,9 +47,3 @@ def measured():
 def test_latents_are_bit_identical_to_the_recorded_run(measured, case):
     assert measured[case] == RECORDED[case]
 
-
-def test_the_cases_differ_where_the_method_differs():
-    # the gate stays closed on random weights at the paper's tau, so the default run is
-    # plain COW; opening or forcing it must change the latents
-    assert RECORDED["default"] == RECORDED["cow"]
-    assert len({RECORDED["default"], RECORDED["dam-open"], RECORDED["dam-forced"]}) == 3

@@ -119,10 +119,10 @@ def test_merge_folds_finished_parts_and_leaves_running_ones(tmp_path):
     running = parts / "r.rank0001-of-0002.jsonl"
     running.write_bytes(b'{"event": "start", "id": "b"}\n')
     (tmp_path / MANIFEST_NAME).write_bytes(b'{"event": "done", "id": "old"}\n{"event": "to')  # torn too
-    import fcntl
+    from sow.io.locks import held
 
-    with open(running, "rb") as held:
-        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+    with held(running) as ours:  # a running worker holds its part's lock
+        assert ours
         assert merge_parts(tmp_path, tmp_path / MANIFEST_NAME) == 1
         assert part_files(tmp_path) == [running]
     lines = (tmp_path / MANIFEST_NAME).read_bytes().split(b"\n")

@@ -18,8 +18,9 @@ single-process guarantees with no coordination during work:
   to finish leaves a single manifest. A part still locked belongs to a running worker
   and is left for it.
 
-Locks are advisory ``flock`` locks: on a cluster's shared filesystem use one that
-supports them (NFSv4, Lustre and CephFS do).
+Locks are filelock's (:mod:`sow.io.locks`: a ``<part>.lock`` sidecar; ``flock`` on POSIX,
+``LockFileEx`` on Windows): on a cluster's shared filesystem use one that supports ``flock``
+(NFSv4, Lustre and CephFS do).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from sow.errors import InputError
+from sow.io.locks import forget, held
 
 PARTS_DIR = "manifest.parts"
 """The folder, inside the output folder, of the workers' manifest parts."""
@@ -116,27 +118,15 @@ def run_of(part: Path) -> str:
     return part.name.split(".", 1)[0]
 
 
-def try_lock(handle) -> bool:
-    """Take an exclusive advisory lock on an open file without waiting; False when another holds it."""
-    try:
-        import fcntl
-    except ImportError:  # no flock (Windows): treat every part as held, never merge
-        return False
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return False
-    return True
-
-
 @contextmanager
 def _locked_file(path: Path, mode: str) -> Iterator[object | None]:
-    """Open ``path`` and yield it locked, or yield None when another process holds it."""
-    handle = open(path, mode) if "b" in mode else open(path, mode, encoding="utf-8")
-    try:
-        yield handle if try_lock(handle) else None
-    finally:
-        handle.close()
+    """Open ``path`` and yield it under its lock (:func:`sow.io.locks.held`), or yield None when another process holds it."""
+    with held(path) as ours:
+        if not ours:
+            yield None
+            return
+        with open(path, mode) as handle:
+            yield handle
 
 
 def complete_lines(data: bytes) -> list[bytes]:
@@ -180,6 +170,7 @@ def merge_parts(out_dir: Path, manifest_path: Path) -> int:
                     os.fsync(manifest.fileno())
                 part.unlink()
                 merged += 1
+            forget(part)  # its lock's sidecar, now that the part is gone
     try:
         parts_dir(out_dir).rmdir()
     except OSError:
@@ -197,7 +188,6 @@ __all__ = [
     "parts_dir",
     "run_of",
     "shard",
-    "try_lock",
 ]
 
 

@@ -1,4 +1,14 @@
-"""`sow bench`: the speed benchmark (`benchmark`), its settings and typed reports (`settings`), DAM's measured share of a UNet call (`dam_share`) and the chart (`chart`).
+"""`sow bench`: the speed benchmark and the cost model, as a library that returns typed reports and never prints.
 
-May import everything in the library except the CLI.
+`settings` (what to measure), `reports` (what comes back), `timing`, `flops`, `cost_model`
+(FLOPs on the meta device), `dam_share`, `memory`, the orchestration in `benchmark`, and the
+renderers `render` (rich tables, printed by the CLI) and `chart` (a PNG). May import everything
+in the library except the CLI.
 """
+
+from sow.bench.benchmark import run_bench
+from sow.bench.cost_model import cost_model
+from sow.bench.reports import BenchReport, CostReport
+from sow.bench.settings import BenchSettings
+
+__all__ = ["BenchReport", "BenchSettings", "CostReport", "cost_model", "run_bench"]

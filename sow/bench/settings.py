@@ -1,10 +1,10 @@
-"""What one ``sow bench`` measures (:class:`BenchSettings`) and what it reports (:class:`BenchReport`, :class:`CostReport`).
+"""What one ``sow bench`` measures: :class:`BenchSettings` (the reports are in :mod:`sow.bench.reports`).
 
 The CLI builds the settings from its options; Python callers build them directly::
 
-    from sow.bench import BenchSettings, run_bench, render
+    from sow.bench import BenchSettings, run_bench
     report = run_bench(BenchSettings(model="tiny", device="cpu", smoke=True))
-    render(report)
+    print(report.runs[0].seconds_per_image.median)
 """
 
 from __future__ import annotations
@@ -73,6 +73,22 @@ class BenchSettings(BaseModel):
             raise InputError(f"--size must be a multiple of 8, got {self.size}")
         return self
 
+    def config_overrides(self, modulator: str) -> dict[str, Any]:
+        """The :class:`sow.schemas.GenerationConfig` fields these settings set for a run with ``modulator``."""
+        overrides: dict[str, Any] = {
+            "canvas": {"width": self.size, "height": self.size},
+            "num_inference_steps": self.steps,
+            "cycles": self.cycles,
+            "stages": {"modulator": modulator},
+        }
+        if self.steps < 7:  # keep t1 < t2 <= S and t3 < t1 for short schedules
+            t2 = max(2, self.steps * 7 // 10)
+            t1 = max(1, min(t2 - 1, self.steps // 2))
+            overrides.update(t1=t1, t2=t2, t3=[k for k in (4, 3) if k < t1] or [])
+        if modulator != "none":
+            overrides["modulation"] = {"use_gate": bool(self.gate)}
+        return overrides
+
     def runs(self) -> int:
         """Pipeline runs (SOW and DDIM) the benchmark makes: the total of its progress."""
         baseline = self.baseline_repeats or self.repeats
@@ -87,47 +103,3 @@ class BenchSettings(BaseModel):
 
 REFERENCE_RUNGS = 3
 """Variants of the reference ladder (:data:`sow.bench.benchmark.REFERENCE_LADDER`; a test keeps them equal)."""
-
-
-class _Report(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    def as_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
-
-
-class BenchReport(_Report):
-    """A timed benchmark: what :func:`sow.bench.benchmark.run_bench` returns (``--json`` writes it)."""
-
-    sow_version: str
-    created: str = Field(description="UTC time the report was made (ISO 8601).")
-    device: dict[str, Any] = Field(description="type, name, torch and python versions (threads on CPU).")
-    model: str
-    model_load_seconds: float
-    weights_bytes: int
-    dtype: str
-    settings: dict[str, Any] = Field(description="The PerformanceSettings used and what was applied.")
-    attention_processors: dict[str, int]
-    config: dict[str, Any] = Field(description="canvas, steps, cycles, t1, t2, guidance, modulator, dam_gate.")
-    warmup: int
-    repeats: int
-    unet_calls_per_phase: dict[str, int]
-    unet_evaluations: int
-    flops: dict[str, Any]
-    runs: list[dict[str, Any]] = Field(description="One entry per batch size: seconds per image, stages, FLOPs, memory.")
-    baselines: dict[str, Any] = Field(description="'ddim' and 'reference' (the ladder), where measured.")
-    not_measured: list[str]
-
-
-class CostReport(_Report):
-    """The cost model alone: what :func:`sow.bench.benchmark.cost_model` returns (``--count-only``)."""
-
-    model: str
-    batch: int
-    config: dict[str, Any]
-    unet_calls_per_phase: dict[str, int]
-    unet_evaluations: int
-    per_call: list[dict[str, Any]]
-    tflop: dict[str, float]
-    total_tflop: float
-    note: str

@@ -58,8 +58,8 @@ def bench_command(
     """Time generation per stage against plain DDIM and the reference settings (or --count-only: FLOPs alone)."""
     from rich.console import Console
 
-    from sow.bench.benchmark import cost_model, render, run_bench
-    from sow.bench.settings import BenchSettings
+    from sow.bench import BenchSettings, cost_model, run_bench
+    from sow.bench.render import renderables
     from sow.cli.progress import counted_progress
     from sow.io.security import redacting_console
     from sow.io.outputs import check_free, save_json_atomic
@@ -89,7 +89,8 @@ def bench_command(
         with counted_progress("loading the model", total=settings.runs(), console=err, disable=quiet, transient=True) as progress:
             report = run_bench(settings, progress=progress)
     if not quiet:
-        render(report, console)
+        for item in renderables(report):
+            console.print(item)
     if json_path is not None:
         save_json_atomic(report.as_dict(), json_path)
     if plot is not None and not count_only:

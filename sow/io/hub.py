@@ -27,6 +27,8 @@ def _env_offline() -> str | None:
     return None
 
 
+# Kept by hand: huggingface_hub has no reachability check (is_offline_mode() reads HF_HUB_OFFLINE only, and its
+# timeouts bound one request, not http_backoff's retries), and the loaders need the reason for their error line.
 def _probe(host: str, port: int, timeout: float) -> bool:
     """A TCP connection to ``host:port`` within ``timeout`` seconds (DNS included: it runs in a thread)."""
     result: list[bool] = []

@@ -16,12 +16,13 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 from sow.errors import InputError
 from sow.io.files import read_regular_bytes
+from sow.io.locks import held
 
 MAX_JOURNAL_BYTES = 1024 * 1024 * 1024
 """Journals larger than this are refused (1 GiB: millions of entries)."""
@@ -80,21 +81,22 @@ class Journal:
     def open(self, fresh: bool = False) -> Iterator[Journal]:
         """Hold the journal for appending (exclusively when ``lock``); ``fresh`` empties it first."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+b")
-        try:
-            if self.lock:
-                _lock(handle, self.path, self.owner)  # before truncating: never clobber a journal that is in use
-            if fresh:
-                handle.truncate(0)
-            else:
-                _, good = read_journal(self.path, self.what)
-                if good != os.fstat(handle.fileno()).st_size:
-                    handle.truncate(good)  # the torn tail of a kill: a new entry starts on a line of its own
-            self._handle = handle
-            yield self
-        finally:
-            self._handle = None
-            handle.close()
+        with held(self.path) if self.lock else nullcontext(True) as ours:
+            if not ours:  # checked before truncating: never clobber a journal that is in use
+                raise InputError(f"{self.path} is in use by another sow {self.owner}; wait for it or choose another --out")
+            handle = open(self.path, "a+b")
+            try:
+                if fresh:
+                    handle.truncate(0)
+                else:
+                    _, good = read_journal(self.path, self.what)
+                    if good != os.fstat(handle.fileno()).st_size:
+                        handle.truncate(good)  # the torn tail of a kill: a new entry starts on a line of its own
+                self._handle = handle
+                yield self
+            finally:
+                self._handle = None
+                handle.close()
 
     def append(self, entry: dict[str, Any], *, stamp: bool = False, sort_keys: bool = False) -> None:
         """Write ``entry`` (redacted) as one line, flushed and fsynced."""
@@ -109,13 +111,3 @@ class Journal:
         self._handle.flush()
         os.fsync(self._handle.fileno())
 
-
-def _lock(handle, path: Path, owner: str) -> None:
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory lock; one writer per journal is then the user's care
-        return
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        raise InputError(f"{path} is in use by another sow {owner}; wait for it or choose another --out") from None

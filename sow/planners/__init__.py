@@ -2,7 +2,8 @@
 
 The built-in `fixed` and `heuristic` planners, the repair that makes a planner's answer
 safe to run (`repair`), the policy that runs a planner, repairs its answer and falls back
-(`policy`), the plan cache (`cache`), and in `mllm` the parts
-that multimodal-LLM planner plugins share. May import the root contract and `sow.io`;
+(`policy`), the plan cache (`cache`), the planner toolkit (`toolkit`: the paper's three
+stages for any model that answers questions, public API) and in `mllm` its local-model
+planner that the LLaVA and Qwen-VL plugins subclass. May import the root contract and `sow.io`;
 never the engine, eval, bench, batch or CLI.
 """

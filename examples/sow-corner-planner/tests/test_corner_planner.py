@@ -36,3 +36,15 @@ def test_plans_the_bottom_left_corner_at_the_smallest_side():
     # 512 canvas: smallest side 180; a square condition -> 180 x 180 at the left edge, its bottom at 512
     assert plan.box_v.as_list() == [0, 512 - 180, 180, 180]
     assert plan.planner == "corner" and plan.prompt == "a chef"
+
+
+def test_several_conditions_each_get_their_own_box_in_the_plan_format():
+    images = [Image.new("RGB", (300, 300)), Image.new("RGB", (200, 400))]
+    plan = _plugin().CornerPlanner().plan(
+        PlanRequest(condition=images[0], conditions=images, prompt="two chefs", config=GenerationConfig())
+    )
+    # several conditions may shrink to half the smallest side: 90 px on a 512 canvas
+    assert [c.image for c in plan.conditions] == [0, 1] and len(plan.conditions) == 2
+    assert plan.conditions[0].box_v.as_list() == [0, 512 - 90, 90, 90]
+    assert plan.conditions[1].box_v.as_list() == [90 + 22, 512 - 90, 45, 90]  # 1:2 aspect, centred in its slot
+    assert plan.overlaps() == []

@@ -23,6 +23,7 @@ from sow.plugins import build_registry
 from sow.schemas import GenerationConfig, Plan
 from sow.stages import PlanRequest
 
+from sow.planners.toolkit import SYSTEM, stage_text
 from sow_gemini import GeminiPlanner  # not installed? pip install -e plugins/sow-gemini
 
 KEY = "sk-test-SECRET-4242"
@@ -30,12 +31,10 @@ PATH = re.compile(r"^/v1[a-z0-9]*/models/(?P<model>[^/:]+):generateContent$")
 
 RECOGNITION = {
     "description": "a smiling middle-aged man with short dark hair",
-    "is_face": True,
-    "subject_box": {"x": 96, "y": 26, "w": 84, "h": 84},
-    "intensified_prompt": "a smiling middle-aged man with short dark hair as a chef in a busy kitchen",
+    "prompt": "a smiling middle-aged man with short dark hair as a chef in a busy kitchen",
 }
-POSITION = {"box_v": {"x": 160, "y": 40, "w": 200, "h": 200}, "reason": "a head above the counter"}
-REFINEMENT = {"box_r": {"x": 110, "y": 240, "w": 300, "h": 272}, "reason": "the chef's body"}
+POSITION = {"box_v": [160, 40, 200, 200]}
+REFINEMENT = {"box_r": {"x": 110, "y": 240, "w": 300, "h": 272}}  # an object with x/y/w/h reads too
 
 
 def answer(obj=None, text=None, tokens=100):
@@ -109,10 +108,7 @@ def key(monkeypatch, tmp_path):
 
 
 def planner(fake, **options):
-    p = GeminiPlanner(base_url=fake.url, backoff=0.01, **options)
-    p.sleep_calls = []
-    p.sleep = p.sleep_calls.append
-    return p
+    return GeminiPlanner(base_url=fake.url, **{"backoff": 0.01, **options})
 
 
 @pytest.fixture
@@ -143,66 +139,68 @@ def test_good_answer(fake, request_, caplog):
         parts = req["body"]["contents"][0]["parts"]
         assert parts[0]["inlineData"]["mime_type"] == "image/jpeg" and parts[1]["text"]
         assert req["body"]["generationConfig"]["responseMimeType"] == "application/json"
-    schemas = [r["body"]["generationConfig"]["responseSchema"] for r in fake.requests]
-    assert "intensified_prompt" in schemas[0]["properties"] and "box_v" in schemas[1]["properties"] and "box_r" in schemas[2]["properties"]
-    assert "a chef in a busy kitchen" in fake.requests[0]["body"]["contents"][0]["parts"][1]["text"]
-    assert '"x": 160' in fake.requests[2]["body"]["contents"][0]["parts"][1]["text"]  # stage 3 sees box_v
+        assert req["body"]["systemInstruction"]["parts"][0]["text"] == SYSTEM  # the toolkit's words
+    schemas = [r["body"]["generationConfig"]["responseJsonSchema"] for r in fake.requests]
+    assert "prompt" in schemas[0]["properties"] and "box_v" in schemas[1]["properties"] and "box_r" in schemas[2]["properties"]
+    texts = [r["body"]["contents"][0]["parts"][1]["text"] for r in fake.requests]
+    assert texts[0] == stage_text("intensify", prompt="a chef in a busy kitchen", canvas=None, width=512, height=512)
+    assert RECOGNITION["prompt"] in texts[1] and "between 180 and 256 pixels" in texts[1]
+    assert "box_v = [160, 40, 200, 200]" in texts[2]  # stage 3 sees box_v
     assert plan.box_v.as_list() == [160, 40, 200, 200] and plan.box_r.as_list() == [110, 240, 300, 272]
-    assert plan.prompt == RECOGNITION["intensified_prompt"] and plan.user_prompt == "a chef in a busy kitchen"
+    assert plan.prompt == RECOGNITION["prompt"] and plan.user_prompt == "a chef in a busy kitchen"
     assert plan.planner == "gemini" and plan.repairs == []
-    assert plan.crop is not None and plan.crop.w == plan.crop.h  # the face's square, as the heuristic crops
     assert any("3 requests" in n and "300 tokens" in n for n in plan.notes)
     assert_no_key(plan.model_dump_json(), caplog.text)
 
 
-def test_malformed_json_is_one_clear_line(fake, request_):
-    fake.script = [answer(text='{"description": "a man", "is_face": tr')]
+def test_malformed_json_is_asked_again_then_one_clear_line(fake, request_):
+    fake.script = [answer(text='{"description": "a man", "prompt": tr'), answer({"description": "a man"})]
     with pytest.raises(PlannerError) as info:
         planner(fake).plan(request_)
     message = str(info.value)
-    assert "prompt intensification" in message and "Recognition" in message and "\n" not in message
-    assert len(fake.requests) == 1
+    assert message.startswith("gemini intensify answer unusable after 2 tries") and "prompt" in message and "\n" not in message
+    assert len(fake.requests) == 2
+    retry = fake.requests[1]["body"]["contents"]  # the toolkit's retry: the bad answer, then the feedback
+    assert [c["role"] for c in retry] == ["user", "model", "user"]
+    assert retry[1]["parts"][0]["text"].startswith('{"description": "a man", "prompt": tr')
+    assert retry[2]["parts"][0]["text"].startswith("Your answer could not be used")
+
+
+def test_a_bad_answer_then_a_good_one_is_recorded(fake, request_):
+    fake.script = [answer(text="no json"), *GOOD]
+    plan = planner(fake).plan(request_)
+    assert len(fake.requests) == 4 and plan.box_v.as_list() == [160, 40, 200, 200]
+    assert any(r.startswith("intensify answer read on retry 1") for r in plan.repairs)
 
 
 def test_malformed_json_with_the_heuristic_fallback(fake, request_):
     fake.script = [answer(text="not json at all")]
-    plan = plan_with_policy(planner(fake), request_, on_error="heuristic")
+    plan = plan_with_policy(planner(fake, retries=0), request_, on_error="heuristic")
     assert plan.planner == "heuristic"
-    assert "'gemini' failed" in plan.notes[0] and "Recognition" in plan.notes[0]
+    assert "'gemini' failed" in plan.notes[0] and "no JSON object" in plan.notes[0]
 
 
 def test_boxes_off_the_canvas_are_repaired_and_recorded(fake, request_):
     fake.script = [
         answer(RECOGNITION),
-        answer({"box_v": {"x": 420, "y": -60, "w": 320, "h": 300}, "reason": "top right"}),
-        answer({"box_r": {"x": -100, "y": 250, "w": 900, "h": 900}, "reason": "everything"}),
+        answer({"box_v": [420, -60, 320, 300]}),
+        answer({"box_r": [-100, 250, 900, 900]}),
     ]
     plan = planner(fake).plan(request_)
     lo, hi = request_.config.side_limits()
-    assert plan.box_v.w == plan.box_v.h == hi  # reshaped to the square crop, scaled into the limits
+    assert max(plan.box_v.w, plan.box_v.h) == hi  # scaled into the side limits
     assert plan.box_v.fits(plan.canvas) and plan.box_r.fits(plan.canvas)
-    assert plan.box_r.as_list() == [0, 250, 512, 262]
     joined = "\n".join(plan.repairs)
-    assert "aspect" in joined and "outside 180..256" in joined and "moved inside" in joined and "box_r" in joined
-    assert '"x": 256' in fake.requests[2]["body"]["contents"][0]["parts"][1]["text"]  # stage 3 saw the repaired box_v
+    assert "outside 180..256" in joined and "moved inside" in joined and "box_r" in joined
 
 
 def test_429_then_success_retries_with_backoff(fake, request_):
     fake.script = [error(429, "RESOURCE_EXHAUSTED", "quota"), error(503, "UNAVAILABLE", "busy"), *GOOD]
-    p = planner(fake)
-    plan = p.plan(request_)
-    assert len(fake.requests) == 5
-    assert p.sleep_calls == [0.01, 0.02]  # exponential backoff
-    assert any("2 retried (429, 503)" in n for n in plan.notes)
-
-
-def test_429_waits_as_long_as_the_server_asks_within_max_backoff(fake, request_):
-    quota = error(429, "RESOURCE_EXHAUSTED", "quota")
-    quota[1]["error"]["details"] = [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "0.25s"}]
-    fake.script = [quota, quota, *GOOD]
-    p = planner(fake, max_backoff=0.2, thinking_budget=0)
-    p.plan(request_)
-    assert p.sleep_calls == [0.2, 0.2]  # asked 0.25 s, capped at max_backoff
+    start = time.perf_counter()
+    plan = planner(fake, backoff=0.2, thinking_budget=0).plan(request_)
+    waited = time.perf_counter() - start
+    assert len(fake.requests) == 5 and plan.box_v.as_list() == [160, 40, 200, 200]
+    assert waited >= 0.2 + 0.4  # the SDK's exponential backoff: 0.2 s, then 0.4 s (plus jitter)
     thinking = fake.requests[-1]["body"]["generationConfig"]["thinkingConfig"]
     assert list(thinking.values()) == [0]  # the SDK spells the key thinking_budget; the API takes either
 
@@ -210,15 +208,15 @@ def test_429_waits_as_long_as_the_server_asks_within_max_backoff(fake, request_)
 def test_retries_run_out(fake, request_):
     fake.script = [error(503, "UNAVAILABLE", "busy")] * 3
     with pytest.raises(PlannerError, match=r"server error 503 .* after 2 attempt"):
-        planner(fake, retries=1).plan(request_)
+        planner(fake, http_retries=1).plan(request_)
     assert len(fake.requests) == 2
 
 
 def test_timeout(fake, request_):
     fake.script = [(200, answer(RECOGNITION)[1], 20.0)]  # the server would answer after 20 s
     start = time.perf_counter()
-    with pytest.raises(PlannerError, match=r"did not answer the prompt intensification request within 0.3 s"):
-        planner(fake, timeout=0.3).plan(request_)
+    with pytest.raises(PlannerError, match=r"did not answer the intensify request within 0.3 s"):
+        planner(fake, timeout=0.3, http_retries=0).plan(request_)
     # gave up long before the answer came (a busy CI machine adds seconds, not 20), and did not retry
     assert time.perf_counter() - start < 10
     assert len(fake.requests) == 1
@@ -300,21 +298,21 @@ def test_generate_falls_back_to_the_heuristic_planner_when_asked(reuse_tiny, mon
 
 
 def test_several_photos_one_position_answer_with_a_fallback_per_condition(fake, face_path):
-    """Several conditions: one recognition per photo, then every box_v in one answer, every box_r in one."""
+    """Several conditions: the toolkit's strip of the photos, every box_v in one answer, every box_r in one."""
     image = load_condition(face_path).image
     request = PlanRequest(condition=image, prompt="two friends", config=GenerationConfig(canvas={"width": 768, "height": 512}),
                           conditions=[image, image])
     fake.script = [
-        answer(RECOGNITION), answer(RECOGNITION),
-        answer({"boxes": [{"x": 40, "y": 40, "w": 240, "h": 240}], "reason": "one only"}),  # box_v of photo 2 missing
-        answer({"boxes": [{"x": 0, "y": 280, "w": 380, "h": 232}, {"x": 384, "y": 280, "w": 384, "h": 232}], "reason": "bodies"}),
+        answer({"description": "two men", "prompt": "two smiling men, two friends"}),
+        answer({"boxes": [[40, 40, 240, 240]]}),  # box_v of photo 2 missing
+        answer({"boxes": [[0, 280, 380, 232], [384, 280, 384, 232]]}),
     ]
     plan = planner(fake).plan(request)
-    assert len(fake.requests) == 4
-    position = fake.requests[2]["body"]
-    assert len(position["contents"][0]["parts"]) == 3  # both photos, then the question
-    assert "boxes" in position["generationConfig"]["responseSchema"]["properties"]
+    assert len(fake.requests) == 3
+    position = fake.requests[1]["body"]
+    assert len(position["contents"][0]["parts"]) == 2  # the strip of both photos, then the question
+    assert "2 photos side by side" in position["contents"][0]["parts"][1]["text"]
+    assert "boxes" in position["generationConfig"]["responseJsonSchema"]["properties"]
     assert [c.image for c in plan.conditions] == [0, 1] and plan.overlaps(8) == []
     assert plan.conditions[0].box_v.as_list() == [40, 40, 240, 240]
-    assert any(r.startswith("condition 2: gemini gave no box_v") for r in plan.repairs)
-    assert all(c.crop is not None for c in plan.conditions)
+    assert any(r.startswith("condition 2: the answer gave no box_v") for r in plan.repairs)

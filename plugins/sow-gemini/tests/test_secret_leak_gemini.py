@@ -42,13 +42,13 @@ class EchoingGemini:
                 if owner.mode == "reject":
                     status, payload = 400, {"error": {"code": 400, "status": "INVALID_ARGUMENT", "message": f"API key not valid: {key}. Please pass a valid API key."}}
                 else:
-                    schema = body["generationConfig"]["responseSchema"]["properties"]
-                    if "intensified_prompt" in schema:
-                        answer = {"description": f"a person (key {key})", "is_face": True, "subject_box": None, "intensified_prompt": f"a chef, key {key}"}
+                    schema = body["generationConfig"]["responseJsonSchema"]["properties"]
+                    if "prompt" in schema:
+                        answer = {"description": f"a person (key {key})", "prompt": f"a chef, key {key}"}
                     elif "box_v" in schema:
-                        answer = {"box_v": {"x": 40, "y": 0, "w": 48, "h": 48}, "reason": f"because {key}"}
+                        answer = {"box_v": [40, 0, 48, 48], "reason": f"because {key}"}
                     else:
-                        answer = {"box_r": {"x": 24, "y": 48, "w": 80, "h": 80}, "reason": f"because {key}"}
+                        answer = {"box_r": [24, 48, 80, 80], "reason": f"because {key}"}
                     status, payload = 200, {"candidates": [{"content": {"role": "model", "parts": [{"text": json.dumps(answer)}]}, "finishReason": "STOP"}]}
                 data = json.dumps(payload).encode()
                 self.send_response(status)
@@ -91,7 +91,7 @@ def test_fake_key_leaves_no_trace(env, face_path, capsys, caplog, mode):
     caplog.set_level(logging.DEBUG)
     config = env / "fast.json"
     config.write_text(json.dumps(FAST))
-    options = ["--planner", "gemini", "--planner-option", f"base_url={server.url}", "--planner-option", "backoff=0", "--planner-option", "retries=0"]
+    options = ["--planner", "gemini", "--planner-option", f"base_url={server.url}", "--planner-option", "backoff=0", "--planner-option", "http_retries=0", "--planner-option", "retries=0"]
     codes = []
     try:
         for argv in (

@@ -58,7 +58,7 @@ def test_llava_next_runs_through_the_same_code(request_):
     planner = sow_llava.LlavaPlanner(model=str(tiny_model("llava-next")), device="cpu", max_new_tokens=16)
     loaded = planner.loaded()
     assert type(loaded.model).__name__ == "LlavaNextForConditionalGeneration"
-    from sow.planners.mllm.prompts import stage_messages
+    from sow.planners.toolkit.prompts import stage_messages
 
     assert isinstance(planner.chat(loaded, stage_messages("intensify", system_role=False, prompt="a chef"), request_.condition), str)
     plan = plan_with_policy(planner, request_, on_error="heuristic")
@@ -89,7 +89,7 @@ def test_quantized_loading_on_cpu(llava_dir, request_, bits):
     loaded = planner.load()
     kinds = {type(m).__name__ for m in loaded.model.modules()}
     assert ("Linear4bit" if bits == "4bit" else "Linear8bitLt") in kinds
-    from sow.planners.mllm.prompts import stage_messages
+    from sow.planners.toolkit.prompts import stage_messages
 
     answer = planner.chat(loaded, stage_messages("intensify", system_role=False, prompt="a chef"), request_.condition)
     assert isinstance(answer, str)

@@ -7,7 +7,7 @@ from PIL import Image
 
 from sow.errors import InputError, ModelLoadError, PlannerError
 from sow.planners.mllm.base import clear_model_cache
-from sow.planners.mllm.prompts import stage_messages
+from sow.planners.toolkit.prompts import stage_messages
 from sow.planners.policy import plan_with_policy
 from sow.plugins import build_registry
 from sow.schemas import GenerationConfig, Plan

@@ -9,34 +9,30 @@ and writes two methods:
     ``device_map``, bitsandbytes quantization) and :func:`describe_load_error` for a
     one-line :class:`~sow.errors.ModelLoadError`.
 ``chat(self, loaded, messages, image) -> str``
-    Render ``messages`` (Hugging Face chat format, from :mod:`sow.planners.mllm.prompts`) with the
+    Render ``messages`` (Hugging Face chat format, from :mod:`sow.planners.toolkit.prompts`) with the
     model's chat template, attach ``image`` where the message has ``{"type": "image"}``,
     append ``self.prefill`` to the rendered prompt, generate with ``self.generate_kwargs(...)``
     (greedy, the token budget, stop after the first JSON object) and return
     ``self.prefill`` + the new text.
 
-The base class runs the paper's three stages (:mod:`sow.planners.mllm.prompts`), reads each answer
-with :func:`sow.planners.mllm.answers.parse_answer`, retries a stage once with the error fed back,
-assembles the plan through :func:`sow.planners.repair.repair_plan` (conversions and repairs
-recorded in ``plan.repairs``) and raises :class:`~sow.errors.PlannerError` when a stage
-still fails, so the ``--on-planner-error`` policy decides what happens next. Loaded
-models are kept per process (:func:`cached_model`): a batch run loads once.
+The stages, the answer reading, the retry with the error fed back, the fallbacks and the
+repair are the planner toolkit's (:class:`sow.planners.toolkit.StagedPlanner`); this class
+answers its one question, :meth:`~sow.planners.toolkit.StagedPlanner.ask_model`, with
+``chat`` on the model of ``load``. Loaded models are kept per process (:func:`cached_model`):
+a batch run loads once.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from sow.errors import InputError, ModelLoadError, PlannerError
-from sow.planners.mllm.answers import AnswerError, ParsedAnswer, json_object_closed, parse_answer, retry_message
-from sow.planners.mllm.prompts import STAGES, stage_messages, with_retry
-from sow.schemas import Plan, first_error
-from sow.stages import PlanRequest
+from sow.errors import InputError, ModelLoadError
+from sow.planners.toolkit.answers import json_object_closed
+from sow.planners.toolkit import PlannerOptions, Question, StagedPlanner
 
 Quantize = Literal["4bit", "8bit"]
 
@@ -49,10 +45,8 @@ LOAD_OPTIONS = ("device", "dtype", "device_map", "quantize", "local_files_only")
 DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16"}
 
 
-class MLLMOptions(BaseModel):
+class MLLMOptions(PlannerOptions):
     """Settings of a local multimodal planner (``--planner-option KEY=VALUE`` on the CLI)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     model: str | None = Field(None, description="Hub id or local folder of the model (default: the family's).")
     device: str = Field("auto", description="cpu, cuda, cuda:N, mps or auto (cuda when available).")
@@ -60,7 +54,6 @@ class MLLMOptions(BaseModel):
     device_map: str | None = Field(None, description="accelerate device map, e.g. 'auto' to spread a large model over GPUs and CPU.")
     quantize: Quantize | None = Field(None, description="4bit (nf4, bf16 compute) or 8bit with bitsandbytes.")
     max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=8, le=4096, description="Token budget of one answer.")
-    retries: int = Field(1, ge=0, le=3, description="Retries of a stage whose answer cannot be read (error fed back).")
     prefill_json: bool = Field(True, description="Start the model's answer with '{' so it answers in JSON from the first token.")
     local_files_only: bool = Field(False, description="Never contact the Hugging Face hub.")
 
@@ -216,13 +209,9 @@ def clear_model_cache() -> None:
 # -- the planner -----------------------------------------------------------------------------
 
 
-class MLLMPlanner:
+class MLLMPlanner(StagedPlanner):
     """A planner asking a local multimodal LLM the paper's three questions. Subclass per family."""
 
-    name: ClassVar[str] = ""
-    description: ClassVar[str] = ""
-    family: ClassVar[str] = ""
-    """Human name of the model family, for messages (``"LLaVA"``)."""
     default_model: ClassVar[str] = ""
     system_role: ClassVar[bool] = True
     """Whether the family's chat template has a system role (else instructions go in the user turn)."""
@@ -230,10 +219,7 @@ class MLLMPlanner:
     """The options model; a family with extra settings subclasses :class:`MLLMOptions`."""
 
     def __init__(self, **options: Any) -> None:
-        try:
-            self.options = self.options_class(**options)
-        except ValueError as exc:
-            raise InputError(f"planner {self.name!r} option {first_error(exc)}") from None
+        super().__init__(**options)
         self.model_id = self.options.model or self.default_model
 
     # -- what a family implements --------------------------------------------------------
@@ -296,143 +282,10 @@ class MLLMPlanner:
         """The model and processor of :meth:`load`, loaded once per process (:func:`cached_model`)."""
         return cached_model(self.cache_key(), self.load)
 
-    def ask(
-        self, loaded: Any, stage: str, image: Image.Image, timings: dict[str, float] | None = None, **values: Any
-    ) -> ParsedAnswer:
-        """One stage: the question, the answer parsed; on failure ``retries`` more tries with the error fed back.
+    def start(self) -> Any:
+        """The loaded model, for the toolkit to hand to :meth:`ask_model`."""
+        return self.loaded()
 
-        ``timings`` (the caller's, per run) receives the seconds of each try as ``"<stage>#<try>"``.
-        """
-        _, model = STAGES[stage]
-        messages = stage_messages(stage, system_role=self.system_role, **values)
-        for attempt in range(self.options.retries + 1):
-            start = time.perf_counter()
-            answer = self.chat(loaded, messages, image)
-            if timings is not None:
-                timings[f"{stage}#{attempt}"] = time.perf_counter() - start
-            try:
-                parsed = parse_answer(answer, model, values["canvas"])
-            except AnswerError as exc:
-                error = exc
-                messages = with_retry(messages, answer, retry_message(exc, model))
-                continue
-            if attempt:
-                parsed.repairs.insert(0, f"{stage} answer read on retry {attempt} (the answer before was rejected: {last_error(messages)})")
-            return parsed
-        tries = self.options.retries + 1
-        raise PlannerError(f"{self.family} {stage} answer unusable after {tries} tries: {error}")
-
-    def plan(self, request: PlanRequest) -> Plan:
-        return self.plan_timed(request)[0]
-
-    def plan_timed(self, request: PlanRequest) -> tuple[Plan, dict[str, float]]:
-        """:meth:`plan`, and the seconds it spent: ``"load"`` (about 0 when the model was cached) and
-        each stage's tries (``"intensify#0"``, ...; ``"position_several#0"``, ... with several
-        conditions). The timings belong to this call, not to the planner."""
-        from sow.planners.repair import repair_plan
-
-        if len(request.conditions) > 1:
-            return self._plan_several(request)
-
-        config, image = request.config, request.condition
-        canvas = config.canvas
-        min_side, max_side = config.side_limits()
-        timings: dict[str, float] = {}
-        start = time.perf_counter()
-        loaded = self.loaded()
-        timings["load"] = time.perf_counter() - start
-        common = {"canvas": canvas, "width": canvas.width, "height": canvas.height, "timings": timings}
-
-        first = self.ask(loaded, "intensify", image, prompt=request.prompt, **common)
-        intensified: Any = first.value
-        second = self.ask(
-            loaded, "position", image, prompt=intensified.prompt, image_width=image.width,
-            image_height=image.height, min_side=min_side, max_side=max_side, **common,
-        )
-        box_v = second.value.box_v  # type: ignore[attr-defined]
-        shown = "[" + ", ".join(str(round(v)) for v in box_v) + "]"
-        third = self.ask(loaded, "refine", image, prompt=intensified.prompt, box_v=shown, **common)
-        answer = {
-            "canvas": canvas,
-            "box_v": list(box_v),
-            "box_r": list(third.value.box_r),  # type: ignore[attr-defined]
-            "prompt": intensified.prompt,
-            "user_prompt": request.prompt,
-            "description": intensified.description,
-            "planner": self.name,
-            "repairs": [*first.repairs, *second.repairs, *third.repairs],
-            "notes": [f"{self.family} model {self.model_id}"],
-        }
-        return repair_plan(answer, config), timings
-
-
-    def _plan_several(self, request: PlanRequest) -> tuple[Plan, dict[str, float]]:
-        """Several conditions: the three stages on a strip of the photos (numbered), each box stage one answer.
-
-        A box that cannot be read, or a missing one, falls back alone to the side-by-side slot of its
-        condition (:func:`sow.planners.layout.side_by_side`); each fallback is a line in ``plan.repairs``.
-        Boxes that overlap are then repaired by :func:`sow.planners.repair.repair_plan`.
-        """
-        from sow.planners.fixed import body_box
-        from sow.planners.layout import condition_strip, side_by_side, side_limits
-        from sow.planners.mllm.answers import AnswerError, read_box
-        from sow.planners.repair import repair_plan
-
-        config, images = request.config, request.conditions
-        canvas, n = config.canvas, len(images)
-        min_side, max_side = side_limits(config, n)
-        strip = condition_strip(images)
-        timings: dict[str, float] = {}
-        start = time.perf_counter()
-        loaded = self.loaded()
-        timings["load"] = time.perf_counter() - start
-        common = {"canvas": canvas, "width": canvas.width, "height": canvas.height, "count": n, "timings": timings}
-        first = self.ask(loaded, "intensify_several", strip, prompt=request.prompt, **common)
-        intensified: Any = first.value
-        sizes = ", ".join(f"{i + 1}: {im.width}x{im.height}" for i, im in enumerate(images))
-        second = self.ask(loaded, "position_several", strip, prompt=intensified.prompt, sizes=sizes,
-                          min_side=min_side, max_side=max_side, **common)
-        repairs = [*first.repairs, *second.repairs]
-        slots = side_by_side([im.size for im in images], canvas, config, 0.06)
-        boxes_v = self._each_box(second.value.boxes, "box_v", slots, canvas, repairs, read_box, AnswerError)  # type: ignore[attr-defined]
-        shown = "; ".join(f"{i + 1}: [" + ", ".join(str(round(v)) for v in b) + "]" for i, b in enumerate(boxes_v))
-        third = self.ask(loaded, "refine_several", strip, prompt=intensified.prompt, boxes_v=shown, **common)
-        repairs += third.repairs
-        bodies = [body_box(b, canvas).as_list() for b in slots]
-        boxes_r = self._each_box(third.value.boxes, "box_r", bodies, canvas, repairs, read_box, AnswerError)  # type: ignore[attr-defined]
-        answer = {
-            "canvas": canvas,
-            "conditions": [{"image": i, "box_v": list(v), "box_r": list(r)} for i, (v, r) in enumerate(zip(boxes_v, boxes_r))],
-            "prompt": intensified.prompt,
-            "user_prompt": request.prompt,
-            "description": intensified.description,
-            "planner": self.name,
-            "repairs": repairs,
-            "notes": [f"{self.family} model {self.model_id}", f"{n} conditions, asked on a strip of the photos"],
-        }
-        return repair_plan(answer, config, n), timings
-
-    @staticmethod
-    def _each_box(raw: list, name: str, fallback: list, canvas, repairs: list[str], read_box, error) -> list[tuple[float, ...]]:
-        """One box per condition from an answer's list; an unreadable or missing one takes its fallback (recorded)."""
-        out = []
-        for i, default in enumerate(fallback):
-            default = tuple(default.as_list() if hasattr(default, "as_list") else default)
-            if i >= len(raw):
-                repairs.append(f"condition {i + 1}: the answer gave no {name}; the side-by-side layout's {list(default)} is used")
-                out.append(default)
-                continue
-            try:
-                out.append(read_box(raw[i], f"{name} of condition {i + 1}", canvas, repairs))
-            except (error, ValueError, TypeError) as exc:
-                repairs.append(f"condition {i + 1}: {name} {raw[i]!r} unreadable ({exc}); the side-by-side layout's {list(default)} is used")
-                out.append(default)
-        if len(raw) > len(fallback):
-            repairs.append(f"the answer gave {len(raw)} {name} boxes for {len(fallback)} conditions; the extra ones were ignored")
-        return out
-
-
-def last_error(messages: list[dict[str, Any]]) -> str:
-    """The error quoted in the last retry turn of ``messages`` (for the plan's repair note)."""
-    text = messages[-1]["content"][-1]["text"]
-    return text.removeprefix("Your answer could not be used: ").split(". Reply again")[0]
+    def ask_model(self, session: Any, question: Question) -> str:
+        """The toolkit's question as chat messages in the family's template, answered by :meth:`chat`."""
+        return self.chat(session, question.messages(self.system_role), question.image)

@@ -4,12 +4,12 @@ The paper's planner asks a multimodal model three things in turn; every local pl
 (``sow-llava``, ``sow-qwen-vl``, a third party's) sends the same words:
 
 1. **prompt intensification** - describe the visual condition and fuse the description
-   with the user's prompt (answer: :class:`sow.planners.mllm.answers.DescriptionAnswer`);
+   with the user's prompt (answer: :class:`sow.planners.toolkit.answers.DescriptionAnswer`);
 2. **adaptive position** - where the condition goes on the canvas, ``box_v``, with its
    longer side inside the limits of :meth:`GenerationConfig.side_limits`
-   (:class:`~sow.planners.mllm.answers.PositionAnswer`);
+   (:class:`~sow.planners.toolkit.answers.PositionAnswer`);
 3. **contextual refinement** - ``box_r``, the region that interacts with the condition,
-   e.g. the body under a face (:class:`~sow.planners.mllm.answers.RegionAnswer`).
+   e.g. the body under a face (:class:`~sow.planners.toolkit.answers.RegionAnswer`).
 
 Messages follow the Hugging Face chat format (``{"role": ..., "content": [{"type":
 "image"}, {"type": "text", "text": ...}]}``) so a processor's or tokenizer's
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sow.planners.mllm.answers import (
+from sow.planners.toolkit.answers import (
     DescriptionAnswer,
     PositionAnswer,
     PositionsAnswer,

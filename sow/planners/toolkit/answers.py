@@ -433,6 +433,8 @@ def _validate(value: Any, model: type[_Answer], canvas: Canvas, repairs: list[st
         raise AnswerError(first_error(exc)) from None
 
 
+# Kept instead of constrained decoding: lm-format-enforcer 0.11.3 installs, but its transformers integration imports
+# a module transformers 5 removed (PreTrainedTokenizerBase from transformers.tokenization_utils); the box reader stays either way.
 def parse_answer(text: str, model: type[_Answer], canvas: Canvas) -> ParsedAnswer:
     """The first JSON object in ``text`` that validates as ``model``, with the conversions made.
 
