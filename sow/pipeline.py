@@ -32,7 +32,7 @@ from sow.engine.fingerprint import weights_fingerprint
 from sow.errors import InputError, SowError
 from sow.io.images import load_condition
 from sow.io.masks import used_mask
-from sow.io.paste import KeptCondition, paste_outputs
+from sow.io.paste import KeptCondition, decode_type, paste_decoded
 from sow.engine.models import Components, load_components
 from sow.engine.performance import PerformanceSettings, ReencodingEmbeddings, decode_latents
 from sow.engine.performance import apply as apply_performance
@@ -532,13 +532,12 @@ class SOWPipeline:
             else:
                 decoded = decode_latents(comp.vae, latents, nan_guard=settings.nan_guard, upcast=comp.vae_needs_fp32)
                 require_finite(decoded, "the decoded image (VAE)")
-                images = diffusers_style.to_output(decoded, call.output_type)
+                images = diffusers_style.to_output(decoded, decode_type(config.paste, call.output_type))
 
         # 7. Paste: every condition's kept pixels back over the decoded images, exactly (sow.io.paste).
         kept = [KeptCondition(box, fitted, keep) for fitted, keep, box in zip(fitted_all, keeps, boxes)]
         with timer.stage("paste"):
-            pasted = paste_outputs(images, kept, config.canvas, config.paste, config.paste_band, call.output_type,
-                                   decoded if call.output_type != "latent" else None)
+            pasted = paste_decoded(images, kept, config.canvas, config.paste, config.paste_band, call.output_type)
         images, notes = pasted.images, notes + pasted.notes
         ctx.artifacts.update(kept=kept, unpasted=pasted.unpasted, masks=used_masks)
 

@@ -142,24 +142,13 @@ class Pasted:
     notes: list[str]
 
 
-def band_mask(kept: np.ndarray, band: int) -> np.ndarray:
-    """(H, W) bool: the generated pixels within ``band`` pixels (Euclidean) of a kept pixel."""
-    if not kept.any() or band < 1:
-        return np.zeros_like(kept)
-    distance = cv2.distanceTransform((~kept).astype(np.uint8), cv2.DIST_L2, 5)
-    return (~kept) & (distance <= band)
-
-
-def paste_outputs(images: Any, kept: list[KeptCondition], canvas: Canvas, mode: str, band: int | None, output_type: str,
-                  decoded: torch.Tensor | None = None) -> Pasted:
+def paste_outputs(images: Any, kept: list[KeptCondition], canvas: Canvas, mode: str, band: int | None, output_type: str) -> Pasted:
     """Paste the kept pixels into every image of a run (``output_type`` pil, np or pt; latent: nothing).
 
     A list of PIL images, an (n, H, W, 3) float array in [0, 1] or an (n, 3, H, W) tensor in
     [0, 1]; the same type comes back. Several conditions, masks with holes and alpha channels
-    are all just a union of kept pixels here. ``decoded`` (the VAE's (n, 3, H, W) output in
-    [-1, 1]), when given with PIL images, makes the feather band of a PIL image the rounding of
-    the float result, as ``output_type="np"`` would hold it (the PIL image is then that array,
-    rounded, everywhere).
+    are all just a union of kept pixels here. (The pipeline pastes its PIL images through
+    :func:`decode_type` and :func:`paste_decoded`, on the floats.)
     """
     if mode == "none":
         return Pasted(images, images, ["paste none: the kept regions are the model's decode, not the condition's pixels (the paper's method alone)"])
@@ -167,17 +156,6 @@ def paste_outputs(images: Any, kept: list[KeptCondition], canvas: Canvas, mode: 
         return Pasted(images, images, ["output_type latent: no pixels to paste into; decode the latents yourself (the kept pixels are not exact there)"])
     rgb, union, _ = kept_layout(kept, canvas)
     width = band_width(canvas, band)
-    if output_type == "pil" and decoded is not None and mode == "feather":
-        unit = (decoded.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
-        floats = paste_outputs(unit, kept, canvas, mode, band, "np").images
-        near = band_mask(union, width)
-        out = []
-        for image, one in zip(images, floats):
-            array = np.asarray(image.convert("RGB")).copy()
-            array[near] = np.clip(np.rint(one[near].astype(np.float64) * 255), 0, 255).astype(np.uint8)
-            array[union] = rgb[union]
-            out.append(Image.fromarray(array))
-        return Pasted(out, images, [])
     if output_type == "pil":
         out = []
         for image in images:
@@ -196,3 +174,25 @@ def paste_outputs(images: Any, kept: list[KeptCondition], canvas: Canvas, mode: 
     arrays = images.permute(0, 2, 3, 1).numpy()
     pasted = paste_outputs(arrays, kept, canvas, mode, band, "np")
     return Pasted(torch.from_numpy(pasted.images).permute(0, 3, 1, 2).contiguous(), images, [])
+
+
+def decode_type(mode: str, output_type: str) -> str:
+    """What the decode should hand the paste: floats (``"np"``) for a PIL output that is pasted, else the output type."""
+    return "np" if output_type == "pil" and mode != "none" else output_type
+
+
+def paste_decoded(decoded: Any, kept: list[KeptCondition], canvas: Canvas, mode: str, band: int | None, output_type: str) -> Pasted:
+    """The paste of a run: ``decoded`` as :func:`decode_type` asked for it, the result as ``output_type``.
+
+    A PIL output is pasted on the decoder's floats and rounded once, so the PIL image is the
+    ``output_type="np"`` array rounded, the feather band included; its kept pixels hold the
+    condition's uint8 values exactly (``rint(float32(v) / 255 * 255) = v``).
+    """
+    if decode_type(mode, output_type) == output_type:
+        return paste_outputs(decoded, kept, canvas, mode, band, output_type)
+    floats = paste_outputs(decoded, kept, canvas, mode, band, "np")
+    return Pasted(_rounded_images(floats.images), _rounded_images(floats.unpasted), floats.notes)
+
+
+def _rounded_images(arrays: np.ndarray) -> list[Image.Image]:
+    return [Image.fromarray(np.clip(np.rint(a.astype(np.float64) * 255), 0, 255).astype(np.uint8)) for a in arrays]
