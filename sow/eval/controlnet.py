@@ -96,9 +96,12 @@ def load_controlnet_pipeline(spec: str, components: Any, allow_pickle: bool = Fa
             f"controlnet model {spec!r} is for another base model (cross-attention width {controlnet.config.cross_attention_dim}, "
             f"this model's {components.unet.config.cross_attention_dim})"
         )
+    controlnet = controlnet.to(device=components.unet.device)
+    if controlnet.dtype != dtype:  # a hub ControlNet already loads in the model's dtype
+        controlnet = controlnet.to(dtype=dtype)
     pipe = StableDiffusionControlNetPipeline(
         vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer, unet=components.unet,
-        controlnet=controlnet.to(device=components.unet.device, dtype=dtype),
+        controlnet=controlnet,
         scheduler=DDIMScheduler.from_config(components.scheduler.config),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
