@@ -19,6 +19,9 @@ import torch
 SAMPLES = 16
 """Values sampled from each tensor."""
 
+MODULE_NAMES = ("unet", "transformer", "network", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
+"""The attributes read from the components (or a backbone): each distinct module once, in this order."""
+
 
 def module_entries(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
     """(name, tensor) of every parameter and buffer of ``module``, in a stable order."""
@@ -26,20 +29,20 @@ def module_entries(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
 
 
 def weights_fingerprint(components: Any) -> str:
-    """sha256 (hex) of ``components``' weights as :mod:`this module <sow.engine.fingerprint>` describes."""
-    parts = {
-        "unet": getattr(components, "unet", None),
-        "vae": getattr(components, "vae", None),
-        "text_encoder": getattr(components, "text_encoder", None),
-        "text_encoder_2": getattr(components, "text_encoder_2", None),
-    }
+    """sha256 (hex) of the weights of ``components`` (a :class:`~sow.engine.models.Components` or a backbone
+    with these attributes: :data:`MODULE_NAMES`), as :mod:`this module <sow.engine.fingerprint>` describes."""
+    parts: dict[str, torch.nn.Module] = {}
+    seen: set[int] = set()
+    for label in MODULE_NAMES:
+        module = getattr(components, label, None)
+        module = getattr(module, "_orig_mod", module)  # torch.compile's wrapper holds the same weights
+        if isinstance(module, torch.nn.Module) and id(module) not in seen:
+            seen.add(id(module))
+            parts[label] = module
     digest = hashlib.sha256()
     samples: list[torch.Tensor] = []
     with torch.no_grad():
         for label, module in parts.items():
-            if not isinstance(module, torch.nn.Module):
-                continue
-            module = getattr(module, "_orig_mod", module)  # torch.compile's wrapper holds the same weights
             for name, tensor in module_entries(module):
                 digest.update(f"{label}.{name}:{tuple(tensor.shape)}:{tensor.dtype}\n".encode())
                 flat = tensor.detach().reshape(-1)
