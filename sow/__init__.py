@@ -18,11 +18,11 @@ from sow.schemas import Box, GenerationConfig, Plan, RunRecord  # noqa: E402
 
 def __getattr__(name: str):
     # the pipeline imports torch and diffusers: load it only when asked for
-    if name in ("SOWPipeline", "SOWOutput"):
+    if name in ("SOWPipeline", "SOWOutput", "PipelineSpec"):
         from sow import pipeline
 
         return getattr(pipeline, name)
     raise AttributeError(f"module 'sow' has no attribute {name!r}")
 
 
-__all__ = ["Box", "GenerationConfig", "InputError", "Plan", "RunRecord", "SOWPipeline", "SOWOutput", "SowError", "hookimpl"]
+__all__ = ["Box", "GenerationConfig", "InputError", "PipelineSpec", "Plan", "RunRecord", "SOWPipeline", "SOWOutput", "SowError", "hookimpl"]

@@ -24,6 +24,10 @@ kind: a plugin may take over a built-in name (the last registration wins and ``s
 plugins`` shows who provides it); two third-party plugins claiming one name is an
 error naming both. The Protocol each stage must satisfy is in :mod:`sow.stages`.
 
+``register_model_families(register)`` is the door for model families (SD 1.x, 2.x and SDXL come
+through it too): ``register(family)`` takes an object (or a class, instantiated without
+arguments) satisfying :class:`sow.engine.backbone.ModelFamilyAdapter`.
+
 Hooks are called in registration order: the built-ins first, then entry points of the
 group ``sow`` in the order Python reports them. Their return values are ignored.
 
@@ -87,4 +91,17 @@ def register_metrics(register):
     """Register face metrics for ``sow eval``: detect faces, embed them, compare. See :class:`sow.stages.FaceMetric`.
 
     Built-ins: ``dlib``, ``facenet`` (:mod:`sow.eval.face_metrics`).
+    """
+
+
+@hookspec
+def register_model_families(register):
+    """Register model families: loading a model and adapting it to the engine (:class:`sow.engine.backbone.Backbone`).
+
+    ``register(family)``: a :class:`sow.engine.backbone.ModelFamilyAdapter` (object or class). For a
+    ``--model`` value the families are asked ``claims(request)`` from the last registered to the
+    first (a plugin is asked before the built-ins); the first that claims it loads it and returns a
+    :class:`sow.engine.backbone.Backbone`. A family name is unique as a stage name is.
+
+    Built-ins: ``sd1``, ``sd2``, ``sdxl`` (:mod:`sow.engine.unet_family`).
     """

@@ -11,6 +11,7 @@ Several people (docs/several-people.md): pass a list of conditions, each kept pi
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -25,32 +26,35 @@ from PIL import Image
 from sow.version import __version__
 from sow import diffusers_style
 from sow.io import canvas as cv
-from sow.engine.context import LatentRegion, RunContext, union_mask
-from sow.engine.denoiser import Denoiser, PromptEmbeddings
-from sow.engine.diffusion_math import LevelSchedule
-from sow.engine.fingerprint import weights_fingerprint
+from sow.engine.backbone import Backbone, LoadRequest
+from sow.engine.conditions import (
+    ConditionInput,
+    ConditionSource,
+    PreparedCondition,
+    masks_for,
+    numbered,
+    prepare_conditions,
+    read_condition,
+    read_conditions,
+    seeded_images,
+)
+from sow.engine.context import RunContext, union_mask
+from sow.engine.denoiser import Denoiser, PromptEmbeddings, run_texts
 from sow.errors import InputError, SowError
-from sow.io.images import load_condition
-from sow.io.masks import used_mask
-from sow.io.paste import KeptCondition, decode_type, paste_decoded
-from sow.engine.models import Components, load_components
-from sow.engine.performance import PerformanceSettings, ReencodingEmbeddings, decode_latents
+from sow.engine.models import Components, load_components, resolve_device, resolve_dtype
+from sow.engine.performance import PerformanceSettings, ReencodingEmbeddings
 from sow.engine.performance import apply as apply_performance
+from sow.engine.unet_family import UNetBackbone, UNetFamily
 from sow.planners.fixed import random_placement
 from sow.engine.numerics import require_finite
-from sow.plugins import Registry, check_options, get_registry, plugin_exits_fail
+from sow.engine.fingerprint import weights_fingerprint
+from sow.io.masks import used_mask
+from sow.io.paste import KeptCondition, decode_type, paste_decoded
+from sow.plugins import Registry, get_registry, plugin_exits_fail, validate_options
 from sow.io.prompt_checks import prompt_warnings, require_prompt
 from sow.schemas import PRESETS, ConditionRecord, GenerationConfig, Plan, RunRecord, StageNames, StageTiming
-from sow.stages import Planner, PlanRequest, RunInputs
+from sow.stages import STAGE_FIELDS, Planner, PlanRequest, RunInputs, stage_options_by_kind
 
-STAGE_FIELDS = {
-    "planner": "planner",
-    "inverter": "inverter",
-    "scheduler": "scheduler",
-    "attention_modulator": "modulator",
-    "preserver": "preserver",
-}
-"""Stage kind -> its field in :class:`sow.schemas.StageNames`."""
 
 
 @dataclass
@@ -101,22 +105,85 @@ class _Timer:
         self._open = (name, now) if name else None
 
 
+@dataclass(frozen=True)
+class PipelineSpec:
+    """The recipe that builds a pipeline: everything :meth:`SOWPipeline.from_pretrained` needs, as a
+    picklable value (``SOWPipeline.from_spec(spec)`` or ``spec.load()``).
+
+    A distributed batch sends this to every worker (a Ray actor, a torchrun rank), which
+    loads the model once and reuses it for all its items; the CLI builds one from its options.
+    """
+
+    model: str = "tiny"
+    device: str = "auto"
+    dtype: str = "auto"
+    random_weights: bool = False
+    allow_pickle: bool = False
+    family: str | None = None
+    """The model family, only where its configs cannot tell it (``--family``)."""
+    vae: str | None = None
+    loras: tuple[str, ...] = ()
+    """``PATH[:SCALE]`` LoRA specs (``--lora``), applied in every worker."""
+    stages: tuple[tuple[str, str], ...] = ()
+    """(stage field, plugin name) pairs chosen on the command line."""
+    planner_options: tuple[tuple[str, object], ...] = ()
+    on_planner_error: str = "fail"
+    plan_cache: bool = True
+    threads: int | None = None
+    """Torch's intra-op threads in this worker (None: leave torch's default)."""
+
+    def load(self) -> SOWPipeline:
+        """Build the pipeline (in the calling process): :meth:`SOWPipeline.from_spec`."""
+        from sow.planners.cache import PlanCache
+        from sow.planners.policy import check_policy
+
+        if self.threads is not None:
+            import torch
+
+            torch.set_num_threads(self.threads)
+        pipe = SOWPipeline.from_pretrained(
+            self.model,
+            device=self.device,
+            dtype=self.dtype,
+            random_weights=self.random_weights,
+            allow_pickle=self.allow_pickle,
+            family=self.family,
+            vae=self.vae,
+            loras=list(self.loras) or None,
+            stage_options={"planner": dict(self.planner_options)} if self.planner_options else None,
+            **dict(self.stages),
+        )
+        pipe.on_planner_error = check_policy(self.on_planner_error)
+        pipe.plan_cache = PlanCache() if self.plan_cache else None
+        return pipe
+
+
 class SOWPipeline:
-    """A frozen Stable Diffusion model plus the stages of a SOW run, chosen by name."""
+    """A frozen diffusion model (a family's :class:`~sow.engine.backbone.Backbone`) plus the stages of a SOW run, chosen by name."""
 
     def __init__(
         self,
-        components: Components,
+        components: Components | Backbone,
         stages: StageNames | dict[str, str] | None = None,
         stage_options: dict[str, dict[str, Any]] | None = None,
         registry: Registry | None = None,
         performance: PerformanceSettings | None = None,
     ) -> None:
-        self.components = components
+        if isinstance(components, Components):
+            components, backbone = components, UNetBackbone(components)
+        elif isinstance(components, UNetBackbone):
+            components, backbone = components.components, components
+        else:
+            components, backbone = None, components
+        self.components: Components | None = components
+        """The SD 1.x / 2.x / SDXL modules (None for other families: :attr:`backbone` has them)."""
+        self.backbone: Backbone = backbone
+        """The model as the engine calls it (:mod:`sow.engine.backbone`)."""
         self.performance = performance or PerformanceSettings()
         self.registry = registry or get_registry()
         self.stages = stages if isinstance(stages, StageNames) else StageNames(**(stages or {}))
-        self.stage_options = stage_options or {}
+        self.stage_options = stage_options_by_kind(stage_options)
+        """Options per stage kind (keyed by kind or by :class:`StageNames` field: :data:`sow.stages.STAGE_FIELDS`)."""
         self._instances: dict[tuple[str, str], object] = {}
         self.on_planner_error: str = "fail"
         """What a failing planner does: ``"fail"`` (raise, with a hint) or ``"heuristic"`` (plan offline)."""
@@ -148,8 +215,11 @@ class SOWPipeline:
     ) -> SOWPipeline:
         """Load a model (``"tiny"``, ``"tiny-sdxl"``, a hub id, a diffusers folder or a ``.safetensors`` file) and pick stages.
 
-        The model family comes from its configs (``family`` only where they cannot tell);
-        ``vae`` replaces the VAE; ``loras`` are ``PATH[:SCALE]`` LoRA specs (see :mod:`sow.engine.lora`).
+        The registered model families (``register_model_families``) are asked who loads ``model``
+        (:meth:`Registry.family_for`); for the built-in UNet families the family comes from the
+        configs (``family`` only where they cannot tell; a registered family's name loads it with
+        that family). ``vae`` replaces the VAE; ``loras`` are ``PATH[:SCALE]`` LoRA specs (see
+        :mod:`sow.engine.lora`). :class:`PipelineSpec` is the same recipe as a picklable value.
         """
         chosen = {
             "planner": planner,
@@ -159,37 +229,44 @@ class SOWPipeline:
             "preserver": preserver,
         }
         stages = StageNames(**{k: v for k, v in chosen.items() if v is not None})
+        stage_options = stage_options_by_kind(stage_options)
         registry = registry or get_registry()
         for kind, attr in STAGE_FIELDS.items():  # check names and option keys before the (slow) model load
             entry = registry.get(kind, getattr(stages, attr))
             label = f"{kind.replace('_', ' ')} {entry.name!r} ({entry.distribution})"
-            check_options(entry.factory, dict((stage_options or {}).get(kind, {})), label)
-        components = load_components(
-            model,
-            device=device,
-            dtype=dtype,
-            random_weights=random_weights,
-            allow_pickle=allow_pickle,
-            family=family,
-            vae=vae,
-            loras=loras,
-        )
-        pipe = cls(components, stages, stage_options, registry)
+            validate_options(entry.factory, dict((stage_options or {}).get(kind, {})), label)
+        backbone = load_model(registry, model, device=device, dtype=dtype, random_weights=random_weights,
+                              allow_pickle=allow_pickle, family=family, vae=vae, loras=loras)
+        pipe = cls(backbone, stages, stage_options, registry)
         return pipe.optimize(performance) if performance is not None else pipe
+
+    @classmethod
+    def from_spec(cls, spec: PipelineSpec) -> SOWPipeline:
+        """The pipeline a :class:`PipelineSpec` describes (the recipe a batch sends to its workers)."""
+        return spec.load()
 
     def optimize(self, performance: PerformanceSettings | None = None, canvas_pixels: int | None = None) -> SOWPipeline:
         """Apply fast-path settings (attention kernel, layout, compile, VAE slicing/tiling, offload) in place."""
         self.performance = performance or PerformanceSettings()
+        if self.components is None:
+            raise InputError(f"performance settings apply to the UNet families; the {self.backbone.family} family has none yet")
         self.applied_performance = apply_performance(self.components, self.performance, canvas_pixels)
         return self
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> SOWPipeline:
-        self.components.to(device, dtype)
+        if self.components is not None:
+            self.components.to(device, dtype)
+        elif hasattr(self.backbone, "to"):
+            self.backbone.to(device, dtype)
+        else:
+            raise InputError(f"the {self.backbone.family} family's backbone cannot be moved (it has no to())")
         return self
 
     @property
     def device(self) -> torch.device:
-        return self.components.device
+        if self.components is not None:
+            return self.components.device
+        return getattr(self.backbone, "device", None) or next(self.backbone.network.parameters()).device
 
     # -- the diffusers face -------------------------------------------------------------
 
@@ -264,7 +341,7 @@ class SOWPipeline:
             preset_stages = PRESETS.get(preset, {}).get("stages", {})
             overrides["stages"] = {**self.stages.model_dump(), **preset_stages, **chosen, **overrides.get("stages", {})}
             if "canvas" not in overrides:
-                side = self.components.native_resolution
+                side = self.components.native_resolution if self.components is not None else getattr(self.backbone, "native_resolution", 512)
                 overrides["canvas"] = {"width": side, "height": side}
             return GenerationConfig.from_preset(preset, **overrides)
         if overrides:
@@ -289,8 +366,8 @@ class SOWPipeline:
         """
         from sow.planners.policy import plan_with_policy
 
-        images = [c if isinstance(c, Image.Image) else _read_condition(c, i, n)[1] for i, n, c in _numbered(condition)]
-        sources = [c if isinstance(c, str) else str(c) if isinstance(c, Path) else "" for _, _, c in _numbered(condition)]
+        images = [c if isinstance(c, Image.Image) else read_condition(c, i, n).image for i, n, c in numbered(condition)]
+        sources = [c if isinstance(c, str) else str(c) if isinstance(c, Path) else "" for _, _, c in numbered(condition)]
         config = config or self.make_config()
         if planner is None or isinstance(planner, str):
             planner = self.stage("planner", planner or config.stages.planner)
@@ -312,16 +389,17 @@ class SOWPipeline:
         scheduler = self.stage("scheduler", config.stages.scheduler)
         return inversion_evaluations(config, inputs) + scheduler.unet_evaluations(config, inputs)
 
-    # -- the run -----------------------------------------------------------------------
+    # -- the run, step by step (each step a method; __call__ strings them together) -------
 
     def check_inputs(self, prompt: str, config: GenerationConfig, plan: Plan | None, images: int = 1) -> None:
+        """Step 0: the prompt, the canvas against the latent grid and the plan against the images, before any work."""
         require_prompt(prompt)  # the one limit, checked before any work
         if plan is not None and plan.canvas != config.canvas:
             raise InputError(
                 f"plan canvas {plan.canvas.width}x{plan.canvas.height} differs from the config canvas "
                 f"{config.canvas.width}x{config.canvas.height}"
             )
-        scale = self.components.vae_scale_factor
+        scale = self.backbone.vae_scale_factor
         if config.canvas.width % scale or config.canvas.height % scale:
             raise InputError(f"canvas sides must be multiples of {scale}")
         if plan is not None:
@@ -331,6 +409,83 @@ class SOWPipeline:
                     f"condition {i + 1} box_v and condition {j + 1} box_v overlap once snapped to the "
                     f"{scale}-pixel latent grid ([{a}] and [{b}]); leave a gap between them"
                 )
+
+    def make_plan(
+        self, sources: list[ConditionSource], prompt: str, config: GenerationConfig, seed: int, planner: Planner | None
+    ) -> Plan:
+        """Step 1 (Algorithm 1, line 1): a box_v and box_r per condition and the intensified prompt, from the
+        planner (cached, repaired, with its fallback policy); seeded random placement under the AP ablation."""
+        images = [s.image for s in sources]
+        plan = self.plan(images if len(images) > 1 else images[0], prompt, config, seed, planner=planner)
+        plan = _with_sources(plan, [s.given if isinstance(s.given, Image.Image) else s.label for s in sources])
+        if not config.ablation.adaptive_position:  # AP ablation: seeded random placement
+            plan = random_placement(plan, cv.apply_crop(images[0], None, plan.crop)[0], config, seed)
+        self.check_inputs(prompt, config, plan, len(images))
+        return plan
+
+    def encode_prompts(self, text: str, config: GenerationConfig) -> PromptEmbeddings:
+        """Step 3a: the run's five prompts (the prompt, the negative, the empty one and the two background
+        prompts), encoded once in one batch by the backbone (:meth:`Backbone.encode_prompts`)."""
+        comp = self.components
+        if not self.performance.cache_text_embeddings and comp is not None:
+            return ReencodingEmbeddings(comp.text_encoder, comp.tokenizer, config, text, comp.prompt_encoder())
+        return PromptEmbeddings.from_conditioning(self.backbone.encode_prompts(run_texts(config, text)))
+
+    def prepare_latents(
+        self, prepared: list[PreparedCondition], config: GenerationConfig, seed: int, generators: list[torch.Generator]
+    ) -> PreparedLatents:
+        """Steps 2 and 3b (Algorithm 1's seed initialization): each condition pasted at its box_v on the
+        gray canvas (or the background of ``readings.seed_background``), made once or per image when it
+        depends on the seed, then every condition (at its own size) and the canvas VAE-encoded."""
+        readings = config.readings
+        per_image = seeded_images(prepared, config, seed, len(generators))
+        condition_parts: list[list[torch.Tensor]] = [[] for _ in prepared]
+        canvas_parts = []
+        for i, (own_images, canvas_image) in enumerate(per_image):
+            sampler = generators[min(i, len(generators) - 1)] if readings.vae_encoding == "sample" else None
+            for k, own in enumerate(own_images):  # conditions first, as the reference
+                condition_parts[k].append(self.encode_image(own, sampler))
+            if readings.seed_background != "none":
+                canvas_parts.append(self.encode_image(canvas_image, sampler))
+        conditions = [torch.cat(parts) for parts in condition_parts]
+        for k, latent in enumerate(conditions):
+            require_finite(latent, "the encoded condition (VAE)" if len(prepared) == 1 else f"the encoded condition {k + 1} (VAE)")
+        canvas = torch.cat(canvas_parts) if canvas_parts else None
+        if canvas is not None:
+            require_finite(canvas, "the encoded canvas (VAE)")
+        return PreparedLatents(conditions=conditions, canvas=canvas, seeded=per_image[0][1])
+
+    def invert(self, ctx: RunContext, latents: PreparedLatents) -> None:
+        """Step 4 (Algorithm 1's inversion): each condition alone up to t2, its own trajectory kept; the canvas to
+        t1 (or t2). All deterministic, so a batch of images shares them (inverted once, at batch 1) unless the
+        canvas depends on the seed (then each image's, batched). Without a canvas (seed_background "none")
+        the cycles start from Gaussian noise."""
+        config, denoiser, images = ctx.config, ctx.denoiser, ctx.num_images
+        ctx.condition_trajectories = [
+            ctx.inverter.invert(denoiser, latent, 0, config.t2, "invert_condition") for latent in latents.conditions
+        ]
+        if latents.canvas is None:
+            scale = self.backbone.vae_scale_factor
+            first = latents.conditions[0]
+            shape_of = first.new_empty(images, first.shape[1], config.canvas.height // scale, config.canvas.width // scale)
+            ctx.canvas_latents = ctx.noise_like(shape_of)
+            return
+        inverted = ctx.inverter.invert(denoiser, latents.canvas, 0, config.canvas_start_level(), "invert_canvas")[-1]
+        ctx.canvas_latents = inverted if inverted.shape[0] == images else inverted.repeat(images, 1, 1, 1)
+
+    def decode(self, latents: torch.Tensor, output_type: str) -> Any:
+        """Step 6: the VAE decode (NaN-checked), in the caller's ``output_type``; ``"latent"``: undecoded."""
+        if output_type == "latent":
+            return latents
+        decoded = self.backbone.decode_latents(latents, nan_guard=self.performance.nan_guard)
+        require_finite(decoded, "the decoded image (VAE)")
+        return diffusers_style.to_output(decoded, output_type)
+
+    def encode_image(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The model's latents of ``image``: the VAE posterior's mode, or (with ``generator``) a sample."""
+        return self.backbone.encode_image(cv.to_tensor(image).to(device=self.device), generator)
+
+    _encode = encode_image  # the name before the named steps
 
     @plugin_exits_fail
     @torch.no_grad()
@@ -372,227 +527,222 @@ class SOWPipeline:
         ``callback_on_step_end(pipe, i, t, kwargs)`` after each denoising step, which may return
         changed latents.
         """
-        # 0. The diffusers-style arguments, read once into sow's own.
         call = diffusers_style.normalize_call(
             seed, generator, num_images, num_images_per_prompt, output_type,
             callback_on_step_end, callback_on_step_end_tensor_inputs,
         )
-        seed, num_images = call.seed, call.num_images
-        comp, settings = self.components, self.performance
-        sync = torch.cuda.synchronize if settings.stage_sync and comp.device.type == "cuda" else None
-        timer = _Timer(sync)
         if isinstance(planner, str):
             overrides["stages"] = {**overrides.get("stages", {}), "planner": planner}
         config = self.make_config(config, preset, **overrides)
-        numbered = _numbered(condition)
-        self.check_inputs(prompt, config, plan, len(numbered))
-        read = [_read_condition(c, i, n) for i, n, c in numbered]
-        condition_images = [r[1] for r in read]
-        explicit_mask = mask is not None  # readings.mask_polarity applies to it; an alpha channel keeps its opaque pixels
-        masks = _masks(mask, [r[2] for r in read])
-        notes = [note for r in read for note in r[4]] + call.notes
-        device, scale = comp.device, comp.vae_scale_factor
+        self.check_inputs(prompt, config, plan, len(numbered(condition)))
+        sources = read_conditions(condition)
+        run = _Run(self, config, call, sources, callback)
 
-        # 1. Plan: a box_v and box_r per condition, and the (intensified) prompt.
-        with timer.stage("plan"):
-            if plan is None:
-                planned = [c if isinstance(c, Image.Image) else r[0] for (_, _, c), r in zip(numbered, read)]
-                plan = self.plan(
-                    condition_images if len(condition_images) > 1 else condition_images[0],
-                    prompt, config, seed, planner=None if isinstance(planner, str) else planner,
-                )
-                plan = _with_sources(plan, planned)
-                if not config.ablation.adaptive_position:  # AP ablation: seeded random placement
-                    plan = random_placement(plan, cv.apply_crop(condition_images[0], None, plan.crop)[0], config, seed)
-                self.check_inputs(prompt, config, plan, len(condition_images))
-            text = plan.prompt if config.ablation.prompt_intensification else (plan.user_prompt or prompt)
-            text = require_prompt(text, "the plan's prompt", max_chars=None)  # the user's prompt was checked; a planner may add words
-            notes = notes + prompt_warnings(comp.tokenizer, text)
-
-        # 2. Seed initialization: each condition (its planned crop) pasted at its box_v (snapped to latent
-        #    cells) on one gray canvas (or the background of readings.seed_background, one condition only);
-        #    each condition's own-size image kept for its own inversion.
-        readings = config.readings
-        polarity = readings.mask_polarity if explicit_mask else "white-keeps"
-        fitted_all, keeps, boxes, regions, used_masks = [], [], [], [], []
-        for cond in plan.conditions:
-            given_mask = _plan_mask(cond, masks)
-            used_masks.append(used_mask(given_mask, polarity, condition_images[cond.image].size))  # saved beside the image
-            picture, keep_mask = cv.apply_crop(condition_images[cond.image], given_mask, cond.crop)
-            box_v = cond.box_v.aligned(scale)
-            if not box_v.fits(config.canvas):
-                box_v = box_v.model_copy(update={"x": config.canvas.width - box_v.w})
-            fitted, keep = cv.fit_condition(picture, box_v, keep_mask, polarity)
-            fitted_all.append(fitted)
-            keeps.append(keep)
-            boxes.append(box_v)
-            regions.append(LatentRegion.from_box(
-                box_v, config.canvas, scale, cv.latent_mask(keep, scale, readings.mask_cell_rule).to(device)
-            ))
-        if len(regions) > 1 and readings.seed_background not in ("gray", "none"):
-            raise InputError(f"readings.seed_background {readings.seed_background!r} takes one condition; this plan has {len(regions)} (use gray)")
-        # a seed-dependent canvas (noise background, sampled VAE latents) is made per image: image i as seed + i
-        per_image = readings.seed_background == "noise" or readings.vae_encoding == "sample"
-        images_in = []  # per image: (each condition's own image, the seeded canvas)
-        for i in range(num_images if per_image else 1):
-            if len(regions) == 1:
-                one, canvas_image = cv.seed_images(fitted_all[0], keeps[0], boxes[0], config.canvas, readings.seed_background, seed + i)
-                images_in.append(([one], canvas_image))
-            else:
-                images_in.append((fitted_all, cv.paste_all_on_gray(list(zip(fitted_all, boxes)), config.canvas)))
-        seeded = images_in[0][1]
-        # the run's generators (one per image) exist before encoding: a sampled VAE encoding draws from them
-        diffusers_style.check_generator_device(call.generators, device)
-        generators = call.generators or [torch.Generator(device=device).manual_seed(seed + i) for i in range(num_images)]
-
-        # 3. Encode: the prompts once per run; each condition (at its own size) and the canvas.
-        with timer.stage("encode"):
-            if settings.cache_text_embeddings:
-                embeddings = PromptEmbeddings.encode(comp.text_encoder, comp.tokenizer, config, text, comp.prompt_encoder())
-            else:
-                embeddings = ReencodingEmbeddings(comp.text_encoder, comp.tokenizer, config, text, comp.prompt_encoder())
-            condition_parts = [[] for _ in regions]
-            canvas_parts = []
-            for i, (own_images, canvas_image) in enumerate(images_in):
-                sampler = generators[min(i, len(generators) - 1)] if readings.vae_encoding == "sample" else None
-                for k, own in enumerate(own_images):  # conditions first, as the reference
-                    condition_parts[k].append(self._encode(own, sampler))
-                if readings.seed_background != "none":
-                    canvas_parts.append(self._encode(canvas_image, sampler))
-            condition_latents = [torch.cat(parts) for parts in condition_parts]
-            for k, latent in enumerate(condition_latents):
-                require_finite(latent, "the encoded condition (VAE)" if len(regions) == 1 else f"the encoded condition {k + 1} (VAE)")
-            canvas_latents = torch.cat(canvas_parts) if canvas_parts else None
-            if canvas_latents is not None:
-                require_finite(canvas_latents, "the encoded canvas (VAE)")
-
-        schedule = LevelSchedule.from_scheduler(comp.scheduler, config.num_inference_steps)
-        total = self.unet_evaluations(config, RunInputs(conditions=len(regions)))
-        denoiser = Denoiser(
-            comp.unet, schedule, embeddings, config, union_mask(regions), callback, comp.added_conditioning(),
-            total_evaluations=total,
+        # Algorithm 1, in the paper's order (each step below is a method with its own docstring).
+        with run.timer.stage("plan"):
+            plan = plan or self.make_plan(sources, prompt, config, call.seed, None if isinstance(planner, str) else planner)
+            text = run.prompt_of(plan, prompt)
+        prepared = prepare_conditions(plan, sources, masks_for(mask, sources), config, self.backbone.vae_scale_factor,
+                                      self.device, explicit_mask=mask is not None)
+        generators = run.generators()
+        with run.timer.stage("encode"):
+            embeddings = self.encode_prompts(text, config)
+            latents = self.prepare_latents(prepared, config, call.seed, generators)
+        ctx = run.context(plan, prepared, embeddings, generators)
+        modulator = self.stage("attention_modulator", config.stages.modulator)
+        modulator.attach(self.backbone.network, ctx)
+        try:
+            with run.timer.stage("inversion"):
+                self.invert(ctx, latents)
+            with run.timer.stage("cycles"):  # the cycles, then the final denoise (the timer switches at its first step)
+                final = self.stage("scheduler", config.stages.scheduler).run(ctx)
+            run.finish(ctx)
+        finally:
+            modulator.detach(self.backbone.network)
+        with run.timer.stage("decode"):
+            images = self.decode(final, decode_type(config.paste, call.output_type))
+        # 7. Paste: every condition's kept pixels back over the decoded images, exactly (sow.io.paste).
+        kept = [KeptCondition(p.box_v, p.picture, p.keep) for p in prepared]
+        with run.timer.stage("paste"):
+            pasted = paste_decoded(images, kept, config.canvas, config.paste, config.paste_band, call.output_type)
+        images, run.notes = pasted.images, run.notes + pasted.notes
+        ctx.artifacts.update(kept=kept, unpasted=pasted.unpasted, masks=used_masks(plan, prepared, sources, config, mask is not None))
+        return SOWOutput(
+            image=images[0], plan=plan, record=run.record(ctx, plan, prepared, text), seeded_canvas=latents.seeded,
+            latents=final, images=images, artifacts=ctx.artifacts,
         )
+
+    # -- what the run needs to know about the model, for any backbone ------------------------
+
+    @property
+    def tokenizer(self) -> Any:
+        """The (first) tokenizer, for the prompt-length warnings; None when the backbone has none to show."""
+        if self.components is not None:
+            return self.components.tokenizer
+        return getattr(self.backbone, "tokenizer", None)
+
+    @property
+    def model_source(self) -> str:
+        return self.components.source if self.components is not None else str(getattr(self.backbone, "source", None) or self.backbone.family)
+
+
+@dataclass
+class PreparedLatents:
+    """Step 3b's result: the encoded conditions and canvas, and the seeded canvas picture."""
+
+    conditions: list[torch.Tensor]
+    """Each condition's latent at its own size (batch 1, or one per image when seed-dependent)."""
+    canvas: torch.Tensor | None
+    """The seeded canvas's latent; None with ``readings.seed_background`` "none" (the cycles start from noise)."""
+    seeded: Image.Image
+    """The (first image's) seeded canvas, for the caller to look at."""
+
+
+class _Run:
+    """The bookkeeping of one call that the steps share: config, timer, notes, counts, the record.
+
+    Keeps :meth:`SOWPipeline.__call__` to the algorithm; everything here is plumbing around it.
+    """
+
+    def __init__(self, pipe: SOWPipeline, config: GenerationConfig, call: Any, sources: list[ConditionSource], callback) -> None:
+        self.pipe, self.config, self.call, self.sources, self.callback = pipe, config, call, sources, callback
+        settings = pipe.performance
+        sync = torch.cuda.synchronize if settings.stage_sync and pipe.device.type == "cuda" else None
+        self.timer = _Timer(sync)
+        self.notes = [note for s in sources for note in s.notes] + call.notes
+        self.denoiser: Denoiser | None = None
+
+    def prompt_of(self, plan: Plan, prompt: str) -> str:
+        """The text the run encodes: the plan's intensified prompt (or the user's under the PI ablation)."""
+        config = self.config
+        text = plan.prompt if config.ablation.prompt_intensification else (plan.user_prompt or prompt)
+        text = require_prompt(text, "the plan's prompt", max_chars=None)  # the user's prompt was checked; a planner may add words
+        if self.pipe.tokenizer is not None:
+            self.notes = self.notes + prompt_warnings(self.pipe.tokenizer, text)
+        return text
+
+    def generators(self) -> list[torch.Generator]:
+        """One generator per image (image i seeded with seed + i), or the caller's; they exist before encoding
+        because a sampled VAE encoding draws from them."""
+        call, device = self.call, self.pipe.device
+        diffusers_style.check_generator_device(call.generators, device)
+        return call.generators or [torch.Generator(device=device).manual_seed(call.seed + i) for i in range(call.num_images)]
+
+    def context(self, plan: Plan, prepared: list[PreparedCondition], embeddings: PromptEmbeddings, generators) -> RunContext:
+        """The run's schedule, guided model (:class:`Denoiser`) and the :class:`RunContext` the stages share."""
+        pipe, config, call = self.pipe, self.config, self.call
+        regions = [p.region for p in prepared]
+        scale = pipe.backbone.vae_scale_factor
+        schedule = pipe.backbone.noise_schedule(config.num_inference_steps, (config.canvas.height // scale, config.canvas.width // scale))
+        self.total = pipe.unet_evaluations(config, RunInputs(conditions=len(regions)))
+        denoiser = Denoiser(pipe.backbone, schedule, embeddings, config, union_mask(regions), self.callback, total_evaluations=self.total)
         if call.step_end is not None:
-            denoiser.on_step_end = diffusers_style.StepEndCallback(self, call.step_end, call.tensor_inputs, embeddings)
+            denoiser.on_step_end = diffusers_style.StepEndCallback(pipe, call.step_end, call.tensor_inputs, embeddings)
         ctx = RunContext(
             config=config,
             plan=plan,
-            seed=seed,
+            seed=call.seed,
             regions=regions,
             generator=generators[0],
             generators=generators,
             denoiser=denoiser,
-            inverter=self.stage("inverter", config.stages.inverter),
-            preserver=self.stage("preserver", config.stages.preserver),
+            inverter=pipe.stage("inverter", config.stages.inverter),
+            preserver=pipe.stage("preserver", config.stages.preserver),
         )
 
         def on_step(step) -> None:
             if step.phase == "final" and (ctx.step is None or ctx.step.phase != "final"):
-                timer.switch("final")
+                self.timer.switch("final")
             ctx.step = step
 
         denoiser.on_step = on_step
-        modulator = self.stage("attention_modulator", config.stages.modulator)
-        modulator.attach(comp.unet, ctx)
-        try:
-            # 4. Inversion: each condition alone up to t2 (its own trajectory kept), the canvas to t1 (or t2).
-            #    All deterministic, so a batch of images shares them (inverted once, at batch 1),
-            #    unless the canvas depends on the seed (then each image's is inverted, batched).
-            #    Without a canvas (seed_background "none") the cycles start from Gaussian noise.
-            with timer.stage("inversion"):
-                start = config.canvas_start_level()
-                ctx.condition_trajectories = [
-                    ctx.inverter.invert(denoiser, latent, 0, config.t2, "invert_condition") for latent in condition_latents
-                ]
-                if canvas_latents is None:
-                    h, w = config.canvas.height // scale, config.canvas.width // scale
-                    first = condition_latents[0]
-                    shape_of = first.new_empty(num_images, first.shape[1], h, w)
-                    ctx.canvas_latents = ctx.noise_like(shape_of)
-                else:
-                    inverted = ctx.inverter.invert(denoiser, canvas_latents, 0, start, "invert_canvas")[-1]
-                    ctx.canvas_latents = inverted if inverted.shape[0] == num_images else inverted.repeat(num_images, 1, 1, 1)
-            # 5. Cyclic one-way diffusion, then the final denoise with visual condition preservation
-            #    (timed as "cycles" and "final": the timer switches at the first final step).
-            with timer.stage("cycles"):
-                latents = self.stage("scheduler", config.stages.scheduler).run(ctx)
-            denoiser.finish()
-            if denoiser.evaluations != total:
-                raise SowError(
-                    f"scheduler {config.stages.scheduler!r} counted {total} UNet evaluations for this run "
-                    f"(with the inversions) but {denoiser.evaluations} were made: its unet_evaluations() is wrong"
-                )
-        finally:
-            modulator.detach(comp.unet)
+        self.denoiser = denoiser
+        return ctx
 
-        # 6. Decode.
-        with timer.stage("decode"):
-            if call.output_type == "latent":
-                images = latents
-            else:
-                decoded = decode_latents(comp.vae, latents, nan_guard=settings.nan_guard, upcast=comp.vae_needs_fp32)
-                require_finite(decoded, "the decoded image (VAE)")
-                images = diffusers_style.to_output(decoded, decode_type(config.paste, call.output_type))
+    def finish(self, ctx: RunContext) -> None:
+        """After the scheduler: the deferred NaN check, and the scheduler's own count of model calls held to account."""
+        denoiser = ctx.denoiser
+        denoiser.finish()
+        if denoiser.evaluations != self.total:
+            raise SowError(
+                f"scheduler {self.config.stages.scheduler!r} counted {self.total} UNet evaluations for this run "
+                f"(with the inversions) but {denoiser.evaluations} were made: its unet_evaluations() is wrong"
+            )
 
-        # 7. Paste: every condition's kept pixels back over the decoded images, exactly (sow.io.paste).
-        kept = [KeptCondition(box, fitted, keep) for fitted, keep, box in zip(fitted_all, keeps, boxes)]
-        with timer.stage("paste"):
-            pasted = paste_decoded(images, kept, config.canvas, config.paste, config.paste_band, call.output_type)
-        images, notes = pasted.images, notes + pasted.notes
-        ctx.artifacts.update(kept=kept, unpasted=pasted.unpasted, masks=used_masks)
-
-        record = RunRecord(
+    def record(self, ctx: RunContext, plan: Plan, prepared: list[PreparedCondition], text: str) -> RunRecord:
+        """Step 7: the run record written beside each image."""
+        pipe, config, sources = self.pipe, self.config, self.sources
+        comp = pipe.components
+        boxes = [p.box_v for p in prepared]
+        dtype = comp.dtype if comp is not None else next(pipe.backbone.network.parameters()).dtype
+        return RunRecord(
             sow_version=__version__,
-            model=comp.source,
-            family=comp.family.name if comp.family else None,
-            loras=list(comp.loras),
-            model_fingerprint=weights_fingerprint(comp),
-            device=str(device),
-            dtype=str(comp.dtype).removeprefix("torch."),
-            seed=seed,
-            condition=read[0][0],
-            condition_sha256=read[0][3],
+            model=pipe.model_source,
+            family=pipe.backbone.family,
+            loras=list(comp.loras) if comp is not None else [],
+            model_fingerprint=weights_fingerprint(comp if comp is not None else pipe.backbone),
+            device=str(pipe.device),
+            dtype=str(dtype).removeprefix("torch."),
+            seed=self.call.seed,
+            condition=sources[0].label,
+            condition_sha256=sources[0].sha256,
             conditions=[
-                ConditionRecord(source=read[cond.image][0], sha256=read[cond.image][3], aligned_box_v=box)
+                ConditionRecord(source=sources[cond.image].label, sha256=sources[cond.image].sha256, aligned_box_v=box)
                 for cond, box in zip(plan.conditions, boxes)
             ],
             config=config,
             plan=plan,
             aligned_box_v=boxes[0],
-            timings=timer.timings,
-            unet_evaluations=denoiser.evaluations,
-            num_images=num_images,
+            timings=self.timer.timings,
+            unet_evaluations=ctx.denoiser.evaluations,
+            num_images=self.call.num_images,
             versions=_versions(),
             prompt_used=text,
             trace=ctx.trace if config.trace_attention else None,
-            warnings=notes,
-        )
-        return SOWOutput(
-            image=images[0],
-            plan=plan,
-            record=record,
-            seeded_canvas=seeded,
-            latents=latents,
-            images=images,
-            artifacts=ctx.artifacts,
+            warnings=self.notes,
         )
 
-    def _encode(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
-        """VAE latents of ``image``: the posterior's mean, or (with ``generator``) a sample drawn from it."""
-        vae = self.components.vae
-        if vae.dtype == torch.float16 and self.components.vae_needs_fp32:  # SDXL's stock VAE overflows in fp16
-            vae.to(torch.float32)
-            try:
-                pixels = cv.to_tensor(image).to(device=self.device, dtype=torch.float32)
-                posterior = vae.encode(pixels).latent_dist
-                latents = posterior.mode() if generator is None else posterior.sample(generator)
-                return (latents * vae.config.scaling_factor).half()
-            finally:
-                vae.to(torch.float16)
-        pixels = cv.to_tensor(image).to(device=self.device, dtype=vae.dtype)
-        posterior = vae.encode(pixels).latent_dist
-        latents = posterior.mode() if generator is None else posterior.sample(generator)
-        return latents * vae.config.scaling_factor
+
+def load_model(
+    registry: Registry,
+    model: str,
+    *,
+    device: str | torch.device | None = "cpu",
+    dtype: str | torch.dtype = "auto",
+    random_weights: bool = False,
+    allow_pickle: bool = False,
+    family: str | None = None,
+    vae: str | None = None,
+    loras: list[str] | None = None,
+) -> Backbone:
+    """The model ``model`` loaded by the registered family that claims it (a plugin's before the built-ins);
+    ``family`` naming a registered non-UNet family loads it with that one. One line when nothing can load it."""
+    torch_device = device if isinstance(device, torch.device) else resolve_device(device)
+    request = LoadRequest(
+        spec=model, device=torch_device, dtype=resolve_dtype(dtype, torch_device), random_weights=random_weights,
+        allow_pickle=allow_pickle, options={"family": family, "vae": vae, "loras": loras},
+    )
+    named = registry.families.get(family) if family is not None else None
+    if named is not None and not isinstance(named.family, UNetFamily):
+        entry = named
+        request = dataclasses.replace(request, options={"vae": vae, "loras": loras})
+    else:
+        entry = registry.family_for(request)
+        if entry is not None and not isinstance(entry.family, UNetFamily) and any(v for v in (family, vae, loras)):
+            request = dataclasses.replace(request, options={"vae": vae, "loras": loras})
+    if entry is None or isinstance(entry.family, UNetFamily):
+        # the built-in UNet families share one loader, which tells the family from the configs
+        # (and whose messages say what was looked for when nothing claims the model)
+        components = load_components(model, device=torch_device, dtype=request.dtype, random_weights=random_weights,
+                                     allow_pickle=allow_pickle, family=family, vae=vae, loras=loras)
+        return UNetBackbone(components)
+    return entry.family.load(request)
+
+
+def used_masks(plan: Plan, prepared: list[PreparedCondition], sources: list[Any], config: GenerationConfig, explicit_mask: bool) -> list[Image.Image]:
+    """Each condition's mask as the run used it, white keeps, before the crop (:mod:`sow.io.masks`): saved beside the image."""
+    polarity = config.readings.mask_polarity if explicit_mask else "white-keeps"
+    return [used_mask(p.mask, polarity, sources[cond.image].image.size) for cond, p in zip(plan.conditions, prepared)]
 
 
 def inversion_evaluations(config: GenerationConfig, inputs: RunInputs) -> int:
@@ -600,66 +750,6 @@ def inversion_evaluations(config: GenerationConfig, inputs: RunInputs) -> int:
     ``readings.canvas_inversion`` and ``readings.seed_background``)."""
     canvas = 0 if config.readings.seed_background == "none" else config.canvas_start_level()
     return inputs.conditions * config.t2 + canvas
-
-
-ConditionInput = str | Path | Image.Image
-"""A visual condition as the API takes it: a file path or a PIL image."""
-
-
-def _numbered(condition: ConditionInput | Sequence[ConditionInput]) -> list[tuple[int, int, ConditionInput]]:
-    """``[(index, count, condition)]``: one condition or a non-empty list of them."""
-    if isinstance(condition, (str, Path, Image.Image)):
-        return [(0, 1, condition)]
-    if isinstance(condition, Sequence) and condition:
-        return [(i, len(condition), c) for i, c in enumerate(condition)]
-    if isinstance(condition, Sequence):
-        raise InputError("no condition given: pass a path or image, or a list of them")
-    raise InputError(f"condition must be a path or a PIL image (or a list of them), not {type(condition).__name__}")
-
-
-def _read_condition(
-    condition: ConditionInput, index: int = 0, count: int = 1
-) -> tuple[str, Image.Image, Image.Image | None, str, list[str]]:
-    """(source label, RGB image, alpha mask or None, sha256 of the file bytes or pixels, conversion notes).
-
-    With several conditions an error and each note say which one (``condition 2 of 3``).
-    """
-    which = f"condition {index + 1} of {count}" if count > 1 else ""
-    try:
-        if isinstance(condition, Image.Image):
-            loaded = load_condition(condition)
-            source = "image"
-        elif isinstance(condition, (str, Path)):
-            loaded = load_condition(Path(condition))
-            source = str(condition)
-        else:
-            raise InputError(f"condition must be a path or a PIL image, not {type(condition).__name__}")
-    except InputError as exc:
-        if not which:
-            raise
-        raise type(exc)(f"{which}: {exc}") from None
-    notes = [f"{which}: {n}" for n in loaded.notes] if which else loaded.notes
-    return source, loaded.image, loaded.mask, loaded.sha256, notes
-
-
-def _masks(mask: Image.Image | Sequence[Image.Image | None] | None, alphas: list[Image.Image | None]) -> list[Image.Image | None]:
-    """One mask per condition image: the caller's (one image, or a list of one per image), else its alpha."""
-    if mask is None:
-        return alphas
-    given = [mask] if isinstance(mask, Image.Image) else list(mask)
-    if len(given) != len(alphas):
-        raise InputError(f"mask: {len(given)} given for {len(alphas)} condition images; give one per image (None: its alpha)")
-    return [m if m is not None else a for m, a in zip(given, alphas)]
-
-
-def _plan_mask(cond, masks: list[Image.Image | None]) -> Image.Image | None:
-    """A condition's mask: the plan's mask file when it names one, else its image's mask."""
-    if cond.mask is None:
-        return masks[cond.image]
-    try:
-        return load_condition(Path(cond.mask)).image.convert("L")
-    except InputError as exc:
-        raise InputError(f"plan mask {cond.mask!r}: {exc}") from None
 
 
 def check_plan_images(plan: Plan, count: int) -> None:

@@ -38,6 +38,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "sow.planners.heuristic",
     "sow.attention.dam",
     "sow.eval.face_metrics",
+    "sow.engine.unet_family",
 )
 """Modules of the core that register the built-in stages, in this order."""
 
@@ -53,13 +54,22 @@ class StageEntry:
     distribution: str
 
     def create(self, **options: object) -> object:
-        """The stage, made with ``options``; unknown option keys are the user's error (exit 2)."""
+        """The stage, made with ``options``; unknown keys and bad values are the user's error (exit 2).
+
+        A factory with a nested pydantic ``Options`` model gets its options validated by it (the error
+        names the field); any other factory's signature decides which keys exist, and a ``ValueError``
+        it raises while taking them is reported as the user's bad option too.
+        """
         label = f"{self.kind.replace('_', ' ')} {self.name!r} ({self.distribution})"
-        check_options(self.factory, options, label)
+        options = validate_options(self.factory, options, label)
         try:
             return self.factory(**options)
         except TypeError as exc:
             raise PluginError(f"{label} rejected its options: {exc}") from None
+        except ValueError as exc:
+            if options:
+                raise StageOptionError(f"{label}: {str(exc).splitlines()[0] if str(exc) else 'a bad option value'}") from None
+            raise
         except (Exception, KeyboardInterrupt):
             raise
         except BaseException as exc:  # sys.exit() in a plugin: that plugin's failure, not a silent exit 0
@@ -103,6 +113,28 @@ def plugin_exits_fail(function: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def validate_options(factory: Callable[..., object], options: dict[str, object], label: str) -> dict[str, object]:
+    """``options`` checked against the factory: through its nested pydantic ``Options`` model when it has
+    one (unknown field or bad value: :class:`StageOptionError` naming the field, exit 2), else by its
+    signature (:func:`check_options`). Returns the options to call the factory with."""
+    model = getattr(factory, "Options", None)
+    if model is None or not hasattr(model, "model_validate"):
+        check_options(factory, options, label)
+        return options
+    from pydantic import ValidationError
+
+    try:
+        validated = model.model_validate(options)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error.get("loc", ())) or "options"
+        if error.get("type") == "extra_forbidden":
+            known = ", ".join(model.model_fields) or "none"
+            raise StageOptionError(f"{label} has no option {where!r}; its options: {known}") from None
+        raise StageOptionError(f"{label} option {where}: {error.get('msg', 'invalid value')} (got {error.get('input')!r})") from None
+    return {name: getattr(validated, name) for name in options}
+
+
 def check_options(factory: Callable[..., object], options: dict[str, object], label: str) -> None:
     """Refuse option keys ``factory`` does not take (:class:`StageOptionError`, exit 2), before calling it."""
     import inspect
@@ -124,6 +156,16 @@ def check_options(factory: Callable[..., object], options: dict[str, object], la
 
 
 @dataclass(frozen=True)
+class FamilyEntry:
+    """One registered model family (:class:`sow.engine.backbone.ModelFamilyAdapter`) and who provides it."""
+
+    name: str
+    family: Any
+    description: str
+    distribution: str
+
+
+@dataclass(frozen=True)
 class LoadFailure:
     """A plugin that could not be loaded, and why."""
 
@@ -139,6 +181,32 @@ class Registry:
     entries: dict[str, dict[str, StageEntry]] = field(default_factory=lambda: {k: {} for k in STAGE_KINDS})
     failures: list[LoadFailure] = field(default_factory=list)
     manager: pluggy.PluginManager | None = None
+    families: dict[str, FamilyEntry] = field(default_factory=dict)
+    """Model families by name, in registration order (built-ins first): see :meth:`family_for`."""
+
+    def add_family(self, entry: FamilyEntry) -> None:
+        existing = self.families.get(entry.name)
+        if existing and existing.distribution not in ("sow", entry.distribution):
+            raise PluginError(
+                f"model family {entry.name!r} is registered by both {existing.distribution} and "
+                f"{entry.distribution}; {existing.distribution}'s is kept"
+            )
+        self.families.pop(entry.name, None)  # a take-over moves to the end: asked first
+        self.families[entry.name] = entry
+
+    def family(self, name: str) -> FamilyEntry:
+        try:
+            return self.families[name]
+        except KeyError:
+            raise UnknownStageError(f"unknown model family {name!r}; available: {', '.join(self.families)}") from None
+
+    def family_for(self, request: object) -> FamilyEntry | None:
+        """The family that claims a load request (:class:`sow.engine.backbone.LoadRequest`), asking the
+        last registered first (plugins before built-ins); None when none does."""
+        for entry in reversed(list(self.families.values())):
+            if entry.family.claims(request):
+                return entry
+        return None
 
     def add(self, entry: StageEntry) -> None:
         existing = self.entries[entry.kind].get(entry.name)
@@ -197,6 +265,30 @@ def _make_register(registry: Registry, kind: str, distribution: str, plugin_name
         text = description or getattr(factory, "description", None) or (factory.__doc__ or "").strip()
         try:
             registry.add(StageEntry(kind, stage_name, factory, str(text).splitlines()[0] if text else "", distribution))
+        except PluginError as exc:
+            registry.fail(plugin_name, distribution, str(exc))
+
+    return register
+
+
+def _make_family_register(registry: Registry, distribution: str, plugin_name: str) -> Callable[..., None]:
+    """The ``register`` callback of ``register_model_families``: a family object, or a class made without arguments."""
+
+    def register(family: object) -> None:
+        try:
+            adapter = family() if isinstance(family, type) else family
+        except Exception as exc:
+            registry.fail(plugin_name, distribution, f"model family {family!r} could not be created: {describe_exit(exc)}")
+            return
+        name = getattr(adapter, "name", None)
+        missing = [m for m in ("claims", "load", "detect") if not callable(getattr(adapter, m, None))]
+        if not isinstance(name, str) or not name or missing:
+            what = "without a name" if not missing else "without " + " and ".join(f"{m}()" for m in missing)
+            registry.fail(plugin_name, distribution, f"registered a model family {what}")
+            return
+        text = str(getattr(adapter, "description", "") or "").splitlines()
+        try:
+            registry.add_family(FamilyEntry(name, adapter, text[0] if text else "", distribution))
         except PluginError as exc:
             registry.fail(plugin_name, distribution, str(exc))
 
@@ -270,6 +362,17 @@ def build_registry(
                 raise
             except BaseException as exc:
                 registry.fail(label, dist, f"in register_{kind}s: {describe_exit(exc)}")
+    for impl in pm.hook.register_model_families.get_hookimpls():
+        dist = distributions.get(id(impl.plugin), impl.plugin_name)
+        label = impl.plugin_name.split(":", 1)[-1]
+        try:
+            impl.function(register=_make_family_register(registry, dist, label))
+            if trace:
+                log.warning("register_model_families(%s) -> %s", impl.plugin_name, ", ".join(registry.families))
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            registry.fail(label, dist, f"in register_model_families: {describe_exit(exc)}")
     return registry
 
 

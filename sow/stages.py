@@ -200,3 +200,29 @@ STAGE_KINDS: dict[str, type] = {
     "metric": FaceMetric,
 }
 """Stage kind -> its Protocol. The hook of kind ``k`` is ``register_<k>s``."""
+
+STAGE_FIELDS: dict[str, str] = {
+    "planner": "planner",
+    "inverter": "inverter",
+    "scheduler": "scheduler",
+    "attention_modulator": "modulator",
+    "preserver": "preserver",
+}
+"""The stages a generation chooses: kind -> its field in :class:`sow.schemas.StageNames` (the keyword of
+``from_pretrained`` and the CLI option). The one place kind and field meet: ``stage_options`` may be
+keyed by either (:func:`stage_options_by_kind`)."""
+
+
+def stage_options_by_kind(options: dict[str, dict] | None) -> dict[str, dict]:
+    """``stage_options`` keyed by stage kind, whether the caller used the kind (``attention_modulator``)
+    or the field name (``modulator``); both at once for one kind is refused."""
+    from sow.errors import InputError
+
+    fields = {field: kind for kind, field in STAGE_FIELDS.items()}
+    out: dict[str, dict] = {}
+    for key, value in (options or {}).items():
+        kind = fields.get(key, key)
+        if kind in out:
+            raise InputError(f"stage_options names the {kind.replace('_', ' ')} twice ({key!r} and {kind!r}); use one")
+        out[kind] = value
+    return out

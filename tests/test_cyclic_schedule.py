@@ -18,7 +18,8 @@ class Recorder:
         self.config, self.log = config, []
         self.canvas_latents = torch.zeros(1, 4, 2, 2)
         self.denoiser = self
-        self.schedule = SimpleNamespace(alpha=lambda level: 1.0 - level / 20)
+        # the schedule's noise injection (the seam the scheduler calls): the noise was drawn, logged, by noise_like
+        self.schedule = SimpleNamespace(alpha=lambda level: 1.0 - level / 20, inject=lambda x, low, high, noise: x)
 
     def noise_like(self, x):
         self.log.append(("noise",))

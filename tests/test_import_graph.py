@@ -1,7 +1,8 @@
 """The package's import graph: no circles inside `sow`, and only the CLI imports the CLI.
 
-The graph is read from the source with `ast` (imports under `if TYPE_CHECKING:` are
-annotations, not imports, and are left out). An import `from sow.x import y` where `y`
+The graph is read from the source with `ast`. Imports under `if TYPE_CHECKING:` count too
+(issue 24): a cycle that exists only for the type checker still ties two modules together, so
+neither can be read, moved or tested without the other. An import `from sow.x import y` where `y`
 is a submodule counts as an edge to `sow.x.y`; an import of a package counts as an edge
 to its `__init__`, which is why modules inside `sow` import names from the module that
 defines them rather than from `sow` itself.
@@ -31,13 +32,14 @@ def _is_type_checking(node: ast.If) -> bool:
     )
 
 
-def _imports(tree: ast.AST):
-    """Yield (module, names) of every runtime import in `tree`, at any depth."""
+def _imports(tree: ast.AST, type_checking: bool = True):
+    """Yield (module, names) of every import in `tree`, at any depth (with `type_checking` False,
+    not those under `if TYPE_CHECKING:`)."""
     stack = [tree]
     while stack:
         node = stack.pop()
         for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and _is_type_checking(child):
+            if isinstance(child, ast.If) and _is_type_checking(child) and not type_checking:
                 stack.extend(child.orelse)
                 continue
             if isinstance(child, ast.Import):
@@ -48,14 +50,15 @@ def _imports(tree: ast.AST):
             stack.append(child)
 
 
-def import_graph(root: Path = SOW) -> dict[str, set[str]]:
-    """Map every module of the package under `root` to the package modules it imports."""
+def import_graph(root: Path = SOW, type_checking: bool = True) -> dict[str, set[str]]:
+    """Map every module of the package under `root` to the package modules it imports
+    (with `type_checking` False, leaving out the imports made only for the type checker)."""
     package = root.name
     files = {module_name(p, root): p for p in root.rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for name, path in files.items():
         edges: set[str] = set()
-        for module, names in _imports(ast.parse(path.read_text(), filename=str(path))):
+        for module, names in _imports(ast.parse(path.read_text(), filename=str(path)), type_checking):
             if module != package and not module.startswith(package + "."):
                 continue
             submodules = [f"{module}.{n}" for n in names if f"{module}.{n}" in files]
@@ -141,13 +144,14 @@ def test_a_planted_cycle_is_found(tmp_path):
     assert find_cycle(import_graph(root)) == ["pkg.a", "pkg.sub.b", "pkg.c", "pkg.a"]
 
 
-def test_type_checking_imports_are_not_edges(tmp_path):
+def test_type_checking_imports_are_edges(tmp_path):
     root = _plant(tmp_path, {
         "__init__.py": "",
         "a.py": "from pkg import b\n",
         "b.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg import a\n",
     })
-    assert find_cycle(import_graph(root)) is None
+    assert find_cycle(import_graph(root)) == ["pkg.a", "pkg.b", "pkg.a"]
+    assert find_cycle(import_graph(root, type_checking=False)) is None
 
 
 @pytest.mark.parametrize("text", ["import pkg.a\n", "from pkg.a import thing\n", "from pkg import a\n"])

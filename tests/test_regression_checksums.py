@@ -1,12 +1,16 @@
-"""Results that must not change: the final latents of fixed tiny-model runs.
+"""Results that must not change: the final latents of fixed tiny-model runs, as stored arrays.
 
-The values were recorded with `python scripts/regression_checksums.py` on the code
-before the layout move (commit 08a0315) and hold for every change that promises the
-same behaviour. A change that means to alter results updates them in its own commit,
-saying why. "dam-open" and "dam-forced" were re-recorded when DAM moved to the fused path
-(the float operations run in another order; tests/test_dam_regression_paths.py shows the
-same runs on the old explicit path agree to 1e-5 relative); "default" and "cow" did not move.
-"default" equals "cow" because the gate stays closed on random weights at the paper's tau.
+The arrays in ``tests/data/regression_latents.npz`` (22 KB: five runs' (1, 4, 16, h) latents) were
+recorded with ``python scripts/regression_latents.py --write`` on the code before the engine moved
+onto the seams (commit 75bb240, issue 24), and hold for every change that promises the same
+behaviour. They replace the sha256 digests of the same latents, which a new torch build broke
+without any change of method (a different BLAS summation order moves the last bits).
+
+The tolerance: max |got - stored| <= 1e-5 x max |stored|. This change reproduces them exactly (0);
+float noise across torch builds is of the order of 1e-6 here. The smallest change of method among
+the cases, forcing DAM's gate open instead of setting tau to 0, moves them by 1.1e-3, and the
+planted mistakes below (a swapped prompt, an off-by-one injection level) by far more. A change
+that means to alter results records them again in its own commit, saying why.
 """
 
 from __future__ import annotations
@@ -14,36 +18,63 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-RECORDED = {
-    "default": "7fc90fda0af0900a",
-    "dam-open": "7cdcf15576650341",
-    "dam-forced": "413ab3e8876e29bc",
-    "cow": "7fc90fda0af0900a",
-}
+TOLERANCE = 1e-5
 
 
 def _script():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "regression_checksums.py"
-    spec = importlib.util.spec_from_file_location("regression_checksums", path)
+    path = Path(__file__).resolve().parents[1] / "scripts" / "regression_latents.py"
+    spec = importlib.util.spec_from_file_location("regression_latents", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 @pytest.fixture(scope="module")
-def measured():
-    import torch
-
-    threads = torch.get_num_threads()
-    try:
-        return _script().checksums()
-    finally:
-        torch.set_num_threads(threads)
+def script():
+    return _script()
 
 
-@pytest.mark.parametrize("case", sorted(RECORDED))
-def test_latents_are_bit_identical_to_the_recorded_run(measured, case):
-    assert measured[case] == RECORDED[case]
+@pytest.fixture(scope="module")
+def stored(script):
+    return dict(np.load(script.STORED))
 
+
+@pytest.fixture(scope="module")
+def pipe():
+    from sow.pipeline import SOWPipeline
+    from sow.plugins import build_registry
+
+    return SOWPipeline.from_pretrained("tiny", registry=build_registry(load_entry_points=False))
+
+
+@pytest.mark.parametrize("case", ["default", "dam-open", "dam-forced", "cow", "several"])
+def test_latents_match_the_recorded_run(script, stored, pipe, case):
+    got = script.run(pipe, case)
+    assert got.shape == stored[case].shape
+    assert script.distance(got, stored[case]) <= TOLERANCE
+
+
+def test_the_stored_cases_differ_where_the_method_differs(stored):
+    # the gate stays closed on random weights at the paper's tau: the default run is plain COW;
+    # opening or forcing it changes the latents by far more than the tolerance
+    assert np.array_equal(stored["default"], stored["cow"])
+    scale = np.abs(stored["default"]).max()
+    assert np.abs(stored["dam-open"] - stored["default"]).max() > 10 * TOLERANCE * scale
+    assert np.abs(stored["dam-forced"] - stored["dam-open"]).max() > 10 * TOLERANCE * scale
+
+
+def test_a_swapped_prompt_fails_the_tolerance(script, stored, pipe):
+    from sow.schemas import GenerationConfig
+
+    negative = GenerationConfig().negative_prompt
+    swapped = script.run(pipe, "cow", prompt=negative, negative_prompt=script.PROMPT)
+    assert script.distance(swapped, stored["cow"]) > 100 * TOLERANCE
+
+
+def test_an_off_by_one_level_fails_the_tolerance(script, stored, pipe):
+    # the reference code's reading injects noise with the alphas of levels t1 + 1 -> t2 + 1: one level off
+    shifted = script.run(pipe, "cow", readings={"injection_levels": "reference"})
+    assert script.distance(shifted, stored["cow"]) > 100 * TOLERANCE

@@ -33,14 +33,15 @@ constants are in :mod:`sow.attention.equations` and :class:`sow.schemas.Modulati
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
+from pydantic import BaseModel, ConfigDict, Field
 
 from sow.attention import equations as eq
 from sow.attention import several
+from sow.attention.capture import ATTENTION_ARTIFACT, AttentionCapture, attention_picture  # noqa: F401 (re-exported)
 from sow.engine.context import RunContext
 from sow.errors import InputError
 from sow.hookspecs import hookimpl
@@ -52,26 +53,6 @@ DEFAULT_CHUNK_ELEMENTS = {"cpu": 2**22, "accelerator": 2**28}
 may hold: 16 MiB in fp32 on a CPU (cache-friendly; 2**20 left 12 rows per chunk at a 64x64
 grid and batch 4, 2**22 measured 1.4x faster), 512 MiB in bf16 on a GPU (one chunk for a
 batch-4 cycle call of SD 2.1 at 512 px: no loop)."""
-ATTENTION_ARTIFACT = "attention"
-"""Key of the :class:`AttentionCapture` in ``ctx.artifacts``."""
-
-
-@dataclass
-class AttentionCapture:
-    """The mean attention of the condition region's queries at one layer and step (after DAM)."""
-
-    layer: str
-    cycle: int | None
-    level: int
-    r_c: float
-    """The gate, averaged over the run's images."""
-    fired: bool
-    attention: torch.Tensor
-    """(h, w): attention from the condition region's queries to each key, averaged over queries, heads and batch."""
-    condition_mask: torch.Tensor
-    """(h, w) bool."""
-    related_mask: torch.Tensor
-    """(h, w) bool: box_r minus the condition region."""
 
 
 def condition_box(ctx: RunContext) -> Box:
@@ -521,13 +502,27 @@ class DynamicAttentionModulator:
     name = "dam"
     description = "Dynamic attention modulation: P+/P- self-attention bias gated by R_c (SOW)."
 
+    class Options(BaseModel):
+        """The ``dam`` modulator's options (``stage_options={"attention_modulator": {...}}``); a bad one is
+        refused before any model loads, naming the field (exit 2)."""
+
+        model_config = ConfigDict(extra="forbid")
+
+        chunk_elements: int | None = Field(
+            None, ge=1, description="Logit elements computed at once (bounds the extra memory); None: by device."
+        )
+        capture_layer: str | None = Field(
+            None, description="Processor key whose attention --save-attention captures; None: the last up-path self-attention."
+        )
+        sync_free: bool | Literal["auto"] = Field(
+            "auto", description="Keep the gate on the device (no host read per layer and step); auto: on for GPUs."
+        )
+
     def __init__(
         self, chunk_elements: int | None = None, capture_layer: str | None = None, sync_free: bool | str = "auto"
     ) -> None:
-        if chunk_elements is not None and chunk_elements < 1:
-            raise ValueError("chunk_elements must be positive")
-        if sync_free not in (True, False, "auto"):
-            raise ValueError("sync_free must be true, false or auto")
+        options = self.Options(chunk_elements=chunk_elements, capture_layer=capture_layer, sync_free=sync_free)
+        chunk_elements, capture_layer, sync_free = options.chunk_elements, options.capture_layer, options.sync_free
         self.chunk_elements = chunk_elements
         self.capture_layer = capture_layer
         self.sync_free = sync_free
@@ -546,86 +541,50 @@ class DynamicAttentionModulator:
         parameter = next(unet.parameters(), None)
         if levels and parameter is not None:
             state.prepare(levels, parameter.device)
-        unet.set_attn_processor(
-            {
-                name: DAMProcessor(name, state, proc) if name.endswith(SELF_ATTENTION_SUFFIX) else proc
-                for name, proc in previous.items()
-            }
-        )
+        unet.set_attn_processor({name: proc for name, proc in previous.items()} | modulated_processors(unet, ctx, state, previous))
 
     def detach(self, unet: torch.nn.Module) -> None:
-        """Put back what each :class:`DAMProcessor` replaced (the run's state goes with them)."""
+        """Put back what each DAM processor replaced (the run's state goes with them)."""
         installed = dict(unet.attn_processors)
-        if any(isinstance(proc, DAMProcessor) for proc in installed.values()):
-            unet.set_attn_processor(
-                {name: proc.previous if isinstance(proc, DAMProcessor) else proc for name, proc in installed.items()}
+        if any(_is_dam(proc) for proc in installed.values()):
+            unet.set_attn_processor({name: proc.previous if _is_dam(proc) else proc for name, proc in installed.items()})
+
+
+def _is_dam(processor: Any) -> bool:
+    return isinstance(processor, DAMProcessor) or getattr(processor, "is_dam_processor", False)
+
+
+def modulated_processors(network: torch.nn.Module, ctx: RunContext, state: DAMState, previous: dict[str, Any]) -> dict[str, Any]:
+    """DAM's processor for every layer of the backbone's attention layout (:class:`sow.engine.backbone.AttentionLayout`).
+
+    Image self-attention (``alone``): :class:`DAMProcessor`. Joint attention (image tokens ``first`` or
+    ``last`` among the text tokens): the backbone's own ``dam_processor(layer, state, previous)``, which must
+    bias only the image-query x image-key logits; a backbone with joint layers and no such method is
+    refused in one line rather than left unmodulated. Without a layout (a bare UNet), every ``attn1`` layer.
+    """
+    denoiser = getattr(ctx, "denoiser", None)
+    backbone = getattr(denoiser, "backbone", None)
+    layout = getattr(backbone, "attention", None)
+    if layout is None:
+        return {name: DAMProcessor(name, state, proc) for name, proc in previous.items() if name.endswith(SELF_ATTENTION_SUFFIX)}
+    out: dict[str, Any] = {}
+    for layer in layout.layers:
+        if layer.processor not in previous:
+            raise InputError(f"attention layout names {layer.processor!r}, which the network does not have")
+        before = previous[layer.processor]
+        if layer.image_position == "alone":
+            out[layer.processor] = DAMProcessor(layer.processor, state, before)
+            continue
+        make = getattr(backbone, "dam_processor", None)
+        if make is None:
+            raise InputError(
+                f"the dam modulator cannot modulate joint attention layer {layer.processor!r} of the "
+                f"{backbone.family} family: its backbone has no dam_processor(); use --modulator none"
             )
-
-
-# -- the picture -----------------------------------------------------------------------
-
-_HEAT = [(0.0, (0, 0, 0)), (0.35, (120, 20, 110)), (0.7, (240, 100, 30)), (1.0, (255, 240, 120))]
-
-
-def _heat_color(value: float) -> tuple[int, int, int]:
-    for (x0, c0), (x1, c1) in zip(_HEAT, _HEAT[1:]):
-        if value <= x1:
-            t = (value - x0) / (x1 - x0)
-            return tuple(round(a + (b - a) * t) for a, b in zip(c0, c1))
-    return _HEAT[-1][1]
-
-
-def attention_picture(capture: AttentionCapture, seeded: Image.Image) -> Image.Image:
-    """Two panels, each the canvas (upscaled below 512 px): the layer's masks over the seeded
-    canvas (condition green, related region orange), and the mean attention from the
-    condition region (heat map, with its colour scale). Titles above, legends below."""
-    from sow.io.pictures import colour_bar, font, font_size, legend, tag, upscale_factor, upscaled, wrap
-
-    width, height = seeded.size
-    factor = upscale_factor(width, height)
-    pw, ph = width * factor, height * factor
-    h, w = capture.attention.shape
-    masks = Image.new("RGB", (w, h))
-    cond, rel = capture.condition_mask.tolist(), capture.related_mask.tolist()
-    masks.putdata([(0, 200, 80) if cond[i][j] else (255, 140, 0) if rel[i][j] else (40, 40, 40) for i in range(h) for j in range(w)])
-    left = Image.blend(upscaled(seeded.convert("RGB"), factor), masks.resize((pw, ph), Image.Resampling.NEAREST), 0.45)
-
-    values = capture.attention
-    peak = float(values.max()) or 1.0
-    heat = Image.new("RGB", (w, h))
-    heat.putdata([_heat_color(float(v) / peak) for v in values.flatten()])
-    right = heat.resize((pw, ph), Image.Resampling.NEAREST)
-
-    face = font(font_size(min(pw, ph)))
-    line_h = face.size if hasattr(face, "size") else 11
-    state = "fired" if capture.fired else "closed"
-    step = f"cycle {capture.cycle + 1}" if capture.cycle is not None else "final"
-    titles = (
-        wrap(f"DAM's masks at the layer's {w}x{h} grid, over the seeded canvas", face, pw - 16),
-        wrap(f"mean attention from the condition region, {step}, level {capture.level}; "
-             f"gate R_c {capture.r_c:.3f} ({state})", face, pw - 16),
-    )
-    layer = capture.layer.removesuffix(".processor")
-    header_h = 8 + max(len(t) for t in titles) * (line_h + 4) + line_h + 8
-    bar = colour_bar((pw, 3 * line_h + 16), _heat_color, 0.0, peak, face, "attention weight (0 to the peak of this map)")
-    footer_h = bar.height + 10
-    out = Image.new("RGB", (2 * pw, header_h + ph + footer_h), "white")
-    draw = ImageDraw.Draw(out)
-    for x, lines in ((0, titles[0]), (pw, titles[1])):
-        for k, line in enumerate(lines):
-            draw.text((x + 8, 8 + k * (line_h + 4)), line, fill="black", font=face)
-    draw.text((pw + 8, header_h - line_h - 8), f"layer {layer}", fill=(90, 90, 90), font=face)
-    out.paste(left, (0, header_h))
-    out.paste(right, (pw, header_h))
-    for mask, color in ((capture.related_mask, (255, 140, 0)), (capture.condition_mask, (0, 200, 80))):
-        cells = torch.nonzero(mask)
-        if len(cells):
-            (top, lft), (bot, rgt) = cells.min(0).values.tolist(), cells.max(0).values.tolist()
-            box = [pw + lft * pw / w, header_h + top * ph / h, pw + (rgt + 1) * pw / w - 1, header_h + (bot + 1) * ph / h - 1]
-            draw.rectangle(box, outline=color, width=max(2, pw // 200))
-    tag(draw, (4, header_h + 4), f"canvas {width}x{height} px" + (f", shown x{factor}" if factor > 1 else ""), face)
-    legend(draw, (10, header_h + ph + 8), [((0, 200, 80), "condition region"), ((255, 140, 0), "related region (box_r)"), ((40, 40, 40), "rest")], face, pw - 20)
-    out.paste(bar, (pw, header_h + ph + 6))
+        processor = make(layer, state, before)
+        processor.is_dam_processor = True
+        processor.previous = before
+        out[layer.processor] = processor
     return out
 
 

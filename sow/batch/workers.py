@@ -35,6 +35,7 @@ from typing import TypeVar
 
 from sow.errors import InputError
 from sow.io.locks import forget, held
+from sow.pipeline import PipelineSpec  # the recipe is public beside SOWPipeline.from_pretrained (issue 24); kept importable here
 
 PARTS_DIR = "manifest.parts"
 """The folder, inside the output folder, of the workers' manifest parts."""
@@ -189,56 +190,3 @@ __all__ = [
     "run_of",
     "shard",
 ]
-
-
-@dataclass(frozen=True)
-class PipelineSpec:
-    """How a worker builds its pipeline: everything :meth:`SOWPipeline.from_pretrained` needs, picklable.
-
-    A distributed batch sends this to every worker (a Ray actor, a torchrun rank), which
-    loads the model once and reuses it for all its items.
-    """
-
-    model: str = "tiny"
-    device: str = "auto"
-    dtype: str = "auto"
-    random_weights: bool = False
-    allow_pickle: bool = False
-    family: str | None = None
-    """The model family, only where its configs cannot tell it (``--family``)."""
-    vae: str | None = None
-    loras: tuple[str, ...] = ()
-    """``PATH[:SCALE]`` LoRA specs (``--lora``), applied in every worker."""
-    stages: tuple[tuple[str, str], ...] = ()
-    """(stage field, plugin name) pairs chosen on the command line."""
-    planner_options: tuple[tuple[str, object], ...] = ()
-    on_planner_error: str = "fail"
-    plan_cache: bool = True
-    threads: int | None = None
-    """Torch's intra-op threads in this worker (None: leave torch's default)."""
-
-    def load(self):
-        """Build the pipeline (in the calling process)."""
-        from sow.pipeline import SOWPipeline
-        from sow.planners.cache import PlanCache
-        from sow.planners.policy import check_policy
-
-        if self.threads is not None:
-            import torch
-
-            torch.set_num_threads(self.threads)
-        pipe = SOWPipeline.from_pretrained(
-            self.model,
-            device=self.device,
-            dtype=self.dtype,
-            random_weights=self.random_weights,
-            allow_pickle=self.allow_pickle,
-            family=self.family,
-            vae=self.vae,
-            loras=list(self.loras) or None,
-            stage_options={"planner": dict(self.planner_options)} if self.planner_options else None,
-            **dict(self.stages),
-        )
-        pipe.on_planner_error = check_policy(self.on_planner_error)
-        pipe.plan_cache = PlanCache() if self.plan_cache else None
-        return pipe

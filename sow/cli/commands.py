@@ -34,7 +34,7 @@ out = redacting_console()
 """The CLI's consoles: every string printed has secrets (API keys in the environment) redacted."""
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'tiny' or 'tiny-sdxl' (embedded, random weights), a hub id, a diffusers folder or a .safetensors file (SD 1.x, 2.x or SDXL).")]
-FamilyOpt = Annotated[Optional[str], typer.Option("--family", help="sd1, sd2 or sdxl: only when the model's configs cannot tell its family (docs/models.md).")]
+FamilyOpt = Annotated[Optional[str], typer.Option("--family", help="sd1, sd2 or sdxl: only when the model's configs cannot tell its family (docs/models.md); or a registered family's name, to load the model with it.")]
 VaeOpt = Annotated[Optional[str], typer.Option("--vae", help="A replacement VAE (AutoencoderKL folder or hub id), e.g. a fixed fp16 SDXL VAE.")]
 LoraOpt = Annotated[Optional[list[str]], typer.Option("--lora", help="PATH[:SCALE] of a .safetensors LoRA (repeatable); recorded with its sha256.")]
 DeviceOpt = Annotated[str, typer.Option(metavar=DEVICE_METAVAR, help="auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N.")]
@@ -464,6 +464,8 @@ def plugins() -> None:
         table.add_column(column)
     for entry in registry.all_entries():
         table.add_row(entry.kind, entry.name, entry.distribution, entry.description)
+    for family in registry.families.values():
+        table.add_row("model_family", family.name, family.distribution, family.description)
     out.print(table)
     for failure in registry.failures:
         err.print(f"plugin {failure.name} ({failure.distribution}) failed to load: {failure.error}", style="yellow", markup=False, highlight=False, soft_wrap=True)

@@ -8,28 +8,17 @@ their own between runs, and attention processors read the current step from
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from sow.engine.steps import Phase, Step
 from sow.schemas import Box, Canvas, GenerationConfig, Plan
 
 if TYPE_CHECKING:
     from sow.engine.denoiser import Denoiser
-    from sow.stages import Inverter, Preserver
 
-Phase = Literal["invert_condition", "invert_canvas", "cycle", "final"]
-
-
-@dataclass(frozen=True)
-class Step:
-    """The UNet evaluation about to run."""
-
-    phase: Phase
-    level: int
-    """Denoising: the level the step starts from. Inversion: the level it arrives at."""
-    cycle: int | None = None
-    """The cycle index 0..N-1 in the cycle phase, else None."""
+__all__ = ["LatentRegion", "Phase", "RunContext", "Step", "union_mask"]
 
 
 @dataclass
@@ -84,8 +73,11 @@ class RunContext:
     generator: torch.Generator
     """The first image's generator (seeded with the run's seed)."""
     denoiser: Denoiser
-    inverter: Inverter
-    preserver: Preserver
+    inverter: Any
+    """The run's :class:`sow.stages.Inverter` (not annotated as such: the stages' interfaces name this
+    context, so this module does not import them)."""
+    preserver: Any
+    """The run's :class:`sow.stages.Preserver`."""
     condition_trajectories: list[list[torch.Tensor]] = field(default_factory=list)
     """Per condition, its latents at levels 0..t2 (index = level), from its own inversion; batch 1, or one
     per image when the condition depends on the seed (sampled VAE latents, a noise background)."""

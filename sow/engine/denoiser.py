@@ -1,9 +1,12 @@
-"""The guided noise predictor: one object per run that owns every UNet evaluation.
+"""The guided model: one object per run that owns every evaluation of the family's network.
 
-It holds the text embeddings (encoded once per run), applies classifier-free guidance
-(and the reference's background guidance in the cycle phase), moves latents one level
-up or down with the DDIM update, counts UNet evaluations and tells observers which step
-is running, so attention processors and progress bars can follow along.
+It holds the prompts' conditioning (encoded once per run), calls the backbone
+(:class:`sow.engine.backbone.Backbone`), applies classifier-free guidance (and the reference's
+background guidance in the cycle phase) to the raw model output — guidance is linear, so it
+holds for ε, v and flow velocity alike — and moves latents one level up or down with the run's
+:class:`~sow.engine.noise_schedule.NoiseSchedule` (which converts the output into (x̂0, ε̂) by the
+backbone's parameterization). It counts evaluations and tells observers which step is running,
+so attention processors and progress bars can follow along.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ from typing import Any
 import torch
 
 from sow.engine import diffusion_math as dm
-from sow.engine.context import Phase, Step
+from sow.engine.backbone import ModelOutput, PromptConditioning, batch_conditioning
+from sow.engine.steps import Phase, Step
 from sow.engine.families import AddedConditioning, PromptEncoder
+from sow.engine.noise_schedule import NoiseSchedule
 from sow.engine.numerics import FiniteGuard
 from sow.schemas import GenerationConfig
 
@@ -44,6 +49,24 @@ class PromptEmbeddings:
     suppress: torch.Tensor
     diverse: torch.Tensor
     pooled: dict[str, torch.Tensor] | None = None
+    conditionings: dict[str, PromptConditioning] | None = None
+    """Each prompt's whole conditioning as its backbone returned it (:meth:`from_conditioning`);
+    None: built from the fields above (``encoder_hidden_states``, and ``text_embeds`` when pooled)."""
+
+    @classmethod
+    def from_conditioning(cls, by_name: dict[str, PromptConditioning]) -> PromptEmbeddings:
+        """The embeddings of a :meth:`Backbone.encode_prompts` result (the five prompts by name)."""
+        hidden = [by_name[name].get("encoder_hidden_states") for name in PROMPT_NAMES]
+        return cls(*hidden, conditionings=by_name)
+
+    def conditioning(self, name: str) -> PromptConditioning:
+        """Prompt ``name``'s conditioning, each tensor with a batch axis of 1."""
+        if self.conditionings is not None:
+            return self.conditionings[name]
+        out = {"encoder_hidden_states": getattr(self, name)}
+        if self.pooled is not None:
+            out["text_embeds"] = self.pooled[name]
+        return out
 
     @classmethod
     def encode(cls, text_encoder, tokenizer, config: GenerationConfig, prompt: str, encoder: PromptEncoder | None = None) -> PromptEmbeddings:
@@ -69,13 +92,34 @@ class PromptEmbeddings:
         return cls(*hidden.unsqueeze(1).unbind(0), pooled=pooled_by_name)
 
 
+class PlainUNet:
+    """A bare ``UNet2DConditionModel``-like module (or a test's stand-in) as a minimal backbone:
+    ε-prediction, the context as ``encoder_hidden_states``, SDXL's added conditioning when given."""
+
+    shared_conditioning: frozenset[str] = frozenset()
+    parameterization = "epsilon"
+
+    def __init__(self, unet: torch.nn.Module, added_conditioning: AddedConditioning | None = None) -> None:
+        self.network = unet
+        self.added_conditioning = added_conditioning
+
+    def predict(self, latents: torch.Tensor, timestep: torch.Tensor, conditioning: dict[str, torch.Tensor]) -> ModelOutput:
+        context = conditioning["encoder_hidden_states"]
+        extra = {}
+        if self.added_conditioning is not None:
+            text_embeds = conditioning["text_embeds"].to(context.dtype)
+            time_ids = self.added_conditioning.time_ids(latents, context.dtype).expand(text_embeds.shape[0], -1)
+            extra = {"added_cond_kwargs": {"text_embeds": text_embeds, "time_ids": time_ids}}
+        return ModelOutput(self.network(latents, timestep, encoder_hidden_states=context, **extra).sample, self.parameterization)
+
+
 class Denoiser:
-    """Guided UNet evaluations and DDIM moves between levels, for one run."""
+    """Guided model evaluations and moves between levels, for one run."""
 
     def __init__(
         self,
-        unet: torch.nn.Module,
-        schedule: dm.LevelSchedule,
+        unet: Any,
+        schedule: NoiseSchedule | dm.LevelSchedule,
         embeddings: PromptEmbeddings,
         config: GenerationConfig,
         condition_mask: torch.Tensor | None = None,
@@ -84,9 +128,11 @@ class Denoiser:
         added_conditioning: AddedConditioning | None = None,
         total_evaluations: int | None = None,
     ) -> None:
-        self.unet = unet
-        self.added_conditioning = added_conditioning
-        """The UNet's extra inputs for families that have them (SDXL: pooled text, time_ids); None for SD 1.x/2.x."""
+        """``unet``: a :class:`~sow.engine.backbone.Backbone` (anything with ``predict`` and
+        ``parameterization``), or a bare UNet module (ε-prediction; ``added_conditioning`` for SDXL)."""
+        self.backbone = unet if hasattr(unet, "predict") and hasattr(unet, "parameterization") else PlainUNet(unet, added_conditioning)
+        self.unet = self.backbone.network
+        """The network attention modulators attach to."""
         self.schedule = schedule
         self.embeddings = embeddings
         self.config = config
@@ -98,32 +144,34 @@ class Denoiser:
         (diffusers' ``callback_on_step_end``, see :class:`sow.diffusers_style.StepEndCallback`)."""
         self.evaluations = 0
         self.total_evaluations = total_evaluations
-        """The run's UNet evaluations (:meth:`sow.pipeline.SOWPipeline.unet_evaluations`), told to callbacks; None: unknown."""
+        """The run's model evaluations (:meth:`sow.pipeline.SOWPipeline.unet_evaluations`), told to callbacks; None: unknown."""
         self.guard = FiniteGuard(config.finite_check)
         """NaN/inf check after every update; call :meth:`finish` when the loop ends."""
         self._timesteps: torch.Tensor | None = None
 
-    # -- noise prediction -------------------------------------------------------------
+    @property
+    def parameterization(self) -> str:
+        return self.backbone.parameterization
+
+    # -- model output ---------------------------------------------------------------------
 
     def _unet(self, latents: torch.Tensor, level: int, names: list[str]) -> list[torch.Tensor]:
-        branches = [getattr(self.embeddings, name) for name in names]
+        """The raw model output of each branch ``names`` (one network call over all of them)."""
+        conditionings = {name: self.embeddings.conditioning(name) for name in names}
         batch = latents.shape[0]
-        model_input = torch.cat([latents] * len(branches))
-        context = torch.cat([b.expand(batch, -1, -1) for b in branches])
+        model_input = torch.cat([latents] * len(names))
+        conditioning = batch_conditioning(conditionings, names, batch, self.backbone.shared_conditioning)
         self.schedule.timestep(level)  # validates the level
         if self._timesteps is None or self._timesteps.device != latents.device:
             self._timesteps = self.schedule.timesteps.to(latents.device)  # once per run: no copy per call
         t = self._timesteps[level]
-        extra = {}
-        if self.added_conditioning is not None:
-            pooled = [self.embeddings.pooled[name] for name in names]
-            extra = self.added_conditioning.kwargs(latents, pooled, context.dtype)
-        eps = self.unet(model_input, t, encoder_hidden_states=context, **extra).sample
+        output = self.backbone.predict(model_input, t, conditioning).output
         self.evaluations += 1
-        return list(eps.chunk(len(branches)))
+        return list(output.chunk(len(names)))
 
     def predict(self, latents: torch.Tensor, level: int, step: Step) -> torch.Tensor:
-        """Guided noise prediction at level ``level`` (timestep t_level) for ``step``'s phase."""
+        """The guided model output at level ``level`` (timestep t_level) for ``step``'s phase
+        (the guided noise for ε-models; the guided v or velocity for the others)."""
         if self.on_step is not None:
             self.on_step(step)
         cfg = self.config
@@ -166,11 +214,10 @@ class Denoiser:
         cycle: int | None = None,
         noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """One DDIM step from ``level`` to ``level - 1`` (the UNet evaluated at t_level)."""
+        """One step from ``level`` to ``level - 1`` (the model evaluated at t_level): DDIM / flow Euler, η > 0 stochastic."""
         step = Step(phase=phase, level=level, cycle=cycle)
-        eps = self.predict(latents, level, step)
-        a_from, a_to = self.schedule.alpha(level), self.schedule.alpha(level - 1)
-        out = dm.ddim_update(latents, eps, a_from, a_to, eta=eta, noise=noise)
+        output = self.predict(latents, level, step)
+        out = self.schedule.move(latents, output, self.parameterization, level, level - 1, eta=eta, noise=noise)
         self.guard.check(out, step)
         self._report(step)
         if self.on_step_end is not None:
@@ -178,10 +225,10 @@ class Denoiser:
         return out
 
     def invert(self, latents: torch.Tensor, level: int, phase: Phase) -> torch.Tensor:
-        """One DDIM inversion step from ``level`` to ``level + 1`` (the UNet evaluated at t_(level+1))."""
+        """One inversion step from ``level`` to ``level + 1`` (the model evaluated at t_(level+1))."""
         step = Step(phase=phase, level=level + 1)
-        eps = self.predict(latents, level + 1, step)
-        out = dm.ddim_update(latents, eps, self.schedule.alpha(level), self.schedule.alpha(level + 1))
+        output = self.predict(latents, level + 1, step)
+        out = self.schedule.move(latents, output, self.parameterization, level, level + 1)
         self.guard.check(out, step)
         self._report(step)
         return out

@@ -30,7 +30,7 @@ import torch
 from sow.errors import NumericalError
 
 if TYPE_CHECKING:
-    from sow.engine.context import Step
+    from sow.engine.steps import Step
 
 ADVICE = "usually fp16 overflow; run with --dtype bf16 or --dtype fp32"
 

@@ -313,6 +313,13 @@ class ReencodingEmbeddings:
         self.pooled = {} if encoder is not None and encoder.family.pooled else None
         self.encodings = 0
 
+    def conditioning(self, name: str) -> dict[str, torch.Tensor]:
+        """Prompt ``name``'s conditioning, encoded now (as :meth:`PromptEmbeddings.conditioning`)."""
+        out = {"encoder_hidden_states": getattr(self, name)}
+        if self.pooled is not None:
+            out["text_embeds"] = self.pooled[name]
+        return out
+
     def __getattr__(self, name: str) -> torch.Tensor:
         texts = self.__dict__.get("_texts", {})
         if name not in texts:

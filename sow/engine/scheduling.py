@@ -23,12 +23,11 @@ class CyclicOneWayScheduler:
 
     def run(self, ctx: RunContext) -> torch.Tensor:
         cfg, denoiser = ctx.config, ctx.denoiser
-        alpha = denoiser.schedule.alpha
         low, high = dm.injection_levels(cfg.t1, cfg.t2, cfg.readings.injection_levels)
         x = ctx.canvas_latents
         for cycle in range(cfg.cycles):
             if not (cycle == 0 and cfg.readings.canvas_inversion == "t2"):  # Algorithm 1: the canvas starts at t2
-                x = dm.inject_noise(x, alpha(low), alpha(high), ctx.noise_like(x))
+                x = denoiser.schedule.inject(x, low, high, ctx.noise_like(x))
             for level in range(cfg.t2, cfg.t1, -1):
                 x = ctx.preserve(x, level)
                 noise = ctx.noise_like(x) if cfg.cycle_eta > 0 else None

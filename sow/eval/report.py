@@ -34,14 +34,24 @@ import csv
 import io
 import statistics
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from PIL import Image, ImageDraw, ImageFont
 
 from sow.io.outputs import save_image_atomic, write_bytes_atomic
 
-if TYPE_CHECKING:
-    from sow.eval.runner import Evaluation
+
+
+class Evaluation(Protocol):
+    """What the reports read of a :class:`sow.eval.runner.Evaluation` (which calls them: so not imported here)."""
+
+    items: list
+    methods: list
+    metric: Any
+    config: Any
+    spec_base: Path
+    out_dir: Path
+    notes: list[str]
 
 COLUMNS = (
     "method", "setting", "count", "detection", "id_mean", "id_median", "same_person",

@@ -193,7 +193,7 @@ def generate(
     used = result.plan.model_copy(update={"box_v": result.record.aligned_box_v})
     attention = None
     if choices.attention:
-        from sow.attention.dam import ATTENTION_ARTIFACT, attention_picture
+        from sow.attention.capture import ATTENTION_ARTIFACT, attention_picture
 
         capture = result.artifacts.get(ATTENTION_ARTIFACT)
         attention = attention_picture(capture, result.seeded_canvas) if capture is not None else None
