@@ -20,3 +20,9 @@ def test_the_fingerprint_is_stable_and_tells_changed_weights_apart(tiny_componen
     half = copy.deepcopy(tiny_components)
     half.vae.to(torch.float16)  # the dtype is part of it
     assert weights_fingerprint(half) != first
+
+
+def test_large_tensors_are_sampled_within_bounds():
+    big = torch.nn.Module()
+    big.unet = torch.nn.Linear(6163, 6163, bias=False)  # 37,982,569 values: float positions would round past the end
+    assert len(weights_fingerprint(big)) == 64

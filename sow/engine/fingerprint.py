@@ -48,7 +48,9 @@ def weights_fingerprint(components: Any) -> str:
                 flat = tensor.detach().reshape(-1)
                 if flat.numel() == 0 or flat.device.type == "meta":
                     continue
-                index = torch.linspace(0, flat.numel() - 1, min(SAMPLES, flat.numel()), device=flat.device).round().long()
+                count, last = min(SAMPLES, flat.numel()), flat.numel() - 1
+                # evenly spaced, first and last included, in integers (float positions overflow past 2**24)
+                index = torch.arange(count, device=flat.device) * last // max(count - 1, 1)
                 samples.append(flat[index].to(torch.float64).cpu())  # float64 holds every narrower float exactly
     if samples:
         digest.update(torch.cat(samples).numpy().tobytes())
