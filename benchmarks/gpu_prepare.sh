@@ -15,6 +15,9 @@ config="${SD21_CONFIG:-$root/../shared/data/sd21-base-config}"
 
 mkdir -p .bench/whl
 rm -rf .bench/sd21-base-config && cp -r "$config" .bench/sd21-base-config
+for flow in sd35-medium-config flux1-schnell-config flux2-klein-4b-config; do  # benchmarks/flow_gpu_run.py
+  [ -d "$(dirname "$config")/$flow" ] && { rm -rf ".bench/$flow"; cp -r "$(dirname "$config")/$flow" ".bench/$flow"; }
+done
 "$python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   -d .bench/whl \

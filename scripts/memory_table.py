@@ -27,6 +27,20 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the raw numbers as JSON")
     args = parser.parse_args()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    from sow.bench.flow_cost import is_flow_folder
+
+    if is_flow_folder(args.model):  # SD 3 / FLUX.1 / FLUX.2: sow.bench.flow_memory
+        from sow.bench.flow_memory import flow_memory_table
+
+        table = flow_memory_table(args.model, canvas=args.canvas, dtype=dtype)
+        if args.json:
+            print(json.dumps(table, indent=2))
+            return
+        print(f"| mode ({args.model}, {args.canvas}², {table['dtype']}, batch {table['batch']}) | peak GiB |")
+        print("| --- | --- |")
+        for mode, nbytes in table["modes"].items():
+            print(f"| {mode} | {nbytes / GIB:.2f} |")
+        return
     table = memory_table(meta_components(args.model), canvas=args.canvas, dtype=dtype)
     if args.json:
         print(json.dumps(table, indent=2))

@@ -14,6 +14,9 @@ from sow.version import __version__  # noqa: E402
 from sow.errors import InputError, SowError  # noqa: E402
 from sow.hookspecs import hookimpl  # noqa: E402
 from sow.schemas import Box, GenerationConfig, Plan, RunRecord  # noqa: E402
+from sow.io.library_noise import silence_known_noise  # noqa: E402
+
+silence_known_noise()  # e.g. bitsandbytes' kernel warning on every import of diffusers (sow.io.library_noise)
 
 
 def __getattr__(name: str):

@@ -41,7 +41,7 @@ from sow.engine.conditions import (
 from sow.engine.context import RunContext, union_mask
 from sow.engine.denoiser import Denoiser, PromptEmbeddings, run_texts
 from sow.errors import InputError, SowError
-from sow.engine.models import Components, load_components, resolve_device, resolve_dtype
+from sow.engine.models import EMBEDDED_DEFAULT_SIDES, Components, load_components, resolve_device, resolve_dtype
 from sow.engine.performance import PerformanceSettings, ReencodingEmbeddings
 from sow.engine.performance import apply as apply_performance
 from sow.engine.unet_family import UNetBackbone, UNetFamily
@@ -342,7 +342,12 @@ class SOWPipeline:
             overrides["stages"] = {**self.stages.model_dump(), **preset_stages, **chosen, **overrides.get("stages", {})}
             if "canvas" not in overrides:
                 side = self.components.native_resolution if self.components is not None else getattr(self.backbone, "native_resolution", 512)
+                if self.components is not None:  # the embedded random-weight models: a small canvas (noise images)
+                    side = EMBEDDED_DEFAULT_SIDES.get(self.components.source, side)
                 overrides["canvas"] = {"width": side, "height": side}
+            family_defaults = getattr(self.backbone, "config_defaults", None)  # flow models: S, t1..t3, guidance
+            if family_defaults is not None:
+                overrides = {**family_defaults(overrides), **overrides}
             return GenerationConfig.from_preset(preset, **overrides)
         if overrides:
             merged = config.model_dump()
@@ -645,6 +650,7 @@ class _Run:
             regions=regions,
             generator=generators[0],
             generators=generators,
+            num_images=call.num_images,
             denoiser=denoiser,
             inverter=pipe.stage("inverter", config.stages.inverter),
             preserver=pipe.stage("preserver", config.stages.preserver),

@@ -103,11 +103,19 @@ class Box(_Strict):
         x, y = min(self.x, canvas.width - 1), min(self.y, canvas.height - 1)
         return Box(x=x, y=y, w=max(1, min(self.right, canvas.width) - x), h=max(1, min(self.bottom, canvas.height) - y))
 
-    def aligned(self, grid: int) -> Box:
-        """This box snapped to a grid (the VAE's 8-pixel latent cells): corner floored, size rounded."""
-        x, y = (self.x // grid) * grid, (self.y // grid) * grid
+    def aligned(self, grid: int, canvas: Canvas | None = None) -> Box:
+        """This box snapped to a grid (the VAE's 8-pixel latent cells): the corner to the nearest
+        grid line (halves up), the size rounded to whole cells (halves to even, at least one).
+
+        With ``canvas`` (its sides multiples of ``grid``) a box that fitted is kept on it: a corner
+        rounded past the edge moves back by whole cells.
+        """
+        x, y = (self.x + grid // 2) // grid * grid, (self.y + grid // 2) // grid * grid
         w = max(grid, round(self.w / grid) * grid)
         h = max(grid, round(self.h / grid) * grid)
+        if canvas is not None:
+            w, h = min(w, max(grid, canvas.width // grid * grid)), min(h, max(grid, canvas.height // grid * grid))
+            x, y = max(0, min(x, (canvas.width - w) // grid * grid)), max(0, min(y, (canvas.height - h) // grid * grid))
         return Box(x=x, y=y, w=w, h=h)
 
     def __str__(self) -> str:
@@ -153,6 +161,11 @@ def overlapping(a: Box, b: Box) -> bool:
     return a.x < b.right and b.x < a.right and a.y < b.bottom and b.y < a.bottom
 
 
+MAX_CONDITIONS = 16
+"""Most conditions (people) in one run: every door (positional photos, --max-people, a batch line, a plan,
+the web app's uploads) checks it before the model loads; DAM's masks and the side-by-side layout grow with it."""
+
+
 class Plan(_Strict):
     """Where the conditions go and what the scene says: the planner's output.
 
@@ -164,7 +177,7 @@ class Plan(_Strict):
     """
 
     canvas: Canvas = Field(default_factory=Canvas, description="The canvas the boxes refer to.")
-    conditions: list[Condition] = Field(min_length=1, max_length=16, description="The visual conditions, one per person or object; their box_v may not overlap.")
+    conditions: list[Condition] = Field(min_length=1, max_length=MAX_CONDITIONS, description=f"The visual conditions, one per person or object (at most {MAX_CONDITIONS}); their box_v may not overlap.")
     prompt: str = Field(min_length=1, description="The prompt the image is generated from (intensified by the planner).")
     user_prompt: str = Field("", description="The prompt as the user wrote it.")
     description: str = Field("", description="The planner's description of the visual condition(s).")
@@ -177,6 +190,18 @@ class Plan(_Strict):
     def _no_control_characters(cls, value: Any) -> Any:
         """A plan's text may come from a model or an API: no terminal escape sequences in it (then the length checks)."""
         return clean_text(value) if isinstance(value, str) else value
+
+    @field_validator("prompt", "user_prompt")
+    @classmethod
+    def _prompt_within_limit(cls, value: str, info: Any) -> str:
+        """The prompt limit every door passes (plan files, the web app, the API): a user's prompt at most
+        ``MAX_PROMPT_CHARS``, the plan's prompt that plus ``PLANNER_PROMPT_ROOM`` (a planner adds words)."""
+        from sow.io.prompt_checks import MAX_PROMPT_CHARS, PLANNER_PROMPT_ROOM
+
+        limit = MAX_PROMPT_CHARS + (PLANNER_PROMPT_ROOM if info.field_name == "prompt" else 0)
+        if len(value) > limit:
+            raise ValueError(f"{len(value):,} characters; the limit is {limit:,} (the encoder reads 77 tokens)")
+        return value
 
     @field_validator("notes", "repairs")
     @classmethod
@@ -393,6 +418,10 @@ class StageNames(_Strict):
     preserver: str = Field("replace", description="Preserver plugin name.")
 
 
+MAX_STEPS = 999
+"""Upper bound of :attr:`GenerationConfig.num_inference_steps`: SD's 1000 training timesteps with DDIM's
+``steps_offset`` 1 give levels at t = 1 .. 999 (a model whose scheduler allows fewer says so at run time)."""
+
 MAX_CYCLES = 200
 """Upper bound of :attr:`GenerationConfig.cycles` (see its description)."""
 
@@ -406,9 +435,9 @@ class GenerationConfig(_Strict):
 
     preset: Preset = Field("normal", description="The preset the t3 / eta values (and, for cow-reference, the readings) came from.")
     canvas: Canvas = Field(default_factory=Canvas)
-    num_inference_steps: int = Field(10, ge=2, le=1000, description="S, the number of DDIM levels (at most 1000, the number of timesteps SD was trained with).")
-    t1: int = Field(5, ge=1, le=999, description="Level the cycles return to (replace_step); below t2, so at most 999.")
-    t2: int = Field(7, ge=2, le=1000, description="Level the noise injection jumps to (back_step); at most num_inference_steps (1000).")
+    num_inference_steps: int = Field(10, ge=2, le=MAX_STEPS, description=f"S, the number of DDIM levels (at most {MAX_STEPS}: SD was trained on 1000 timesteps and its DDIM schedule starts at 1, so the 1000th level would lie past the last).")
+    t1: int = Field(5, ge=1, le=MAX_STEPS - 1, description=f"Level the cycles return to (replace_step); below t2, so at most {MAX_STEPS - 1}.")
+    t2: int = Field(7, ge=2, le=MAX_STEPS, description=f"Level the noise injection jumps to (back_step); at most num_inference_steps ({MAX_STEPS}).")
     cycles: int = Field(
         10,
         ge=0,

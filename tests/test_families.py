@@ -191,10 +191,11 @@ def test_tiny_sdxl_loop_reads_nothing_on_the_host(tiny_sdxl, face_path):
     assert watch.seen == Counter()
 
 
-def test_sdxl_default_canvas_is_native_and_the_box_scales(tiny_sdxl):
-    config = SOWPipeline(tiny_sdxl).make_config()
-    assert (config.canvas.width, config.canvas.height) == (1024, 1024)
-    assert config.side_limits() == (360, 512)
+def test_sdxl_box_scales_with_the_canvas_and_tiny_sdxl_defaults_small(tiny_sdxl):
+    config = SOWPipeline(tiny_sdxl).make_config(canvas={"width": 1024, "height": 1024})  # SDXL's native canvas
+    assert tiny_sdxl.native_resolution == 1024 and config.side_limits() == (360, 512)
+    small = SOWPipeline(tiny_sdxl).make_config()  # random weights, noise images: not 8 minutes of CPU at 1024
+    assert (small.canvas.width, small.canvas.height) == (512, 512) and small.side_limits() == (180, 256)
 
 
 def test_fp16_sdxl_vae_decodes_in_fp32(tiny_sdxl):

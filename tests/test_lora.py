@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("peft", reason="LoRA support needs peft (pip install -e '.[lora]')")
+import peft  # noqa: F401,E402  (a test dependency, the dev extra: these tests never skip)
 
 from sow.engine.lora import LoraError, parse_lora  # noqa: E402
 from sow.engine.models import build_tiny, load_components  # noqa: E402

@@ -39,7 +39,8 @@ def test_aligned_is_on_the_grid_and_close(box, grid):
     a = box.aligned(grid)
     assert all(v % grid == 0 for v in a.as_list())
     assert a.w >= grid and a.h >= grid
-    assert a.x <= box.x < a.x + grid and a.y <= box.y < a.y + grid
+    assert abs(a.x - box.x) <= grid / 2 and abs(a.y - box.y) <= grid / 2  # the nearest grid line
+    assert a.x - grid / 2 <= box.x < a.x + grid / 2 and a.y - grid / 2 <= box.y < a.y + grid / 2  # halves go up
     assert abs(a.w - box.w) <= max(grid / 2, grid - box.w) and abs(a.h - box.h) <= max(grid / 2, grid - box.h)
     assert a.aligned(grid) == a  # idempotent
 
@@ -48,7 +49,7 @@ def test_aligned_is_on_the_grid_and_close(box, grid):
 def test_aligned_box_on_a_canvas_stays_on_it(case, grid):
     """The pipeline snaps box_v to the 8-pixel latent grid: a box that fits still fits."""
     canvas, box = case
-    assert box.aligned(grid).fits(canvas)
+    assert box.aligned(grid, canvas).fits(canvas)
 
 
 # -- Box.clipped -------------------------------------------------------------------------------------

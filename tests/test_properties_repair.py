@@ -40,7 +40,7 @@ def test_any_numbers_on_any_canvas_give_a_valid_plan(canvas, box_v, box_r):
     assert longer <= max(hi, 1) + 1
     if min(canvas.width, canvas.height) >= lo and max(box_v[2], box_v[3]) > 0:
         assert longer >= lo - 1
-    assert plan.box_v.aligned(8).fits(canvas)  # the pipeline's latent snapping keeps it on the canvas
+    assert plan.box_v.aligned(8, canvas).fits(canvas)  # the pipeline's latent snapping keeps it on the canvas
 
 
 @given(canvases, raw_boxes, raw_boxes)

@@ -243,7 +243,7 @@ def local_ray():
     ray.shutdown()
 
 
-def test_ray_two_actors_match_one_process(batch_setup, reference, local_ray):
+def test_ray_two_actors_match_one_process(batch_setup, reference, local_ray, capfd):
     from sow.batch.ray_engine import run_batch_on_ray
     from sow.batch.workers import PipelineSpec
 
@@ -258,6 +258,9 @@ def test_ray_two_actors_match_one_process(batch_setup, reference, local_ray):
     assert _done_counts(out) == {f"job{i}": 1 for i in range(JOBS)}
     assert part_files(out) == []
     assert len({e["worker"] for e in events}) == 2  # both actors worked
+    err = capfd.readouterr().err  # Ray's core writes to the process's stderr itself
+    assert "has constructor arguments in the object store" not in err  # no error-level line on success
+    assert not [line for line in err.splitlines() if " E " in line[:40] and line.startswith("[")], err[-2000:]
 
 
 def test_ray_actor_killed_mid_item_then_resume(batch_setup, reference, local_ray, tiny_pipe):

@@ -76,7 +76,7 @@ def test_side_limits_scale_with_the_canvas():
 
 def test_box_alignment_and_clipping():
     canvas = GenerationConfig().canvas
-    assert Box(x=61, y=30, w=99, h=97).aligned(8).as_list() == [56, 24, 96, 96]
+    assert Box(x=61, y=30, w=99, h=97).aligned(8).as_list() == [64, 32, 96, 96]  # the nearest grid lines, not the ones below
     assert Box(x=500, y=10, w=40, h=600).clipped(canvas).as_list() == [500, 10, 12, 502]
 
 

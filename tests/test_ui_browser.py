@@ -1,7 +1,10 @@
 """The web app in a real headless Chromium (selenium + the system's chromium-driver), on the tiny model.
 
-Upload a face, plan, move a box, generate; assert on what the page shows and on the plan JSON it
-offers; a bad upload shows the one-line error. A screenshot of each step lands in the test's tmp
+Upload two faces (the preview shows both), plan (two boxes per person, no numbers before), drag the
+second person's box_v with real pointer events (selenium's ActionChains: pointerdown, pointermove,
+pointerup on the box canvas), generate; assert on what the page shows and on the plan JSON it offers
+(the dragged box, snapped to the latent grid); removing a photo plans again for the people left;
+a bad upload shows the one-line error. A screenshot of each step lands in the test's tmp
 dir (``SOW_UI_SHOTS=folder`` keeps a copy). Without chromium the test skips, except under CI
 (``CI=true``), where .ci/run installs it and a missing browser is a failure.
 """
@@ -21,6 +24,7 @@ import pytest
 gradio = pytest.importorskip("gradio", reason="the web app needs the extra sow[ui]")
 webdriver = pytest.importorskip("selenium.webdriver", reason="the browser test needs selenium (extra dev)")
 
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -74,14 +78,10 @@ def _wait(driver, predicate, timeout=60, what="the page"):
     return WebDriverWait(driver, timeout, poll_frequency=0.2).until(lambda d: predicate(d), message=f"waiting for {what}")
 
 
-def _value(driver, elem_id: str) -> str:
-    return driver.find_element(By.CSS_SELECTOR, f"#{elem_id} input").get_attribute("value")
-
-
-def _upload(driver, path: Path) -> None:
+def _upload(driver, paths: list[Path]) -> None:
     field = _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#sow-upload input[type=file]"), what="the upload field")
-    field[0].send_keys(str(path))
-    _wait(driver, lambda d: path.stem in d.find_element(By.ID, "sow-upload").text, what="the uploaded file")
+    field[0].send_keys("\n".join(str(p) for p in paths))
+    _wait(driver, lambda d: all(p.stem in d.find_element(By.ID, "sow-upload").text for p in paths), what="the uploaded files")
 
 
 def _shot(driver, folder: Path, name: str) -> Path:
@@ -94,47 +94,94 @@ def _shot(driver, folder: Path, name: str) -> Path:
     return path
 
 
-def test_upload_plan_move_a_box_generate_and_a_bad_upload(served, browser, faces_dir, tmp_path):
+def _boxes(driver) -> dict[tuple[int, str], list[int]]:
+    """The box table as the page shows it: (person, box) -> [x, y, w, h] (read from its text, cell by cell)."""
+    words = driver.find_element(By.ID, "sow-box-table").text.split("\n")
+    if "h" not in words:
+        return {}
+    cells, rows = words[words.index("h") + 1 :], {}
+    while len(cells) >= 6 and cells[0].isdigit() and cells[1] in ("box_v", "box_r"):
+        try:
+            rows[(int(cells[0]), cells[1])] = [int(float(v)) for v in cells[2:6]]
+        except ValueError:
+            break
+        cells = cells[6:]
+    return rows
+
+
+def _canvas_point(driver, canvas, x: float, y: float) -> tuple[int, int]:
+    """Canvas pixel (x, y) of the plan -> offset from the centre of the box component's drawing surface.
+
+    The page shows the canvas enlarged under a label band (sow.ui.boxes.display_image); the component
+    fits that picture into its surface, centred."""
+    from sow.ui.boxes import LABEL_MARGIN, display_factor
+    from sow.schemas import Plan
+
+    k = display_factor(Plan(canvas={"width": CANVAS, "height": CANVAS}, box_v=[0, 0, 8, 8], box_r=[0, 0, 8, 8], prompt="x"))
+    shown_w, shown_h = CANVAS * k, CANVAS * k + LABEL_MARGIN
+    width, height = driver.execute_script("const c = arguments[0].getBoundingClientRect(); return [c.width, c.height]", canvas)
+    scale = min(width / shown_w, height / shown_h)
+    left, top = (width - shown_w * scale) / 2, (height - shown_h * scale) / 2
+    return round(left + x * k * scale - width / 2), round(top + (y * k + LABEL_MARGIN) * scale - height / 2)
+
+
+def test_two_people_plan_drag_the_second_box_generate_and_a_bad_upload(served, browser, faces_dir, tmp_path):
     url, cache = served
     driver = browser
     started = time.perf_counter()
-    face = sorted(p for p in faces_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png") and "32bit" not in p.name)[0]
+    faces = [faces_dir / "obama.jpg", faces_dir / "biden.jpg"]
     driver.get(url)
-    _upload(driver, face)
-    driver.find_element(By.CSS_SELECTOR, "#sow-prompt textarea").send_keys("a chef in a busy kitchen")
+    _upload(driver, faces)
+    _wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#sow-faces img")) == 2, what="the preview of both faces")
+    driver.find_element(By.CSS_SELECTOR, "#sow-prompt textarea").send_keys("two friends at a cafe")
+    assert _boxes(driver) == {}  # no numbers (no zeros) before Plan
     _shot(driver, tmp_path, "1-uploaded.png")
 
-    # Plan: the boxes fill in, the picture appears
+    # Plan: two boxes per person, in the table and on the canvas
     driver.find_element(By.ID, "sow-plan-button").click()
-    _wait(driver, lambda d: _value(d, "sow-box-v-w") not in ("", "0"), what="the plan's boxes")
-    picture = lambda d: d.find_element(By.CSS_SELECTOR, "#sow-plan-image img").get_attribute("src")  # noqa: E731
-    _wait(driver, picture, what="the plan picture")
-    first_picture = picture(driver)
-    x, w = int(float(_value(driver, "sow-box-v-x"))), int(float(_value(driver, "sow-box-v-w")))
-    assert 0 < w <= CANVAS
+    _wait(driver, lambda d: len(_boxes(d)) == 4, what="the plan's four boxes")
+    planned = _boxes(driver)
+    assert all(v % 8 == 0 for (_, kind), box in planned.items() if kind == "box_v" for v in box), planned  # as pasted
     assert driver.find_element(By.CSS_SELECTOR, "#sow-plan-prompt textarea").get_attribute("value").strip()
+    canvas = _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#sow-plan-editor canvas"), what="the box canvas")[0]
     _shot(driver, tmp_path, "2-planned.png")
 
-    # Move box_v: a new x redraws the picture
-    moved = 0 if x >= 8 else CANVAS - w
-    moved -= moved % 8
-    field = driver.find_element(By.CSS_SELECTOR, "#sow-box-v-x input")
-    field.clear()
-    field.send_keys(str(moved))
-    _wait(driver, lambda d: picture(d) != first_picture, what="the redrawn plan picture")
+    # Drag person 2's box_v with the pointer (real pointer events through the driver): down by 24 canvas px
+    x, y, w, h = planned[(2, "box_v")]
+    dy = 24 if y + h + 24 <= CANVAS else -min(24, y)
+    start = _canvas_point(driver, canvas, x + w / 2, y + h / 2)
+    end = _canvas_point(driver, canvas, x + w / 2 + 3, y + h / 2 + dy + 3)  # 3 px off the grid: the release snaps it
+    actions = ActionChains(driver, duration=50)
+    actions.move_to_element_with_offset(canvas, *start).click_and_hold()
+    for step in range(1, 6):
+        actions.move_to_element_with_offset(canvas, start[0] + (end[0] - start[0]) * step // 5, start[1] + (end[1] - start[1]) * step // 5)
+    actions.release().perform()
+    expected_y = y + dy
+    _wait(driver, lambda d: _boxes(d).get((2, "box_v"), [None] * 4)[1] not in (None, y), what="the dragged box in the table")
+    moved = _boxes(driver)
+    assert moved[(2, "box_v")][1] == expected_y, moved  # released 3 px off: snapped back onto the nearest cell
+    assert moved[(2, "box_v")][0] == x and moved[(2, "box_v")][2:] == [w, h]  # moved, not resized
+    assert moved[(1, "box_v")] == planned[(1, "box_v")]  # the first person stayed
     assert driver.find_element(By.ID, "sow-error").text.strip() == ""
-    _shot(driver, tmp_path, "3-moved.png")
+    _shot(driver, tmp_path, "3-dragged.png")
 
     # Generate: an image of the canvas size; the plan JSON offered has the moved box
     driver.find_element(By.ID, "sow-generate-button").click()
     gallery_img = "#sow-gallery img"
-    _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, gallery_img), timeout=90, what="the generated image")
+    _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, gallery_img), timeout=120, what="the generated image")
     img = driver.find_element(By.CSS_SELECTOR, gallery_img)
     _wait(driver, lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img), what="the image to load")
     size = driver.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", img)
     assert size == [CANVAS, CANVAS]
     _wait(driver, lambda d: "UNet evaluations" in d.find_element(By.ID, "sow-summary").text, what="the summary")
     _shot(driver, tmp_path, "4-generated.png")
+    used = driver.find_element(By.ID, "sow-used-plan")
+    driver.execute_script("arguments[0].scrollIntoView()", used)
+    _wait(driver, lambda d: d.execute_script("const i = arguments[0].querySelector('img'); return i && i.complete && i.naturalWidth", used),
+          what="the plan as used")
+    used.screenshot(str(tmp_path / "4b-plan-as-used.png"))  # the plan picture as the page shows it: look at its text
+    if os.environ.get("SOW_UI_SHOTS"):
+        shutil.copy(tmp_path / "4b-plan-as-used.png", Path(os.environ["SOW_UI_SHOTS"]) / "4b-plan-as-used.png")
     links = _wait(driver, lambda d: [a for a in d.find_elements(By.CSS_SELECTOR, "#sow-downloads a") if "plan" in (a.get_attribute("href") or "")],
                   what="the plan download link")
     links[0].click()
@@ -144,19 +191,24 @@ def test_upload_plan_move_a_box_generate_and_a_bad_upload(served, browser, faces
         plan, via = json.loads(downloaded.read_text()), "the browser's download"
     except Exception:  # a headless build that keeps downloads to itself: fetch the link the page offers
         plan, via = json.loads(urllib.request.urlopen(links[0].get_attribute("href"), timeout=10).read()), "its link"
-    box_v = plan["conditions"][0]["box_v"]  # the plan file holds a list of conditions
-    assert box_v["x"] == moved and box_v["w"] == w
+    second = plan["conditions"][1]["box_v"]
+    assert [second[k] for k in "xywh"] == moved[(2, "box_v")]  # the plan file holds the dragged box, as pasted
+    assert [plan["conditions"][0]["box_v"][k] for k in "xywh"] == planned[(1, "box_v")]
     assert cache.loads == 1
+
+    # Removing a photo plans again for the people left: one person, two boxes
+    driver.find_elements(By.CSS_SELECTOR, "#sow-upload button[aria-label='Remove this file']")[-1].click()
+    _wait(driver, lambda d: set(_boxes(d)) == {(1, "box_v"), (1, "box_r")}, what="the plan for the one photo left")
+    _wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#sow-faces img")) == 1, what="the preview of one face")
+    _shot(driver, tmp_path, "5-one-photo-left.png")
 
     # A bad upload: the one-line error, no traceback
     bad = tmp_path / "not-a-photo.png"
     bad.write_bytes(b"this is text, not a PNG")
     driver.get(url)
-    _upload(driver, bad)
-    driver.find_element(By.CSS_SELECTOR, "#sow-prompt textarea").send_keys("a chef")
-    driver.find_element(By.ID, "sow-plan-button").click()
+    _upload(driver, [bad])
     message = _wait(driver, lambda d: d.find_element(By.ID, "sow-error").text.strip(), what="the error line")
-    _shot(driver, tmp_path, "5-bad-upload.png")
+    _shot(driver, tmp_path, "6-bad-upload.png")
     assert message.startswith("error: ") and "\n" not in message
     assert "not-a-photo.png" in message and "/tmp/gradio" not in message  # the name the user knows, not the cache path
     assert "Traceback" not in driver.find_element(By.TAG_NAME, "body").text

@@ -20,6 +20,7 @@ import logging
 import os
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any
 from sow.batch.runner import MANIFEST_NAME, BatchItem, BatchSummary, Manifest, _start_afresh, plan_work, run_item
 from sow.batch.workers import PipelineSpec, merge_parts
 from sow.errors import InputError, SowError
+from sow.io.security import redact
 
 INSTALL_HINT = "Ray is not installed: pip install 'sow[ray]'"
 
@@ -55,9 +57,49 @@ def _ray():
     return ray
 
 
+CLIENT_PREFIX = "ray://"
+"""Ray Client addresses (a remote cluster's head, port 10001): they need ``ray[client]`` (grpcio)."""
+
+
+def check_ray_address(address: str) -> str:
+    """``address`` if it is a form sow accepts: ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT`` (exit 2 otherwise).
+
+    A ``ray://`` address needs Ray's client (``grpcio``), which the ``ray`` extra installs; without
+    it the address is refused here, before anything loads, instead of failing inside Ray.
+    """
+    from sow.io.network import split_host_port
+
+    text = address.strip()
+    if text == "auto":
+        return text
+    if text.startswith(CLIENT_PREFIX):
+        split_host_port(text[len(CLIENT_PREFIX):], "--ray")
+        try:
+            import grpc  # noqa: F401 - what ray.util.client needs
+        except ImportError:
+            raise InputError(f"--ray {text}: ray:// addresses need Ray's client: pip install 'sow[ray]' (it brings ray[client])") from None
+        return text
+    if "://" in text:
+        raise InputError(f"--ray {address!r}: use auto, HOST:PORT (a cluster's GCS, port 6379) or ray://HOST:PORT (Ray Client, port 10001)")
+    split_host_port(text, "--ray")
+    return text
+
+
+def _check_reachable(address: str) -> None:
+    """A ``HOST:PORT`` or ``ray://HOST:PORT`` where nothing answers fails within ``CONNECT_TIMEOUT_S`` (Ray retries for minutes)."""
+    from sow.io.network import CONNECT_TIMEOUT_S, check_reachable, split_host_port
+
+    if address == "auto":
+        return
+    host, port = split_host_port(address.removeprefix(CLIENT_PREFIX), "--ray")
+    check_reachable(host, port, "--ray", CONNECT_TIMEOUT_S)
+
+
 def connect(settings: RaySettings):
     """Join ``settings.address`` or start a local cluster; return the ``ray`` module."""
     ray = _ray()
+    if settings.address and not ray.is_initialized():
+        _check_reachable(check_ray_address(settings.address))
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
         if settings.address:
@@ -66,8 +108,11 @@ def connect(settings: RaySettings):
             kwargs["object_store_memory"] = 128 * 1024 * 1024
         try:
             ray.init(**kwargs)
-        except ConnectionError as exc:
-            raise InputError(f"--ray {settings.address}: cannot reach the cluster ({exc})") from None
+        except ConnectionError as exc:  # no cluster there: the environment's, not the input's
+            from sow.errors import EnvironmentProblem
+
+            first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise EnvironmentProblem(f"--ray {settings.address}: cannot reach the cluster ({first})") from None
     for name in ("ray", "ray.data"):  # sow reports progress and errors itself
         logging.getLogger(name).setLevel(logging.ERROR)
     context = ray.data.DataContext.get_current()
@@ -127,11 +172,16 @@ def run_batch_on_ray(
     resume: bool = False,
     overwrite: bool = False,
     on_event: Callable[[dict[str, Any]], None] | None = None,
+    batch_settings: dict[str, Any] | None = None,
+    resume_command: str = "",
 ) -> BatchSummary:
     """Run a validated batch on Ray; the same outputs, manifest entries and records as :func:`run_batch`."""
+    from sow.batch.runner import batch_settings as settings_of
+
     started = time.perf_counter()
     emit = on_event or (lambda event: None)
-    todo, done_before, fresh = plan_work(items, out_dir, resume, overwrite)  # refuses to clobber, before Ray starts
+    recorded = batch_settings if batch_settings is not None else settings_of(spec, overrides)
+    todo, done_before, fresh = plan_work(items, out_dir, resume, overwrite, None, recorded)  # refuses to clobber, before Ray starts
     summary = BatchSummary(skipped=len(done_before), total=len(items), manifest=str(out_dir / MANIFEST_NAME))
     for item in done_before:
         emit({"event": "skipped", "id": item.id, "line": item.line})
@@ -141,7 +191,8 @@ def run_batch_on_ray(
     run_id = f"ray-{uuid.uuid4().hex[:12]}"
     driver = Manifest(out_dir, part=f"{run_id}.driver.jsonl")
     with driver.open(fresh=False):
-        driver.append(event="batch", resume=resume, items=len(items), todo=len(todo), engine="ray")
+        driver.append(event="batch", resume=resume, items=len(items), todo=len(todo), engine="ray", settings=recorded,
+                      **({"resume_command": redact(resume_command)} if resume_command else {}))
         if todo:
             for index, event in enumerate(_map_items(spec, todo, out_dir, overrides or {}, run_id, settings)):
                 summary.count(event)
@@ -152,12 +203,26 @@ def run_batch_on_ray(
     return summary
 
 
+def actor_map(dataset, actor: type, **kwargs: Any):
+    """``dataset.map_batches(actor, ...)`` on an actor pool whose actors are not restarted.
+
+    Ray Data restarts a dead actor forever and retries its tasks forever by default: a worker that
+    dies on every item (out of memory) would loop, and every successful run printed an error-level
+    line (the actors' constructor arguments sit in the object store while restarts are on). Here a
+    lost worker stops the run, and ``--resume`` finishes it. Ray 2.60 names no parameter for
+    ``max_restarts`` yet, so it goes in the older form, whose deprecation warning is kept quiet.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        return dataset.map_batches(actor, max_restarts=0, **kwargs)
+
+
 def _map_items(spec, todo, out_dir, overrides, run_id, settings) -> Iterator[dict[str, Any]]:
     ray = connect(settings)
     workers, gpus = pool_shape(ray, settings)
     dataset = ray.data.from_items([{"id": item.id} for item in todo], override_num_blocks=len(todo))
-    results = dataset.map_batches(
-        _BatchActor,
+    results = actor_map(
+        dataset, _BatchActor,
         fn_constructor_kwargs={
             "spec": spec, "items": todo, "out_dir": str(out_dir), "overrides": overrides, "run_id": run_id, "gpus": gpus,
         },
@@ -212,8 +277,8 @@ def eval_compute_on_ray(evaluation, settings: RaySettings) -> Callable[[list], I
         workers, gpus = pool_shape(ray, settings)
         keyed = [(f"{n:06d}", (item.id, method.name)) for n, (item, method) in enumerate(pairs)]
         dataset = ray.data.from_items([{"key": key} for key, _ in keyed], override_num_blocks=len(keyed))
-        results = dataset.map_batches(
-            _EvalActor,
+        results = actor_map(
+            dataset, _EvalActor,
             fn_constructor_kwargs={
                 "items": evaluation.items, "config": evaluation.config, "out_dir": str(evaluation.out_dir),
                 "spec_base": str(evaluation.spec_base), "pairs": keyed,

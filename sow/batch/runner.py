@@ -70,9 +70,13 @@ class BatchJob(BaseModel):
     @field_validator("condition")
     @classmethod
     def _some_condition(cls, value: str | list[str]) -> str | list[str]:
+        from sow.schemas import MAX_CONDITIONS
+
         names = [value] if isinstance(value, str) else value
         if not names or any(not n for n in names):
             raise ValueError("give an image file (or a non-empty list of them)")
+        if len(names) > MAX_CONDITIONS:
+            raise ValueError(f"{len(names)} images: a run takes at most {MAX_CONDITIONS} people")
         return value
 
     @field_validator("prompt")
@@ -230,6 +234,84 @@ def _remove_stale_temporaries(out_dir: Path, items: list[BatchItem]) -> None:
             tmp.unlink(missing_ok=True)
 
 
+# -- the settings a batch runs with ---------------------------------------------------------
+
+SETTINGS_NOT_RECORDED = ("device", "threads")
+"""Pipeline fields that do not change an image's content (a rank's GPU, torch's threads): a resume may differ in them."""
+
+
+def batch_settings(spec: Any = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What decides every item's image besides its own line: the config overrides and the pipeline (model, stages...).
+
+    Recorded in the manifest when a batch starts; a resume compares its own with them
+    (:func:`check_resume_settings`).
+    """
+    import dataclasses
+
+    data: dict[str, Any] = {"config": overrides or {}}
+    if spec is not None:
+        data["pipeline"] = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name not in SETTINGS_NOT_RECORDED}
+    return json.loads(json.dumps(data, sort_keys=True, default=str))  # tuples as lists: as the manifest will hold them
+
+
+def batch_digest(items: list[BatchItem], settings: dict[str, Any]) -> str:
+    """A batch's identity: the digest of its jobs (in order) and its settings."""
+    digest = hashlib.sha256()
+    for item in items:
+        digest.update(item.job_sha256.encode())
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: data}
+
+
+def settings_differences(recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """``"config.canvas.width: 256 at the start, 512 now"`` for each setting that differs."""
+    before, after = _flat(recorded), _flat(now)
+    missing = object()
+
+    def show(value: Any) -> str:
+        return "unset" if value is missing else json.dumps(value)[:60]
+
+    return [
+        f"{key}: {show(before.get(key, missing))} at the start, {show(after.get(key, missing))} now"
+        for key in sorted(set(before) | set(after))
+        if before.get(key, missing) != after.get(key, missing)
+    ]
+
+
+def batch_start(out_dir: Path) -> dict[str, Any] | None:
+    """The first ``batch`` entry that recorded settings in ``out_dir`` (the batch's start), or None."""
+    for entry in Manifest(out_dir).entries():
+        if entry.get("event") == "batch" and isinstance(entry.get("settings"), dict):
+            return entry
+    return None
+
+
+def check_resume_settings(out_dir: Path, settings: dict[str, Any], hint: str = "") -> None:
+    """Refuse a resume whose settings differ from those the batch started with, naming what differs.
+
+    The refusal repeats the resume command recorded at the start (``hint`` where none was).
+    """
+    start = batch_start(out_dir)
+    if start is None:
+        return
+    recorded = {k: v for k, v in start["settings"].items() if k in settings}  # a library caller may not know the pipeline
+    differences = settings_differences(recorded, settings)
+    if differences:
+        more = f" (and {len(differences) - 2} more)" if len(differences) > 2 else ""
+        command = start.get("resume_command") or hint
+        again = f"; resume it with: {command}" if command else "; resume with the options it started with"
+        raise InputError(f"--resume with other settings than the batch started with: {'; '.join(differences[:2])}{more}{again}")
+
+
 # -- running ----------------------------------------------------------------------------------
 
 
@@ -264,12 +346,14 @@ class BatchSummary:
 
 
 def plan_work(
-    items: list[BatchItem], out_dir: Path, resume: bool, overwrite: bool, worker: WorkerIdentity | None = None
+    items: list[BatchItem], out_dir: Path, resume: bool, overwrite: bool, worker: WorkerIdentity | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> tuple[list[BatchItem], list[BatchItem], bool]:
     """(items to run, items already done, whether the manifest starts afresh); refuses to clobber.
 
     With ``worker``, only that worker's share of ``items`` (:func:`~sow.batch.workers.shard`)
-    is considered, and the parts of its own run are siblings, not an earlier batch.
+    is considered, and the parts of its own run are siblings, not an earlier batch. With
+    ``settings`` (:func:`batch_settings`), a resume whose settings differ from the start's is refused.
     """
     mine = items if worker is None else shard(items, worker.rank, worker.world_size)
     check_outputs_unique(items, out_dir)
@@ -282,6 +366,8 @@ def plan_work(
             )
         check_free([p for item in mine for p in item.outputs(out_dir).values()], overwrite)
         return list(mine), [], True
+    if settings is not None:
+        check_resume_settings(out_dir, settings)
     state = manifest.state()
     todo, done = [], []
     for item in mine:
@@ -392,6 +478,8 @@ def run_batch(
     overwrite: bool = False,
     on_event: Callable[[dict[str, Any]], None] | None = None,
     worker: WorkerIdentity | None = None,
+    settings: dict[str, Any] | None = None,
+    resume_command: str = "",
 ) -> BatchSummary:
     """Run ``items`` on ``pipe`` (a :class:`~sow.pipeline.SOWPipeline`, loaded once), writing to ``out_dir``.
 
@@ -403,7 +491,8 @@ def run_batch(
     """
     started = time.perf_counter()
     emit = on_event or (lambda event: None)
-    todo, done_before, fresh = plan_work(items, out_dir, resume, overwrite, worker)
+    settings = settings if settings is not None else batch_settings(None, overrides)
+    todo, done_before, fresh = plan_work(items, out_dir, resume, overwrite, worker, settings)
     ours = set() if fresh else set(Manifest(out_dir).state())  # items this batch started: their files may be redone
     mine = items if worker is None else shard(items, worker.rank, worker.world_size)
     summary = BatchSummary(skipped=len(done_before), total=len(mine), manifest=str(out_dir / MANIFEST_NAME))
@@ -414,7 +503,8 @@ def run_batch(
     manifest = Manifest(out_dir, part=None if worker is None else worker.part_name)
     with manifest.open(fresh=fresh and worker is None):
         _remove_stale_temporaries(out_dir, mine)
-        manifest.append(event="batch", resume=resume, items=len(mine), todo=len(todo),
+        manifest.append(event="batch", resume=resume, items=len(mine), todo=len(todo), settings=settings,
+                        **({"resume_command": redact(resume_command)} if resume_command else {}),
                         **({} if worker is None else {"rank": worker.rank, "world_size": worker.world_size}))
         for index, item in enumerate(todo):
             emit({"event": "start", "id": item.id, "line": item.line, "index": index, "todo": len(todo)})
@@ -433,6 +523,11 @@ def _describe(exc: BaseException) -> tuple[str, int]:
         return clean_text(redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)), exc.exit_code
     if isinstance(exc, SystemExit):
         return f"a plugin called sys.exit({exc.code!r}) during this item", 1
+    from sow.errors import environment_problem
+
+    problem = environment_problem(exc)
+    if problem is not None:  # a full disk, no memory: the machine's, said as such
+        return clean_text(redact(str(problem))), problem.exit_code
     text = str(exc).splitlines()[0] if str(exc) else ""
     return clean_text(redact(f"unexpected {type(exc).__name__}: {text}".rstrip(": "))), 1
 

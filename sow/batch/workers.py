@@ -58,11 +58,14 @@ class WorkerIdentity:
         return f"{_plain(self.run_id)}.rank{self.rank:04d}-of-{self.world_size:04d}.jsonl"
 
     @classmethod
-    def from_environment(cls, env: Mapping[str, str] | None = None) -> WorkerIdentity | None:
+    def from_environment(cls, env: Mapping[str, str] | None = None, batch: str = "") -> WorkerIdentity | None:
         """The identity torchrun or ``accelerate launch`` gives this process, or None when alone.
 
-        Reads ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; the run is named by
-        ``TORCHELASTIC_RUN_ID`` (or ``MASTER_ADDR:MASTER_PORT``), the same for every rank.
+        Reads ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``. The run is named by the launch
+        (``TORCHELASTIC_RUN_ID``, or ``MASTER_ADDR:MASTER_PORT`` where torchrun leaves it
+        ``none``) and by ``batch``, the digest of the batch's jobs and settings
+        (:func:`sow.batch.runner.batch_digest`): the same for every rank of one launch, and
+        different for another batch, even when every launch shares torchrun's defaults.
         """
         env = os.environ if env is None else env
         if "WORLD_SIZE" not in env:
@@ -77,6 +80,8 @@ class WorkerIdentity:
         run = env.get("TORCHELASTIC_RUN_ID", "")
         if not run or run == "none":
             run = f"{env.get('MASTER_ADDR', 'local')}:{env.get('MASTER_PORT', '0')}"
+        if batch:
+            run = f"{_plain(run)[:40]}-{batch[:16]}"
         return cls(rank=rank, world_size=world, local_rank=local, run_id=run)
 
 
@@ -92,7 +97,8 @@ def _env_int(env: Mapping[str, str], name: str, minimum: int) -> int:
 
 
 def _plain(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip(".-")[:80] or "run"
+    """``text`` as a file-name field: no dots, which separate a part name's fields (:func:`run_of`)."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-")[:80] or "run"
 
 
 def shard(items: Sequence[T], rank: int, world_size: int) -> list[T]:

@@ -119,6 +119,10 @@ def cost_model(args: BenchSettings) -> CostReport:
     no model computes. The text and pooled widths are swapped for the target's. DAM's extra
     rows are not in it.
     """
+    from sow.bench.flow_cost import flow_cost_model, is_flow_folder
+
+    if is_flow_folder(args.model):  # a flow transformer (SD 3, FLUX.1, FLUX.2): its calls follow from its settings
+        return flow_cost_model(args.model, args.size, args.batch[0], {"cycles": args.cycles})
     from sow.engine.models import load_components
     from sow.pipeline import SOWPipeline
 

@@ -187,6 +187,9 @@ class CostConfig(_Model):
     cycles: int
     t1: int
     t2: int
+    kind: str | None = Field(None, description="Flow models: the model kind whose defaults were used (sd3, flux1-schnell, ...).")
+    branches: dict[str, int] | None = Field(None, description="Flow models: batch items (prompt branches) of one call, per phase.")
+    condition: int | None = Field(None, description="Flow models: the condition's side in pixels.")
 
 
 class CostReport(_Report, FlopCount):

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 from sow.cli.progress import make_progress
-from sow.batch.runner import plan_work, read_batch_file, run_batch
+from sow.batch.runner import batch_digest, batch_settings, check_resume_settings, plan_work, read_batch_file, run_batch
 from sow.batch.workers import PipelineSpec, WorkerIdentity
 from sow.errors import InputError
 from sow.schemas import GenerationConfig
@@ -40,12 +40,16 @@ def generate_batch(
     items = read_batch_file(batch)
     for preset in sorted({item.job.preset for item in items}):
         GenerationConfig.from_preset(preset, **overrides)  # a bad config fails before the model loads
-    worker = WorkerIdentity.from_environment()
+    settings = batch_settings(spec, overrides)
+    worker = WorkerIdentity.from_environment(batch=batch_digest(items, settings))  # the run: this batch, this launch
     if worker is not None and ray is not None:
         raise InputError("--ray runs its own workers: start it once, not under torchrun")
-    todo, _, _ = plan_work(items, out_dir, resume, overwrite, worker)  # refuses to clobber, before the model loads
+    hint = resume_command(batch, out_dir, worker)
+    if resume:
+        check_resume_settings(out_dir, settings, hint)  # other settings than the start's: refused, naming what differs
+    todo, _, _ = plan_work(items, out_dir, resume, overwrite, worker, settings)  # refuses to clobber, before the model loads
     if ray is not None:
-        _run_on_ray(batch, items, out_dir, overrides, spec, ray, resume, overwrite, quiet, json_output, console)
+        _run_on_ray(batch, items, out_dir, overrides, spec, ray, resume, overwrite, quiet, json_output, console, settings, hint)
         return
     if worker is not None:
         spec = _rank_spec(spec, worker)
@@ -71,14 +75,36 @@ def generate_batch(
 
     try:
         if pipe is None:
-            summary = run_batch(None, items, out_dir, overrides=overrides, resume=resume, overwrite=overwrite, on_event=on_event, worker=worker)
+            summary = run_batch(None, items, out_dir, overrides=overrides, resume=resume, overwrite=overwrite, on_event=on_event, worker=worker, settings=settings, resume_command=hint)
         else:
             with progress:
-                summary = run_batch(pipe, items, out_dir, overrides=overrides, resume=resume, overwrite=overwrite, on_event=on_event, worker=worker)
+                summary = run_batch(pipe, items, out_dir, overrides=overrides, resume=resume, overwrite=overwrite, on_event=on_event, worker=worker, settings=settings, resume_command=hint)
     except KeyboardInterrupt:
-        console.print(f"batch interrupted; finish it with: sow generate --batch {batch} -o {out_dir} --resume", markup=False, highlight=False, soft_wrap=True)
+        console.print(f"batch interrupted; finish it with: {hint}", markup=False, highlight=False, soft_wrap=True)
         raise
     _finish(summary, json_output, console, "" if worker is None else f" (rank {worker.rank} of {worker.world_size})")
+
+
+INVOKED: list[str] | None = None
+"""This process's ``sow`` arguments (set by :func:`sow.cli.commands.main`): the resume hint repeats them."""
+
+
+def resume_command(batch: Path, out_dir: Path, worker: WorkerIdentity | None = None) -> str:
+    """The command that resumes this batch exactly: this one's arguments, less ``--overwrite``, plus ``--resume``.
+
+    Every option the batch started with (``--config``, ``--model``, ``--lora``...) is kept, so the
+    resumed items run at the same settings (a resume at other settings is refused anyway).
+    """
+    import shlex
+
+    given = INVOKED if INVOKED else ["generate", "--batch", str(batch), "--out", str(out_dir)]
+    args = [a for a in given if a != "--overwrite"]
+    if "--resume" not in args:
+        args.append("--resume")
+    launcher = "sow"
+    if worker is not None:
+        launcher = f"torchrun --nproc-per-node {worker.world_size} -m sow"
+    return f"{launcher} {shlex.join(args)}"
 
 
 def _finish(summary, json_output: bool, console: Console, who: str = "") -> None:
@@ -110,7 +136,7 @@ def _rank_spec(spec: PipelineSpec, worker: WorkerIdentity) -> PipelineSpec:
     return spec
 
 
-def _run_on_ray(batch, items, out_dir, overrides, spec, ray, resume, overwrite, quiet, json_output, console) -> None:
+def _run_on_ray(batch, items, out_dir, overrides, spec, ray, resume, overwrite, quiet, json_output, console, settings, hint) -> None:
     from sow.batch.ray_engine import run_batch_on_ray
 
     bar = make_progress(24, console, disable=quiet)
@@ -126,8 +152,9 @@ def _run_on_ray(batch, items, out_dir, overrides, spec, ray, resume, overwrite, 
 
     try:
         with bar:
-            summary = run_batch_on_ray(spec, items, out_dir, ray, overrides=overrides, resume=resume, overwrite=overwrite, on_event=on_event)
+            summary = run_batch_on_ray(spec, items, out_dir, ray, overrides=overrides, resume=resume, overwrite=overwrite, on_event=on_event,
+                                       batch_settings=settings, resume_command=hint)
     except KeyboardInterrupt:
-        console.print(f"batch interrupted; finish it with: sow generate --batch {batch} -o {out_dir} --resume", markup=False, highlight=False, soft_wrap=True)
+        console.print(f"batch interrupted; finish it with: {hint}", markup=False, highlight=False, soft_wrap=True)
         raise
     _finish(summary, json_output, console, " on ray")

@@ -22,6 +22,17 @@ def _sizes(text: str) -> list[int]:
         raise InputError(f"--batch {text!r}: expected sizes separated by commas, e.g. 1,8") from None
 
 
+def given(ctx: typer.Context, name: str) -> bool:
+    """Whether option ``name`` was given (command line or environment), not left at its default.
+
+    Compared by the source's name: Typer vendors its own click, whose ``ParameterSource`` is not
+    ``click.core.ParameterSource`` (an identity comparison with that one is never equal, which made
+    ``--smoke`` a no-op).
+    """
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
 def bench_command(
     ctx: typer.Context,
     model: Annotated[str, typer.Option("--model", "-m", help="'tiny', a diffusers folder, a config folder (with --random-weights), a .safetensors file or a hub id.")] = "tiny",
@@ -64,8 +75,6 @@ def bench_command(
     from sow.io.security import redacting_console
     from sow.io.outputs import check_free, save_json_atomic
 
-    from click.core import ParameterSource
-
     from sow.bench.settings import SMOKE
 
     options = {
@@ -78,7 +87,7 @@ def bench_command(
         "smoke": smoke,
     }  # fmt: skip
     if smoke:  # --smoke's values, except where an option was given
-        options = {k: v for k, v in options.items() if k not in SMOKE or ctx.get_parameter_source(k) != ParameterSource.DEFAULT}
+        options = {k: v for k, v in options.items() if k not in SMOKE or given(ctx, k)}
     settings = BenchSettings(**options)
     check_free([json_path, plot], overwrite, "choose another --json/--plot path")  # before the long run
     err = redacting_console(stderr=True)

@@ -8,24 +8,30 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.table import Table
 
+from sow.cli.canvas_options import HeightOpt, WidthOpt, with_canvas, with_plan_canvas
 from sow.cli.choices import DEVICE_METAVAR, Dtype, OnPlannerError, Preset, Quantize, value
 from sow.errors import InputError, SowError
 from sow.cli.scale_options import GpusPerWorkerOpt, RayOpt, WorkersOpt, ray_settings
 from sow.io.json_files import MAX_JSON_BYTES, load_config_file, load_plan_file, read_json as _read_json  # noqa: F401
 from sow.schemas import Box, GenerationConfig, Plan, validated
 
+if TYPE_CHECKING:  # the pipeline (torch, diffusers) is imported only when a model loads
+    from sow.pipeline import SOWPipeline
+
 app = typer.Typer(
     name="sow",
-    help="Selective One-Way Diffusion: an image from a visual condition (a face photo) and a text prompt.",
+    help="Selective One-Way Diffusion: an image from a visual condition (a face photo) and a text prompt.\n\n"
+    "The options below (--threads, --disable-plugin, --trust-remote-code) go before or after the command.",
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode=None,  # click's plain help: option names whole at any width (rich's table cut them at 80 columns)
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 from sow.io.security import redacting_console  # noqa: E402
 
@@ -119,16 +125,33 @@ def split_conditions(arguments: list[str] | None, conditions: list[Path] | None)
         return [], None
     if len(arguments) == 1:
         raise InputError("Missing argument PROMPT: give the condition image(s) first and the prompt last, e.g. sow generate face.jpg \"a chef\"")
+    refuse_path_as_prompt(arguments[-1])
     return [Path(a) for a in arguments[:-1]], arguments[-1]
 
 
-def people_options(max_people: int | None, pick: str | None, planner: str | None) -> dict:
-    """``--max-people`` / ``--pick`` as heuristic-planner options."""
+def refuse_path_as_prompt(prompt: str) -> None:
+    """A last positional that names an image file is a forgotten prompt, not a prompt (exit 2, not a silent run)."""
+    from sow.io.images import looks_like_image_path
+
+    if looks_like_image_path(prompt):
+        raise InputError(
+            f"the last argument {prompt!r} is an image file, not a prompt: give the prompt last, "
+            "e.g. sow generate a.jpg b.jpg \"two friends at a cafe\""
+        )
+
+
+def people_options(max_people: int | None, pick: str | None, planner: str | None, photos: int = 1) -> dict:
+    """``--max-people`` / ``--pick`` as heuristic-planner options; they conflict with each other and with several photos."""
     options: dict = {}
     if max_people is None and pick is None:
         return options
     if (planner or "heuristic") != "heuristic":
         raise InputError("--max-people and --pick choose the faces of one group photo with the heuristic planner (--planner heuristic)")
+    if max_people is not None and pick is not None:
+        raise InputError("--pick chooses the faces by number and --max-people by size: give one of them, not both")
+    if photos > 1:
+        which = "--max-people" if max_people is not None else "--pick"
+        raise InputError(f"{which} chooses faces in one group photo; this run has {photos} photos (one person each): drop {which}")
     if max_people is not None:
         options["max_people"] = max_people
     if pick is not None:
@@ -143,6 +166,7 @@ def load_conditions(paths: list[Path]) -> None:
     """Refuse a missing, corrupt or hostile condition before anything loads, naming which one."""
     from sow.io.images import load_condition
 
+
     for i, path in enumerate(paths):
         try:
             load_condition(path)
@@ -154,17 +178,22 @@ def load_conditions(paths: list[Path]) -> None:
 
 @app.callback()
 def global_options(
+    ctx: typer.Context,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
     threads: Annotated[Optional[int], typer.Option("--threads", min=1, envvar="SOW_THREADS", show_envvar=True, help="CPU threads for torch (default: half the cores, at most 8; torch's own default, all cores, is slow on a busy machine).")] = None,
     disable_plugin: Annotated[list[str], typer.Option("--disable-plugin", metavar="NAME", help="Do not load this plugin (entry-point or distribution name); repeatable. Also SOW_DISABLE_PLUGINS=a,b.")] = [],  # noqa: B006
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Let model repositories run their own Python code (some MLLM planners need it). Off by default.")] = False,
 ) -> None:
-    """Selective One-Way Diffusion: an image from a visual condition (a face photo) and a text prompt."""
-    from sow.engine.performance import set_cpu_threads
+    """Selective One-Way Diffusion: an image from a visual condition (a face photo) and a text prompt.
+
+    Global options (--threads, --disable-plugin, --trust-remote-code) go before or after the command.
+    """
+    from sow.cli.startup import apply_threads
     from sow.plugins import disable_plugins
     from sow.io.security import set_load_policy
 
-    set_cpu_threads(threads)
+    if not (ctx.obj or {}).get("text_only"):  # help and completion leave torch unimported
+        apply_threads(threads)
     quiet_known_warnings()
     if disable_plugin:
         disable_plugins(disable_plugin)
@@ -213,6 +242,8 @@ def plan_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="The plan file to write; its picture goes beside it as .png.")] = Path("plan.json"),
     preset: PresetOpt = Preset.normal,
     config_file: Annotated[Optional[Path], typer.Option("--config", help="JSON file of GenerationConfig fields (the canvas matters).")] = None,
+    width: WidthOpt = None,
+    height: HeightOpt = None,
     seed: Annotated[int, typer.Option(help="Seed handed to the planner.")] = 0,
     on_planner_error: OnPlannerErrorOpt = OnPlannerError.fail,
     no_cache: NoCacheOpt = False,
@@ -232,13 +263,17 @@ def plan_command(
         raise InputError(f"--out {out}: the plan file must end in .json")
     picture = out.with_suffix(".png")
     prepare_outputs(out.parent, {"plan": out, "picture": picture}, overwrite)
-    config = GenerationConfig.from_preset(value(preset), **load_config_file(config_file))
+    config = GenerationConfig.from_preset(value(preset), **with_canvas(load_config_file(config_file), width, height))
     load_conditions(conditions)
+    options = {**planner_options(planner_option, quantize), **people_options(max_people, pick, planner, len(conditions))}
+    from sow.cli.preflight import check_planner
+
+    check_planner(planner, options, policy)  # a planner that cannot start: said before its model loads
     plan, image = make_plan(
         conditions if len(conditions) > 1 else conditions[0],
         prompt,
         planner=planner,
-        options={**planner_options(planner_option, quantize), **people_options(max_people, pick, planner)},
+        options=options,
         config=config,
         seed=seed,
         on_error=policy,
@@ -268,6 +303,8 @@ def generate(
     box_v: Annotated[Optional[str], typer.Option("--box-v", help="Condition box x,y,w,h in canvas pixels (with --box-r).")] = None,
     box_r: Annotated[Optional[str], typer.Option("--box-r", help="Related-region box x,y,w,h (with --box-v).")] = None,
     config_file: Annotated[Optional[Path], typer.Option("--config", help="JSON file of GenerationConfig fields to override.")] = None,
+    width: WidthOpt = None,
+    height: HeightOpt = None,
     planner: Annotated[Optional[str], typer.Option(help="Planner plugin name (see `sow plugins`).")] = None,
     max_people: MaxPeopleOpt = None,
     pick: PickOpt = None,
@@ -311,8 +348,6 @@ def generate(
     from sow.io.outputs import check_writable, safe_name
     from sow.io.prompt_checks import require_prompt
     from sow.io.results import output_paths, prepare_outputs, write_outputs
-    from sow.pipeline import SOWPipeline
-
     preset, dtype, on_planner_error = value(preset), value(dtype), value(on_planner_error)
     if replay is not None:  # everything from the record (sow.cli.replay)
         from sow.cli.replay import check_replay_alone, replay_generate
@@ -323,11 +358,12 @@ def generate(
             "--seed": seed != 0, "--num-images": num_images != 1, "--preset": preset != "normal", "--model": model != "tiny",
             "--lora": lora, "--vae": vae, "--family": family, "--dtype": dtype != "auto", "--ray": ray is not None,
             "--paste/--paste-band": paste is not None or paste_band is not None,
+            "--width/--height": width is not None or height is not None,
         })
         replay_generate(replay, out_dir, name, device=device, allow_pickle=allow_pickle, quiet=quiet,
                         json_output=json_output, console=err, out=out)
         return
-    overrides = load_config_file(config_file)
+    overrides = with_canvas(load_config_file(config_file), width, height)
     if paste is not None or paste_band is not None:  # checked with the rest of the config, before the model loads
         overrides.update({k: v for k, v in {"paste": paste, "paste_band": paste_band}.items() if v is not None})
     # a malformed KEY=VALUE (or --max-people with another planner) fails before anything else
@@ -339,6 +375,12 @@ def generate(
 
     from sow.batch.workers import PipelineSpec
     from sow.io.security import load_policy
+
+    if lora:  # a missing file or a scale of nan/inf: refused before the model loads
+        from sow.engine.lora import parse_lora
+
+        for item in lora:
+            parse_lora(item)
 
     chosen = {"planner": planner, "inverter": inverter, "scheduler": scheduler, "modulator": modulator, "preserver": preserver}
     spec = PipelineSpec(
@@ -381,12 +423,17 @@ def generate(
     if not conditions or prompt is None:
         raise InputError("Missing arguments CONDITION... and PROMPT (or pass --batch FILE); see sow generate --help")
     require_prompt(prompt)
+    people_options(max_people, pick, planner, len(conditions))  # --max-people/--pick against several photos
+    if (plan_file or box_v or box_r) and (max_people is not None or pick is not None):
+        raise InputError("--plan / --box-v place the faces themselves: drop --max-people and --pick (they choose faces for the planner)")
     if plan_file and (box_v or box_r):
         raise InputError("--plan FILE holds the boxes: drop --box-v/--box-r, or drop --plan")
+    plan_from_file = load_plan_file(plan_file) if plan_file else None
+    overrides = with_plan_canvas(overrides, plan_from_file, plan_file)  # the plan's canvas, or a clash refused now
     early = GenerationConfig.from_preset(preset, **overrides)  # bad inputs fail before the model loads
     if save_attention and ((modulator or early.stages.modulator) == "none" or not early.ablation.dynamic_attention):
         raise InputError("--save-attention needs attention modulation; the modulator is off (use --modulator dam)")
-    early_plan = load_plan_file(plan_file) if plan_file else manual_plan(box_v, box_r, prompt, early)  # checked early
+    early_plan = plan_from_file or manual_plan(box_v, box_r, prompt, early)  # checked early
     stem = safe_name(name) if name else f"{safe_name(prompt, 40)}-s{seed}"
     expected_masks = len(early_plan.conditions) if early_plan is not None else max(len(conditions), max_people or 1)
     paths = output_paths(out_dir, stem, num_images=num_images, attention=save_attention, masks=expected_masks)
@@ -400,6 +447,11 @@ def generate(
         from sow.planners.layout import check_fits
 
         check_fits(len(conditions), early)
+    from sow.cli.preflight import check_loras, check_planner
+
+    check_loras(lora)  # a missing LoRA file: before the model is built
+    if early_plan is None:  # the planner will run: one that cannot start is said now
+        check_planner(planner or early.stages.planner, stage_options, on_planner_error)
     manual_image = None
     if early_plan is not None and not plan_file and len(conditions) == 1:  # hand-made boxes: the condition's aspect kept, changes said
         from sow.io.images import load_condition
@@ -497,6 +549,10 @@ from sow.cli.bench import bench_command  # noqa: E402
 app.command("bench")(bench_command)
 
 
+COMMANDS = ("generate", "plan", "plugins", "eval", "eval-spec", "ui", "bench")
+"""The subcommands (global options written after one of them are moved before it)."""
+
+
 def usage_line(exc: Exception) -> str:
     """A click usage error as one ``error:`` line, with where to read more."""
     message = " ".join(str(exc.format_message()).split())
@@ -516,10 +572,16 @@ def main(argv: list[str] | None = None) -> None:
     from sow.cli.scale_options import optional_ray_address
     from sow.io.security import cli_logging
 
+    from sow.cli.startup import hoist_global_options, reads_text_only
+
     argv = optional_ray_address(sys.argv[1:] if argv is None else argv)
+    argv = hoist_global_options(argv, COMMANDS)
+    from sow.cli import batch as batch_cli
+
+    batch_cli.INVOKED = list(argv)  # the resume hint of an interrupted batch repeats these
     try:
         with cli_logging():
-            result = app(args=argv, prog_name="sow", standalone_mode=False)
+            result = app(args=argv, prog_name="sow", standalone_mode=False, obj={"text_only": reads_text_only(argv)})
     except typer.Exit as exc:
         if exc.exit_code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into Exit(130)
             _fail("interrupted", EXIT_INTERRUPTED)
@@ -532,6 +594,11 @@ def main(argv: list[str] | None = None) -> None:
         # usage errors of the (possibly vendored) click: one line, like every other error
         if callable(getattr(exc, "format_message", None)) and isinstance(getattr(exc, "exit_code", None), int):
             _fail(usage_line(exc), exc.exit_code)
+        from sow.errors import environment_problem
+
+        problem = environment_problem(exc)  # a full disk, no memory, a port taken: the machine's, not a bug
+        if problem is not None:
+            _fail(f"error: {problem}", problem.exit_code)
         if os.environ.get("SOW_DEBUG") == "1":  # the traceback, redacted: it ends up in bug reports
             from sow.io.security import format_traceback
 

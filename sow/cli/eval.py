@@ -135,3 +135,9 @@ def eval_command(
     from sow.io.security import clean_text
 
     typer.echo(clean_text(result.outputs["markdown"].read_text(encoding="utf-8")), nl=False)
+    failed = [row for row in result.rows if row.get("error")]
+    if failed:  # a table with failed rows is no success: say how many, exit 1
+        from sow.errors import SowError
+        from sow.eval.runner import ROWS_FILE
+
+        raise SowError(f"eval: {len(failed)} of {len(result.rows)} (item, method) rows failed; their errors are in {out / ROWS_FILE}")

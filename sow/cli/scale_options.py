@@ -22,9 +22,10 @@ def ray_settings(address: str | None, workers: int | None, gpus_per_worker: floa
         if workers is not None or gpus_per_worker is not None:
             raise InputError("--workers and --gpus-per-worker go with --ray")
         return None
-    from sow.batch.ray_engine import RaySettings
+    from sow.batch.ray_engine import RaySettings, check_ray_address
 
-    return RaySettings(address=None if address in ("", LOCAL_CLUSTER) else address, workers=workers, gpus_per_worker=gpus_per_worker)
+    address = None if address in ("", LOCAL_CLUSTER) else check_ray_address(address)
+    return RaySettings(address=address, workers=workers, gpus_per_worker=gpus_per_worker)
 
 
 def optional_ray_address(argv: list[str]) -> list[str]:

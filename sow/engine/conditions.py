@@ -131,7 +131,7 @@ def prepare_conditions(
     for cond in plan.conditions:
         given = plan_mask(cond, masks)
         picture, keep_mask = cv.apply_crop(sources[cond.image].image, given, cond.crop)
-        box_v = cond.box_v.aligned(scale)
+        box_v = cond.box_v.aligned(scale, config.canvas)
         if not box_v.fits(config.canvas):
             box_v = box_v.model_copy(update={"x": config.canvas.width - box_v.w})
         fitted, keep = cv.fit_condition(picture, box_v, keep_mask, polarity)

@@ -93,10 +93,9 @@ class RunContext:
     artifacts: dict[str, Any] = field(default_factory=dict)
     """Things stages hand back to the caller (e.g. ``"attention"``: the captured attention map)."""
 
-    @property
-    def num_images(self) -> int:
-        """Images denoised together (``num_images``): the attention batch is branches x images."""
-        return max(1, len(self.generators))
+    num_images: int = 1
+    """Images denoised together (the call's ``num_images``): the attention batch is branches x images.
+    Counted from the batch, never from :attr:`generators`: one generator may serve every image."""
 
     def noise_like(self, x: torch.Tensor) -> torch.Tensor:
         """Gaussian noise drawn from the run's seeded generator(s): row i of a batch from image i's own."""

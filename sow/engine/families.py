@@ -155,18 +155,28 @@ def detect_family(unet_config: Any, text_encoder_configs: Sequence[Any], overrid
     cross = _get(unet_config, "cross_attention_dim")
     widths = [_get(c, "hidden_size") for c in text_encoder_configs]
     structure = f"{len(widths)} text encoder(s) of width {'+'.join(map(str, widths))}, cross-attention {cross}, added conditioning {added or 'none'}"
+    told = _family_from_configs(added, widths, cross)
     if override is not None:
         family = get_family(override)
         if family.text_encoders != len(widths) or family.added_conditioning != (added or "none"):
             raise FamilyError(f"--family {override} does not fit this model ({structure})")
+        if told is not None and told.name != family.name:  # --family only where the configs cannot tell
+            raise FamilyError(f"--family {override} contradicts the model's configs, which say {told.name} ({structure}); drop --family")
         return family
+    if told is not None:
+        return told
+    raise FamilyError(f"cannot tell the model family from its configs ({structure}); pass --family {'|'.join(FAMILIES)}")
+
+
+def _family_from_configs(added: Any, widths: list[Any], cross: Any) -> ModelFamily | None:
+    """The family the configs alone tell, or None when they cannot."""
     if added == "text_time" and len(widths) == 2 and isinstance(cross, int) and sum(widths) == cross:
         return FAMILIES["sdxl"]
     if added is None and len(widths) == 1 and widths[0] == cross:
         for family in FAMILIES.values():
             if family.text_encoders == 1 and family.cross_attention_dim == cross:
                 return family
-    raise FamilyError(f"cannot tell the model family from its configs ({structure}); pass --family {'|'.join(FAMILIES)}")
+    return None
 
 
 class PromptEncoder:

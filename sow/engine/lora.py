@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +30,10 @@ log = logging.getLogger("sow.engine.lora")
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 """The file name diffusers' ``save_lora_weights`` writes in a folder."""
+
+
+MAX_LORA_SCALE = 100.0
+"""Largest |scale| of a LoRA (``PATH:SCALE``): typical scales lie in 0..1.5; far beyond, the image is noise or NaN."""
 
 
 class LoraError(InputError):
@@ -45,6 +50,8 @@ def parse_lora(spec: str) -> tuple[Path, float]:
             path = head
         except ValueError:
             pass  # a colon that is part of the path
+        if not math.isfinite(scale) or abs(scale) > MAX_LORA_SCALE:
+            raise LoraError(f"LoRA {head}: scale {tail!r} must be a finite number within ±{MAX_LORA_SCALE:g} (1.0 is the LoRA as trained)")
     file = Path(path).expanduser()
     if file.is_dir():
         file = file / LORA_FILE
@@ -113,6 +120,9 @@ def apply_loras(components, specs: list[str]) -> list[LoraRecord]:
     names, scales, records = [], [], []
     for index, (path, scale) in enumerate(parsed):
         name = f"lora{len(components.loras) + index}"
+        from sow.engine.model_checks import check_file_fits
+
+        check_file_fits(path, f"LoRA {path.name}")  # read whole into memory: it must fit there first
         try:
             state = load_file(str(path))
         except Exception as exc:  # safetensors raises its own error types for corrupt headers

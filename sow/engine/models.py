@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from sow.engine.families import FAMILIES, AddedConditioning, ModelFamily, PromptEncoder, detect_family
-from sow.errors import InputError, ModelLoadError
+from sow.errors import InputError, ModelLoadError, SowError
 from sow.io.files import parse_json, read_regular_text
 
 log = logging.getLogger("sow.engine.models")
@@ -43,9 +43,17 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 TINY_SEED = 20240607
 
+EMBEDDED_DEFAULT_SIDES = {"tiny": 512, "tiny-sdxl": 512}
+"""The default canvas side of the embedded random-weight models: their images are noise, so the
+default is what shows the pipeline runs in reasonable time, not SDXL's native 1024 (8 minutes of
+CPU for a noise image). A real model's default is its native size."""
+
 TINY_FAMILY = "sd2"
 """The family the tiny model stands in for: its widths are a toy's, so its configs cannot say
 (it is SD 2.1-base-shaped and runs the paper's settings)."""
+
+UNET_CHECKPOINT_PREFIX = "model.diffusion_model."
+"""Where an original-layout SD 1/2/XL checkpoint keeps its UNet (what ``from_single_file`` converts)."""
 
 SDXL_CHECKPOINT_KEY = "conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias"
 """A tensor only original-layout SDXL checkpoints hold (the second, OpenCLIP bigG text encoder)."""
@@ -411,10 +419,9 @@ def is_sdxl_checkpoint(path: Path) -> bool:
     """Whether a ``.safetensors`` checkpoint holds SDXL's second text encoder (read from its header, no weights)."""
     if path.suffix != ".safetensors":
         return False
-    from safetensors import safe_open
+    from sow.engine.model_checks import safetensors_header
 
-    with safe_open(str(path), framework="pt") as handle:
-        return SDXL_CHECKPOINT_KEY in handle.keys()
+    return SDXL_CHECKPOINT_KEY in safetensors_header(path)  # checked: a hostile header is one line, exit 2
 
 
 def _from_single_file(path: Path, allow_pickle: bool) -> Components:
@@ -425,6 +432,14 @@ def _from_single_file(path: Path, allow_pickle: bool) -> Components:
             f"{path.name}: only .safetensors checkpoints load by default (pickled files can run code); "
             "pass --allow-pickle if you trust this file"
         )
+    if path.suffix == ".safetensors":
+        from sow.engine.model_checks import safetensors_header
+
+        if not any(name.startswith(UNET_CHECKPOINT_PREFIX) for name in safetensors_header(path)):
+            raise ModelLoadError(
+                f"checkpoint {path.name}: no {UNET_CHECKPOINT_PREFIX}* tensors, so not a Stable Diffusion checkpoint "
+                "(a LoRA goes to --lora, a VAE to --vae)"
+            )
     if is_sdxl_checkpoint(path):
         pipe = StableDiffusionXLPipeline.from_single_file(str(path), local_files_only=True)  # pickle-policy: suffix checked above
     else:
@@ -436,6 +451,14 @@ def _from_single_file(path: Path, allow_pickle: bool) -> Components:
     return components
 
 
+def _first_line(exc: BaseException) -> str:
+    """An exception as a short line: its type when the message says little, its first line otherwise."""
+    first = str(exc).splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, (OSError, ValueError)) and first:
+        return first
+    return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
+
+
 def load_vae(spec: str) -> torch.nn.Module:
     """A replacement VAE (``--vae``): a diffusers ``AutoencoderKL`` folder or hub id, e.g. a fixed fp16 SDXL VAE."""
     from diffusers import AutoencoderKL
@@ -445,6 +468,23 @@ def load_vae(spec: str) -> torch.nn.Module:
         return AutoencoderKL.from_pretrained(str(path) if path.is_dir() else spec, local_files_only=path.is_dir(), use_safetensors=True).eval()
     except Exception as exc:  # hub and file errors come in many types
         raise ModelLoadError(f"VAE {spec!r} could not be loaded ({type(exc).__name__}); pass an AutoencoderKL folder or hub id") from None
+
+
+def check_model_spec(spec: str, device: str = "auto", dtype: str = "auto") -> None:
+    """A model named at start (``sow ui --model``): found where it says, valid and small enough; nothing loads."""
+    from sow.engine.model_checks import check_model_size
+
+    path = Path(spec).expanduser()
+    if spec in ("tiny", "tiny-sdxl"):
+        return
+    if path.is_dir() or path.suffix in (".safetensors", ".ckpt", ".pt", ".bin"):
+        if not path.exists():
+            raise ModelLoadError(f"model {spec!r} not found")
+        torch_device = resolve_device(device)
+        check_model_size(spec, torch_device, resolve_dtype(dtype, torch_device))
+        return
+    if "/" not in spec or spec.startswith((".", "/")):
+        raise ModelLoadError(f"model {spec!r} not found: it is not 'tiny', a folder, a .safetensors file or a hub id (owner/name)")
 
 
 def load_components(
@@ -467,6 +507,14 @@ def load_components(
     """
     torch_device = resolve_device(device) if not isinstance(device, torch.device) else device
     torch_dtype = resolve_dtype(dtype, torch_device)
+    from sow.engine.model_checks import check_model_size, check_vae, vae_fits_unet
+
+    configs = check_model_size(spec, torch_device, torch_dtype)  # valid and small enough, before anything is built
+    if vae is not None:
+        check_vae(vae, configs.get("unet"), torch_device, torch_dtype)
+    if family is not None and "unet" in configs:  # a --family the configs contradict: refused before building
+        encoders = [configs[name] for name in ("text_encoder", "text_encoder_2") if name in configs]
+        detect_family(configs["unet"], encoders, family)
     path = Path(spec).expanduser()
     if spec == "tiny":
         components = build_tiny()
@@ -476,8 +524,10 @@ def load_components(
         if (path / "model_index.json").is_file() or (path / "unet" / "diffusion_pytorch_model.safetensors").is_file():
             try:
                 components = _from_diffusers(str(path), local_only=True)
-            except (OSError, ValueError) as exc:
-                raise ModelLoadError(f"model folder {path}: {str(exc).splitlines()[0]}") from None
+            except (SowError, MemoryError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - a user's folder: its files fail in many ways, each an input error
+                raise ModelLoadError(f"model folder {path}: {_first_line(exc)}") from None
         elif (path / "unet" / "config.json").is_file():
             if not random_weights:
                 raise ModelLoadError(
@@ -492,8 +542,10 @@ def load_components(
             raise ModelLoadError(f"checkpoint {path} not found")
         try:
             components = _from_single_file(path, allow_pickle)
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"checkpoint {path}: {str(exc).splitlines()[0]}") from None
+        except (SowError, MemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a user's file: diffusers' converters fail in many ways, each an input error
+            raise ModelLoadError(f"checkpoint {path}: {_first_line(exc)}") from None
     elif "/" in spec and not spec.startswith((".", "/")):
         from sow.io.hub import offline_reason
 
@@ -517,7 +569,9 @@ def load_components(
             "nor 'tiny-sdxl'"
         )
     if vae is not None:
-        components.vae = load_vae(vae)
+        replacement = load_vae(vae)
+        vae_fits_unet(replacement.config, components.unet.config, vae)
+        components.vae = replacement
     if components.family is None or family is not None:
         components.detect_family(family)
     for module in (components.unet, components.vae, *components.text_encoders):

@@ -129,5 +129,12 @@ def vp_alpha_bars(scheduler: Any, num_inference_steps: int) -> tuple[torch.Tenso
     scheduler.set_timesteps(num_inference_steps)
     ascending = scheduler.timesteps.to(torch.int64).cpu().flip(0)
     alphas_cumprod = scheduler.alphas_cumprod.to(torch.float64).cpu()
+    if len(ascending) != num_inference_steps or int(ascending.max()) >= len(alphas_cumprod) or int(ascending.min()) < 0:
+        from sow.errors import InputError  # a schedule past the trained timesteps: said, not an index error
+
+        raise InputError(
+            f"num_inference_steps {num_inference_steps}: this model's scheduler ({len(alphas_cumprod)} training "
+            f"timesteps, steps_offset {scheduler.config.get('steps_offset', 0)}) has no such schedule; use fewer steps"
+        )
     final = torch.as_tensor(scheduler.final_alpha_cumprod, dtype=torch.float64).reshape(1)
     return torch.cat([final, alphas_cumprod[ascending]]), torch.cat([torch.tensor([-1]), ascending])

@@ -309,11 +309,13 @@ class Evaluation:
     @property
     def pipe(self):
         if self._pipe is None:
-            from sow.engine.models import load_components
             from sow.pipeline import SOWPipeline
 
-            components = self._components or load_components(self.config.model, device=self.config.device, dtype=self.config.dtype)
-            self._pipe = SOWPipeline(components, stage_options=self.config.stage_options, registry=self.registry)
+            if self._components is not None:
+                self._pipe = SOWPipeline(self._components, stage_options=self.config.stage_options, registry=self.registry)
+            else:  # through the model families' door: a flow model (SD 3, FLUX) as well as the UNets
+                self._pipe = SOWPipeline.from_pretrained(self.config.model, device=self.config.device, dtype=self.config.dtype,
+                                                         stage_options=self.config.stage_options, registry=self.registry)
         return self._pipe
 
     @property
@@ -339,10 +341,15 @@ class Evaluation:
             self._controlnet_pipe = load_controlnet_pipeline(self.config.controlnet.model, self.pipe.components, load_policy().allow_pickle)
         return self._controlnet_pipe
 
-    def generation_config(self, item: SpecItem, method: Method) -> GenerationConfig:
+    def generation_config(self, item: SpecItem, method: Method, pipe: Any = None) -> GenerationConfig:
+        """The method's config for ``item``; with ``pipe``, its model family's defaults (a flow model's S,
+        t1, t2, t3 and guidance) under the spec's and the method's settings."""
         overrides = json.loads(json.dumps(self.config.generation))
         _deep_merge(overrides, json.loads(json.dumps(method.overrides)))
         overrides["stages"] = self._stage_names[method.name].model_dump()
+        family_defaults = getattr(getattr(pipe, "backbone", None), "config_defaults", None)
+        if family_defaults is not None:
+            overrides = {**family_defaults(overrides), **overrides}
         try:
             return GenerationConfig.from_preset(item.setting, **overrides)
         except InputError as exc:
@@ -359,7 +366,7 @@ class Evaluation:
         paths = item.condition_paths(self.spec_base)
         path = paths[0]
         condition = paths[0] if len(paths) == 1 else paths
-        config = self.generation_config(item, method)
+        config = self.generation_config(item, method, self.pipe)
         seed = self.config.seed
         group = None
         if item.people is not None and item.people > 1:
@@ -379,7 +386,7 @@ class Evaluation:
             return result.image, used, extra, result.seeded_canvas, kept, result.artifacts.get("kept", []), unpasted[0]
         loaded = [load_condition(p) for p in paths]
         plan = self.pipe.plan([one.image for one in loaded] if len(loaded) > 1 else loaded[0].image, item.prompt, config, seed, planner=group)
-        scale = self.pipe.components.vae_scale_factor
+        scale = self.pipe.backbone.vae_scale_factor
         boxes, pasted = [], []
         for cond in plan.conditions:
             box_v = cond.box_v.aligned(scale)

@@ -65,9 +65,14 @@ def read_regular_text(path: Path, what: str, max_bytes: int) -> str:
 
 
 def parse_json(text: str | bytes, label: str) -> object:
-    """``json.loads`` with every refusal (syntax, nesting, 4300-digit integers) as one :class:`InputError`."""
+    """``json.loads`` with every refusal (syntax, nesting, 4300-digit integers, lone surrogates) as one :class:`InputError`.
+
+    JSON's ``\\ud800`` escapes can spell a lone UTF-16 surrogate, which is no character: Python
+    reads it into a ``str`` that cannot be written out again (every record, manifest and log line
+    would fail later), so it is refused here, where every JSON input enters.
+    """
     try:
-        return json.loads(text)
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputError(f"{label}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
     except RecursionError:
@@ -75,6 +80,35 @@ def parse_json(text: str | bytes, label: str) -> object:
     except ValueError as exc:  # e.g. "Exceeds the limit (4300 digits) for integer string conversion"
         reason = str(exc).splitlines()[0] if str(exc) else "a value Python cannot read"
         raise InputError(f"{label}: not valid JSON ({reason})") from None
+    where = _lone_surrogate(data)
+    if where is not None:
+        raise InputError(f"{label}: {where} holds a lone UTF-16 surrogate escape (like \\ud800), which is not a character")
+    return data
+
+
+def _lone_surrogate(data: object, path: str = "") -> str | None:
+    """Where in ``data`` (a JSON value) a string or key holds a lone surrogate, or None."""
+    stack: list[tuple[object, str]] = [(data, path)]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, str):
+            if not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    return where or "a value"
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                name = f"{where}.{key}" if where else str(key)
+                if not key.isascii():
+                    try:
+                        key.encode("utf-8")
+                    except UnicodeEncodeError:
+                        return f"a key of {where or 'the object'}"
+                stack.append((item, name))
+        elif isinstance(value, list):
+            stack.extend((item, f"{where}[{i}]") for i, item in enumerate(value))
+    return None
 
 
 def jsonl_lines(text: str) -> list[str]:

@@ -57,6 +57,23 @@ MAX_WORKING_SIDE = 2048
 MAX_ASPECT_RATIO = 8.0
 """Longer side / shorter side beyond which a condition is refused."""
 
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+"""File-name endings of the image formats a condition comes in (what tells a path from a prompt)."""
+
+
+def looks_like_image_path(text: str) -> bool:
+    """Whether ``text`` names an existing file, or is one word ending in an image suffix (``b.jpg``): not a prompt."""
+    text = text.strip()
+    if not text or "\n" in text or len(text) > 4096:
+        return False
+    try:
+        if Path(text).expanduser().is_file():
+            return True
+    except (OSError, ValueError):  # a name too long for the OS, a NUL byte: not a path
+        return False
+    return " " not in text and Path(text).suffix.lower() in IMAGE_SUFFIXES
+
+
 MAX_FILE_BYTES = 512 * 1024 * 1024
 """Condition files larger than this (512 MiB) are refused before being read."""
 

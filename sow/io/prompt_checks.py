@@ -43,6 +43,10 @@ class PromptCheck:
 MAX_PROMPT_CHARS = 10_000
 """Longer prompts are refused outright (the encoder reads about 75 words of them anyway)."""
 
+PLANNER_PROMPT_ROOM = 1_000
+"""Characters a planner may add to the user's prompt when it intensifies it: a plan's prompt (a plan
+file's, the web app's edited one) is at most ``MAX_PROMPT_CHARS + PLANNER_PROMPT_ROOM`` long."""
+
 
 def require_prompt(prompt: object, what: str = "prompt", max_chars: int | None = MAX_PROMPT_CHARS) -> str:
     """``prompt`` stripped, or :class:`InputError` when it is empty, not text, or over ``max_chars``.

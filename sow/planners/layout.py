@@ -34,7 +34,12 @@ def _floor(value: float) -> int:
 
 
 def check_fits(conditions: int, config: GenerationConfig) -> None:
-    """Raise the :func:`side_by_side` error now when ``conditions`` boxes cannot fit side by side."""
+    """Raise now, before any model loads, when ``conditions`` are more than a run takes or cannot fit side by side."""
+    from sow.errors import InputError
+    from sow.schemas import MAX_CONDITIONS
+
+    if conditions > MAX_CONDITIONS:
+        raise InputError(f"{conditions} conditions: a run takes at most {MAX_CONDITIONS} people")
     side_by_side([(1, 1)] * conditions, config.canvas, config, 0.0)
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from PIL import Image
 
 from sow.errors import InputError, ModelLoadError, PlannerError, SowError
-from sow.planners.repair import repair_crop, repair_plan
+from sow.planners.repair import repair_crop, repair_plan, snapped_to_grid
 from sow.schemas import GenerationConfig, Plan
 
 log = logging.getLogger("sow.planners.policy")
@@ -38,7 +38,7 @@ FALLBACK_HINT = "pass --on-planner-error heuristic (API: on_planner_error='heuri
 
 
 def _repaired(answer: Plan | Mapping[str, Any], request: PlanRequest, name: str) -> Plan:
-    """:func:`repair_plan` and :func:`repair_crop` for ``request``; a plan placing fewer conditions than
+    """:func:`repair_plan`, :func:`repair_crop` and :func:`snapped_to_grid` for ``request``; a plan placing fewer conditions than
     there are images gets the heuristic's side-by-side layout for all of them (recorded)."""
     images = request.conditions
     plan = repair_plan(answer, request.config, len(images))
@@ -52,7 +52,7 @@ def _repaired(answer: Plan | Mapping[str, Any], request: PlanRequest, name: str)
         )
         plan = plan.model_copy(update={"conditions": layout.conditions, "repairs": [*plan.repairs, line]})
         plan = repair_plan(plan, request.config, len(images))
-    return repair_crop(plan, [im.size for im in images])
+    return snapped_to_grid(repair_crop(plan, [im.size for im in images]), request.config)  # the box the run pastes
 
 
 # -- the planner, the cache and the fallback policy --------------------------------------

@@ -87,6 +87,45 @@ def fit_box_v(raw: tuple[float, float, float, float], canvas: Canvas, limits: tu
     return Box(x=nx, y=ny, w=w, h=h)
 
 
+def on_latent_grid(box: Box, canvas: Canvas, limits: tuple[int, int], grid: int = 8) -> Box:
+    """``box`` (a box_v) as the pipeline pastes it: its corner on the nearest grid line, each side
+    a whole number of latent cells (the nearest; the longer side kept in ``limits``), on the canvas.
+
+    A plan that holds this box is what the image uses: the run snaps nothing more, so the plan
+    file, the plan picture and the app's fields all show the pasted box.
+    """
+    lo, hi = limits
+
+    def nearest(value: float) -> int:  # the nearest multiple of the grid, halves up
+        return int((value + grid / 2) // grid) * grid
+
+    def cells(value: float) -> int:
+        return max(grid, nearest(value))
+
+    lowest, highest = -(-lo // grid) * grid, min(hi, canvas.width, canvas.height) // grid * grid
+    if lowest <= highest:  # some whole number of cells lies in the limits: sides snapped too, aspect kept
+        longer = max(box.w, box.h)
+        target = min(max(cells(longer), lowest), highest)  # the longer side in whole cells, in the limits
+        w, h = (target, min(cells(box.h * target / longer), target)) if box.w >= box.h else (min(cells(box.w * target / longer), target), target)
+    else:  # a canvas too small for a whole-cell side in the limits: the size stays, the run rounds it
+        w, h = box.w, box.h
+    x = min(nearest(box.x), (canvas.width - w) // grid * grid)
+    y = min(nearest(box.y), (canvas.height - h) // grid * grid)
+    return Box(x=max(0, x), y=max(0, y), w=w, h=h)
+
+
+def snapped_to_grid(plan: Plan, config: GenerationConfig) -> Plan:
+    """``plan`` with every box_v :func:`on_latent_grid` (a normal form, not a repair: nothing is
+    recorded); unchanged when snapping would make two conditions' boxes overlap."""
+    from sow.planners.layout import GRID, side_limits
+
+    limits = side_limits(config, len(plan.conditions))
+    snapped = plan
+    for i, cond in enumerate(plan.conditions):
+        snapped = snapped.with_condition(i, box_v=on_latent_grid(cond.box_v, plan.canvas, limits, GRID))
+    return plan if snapped.overlaps(GRID) else snapped
+
+
 def _fit_box_r(raw: tuple[float, float, float, float], box_v: Box, canvas: Canvas, repairs: list[str]) -> Box:
     """box_r clipped to the canvas; an empty or off-canvas box_r becomes the body box under box_v."""
     from sow.planners.fixed import body_box
@@ -202,6 +241,11 @@ def repair_plan(plan: Plan | Mapping[str, Any], config: GenerationConfig, images
             raise PlannerError("planner answer: prompt is empty and there is no user prompt to fall back on")
         prompt = user_prompt
         repairs.append("prompt was empty; the user's prompt is used")
+    from sow.io.prompt_checks import MAX_PROMPT_CHARS, PLANNER_PROMPT_ROOM
+
+    if len(prompt) > MAX_PROMPT_CHARS + PLANNER_PROMPT_ROOM:  # a model that rambled: cut to the plan's limit
+        repairs.append(f"prompt of {len(prompt):,} characters cut to the plan limit of {MAX_PROMPT_CHARS + PLANNER_PROMPT_ROOM:,}")
+        prompt = prompt[: MAX_PROMPT_CHARS + PLANNER_PROMPT_ROOM]
 
     rest = {k: v for k, v in data.items() if k not in ("box_v", "box_r", "crop", "conditions") and v is not None}
     fields = {**rest, "canvas": canvas, "conditions": fixed, "prompt": prompt, "repairs": repairs}

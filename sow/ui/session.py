@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import tempfile
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,18 +19,20 @@ from typing import Any
 from PIL import Image
 
 from sow.errors import InputError, SowError
-from sow.schemas import Box, GenerationConfig, Plan
-
-BOX_FIELDS = ("x", "y", "w", "h")
-"""The order of a box's number fields in the page."""
-
+from sow.schemas import GenerationConfig, Plan
+from sow.ui.limits import UiLimits, condition_paths  # noqa: F401 - condition_paths: part of this module's API
 
 def one_line(exc: BaseException) -> str:
     """The message the CLI prints for ``exc``: ``error: ...`` on one line, secrets redacted."""
     from sow.io.security import redact
 
+    from sow.errors import environment_problem
+
+    problem = environment_problem(exc)
     if isinstance(exc, SowError):
         text = f"error: {exc}"
+    elif problem is not None:  # out of memory, a full disk: the machine's, not a bug
+        text = f"error: {problem}"
     else:
         first = str(exc).splitlines()[0] if str(exc) else ""
         text = f"error: unexpected {type(exc).__name__}: {first} (a bug in sow or a plugin)"
@@ -37,30 +40,63 @@ def one_line(exc: BaseException) -> str:
 
 
 class ModelCache:
-    """One :class:`SOWPipeline` per model name for the life of the process, loaded on first use."""
+    """The pipelines of the models the operator offers, loaded on first use, at most ``limits.max_loaded`` at once.
 
-    def __init__(self, device: str = "auto", dtype: str = "auto", loader: Callable[..., Any] | None = None) -> None:
+    A name the operator did not offer is refused before anything is read from disk (the page's
+    model field is a visitor's text); loading one more than ``max_loaded`` evicts the model used
+    longest ago (its memory is freed once no running job holds it).
+    """
+
+    def __init__(
+        self, device: str = "auto", dtype: str = "auto", loader: Callable[..., Any] | None = None, limits: UiLimits | None = None
+    ) -> None:
         self.device, self.dtype = device, dtype
         self.loader = loader
+        self.limits = limits or UiLimits()
         self.loads = 0
-        """How many models were loaded (the page reuses them: one load per model name)."""
-        self._pipes: dict[str, Any] = {}
+        """How many models were loaded (the page reuses them: one load per model name while it stays loaded)."""
+        self._pipes: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, model: str) -> Any:
-        model = (model or "").strip()
-        if not model:
-            raise InputError("choose a model (e.g. tiny)")
-        with self._lock:
-            if model not in self._pipes:
-                if self.loader is not None:
-                    self._pipes[model] = self.loader(model)
-                else:
-                    from sow.pipeline import SOWPipeline
+    @property
+    def loaded(self) -> list[str]:
+        """The names in memory, the one used longest ago first."""
+        return list(self._pipes)
 
-                    self._pipes[model] = SOWPipeline.from_pretrained(model, device=self.device, dtype=self.dtype)
-                self.loads += 1
-            return self._pipes[model]
+    def get(self, model: str) -> Any:
+        if model is None or (isinstance(model, str) and not model.strip()):
+            raise InputError("choose a model (e.g. tiny)")
+        model = self.limits.model(model)
+        with self._lock:
+            if model in self._pipes:
+                self._pipes.move_to_end(model)
+                return self._pipes[model]
+            while len(self._pipes) >= self.limits.max_loaded:
+                self._pipes.popitem(last=False)
+                _free_memory()
+            if self.loader is not None:
+                pipe = self.loader(model)
+            else:
+                from sow.pipeline import SOWPipeline
+
+                pipe = SOWPipeline.from_pretrained(model, device=self.device, dtype=self.dtype)
+            self._pipes[model] = pipe
+            self.loads += 1
+            return pipe
+
+
+def _free_memory() -> None:
+    """Give an evicted model's memory back (Python's cycles, then CUDA's cache)."""
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover - torch is a core dependency
+        pass
 
 
 @dataclass
@@ -77,29 +113,21 @@ class Choices:
     attention: bool = False
 
 
-def condition_paths(files: Any) -> list[Path]:
-    """The uploaded files as paths (gradio hands over paths, file objects or dicts, by version)."""
-    if not files:
-        raise InputError("upload a condition photo (a face) first")
-    items = files if isinstance(files, (list, tuple)) else [files]
-    paths = []
-    for item in items:
-        name = item if isinstance(item, (str, Path)) else getattr(item, "name", None) or (item or {}).get("path")
-        paths.append(Path(name))
-    return paths
-
-
 def the_condition(paths: list[Path]) -> Path | list[Path]:
     """One path, or the list when several photos were uploaded (a pipeline that takes one says so)."""
     return paths[0] if len(paths) == 1 else paths
 
 
-def make_config(choices: Choices, overrides: dict[str, Any]) -> GenerationConfig:
+def make_config(choices: Choices, overrides: dict[str, Any], pipe: Any = None) -> GenerationConfig:
+    """The run's config from the page's choices over the file's ``overrides``; with ``pipe``, its model
+    family's own defaults (a flow model's S, t1, t2, t3 and guidance: docs/models.md) under both."""
     if not isinstance(choices.seed, int) or not 0 <= choices.seed < 2**63:
         raise InputError(f"seed {choices.seed!r}: must be a whole number in 0 .. 2**63-1")
     stages = {**overrides.get("stages", {}), "planner": choices.planner, "modulator": choices.modulator}
     extra = {"trace_attention": True} if choices.attention else {}
-    return GenerationConfig.from_preset(choices.preset, **{**overrides, **extra, "stages": stages})
+    family_defaults = getattr(getattr(pipe, "backbone", None), "config_defaults", None)
+    base = family_defaults(overrides) if family_defaults is not None else {}
+    return GenerationConfig.from_preset(choices.preset, **{**base, **overrides, **extra, "stages": stages})
 
 
 def load_image(path: Path) -> Image.Image:
@@ -108,15 +136,13 @@ def load_image(path: Path) -> Image.Image:
     return load_condition(path).image
 
 
-def picture(plan: Plan, condition: Path | list[Path], scale: int = 8) -> Image.Image:
-    """The plan drawn over the seeded canvas: each condition (its planned crop) pasted at its box_v on gray.
+def seeded_picture(plan: Plan, condition: Path | list[Path], scale: int = 8) -> Image.Image:
+    """The seeded canvas: each condition (its planned crop) pasted at its box_v (as the run pastes it) on gray.
 
-    ``condition``: the uploaded photo, or the list of them (a plan of several people: every box
-    drawn, numbered).
+    ``condition``: the uploaded photo, or the list of them (one per condition image).
     """
-    from sow.io.canvas import draw_plan, fit_condition, paste_all_on_gray
+    from sow.io.canvas import apply_crop, fit_condition, paste_all_on_gray
     from sow.io.images import load_condition
-    from sow.io.canvas import apply_crop
 
     paths = condition if isinstance(condition, list) else [condition]
     loaded = [load_condition(p) for p in paths]
@@ -124,40 +150,58 @@ def picture(plan: Plan, condition: Path | list[Path], scale: int = 8) -> Image.I
     for cond in plan.conditions:
         one = loaded[min(cond.image, len(loaded) - 1)]
         image, mask = apply_crop(one.image, one.mask, cond.crop)
-        box_v = cond.box_v.aligned(scale)
-        if not box_v.fits(plan.canvas):
-            box_v = box_v.model_copy(update={"x": plan.canvas.width - box_v.w})
+        box_v = cond.box_v.aligned(scale, plan.canvas)
         pasted.append((fit_condition(image, box_v, mask)[0], box_v))
-    return draw_plan(plan, paste_all_on_gray(pasted, plan.canvas))
+    return paste_all_on_gray(pasted, plan.canvas)
 
 
-def edited_plan(plan_json: dict | None, box_v: list[Any], box_r: list[Any], prompt: str) -> Plan | None:
-    """The plan of the page: the planner's, with the boxes and the prompt as the fields now say."""
+def picture(plan: Plan, condition: Path | list[Path], scale: int = 8) -> Image.Image:
+    """The plan picture (:func:`sow.io.canvas.draw_plan`) over :func:`seeded_picture`: every box drawn, numbered."""
+    from sow.io.canvas import draw_plan
+
+    return draw_plan(plan, seeded_picture(plan, condition, scale))
+
+
+def preview(files: Any) -> list[tuple[Image.Image, str]]:
+    """The uploaded photos for the page's preview, each captioned ``N: file name``; nothing uploaded: [].
+
+    Each photo is read as a run reads it (a bad upload raises the CLI's one-line error here).
+    """
+    if not files:
+        return []
+    out = []
+    for i, path in enumerate(condition_paths(files)):
+        image = load_image(path)
+        image.thumbnail((256, 256))
+        out.append((image, f"{i + 1}: {path.name}"))
+    return out
+
+
+def edited_plan(plan_json: dict | None, prompt: str) -> Plan | None:
+    """The plan of the page: the boxes as the page holds them (dragged or typed), the prompt as its field says."""
     if not plan_json:
         return None
-    try:
-        values = [[int(round(float(v))) for v in box] for box in (box_v, box_r)]
-    except (TypeError, ValueError):
-        raise InputError("box fields must be numbers (x, y, w, h in canvas pixels)") from None
-    data = dict(plan_json)
-    edited = {"box_v": dict(zip(BOX_FIELDS, values[0])), "box_r": dict(zip(BOX_FIELDS, values[1]))}
-    if isinstance(data.get("conditions"), list) and data["conditions"]:  # the fields edit the first condition
-        data["conditions"] = [{**data["conditions"][0], **edited}, *data["conditions"][1:]]
-    else:
-        data.update(edited)
     if not (prompt or "").strip():
         raise InputError("the plan's prompt is empty; write what the scene should show")
-    data["prompt"] = prompt
     try:
-        return Plan.model_validate(data)
+        return Plan.model_validate({**dict(plan_json), "prompt": prompt})
     except ValueError as exc:
         from sow.schemas import first_error
 
         raise InputError(f"invalid plan: {first_error(exc)}") from None
 
 
-def box_values(box: Box) -> list[int]:
-    return [box.x, box.y, box.w, box.h]
+def canvas_overrides(width: Any, height: Any, overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` with the page's canvas fields (both empty: the overrides' or the model's canvas)."""
+    if width in (None, "") and height in (None, ""):
+        return overrides
+    try:
+        width, height = int(width), int(height)
+    except (TypeError, ValueError):
+        raise InputError("canvas width and height must both be whole numbers of pixels") from None
+    if width % 8 or height % 8 or not (64 <= width <= 4096 and 64 <= height <= 4096):
+        raise InputError(f"canvas {width}x{height}: each side must be a multiple of 8 in 64..4096")
+    return {**overrides, "canvas": {"width": width, "height": height}}
 
 
 @dataclass
@@ -190,7 +234,7 @@ def generate(
         condition, choices.prompt, plan=plan, seed=choices.seed, config=config,
         callback=progress, num_images=choices.num_images,
     )
-    used = result.plan.model_copy(update={"box_v": result.record.aligned_box_v})
+    aligned = [c.aligned_box_v for c in result.record.conditions] or [result.record.aligned_box_v]
     attention = None
     if choices.attention:
         from sow.attention.capture import ATTENTION_ARTIFACT, attention_picture
@@ -214,7 +258,7 @@ def generate(
     notes = [*result.record.warnings, *result.plan.notes]
     return Generated(
         images=result.images,
-        plan_picture=draw_plan(used, result.seeded_canvas),
+        plan_picture=draw_plan(result.plan, result.seeded_canvas, aligned),
         attention_picture=attention,
         plan_file=plan_file,
         record_file=record_file,

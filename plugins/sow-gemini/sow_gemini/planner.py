@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 from PIL import Image
 from pydantic import Field
 
-from sow.errors import PlannerError
+from sow.errors import PlannerError, PlannerSetupError
 from sow.planners.toolkit import PlannerOptions, Question, StagedPlanner
 
 KEY_VARIABLES = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
@@ -52,12 +52,12 @@ class Session:
 
 
 def api_key() -> str:
-    """The key from :data:`KEY_VARIABLES`, or a PlannerError saying where to put it."""
+    """The key from :data:`KEY_VARIABLES`, or a PlannerSetupError (a configuration error, exit 2) saying where to put it."""
     for name in KEY_VARIABLES:
         value = os.environ.get(name, "").strip()
         if value:
             return value
-    raise PlannerError("no Gemini API key: set GEMINI_API_KEY (or GOOGLE_API_KEY)")
+    raise PlannerSetupError("no Gemini API key: set GEMINI_API_KEY (or GOOGLE_API_KEY)")
 
 
 class GeminiPlanner(StagedPlanner):
@@ -72,6 +72,10 @@ class GeminiPlanner(StagedPlanner):
     def model(self) -> str:
         """The Gemini model asked (part of the plan cache's key)."""
         return self.options.model
+
+    def preflight(self) -> None:
+        """Refuse a missing API key before any model loads (a configuration error, exit 2)."""
+        api_key()
 
     def start(self) -> Session:
         from google import genai

@@ -235,8 +235,13 @@ def test_401_names_the_key_variable_and_never_the_key(fake, request_, caplog):
 
 def test_missing_key_and_bad_option(monkeypatch, fake, request_):
     monkeypatch.delenv("GEMINI_API_KEY")
-    with pytest.raises(PlannerError, match="GEMINI_API_KEY"):
+    from sow.errors import PlannerSetupError
+
+    with pytest.raises(PlannerSetupError, match="GEMINI_API_KEY") as missing:  # configuration: exit 2
         planner(fake).plan(request_)
+    assert missing.value.exit_code == 2
+    with pytest.raises(PlannerSetupError, match="GEMINI_API_KEY"):
+        planner(fake).preflight()  # the CLI asks before any model loads
     assert fake.requests == []
     monkeypatch.setenv("GOOGLE_API_KEY", KEY)
     fake.script = list(GOOD)
@@ -287,7 +292,7 @@ def test_generate_falls_back_to_the_heuristic_planner_when_asked(reuse_tiny, mon
     with pytest.raises(SystemExit) as info:
         main(argv)
     err = capsys.readouterr().err
-    assert info.value.code == 1 and "no Gemini API key" in err and "--on-planner-error heuristic" in err
+    assert info.value.code == 2 and "no Gemini API key" in err and "--on-planner-error heuristic" in err  # configuration: exit 2
     with pytest.raises(SystemExit) as info:
         main([*argv, "--on-planner-error", "heuristic"])
     err = capsys.readouterr().err

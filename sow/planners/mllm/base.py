@@ -232,6 +232,23 @@ class MLLMPlanner(StagedPlanner):
 
     # -- shared ---------------------------------------------------------------------------
 
+    def preflight(self) -> None:
+        """Refuse, before any model loads, a model option that names a local path holding no
+        model (a folder without ``config.json``, or a path that does not exist); hub ids pass."""
+        from pathlib import Path
+
+        from sow.errors import PlannerSetupError
+
+        model = self.model_id
+        path = Path(model).expanduser()
+        named_as_path = model.startswith(("/", "./", "../", "~")) or path.exists()
+        if not named_as_path:
+            return  # a hub id ("org/name"): loading it tells
+        if not path.is_dir():
+            raise PlannerSetupError(f"{self.family} model {model!r}: no such folder (a local model is a folder with config.json)")
+        if not (path / "config.json").is_file():
+            raise PlannerSetupError(f"{self.family} model {model!r}: the folder holds no config.json, so it is not a model folder")
+
     def load_config(self, model_types: tuple[str, ...], other_hint: str) -> Any:
         """The model's transformers config, refused in one line unless its type is one of ``model_types``."""
         from transformers import AutoConfig
