@@ -185,3 +185,22 @@ def test_feather_offset_is_zero_on_the_kept_pixels_and_past_the_band():
     assert not offset[distance > 4].any()
     near = (distance > 0) & (distance <= 1.0)
     assert np.all(offset[near] > 40)  # next to the border: almost the whole jump
+
+
+def test_a_flow_family_gets_the_paste_too(faces_dir, face_path):
+    """The paste works on pixels and boxes only: FLUX.1 (tiny) keeps both people's pixels exactly, every image."""
+    from sow.pipeline import SOWPipeline
+
+    pipe = SOWPipeline.from_pretrained("tiny-flux", device="cpu", dtype="fp32")
+    plan = Plan(canvas={"width": 192, "height": 128}, prompt="two friends at a cafe", conditions=[
+        {"image": 0, "box_v": [16, 16, 48, 48], "box_r": [16, 64, 48, 64]},
+        {"image": 1, "box_v": [112, 32, 64, 48], "box_r": [112, 80, 64, 48]}])
+    config = pipe.make_config(None, "normal", canvas={"width": 192, "height": 128}, cycles=1)
+    second = faces_dir / "obama.jpg"
+    out = pipe([face_path, second], "two friends at a cafe", plan=plan, seed=3, config=config, num_images=2)
+    assert out.record.family == "flux1"
+    for k, source in enumerate([face_path, second]):
+        box = out.record.conditions[k].aligned_box_v
+        pixels, keep = expected_kept(source, box)
+        for image in out.images:
+            assert np.array_equal(region(image, box)[keep], pixels[keep])
