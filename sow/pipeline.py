@@ -47,6 +47,9 @@ from sow.engine.performance import apply as apply_performance
 from sow.engine.unet_family import UNetBackbone, UNetFamily
 from sow.planners.fixed import random_placement
 from sow.engine.numerics import require_finite
+from sow.engine.fingerprint import weights_fingerprint
+from sow.io.masks import used_mask
+from sow.io.paste import KeptCondition, decode_type, paste_decoded
 from sow.plugins import Registry, get_registry, plugin_exits_fail, validate_options
 from sow.io.prompt_checks import prompt_warnings, require_prompt
 from sow.schemas import PRESETS, ConditionRecord, GenerationConfig, Plan, RunRecord, StageNames, StageTiming
@@ -562,7 +565,13 @@ class SOWPipeline:
         finally:
             modulator.detach(self.backbone.network)
         with run.timer.stage("decode"):
-            images = self.decode(final, call.output_type)
+            images = self.decode(final, decode_type(config.paste, call.output_type))
+        # 7. Paste: every condition's kept pixels back over the decoded images, exactly (sow.io.paste).
+        kept = [KeptCondition(p.box_v, p.picture, p.keep) for p in prepared]
+        with run.timer.stage("paste"):
+            pasted = paste_decoded(images, kept, config.canvas, config.paste, config.paste_band, call.output_type)
+        images, run.notes = pasted.images, run.notes + pasted.notes
+        ctx.artifacts.update(kept=kept, unpasted=pasted.unpasted, masks=used_masks(plan, prepared, sources, config, mask is not None))
         return SOWOutput(
             image=images[0], plan=plan, record=run.record(ctx, plan, prepared, text), seeded_canvas=latents.seeded,
             latents=final, images=images, artifacts=ctx.artifacts,
@@ -677,6 +686,7 @@ class _Run:
             model=pipe.model_source,
             family=pipe.backbone.family,
             loras=list(comp.loras) if comp is not None else [],
+            model_fingerprint=weights_fingerprint(comp if comp is not None else pipe.backbone),
             device=str(pipe.device),
             dtype=str(dtype).removeprefix("torch."),
             seed=self.call.seed,
@@ -733,6 +743,12 @@ def load_model(
                                      allow_pickle=allow_pickle, family=family, vae=vae, loras=loras)
         return UNetBackbone(components)
     return entry.family.load(request)
+
+
+def used_masks(plan: Plan, prepared: list[PreparedCondition], sources: list[Any], config: GenerationConfig, explicit_mask: bool) -> list[Image.Image]:
+    """Each condition's mask as the run used it, white keeps, before the crop (:mod:`sow.io.masks`): saved beside the image."""
+    polarity = config.readings.mask_polarity if explicit_mask else "white-keeps"
+    return [used_mask(p.mask, polarity, sources[cond.image].image.size) for cond, p in zip(plan.conditions, prepared)]
 
 
 def inversion_evaluations(config: GenerationConfig, inputs: RunInputs) -> int:

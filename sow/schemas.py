@@ -383,7 +383,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "t2": 7,
         "cycles": 10,
         "t3": [4],
-        "cycle_eta": 0.0,
+        "cycle_eta": 1.0,  # the reference's head since its commit aada16e (May 2024); its January 2024 file had 0
         "final_eta": 0.1,
         "guidance_scale": 7.5,
         "inversion_guidance_scale": 7.5,
@@ -392,6 +392,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "background_suppress_prompt": "human face",
         "background_diverse_prompt": "a high quality and colorful image",
         "stages": {"modulator": "none"},
+        "paste": "none",  # the reference outputs its decode as it is
         "readings": {
             "injection_levels": "reference",
             "canvas_inversion": "t1",
@@ -459,6 +460,16 @@ class GenerationConfig(_Strict):
     ablation: AblationSettings = Field(default_factory=AblationSettings)
     readings: ReadingSettings = Field(default_factory=ReadingSettings)
     trace_attention: bool = Field(False, description="Record the gate R_c per layer and step in the run record.")
+    paste: Literal["feather", "hard", "none"] = Field(
+        "feather",
+        description="After decoding, put each condition's kept pixels back, exactly: 'feather' blends the seam over "
+        "paste_band pixels on the generated side only; 'hard' pastes with no blend; 'none' keeps the model's decode "
+        "(the paper's method alone: the kept region is then not exact). See docs/method.md, 'What is exact'.",
+    )
+    paste_band: int | None = Field(
+        None, ge=1, le=256,
+        description="Width in pixels of the feather band outside the kept pixels (none: 1/64 of the canvas's short side, 8 px at 512).",
+    )
     finite_check: Literal["auto", "step", "deferred", "off"] = Field(
         "auto",
         description="NaN/inf check of the latents after every update: 'step' syncs and raises at once, "
@@ -517,6 +528,8 @@ class ConditionRecord(_Strict):
     source: str = Field(description="Where the condition image came from (path or 'image').")
     sha256: str = Field(description="sha256 of the file's bytes (or of the pixels of an in-memory image).")
     aligned_box_v: Box = Field(description="Its box_v snapped to the latent grid, as pasted.")
+    mask: str | None = Field(None, description="The file of its mask as the run used it (white keeps; the condition image's resolution, before the plan's crop), written beside the image.")
+    mask_sha256: str | None = Field(None, description="sha256 of that mask file's bytes.")
 
 
 class LoraRecord(_Strict):
@@ -536,6 +549,7 @@ class RunRecord(_Strict):
     model: str
     family: str | None = Field(None, description="The model family told from its configs (sd1, sd2, sdxl).")
     loras: list[LoraRecord] = Field(default_factory=list, description="LoRAs applied to the model, with their hashes.")
+    model_fingerprint: str | None = Field(None, description="sha256 over the loaded weights' names, shapes, dtypes and a strided sample of their values (sow.engine.fingerprint): tells a replay whether the model is the same.")
     device: str
     dtype: str
     seed: int

@@ -281,7 +281,7 @@ def test_a_crash_after_any_write_resumes_to_the_same_result(tmp_path, tiny_pipe,
     monkeypatch.setattr(Manifest, "append", counted(real_append))
     run_batch(tiny_pipe, items, tmp_path / "count", overrides=TINIEST)
     total_ops = state["ops"]
-    assert total_ops == 1 + 2 * 5 + 1  # batch line; per item start, 3 files, done; summary
+    assert total_ops == 1 + 2 * 6 + 1  # batch line; per item start, 4 files (image, plan picture, mask, record), done; summary
 
     for crash_at in range(1, total_ops + 1):
         out = tmp_path / f"crash-{crash_at}"

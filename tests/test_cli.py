@@ -35,7 +35,7 @@ def test_generate_writes_image_plan_picture_and_record(face_path, fast_config, t
     code = run(["generate", str(face_path), "a chef in a kitchen", "--seed", "3", "--config", str(fast_config), "--out", str(out), "-q"])
     assert code == 0
     stem = "a-chef-in-a-kitchen-s3"
-    assert {p.name for p in out.iterdir()} == {f"{stem}.png", f"{stem}.plan.png", f"{stem}.json"}
+    assert {p.name for p in out.iterdir()} == {f"{stem}.png", f"{stem}.plan.png", f"{stem}.mask-1.png", f"{stem}.json"}
     record = RunRecord.model_validate_json((out / f"{stem}.json").read_text())
     assert record.seed == 3 and record.model == "tiny"
     assert record.unet_evaluations == 7 + 5 + 2 + 5

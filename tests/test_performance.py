@@ -121,7 +121,7 @@ def test_num_images_must_be_positive(tiny_pipe, face_path, fast_overrides):
 
 def test_timings_split_cycles_and_final(tiny_pipe, face_path, fast_overrides):
     record = tiny_pipe(face_path, PROMPT, seed=1, **fast_overrides).record
-    assert [t.name for t in record.timings] == ["plan", "encode", "inversion", "cycles", "final", "decode"]
+    assert [t.name for t in record.timings] == ["plan", "encode", "inversion", "cycles", "final", "decode", "paste"]
     assert all(t.seconds >= 0 for t in record.timings)
 
 

@@ -348,7 +348,7 @@ def test_final_eta_adds_its_sigma_times_the_generator_noise_to_the_final_steps_o
 def test_cow_reference_preset_sets_every_switch_to_the_reference_code():
     c = GenerationConfig.from_preset("cow-reference")
     assert (c.num_inference_steps, c.t1, c.t2, c.cycles, c.t3) == (10, 5, 7, 10, [4])
-    assert (c.cycle_eta, c.final_eta, c.guidance_scale, c.inversion_guidance_scale) == (0.0, 0.1, 7.5, 7.5)
+    assert (c.cycle_eta, c.final_eta, c.guidance_scale, c.inversion_guidance_scale) == (1.0, 0.1, 7.5, 7.5)
     assert c.negative_prompt == "a bad quality and low resolution image,extra fingers,deformed hands" == REFERENCE_NEGATIVE_PROMPT
     assert c.stages.modulator == "none" and c.background_guidance
     assert c.readings.model_dump() == {
@@ -446,7 +446,7 @@ def _reference_cow(components, face: Image.Image, mask: Image.Image, x_off: int,
         x = (a_hi / a_lo) ** 0.5 * x + (1 - a_hi / a_lo) ** 0.5 * torch.randn(x.shape, generator=g)
         last = t2
         for k in range(t2, t1 - 1, -1):
-            x = denoise(x, last, k, 0.0, True)
+            x = denoise(x, last, k, 1.0, True)  # the reference's cycle sampler: eta=1. at its head (aada16e, May 2024)
             last = k
             x = replace(x, k)
     x = denoise(x, t1, t3, 0.1, False)
@@ -470,6 +470,9 @@ def test_cow_reference_preset_computes_what_the_authors_code_computes(tiny_compo
     assert out.record.config.stages.modulator == "none"
     relative = ((out.latents - expected).norm() / expected.norm()).item()
     assert relative < 1e-5
+    # the January 2024 file's cycle eta (0) is another computation: the preset must follow the head
+    january = pipe(face, PROMPT, plan=_plan(), seed=SEED, preset="cow-reference", canvas=CANVAS, cycles=3, mask=mask, cycle_eta=0.0)
+    assert ((january.latents - expected).norm() / expected.norm()).item() > 1e-2
     # and the defaults are not the reference: the same run with sow's readings differs
     ours = pipe(face, PROMPT, plan=_plan(), seed=SEED, canvas=CANVAS, cycles=3, mask=mask, t3=[4], stages={"modulator": "none"},
                 readings={"mask_polarity": "black-keeps"})

@@ -43,7 +43,7 @@ def test_generate_two_conditions_then_the_prompt(reuse_tiny, faces_dir, tmp_path
     out = tmp_path / "out"
     code, err = run(["generate", str(a), str(b), "two friends at a cafe", "--config", str(wide_config), "--out", str(out), "--name", "pair", "-q"], capsys)
     assert code == 0, err
-    assert {p.name for p in out.iterdir()} == {"pair.png", "pair.plan.png", "pair.json"}
+    assert {p.name for p in out.iterdir()} == {"pair.png", "pair.plan.png", "pair.mask-1.png", "pair.mask-2.png", "pair.json"}
     record = RunRecord.model_validate_json((out / "pair.json").read_text())
     assert [c.source for c in record.conditions] == [str(a), str(b)]
     assert len(record.plan.conditions) == 2 and record.plan.overlaps(8) == []

@@ -23,6 +23,7 @@ STAGE_COLORS = {
     "cycles": (255, 127, 14),
     "final": (44, 160, 44),
     "decode": (214, 39, 40),
+    "paste": (188, 189, 34),
 }
 OTHER_COLOR = (127, 127, 127)
 DDIM_COLOR = (170, 170, 170)

@@ -21,7 +21,7 @@ from sow.bench.reports import DeviceInfo, PeakMemory, Spread
 Progress = Callable[[int, int, str], None]
 """``progress(done, total, label)``: called after each pipeline run of the benchmark."""
 
-STAGES = ("plan", "encode", "inversion", "cycles", "final", "decode")
+STAGES = ("plan", "encode", "inversion", "cycles", "final", "decode", "paste")
 """The stages of a run, in order, as :class:`sow.schemas.RunRecord` times them."""
 
 BENCH_PROMPT = "a chef in a busy kitchen"

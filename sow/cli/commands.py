@@ -333,6 +333,9 @@ def generate(
     ray: RayOpt = None,
     workers: WorkersOpt = None,
     gpus_per_worker: GpusPerWorkerOpt = None,
+    paste: Annotated[Optional[str], typer.Option("--paste", metavar="<feather|hard|none>", show_default="feather (cow-reference: none)", help="After decoding, put the kept pixels back exactly: feather (seam blended on the generated side), hard (no blend), or none (the model's decode, not exact).")] = None,
+    paste_band: Annotated[Optional[int], typer.Option("--paste-band", min=1, max=256, show_default="1/64 of the canvas's short side", help="Width in pixels of the feather band.")] = None,
+    replay: Annotated[Optional[Path], typer.Option("--replay", help="A run record (<stem>.json): rerun that run from the record alone; its conditions, masks, LoRAs and model are checked first (docs/production.md).")] = None,
 ) -> None:
     """Generate an image that keeps each CONDITION's pixels while the scene follows PROMPT (or a --batch of jobs).
 
@@ -346,7 +349,23 @@ def generate(
     from sow.io.prompt_checks import require_prompt
     from sow.io.results import output_paths, prepare_outputs, write_outputs
     preset, dtype, on_planner_error = value(preset), value(dtype), value(on_planner_error)
+    if replay is not None:  # everything from the record (sow.cli.replay)
+        from sow.cli.replay import check_replay_alone, replay_generate
+
+        check_replay_alone(**{
+            "CONDITION and PROMPT": arguments or condition_opt, "--plan": plan_file, "--box-v/--box-r": box_v or box_r,
+            "--config": config_file, "--batch": batch or resume, "--overwrite (a replay never replaces a file)": overwrite,
+            "--seed": seed != 0, "--num-images": num_images != 1, "--preset": preset != "normal", "--model": model != "tiny",
+            "--lora": lora, "--vae": vae, "--family": family, "--dtype": dtype != "auto", "--ray": ray is not None,
+            "--paste/--paste-band": paste is not None or paste_band is not None,
+            "--width/--height": width is not None or height is not None,
+        })
+        replay_generate(replay, out_dir, name, device=device, allow_pickle=allow_pickle, quiet=quiet,
+                        json_output=json_output, console=err, out=out)
+        return
     overrides = with_canvas(load_config_file(config_file), width, height)
+    if paste is not None or paste_band is not None:  # checked with the rest of the config, before the model loads
+        overrides.update({k: v for k, v in {"paste": paste, "paste_band": paste_band}.items() if v is not None})
     # a malformed KEY=VALUE (or --max-people with another planner) fails before anything else
     stage_options = {**planner_options(planner_option, quantize), **people_options(max_people, pick, planner)}
     if out_dir.exists() and not out_dir.is_dir():
@@ -419,7 +438,8 @@ def generate(
         raise InputError("--save-attention needs attention modulation; the modulator is off (use --modulator dam)")
     early_plan = plan_from_file or manual_plan(box_v, box_r, prompt, early)  # checked early
     stem = safe_name(name) if name else f"{safe_name(prompt, 40)}-s{seed}"
-    paths = output_paths(out_dir, stem, num_images=num_images, attention=save_attention)
+    expected_masks = len(early_plan.conditions) if early_plan is not None else max(len(conditions), max_people or 1)
+    paths = output_paths(out_dir, stem, num_images=num_images, attention=save_attention, masks=expected_masks)
     if save_attention:
         if len(conditions) > 1 or max_people or pick or (early_plan is not None and len(early_plan.conditions) > 1):
             raise InputError("--save-attention draws one condition's attention; this run has several conditions")

@@ -12,6 +12,14 @@ Columns of the table, per method and setting (and ``all`` settings):
 ``psnr``, ``ssim``  pixel fidelity of the condition region: the condition as pasted against
                    the image inside the aligned box_v (mean over rows; ``inf`` PSNR for an exact copy);
 ``seam``           mean luminance step across box_v's border over the mean step inside it;
+``kept_max_before``, ``kept_max_after``  the largest absolute difference (0..255) between the
+                   condition's kept pixels (as seeded) and the image, before and after sow's paste
+                   (worst row and condition; 0 after: exact); methods that do not paste give the
+                   same value twice;
+``kept_psnr_before`` PSNR of the kept pixels before the paste (mean over rows; after the paste it is inf);
+``seam_before``, ``seam_after``  the jump across the kept region's border over the gradients beside
+                   it (:mod:`sow.eval.kept_region`; about 1: no edge), mean over rows and conditions;
+``id_before``      mean ID-distance of the images before the paste (``id_mean`` is after it);
 ``sec_per_image``  mean wall time to make one image (planning + generation, no metric);
 ``errors``         rows whose generation failed (counted as not detected);
 ``swaps``          identity swaps: a person's face nearer another condition's reference than its own.
@@ -47,7 +55,8 @@ class Evaluation(Protocol):
 
 COLUMNS = (
     "method", "setting", "count", "detection", "id_mean", "id_median", "same_person",
-    "psnr", "ssim", "seam", "sec_per_image", "errors", "swaps",
+    "psnr", "ssim", "seam", "kept_max_before", "kept_max_after", "kept_psnr_before", "seam_before", "seam_after",
+    "id_before", "sec_per_image", "errors", "swaps",
 )
 THUMB = 160
 """Side of one contact-sheet cell's image in pixels."""
@@ -67,7 +76,8 @@ def summarize(rows: list[dict[str, Any]], methods: list[str], settings: list[str
             people = [p for r in chosen for p in (r.get("people") or [r])]
             distances = [p["id_distance"] for p in people if p.get("id_distance") is not None]
             times = [r["seconds"] for r in chosen if not r.get("error")]
-            fidelity = {c: [r[c] for r in chosen if r.get(c) is not None] for c in ("psnr", "ssim", "seam")}
+            fidelity = {c: [r[c] for r in chosen if r.get(c) is not None] for c in ("psnr", "ssim", "seam", "kept_psnr_before", "seam_before", "seam_after", "id_before")}
+            worst = {c: [r[c] for r in chosen if r.get(c) is not None] for c in ("kept_max_before", "kept_max_after")}
             table.append(
                 {
                     "method": method,
@@ -78,6 +88,7 @@ def summarize(rows: list[dict[str, Any]], methods: list[str], settings: list[str
                     "id_median": statistics.median(distances) if distances else None,
                     "same_person": sum(bool(p.get("same_person")) for p in people) / len(people),
                     **{c: statistics.fmean(v) if v else None for c, v in fidelity.items()},
+                    **{c: max(v) if v else None for c, v in worst.items()},
                     "sec_per_image": statistics.fmean(times) if times else None,
                     "errors": sum(bool(r.get("error")) for r in chosen),
                     "swaps": sum(int(r.get("swaps") or 0) for r in chosen),
@@ -93,7 +104,11 @@ def _cell(value: Any, column: str) -> str:
         return f"{value:.1%}"
     if column in ("id_mean", "id_median"):
         return f"{value:.3f}"
-    if column in ("sec_per_image", "psnr", "seam"):
+    if column in ("kept_max_before", "kept_max_after"):
+        return f"{value:.0f}"
+    if column in ("id_before",):
+        return f"{value:.3f}"
+    if column in ("sec_per_image", "psnr", "seam", "kept_psnr_before", "seam_before", "seam_after"):
         return f"{value:.2f}"
     if column == "ssim":
         return f"{value:.4f}"

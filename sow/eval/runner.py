@@ -17,6 +17,12 @@ ablations    rows of :attr:`EvalConfig.ablations` (named) and :attr:`EvalConfig.
 ``inpaint``  Stable Diffusion inpainting of everything but the pasted condition
              (:mod:`sow.eval.inpainting`), with the model :attr:`InpaintSettings.model` names.
 ``paste``    the seeded canvas itself: the bound on ID fidelity, no generation at all.
+``controlnet`` ControlNet on the canny edges of the seeded canvas (:mod:`sow.eval.controlnet`),
+             the paper's Table I baseline, with the model :attr:`ControlNetSettings.model` names.
+
+Every row also measures each condition's kept pixels before and after sow's paste
+(:func:`kept_rows`, :mod:`sow.eval.kept_region`) and, where a paste happened, the ID distance
+before it (``id_before``).
 """
 
 from __future__ import annotations
@@ -42,11 +48,12 @@ from sow.io.journal import Journal, repair_journal
 from sow.io.json_files import read_json
 from sow.io.outputs import safe_name, save_image_atomic, save_json_atomic
 from sow.plugins import Registry, get_registry
+from sow.eval.controlnet import ControlNetSettings
 from sow.schemas import GenerationConfig, StageNames, _deep_merge, validated
 
 ROWS_FILE = "rows.jsonl"
 MANIFEST_FILE = "eval.json"
-BUILTIN_METHODS = ("sow", "cow", "inpaint", "paste")
+BUILTIN_METHODS = ("sow", "cow", "inpaint", "paste", "controlnet")
 MAX_GRID_ROWS = 256
 """Grid combinations at most: each is one more method, a generation per spec item."""
 
@@ -98,8 +105,9 @@ class EvalConfig(_Strict):
         description="Dotted GenerationConfig keys -> values; every combination is a row on top of `sow`.",
     )
     inpaint: InpaintSettings = Field(default_factory=InpaintSettings)
+    controlnet: ControlNetSettings = Field(default_factory=ControlNetSettings)
     methods: list[str] | None = Field(
-        None, description="Methods to run, in column order (default: sow, cow, the ablation rows, inpaint if a model is named, paste)."
+        None, description="Methods to run, in column order (default: sow, cow, the ablation rows, inpaint and controlnet if a model is named, paste)."
     )
     sheet_rows: int = Field(24, ge=1, le=1000, description="Items shown in the contact sheet (at most 1000: one picture must stay a size an image viewer opens).")
 
@@ -114,7 +122,7 @@ class Method:
     """One column of the comparison."""
 
     name: str
-    kind: Literal["generate", "paste", "inpaint"]
+    kind: Literal["generate", "paste", "inpaint", "controlnet"]
     stages: dict[str, str] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -166,8 +174,10 @@ def resolve_methods(config: EvalConfig) -> list[Method]:
             ablation_names.append(name)
     available["inpaint"] = Method("inpaint", "inpaint")
     available["paste"] = Method("paste", "paste")
+    available["controlnet"] = Method("controlnet", "controlnet")
     if config.methods is None:
-        names = ["sow", "cow", *ablation_names, *(["inpaint"] if config.inpaint.model else []), "paste"]
+        names = ["sow", "cow", *ablation_names, *(["inpaint"] if config.inpaint.model else []),
+                 *(["controlnet"] if config.controlnet.model else []), "paste"]
     else:
         names = list(dict.fromkeys(config.methods))
     unknown = [n for n in names if n not in available]
@@ -175,6 +185,8 @@ def resolve_methods(config: EvalConfig) -> list[Method]:
         raise InputError(f"unknown method {unknown[0]!r}; available: {', '.join(available)}")
     if "inpaint" in names and not config.inpaint.model:
         raise InputError("method 'inpaint' needs an inpainting model: set inpaint.model (or --inpaint-model)")
+    if "controlnet" in names and not config.controlnet.model:
+        raise InputError("method 'controlnet' needs a canny ControlNet: set controlnet.model (or --controlnet-model)")
     chosen = [available[n] for n in names]
     folders: dict[str, str] = {}
     for method in chosen:  # each method's images in a folder of its own, also on a case-insensitive filesystem
@@ -267,6 +279,7 @@ class Evaluation:
                     raise InputError(f"item {item.id!r}: condition {path} not found")
         self._pipe = None
         self._inpaint_pipe = None
+        self._controlnet_pipe = None
         self._metric = metric
         self._references: dict[str, Any] = {}
         _ = self.metric  # a metric that cannot load fails here, before any image is made
@@ -319,6 +332,15 @@ class Evaluation:
             self._inpaint_pipe = load_inpaint_pipeline(self.config.inpaint.model, self.config.device, self.config.dtype)
         return self._inpaint_pipe
 
+    @property
+    def controlnet_pipe(self):
+        if self._controlnet_pipe is None:
+            from sow.eval.controlnet import load_controlnet_pipeline
+            from sow.io.security import load_policy
+
+            self._controlnet_pipe = load_controlnet_pipeline(self.config.controlnet.model, self.pipe.components, load_policy().allow_pickle)
+        return self._controlnet_pipe
+
     def generation_config(self, item: SpecItem, method: Method, pipe: Any = None) -> GenerationConfig:
         """The method's config for ``item``; with ``pipe``, its model family's defaults (a flow model's S,
         t1, t2, t3 and guidance) under the spec's and the method's settings."""
@@ -335,9 +357,10 @@ class Evaluation:
 
     # -- one (item, method) ------------------------------------------------------------
 
-    def _make_image(self, item: SpecItem, method: Method) -> tuple[Image.Image, Any, dict[str, Any], Image.Image, Any]:
+    def _make_image(self, item: SpecItem, method: Method) -> tuple[Image.Image, Any, dict[str, Any], Image.Image, Any, list[Any], Image.Image]:
         """(image, the plan with each box_v as used (on the latent grid), extra row fields, the seeded
-        canvas, the kept pixels of the first box_v or None)."""
+        canvas, the kept pixels of the first box_v or None, every condition's kept pixels
+        (:class:`sow.io.paste.KeptCondition`), the image before the paste (the image itself where nothing was pasted))."""
         from sow.io.canvas import apply_crop
 
         paths = item.condition_paths(self.spec_base)
@@ -359,7 +382,8 @@ class Evaluation:
             }
             used = _used(result.plan, [c.aligned_box_v for c in result.record.conditions])
             kept = _kept(path, result.plan.crop, used.box_v) if len(paths) == 1 else None
-            return result.image, used, extra, result.seeded_canvas, kept
+            unpasted = result.artifacts.get("unpasted") or [result.image]
+            return result.image, used, extra, result.seeded_canvas, kept, result.artifacts.get("kept", []), unpasted[0]
         loaded = [load_condition(p) for p in paths]
         plan = self.pipe.plan([one.image for one in loaded] if len(loaded) > 1 else loaded[0].image, item.prompt, config, seed, planner=group)
         scale = self.pipe.backbone.vae_scale_factor
@@ -373,12 +397,24 @@ class Evaluation:
             image, mask = (one.image, one.mask) if len(plan.conditions) == 1 else apply_crop(one.image, one.mask, cond.crop)
             boxes.append(box_v)
             pasted.append((image, mask, box_v))
-        seeded = cv.paste_all_on_gray([(cv.fit_condition(im, b, m)[0], b) for im, m, b in pasted], config.canvas)
+        from sow.io.paste import KeptCondition
+
+        fits = [(cv.fit_condition(im, b, m), b) for im, m, b in pasted]
+        layout = [KeptCondition(b, fitted, keep) for (fitted, keep), b in fits]
+        seeded = cv.paste_all_on_gray([(fitted, b) for (fitted, _), b in fits], config.canvas)
         used = _used(plan, boxes)
         first_image, first_mask, first_box = pasted[0]
         kept = cv.fit_condition(first_image, first_box, first_mask)[1] if first_mask is not None and len(pasted) == 1 else None
         if method.kind == "paste":
-            return seeded, used, {}, seeded, kept
+            return seeded, used, {}, seeded, kept, layout, seeded
+        if method.kind == "controlnet":
+            from sow.eval.controlnet import controlnet_image
+
+            image = controlnet_image(
+                self.controlnet_pipe, seeded, item.prompt, seed=seed, settings=self.config.controlnet,
+                guidance_scale=config.guidance_scale, negative_prompt=config.negative_prompt,
+            )
+            return image, used, {"controlnet_model": self.config.controlnet.model}, seeded, kept, layout, image
         if len(pasted) > 1:
             raise InputError(f"method {method.name!r}: the inpaint baseline takes one condition; item {item.id!r} has {len(pasted)}")
         from sow.eval.inpainting import inpaint, repaint_mask
@@ -390,7 +426,7 @@ class Evaluation:
             self.inpaint_pipe, seeded, mask, item.prompt, seed=seed, steps=self.config.inpaint.steps,
             guidance_scale=config.guidance_scale, negative_prompt=config.negative_prompt,
         )
-        return image, used, {"inpaint_model": self.config.inpaint.model}, seeded, kept
+        return image, used, {"inpaint_model": self.config.inpaint.model}, seeded, kept, layout, image
 
     def _reference(self, item: SpecItem, plan: Any = None, index: int = 0):
         """The reference face of condition ``index``: one condition, the largest face of its image;
@@ -426,7 +462,7 @@ class Evaluation:
         }
         start = time.perf_counter()
         try:
-            image, plan, extra, pasted, kept = self._make_image(item, method)
+            image, plan, extra, pasted, kept, layout, unpasted = self._make_image(item, method)
         except SowError as exc:
             row.update(seconds=round(time.perf_counter() - start, 4), error=str(exc), faces=0, detected=False, id_distance=None, same_person=None)
             return row
@@ -436,10 +472,17 @@ class Evaluation:
 
         row.update(condition_fidelity(pasted, image, plan.box_v, kept).as_row())  # the first condition's box
         boxes = [c.box_v for c in plan.conditions]
+        row.update(kept_rows(layout, image, unpasted))
         if len(boxes) > 1:
             references = [self._reference(item, plan, i) for i in range(len(boxes))]
             people = measure_people(self.metric, image, boxes, references, self.config.region_margin)
             own = [p.distance for p in people if p.distance is not None]
+            if unpasted is not image:  # the ID distance before the paste, person by person
+                before = measure_people(self.metric, unpasted, boxes, references, self.config.region_margin)
+                for entry, one in zip(row["kept"], before):
+                    entry["id_before"] = None if one.distance is None else round(one.distance, 6)
+                known = [p.distance for p in before if p.distance is not None]
+                row["id_before"] = round(sum(known) / len(known), 6) if known else None
             row.update(
                 extra,
                 image=image_path.relative_to(self.out_dir).as_posix(),
@@ -466,6 +509,11 @@ class Evaluation:
             return row
         box_v = boxes[0]
         measured = measure_identity(self.metric, image, box_v, self._reference(item), self.config.region_margin)
+        if unpasted is not image:  # the ID distance before the paste
+            before = measure_identity(self.metric, unpasted, box_v, self._reference(item), self.config.region_margin).distance
+            row["id_before"] = None if before is None else round(before, 6)
+            if row.get("kept"):
+                row["kept"][0]["id_before"] = row["id_before"]
         face = measured.face
         row.update(
             extra,
@@ -533,6 +581,8 @@ class Evaluation:
             _ = self.pipe
             if any(m.kind == "inpaint" for _, m in todo):
                 _ = self.inpaint_pipe
+            if any(m.kind == "controlnet" for _, m in todo):
+                _ = self.controlnet_pipe
         for row in self._rows_of(todo, progress, compute):
             append_row(rows_path, row)
             rows.append(row)
@@ -571,6 +621,41 @@ class Evaluation:
         item_order = {item.id: n for n, item in enumerate(self.items)}
         method_order = {m.name: n for n, m in enumerate(self.methods)}
         return sorted(latest.values(), key=lambda r: (item_order[r["id"]], method_order[r["method"]]))
+
+
+def kept_rows(layout: list[Any], image: Image.Image, unpasted: Image.Image) -> dict[str, Any]:
+    """Per condition: PSNR, max abs and seam of its kept pixels before and after the paste
+    (:mod:`sow.eval.kept_region`); the row's summary: the worst max abs, the mean seams, the lowest PSNRs."""
+    import numpy as np
+
+    from sow.eval.kept_region import kept_measures
+    from sow.io.paste import kept_layout
+    from sow.schemas import Canvas
+
+    if not layout:
+        return {}
+    after = np.asarray(image.convert("RGB"))
+    before = np.asarray(unpasted.convert("RGB"))
+    target, _, each = kept_layout(layout, Canvas(width=after.shape[1], height=after.shape[0]))
+    entries = []
+    for k, mask in enumerate(each):
+        b, a = kept_measures(target, before, mask), kept_measures(target, after, mask)
+        entries.append({"condition": k + 1, **{f"{name}_before": _rounded(v) for name, v in b.items()}, **{f"{name}_after": _rounded(v) for name, v in a.items()}})
+
+    def pick(key: str, how) -> float | None:
+        values = [e[key] for e in entries if e[key] is not None]
+        return how(values) if values else None
+
+    return {
+        "kept": entries,
+        "kept_max_before": pick("max_abs_before", max), "kept_max_after": pick("max_abs_after", max),
+        "kept_psnr_before": pick("psnr_before", min), "kept_psnr_after": pick("psnr_after", min),
+        "seam_before": pick("seam_before", lambda v: round(sum(v) / len(v), 6)), "seam_after": pick("seam_after", lambda v: round(sum(v) / len(v), 6)),
+    }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else value if math.isinf(value) else round(value, 6)
 
 
 def _kept(path: Path, crop: Any, box_v: Any) -> Image.Image | None:

@@ -245,6 +245,13 @@ def generate(
     out_dir.mkdir(parents=True, exist_ok=True)
     plan_file, record_file = out_dir / "plan.json", out_dir / "record.json"
     save_json_atomic(result.plan, plan_file)
+    from sow.io.masks import mask_paths
+    from sow.io.outputs import write_bytes_atomic
+    from sow.io.results import mask_files
+
+    masks = mask_paths(record_file, len(result.artifacts.get("masks") or []))
+    for role, data in mask_files(result, masks).items():  # the page's masks, named in the record (sow.io.masks)
+        write_bytes_atomic(masks[role], data)
     save_json_atomic(result.record, record_file)
     seconds = sum(t.seconds for t in result.record.timings)
     summary = f"{len(result.images)} image(s), {result.record.unet_evaluations} UNet evaluations, {seconds:.1f} s"
