@@ -103,3 +103,28 @@ def test_each_model_kind_has_its_guidance_defaults(registry, spec, kind, cfg, ba
     overrides = config_overrides(backbone)
     assert overrides["guidance_scale"] == cfg and overrides["background_guidance"] is background
     GenerationConfig.from_preset("normal", **overrides)  # a valid config
+
+
+def test_a_flow_folder_too_big_for_the_memory_is_refused_before_it_is_built(registry, monkeypatch):
+    """The size door of the UNet families holds for flow folders too: the components are counted on the
+    meta device (SD 3.5 Medium: transformer, three text encoders and the VAE) against the memory at hand."""
+    import sow.engine.model_checks as checks
+    from sow.errors import ModelLoadError
+
+    monkeypatch.setattr(checks, "available_memory", lambda device: (2**30, "of available memory"))
+    with pytest.raises(ModelLoadError, match=r"has 7\.91 billion parameters: 29\.5 GiB of weights in float32, but 1\.0 GiB"):
+        registry.family("sd3").family.load(request(str(DATA / CONFIGS["sd3"]), random_weights=True))
+
+
+def test_a_flow_config_asking_for_absurd_depth_is_refused_before_the_meta_build(registry, tmp_path):
+    import shutil
+
+    from sow.errors import ModelLoadError
+
+    folder = tmp_path / "deep"
+    shutil.copytree(DATA / CONFIGS["flux2"], folder)
+    config = json.loads((folder / "transformer" / "config.json").read_text())
+    config["num_single_layers"] = 10**7
+    (folder / "transformer" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="transformer/config.json"):
+        registry.family("flux2").family.load(request(str(folder), random_weights=True))

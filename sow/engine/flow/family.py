@@ -130,15 +130,16 @@ class FlowFamily:
 
         cls = getattr(diffusers, self.pipeline_class)
         path = Path(request.spec).expanduser()
+        if path.is_dir() and not _has_weights(path) and not request.random_weights:
+            raise ModelLoadError(
+                f"model folder {path} holds configs but no weights; pass --random-weights to build the "
+                "architecture with random weights (for benchmarks), or point --model at a folder with weights"
+            )
+        check_flow_model_size(path, request.device, request.dtype)  # valid and small enough, before anything is built
         try:
             if path.is_file():
                 pipe = cls.from_single_file(str(path), local_files_only=True)  # .safetensors only (claims checked the suffix)
             elif path.is_dir() and not _has_weights(path):
-                if not request.random_weights:
-                    raise ModelLoadError(
-                        f"model folder {path} holds configs but no weights; pass --random-weights to build the "
-                        "architecture with random weights (for benchmarks), or point --model at a folder with weights"
-                    )
                 return build_from_config_folder(path, self.name)
             else:
                 from sow.io.hub import offline_reason
@@ -151,6 +152,64 @@ class FlowFamily:
             first = (str(exc).splitlines() or [type(exc).__name__])[0]
             raise ModelLoadError(f"{self.name} model {request.spec!r} could not be loaded: {first}") from None
         return {k: v for k, v in pipe.components.items() if v is not None}
+
+
+def flow_folder_parameters(folder: Path) -> int:
+    """The parameter count of a flow model folder's components, built on the meta device from its configs.
+
+    The same door as the UNet families' (:func:`sow.engine.model_checks.folder_parameters`): a
+    depth over the limit or a config value the model classes refuse is a :class:`ModelLoadError`
+    naming the file, found before any memory is allocated."""
+    import diffusers
+    import transformers
+
+    from sow.engine.model_checks import _check_depths
+    from sow.errors import InputError
+    from sow.io.files import parse_json, read_regular_text
+
+    try:
+        index = parse_json(read_regular_text(folder / "model_index.json", "model index", 1024 * 1024), f"model folder {folder}: model_index.json")
+    except InputError as exc:
+        raise ModelLoadError(str(exc)) from None
+    total = 0
+    for name, entry in index.items() if isinstance(index, dict) else ():
+        if not isinstance(entry, list) or len(entry) != 2 or name.startswith(("tokenizer", "scheduler")):
+            continue
+        library, class_name = entry
+        config_file = folder / name / "config.json"
+        if not config_file.is_file():
+            continue
+        where = f"model folder {folder}: {name}/config.json"
+        try:
+            config = parse_json(read_regular_text(config_file, "model config", 1024 * 1024), where)
+        except InputError as exc:
+            raise ModelLoadError(str(exc)) from None
+        if not isinstance(config, dict):
+            raise ModelLoadError(f"{where} is not a JSON object")
+        _check_depths(config, where)
+        cls = getattr(diffusers if library == "diffusers" else transformers, str(class_name), None)
+        if cls is None:
+            raise ModelLoadError(f"{where}: unknown class {class_name!r} in model_index.json")
+        try:
+            with torch.device("meta"):
+                module = cls.from_config(config) if library == "diffusers" else cls(cls.config_class.from_dict(config))
+        except Exception as exc:  # noqa: BLE001 - model classes reject bad values with many types
+            first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise ModelLoadError(f"{where}: its values do not make a model ({type(exc).__name__}: {first})") from None
+        total += sum(p.numel() for p in module.parameters())
+    return total
+
+
+def check_flow_model_size(path: Path, device: torch.device, dtype: torch.dtype) -> None:
+    """A local flow model (a folder, or one ``.safetensors`` file) must fit ``device``'s memory before it is built.
+
+    Hub ids are checked by nothing here: their configs are not local until the download."""
+    from sow.engine.model_checks import check_fits, checkpoint_parameters
+
+    if path.is_dir() and (path / "model_index.json").is_file():
+        check_fits(flow_folder_parameters(path), dtype, device, f"model folder {path}")
+    elif path.is_file() and path.suffix == ".safetensors":
+        check_fits(checkpoint_parameters(path), dtype, device, f"checkpoint {path.name}")
 
 
 def _move(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
