@@ -138,7 +138,7 @@ class FlowFamily:
         check_flow_model_size(path, request.device, request.dtype)  # valid and small enough, before anything is built
         try:
             if path.is_file():
-                pipe = cls.from_single_file(str(path), local_files_only=True)  # .safetensors only (claims checked the suffix)
+                pipe = cls.from_single_file(str(path), local_files_only=True)  # pickle-policy: .safetensors only (claims checked the suffix)
             elif path.is_dir() and not _has_weights(path):
                 return build_from_config_folder(path, self.name)
             else:
