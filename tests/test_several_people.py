@@ -76,8 +76,8 @@ def test_overlapping_boxes_of_two_conditions_are_refused_naming_both():
 
 
 def test_boxes_that_touch_once_snapped_to_the_latent_grid_are_refused_at_run_time(tiny_pipe, face_path):
-    # 0..93 and 94..: apart in pixels; [0,0,96,96] and [88,..] on the 8-px grid
-    plan = _plan(192, 128, [[0, 0, 93, 93], [94, 0, 60, 60]])
+    # 4..89 and 90..150: apart in pixels; [8,0,88,88] (8..96) and [88,0,64,64] on the 8-px grid (corners to the nearest line)
+    plan = _plan(192, 128, [[4, 0, 85, 85], [90, 0, 60, 60]])
     assert plan.overlaps() == [] and len(plan.overlaps(8)) == 1
     with pytest.raises(InputError, match="condition 1 box_v and condition 2 box_v overlap once snapped"):
         tiny_pipe([face_path, face_path], "x", plan=plan, cycles=0, canvas={"width": 192, "height": 128})
