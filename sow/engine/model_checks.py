@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -122,19 +122,24 @@ COMPONENTS = {
 
 def read_config(folder: Path, name: str) -> dict[str, Any] | None:
     """``folder/<name>/config.json`` as a dict, None when absent; a malformed one is a :class:`ModelLoadError`."""
-    from sow.errors import InputError
-    from sow.io.files import parse_json, read_regular_text
-
     sub, file = COMPONENTS[name]
     path = folder / sub / file
     if not path.is_file():
         return None
+    return read_json_config(path, f"model folder {folder}: {sub}/{file}")
+
+
+def read_json_config(path: Path, where: str) -> dict[str, Any]:
+    """A model config file as a dict (at most 1 MiB, a regular file, a JSON object); else a :class:`ModelLoadError`."""
+    from sow.errors import InputError
+    from sow.io.files import parse_json, read_regular_text
+
     try:
-        data = parse_json(read_regular_text(path, "model config", 1024 * 1024), f"model folder {folder}: {sub}/{file}")
+        data = parse_json(read_regular_text(path, "model config", 1024 * 1024), where)
     except InputError as exc:
         raise ModelLoadError(str(exc)) from None
     if not isinstance(data, dict):
-        raise ModelLoadError(f"model folder {folder}: {sub}/{file} is not a JSON object")
+        raise ModelLoadError(f"{where} is not a JSON object")
     return data
 
 
@@ -214,6 +219,23 @@ def meta_module(name: str, config: dict[str, Any]):
         return cls(CLIPTextConfig(**fields))
 
 
+def meta_parameters(build: Callable[[], Any], where: str) -> int:
+    """The parameter count of the module ``build()`` makes on the meta device (shapes, no memory).
+
+    A config value the model classes refuse (a negative width, a wrong type, channels that do
+    not divide into groups) is a :class:`ModelLoadError` naming ``where`` and the problem.
+    """
+    import torch
+
+    try:
+        with torch.device("meta"):
+            module = build()
+    except Exception as exc:  # noqa: BLE001 - model classes reject bad values with many types
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ModelLoadError(f"{where}: its values do not make a model ({type(exc).__name__}: {first})") from None
+    return sum(p.numel() for p in module.parameters())
+
+
 def folder_parameters(folder: Path) -> tuple[int, dict[str, dict[str, Any]]]:
     """(the parameter count, the configs read) of a diffusers folder or a folder of configs, built on meta.
 
@@ -227,12 +249,7 @@ def folder_parameters(folder: Path) -> tuple[int, dict[str, dict[str, Any]]]:
             continue
         where = f"model folder {folder}: {sub}/{file}"
         _check_depths(config, where)
-        try:
-            module = meta_module(name, config)
-        except Exception as exc:  # noqa: BLE001 - model classes reject bad values with many types
-            first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-            raise ModelLoadError(f"{where}: its values do not make a model ({type(exc).__name__}: {first})") from None
-        total += sum(p.numel() for p in module.parameters())
+        total += meta_parameters(lambda: meta_module(name, config), where)
         configs[name] = config
     scheduler = folder / "scheduler" / "scheduler_config.json"
     if configs and scheduler.is_file():

@@ -163,16 +163,11 @@ def flow_folder_parameters(folder: Path) -> int:
     import diffusers
     import transformers
 
-    from sow.engine.model_checks import _check_depths
-    from sow.errors import InputError
-    from sow.io.files import parse_json, read_regular_text
+    from sow.engine.model_checks import _check_depths, meta_parameters, read_json_config
 
-    try:
-        index = parse_json(read_regular_text(folder / "model_index.json", "model index", 1024 * 1024), f"model folder {folder}: model_index.json")
-    except InputError as exc:
-        raise ModelLoadError(str(exc)) from None
+    index = read_json_config(folder / "model_index.json", f"model folder {folder}: model_index.json")
     total = 0
-    for name, entry in index.items() if isinstance(index, dict) else ():
+    for name, entry in index.items():
         if not isinstance(entry, list) or len(entry) != 2 or name.startswith(("tokenizer", "scheduler")):
             continue
         library, class_name = entry
@@ -180,23 +175,13 @@ def flow_folder_parameters(folder: Path) -> int:
         if not config_file.is_file():
             continue
         where = f"model folder {folder}: {name}/config.json"
-        try:
-            config = parse_json(read_regular_text(config_file, "model config", 1024 * 1024), where)
-        except InputError as exc:
-            raise ModelLoadError(str(exc)) from None
-        if not isinstance(config, dict):
-            raise ModelLoadError(f"{where} is not a JSON object")
+        config = read_json_config(config_file, where)
         _check_depths(config, where)
         cls = getattr(diffusers if library == "diffusers" else transformers, str(class_name), None)
         if cls is None:
             raise ModelLoadError(f"{where}: unknown class {class_name!r} in model_index.json")
-        try:
-            with torch.device("meta"):
-                module = cls.from_config(config) if library == "diffusers" else cls(cls.config_class.from_dict(config))
-        except Exception as exc:  # noqa: BLE001 - model classes reject bad values with many types
-            first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-            raise ModelLoadError(f"{where}: its values do not make a model ({type(exc).__name__}: {first})") from None
-        total += sum(p.numel() for p in module.parameters())
+        build = (lambda: cls.from_config(config)) if library == "diffusers" else (lambda: cls(cls.config_class.from_dict(config)))
+        total += meta_parameters(build, where)
     return total
 
 
