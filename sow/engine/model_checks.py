@@ -129,13 +129,13 @@ def read_config(folder: Path, name: str) -> dict[str, Any] | None:
     return read_json_config(path, f"model folder {folder}: {sub}/{file}")
 
 
-def read_json_config(path: Path, where: str) -> dict[str, Any]:
+def read_json_config(path: Path, where: str, what: str = "model config") -> dict[str, Any]:
     """A model config file as a dict (at most 1 MiB, a regular file, a JSON object); else a :class:`ModelLoadError`."""
     from sow.errors import InputError
     from sow.io.files import parse_json, read_regular_text
 
     try:
-        data = parse_json(read_regular_text(path, "model config", 1024 * 1024), where)
+        data = parse_json(read_regular_text(path, what, 1024 * 1024), where)
     except InputError as exc:
         raise ModelLoadError(str(exc)) from None
     if not isinstance(data, dict):
@@ -345,16 +345,8 @@ def check_vae(spec: str, unet_config: Mapping[str, Any] | Any | None, device: An
     config_path = path / "config.json"
     if not config_path.is_file():
         raise ModelLoadError(f"VAE {spec!r}: no config.json; pass an AutoencoderKL folder or hub id")
-    from sow.errors import InputError
-    from sow.io.files import parse_json, read_regular_text
-
-    try:
-        config = parse_json(read_regular_text(config_path, "VAE config", 1024 * 1024), f"VAE {spec}: config.json")
-    except InputError as exc:
-        raise ModelLoadError(str(exc)) from None
-    if not isinstance(config, dict):
-        raise ModelLoadError(f"VAE {spec}: config.json is not a JSON object")
     where = f"VAE {spec}: config.json"
+    config = read_json_config(config_path, where, "VAE config")
     _check_depths(config, where)
     try:
         module = meta_module("vae", config)

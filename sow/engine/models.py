@@ -35,7 +35,6 @@ import torch
 
 from sow.engine.families import FAMILIES, AddedConditioning, ModelFamily, PromptEncoder, detect_family
 from sow.errors import InputError, ModelLoadError, SowError
-from sow.io.files import parse_json, read_regular_text
 
 log = logging.getLogger("sow.engine.models")
 
@@ -358,13 +357,9 @@ def build_from_configs(folder: Path, seed: int = 0) -> Components:
         path = _config_file(folder, name)
         if not path.is_file():
             raise ModelLoadError(f"config folder {folder}: missing {path.relative_to(folder)}")
-        try:
-            data = parse_json(read_regular_text(path, "model config", 1024 * 1024), f"config folder {folder}: {path.relative_to(folder)}")
-        except InputError as exc:
-            raise ModelLoadError(str(exc)) from None
-        if not isinstance(data, dict):
-            raise ModelLoadError(f"config folder {folder}: {path.relative_to(folder)} is not a JSON object")
-        return data
+        from sow.engine.model_checks import read_json_config
+
+        return read_json_config(path, f"config folder {folder}: {path.relative_to(folder)}")
 
     second = _config_file(folder, "text_encoder_2").is_file()
     with torch.random.fork_rng(devices=[]):
