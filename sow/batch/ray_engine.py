@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from sow.batch.runner import MANIFEST_NAME, BatchItem, BatchSummary, Manifest, _start_afresh, plan_work, run_item
-from sow.batch.workers import PipelineSpec, merge_parts
+from sow.batch.workers import STOP_SUFFIX, PipelineSpec, merge_parts, part_files, parts_dir, run_of
 from sow.errors import InputError, SowError
+from sow.io.locks import held
 from sow.io.security import redact
 
 INSTALL_HINT = "Ray is not installed: pip install 'sow[ray]'"
@@ -148,12 +149,17 @@ class _BatchActor:
         self.out_dir = Path(out_dir)
         self.overrides = overrides
         self.manifest = Manifest(self.out_dir, part=f"{run_id}.actor-{os.getpid()}.jsonl")
+        self.stop = stop_marker(self.out_dir, run_id)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         events: dict[str, list] = {"id": [], "event": [], "seconds": [], "error": [], "worker": []}
         for item_id in batch["id"]:
-            with self.manifest.open(fresh=False):  # locked while the item runs: a merge leaves it alone
-                event = run_item(self.pipe, self.items[str(item_id)], self.out_dir, self.manifest, self.overrides)
+            item = self.items[str(item_id)]
+            event = {"event": "stopped", "id": item.id}
+            if not self.stop.exists():
+                with self.manifest.open(fresh=False):  # locked while the item runs: a merge leaves it alone
+                    if not self.stop.exists():  # asked again under the lock: the driver waits for held parts only
+                        event = run_item(self.pipe, item, self.out_dir, self.manifest, self.overrides)
             events["id"].append(event["id"])
             events["event"].append(event["event"])
             events["seconds"].append(float(event.get("seconds", 0.0)))
@@ -193,14 +199,52 @@ def run_batch_on_ray(
     with driver.open(fresh=False):
         driver.append(event="batch", resume=resume, items=len(items), todo=len(todo), engine="ray", settings=recorded,
                       **({"resume_command": redact(resume_command)} if resume_command else {}))
-        if todo:
-            for index, event in enumerate(_map_items(spec, todo, out_dir, overrides or {}, run_id, settings)):
-                summary.count(event)
-                emit({**event, "index": index, "todo": len(todo)})
+        try:
+            if todo:
+                for index, event in enumerate(_map_items(spec, todo, out_dir, overrides or {}, run_id, settings)):
+                    summary.count(event)
+                    emit({**event, "index": index, "todo": len(todo)})
+        except BaseException:  # a lost actor, Ctrl-C: no actor of this run may still write when we return
+            stop_actors(out_dir, run_id)
+            raise
         summary.seconds = time.perf_counter() - started
         driver.append(event="summary", **{k: v for k, v in summary.as_dict().items() if k != "failures"})
     merge_parts(out_dir, out_dir / MANIFEST_NAME)
     return summary
+
+
+STOP_PATIENCE_S = 900.0
+"""How long a stopping run waits for its actors' items in progress (one item of a large model on a slow GPU)."""
+
+
+def stop_marker(out_dir: Path, run_id: str) -> Path:
+    """The file that tells a run's actors to take no new item (written by the driver when the run fails)."""
+    return parts_dir(out_dir) / f"{run_id}{STOP_SUFFIX}"
+
+
+def stop_actors(out_dir: Path, run_id: str, patience_s: float = STOP_PATIENCE_S) -> None:
+    """After a failure: let no actor of ``run_id`` start another item, and wait for those still running one.
+
+    Ray may keep the pool's surviving actors busy with queued items after the driver gave up;
+    a ``--resume`` started then would race them for the same files. Each actor asks for the
+    marker before and again under its part's lock, and holds that lock while an item runs, so
+    once every part of the run is free (finished or killed: a dead process holds no lock) no
+    actor of the run writes again. The marker stays (an actor Ray has not yet reaped finds it)
+    until a later run in the folder merges its manifest (:func:`~sow.batch.workers.merge_parts`).
+    """
+    marker = stop_marker(out_dir, run_id)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    deadline = time.monotonic() + patience_s
+    for part in (p for p in part_files(out_dir) if run_of(p) == run_id):
+        while True:
+            with held(part) as free:
+                if free:
+                    break
+            if time.monotonic() > deadline:
+                raise SowError(f"{part.name}: a Ray actor of the stopped run still runs an item after {patience_s:g} s; "
+                               "wait for it before --resume")
+            time.sleep(0.05)
 
 
 def actor_map(dataset, actor: type, **kwargs: Any):

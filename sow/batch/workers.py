@@ -40,6 +40,9 @@ from sow.pipeline import PipelineSpec  # the recipe is public beside SOWPipeline
 PARTS_DIR = "manifest.parts"
 """The folder, inside the output folder, of the workers' manifest parts."""
 
+STOP_SUFFIX = ".stop"
+"""A stopped run's marker in the parts folder (:func:`sow.batch.ray_engine.stop_actors`)."""
+
 T = TypeVar("T")
 
 
@@ -154,6 +157,7 @@ def merge_parts(out_dir: Path, manifest_path: Path) -> int:
     """
     parts = part_files(out_dir)
     if not parts:
+        _tidy_parts_dir(out_dir)
         return 0
     manifest_path.parent.mkdir(parents=True, exist_ok=True)
     merged = 0
@@ -178,11 +182,23 @@ def merge_parts(out_dir: Path, manifest_path: Path) -> int:
                 part.unlink()
                 merged += 1
             forget(part)  # its lock's sidecar, now that the part is gone
-    try:
-        parts_dir(out_dir).rmdir()
-    except OSError:
-        pass
+    _tidy_parts_dir(out_dir)
     return merged
+
+
+def _tidy_parts_dir(out_dir: Path) -> None:
+    """Remove the stop markers of runs with no part left, then the parts folder if it is empty."""
+    folder = parts_dir(out_dir)
+    if not folder.is_dir():
+        return
+    live = {run_of(part) for part in part_files(out_dir)}
+    for marker in folder.glob(f"*{STOP_SUFFIX}"):
+        if run_of(marker) not in live:  # a stopped run with no part left: none of its actors writes again
+            marker.unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # parts of running workers, or their lock sidecars
 
 
 __all__ = [
