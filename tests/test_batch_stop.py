@@ -32,14 +32,18 @@ def _hold(part: Path, seconds: float, witness: Path) -> subprocess.Popen:
 
 
 def test_stop_waits_for_the_item_an_actor_still_runs(tmp_path):
+    from sow.batch.runner import Manifest
+
     part = parts_dir(tmp_path) / "ray-abc.actor-1.jsonl"
     part.parent.mkdir(parents=True)
     part.write_text("")
+    driver = Manifest(tmp_path, part="ray-abc.driver.jsonl")  # the driver holds its own part while it stops
     witness = tmp_path / "job3.png"
     proc = _hold(part, 1.0, witness)
     try:
         started = time.monotonic()
-        stop_actors(tmp_path, "ray-abc")
+        with driver.open(fresh=False):
+            stop_actors(tmp_path, "ray-abc", patience_s=20)
         waited = time.monotonic() - started
         assert witness.exists(), "stop_actors returned while the actor still wrote"
         assert waited > 0.5

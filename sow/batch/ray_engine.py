@@ -148,7 +148,7 @@ class _BatchActor:
         self.items = {item.id: item for item in items}
         self.out_dir = Path(out_dir)
         self.overrides = overrides
-        self.manifest = Manifest(self.out_dir, part=f"{run_id}.actor-{os.getpid()}.jsonl")
+        self.manifest = Manifest(self.out_dir, part=f"{run_id}{ACTOR_PART}{os.getpid()}.jsonl")
         self.stop = stop_marker(self.out_dir, run_id)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
@@ -213,6 +213,9 @@ def run_batch_on_ray(
     return summary
 
 
+ACTOR_PART = ".actor-"
+"""What names an actor's manifest part (``<run>.actor-<pid>.jsonl``; the driver's is ``<run>.driver.jsonl``)."""
+
 STOP_PATIENCE_S = 900.0
 """How long a stopping run waits for its actors' items in progress (one item of a large model on a slow GPU)."""
 
@@ -236,7 +239,7 @@ def stop_actors(out_dir: Path, run_id: str, patience_s: float = STOP_PATIENCE_S)
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.touch()
     deadline = time.monotonic() + patience_s
-    for part in (p for p in part_files(out_dir) if run_of(p) == run_id):
+    for part in (p for p in part_files(out_dir) if run_of(p) == run_id and ACTOR_PART in p.name):  # not the driver's own
         while True:
             with held(part) as free:
                 if free:
