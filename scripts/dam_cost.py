@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from sow.attention import equations as eq
 from sow.attention.dam import DAMState, DynamicAttentionModulator
 from sow.engine.context import LatentRegion, Step
-from sow.engine.models import load_components
+from sow.models.loading import load_components
 from sow.planners.fixed import body_box
 from sow.schemas import Box, GenerationConfig, Plan
 

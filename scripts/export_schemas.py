@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT))
 
 from sow.eval.spec import SpecItem  # noqa: E402
 from sow.eval.runner import EvalConfig  # noqa: E402
-from sow.engine.performance import PerformanceSettings  # noqa: E402
+from sow.models.performance import PerformanceSettings  # noqa: E402
 from sow.schemas import EXPORTED_MODELS  # noqa: E402
 
 MODELS = {

@@ -51,8 +51,8 @@ TARGETS: dict[str, list[str]] = {
         "tests/test_oracle_sharding.py", "tests/test_batch_errors.py", "tests/test_batch.py", "-k", "not sigkill and not cli",
     ],  # in-process
     # last round's modules (issue 23); "--without test_oracle_" gives the column of main's tests
-    "sow/engine/families.py": ["tests/test_oracle_sdxl.py", "tests/test_families.py", "-k", "not architecture and not host"],
-    "sow/engine/lora.py": ["tests/test_oracle_lora.py", "tests/test_lora.py"],
+    "sow/models/families.py": ["tests/test_oracle_sdxl.py", "tests/test_families.py", "-k", "not architecture and not host"],
+    "sow/models/lora.py": ["tests/test_oracle_lora.py", "tests/test_lora.py"],
     "sow/attention/several.py": ["tests/test_oracle_several_dam.py", "tests/test_several_people.py", "-k", "dam or bias or gates"],
     "sow/planners/layout.py": ["tests/test_oracle_layouts.py", "tests/test_several_people.py", "-k", "not dam and not gates and not reset and not grow"],
     "sow/batch/workers.py": ["tests/test_oracle_sharding.py", "tests/test_scale_out.py", "-k", "not torchrun and not ray"],
@@ -100,7 +100,7 @@ NAMED: dict[str, list[tuple[str, str, str]]] = {
         ("--overwrite removes a live sibling's part", "        if run_of(part) != own:\n            part.unlink(missing_ok=True)", "        if True:\n            part.unlink(missing_ok=True)"),
         ("a sibling's part counts as an earlier batch", "        if own is None or run_of(part) != own:\n            return part", "        if True:\n            return part"),
     ],
-    "sow/engine/families.py": [
+    "sow/models/families.py": [
         ("SDXL encoders' hidden states in the wrong order", "context = torch.cat(hidden, dim=-1)", "context = torch.cat(hidden[::-1], dim=-1)"),
         ("the last hidden layer instead of the penultimate", "out.hidden_states[-2] if", "out.hidden_states[-1] if"),
         ("the first encoder's pooled output", "pooled = out[0] if family.pooled else None", "pooled = pooled if pooled is not None else out.pooler_output"),
@@ -108,7 +108,7 @@ NAMED: dict[str, list[tuple[str, str, str]]] = {
         ("time_ids as (width, height)", "[[height, width, 0, 0, height, width]]", "[[width, height, 0, 0, width, height]]"),
         ("every branch gets the last branch's pooled embedding", "torch.cat([p.to(dtype).expand(batch, -1) for p in pooled])", "torch.cat([pooled[-1].to(dtype).expand(batch, -1) for p in pooled])"),
     ],
-    "sow/engine/lora.py": [
+    "sow/models/lora.py": [
         ("LoRA scales ignored", "adapter_weights=all_scales)", "adapter_weights=[1.0] * len(all_scales))"),
         ("LoRA scales given to the other LoRA", "adapter_weights=all_scales)", "adapter_weights=all_scales[::-1])"),
         ("LoRA scale applied twice", "adapter_weights=all_scales)", "adapter_weights=[s * s for s in all_scales])"),
@@ -233,13 +233,13 @@ def named_mutants(module: str, source: str) -> list[Mutant]:
 RELOAD_AFTER: dict[str, list[str]] = {
     "sow/engine/diffusion_math.py": [],  # used as `dm.<name>` everywhere: the reload is seen
     "sow/engine/scheduling.py": [],  # the registry imports it by name on every build
-    "sow/engine/denoiser.py": ["sow.engine.performance", "sow.pipeline"],
+    "sow/engine/denoiser.py": ["sow.models.performance", "sow.pipeline"],
     "sow/attention/equations.py": ["sow.attention.dam"],
     "sow/planners/repair.py": ["sow.planners.policy", "sow.planners.fixed", "sow.planners.heuristic", "sow.planners.mllm.base"],
     "sow/planners/policy.py": ["sow.pipeline"],
     "sow/batch/runner.py": ["sow.cli.batch"],
-    "sow/engine/families.py": [],  # its names in sow.engine.models and sow.engine.denoiser: rebound (see _rebind)
-    "sow/engine/lora.py": [],  # imported inside load_components
+    "sow/models/families.py": [],  # its names in sow.models.loading and sow.engine.denoiser: rebound (see _rebind)
+    "sow/models/lora.py": [],  # imported inside load_components
     "sow/attention/several.py": [],  # used as `several.<name>`
     "sow/planners/layout.py": ["sow.planners.heuristic"],
     "sow/batch/workers.py": ["sow.batch.runner", "sow.cli.batch"],
@@ -259,7 +259,7 @@ def _warm_up() -> None:
         return
     sys.path.insert(0, str(ROOT))
     import sow.cli.commands  # noqa: F401  (imports most of sow)
-    import sow.engine.models as models
+    import sow.models.loading as models
     import sow.pipeline  # noqa: F401
 
     built: dict[str, object] = {}

@@ -168,14 +168,14 @@ def to_output(decoded: torch.Tensor, output_type: str) -> list[Image.Image] | np
 
 
 def components_of(pipe: Any, source: str | None = None):
-    """The :class:`sow.engine.models.Components` of a loaded diffusers pipeline, sharing its modules (no copy).
+    """The :class:`sow.models.loading.Components` of a loaded diffusers pipeline, sharing its modules (no copy).
 
     The scheduler becomes a DDIM scheduler built from the pipeline's scheduler config (the
     method is defined on DDIM; a config is a few numbers, not weights).
     """
     from diffusers import DDIMScheduler
 
-    from sow.engine.models import Components
+    from sow.models.loading import Components
 
     if getattr(pipe, "text_encoder_2", None) is not None:
         raise InputError(

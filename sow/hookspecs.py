@@ -104,5 +104,5 @@ def register_model_families(register):
     :class:`sow.engine.backbone.Backbone`. A family name is unique as a stage name is.
 
     Built-ins: ``sd1``, ``sd2``, ``sdxl`` (:mod:`sow.engine.unet_family`); ``sd3``, ``flux1``, ``flux2``
-    (:mod:`sow.engine.flow.family`).
+    (:mod:`sow.models.flow.families`).
     """

@@ -41,9 +41,9 @@ from sow.engine.conditions import (
 from sow.engine.context import RunContext, union_mask
 from sow.engine.denoiser import Denoiser, PromptEmbeddings, run_texts
 from sow.errors import InputError, SowError
-from sow.engine.models import EMBEDDED_DEFAULT_SIDES, Components, load_components, resolve_device, resolve_dtype
-from sow.engine.performance import PerformanceSettings, ReencodingEmbeddings
-from sow.engine.performance import apply as apply_performance
+from sow.models.loading import EMBEDDED_DEFAULT_SIDES, Components, load_components, resolve_device, resolve_dtype
+from sow.models.performance import PerformanceSettings, ReencodingEmbeddings
+from sow.models.performance import apply as apply_performance
 from sow.engine.unet_family import UNetBackbone, UNetFamily
 from sow.planners.fixed import random_placement
 from sow.engine.numerics import require_finite
@@ -219,7 +219,7 @@ class SOWPipeline:
         (:meth:`Registry.family_for`); for the built-in UNet families the family comes from the
         configs (``family`` only where they cannot tell; a registered family's name loads it with
         that family). ``vae`` replaces the VAE; ``loras`` are ``PATH[:SCALE]`` LoRA specs (see
-        :mod:`sow.engine.lora`). :class:`PipelineSpec` is the same recipe as a picklable value.
+        :mod:`sow.models.lora`). :class:`PipelineSpec` is the same recipe as a picklable value.
         """
         chosen = {
             "planner": planner,
@@ -285,7 +285,7 @@ class SOWPipeline:
 
     def enable_model_cpu_offload(self, gpu_id: int | None = None, device: str | torch.device = "cuda") -> SOWPipeline:
         """Weights on the CPU; each model moves to ``device`` while it runs (diffusers' method of that name)."""
-        from sow.engine.performance import enable_offload
+        from sow.models.performance import enable_offload
 
         target = _execution_device(gpu_id, device, "enable_model_cpu_offload")
         self._offload = enable_offload(self.components, target)
@@ -294,7 +294,7 @@ class SOWPipeline:
 
     def enable_sequential_cpu_offload(self, gpu_id: int | None = None, device: str | torch.device = "cuda") -> SOWPipeline:
         """Weights on the CPU; each layer moves to ``device`` only for its own forward (least memory, slowest)."""
-        from sow.engine.sequential_offload import enable_sequential_offload
+        from sow.models.sequential_offload import enable_sequential_offload
 
         target = _execution_device(gpu_id, device, "enable_sequential_cpu_offload")
         self._offload = enable_sequential_offload(self.components, target)

@@ -39,7 +39,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "sow.attention.dam",
     "sow.eval.face_metrics",
     "sow.engine.unet_family",
-    "sow.engine.flow.family",
+    "sow.models.flow.families",
 )
 """Modules of the core that register the built-in stages, in this order."""
 

@@ -34,7 +34,7 @@ SD21_CONFIG = next(
 def pytest_configure(config):
     """Torch's threads as the CLI sets them (``$SOW_THREADS``, else half the cores): on a shared
     2-core machine torch's default, one thread per core, made the suite 7x slower (44 min vs 6)."""
-    from sow.engine.performance import set_cpu_threads
+    from sow.models.performance import set_cpu_threads
 
     set_cpu_threads()
 
@@ -49,7 +49,7 @@ def sd21_config() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_components():
-    from sow.engine.models import load_components
+    from sow.models.loading import load_components
 
     return load_components("tiny")
 

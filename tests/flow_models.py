@@ -9,7 +9,7 @@ import diffusers
 from sow.engine.flow.flux1 import Flux1Backbone
 from sow.engine.flow.flux2 import Flux2Backbone
 from sow.engine.flow.sd3 import SD3Backbone
-from sow.engine.flow.tiny import TINY_QWEN_LAYERS, TINY_TEXT_LENGTH, build_tiny_flow
+from sow.models.flow.tiny import TINY_QWEN_LAYERS, TINY_TEXT_LENGTH, build_tiny_flow
 
 PROMPT = "a chef in a busy kitchen"
 
@@ -56,7 +56,7 @@ def write_config_folder(name: str, folder):
     """A folder of the tiny model's component configs (no weights), as ``../shared/data/*-config`` are laid out."""
     import json
 
-    from sow.engine.flow.tiny import tiny_flow_configs
+    from sow.models.flow.tiny import tiny_flow_configs
 
     configs = tiny_flow_configs(name)
     folder.mkdir(parents=True, exist_ok=True)

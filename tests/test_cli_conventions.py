@@ -126,7 +126,7 @@ def test_eval_spec_names_only_its_own_options(tmp_path, faces_dir, capsys):
 def test_threads_option_and_environment(monkeypatch):
     import torch
 
-    from sow.engine.performance import cpu_threads, default_threads
+    from sow.models.performance import cpu_threads, default_threads
     from sow.errors import InputError
 
     before = torch.get_num_threads()

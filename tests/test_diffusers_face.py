@@ -226,7 +226,7 @@ def test_from_pipe_refuses_what_it_cannot_run(sd_pipe):
 
 
 def test_offload_and_tiling_methods_keep_the_result(tiny_pipe, face_path, plain_run):
-    from sow.engine.models import load_components
+    from sow.models.loading import load_components
 
     model = SOWPipeline(load_components("tiny")).enable_model_cpu_offload(device="cpu")
     run = model(face_path, "a chef", seed=3, **SMALL)

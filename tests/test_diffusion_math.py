@@ -9,7 +9,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from sow.engine import diffusion_math as dm
-from sow.engine.models import tiny_configs
+from sow.models.loading import tiny_configs
 
 
 @pytest.fixture

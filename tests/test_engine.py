@@ -13,7 +13,7 @@ from sow.engine.context import RunContext
 from sow.engine.denoiser import Denoiser, PromptEmbeddings
 from sow.hookspecs import hookimpl
 from sow.engine.inversion import DDIMInverter
-from sow.engine.models import tiny_configs
+from sow.models.loading import tiny_configs
 from sow.pipeline import SOWPipeline
 from sow.plugins import build_registry
 from sow.engine.preservation import RegionReplacePreserver

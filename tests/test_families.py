@@ -16,9 +16,9 @@ from sync_watch import SyncWatch
 
 from sow.attention import dam
 from sow.engine.context import RunContext
-from sow.engine.families import FamilyError, detect_family
-from sow.engine.models import load_components
-from sow.engine.performance import PerformanceSettings
+from sow.models.families import FamilyError, detect_family
+from sow.models.loading import load_components
+from sow.models.performance import PerformanceSettings
 from sow.errors import InputError
 from sow.pipeline import SOWPipeline
 
@@ -199,7 +199,7 @@ def test_sdxl_box_scales_with_the_canvas_and_tiny_sdxl_defaults_small(tiny_sdxl)
 
 
 def test_fp16_sdxl_vae_decodes_in_fp32(tiny_sdxl):
-    from sow.engine.performance import decode_latents
+    from sow.models.performance import decode_latents
 
     vae = tiny_sdxl.vae
     latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -219,7 +219,7 @@ def test_fp16_sdxl_vae_decodes_in_fp32(tiny_sdxl):
 
 def test_sd15_shape_from_configs_is_detected_and_runs(tmp_path, face_path):
     """Cross-attention 768 and a CLIP ViT-L-wide text encoder (one layer): detected sd1, runs end to end."""
-    from sow.engine.models import tiny_configs
+    from sow.models.loading import tiny_configs
 
     configs = tiny_configs()
     unet = {**configs["unet"], "cross_attention_dim": 768}

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from sow.engine.backbone import Backbone, LoadRequest
-from sow.engine.flow.family import build_from_config_folder
-from sow.engine.flow.tokenizers import qwen_tokenizer, t5_tokenizer
+from sow.models.flow.families import build_from_config_folder
+from sow.models.flow.tokenizers import qwen_tokenizer, t5_tokenizer
 from sow.plugins import build_registry
 from tests.conftest import SD21_CONFIG
 
@@ -108,7 +108,7 @@ def test_each_model_kind_has_its_guidance_defaults(registry, spec, kind, cfg, ba
 def test_a_flow_folder_too_big_for_the_memory_is_refused_before_it_is_built(registry, monkeypatch):
     """The size door of the UNet families holds for flow folders too: the components are counted on the
     meta device (SD 3.5 Medium: transformer, three text encoders and the VAE) against the memory at hand."""
-    import sow.engine.model_checks as checks
+    import sow.models.checks as checks
     from sow.errors import ModelLoadError
 
     monkeypatch.setattr(checks, "available_memory", lambda device: (2**30, "of available memory"))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sow.engine.flow.family import Flux1Family, Flux2Family, SD3Family, build_from_config_folder
+from sow.models.flow.families import Flux1Family, Flux2Family, SD3Family, build_from_config_folder
 from tests.conftest import SD21_CONFIG
 from tests.flow_runs import flow_config, flow_run
 

@@ -16,7 +16,7 @@ from collections import Counter
 import pytest
 from sync_watch import SyncWatch
 
-from sow.engine.performance import PerformanceSettings
+from sow.models.performance import PerformanceSettings
 from sow.pipeline import SOWPipeline
 
 def _loop_syncs(

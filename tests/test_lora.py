@@ -10,8 +10,8 @@ import torch
 
 import peft  # noqa: F401,E402  (a test dependency, the dev extra: these tests never skip)
 
-from sow.engine.lora import LoraError, parse_lora  # noqa: E402
-from sow.engine.models import build_tiny, load_components  # noqa: E402
+from sow.models.lora import LoraError, parse_lora  # noqa: E402
+from sow.models.loading import build_tiny, load_components  # noqa: E402
 from sow.pipeline import SOWPipeline  # noqa: E402
 
 PROMPT = "a chef in a busy kitchen"
@@ -82,7 +82,7 @@ def test_cli_refuses_a_misfit_lora_with_exit_2(lora_file, tmp_path, face_path, c
 
 
 def test_an_sdxl_lora_applies_to_the_sdxl_family(tmp_path, face_path):
-    from sow.engine.models import build_tiny_sdxl
+    from sow.models.loading import build_tiny_sdxl
 
     lora = make_lora(build_tiny_sdxl(), tmp_path)
     plain = SOWPipeline(load_components("tiny-sdxl"))(face_path, PROMPT, **RUN)

@@ -23,7 +23,7 @@ from diffusers import DDIMInverseScheduler, DDIMScheduler
 
 from sow.engine import diffusion_math as dm
 from sow.engine.denoiser import Denoiser, PromptEmbeddings
-from sow.engine.models import tiny_configs
+from sow.models.loading import tiny_configs
 from sow.pipeline import SOWPipeline
 from sow.plugins import build_registry
 from sow.schemas import Box, GenerationConfig, Plan

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sow.errors import InputError, ModelLoadError
-from sow.engine.models import build_tiny, load_components, tiny_configs
+from sow.models.loading import build_tiny, load_components, tiny_configs
 
 pytestmark = pytest.mark.usefixtures("isolated_registry")  # built-in stages only, whatever the venv holds
 

@@ -186,7 +186,7 @@ def test_auto_mode_follows_the_latents_device_and_parameterless_models_work():
 
     from sow.engine import diffusion_math as dm
     from sow.engine.denoiser import Denoiser, PromptEmbeddings
-    from sow.engine.models import tiny_configs
+    from sow.models.loading import tiny_configs
     from sow.schemas import GenerationConfig
 
     class NaNNoise(torch.nn.Module):  # no parameters at all, like the engine tests' stand-ins

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sow.engine.models import build_tiny, load_components
+from sow.models.loading import build_tiny, load_components
 from sow.pipeline import SOWPipeline
 from sow.schemas import Plan
 

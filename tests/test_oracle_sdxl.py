@@ -15,8 +15,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sow.engine.models import load_components
-from sow.engine.performance import PerformanceSettings
+from sow.models.loading import load_components
+from sow.models.performance import PerformanceSettings
 from sow.pipeline import SOWPipeline
 from sow.schemas import Plan
 
@@ -127,7 +127,7 @@ def test_every_unet_input_equals_diffusers_sdxl_conditioning(tiny_sdxl, diffuser
 
 
 def test_box_v_side_range_scales_from_the_paper_512_canvas():
-    from sow.engine.families import FAMILIES
+    from sow.models.families import FAMILIES
 
     # 180..256 on 512 (DESIGN.md §2), scaled with the short side: 1024 -> 360..512, 768 -> 270..384
     assert FAMILIES["sdxl"].side_range() == (360, 512)

@@ -9,8 +9,8 @@ import torch
 
 import sow
 
-from sow.engine.models import load_components, resolve_dtype
-from sow.engine.performance import (
+from sow.models.loading import load_components, resolve_dtype
+from sow.models.performance import (
     REFERENCE,
     ModelOffload,
     PerformanceSettings,

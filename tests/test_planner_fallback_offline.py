@@ -90,7 +90,7 @@ def test_without_fallback_the_load_error_says_offline_and_hints(llava, offline, 
 
 
 def test_an_offline_hub_id_fails_at_once(offline, face_path, tmp_path, capsys, monkeypatch):
-    import sow.engine.models as models
+    import sow.models.loading as models
 
     asks: list[bool] = []
     original = models._from_diffusers

@@ -45,7 +45,7 @@ def one_line(err: str) -> str:
 @pytest.fixture
 def no_model_load(monkeypatch):
     """Fail the test if any model starts loading (input errors must be found before)."""
-    import sow.engine.models as models
+    import sow.models.loading as models
 
     def refuse(*args, **kwargs):
         pytest.fail("a model started loading before the input error was found")
@@ -59,7 +59,7 @@ def no_model_load(monkeypatch):
 @pytest.fixture
 def plenty_of_memory(monkeypatch):
     """The memory check sees 1 TiB: a test of another check must not depend on how busy the machine is."""
-    import sow.engine.model_checks as checks
+    import sow.models.checks as checks
 
     monkeypatch.setattr(checks, "available_memory", lambda device: (2**40, "of available memory"))
 
@@ -98,7 +98,7 @@ def test_a_model_folder_asking_for_hundreds_of_gb_is_refused_naming_both_sizes(s
 
 
 def test_the_real_sd21_architecture_is_counted_exactly_on_the_meta_device(sd21_config):
-    from sow.engine.model_checks import folder_parameters
+    from sow.models.checks import folder_parameters
 
     total, configs = folder_parameters(sd21_config)
     assert total == 865_910_724 + 83_653_863 + 340_387_840  # UNet + VAE + text encoder, as built for real

@@ -17,8 +17,8 @@ import torch
 from sync_watch import SyncWatch
 
 from sow.attention.dam import self_attention_layers
-from sow.engine.models import load_components
-from sow.engine.performance import PerformanceSettings, attention_kinds
+from sow.models.loading import load_components
+from sow.models.performance import PerformanceSettings, attention_kinds
 from sow.pipeline import SOWPipeline
 
 PROMPT = "a chef in a busy kitchen"

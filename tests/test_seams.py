@@ -14,7 +14,7 @@ import torch
 from diffusers import DDIMInverseScheduler, DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
 from sow.engine import transitions as tr
-from sow.engine.models import tiny_configs
+from sow.models.loading import tiny_configs
 from sow.engine.noise_schedule import Level, NoiseSchedule
 from sow.engine.parameterization import prediction_type_of, split_prediction
 

@@ -123,7 +123,7 @@ def test_redact_and_secret_names(monkeypatch):
 
 
 def test_pickle_checkpoints_need_the_flag(tmp_path):
-    from sow.engine.models import load_components
+    from sow.models.loading import load_components
 
     for suffix in (".ckpt", ".pt", ".bin"):
         path = tmp_path / f"model{suffix}"

@@ -15,7 +15,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from sow.engine.denoiser import Denoiser, PromptEmbeddings, run_texts
-from sow.engine.models import tiny_configs
+from sow.models.loading import tiny_configs
 from sow.engine.unet_family import UNetBackbone
 from sow.pipeline import SOWPipeline
 from sow.schemas import Box, GenerationConfig, Plan

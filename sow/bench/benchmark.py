@@ -10,7 +10,7 @@ prints what :func:`run_bench` returns.
 One run of the benchmark:
 
 1. builds the model (``tiny``, a config folder with ``--random-weights``, or real weights)
-   in the fast path's precision and applies :class:`sow.engine.performance.PerformanceSettings`;
+   in the fast path's precision and applies :class:`sow.models.performance.PerformanceSettings`;
 2. for each ``--batch`` size: ``--warmup`` untimed runs, then ``--repeats`` timed runs of
    ``num_images = batch``; reports median / min / max seconds per image, the per-stage
    times (plan, encode, inversion, cycles, final, decode), UNet evaluations per phase,
@@ -40,7 +40,7 @@ from sow.bench.settings import BenchSettings
 from sow.bench.timing import (
     BENCH_PROMPT, Progress, Ticker, device_info, peak_memory, time_ddim, time_interleaved, time_sow,
 )
-from sow.engine.performance import PerformanceSettings
+from sow.models.performance import PerformanceSettings
 from sow.errors import InputError
 from sow.version import __version__
 
@@ -69,7 +69,7 @@ def performance_settings(args: BenchSettings) -> PerformanceSettings:
 
 def run_bench(args: BenchSettings, progress: Progress | None = None) -> BenchReport:
     """Run the benchmark ``args`` describes; ``progress(done, total, label)`` after each pipeline run."""
-    from sow.engine.models import load_components, resolve_device, resolve_dtype
+    from sow.models.loading import load_components, resolve_device, resolve_dtype
     from sow.pipeline import SOWPipeline
     from sow.plugins import get_registry
 
@@ -212,7 +212,7 @@ def run_bench(args: BenchSettings, progress: Progress | None = None) -> BenchRep
 def reference_ladder(args, components, pipe, settings, dtype, device, modulator, registry, condition, config, plan,
                      repeats: int, tick, report: BenchReport) -> ReferenceBaseline:
     """The reference settings and the fast path, interleaved round by round; sets each run's speed-up too."""
-    from sow.engine.models import load_components
+    from sow.models.loading import load_components
     from sow.pipeline import SOWPipeline
 
     if settings.offload:
@@ -268,6 +268,6 @@ def pick_modulator(requested: str, registry) -> str:
 
 
 def attention_during_run(pipe) -> dict[str, int]:
-    from sow.engine.performance import attention_kinds
+    from sow.models.performance import attention_kinds
 
     return attention_kinds(pipe.components.unet)

@@ -31,7 +31,7 @@ def meta_components(spec: str):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from sow.errors import ModelLoadError
-    from sow.engine.models import tiny_configs, tiny_sdxl_configs
+    from sow.models.loading import tiny_configs, tiny_sdxl_configs
 
     second_cfg = None
     if spec in ("tiny", "tiny-sdxl"):
@@ -123,7 +123,7 @@ def cost_model(args: BenchSettings) -> CostReport:
 
     if is_flow_folder(args.model):  # a flow transformer (SD 3, FLUX.1, FLUX.2): its calls follow from its settings
         return flow_cost_model(args.model, args.size, args.batch[0], {"cycles": args.cycles})
-    from sow.engine.models import load_components
+    from sow.models.loading import load_components
     from sow.pipeline import SOWPipeline
 
     target = meta_components(args.model)

@@ -22,7 +22,7 @@ import torch
 from sow.bench.flops import flop_counter
 from sow.bench.reports import CallFlops, CostConfig, CostReport
 from sow.engine.flow.backbone import TextRows
-from sow.engine.flow.family import FLOW_FAMILIES, build_from_config_folder
+from sow.models.flow.families import FLOW_FAMILIES, build_from_config_folder
 from sow.engine.flow.readings import config_overrides, model_kind
 from sow.errors import ModelLoadError
 from sow.schemas import GenerationConfig

@@ -4,7 +4,7 @@
 (views excluded: they share their base's memory) and subtracts them when the tensor is
 freed, so the peak of one forward pass under ``no_grad`` is what its activations need at
 most. :func:`memory_table` combines those peaks with the weights of each model for the
-modes of :class:`sow.engine.performance.PerformanceSettings`:
+modes of :class:`sow.models.performance.PerformanceSettings`:
 
 - ``resident``: every model on the device; peak = all weights + the largest activation peak;
 - ``offload`` (model offload): one model on the device at a time; peak = max over models of

@@ -166,7 +166,7 @@ def time_ddim(components, args, steps: int, repeats: int, tick: Callable[[str], 
 
 
 def _attention_during_run(pipe) -> dict[str, int]:
-    from sow.engine.performance import attention_kinds
+    from sow.models.performance import attention_kinds
 
     return attention_kinds(pipe.components.unet)
 

@@ -376,7 +376,7 @@ def generate(
     from sow.io.security import load_policy
 
     if lora:  # a missing file or a scale of nan/inf: refused before the model loads
-        from sow.engine.lora import parse_lora
+        from sow.models.lora import parse_lora
 
         for item in lora:
             parse_lora(item)

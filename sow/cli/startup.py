@@ -90,7 +90,7 @@ def apply_threads(threads: int | None) -> None:
     fails on a missing file never pays for importing torch.
     """
     if "torch" in sys.modules:
-        from sow.engine.performance import set_cpu_threads
+        from sow.models.performance import set_cpu_threads
 
         set_cpu_threads(threads)
         return

@@ -54,7 +54,7 @@ def ui_command(
         import gradio_image_annotation  # noqa: F401 - the boxes dragged on the plan
     except ImportError:
         raise InputError(f"the web app needs gradio_image_annotation: {UI_INSTALL}") from None
-    from sow.engine.models import check_model_spec
+    from sow.models.loading import check_model_spec
 
     for name in models[1:]:  # the first loads below; the others are checked now (found, fits memory) and loaded on demand
         check_model_spec(name, device, dtype)

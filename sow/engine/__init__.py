@@ -7,7 +7,8 @@ SD 1.x / 2.x / SDXL one in `unet_family`, registered through the `register_model
 
 Per-run context (`context`), every UNet evaluation (`denoiser`), the pure diffusion
 math (`diffusion_math`), the built-in inverter (`inversion`), scheduler (`scheduling`)
-and preserver (`preservation`), NaN guards (`numerics`), the fast path
-(`performance`) and model loading (`models`). May import `sow.errors`, `sow.schemas`,
-`sow.stages`, `sow.hookspecs` and `sow.io`; never the planners, eval, bench, batch or CLI.
+and preserver (`preservation`) and NaN guards (`numerics`). Model loading, the families'
+detection, LoRA and the performance settings are in `sow.models`. May import `sow.models`,
+`sow.errors`, `sow.schemas`, `sow.stages`, `sow.hookspecs` and `sow.io`; never the planners,
+eval, bench, batch or CLI.
 """

@@ -20,7 +20,7 @@ import torch
 from sow.engine import diffusion_math as dm
 from sow.engine.backbone import ModelOutput, PromptConditioning, batch_conditioning
 from sow.engine.steps import Phase, Step
-from sow.engine.families import AddedConditioning, PromptEncoder
+from sow.models.families import AddedConditioning, PromptEncoder
 from sow.engine.noise_schedule import NoiseSchedule
 from sow.engine.numerics import FiniteGuard
 from sow.schemas import GenerationConfig
@@ -72,7 +72,7 @@ class PromptEmbeddings:
     def encode(cls, text_encoder, tokenizer, config: GenerationConfig, prompt: str, encoder: PromptEncoder | None = None) -> PromptEmbeddings:
         """Encode the prompt, negative prompt, empty prompt and the two background prompts in one batch.
 
-        ``encoder`` (a family's :class:`~sow.engine.families.PromptEncoder`) replaces the single
+        ``encoder`` (a family's :class:`~sow.models.families.PromptEncoder`) replaces the single
         ``text_encoder``/``tokenizer`` pair (SD 1.x/2.x) for families with more encoders.
         """
         texts = list(run_texts(config, prompt).values())

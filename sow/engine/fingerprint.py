@@ -29,7 +29,7 @@ def module_entries(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
 
 
 def weights_fingerprint(components: Any) -> str:
-    """sha256 (hex) of the weights of ``components`` (a :class:`~sow.engine.models.Components` or a backbone
+    """sha256 (hex) of the weights of ``components`` (a :class:`~sow.models.loading.Components` or a backbone
     with these attributes: :data:`MODULE_NAMES`), as :mod:`this module <sow.engine.fingerprint>` describes."""
     parts: dict[str, torch.nn.Module] = {}
     seen: set[int] = set()

@@ -1,7 +1,7 @@
 """How many CPU threads torch should use: the rule alone, without importing torch.
 
 The command line applies it before torch is loaded (``sow --help`` and a missing file must not
-pay for importing torch); :func:`sow.engine.performance.set_cpu_threads` applies it to torch.
+pay for importing torch); :func:`sow.models.performance.set_cpu_threads` applies it to torch.
 """
 
 from __future__ import annotations

@@ -1,15 +1,15 @@
 """The built-in families SD 1.x, SD 2.x and SDXL as one :class:`~sow.engine.backbone.Backbone`.
 
-:class:`UNetBackbone` adapts loaded :class:`~sow.engine.models.Components` (a
+:class:`UNetBackbone` adapts loaded :class:`~sow.models.loading.Components` (a
 ``UNet2DConditionModel``, an ``AutoencoderKL``, one or two CLIP text encoders and a DDIM-style
-scheduler) to the engine's seams: prompts through :class:`~sow.engine.families.PromptEncoder`,
+scheduler) to the engine's seams: prompts through :class:`~sow.models.families.PromptEncoder`,
 SDXL's pooled text and ``time_ids`` as the UNet's added conditioning, the VAE's
 ``scaling_factor`` (no shift), the parameterization from the scheduler's ``prediction_type``
 (SD 2.x at 768 px is ``v_prediction``), and every ``attn1`` layer as image self-attention.
 
 The three families register through ``register_model_families`` like any plugin's
 (:class:`UNetFamily`); which of them a loaded model is comes from its configs
-(:func:`sow.engine.families.detect_family`).
+(:func:`sow.models.families.detect_family`).
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ import torch
 
 from sow.engine.diffusion_math import LevelSchedule
 from sow.engine.backbone import AttentionLayer, AttentionLayout, LoadRequest, ModelOutput, PromptConditioning
-from sow.engine.families import FAMILIES, FamilyError, detect_family
-from sow.engine.models import Components, load_components
+from sow.models.families import FAMILIES, FamilyError, detect_family
+from sow.models.loading import Components, load_components
 from sow.engine.parameterization import prediction_type_of
-from sow.engine.performance import decode_latents
+from sow.models.performance import decode_latents
 from sow.hookspecs import hookimpl
 
 SELF_ATTENTION_SUFFIX = "attn1.processor"
@@ -130,7 +130,7 @@ class UNetBackbone:
 class UNetFamily:
     """One of the built-in UNet families as the families hook sees it.
 
-    The three share one loader (:func:`sow.engine.models.load_components`): whichever of them
+    The three share one loader (:func:`sow.models.loading.load_components`): whichever of them
     claims a request, the loaded model's family is told from its configs.
     """
 

@@ -15,7 +15,7 @@ import torch
 from PIL import Image, ImageOps
 
 from sow.errors import InputError, ModelLoadError
-from sow.engine.models import resolve_device, resolve_dtype
+from sow.models.loading import resolve_device, resolve_dtype
 
 INPAINT_CHANNELS = 9
 """An inpainting UNet's input: 4 latent + 1 mask + 4 masked-image latent channels."""
@@ -25,7 +25,7 @@ def build_tiny_inpaint():
     """The tiny model (same VAE, text encoder and tokenizer) with a seeded 9-channel UNet."""
     from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
 
-    from sow.engine.models import TINY_SEED, build_tiny, tiny_configs
+    from sow.models.loading import TINY_SEED, build_tiny, tiny_configs
 
     components = build_tiny()
     config = {**tiny_configs()["unet"], "in_channels": INPAINT_CHANNELS}
@@ -47,7 +47,7 @@ def build_tiny_inpaint():
 def load_inpaint_pipeline(spec: str, device: str | None = "cpu", dtype: str = "fp32"):
     """``"tiny"``, a diffusers inpainting folder, a single ``.safetensors`` file or a hub id.
 
-    ``device`` and ``dtype`` accept ``"auto"`` as :func:`sow.engine.models.load_components` does.
+    ``device`` and ``dtype`` accept ``"auto"`` as :func:`sow.models.loading.load_components` does.
     """
     from diffusers import StableDiffusionInpaintPipeline
 

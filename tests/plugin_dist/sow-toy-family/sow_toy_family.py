@@ -12,7 +12,7 @@ import torch
 
 from sow import hookimpl
 from sow.engine.backbone import AttentionLayer, AttentionLayout, ModelOutput
-from sow.engine.models import build_tiny
+from sow.models.loading import build_tiny
 from sow.engine.noise_schedule import NoiseSchedule
 
 

@@ -1,7 +1,7 @@
 """The embedded tiny flow models: ``tiny-sd3``, ``tiny-flux`` and ``tiny-flux2``.
 
 Each is the real family's structure at a toy's widths, built from configs with seeded random
-weights in about a second, offline (tokenizers from :mod:`sow.engine.flow.tokenizers` and the
+weights in about a second, offline (tokenizers from :mod:`sow.models.flow.tokenizers` and the
 CLIP vocabulary sow ships). **Their weights are random: their images are noise.** They exist
 so that tests run the real diffusers modules — the joint attention, the packing, the rotary
 positions, the VAE normalisation — without downloading anything.
@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from sow.engine.flow.tokenizers import qwen_tokenizer, t5_tokenizer
+from sow.models.flow.tokenizers import qwen_tokenizer, t5_tokenizer
 
 TINY_FLOW_SEED = 20240607
 
@@ -220,7 +220,7 @@ def _build_sd3(configs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     from diffusers import AutoencoderKL, SD3Transformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-    from sow.engine.models import bundled_tokenizer
+    from sow.models.loading import bundled_tokenizer
 
     t5_tok = t5_tokenizer(TINY_TEXT_LENGTH)
     return {
@@ -239,7 +239,7 @@ def _build_flux1(configs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     from diffusers import AutoencoderKL, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    from sow.engine.models import bundled_tokenizer
+    from sow.models.loading import bundled_tokenizer
 
     t5_tok = t5_tokenizer(TINY_TEXT_LENGTH)
     return {

@@ -30,7 +30,7 @@ from sow.engine.flow.backbone import FlowBackbone
 from sow.engine.flow.flux1 import Flux1Backbone
 from sow.engine.flow.flux2 import KLEIN_LAYERS, Flux2Backbone
 from sow.engine.flow.sd3 import SD3Backbone
-from sow.engine.flow.tiny import TINY_QWEN_LAYERS, TINY_TEXT_LENGTH, build_tiny_flow
+from sow.models.flow.tiny import TINY_QWEN_LAYERS, TINY_TEXT_LENGTH, build_tiny_flow
 from sow.errors import ModelLoadError
 from sow.hookspecs import hookimpl
 
@@ -64,7 +64,7 @@ class FlowFamily:
         if path.is_dir():
             return self._index_class(path / "model_index.json") == self.pipeline_class
         if path.suffix == ".safetensors" and path.is_file() and self.name in SINGLE_FILE_KEYS:
-            from sow.engine.model_checks import safetensors_header
+            from sow.models.checks import safetensors_header
 
             return SINGLE_FILE_KEYS[self.name] in safetensors_header(path)  # checked: a hostile header is one line, exit 2
         if "/" in spec and not spec.startswith((".", "/")) and path.suffix == "":
@@ -157,13 +157,13 @@ class FlowFamily:
 def flow_folder_parameters(folder: Path) -> int:
     """The parameter count of a flow model folder's components, built on the meta device from its configs.
 
-    The same door as the UNet families' (:func:`sow.engine.model_checks.folder_parameters`): a
+    The same door as the UNet families' (:func:`sow.models.checks.folder_parameters`): a
     depth over the limit or a config value the model classes refuse is a :class:`ModelLoadError`
     naming the file, found before any memory is allocated."""
     import diffusers
     import transformers
 
-    from sow.engine.model_checks import _check_depths, meta_parameters, read_json_config
+    from sow.models.checks import _check_depths, meta_parameters, read_json_config
 
     index = read_json_config(folder / "model_index.json", f"model folder {folder}: model_index.json")
     total = 0
@@ -189,7 +189,7 @@ def check_flow_model_size(path: Path, device: torch.device, dtype: torch.dtype) 
     """A local flow model (a folder, or one ``.safetensors`` file) must fit ``device``'s memory before it is built.
 
     Hub ids are checked by nothing here: their configs are not local until the download."""
-    from sow.engine.model_checks import check_fits, checkpoint_parameters
+    from sow.models.checks import check_fits, checkpoint_parameters
 
     if path.is_dir() and (path / "model_index.json").is_file():
         check_fits(flow_folder_parameters(path), dtype, device, f"model folder {path}")
@@ -222,8 +222,8 @@ def build_from_config_folder(folder: Path, family: str, seed: int = 0, depth: in
     import diffusers
     import transformers
 
-    from sow.engine.flow.tokenizers import qwen_tokenizer, t5_tokenizer
-    from sow.engine.models import bundled_tokenizer
+    from sow.models.flow.tokenizers import qwen_tokenizer, t5_tokenizer
+    from sow.models.loading import bundled_tokenizer
 
     index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
     parts: dict[str, Any] = {}

@@ -26,7 +26,7 @@ from pathlib import Path
 from sow.errors import InputError
 from sow.schemas import LoraRecord
 
-log = logging.getLogger("sow.engine.lora")
+log = logging.getLogger("sow.models.lora")
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 """The file name diffusers' ``save_lora_weights`` writes in a folder."""
@@ -120,7 +120,7 @@ def apply_loras(components, specs: list[str]) -> list[LoraRecord]:
     names, scales, records = [], [], []
     for index, (path, scale) in enumerate(parsed):
         name = f"lora{len(components.loras) + index}"
-        from sow.engine.model_checks import check_file_fits
+        from sow.models.checks import check_file_fits
 
         check_file_fits(path, f"LoRA {path.name}")  # read whole into memory: it must fit there first
         try:

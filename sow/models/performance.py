@@ -32,7 +32,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 
-log = logging.getLogger("sow.engine.performance")
+log = logging.getLogger("sow.models.performance")
 
 AttentionKind = Literal["sdpa", "math"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]

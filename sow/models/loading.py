@@ -1,6 +1,6 @@
 """Loading Stable Diffusion components of every family (SD 1.x, 2.x, SDXL), and the embedded tiny models.
 
-The family (:mod:`sow.engine.families`) is told from the loaded components' configs, never
+The family (:mod:`sow.models.families`) is told from the loaded components' configs, never
 from the name; ``family=`` (``--family``) names it only where the configs cannot.
 ``load_components(spec)`` accepts:
 
@@ -33,10 +33,10 @@ from pathlib import Path
 
 import torch
 
-from sow.engine.families import FAMILIES, AddedConditioning, ModelFamily, PromptEncoder, detect_family
+from sow.models.families import FAMILIES, AddedConditioning, ModelFamily, PromptEncoder, detect_family
 from sow.errors import InputError, ModelLoadError, SowError
 
-log = logging.getLogger("sow.engine.models")
+log = logging.getLogger("sow.models.loading")
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -70,14 +70,14 @@ class Components:
     source: str
     """What was loaded: ``tiny``, a path or a hub id."""
     execution_device: torch.device | None = None
-    """Where the models run when their weights are offloaded elsewhere (see :mod:`sow.engine.performance`)."""
+    """Where the models run when their weights are offloaded elsewhere (see :mod:`sow.models.performance`)."""
     text_encoder_2: torch.nn.Module | None = None
     """SDXL's second text encoder (OpenCLIP bigG, with projection); None for one-encoder families."""
     tokenizer_2: object | None = None
     family: ModelFamily | None = None
-    """Set by :func:`load_components` from the configs (see :func:`sow.engine.families.detect_family`)."""
+    """Set by :func:`load_components` from the configs (see :func:`sow.models.families.detect_family`)."""
     loras: list = field(default_factory=list)
-    """The LoRAs applied, as :class:`sow.schemas.LoraRecord` (see :mod:`sow.engine.lora`)."""
+    """The LoRAs applied, as :class:`sow.schemas.LoraRecord` (see :mod:`sow.models.lora`)."""
 
     @property
     def text_encoders(self) -> list[torch.nn.Module]:
@@ -167,7 +167,7 @@ def resolve_dtype(name: str | torch.dtype, device: torch.device | None = None) -
     if isinstance(name, torch.dtype):
         return name
     if name == "auto":
-        from sow.engine.performance import auto_dtype
+        from sow.models.performance import auto_dtype
 
         return auto_dtype(device or "cpu")
     try:
@@ -357,7 +357,7 @@ def build_from_configs(folder: Path, seed: int = 0) -> Components:
         path = _config_file(folder, name)
         if not path.is_file():
             raise ModelLoadError(f"config folder {folder}: missing {path.relative_to(folder)}")
-        from sow.engine.model_checks import read_json_config
+        from sow.models.checks import read_json_config
 
         return read_json_config(path, f"config folder {folder}: {path.relative_to(folder)}")
 
@@ -414,7 +414,7 @@ def is_sdxl_checkpoint(path: Path) -> bool:
     """Whether a ``.safetensors`` checkpoint holds SDXL's second text encoder (read from its header, no weights)."""
     if path.suffix != ".safetensors":
         return False
-    from sow.engine.model_checks import safetensors_header
+    from sow.models.checks import safetensors_header
 
     return SDXL_CHECKPOINT_KEY in safetensors_header(path)  # checked: a hostile header is one line, exit 2
 
@@ -428,7 +428,7 @@ def _from_single_file(path: Path, allow_pickle: bool) -> Components:
             "pass --allow-pickle if you trust this file"
         )
     if path.suffix == ".safetensors":
-        from sow.engine.model_checks import safetensors_header
+        from sow.models.checks import safetensors_header
 
         if not any(name.startswith(UNET_CHECKPOINT_PREFIX) for name in safetensors_header(path)):
             raise ModelLoadError(
@@ -467,7 +467,7 @@ def load_vae(spec: str) -> torch.nn.Module:
 
 def check_model_spec(spec: str, device: str = "auto", dtype: str = "auto") -> None:
     """A model named at start (``sow ui --model``): found where it says, valid and small enough; nothing loads."""
-    from sow.engine.model_checks import check_model_size
+    from sow.models.checks import check_model_size
 
     path = Path(spec).expanduser()
     if spec in ("tiny", "tiny-sdxl"):
@@ -496,13 +496,13 @@ def load_components(
     """Load (or build) the components named by ``spec`` and move them to ``device``/``dtype``.
 
     ``family`` names the model family where the configs cannot tell it (see
-    :func:`sow.engine.families.detect_family`); ``vae`` replaces the VAE (e.g. a fixed fp16
-    SDXL VAE); ``loras`` are ``PATH[:SCALE]`` specs (see :mod:`sow.engine.lora`).
+    :func:`sow.models.families.detect_family`); ``vae`` replaces the VAE (e.g. a fixed fp16
+    SDXL VAE); ``loras`` are ``PATH[:SCALE]`` specs (see :mod:`sow.models.lora`).
     Raises :class:`ModelLoadError` with one line saying where it looked and how to supply weights.
     """
     torch_device = resolve_device(device) if not isinstance(device, torch.device) else device
     torch_dtype = resolve_dtype(dtype, torch_device)
-    from sow.engine.model_checks import check_model_size, check_vae, vae_fits_unet
+    from sow.models.checks import check_model_size, check_vae, vae_fits_unet
 
     configs = check_model_size(spec, torch_device, torch_dtype)  # valid and small enough, before anything is built
     if vae is not None:
@@ -572,7 +572,7 @@ def load_components(
     for module in (components.unet, components.vae, *components.text_encoders):
         module.requires_grad_(False)
     if loras:
-        from sow.engine.lora import apply_loras
+        from sow.models.lora import apply_loras
 
         apply_loras(components, loras)
     return components.to(torch_device, torch_dtype)

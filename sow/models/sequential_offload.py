@@ -2,7 +2,7 @@
 
 The least GPU memory a run can take (about one layer's weights plus the activations), at the
 price of one host-to-device copy per layer per call: diffusers' ``enable_sequential_cpu_offload``,
-written with plain forward hooks instead of accelerate. :class:`sow.engine.performance.ModelOffload`
+written with plain forward hooks instead of accelerate. :class:`sow.models.performance.ModelOffload`
 is the faster middle ground (one whole model at a time).
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from sow.engine.performance import _to_device
+from sow.models.performance import _to_device
 
 
 class SequentialOffload:
