@@ -249,8 +249,14 @@ class SOWPipeline:
         """Apply fast-path settings (attention kernel, layout, compile, VAE slicing/tiling, offload) in place."""
         self.performance = performance or PerformanceSettings()
         if self.components is None:
-            raise InputError(f"performance settings apply to the UNet families; the {self.backbone.family} family has none yet")
+            from sow.models.backbone_performance import apply_to_backbone
+
+            self.applied_performance = apply_to_backbone(self.backbone, self.performance, canvas_pixels)
+            return self
         self.applied_performance = apply_performance(self.components, self.performance, canvas_pixels)
+        if self.performance.sequential_offload and self.components.device.type == "cuda":
+            self.enable_sequential_cpu_offload(device=self.components.device)
+            self.applied_performance["sequential_offload"] = True
         return self
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> SOWPipeline:
@@ -288,7 +294,12 @@ class SOWPipeline:
         from sow.models.performance import enable_offload
 
         target = _execution_device(gpu_id, device, "enable_model_cpu_offload")
-        self._offload = enable_offload(self.components, target)
+        if self.components is None:
+            from sow.models.backbone_performance import offload_backbone
+
+            self._offload = offload_backbone(self.backbone, target)
+        else:
+            self._offload = enable_offload(self.components, target)
         self.performance = self.performance.model_copy(update={"offload": True})
         return self
 
@@ -297,7 +308,13 @@ class SOWPipeline:
         from sow.models.sequential_offload import enable_sequential_offload
 
         target = _execution_device(gpu_id, device, "enable_sequential_cpu_offload")
-        self._offload = enable_sequential_offload(self.components, target)
+        if self.components is None:
+            from sow.models.backbone_performance import sequential_offload_backbone
+
+            self._offload = sequential_offload_backbone(self.backbone, target)
+        else:
+            self._offload = enable_sequential_offload(self.components, target)
+        self.performance = self.performance.model_copy(update={"sequential_offload": True})
         return self
 
     def enable_vae_tiling(self) -> SOWPipeline:
@@ -434,7 +451,12 @@ class SOWPipeline:
         comp = self.components
         if not self.performance.cache_text_embeddings and comp is not None:
             return ReencodingEmbeddings(comp.text_encoder, comp.tokenizer, config, text, comp.prompt_encoder())
-        return PromptEmbeddings.from_conditioning(self.backbone.encode_prompts(run_texts(config, text)))
+        encoded = self.backbone.encode_prompts(run_texts(config, text))
+        run_inputs = getattr(self.backbone, "run_conditioning", None)  # per-run model inputs (FLUX.1 dev's guidance)
+        extra = run_inputs(config.model_dump()) if run_inputs is not None else {}
+        if extra:
+            encoded = {name: {**cond, **extra} for name, cond in encoded.items()}
+        return PromptEmbeddings.from_conditioning(encoded)
 
     def prepare_latents(
         self, prepared: list[PreparedCondition], config: GenerationConfig, seed: int, generators: list[torch.Generator]
@@ -685,7 +707,7 @@ class _Run:
             sow_version=__version__,
             model=pipe.model_source,
             family=pipe.backbone.family,
-            loras=list(comp.loras) if comp is not None else [],
+            loras=list(comp.loras) if comp is not None else list(getattr(pipe.backbone, "loras", [])),
             model_fingerprint=weights_fingerprint(comp if comp is not None else pipe.backbone),
             device=str(pipe.device),
             dtype=str(dtype).removeprefix("torch."),

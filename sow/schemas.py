@@ -449,6 +449,11 @@ class GenerationConfig(_Strict):
     final_eta: float = Field(0.1, ge=0, description="DDIM eta from t1 to the image.")
     guidance_scale: float = Field(7.5, ge=0, description="Classifier-free guidance scale.")
     inversion_guidance_scale: float = Field(7.5, ge=0, description="CFG scale used while inverting (1 or less: no guidance).")
+    embedded_guidance: float | None = Field(
+        None, ge=0, le=100,
+        description="The guidance *input* of guidance-distilled models (FLUX.1 dev; one call per step, no CFG branch): "
+        "None is the model's default (3.5); models without a guidance input ignore it.",
+    )
     negative_prompt: str = Field(PAPER_NEGATIVE_PROMPT, description="Negative prompt of the denoising phases.")
     background_guidance: bool = Field(True, description="Discourage a second face outside the condition in the cycles.")
     background_suppress_prompt: str = Field("human face", description="What background guidance pushes away from.")

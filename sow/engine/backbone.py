@@ -20,7 +20,12 @@ and knows nothing of text encoders, UNets or transformers; a backbone adapts one
 
 Optional attributes the pipeline reads when present: ``source`` (what was loaded, for the run
 record), ``native_resolution`` (the default canvas side), ``tokenizer`` (prompt-length warnings),
-``device`` and ``to(device, dtype)``; and ``dam_processor(layer, state, previous)`` for backbones
+``device`` and ``to(device, dtype)``; ``run_conditioning(settings)``: model inputs that are run
+settings rather than prompts (FLUX.1 dev's ``guidance`` from ``GenerationConfig.embedded_guidance``),
+added to every prompt's conditioning; ``components`` (a dict of its networks), ``attention_kernel``,
+``execution_device`` and ``compute_dtype``, which :mod:`sow.models.backbone_performance` sets for
+``SOWPipeline.optimize`` (attention kernel, compile, offload, fp8 / int8 weights); ``loras`` and
+``diffusers_pipeline()`` for ``--lora`` (:mod:`sow.models.lora`); and ``dam_processor(layer, state, previous)`` for backbones
 with joint attention layers: the processor that applies DAM (:class:`sow.attention.dam.DAMState`)
 to that :class:`AttentionLayer`, biasing only image-query x image-key logits (the ``dam`` modulator
 installs it on every joint layer of :attr:`Backbone.attention`, and refuses a joint layout without it).
@@ -125,6 +130,15 @@ class Backbone(Protocol):
         """The run's (α, σ) levels; ``latent_size`` (h, w) for families whose shift depends on resolution."""
         ...
 
+    def config_defaults(self, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The :class:`~sow.schemas.GenerationConfig` fields a run on this model starts from, over the preset's:
+        S (``num_inference_steps``), ``t1``, ``t2``, ``t3``, ``guidance_scale``, ``inversion_guidance_scale``,
+        ``background_guidance`` and per-run model inputs such as ``embedded_guidance`` (FLUX.1 dev). ``given``
+        are the user's settings (levels follow an S they chose); the user's own values win over these. An
+        empty mapping keeps the presets (the UNet families: the paper's values). The flow families' readings
+        are in :mod:`sow.engine.flow.readings`; their timestep shift is a load option (``backbone.shift``)."""
+        ...
+
     def encode_prompts(self, texts: Mapping[str, str]) -> dict[str, PromptConditioning]:
         """Every prompt of a run (name -> text), encoded in one go, by name. An empty text is the
         unconditional prompt (families that zero it, like SDXL base, do so here)."""
@@ -202,3 +216,14 @@ def batch_conditioning(
             continue
         out[key] = torch.cat([prompts[n][key].expand(batch, *prompts[n][key].shape[1:]) for n in names])
     return out
+
+
+def run_device(module: torch.nn.Module) -> torch.device:
+    """Where ``module`` computes: the execution device of accelerate's offload hook when it has one
+    (sequentially offloaded weights are meta tensors until their layer runs), else its first parameter's device."""
+    hook = getattr(module, "_hf_hook", None)
+    for part in (hook, *getattr(hook, "hooks", ())):
+        device = getattr(part, "execution_device", None)
+        if device is not None:
+            return torch.device(device)
+    return next(module.parameters()).device

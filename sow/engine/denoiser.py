@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from sow.engine import diffusion_math as dm
-from sow.engine.backbone import ModelOutput, PromptConditioning, batch_conditioning
+from sow.engine.backbone import ModelOutput, PromptConditioning, batch_conditioning, run_device
 from sow.engine.steps import Phase, Step
 from sow.models.families import AddedConditioning, PromptEncoder
 from sow.engine.noise_schedule import NoiseSchedule
@@ -83,7 +83,7 @@ class PromptEmbeddings:
                 max_length=tokenizer.model_max_length,
                 truncation=True,
                 return_tensors="pt",
-            ).input_ids.to(text_encoder.device)
+            ).input_ids.to(run_device(text_encoder))
             with torch.no_grad():
                 hidden = text_encoder(tokens)[0]
             return cls(*hidden.unsqueeze(1).unbind(0))

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from sow.engine.backbone import run_device
 from sow.errors import InputError, ModelLoadError
 
 PAPER_SIDE_RANGE = (180, 256)
@@ -204,10 +205,10 @@ class PromptEncoder:
         family = self.family
         if family.hidden_layer == "last" and family.combine == "single" and not family.pooled:
             encoder = self.text_encoders[0]
-            return encoder(self._tokens(self.tokenizer, texts, encoder.device))[0], None
+            return encoder(self._tokens(self.tokenizer, texts, run_device(encoder)))[0], None
         hidden, pooled = [], None
         for encoder, tokenizer in zip(self.text_encoders, self.tokenizers):
-            out = encoder(self._tokens(tokenizer, texts, encoder.device), output_hidden_states=True)
+            out = encoder(self._tokens(tokenizer, texts, run_device(encoder)), output_hidden_states=True)
             hidden.append(out.hidden_states[-2] if family.hidden_layer == "penultimate" else out[0])
             pooled = out[0] if family.pooled else None  # the last encoder's projected text_embeds
         context = torch.cat(hidden, dim=-1) if family.combine == "concat" else hidden[0]

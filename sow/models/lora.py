@@ -4,13 +4,14 @@
 ``pytorch_lora_weights.safetensors`` (what diffusers' ``save_lora_weights`` writes); SCALE
 defaults to 1. The file is read with safetensors (no pickles) and handed as a state dict to
 the loader of the family's diffusers pipeline (``StableDiffusionPipeline`` or
-``StableDiffusionXLPipeline``, wrapped around the loaded components: nothing is copied), so
+``StableDiffusionXLPipeline``; ``StableDiffusion3Pipeline``, ``FluxPipeline`` or ``Flux2KleinPipeline``
+for the flow families), wrapped around the loaded components: nothing is copied), so
 diffusers' key conversions (kohya, A1111, diffusers/peft layouts) all apply. Several LoRAs are
 combined with their scales by ``set_adapters``. A LoRA whose tensors do not fit the model
 (another family's widths, or no layer it names) is refused with one line (exit 2). Each
 applied LoRA is recorded, with its sha256, in the run record (``RunRecord.loras``).
 
-The LoRA layers stay separate (not fused): the UNet computes ``W x + scale * B A x``.
+The LoRA layers stay separate (not fused): the UNet (or transformer) computes ``W x + scale * B A x``.
 Needs ``peft`` (``pip install 'sow[lora]'``).
 """
 
@@ -98,14 +99,27 @@ def _why(exc: Exception) -> str:
     return (lines[0] if lines else type(exc).__name__)[:240]
 
 
+def _adaptable(model) -> tuple[str, list]:
+    """(family name, the networks a LoRA may adapt) of UNet :class:`~sow.models.loading.Components` or a
+    backbone holding a ``components`` dict (the flow families: the transformer and the text encoders)."""
+    if getattr(model, "unet", None) is not None:
+        return model.family.name, [model.unet, *model.text_encoders]
+    parts = model.components
+    return str(model.family), [model.network, *(m for k, m in parts.items() if k.startswith("text_encoder"))]
+
+
 def _adapted(components, name: str) -> bool:
     """Whether adapter ``name`` landed in any of the models."""
-    models = (components.unet, *components.text_encoders)
+    _, models = _adaptable(components)
     return any(name in (getattr(m, "peft_config", None) or {}) for m in models)
 
 
 def apply_loras(components, specs: list[str]) -> list[LoraRecord]:
-    """Load every ``PATH[:SCALE]`` of ``specs`` into ``components`` and weight them; records them on ``components.loras``."""
+    """Load every ``PATH[:SCALE]`` of ``specs`` into ``components`` and weight them; records them on ``components.loras``.
+
+    ``components``: the UNet families' :class:`~sow.models.loading.Components`, or a flow backbone
+    (:class:`sow.engine.flow.backbone.FlowBackbone`: its diffusers pipeline's loader, e.g.
+    ``FluxLoraLoaderMixin``, over the very same transformer and text encoders)."""
     try:
         with _quiet_libraries():  # importing peft makes transformers warn about image processors sow never uses
             import peft  # noqa: F401
@@ -116,7 +130,7 @@ def apply_loras(components, specs: list[str]) -> list[LoraRecord]:
     parsed = [parse_lora(spec) for spec in specs]  # every file checked before any is loaded
     with _quiet_libraries():  # importing the pipeline class: transformers warns about image processors it never uses
         pipe = components.diffusers_pipeline()
-    family = components.family.name
+    family, _ = _adaptable(components)
     names, scales, records = [], [], []
     for index, (path, scale) in enumerate(parsed):
         name = f"lora{len(components.loras) + index}"

@@ -31,10 +31,13 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from sow.errors import EnvironmentProblem, InputError
+
 
 log = logging.getLogger("sow.models.performance")
 
 AttentionKind = Literal["sdpa", "math"]
+WeightFormat = Literal["native", "fp8", "int8"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 
 COMPILE_RECOMPILE_LIMIT = 64
@@ -81,6 +84,17 @@ class PerformanceSettings(BaseModel):
         False,
         description="Keep weights on the CPU and move each model (text encoder, UNet, VAE) to the GPU only while it "
         "runs, like diffusers' enable_model_cpu_offload: for GPUs with little memory.",
+    )
+    sequential_offload: bool = Field(
+        False,
+        description="Keep weights on the CPU and bring each layer to the GPU only for its own forward (accelerate's "
+        "cpu_offload, like diffusers' enable_sequential_cpu_offload): the least memory, the slowest.",
+    )
+    weight_format: WeightFormat = Field(
+        "native",
+        description="How the denoiser's and text encoders' linear weights are stored: 'native' (the run's dtype), "
+        "'fp8' (float8 e4m3 storage, computed in the run's dtype: diffusers' layerwise casting) or 'int8' "
+        "(bitsandbytes LLM.int8 layers). The VAE stays in the run's dtype.",
     )
     nan_guard: bool = Field(
         True,
@@ -190,11 +204,13 @@ def compile_regions(unet: torch.nn.Module, mode: CompileMode = "default") -> int
 class ModelOffload:
     """At most one of several models on the execution device; the others wait on the CPU.
 
-    Each model moves to ``execution_device`` when one of its entry modules is called (a
-    forward pre-hook, which also moves the call's tensors there) and sends the model that
-    ran before it back to ``offload_device`` — the scheme of diffusers'
-    ``enable_model_cpu_offload``, written for sow's call order (text encoder, VAE encoder,
-    UNet, VAE decoder), which is not a chain.
+    Each model moves to ``execution_device`` when one of its entry modules is called and sends
+    the model that ran before it back to ``offload_device`` — the scheme of diffusers'
+    ``enable_model_cpu_offload``. The hooks are accelerate's (:class:`accelerate.hooks.ModelHook`,
+    attached with ``add_hook_to_module``; inputs moved with ``send_to_device``); the policy is
+    sow's: accelerate's ``cpu_offload_with_hook`` offloads a model only when the *next one in a
+    chain* runs, and sow's call order (text encoder, VAE encoder, denoiser, VAE decoder, and
+    the denoiser again on the next run) is not a chain, so whichever model runs evicts the last.
     """
 
     def __init__(self, execution_device: torch.device | str, offload_device: torch.device | str = "cpu") -> None:
@@ -202,30 +218,56 @@ class ModelOffload:
         self.offload_device = torch.device(offload_device)
         self.resident: torch.nn.Module | None = None
         self.moves: list[str] = []
-        self._handles: list[Any] = []
+        self._entries: list[torch.nn.Module] = []
 
     def add(self, name: str, model: torch.nn.Module, entries: Iterable[torch.nn.Module] | None = None) -> None:
         """Offload ``model``; it is loaded when any of ``entries`` (default: the model itself) runs."""
+        from accelerate.hooks import add_hook_to_module
+
         model.to(self.offload_device)
         for entry in entries or [model]:
-            self._handles.append(entry.register_forward_pre_hook(self._hook(name, model), with_kwargs=True))
+            add_hook_to_module(entry, _load_on_call(self, name, model))
+            self._entries.append(entry)
 
-    def _hook(self, name: str, model: torch.nn.Module) -> Callable:
-        def load(_module, args, kwargs):
-            if self.resident is not model:
-                if self.resident is not None:
-                    self.resident.to(self.offload_device)
-                model.to(self.execution_device)
-                self.resident = model
-                self.moves.append(name)
-            return _to_device(args, self.execution_device), _to_device(kwargs, self.execution_device)
-
-        return load
+    def bring(self, name: str, model: torch.nn.Module) -> None:
+        """Make ``model`` the one on the execution device (the resident one goes back first)."""
+        if self.resident is model:
+            return
+        if self.resident is not None:
+            self.resident.to(self.offload_device)
+        model.to(self.execution_device)
+        self.resident = model
+        self.moves.append(name)
 
     def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        from accelerate.hooks import remove_hook_from_module
+
+        for entry in self._entries:
+            remove_hook_from_module(entry)
+        self._entries.clear()
+
+
+def _load_on_call_hook():
+    from accelerate.hooks import ModelHook
+    from accelerate.utils import send_to_device
+
+    class LoadOnCall(ModelHook):
+        """accelerate hook of one entry module: bring its model (:meth:`ModelOffload.bring`), move the call's tensors."""
+
+        def __init__(self, offload: ModelOffload, name: str, model: torch.nn.Module) -> None:
+            self.offload, self.name, self.model = offload, name, model
+
+        def pre_forward(self, module, *args, **kwargs):
+            self.offload.bring(self.name, self.model)
+            device = self.offload.execution_device
+            return send_to_device(args, device), send_to_device(kwargs, device)
+
+    return LoadOnCall
+
+
+def _load_on_call(offload: ModelOffload, name: str, model: torch.nn.Module):
+    """The hook of one entry module (the class is built on first use: accelerate is imported only when offload is asked for)."""
+    return _load_on_call_hook()(offload, name, model)
 
 
 def _to_device(value: Any, device: torch.device) -> Any:
@@ -240,16 +282,28 @@ def _to_device(value: Any, device: torch.device) -> Any:
     return value
 
 
+def require_accelerate(what: str) -> None:
+    """Offload runs on accelerate's hooks: one line (an environment problem, exit 1) when it is missing."""
+    try:
+        import accelerate  # noqa: F401
+    except ImportError:
+        raise EnvironmentProblem(f"{what} needs accelerate: pip install 'sow[gpu]'") from None
+
+
+def vae_entries(vae: torch.nn.Module) -> list[torch.nn.Module]:
+    """The VAE's modules that encode and decode call (its ``encode``/``decode`` are not ``forward``)."""
+    return [m for m in (getattr(vae, n, None) for n in ("encoder", "quant_conv", "post_quant_conv", "decoder")) if m is not None]
+
+
 def enable_offload(components, execution_device: torch.device | str) -> ModelOffload:
-    """Offload the text encoder, UNet and VAE of ``components`` (see :class:`ModelOffload`)."""
+    """Offload the text encoder(s), UNet and VAE of ``components`` (see :class:`ModelOffload`)."""
+    require_accelerate("model offload")
     offload = ModelOffload(execution_device)
-    vae = components.vae
     offload.add("text_encoder", components.text_encoder)
     if getattr(components, "text_encoder_2", None) is not None:
         offload.add("text_encoder_2", components.text_encoder_2)
     offload.add("unet", components.unet)
-    vae_entries = [m for m in (vae.encoder, vae.quant_conv, vae.post_quant_conv, vae.decoder) if m is not None]
-    offload.add("vae", vae, vae_entries)
+    offload.add("vae", components.vae, vae_entries(components.vae))
     components.execution_device = torch.device(execution_device)
     return offload
 
@@ -281,6 +335,8 @@ def apply(components, settings: PerformanceSettings, canvas_pixels: int | None =
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = settings.cudnn_benchmark
         done["cudnn_benchmark"] = settings.cudnn_benchmark
+    if settings.weight_format != "native":  # the UNets are small enough in 16 bits; their code reads the UNet's dtype
+        raise InputError(f"weight_format {settings.weight_format!r} applies to the flow families (SD 3, FLUX); the UNet families run in their dtype")
     if settings.compile:
         done["compiled_blocks"] = compile_regions(components.unet, settings.compile_mode)
     if settings.offload:

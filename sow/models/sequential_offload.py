@@ -1,9 +1,15 @@
 """Sequential CPU offload: every layer's weights live on the CPU and visit the GPU only for that layer's forward.
 
 The least GPU memory a run can take (about one layer's weights plus the activations), at the
-price of one host-to-device copy per layer per call: diffusers' ``enable_sequential_cpu_offload``,
-written with plain forward hooks instead of accelerate. :class:`sow.models.performance.ModelOffload`
-is the faster middle ground (one whole model at a time).
+price of one host-to-device copy per layer per call. This is accelerate's ``cpu_offload`` (what
+diffusers' ``enable_sequential_cpu_offload`` uses): the model's parameters become meta tensors,
+one copy of its state dict stays on the CPU, and a hook on each layer copies that layer's
+weights to the execution device before its forward and drops them after (no copy back: the CPU
+copy is the weights). :class:`sow.models.performance.ModelOffload` is the faster middle ground
+(one whole model at a time).
+
+Code that asks a module for its device while it is offloaded so gets ``meta``; the backbones
+read the execution device instead (:func:`sow.engine.backbone.run_device`).
 """
 
 from __future__ import annotations
@@ -12,57 +18,56 @@ from typing import Any
 
 import torch
 
-from sow.models.performance import _to_device
+from sow.models.performance import require_accelerate, vae_entries  # noqa: F401 (vae_entries: re-exported for callers)
 
 
 class SequentialOffload:
-    """Forward hooks that bring each module's own parameters and buffers to ``execution_device`` and back."""
+    """accelerate's per-layer offload over several models, with counts for reports and tests."""
 
     def __init__(self, execution_device: torch.device | str, offload_device: torch.device | str = "cpu") -> None:
+        require_accelerate("sequential offload")
         self.execution_device = torch.device(execution_device)
         self.offload_device = torch.device(offload_device)
         self.modules = 0
-        """How many modules (those holding parameters or buffers of their own) are hooked."""
+        """How many modules (those holding parameters of their own) load weights on each call."""
         self.loads = 0
-        """Forward calls that brought weights to the execution device."""
+        """Forward calls that brought a module's weights to the execution device."""
+        self._models: list[tuple[torch.nn.Module, dict[str, torch.Tensor]]] = []
         self._handles: list[Any] = []
 
     def add(self, model: torch.nn.Module) -> None:
-        model.to(self.offload_device)
+        from accelerate import cpu_offload
+
+        state = {name: tensor.to(self.offload_device) for name, tensor in model.state_dict().items()}
+        cpu_offload(model, self.execution_device, state_dict=state)
+        self._models.append((model, state))
         for module in model.modules():
-            if any(t is not None for t in (*module._parameters.values(), *module._buffers.values())):
-                self._handles.append(module.register_forward_pre_hook(self._load, with_kwargs=True))
-                self._handles.append(module.register_forward_hook(self._unload))
+            if any(p is not None for p in module._parameters.values()) and hasattr(module, "_hf_hook"):
+                self._handles.append(module.register_forward_pre_hook(self._count))
                 self.modules += 1
 
-    def _load(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        _move_own(module, self.execution_device)
+    def _count(self, module: torch.nn.Module, args: tuple) -> None:
         self.loads += 1
-        return _to_device(args, self.execution_device), _to_device(kwargs, self.execution_device)
-
-    def _unload(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
-        _move_own(module, self.offload_device)
 
     def remove(self) -> None:
+        """Take the hooks off; every weight back on the offload device, as real tensors."""
+        from accelerate.hooks import remove_hook_from_submodules
+        from accelerate.utils import set_module_tensor_to_device
+
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-
-
-def _move_own(module: torch.nn.Module, device: torch.device) -> None:
-    """Move the parameters and buffers held by ``module`` itself (not its children's) to ``device``."""
-    for param in module._parameters.values():
-        if param is not None and param.device != device:
-            param.data = param.data.to(device)
-    for name, buffer in module._buffers.items():
-        if buffer is not None and buffer.device != device:
-            module._buffers[name] = buffer.to(device)
+        for model, state in self._models:
+            remove_hook_from_submodules(model)
+            for name, value in state.items():
+                set_module_tensor_to_device(model, name, self.offload_device, value=value)
+        self._models.clear()
 
 
 def enable_sequential_offload(components, execution_device: torch.device | str) -> SequentialOffload:
-    """Offload the text encoder, UNet and VAE of ``components`` layer by layer; runs go to ``execution_device``."""
+    """Offload the text encoder(s), UNet and VAE of ``components`` layer by layer; runs go to ``execution_device``."""
     offload = SequentialOffload(execution_device)
-    for model in (components.text_encoder, components.unet, components.vae):
+    for model in (*components.text_encoders, components.unet, components.vae):
         offload.add(model)
     components.execution_device = torch.device(execution_device)
     return offload

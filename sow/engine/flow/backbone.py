@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from sow.engine.backbone import AttentionLayer, AttentionLayout, ModelOutput, PromptConditioning
+from sow.engine.backbone import AttentionLayer, AttentionLayout, ModelOutput, PromptConditioning, run_device
 from sow.engine.flow.schedule import FlowLevels
 from sow.engine.noise_schedule import Level, NoiseSchedule
 
@@ -31,10 +31,14 @@ class TextRows:
     """(n, L, D): the text tokens the transformer attends with."""
     pooled: torch.Tensor | None = None
     """(n, P): the pooled projection some families add to the timestep embedding (SD3, FLUX.1)."""
+    guidance: torch.Tensor | None = None
+    """(n,): the guidance *input* of each row (FLUX.1 dev), a run setting (:meth:`FlowBackbone.run_conditioning`)."""
 
     @classmethod
     def of(cls, conditioning: Mapping[str, torch.Tensor]) -> TextRows:
-        return cls(conditioning["encoder_hidden_states"], conditioning.get("pooled_projections"))
+        guidance = conditioning.get("guidance")
+        return cls(conditioning["encoder_hidden_states"], conditioning.get("pooled_projections"),
+                   None if guidance is None else guidance.reshape(-1))
 
     def conditioning(self, index: int) -> PromptConditioning:
         out = {"encoder_hidden_states": self.hidden[index : index + 1]}
@@ -73,7 +77,19 @@ class FlowBackbone:
         self.shift = shift
         """None: the family pipeline's own shift (static or by resolution); a number: that fixed shift; "none"."""
         self.embedded_guidance = embedded_guidance
-        """The guidance *input* of guidance-distilled models (FLUX.1 dev); unused by the others."""
+        """The default guidance *input* of guidance-distilled models (FLUX.1 dev; a run's
+        ``GenerationConfig.embedded_guidance`` overrides it); unused by the others."""
+        self.attention_kernel: Literal["sdpa", "math"] = "sdpa"
+        """``math``: every attention call of :meth:`predict` on torch's explicit-softmax SDPA kernel
+        (the reference's habit, to price it); ``sdpa``: the fused kernels (:mod:`sow.models.performance`)."""
+        self.execution_device: torch.device | None = None
+        """Where the run computes while the weights are offloaded (None: where the transformer's weights are)."""
+        self.compute_dtype: torch.dtype | None = None
+        """The dtype the run computes in when the weights are stored in fp8 / int8 (None: the weights' dtype)."""
+        self.loras: list[Any] = []
+        """The LoRAs applied (:class:`sow.schemas.LoraRecord`), for the run record."""
+        self.source: str | None = None
+        """What was loaded (a tiny name, a folder, a file or a hub id), for the run record."""
 
     # -- what the engine reads ----------------------------------------------------------
 
@@ -105,11 +121,38 @@ class FlowBackbone:
 
     @property
     def device(self) -> torch.device:
-        return next(self.transformer.parameters()).device
+        """Where the run's tensors live: the execution device under offload, else the transformer's."""
+        return self.execution_device or run_device(self.transformer)
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.transformer.parameters()).dtype
+        """The dtype the transformer computes in (its weights', unless they are stored in 8 bits)."""
+        if self.compute_dtype is not None:
+            return self.compute_dtype
+        return next(p.dtype for p in self.transformer.parameters() if p.dtype.is_floating_point)
+
+    def run_conditioning(self, settings: Mapping[str, Any]) -> PromptConditioning:
+        """Model inputs that are run settings, not prompts: added to every prompt's conditioning by the
+        pipeline (each with a batch axis of 1). FLUX.1 dev: its guidance input
+        (``settings["embedded_guidance"]``, None for the model's default); none for the other families."""
+        return {}
+
+    def diffusers_pipeline(self) -> Any:
+        """The family's diffusers pipeline around these very modules (for its LoRA loader)."""
+        import diffusers
+
+        cls = getattr(diffusers, self.pipeline_class)
+        return cls(**{k: v for k, v in self.components.items() if k in self.pipeline_components()})
+
+    pipeline_class: ClassVar[str]
+    """The family's diffusers pipeline class (``StableDiffusion3Pipeline``, ``FluxPipeline``, ``Flux2KleinPipeline``)."""
+
+    def pipeline_components(self) -> set[str]:
+        import inspect
+
+        import diffusers
+
+        return set(inspect.signature(getattr(diffusers, self.pipeline_class).__init__).parameters) - {"self"}
 
     @property
     def attention(self) -> AttentionLayout:
@@ -163,6 +206,11 @@ class FlowBackbone:
 
     def predict(self, latents: torch.Tensor, timestep: torch.Tensor | float, conditioning: Mapping[str, torch.Tensor]) -> ModelOutput:
         """The velocity v = ε − x0 on the latent grid, for each row of ``latents`` and ``conditioning``."""
+        if self.attention_kernel == "math":
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            with sdpa_kernel(SDPBackend.MATH):
+                return ModelOutput(output=self.velocity(latents, timestep, TextRows.of(conditioning)), parameterization="flow")
         return ModelOutput(output=self.velocity(latents, timestep, TextRows.of(conditioning)), parameterization="flow")
 
     def pack(self, latents: torch.Tensor) -> torch.Tensor:
@@ -177,7 +225,7 @@ class FlowBackbone:
 
     def vae_latents(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """The VAE posterior's mode (or a sample with ``generator``) of ``pixels`` in [−1, 1]."""
-        posterior = self.vae.encode(pixels.to(device=self.vae.device, dtype=self.vae.dtype)).latent_dist
+        posterior = self.vae.encode(pixels.to(device=self.device, dtype=self.vae.dtype)).latent_dist
         return posterior.mode() if generator is None else posterior.sample(generator)
 
     def encode_image(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

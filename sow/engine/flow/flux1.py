@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 
+from sow.engine.backbone import PromptConditioning
 from sow.engine.flow.backbone import FlowBackbone, GuidanceKind, TextRows
 
 
@@ -38,6 +42,7 @@ class Flux1Backbone(FlowBackbone):
     """
 
     family = "flux1"
+    pipeline_class = "FluxPipeline"
     schedule_rule = "flux1"
     image_position = "last"
     patch_size = 2
@@ -50,14 +55,22 @@ class Flux1Backbone(FlowBackbone):
     def latent_channels(self) -> int:
         return int(self.transformer.config.in_channels) // 4
 
+    def run_conditioning(self, settings: Mapping[str, Any]) -> PromptConditioning:
+        """[dev]: the guidance input of this run (``embedded_guidance``; None: the loaded default, 3.5)."""
+        if self.guidance != "embedded":
+            return {}
+        value = settings.get("embedded_guidance")
+        value = self.embedded_guidance if value is None else float(value)
+        return {"guidance": torch.full((1,), value, dtype=torch.float32, device=self.device)}
+
     @torch.no_grad()
     def encode_texts(self, texts: list[str]) -> TextRows:
         clip_tok, clip = self.components["tokenizer"], self.components["text_encoder"]
         ids = clip_tok(texts, padding="max_length", max_length=clip_tok.model_max_length, truncation=True, return_tensors="pt").input_ids
-        pooled = clip(ids.to(clip.device), output_hidden_states=False).pooler_output
+        pooled = clip(ids.to(self.device), output_hidden_states=False).pooler_output
         t5_tok, t5 = self.components["tokenizer_2"], self.components["text_encoder_2"]
         ids = t5_tok(texts, padding="max_length", max_length=self.text_length, truncation=True, return_tensors="pt").input_ids
-        hidden = t5(ids.to(t5.device), output_hidden_states=False)[0]
+        hidden = t5(ids.to(self.device), output_hidden_states=False)[0]
         return TextRows(hidden.to(self.dtype), pooled.to(self.dtype))
 
     def pack(self, latents: torch.Tensor) -> torch.Tensor:
@@ -70,7 +83,10 @@ class Flux1Backbone(FlowBackbone):
         t = torch.as_tensor(timestep, dtype=torch.float32, device=tokens.device).expand(rows).to(latents.dtype)
         embedded = None
         if self.transformer.config.guidance_embeds:
-            embedded = torch.full([1], self.embedded_guidance, device=tokens.device, dtype=torch.float32).expand(rows)
+            if text.guidance is not None:  # the run's value (run_conditioning), one per row
+                embedded = text.guidance.to(device=tokens.device, dtype=torch.float32)
+            else:
+                embedded = torch.full([1], self.embedded_guidance, device=tokens.device, dtype=torch.float32).expand(rows)
         out = self.transformer(
             hidden_states=tokens.to(self.dtype),
             timestep=t / 1000,

@@ -39,6 +39,7 @@ class Flux2Backbone(FlowBackbone):
     """``Flux2Transformer2DModel`` as ``Flux2KleinPipeline`` calls it (text-to-image, no reference images)."""
 
     family = "flux2"
+    pipeline_class = "Flux2KleinPipeline"
     schedule_rule = "flux2"
     image_position = "last"
     patch_size = 1
@@ -76,8 +77,8 @@ class Flux2Backbone(FlowBackbone):
             ids.append(enc["input_ids"])
             masks.append(enc["attention_mask"])
         out = encoder(
-            input_ids=torch.cat(ids).to(encoder.device),
-            attention_mask=torch.cat(masks).to(encoder.device),
+            input_ids=torch.cat(ids).to(self.device),
+            attention_mask=torch.cat(masks).to(self.device),
             output_hidden_states=True,
             use_cache=False,
         )

@@ -80,4 +80,6 @@ def config_overrides(backbone, given: Mapping[str, Any] | None = None) -> dict[s
     out["guidance_scale"] = defaults["guidance_scale"]
     out["inversion_guidance_scale"] = 1.0
     out["background_guidance"] = backbone.guidance == "cfg"
+    if backbone.guidance == "embedded":  # FLUX.1 dev's guidance input: a run setting, from the loaded default
+        out["embedded_guidance"] = float(backbone.embedded_guidance)
     return out

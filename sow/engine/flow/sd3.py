@@ -17,6 +17,7 @@ class SD3Backbone(FlowBackbone):
     """
 
     family = "sd3"
+    pipeline_class = "StableDiffusion3Pipeline"
     schedule_rule = "sd3"
     image_position = "first"
     patch_size = 2
@@ -33,7 +34,7 @@ class SD3Backbone(FlowBackbone):
         suffix = "" if index == 0 else "_2"
         tokenizer, encoder = self.components[f"tokenizer{suffix}"], self.components[f"text_encoder{suffix}"]
         ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
-        out = encoder(ids.to(encoder.device), output_hidden_states=True)
+        out = encoder(ids.to(self.device), output_hidden_states=True)
         return out.hidden_states[-2], out[0]
 
     def _t5(self, texts: list[str]) -> torch.Tensor:
@@ -41,7 +42,7 @@ class SD3Backbone(FlowBackbone):
         ids = tokenizer(
             texts, padding="max_length", max_length=self.text_length, truncation=True, add_special_tokens=True, return_tensors="pt"
         ).input_ids
-        return encoder(ids.to(encoder.device))[0]
+        return encoder(ids.to(self.device))[0]
 
     @torch.no_grad()
     def encode_texts(self, texts: list[str]) -> TextRows:

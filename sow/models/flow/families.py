@@ -12,8 +12,10 @@ loaded model's family is told from its configs (:meth:`FlowFamily.detect`), neve
 - ``flux2``: ``num_single_layers`` and four rotary axes (``Flux2Transformer2DModel``).
 
 Loader options (``LoadRequest.options``): ``text_length`` (T5 / Qwen tokens; default the
-pipeline's), ``shift`` (a fixed timestep shift, or ``"none"``; default the family's own) and
-``embedded_guidance`` (FLUX.1 dev's guidance input; default 3.5).
+pipeline's), ``shift`` (a fixed timestep shift, or ``"none"``; default the family's own),
+``embedded_guidance`` (FLUX.1 dev's default guidance input, 3.5; a run's
+``GenerationConfig.embedded_guidance`` overrides it) and ``loras`` (``PATH[:SCALE]`` specs, through
+the family pipeline's LoRA loader: :mod:`sow.models.lora`). ``vae`` is refused with one line.
 """
 
 from __future__ import annotations
@@ -104,6 +106,8 @@ class FlowFamily:
 
     def load(self, request: LoadRequest) -> FlowBackbone:
         spec, options = request.spec, dict(request.options)
+        if options.get("vae"):
+            raise ModelLoadError(f"--vae replaces a UNet family's VAE; the {self.name} family loads its own (give a folder with the VAE in it)")
         settings = {k: options[k] for k in ("shift", "embedded_guidance") if options.get(k) is not None}
         if spec in self.tiny_names:
             parts = build_tiny_flow(spec)
@@ -116,7 +120,13 @@ class FlowFamily:
             if isinstance(module, torch.nn.Module):
                 module.requires_grad_(False).eval()
                 _move(module, request.device, request.dtype)
-        return self.make_backbone(parts, length, tiny=spec in self.tiny_names, **settings)
+        backbone = self.make_backbone(parts, length, tiny=spec in self.tiny_names, **settings)
+        backbone.source = spec
+        if options.get("loras"):
+            from sow.models.lora import apply_loras
+
+            apply_loras(backbone, list(options["loras"]))
+        return backbone
 
     def make_backbone(self, parts: dict[str, Any], text_length: int, tiny: bool = False, **settings: Any) -> FlowBackbone:
         return self.backbone_class(parts, text_length, **settings)
