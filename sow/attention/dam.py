@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sow.attention import equations as eq
 from sow.attention import several
 from sow.attention.capture import ATTENTION_ARTIFACT, AttentionCapture, attention_picture  # noqa: F401 (re-exported)
+from sow.engine.backbone import run_device
 from sow.engine.context import RunContext
 from sow.errors import InputError
 from sow.hookspecs import hookimpl
@@ -540,7 +541,7 @@ class DynamicAttentionModulator:
         levels = len(getattr(getattr(unet, "config", None), "down_block_types", ()))
         parameter = next(unet.parameters(), None)
         if levels and parameter is not None:
-            state.prepare(levels, parameter.device)
+            state.prepare(levels, run_device(unet))  # the execution device (offloaded weights are meta tensors)
         unet.set_attn_processor({name: proc for name, proc in previous.items()} | modulated_processors(unet, ctx, state, previous))
 
     def detach(self, unet: torch.nn.Module) -> None:

@@ -221,9 +221,10 @@ def batch_conditioning(
 def run_device(module: torch.nn.Module) -> torch.device:
     """Where ``module`` computes: the execution device of accelerate's offload hook when it has one
     (sequentially offloaded weights are meta tensors until their layer runs), else its first parameter's device."""
-    hook = getattr(module, "_hf_hook", None)
-    for part in (hook, *getattr(hook, "hooks", ())):
-        device = getattr(part, "execution_device", None)
-        if device is not None:
-            return torch.device(device)
+    for part in module.modules():  # the top module's hook only moves outputs back: its layers' hooks say where they run
+        hook = getattr(part, "_hf_hook", None)
+        for each in (hook, *getattr(hook, "hooks", ())):
+            device = getattr(each, "execution_device", None)
+            if device is not None:
+                return torch.device(device)
     return next(module.parameters()).device
