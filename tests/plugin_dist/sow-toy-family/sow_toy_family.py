@@ -41,6 +41,10 @@ class ToyBackbone:
         keys = [k for k in self.unet.attn_processors if k.endswith("attn1.processor")]
         return AttentionLayout(tuple(AttentionLayer(k) for k in keys))
 
+    def config_defaults(self, given=None):
+        """The presets' settings (S = 10, t1 = 5, t2 = 7, CFG 7.5) suit this SD-shaped model: nothing to add."""
+        return {}
+
     def noise_schedule(self, num_inference_steps, latent_size=None):
         return NoiseSchedule.from_ddim_scheduler(self.scheduler, num_inference_steps)
 
