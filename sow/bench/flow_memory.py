@@ -7,10 +7,12 @@ creates, SDPA as a fused kernel), for a flow transformer, its VAE and its text e
 - ``model offload``: one model on the device at a time: max over models of (its weights + its
   activations) — for FLUX.1 the 4.7 B T5 encoder, not the transformer, can set it at short
   prompts, so both are listed;
-- ``sequential offload``: one block's weights at a time (the largest transformer block, or
-  the largest text-encoder layer) + the activations;
+- ``sequential offload``: accelerate's ``cpu_offload`` (:mod:`sow.models.sequential_offload`) loads
+  each layer's own parameters for its forward and drops them after, and leaves the buffers on the
+  device: the largest layer's own parameters + every buffer + the activations;
 - ``8-bit weights``: the transformer's and text encoders' linear weights at one byte each
-  (bitsandbytes int8 / fp8; the rest, VAE included, stays in ``dtype``), resident.
+  (``weight_format`` int8 or fp8, :mod:`sow.models.weight_formats`; the rest, VAE included, stays in
+  ``dtype``), resident or under model offload; fp8 under sequential offload holds one 8-bit layer at a time.
 
 The transformer's activations are taken at the largest batch of a run (the cycles' branches:
 4 with background guidance on SD 3.5, 1 on the distilled models).
@@ -33,10 +35,22 @@ def _linear_params(module: torch.nn.Module) -> int:
     return sum(m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Linear))
 
 
-def _largest_block(module: torch.nn.Module, dtype: torch.dtype) -> int:
-    """Weights of the largest repeated block (a ModuleList's element) of ``module``."""
-    blocks = [child for lst in module.modules() if isinstance(lst, torch.nn.ModuleList) for child in lst]
-    return max((weight_bytes(b, dtype) for b in blocks), default=weight_bytes(module, dtype))
+def _largest_layer(module: torch.nn.Module, dtype: torch.dtype, eight_bit: bool = False) -> int:
+    """Bytes of the largest set of parameters one module holds itself (what sequential offload loads at once);
+    ``eight_bit``: ``nn.Linear`` weights at one byte (embeddings, norms and biases stay in ``dtype``)."""
+    size = torch.tensor([], dtype=dtype).element_size()
+
+    def own(m: torch.nn.Module) -> int:
+        total = sum(p.numel() for p in m.parameters(recurse=False)) * size
+        if eight_bit and isinstance(m, torch.nn.Linear):
+            total -= (size - 1) * m.weight.numel()
+        return total
+
+    return max((own(m) for m in module.modules()), default=0)
+
+
+def _buffer_bytes(module: torch.nn.Module) -> int:
+    return sum(b.numel() * b.element_size() for b in module.buffers())
 
 
 def flow_memory_table(spec: str, canvas: int = 1024, dtype: torch.dtype = torch.bfloat16) -> dict[str, Any]:
@@ -72,14 +86,18 @@ def flow_memory_table(spec: str, canvas: int = 1024, dtype: torch.dtype = torch.
     activations = max(peaks.values())
     per_model = [weights["transformer"] + peaks["transformer"], weights["vae"] + peaks["vae_decode"]]
     per_model += [weights[k] + peaks[k] for k in encoders]
-    sequential = max(_largest_block(transformer, dtype), *(_largest_block(m, dtype) for m in encoders.values())) + activations
+    layer = max(_largest_layer(m, dtype) for m in parts.values())
+    buffers = sum(_buffer_bytes(m) for m in parts.values())
+    layer_8bit = max(_largest_layer(m, dtype, eight_bit=k != "vae") for k, m in parts.items())
+    sequential = layer + buffers + activations
     modes = {
         "resident": sum(weights.values()) + activations,
         "model offload": max(per_model),
         "sequential offload": sequential,
         "8-bit weights, resident": sum(eight_bit.values()) + activations,
+        "8-bit (fp8) weights, sequential offload": layer_8bit + buffers + activations,
         "8-bit weights, model offload": max(eight_bit["transformer"] + peaks["transformer"], weights["vae"] + peaks["vae_decode"],
                                             *(eight_bit[k] + peaks[k] for k in encoders)),
     }
     return {"model": spec, "canvas": canvas, "dtype": str(dtype).removeprefix("torch."), "batch": batch,
-            "weights": weights, "activation_peaks": peaks, "modes": modes}
+            "weights": weights, "activation_peaks": peaks, "buffers": buffers, "largest_layer": layer, "modes": modes}
