@@ -151,3 +151,27 @@ def test_a_whole_run_under_each_offload_gives_the_resident_image(face_path):
     sequential = SOWPipeline(fresh()).enable_sequential_cpu_offload(device="cpu")
     assert torch.equal(run(sequential), expected)
     assert sequential.performance.sequential_offload
+
+
+def test_the_meta_memory_model_counts_what_the_modes_really_store(tmp_path):
+    """The meta-device table (sow/bench/flow_memory.py) against the tiny model's real modules: its 8-bit
+    weights are what int8 conversion stores, and its sequential peak is the largest layer's own
+    parameters + the buffers + the largest activation peak."""
+    from sow.bench.flow_memory import _buffer_bytes, _largest_layer, _linear_params, flow_memory_table
+    from tests.flow_models import write_config_folder
+
+    backbone = fresh()
+    transformer = backbone.transformer
+    full = weight_storage_bytes(transformer)  # fp32: 4 bytes a value
+    modelled = full - 3 * _linear_params(transformer)
+    apply_to_backbone(backbone, PerformanceSettings(weight_format="int8"))
+    assert weight_storage_bytes(transformer) == modelled
+
+    table = flow_memory_table(str(write_config_folder("tiny-flux", tmp_path / "tiny-flux")), canvas=128, dtype=torch.float32)
+    modes, peaks = table["modes"], table["activation_peaks"]
+    assert modes["sequential offload"] == table["largest_layer"] + table["buffers"] + max(peaks.values())
+    assert table["largest_layer"] == max(_largest_layer(m, torch.float32) for m in fresh().components.values()
+                                         if isinstance(m, torch.nn.Module))
+    assert table["buffers"] == sum(_buffer_bytes(m) for m in fresh().components.values() if isinstance(m, torch.nn.Module))
+    assert modes["sequential offload"] < modes["resident"] and modes["model offload"] < modes["resident"]
+    assert modes["8-bit weights, model offload"] < modes["model offload"] and modes["8-bit weights, resident"] < modes["resident"]
