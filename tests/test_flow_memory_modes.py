@@ -175,3 +175,17 @@ def test_the_meta_memory_model_counts_what_the_modes_really_store(tmp_path):
     assert table["buffers"] == sum(_buffer_bytes(m) for m in fresh().components.values() if isinstance(m, torch.nn.Module))
     assert modes["sequential offload"] < modes["resident"] and modes["model offload"] < modes["resident"]
     assert modes["8-bit weights, model offload"] < modes["model offload"] and modes["8-bit weights, resident"] < modes["resident"]
+
+
+def test_compile_wraps_the_transformers_feed_forward_blocks_only():
+    """Regional compile on a flow transformer: every FeedForward block wrapped (lazily: nothing is compiled
+    until a call), the attention modules left eager so DAM's processor swaps never recompile."""
+    from diffusers.models.attention import FeedForward
+
+    backbone = fresh()
+    done = apply_to_backbone(backbone, PerformanceSettings(compile=True))
+    blocks = [m for m in backbone.transformer.modules() if isinstance(m, FeedForward)]
+    assert done["compiled_blocks"] == len(blocks) > 0
+    assert all(getattr(m, "_compiled_call_impl", None) is not None for m in blocks)
+    attention = [m for m in backbone.transformer.modules() if hasattr(m, "processor")]
+    assert attention and all(getattr(m, "_compiled_call_impl", None) is None for m in attention)

@@ -25,7 +25,8 @@ Use it from Python::
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+from functools import lru_cache
 from typing import Any, Literal
 
 import torch
@@ -247,6 +248,7 @@ class ModelOffload:
         self._entries.clear()
 
 
+@lru_cache(maxsize=1)
 def _load_on_call_hook():
     from accelerate.hooks import ModelHook
     from accelerate.utils import send_to_device
@@ -268,18 +270,6 @@ def _load_on_call_hook():
 def _load_on_call(offload: ModelOffload, name: str, model: torch.nn.Module):
     """The hook of one entry module (the class is built on first use: accelerate is imported only when offload is asked for)."""
     return _load_on_call_hook()(offload, name, model)
-
-
-def _to_device(value: Any, device: torch.device) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device, non_blocking=True)
-    if isinstance(value, tuple):
-        return tuple(_to_device(v, device) for v in value)
-    if isinstance(value, list):
-        return [_to_device(v, device) for v in value]
-    if isinstance(value, dict):
-        return {k: _to_device(v, device) for k, v in value.items()}
-    return value
 
 
 def require_accelerate(what: str) -> None:

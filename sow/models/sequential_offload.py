@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from sow.models.performance import require_accelerate, vae_entries  # noqa: F401 (vae_entries: re-exported for callers)
+from sow.models.performance import require_accelerate
 
 
 class SequentialOffload:
