@@ -272,14 +272,14 @@ def test_summary_statistics_by_hand():
         row(setting="normal", detected=False, id_distance=None, same_person=None, seconds=2.0),
         row(setting="style", detected=False, id_distance=None, same_person=None, seconds=5.0, error="boom"),
     ]
-    table = {(t["method"], t["setting"]): t for t in summarize(rows, ["a"], ["normal", "style"])}
+    table = {(t.method, t.setting): t for t in summarize(rows, ["a"], ["normal", "style"])}
     normal = table[("a", "normal")]
-    assert normal["count"] == 3 and normal["detection"] == pytest.approx(2 / 3)
-    assert normal["id_mean"] == pytest.approx(0.5) and normal["id_median"] == pytest.approx(0.5)
-    assert normal["same_person"] == pytest.approx(1 / 3) and normal["sec_per_image"] == pytest.approx(2.0)
+    assert normal.count == 3 and normal.detection == pytest.approx(2 / 3)
+    assert normal.id_mean == pytest.approx(0.5) and normal.id_median == pytest.approx(0.5)
+    assert normal.same_person == pytest.approx(1 / 3) and normal.sec_per_image == pytest.approx(2.0)
     style = table[("a", "style")]
-    assert style["errors"] == 1 and style["id_mean"] is None and style["sec_per_image"] is None
-    assert table[("a", "all")]["count"] == 4 and table[("a", "all")]["detection"] == pytest.approx(0.5)
+    assert style.errors == 1 and style.id_mean is None and style.sec_per_image is None
+    assert table[("a", "all")].count == 4 and table[("a", "all")].detection == pytest.approx(0.5)
 
 
 def test_rows_file_drops_a_torn_last_line_but_refuses_a_corrupt_middle(tmp_path):

@@ -36,6 +36,7 @@ import csv
 import io
 import statistics
 from pathlib import Path
+from dataclasses import dataclass, fields
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
@@ -44,20 +45,44 @@ from sow.eval.manifest import EvalManifest, read_manifest
 from sow.eval.rows import ROWS_FILE, EvalRow, current_rows, read_rows
 from sow.io.outputs import save_image_atomic, write_bytes_atomic
 
-COLUMNS = (
-    "method", "setting", "count", "detection", "id_mean", "id_median", "same_person",
-    "psnr", "ssim", "seam", "kept_max_before", "kept_max_after", "kept_psnr_before", "seam_before", "seam_after",
-    "id_before", "sec_per_image", "errors", "swaps",
-)
+
+
+@dataclass(frozen=True)
+class SummaryLine:
+    """One line of the results table: a method in a setting (or over ``all`` settings); the columns above."""
+
+    method: str
+    setting: str
+    count: int
+    detection: float
+    id_mean: float | None
+    id_median: float | None
+    same_person: float
+    psnr: float | None
+    ssim: float | None
+    seam: float | None
+    kept_max_before: float | None
+    kept_max_after: float | None
+    kept_psnr_before: float | None
+    seam_before: float | None
+    seam_after: float | None
+    id_before: float | None
+    sec_per_image: float | None
+    errors: int
+    swaps: int
+
+
+COLUMNS = tuple(f.name for f in fields(SummaryLine))
+"""The table's columns, in order."""
 THUMB = 160
 """Side of one contact-sheet cell's image in pixels."""
 LABEL_WIDTH = 220
 CAPTION = 18
 
 
-def summarize(rows: list[EvalRow], methods: list[str], settings: list[str]) -> list[dict[str, Any]]:
+def summarize(rows: list[EvalRow], methods: list[str], settings: list[str]) -> list[SummaryLine]:
     """One line per (method, setting) that has rows, plus (method, ``all``)."""
-    table: list[dict[str, Any]] = []
+    table: list[SummaryLine] = []
     for method in methods:
         mine = [r for r in rows if r.method == method]
         for setting in [*settings, "all"]:
@@ -70,20 +95,20 @@ def summarize(rows: list[EvalRow], methods: list[str], settings: list[str]) -> l
             fidelity = {c: _values(chosen, c) for c in ("psnr", "ssim", "seam", "kept_psnr_before", "seam_before", "seam_after", "id_before")}
             worst = {c: _values(chosen, c) for c in ("kept_max_before", "kept_max_after")}
             table.append(
-                {
-                    "method": method,
-                    "setting": setting,
-                    "count": len(chosen),
-                    "detection": sum(bool(p.detected) for p in people) / len(people),
-                    "id_mean": statistics.fmean(distances) if distances else None,
-                    "id_median": statistics.median(distances) if distances else None,
-                    "same_person": sum(bool(p.same_person) for p in people) / len(people),
+                SummaryLine(
+                    method=method,
+                    setting=setting,
+                    count=len(chosen),
+                    detection=sum(bool(p.detected) for p in people) / len(people),
+                    id_mean=statistics.fmean(distances) if distances else None,
+                    id_median=statistics.median(distances) if distances else None,
+                    same_person=sum(bool(p.same_person) for p in people) / len(people),
                     **{c: statistics.fmean(v) if v else None for c, v in fidelity.items()},
                     **{c: max(v) if v else None for c, v in worst.items()},
-                    "sec_per_image": statistics.fmean(times) if times else None,
-                    "errors": sum(bool(r.error) for r in chosen),
-                    "swaps": sum(int(r.swaps or 0) for r in chosen),
-                }
+                    sec_per_image=statistics.fmean(times) if times else None,
+                    errors=sum(bool(r.error) for r in chosen),
+                    swaps=sum(int(r.swaps or 0) for r in chosen),
+                )
             )
     return table
 
@@ -111,18 +136,19 @@ def _cell(value: Any, column: str) -> str:
     return str(value)
 
 
-def to_markdown(table: list[dict[str, Any]], header: list[str]) -> str:
+def to_markdown(table: list[SummaryLine], header: list[str]) -> str:
     lines = [*header, "", "| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
-    lines += ["| " + " | ".join(_cell(row[c], c) for c in COLUMNS) + " |" for row in table]
+    lines += ["| " + " | ".join(_cell(getattr(line, c), c) for c in COLUMNS) + " |" for line in table]
     return "\n".join(lines) + "\n"
 
 
-def to_csv(table: list[dict[str, Any]]) -> str:
+def to_csv(table: list[SummaryLine]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
-    for row in table:
-        writer.writerow({c: ("" if row[c] is None else round(row[c], 6) if isinstance(row[c], float) else row[c]) for c in COLUMNS})
+    for line in table:
+        values = {c: getattr(line, c) for c in COLUMNS}
+        writer.writerow({c: ("" if v is None else round(v, 6) if isinstance(v, float) else v) for c, v in values.items()})
     return buffer.getvalue()
 
 
