@@ -1,7 +1,8 @@
 """Each named step of ``SOWPipeline.__call__`` alone, on the embedded tiny model.
 
 The steps of docs/architecture.md's table ("How a run flows"): check the inputs, read the
-conditions, prepare them, encode the prompts, prepare the latents, invert, the scheduler's run,
+conditions, make the plan, prepare the conditions, encode the prompts, prepare the latents, invert,
+the scheduler's run,
 decode, the record. Each test calls its step by itself, with what the steps before it hand over,
 and checks what that step promises against a value computed another way (the text encoder
 called on one prompt, the inverter called by hand, the file's bytes hashed here...), so that a
@@ -118,6 +119,24 @@ def test_prepare_conditions_snaps_box_v_to_the_latent_grid_and_places_the_region
     assert one.mask is None and int(one.region.mask.sum()) == 36  # no mask: every cell kept
     full = one.region.canvas_mask()[0, 0]
     assert full[3:9, 5:11].all() and int(full.sum()) == 36
+
+
+# -- 1. make the plan ------------------------------------------------------------------------------
+
+
+def test_make_plan_names_its_sources_and_places_by_seed_under_the_ap_ablation(tiny_pipe, face_path):
+    config = _config(tiny_pipe, stages={"planner": "fixed"})
+    sources = read_conditions(str(face_path))
+    planned = tiny_pipe.make_plan(sources, USER_PROMPT, config, 0, None)
+    assert planned.canvas == CANVAS and planned.conditions[0].source == str(face_path)
+    assert planned.user_prompt == USER_PROMPT and planned.box_v.fits(CANVAS)
+
+    ablated = config.model_copy(update={"ablation": config.ablation.model_copy(update={"adaptive_position": False})})
+    boxes = {seed: tiny_pipe.make_plan(sources, USER_PROMPT, ablated, seed, None).box_v for seed in (1, 2, 3)}
+    assert tiny_pipe.make_plan(sources, USER_PROMPT, ablated, 2, None).box_v == boxes[2]  # same seed, same place
+    assert len(set(map(str, boxes.values()))) > 1  # the seed moves it
+    low, high = ablated.side_limits()
+    assert all(b.fits(CANVAS) and low <= max(b.w, b.h) <= high for b in boxes.values())
 
 
 # -- 3a. encode the prompts ------------------------------------------------------------------------
