@@ -2,8 +2,7 @@
 
 The steps of docs/architecture.md's table ("How a run flows"): check the inputs, read the
 conditions, make the plan, prepare the conditions, encode the prompts, prepare the latents, invert,
-the scheduler's run,
-decode, the record. Each test calls its step by itself, with what the steps before it hand over,
+the scheduler's run, decode, the record. Each test calls its step by itself, with what the steps before it hand over,
 and checks what that step promises against a value computed another way (the text encoder
 called on one prompt, the inverter called by hand, the file's bytes hashed here...), so that a
 wrong reading (a swapped prompt, a level off by one, the seed of the wrong image) fails it.
