@@ -194,7 +194,7 @@ class Evaluation:
         """What ``eval.json`` says about this eval (the reports read it with the rows)."""
         return EvalManifest(
             fingerprint=self.config.fingerprint(), config=self.config, methods=[m.name for m in self.methods],
-            items=self.items, spec_base=str(self.spec_base), threshold=getattr(self.metric, "threshold", None), notes=self.notes,
+            items=self.items, spec_base=str(self.spec_base.resolve()), threshold=getattr(self.metric, "threshold", None), notes=self.notes,
         )
 
     def pending(self, rows: list[EvalRow]) -> list[tuple[SpecItem, Method]]:
