@@ -131,6 +131,9 @@ class PipelineSpec:
     plan_cache: bool = True
     threads: int | None = None
     """Torch's intra-op threads in this worker (None: leave torch's default)."""
+    performance: tuple[tuple[str, object], ...] = ()
+    """:class:`~sow.models.performance.PerformanceSettings` fields (e.g. ``(("offload", True), ("weight_format", "fp8"))``)
+    applied in every worker after the load (empty: the defaults, nothing applied)."""
 
     def load(self) -> SOWPipeline:
         """Build the pipeline (in the calling process): :meth:`SOWPipeline.from_spec`."""
@@ -155,6 +158,8 @@ class PipelineSpec:
         )
         pipe.on_planner_error = check_policy(self.on_planner_error)
         pipe.plan_cache = PlanCache() if self.plan_cache else None
+        if self.performance:
+            pipe.optimize(PerformanceSettings(**dict(self.performance)))
         return pipe
 
 

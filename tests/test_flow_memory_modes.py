@@ -189,3 +189,13 @@ def test_compile_wraps_the_transformers_feed_forward_blocks_only():
     assert all(getattr(m, "_compiled_call_impl", None) is not None for m in blocks)
     attention = [m for m in backbone.transformer.modules() if hasattr(m, "processor")]
     assert attention and all(getattr(m, "_compiled_call_impl", None) is None for m in attention)
+
+
+def test_a_pipeline_spec_carries_the_memory_modes_to_every_worker():
+    """What a Ray actor or a torchrun rank loads (``PipelineSpec.load``) gets the same settings applied."""
+    from sow.pipeline import PipelineSpec
+
+    pipe = PipelineSpec(model="tiny-flux", device="cpu", performance=(("weight_format", "fp8"), ("attention", "math"))).load()
+    assert pipe.applied_performance["weight_format"] == "fp8" and pipe.backbone.attention_kernel == "math"
+    assert any(p.dtype == torch.float8_e4m3fn for p in pipe.backbone.transformer.parameters())
+    assert not hasattr(PipelineSpec(model="tiny-flux", device="cpu").load(), "applied_performance")  # nothing asked, nothing applied
