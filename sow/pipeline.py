@@ -322,20 +322,29 @@ class SOWPipeline:
         self.performance = self.performance.model_copy(update={"sequential_offload": True})
         return self
 
+    def _vae(self) -> torch.nn.Module:
+        """The VAE, of a UNet family's components or of a backbone's (the flow families)."""
+        if self.components is not None:
+            return self.components.vae
+        vae = getattr(self.backbone, "vae", None)
+        if vae is None:
+            raise InputError(f"the {self.backbone.family} family's backbone has no vae to tile or slice")
+        return vae
+
     def enable_vae_tiling(self) -> SOWPipeline:
         """Decode in overlapping tiles (large canvases in little memory)."""
-        self.components.vae.enable_tiling()
+        self._vae().enable_tiling()
         self.performance = self.performance.model_copy(update={"vae_tiling": True})
         return self
 
     def disable_vae_tiling(self) -> SOWPipeline:
-        self.components.vae.disable_tiling()
+        self._vae().disable_tiling()
         self.performance = self.performance.model_copy(update={"vae_tiling": False})
         return self
 
     def enable_vae_slicing(self) -> SOWPipeline:
         """Decode a batch of images one at a time."""
-        self.components.vae.enable_slicing()
+        self._vae().enable_slicing()
         self.performance = self.performance.model_copy(update={"vae_slicing": True})
         return self
 

@@ -116,7 +116,8 @@ def test_the_settings_go_through_optimize_on_a_flow_pipeline(resident, caplog):
     math = outputs(pipe.backbone)["velocity"]
     assert _relative(math, resident["velocity"]) < 1e-5  # another kernel, the same attention
     pipe.optimize(PerformanceSettings())
-    assert pipe.backbone.attention_kernel == "sdpa"
+    assert pipe.backbone.attention_kernel == "sdpa" and not pipe.backbone.vae.use_slicing
+    assert pipe.enable_vae_tiling().backbone.vae.use_tiling and not pipe.disable_vae_tiling().backbone.vae.use_tiling
 
 
 def test_what_cannot_run_says_so_in_one_line():
