@@ -4,7 +4,12 @@
 
 On the CPU both offload "devices" are the CPU: the times show the hooks' overhead, not transfers; the
 stored bytes show what fp8 / int8 keep of the fp32 transformer. Random tiny weights: not a quality measure."""
-import copy, time, statistics, torch
+import copy
+import statistics
+import time
+
+import torch
+
 torch.set_num_threads(1)
 from tests.flow_models import flow_backbone, PROMPT
 from sow.engine.flow.flux1 import Flux1Backbone
