@@ -72,9 +72,13 @@ def test_model_offload_loads_one_model_at_a_time_and_changes_nothing(resident):
 
 
 def test_sequential_offload_keeps_weights_off_the_modules_and_changes_nothing(resident):
+    from sow.engine.fingerprint import weights_fingerprint
+
     backbone = fresh()
     reference = {n: p.clone() for n, p in backbone.transformer.named_parameters()}
+    fingerprint = weights_fingerprint(backbone)
     offload = sequential_offload_backbone(backbone, "cpu")
+    assert weights_fingerprint(backbone) == fingerprint  # the run record names the same model
     assert {p.device.type for p in backbone.transformer.parameters()} == {"meta"}  # the CPU copy is in the hooks' state dict
     assert backbone.device == torch.device("cpu")  # the execution device, not the weights' meta
     got = outputs(backbone)

@@ -24,8 +24,13 @@ MODULE_NAMES = ("unet", "transformer", "network", "vae", "text_encoder", "text_e
 
 
 def module_entries(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
-    """(name, tensor) of every parameter and buffer of ``module``, in a stable order."""
-    return sorted([*module.named_parameters(), *module.named_buffers()], key=lambda item: item[0])
+    """(name, tensor) of every parameter and buffer of ``module``, in a stable order; a sequentially
+    offloaded module's meta tensors read from the offload's CPU copy (``_sow_offloaded_state``)."""
+    entries = [*module.named_parameters(), *module.named_buffers()]
+    offloaded = getattr(module, "_sow_offloaded_state", None)
+    if offloaded:
+        entries = [(n, offloaded.get(n, t) if t.device.type == "meta" else t) for n, t in entries]
+    return sorted(entries, key=lambda item: item[0])
 
 
 def weights_fingerprint(components: Any) -> str:

@@ -40,6 +40,7 @@ class SequentialOffload:
 
         state = {name: tensor.to(self.offload_device) for name, tensor in model.state_dict().items()}
         cpu_offload(model, self.execution_device, state_dict=state)
+        model._sow_offloaded_state = state  # the weights as they are (the fingerprint reads them: the modules hold meta tensors)
         self._models.append((model, state))
         for module in model.modules():
             if any(p is not None for p in module._parameters.values()) and hasattr(module, "_hf_hook"):
@@ -61,6 +62,7 @@ class SequentialOffload:
             remove_hook_from_submodules(model)
             for name, value in state.items():
                 set_module_tensor_to_device(model, name, self.offload_device, value=value)
+            del model._sow_offloaded_state
         self._models.clear()
 
 
