@@ -329,6 +329,10 @@ def apply(components, settings: PerformanceSettings, canvas_pixels: int | None =
         raise InputError(f"weight_format {settings.weight_format!r} applies to the flow families (SD 3, FLUX); the UNet families run in their dtype")
     if settings.compile:
         done["compiled_blocks"] = compile_regions(components.unet, settings.compile_mode)
+    if settings.offload and settings.sequential_offload:
+        raise InputError("offload and sequential_offload are two ways of offloading: choose one")
+    if settings.sequential_offload and device.type != "cuda":  # on CUDA: SOWPipeline.optimize hooks it after this
+        log.info("sequential offload asked for on %s: nothing to offload to, skipped", device)
     if settings.offload:
         if device.type != "cuda":
             log.info("offload asked for on %s: nothing to offload to, skipped", device)
