@@ -53,6 +53,7 @@ from sow.io.paste import KeptCondition, decode_type, paste_decoded
 from sow.plugins import Registry, get_registry, plugin_exits_fail, validate_options
 from sow.io.prompt_checks import prompt_warnings, require_prompt
 from sow.schemas import PRESETS, ConditionRecord, GenerationConfig, Plan, RunRecord, StageNames, StageTiming
+from sow.request import check_plan
 from sow.stage_kinds import canonical_kind, label as kind_label
 from sow.stages import STAGE_FIELDS, Planner, PlanRequest, RunInputs, stage_options_by_kind
 
@@ -397,13 +398,8 @@ class SOWPipeline:
         scale = self.backbone.vae_scale_factor
         if config.canvas.width % scale or config.canvas.height % scale:
             raise InputError(f"canvas sides must be multiples of {scale}")
-        if plan is not None:
-            check_plan_images(plan, images)
-            for i, j, a, b in plan.overlaps(scale):
-                raise InputError(
-                    f"condition {i + 1} box_v and condition {j + 1} box_v overlap once snapped to the "
-                    f"{scale}-pixel latent grid ([{a}] and [{b}]); leave a gap between them"
-                )
+        if plan is not None:  # the plan against the images, its boxes on this model's grid
+            check_plan(plan, images, scale)
 
     def make_plan(
         self, sources: list[ConditionSource], prompt: str, config: GenerationConfig, seed: int, planner: Planner | None
@@ -759,19 +755,8 @@ def inversion_evaluations(config: GenerationConfig, inputs: RunInputs) -> int:
 
 
 def check_plan_images(plan: Plan, count: int) -> None:
-    """Every condition of ``plan`` refers to one of ``count`` images, and every image is used."""
-    for i, cond in enumerate(plan.conditions):
-        if cond.image >= count:
-            raise InputError(
-                f"plan condition {i + 1} uses image {cond.image + 1}, but {count} condition image"
-                f"{'s were' if count > 1 else ' was'} given"
-            )
-    unused = sorted(set(range(count)) - {c.image for c in plan.conditions})
-    if unused:
-        raise InputError(
-            f"condition image{'s' if len(unused) > 1 else ''} {', '.join(str(u + 1) for u in unused)} "
-            f"not used by the plan ({len(plan.conditions)} condition{'s' if len(plan.conditions) > 1 else ''})"
-        )
+    """Every condition of ``plan`` refers to one of ``count`` images, and every image is used (:func:`sow.request.check_plan`)."""
+    check_plan(plan, count, None)
 
 
 def _with_sources(plan: Plan, sources: list[Any]) -> Plan:
