@@ -84,7 +84,7 @@ class Options:
         or --max-people with another planner, fails before anything else)."""
         from sow.cli.commands import people_options, planner_options
 
-        return {**planner_options(self.planner_option, value(self.quantize) if self.quantize else None),
+        return {**planner_options(self.planner_option, self.quantize),
                 **people_options(self.max_people, self.pick, planner)}
 
 
@@ -119,7 +119,7 @@ def pipeline_spec(options: Options, stages: dict[str, str]) -> Any:
 
 def build_request(options: Options, overrides: dict[str, Any], stages: dict[str, str]) -> GenerationRequest:
     """The :class:`GenerationRequest` the options describe (the options that go together checked here)."""
-    from sow.cli.commands import CLI_LABELS, refuse_path_as_prompt, split_conditions
+    from sow.cli.commands import CLI_LABELS, split_conditions
     from sow.io.json_files import load_plan_file
 
     if options.ray is not None or options.workers is not None or options.gpus_per_worker is not None:
@@ -127,7 +127,6 @@ def build_request(options: Options, overrides: dict[str, Any], stages: dict[str,
     conditions, prompt = split_conditions(options.arguments, options.condition_opt)
     if not conditions or prompt is None:
         raise InputError("Missing arguments CONDITION... and PROMPT (or pass --batch FILE); see sow generate --help")
-    refuse_path_as_prompt(prompt)
     if (options.box_v is None) != (options.box_r is None):
         raise InputError("--box-v and --box-r go together (or pass --plan FILE)")
     if options.plan_file and options.box_v:
