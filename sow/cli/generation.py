@@ -15,6 +15,7 @@ from typing import Any
 
 from sow.cli.canvas_options import with_canvas, with_plan_canvas
 from sow.cli.choices import value
+from sow.cli.inputs import CLI_LABELS, people_options, planner_options, split_conditions
 from sow.errors import InputError
 from sow.request import GenerationRequest, check_seed
 
@@ -82,8 +83,6 @@ class Options:
     def planner_options(self, planner: str | None) -> dict[str, Any]:
         """``--planner-option`` items, ``--quantize`` and ``--max-people``/``--pick`` (a malformed KEY=VALUE,
         or --max-people with another planner, fails before anything else)."""
-        from sow.cli.commands import people_options, planner_options
-
         return {**planner_options(self.planner_option, self.quantize),
                 **people_options(self.max_people, self.pick, planner)}
 
@@ -119,7 +118,6 @@ def pipeline_spec(options: Options, stages: dict[str, str]) -> Any:
 
 def build_request(options: Options, overrides: dict[str, Any], stages: dict[str, str]) -> GenerationRequest:
     """The :class:`GenerationRequest` the options describe (the options that go together checked here)."""
-    from sow.cli.commands import CLI_LABELS, split_conditions
     from sow.io.json_files import load_plan_file
 
     if options.ray is not None or options.workers is not None or options.gpus_per_worker is not None:

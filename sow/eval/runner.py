@@ -50,6 +50,7 @@ from sow.io.outputs import safe_name, save_image_atomic, save_json_atomic
 from sow.plugins import Registry, get_registry
 from sow.eval.controlnet import ControlNetSettings
 from sow.schemas import GenerationConfig, StageNames, _deep_merge, validated
+from sow.stage_kinds import label as kind_label
 
 ROWS_FILE = "rows.jsonl"
 MANIFEST_FILE = "eval.json"
@@ -266,7 +267,7 @@ class Evaluation:
         self._fallbacks: dict[tuple[str, str, str], list[str]] = {}
         self._stage_names = {m.name: self._checked_stages(m) for m in self.methods}
         self.notes = [
-            f"{kind.replace('_', ' ')} {name!r} is not installed: {', '.join(users)} ran with {fallback!r}"
+            f"{kind_label(kind)} {name!r} is not installed: {', '.join(users)} ran with {fallback!r}"
             for (kind, name, fallback), users in self._fallbacks.items()
         ]
         self.registry.get("metric", config.metric)  # unknown or unavailable metric: fail before any work
@@ -291,7 +292,7 @@ class Evaluation:
         unknown_fields = set(chosen) - set(StageNames.model_fields)
         if unknown_fields:
             raise InputError(f"method {method.name!r}: unknown stage field {sorted(unknown_fields)[0]!r}; use {', '.join(StageNames.model_fields)}")
-        from sow.pipeline import STAGE_FIELDS
+        from sow.stages import STAGE_FIELDS
 
         for kind, attr in STAGE_FIELDS.items():
             name = chosen.get(attr)
