@@ -1,4 +1,4 @@
-"""The flow families ``sd3``, ``flux1`` and ``flux2`` through the ``register_model_families`` door.
+"""The flow families ``sd3``, ``flux1``, ``flux2``, ``qwen-image`` and ``z-image`` through the ``register_model_families`` door.
 
 Each :class:`FlowFamily` claims its own tiny models by name, a diffusers folder (or a folder of
 configs only, with ``random_weights``) whose ``model_index.json`` names its pipeline class, a
@@ -9,7 +9,10 @@ loaded model's family is told from its configs (:meth:`FlowFamily.detect`), neve
 - ``sd3``: a ``transformer`` config with ``joint_attention_dim`` and ``pos_embed_max_size``
   (``SD3Transformer2DModel``);
 - ``flux1``: ``num_single_layers`` and three rotary axes (``FluxTransformer2DModel``);
-- ``flux2``: ``num_single_layers`` and four rotary axes (``Flux2Transformer2DModel``).
+- ``flux2``: ``num_single_layers`` and four rotary axes (``Flux2Transformer2DModel``);
+- ``qwen-image``: ``joint_attention_dim`` and ``axes_dims_rope`` but neither single-stream
+  blocks nor SD3's ``pos_embed_max_size`` (``QwenImageTransformer2DModel``);
+- ``z-image``: ``cap_feat_dim`` and ``n_refiner_layers`` (``ZImageTransformer2DModel``).
 
 Loader options (``LoadRequest.options``): ``text_length`` (T5 / Qwen tokens; default the
 pipeline's), ``shift`` (a fixed timestep shift, or ``"none"``; default the family's own) and
@@ -29,8 +32,11 @@ from sow.engine.backbone import LoadRequest
 from sow.engine.flow.backbone import FlowBackbone
 from sow.engine.flow.flux1 import Flux1Backbone
 from sow.engine.flow.flux2 import KLEIN_LAYERS, Flux2Backbone
+from sow.engine.flow.qwen_image import QwenImageBackbone
 from sow.engine.flow.sd3 import SD3Backbone
+from sow.engine.flow.z_image import ZImageBackbone
 from sow.models.flow.tiny import TINY_QWEN_LAYERS, TINY_TEXT_LENGTH, build_tiny_flow
+from sow.models.flow.tiny_qwen import TINY_QWEN_TEXT_LENGTH
 from sow.errors import ModelLoadError
 from sow.hookspecs import hookimpl
 
@@ -51,6 +57,8 @@ class FlowFamily:
     tiny_names: ClassVar[tuple[str, ...]]
     text_length: ClassVar[int]
     """The pipeline's default T5 / Qwen length (``max_sequence_length``)."""
+    tiny_text_length: ClassVar[int] = TINY_TEXT_LENGTH
+    """The same for the family's tiny models."""
 
     # -- which requests are ours ----------------------------------------------------------
 
@@ -107,7 +115,7 @@ class FlowFamily:
         settings = {k: options[k] for k in ("shift", "embedded_guidance") if options.get(k) is not None}
         if spec in self.tiny_names:
             parts = build_tiny_flow(spec)
-            length = options.get("text_length") or TINY_TEXT_LENGTH
+            length = options.get("text_length") or self.tiny_text_length
         else:
             parts = self._load_parts(request)
             length = options.get("text_length") or self.text_length
@@ -298,7 +306,34 @@ class Flux2Family(FlowFamily):
         return Flux2Backbone(parts, text_length, layers, distilled=True, **settings)
 
 
-FLOW_FAMILIES = (SD3Family, Flux1Family, Flux2Family)
+class QwenImageFamily(FlowFamily):
+    name = "qwen-image"
+    description = "Qwen-Image: double-stream MM-DiT (text tokens first), Qwen2.5-VL text encoder, packed 2x2 latents, real CFG, 1024 px"
+    pipeline_class = "QwenImagePipeline"
+    backbone_class = QwenImageBackbone
+    tiny_names = ("tiny-qwen-image",)
+    text_length = 512
+    tiny_text_length = TINY_QWEN_TEXT_LENGTH["tiny-qwen-image"]
+
+    def fits(self, transformer: dict[str, Any]) -> bool:
+        return "joint_attention_dim" in transformer and "axes_dims_rope" in transformer and "num_single_layers" not in transformer \
+            and "pos_embed_max_size" not in transformer
+
+
+class ZImageFamily(FlowFamily):
+    name = "z-image"
+    description = "Z-Image (Turbo): single-stream DiT (image tokens first) with noise and context refiners, Qwen3 text encoder, 1024 px"
+    pipeline_class = "ZImagePipeline"
+    backbone_class = ZImageBackbone
+    tiny_names = ("tiny-z-image",)
+    text_length = 512
+    tiny_text_length = TINY_QWEN_TEXT_LENGTH["tiny-z-image"]
+
+    def fits(self, transformer: dict[str, Any]) -> bool:
+        return "cap_feat_dim" in transformer and "n_refiner_layers" in transformer
+
+
+FLOW_FAMILIES = (SD3Family, Flux1Family, Flux2Family, QwenImageFamily, ZImageFamily)
 
 
 @hookimpl
