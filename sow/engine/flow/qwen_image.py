@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 
-from sow.engine.backbone import ModelOutput
+from sow.engine.backbone import AttentionLayer, ModelOutput
 from sow.engine.flow.backbone import FlowBackbone, TextRows
 from sow.engine.flow.flux1 import pack_2x2, unpack_2x2
 from sow.engine.flow.text_lengths import conditionings, velocity_by_length
@@ -46,6 +47,12 @@ class QwenImageBackbone(FlowBackbone):
     @property
     def latent_channels(self) -> int:
         return int(self.transformer.config.in_channels) // 4
+
+    def dam_processor(self, layer: AttentionLayer, state: Any, previous: Any) -> Any:
+        """DAM's processor for one double-stream block (:mod:`sow.attention.qwen_image_dam`): image × image logits only."""
+        from sow.attention.qwen_image_dam import QwenImageDAMProcessor
+
+        return QwenImageDAMProcessor(layer.processor, state, previous, layer.image_position, layer.patch_size)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -96,6 +103,15 @@ class QwenImageBackbone(FlowBackbone):
 
     def pack(self, latents: torch.Tensor) -> torch.Tensor:
         return pack_2x2(latents)
+
+    def classifier_free_guidance(self, uncond: torch.Tensor, text: torch.Tensor, scale: float) -> torch.Tensor:
+        """``QwenImagePipeline``'s CFG: the plain combination, each token's velocity (its 16 channels × 2×2 cells)
+        rescaled to the norm of the text branch's (the denoiser uses it for every CFG and background-guided call)."""
+        height, width = text.shape[-2:]
+        guided = pack_2x2(uncond + scale * (text - uncond))
+        reference = pack_2x2(text)
+        rescaled = guided * (reference.norm(dim=-1, keepdim=True) / guided.norm(dim=-1, keepdim=True))
+        return unpack_2x2(rescaled, height, width)
 
     # -- the VAE --------------------------------------------------------------------------
 
