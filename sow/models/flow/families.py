@@ -36,6 +36,7 @@ from sow.engine.flow.qwen_image import QwenImageBackbone
 from sow.engine.flow.sd3 import SD3Backbone
 from sow.engine.flow.z_image import ZImageBackbone
 from sow.models.flow.tiny import TINY_QWEN_LAYERS, TINY_TEXT_LENGTH, build_tiny_flow
+from sow.models.flow.flux2_single_file import FLUX2_SINGLE_FILE_KEY, load_flux2_single_file
 from sow.models.flow.tiny_qwen import TINY_QWEN_TEXT_LENGTH
 from sow.errors import ModelLoadError
 from sow.hookspecs import hookimpl
@@ -43,8 +44,12 @@ from sow.hookspecs import hookimpl
 SINGLE_FILE_KEYS = {
     "sd3": "joint_blocks.0.context_block.attn.qkv.weight",
     "flux1": "double_blocks.0.img_attn.qkv.weight",
+    "flux2": FLUX2_SINGLE_FILE_KEY,
 }
 """A tensor only an original-layout checkpoint of that family holds (read from the header, no weights)."""
+
+SINGLE_FILE_NOT = {"flux1": FLUX2_SINGLE_FILE_KEY}
+"""A tensor that says a file is *not* that family's (FLUX.2 files have FLUX.1's double blocks too)."""
 
 
 class FlowFamily:
@@ -74,7 +79,8 @@ class FlowFamily:
         if path.suffix == ".safetensors" and path.is_file() and self.name in SINGLE_FILE_KEYS:
             from sow.models.checks import safetensors_header
 
-            return SINGLE_FILE_KEYS[self.name] in safetensors_header(path)  # checked: a hostile header is one line, exit 2
+            header = safetensors_header(path)  # checked: a hostile header is one line, exit 2
+            return SINGLE_FILE_KEYS[self.name] in header and SINGLE_FILE_NOT.get(self.name) not in header
         if "/" in spec and not spec.startswith((".", "/")) and path.suffix == "":
             return self._hub_class(spec, request) == self.pipeline_class
         return False
@@ -300,6 +306,13 @@ class Flux2Family(FlowFamily):
 
     def fits(self, transformer: dict[str, Any]) -> bool:
         return "num_single_layers" in transformer and len(transformer.get("axes_dims_rope", [])) == 4
+
+    def _load_parts(self, request: LoadRequest) -> dict[str, Any]:
+        """A single file is the transformer alone (:mod:`sow.models.flow.flux2_single_file`); the rest as for every family."""
+        path = Path(request.spec).expanduser()
+        if path.is_file():
+            return load_flux2_single_file(path, request)
+        return super()._load_parts(request)
 
     def make_backbone(self, parts: dict[str, Any], text_length: int, tiny: bool = False, **settings: Any) -> FlowBackbone:
         layers = TINY_QWEN_LAYERS if tiny else KLEIN_LAYERS
