@@ -311,6 +311,7 @@ class Flux2Family(FlowFamily):
         """A single file is the transformer alone (:mod:`sow.models.flow.flux2_single_file`); the rest as for every family."""
         path = Path(request.spec).expanduser()
         if path.is_file():
+            check_flow_model_size(path, request.device, request.dtype)  # a valid header, small enough: before anything is built
             return load_flux2_single_file(path, request)
         return super()._load_parts(request)
 

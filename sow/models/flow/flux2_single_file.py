@@ -5,9 +5,10 @@ own tensor names (``double_blocks.*``, ``single_blocks.*``, ``single_stream_modu
 diffusers converts it (``Flux2Transformer2DModel.from_single_file``) given the transformer's
 config; the VAE, the Qwen3 text encoder, its tokenizer and the scheduler come from a *base*
 model in diffusers layout: by default the klein repository in the local Hugging Face cache
-(:data:`KLEIN_BASE`), or the loader option ``base`` (a local folder or another hub id). The file
-is checked first (a valid header, small enough for the memory at hand); only ``.safetensors``
-files are claimed, so nothing pickled is ever read.
+(:data:`KLEIN_BASE`), or the loader option ``base`` (a local folder or another hub id). The
+``flux2`` family checks the file first (a valid header, small enough for the memory at hand:
+:func:`sow.models.flow.families.check_flow_model_size`); only ``.safetensors`` files are claimed,
+so nothing pickled is ever read.
 """
 
 from __future__ import annotations
@@ -30,9 +31,7 @@ def load_flux2_single_file(path: Path, request: LoadRequest) -> dict[str, Any]:
     import diffusers
 
     from sow.io.hub import offline_reason
-    from sow.models.flow.families import check_flow_model_size
 
-    check_flow_model_size(path, request.device, request.dtype)  # a valid header, small enough: before anything is built
     base = str(request.options.get("base") or KLEIN_BASE)
     local = Path(base).expanduser().is_dir() or offline_reason() is not None
     try:
