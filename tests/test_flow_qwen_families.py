@@ -264,3 +264,47 @@ def test_each_family_has_its_defaults(registry, spec, cfg, steps, levels):
     assert (overrides["t1"], overrides["t2"], overrides["t3"]) == levels
     assert overrides["background_guidance"] is (cfg > 1)
     GenerationConfig.from_preset("normal", **overrides)
+
+
+def test_qwen_image_guidance_rescales_each_token_and_background_guidance_uses_it():
+    """Qwen-Image's CFG: each 2×2-cell token's guided velocity has the text branch's norm; the cycle
+    phase's background guidance goes through the same combination (its replaced unconditional branch)."""
+    from sow.engine import diffusion_math as dm
+    from sow.engine.flow.flux1 import pack_2x2
+
+    backbone = qwen_backbone("tiny-qwen-image")
+    g = torch.Generator().manual_seed(4)
+    neg, text, sup, div = (torch.randn(1, 16, 8, 8, generator=g) for _ in range(4))
+    guided = backbone.classifier_free_guidance(neg, text, 4.0)
+    assert torch.allclose(pack_2x2(guided).norm(dim=-1), pack_2x2(text).norm(dim=-1), rtol=1e-5)
+    plain = neg + 4.0 * (text - neg)
+    assert torch.allclose(pack_2x2(guided) / pack_2x2(guided).norm(dim=-1, keepdim=True),
+                          pack_2x2(plain) / pack_2x2(plain).norm(dim=-1, keepdim=True), atol=1e-5)  # same direction
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 2:6, 2:6] = 1
+    background = dm.background_guidance(neg, text, sup, div, mask, 4.0, backbone.classifier_free_guidance)
+    assert torch.allclose(background, backbone.classifier_free_guidance(neg + (1 - mask) * (sup - div), text, 4.0))
+    assert not torch.allclose(background, dm.background_guidance(neg, text, sup, div, mask, 4.0))
+
+
+def test_the_denoiser_guides_qwen_image_with_its_own_combination():
+    """In the cycle phase (background guidance, four branches) the engine's Denoiser combines Qwen-Image's
+    branches with the backbone's rescaled CFG, not the plain one."""
+    from sow.engine import diffusion_math as dm
+    from sow.engine.steps import Step
+
+    backbone = qwen_backbone("tiny-qwen-image")
+    config = GenerationConfig.from_preset("normal", guidance_scale=4.0, num_inference_steps=STEPS, t1=2, t2=3, t3=[1])
+    schedule = backbone.noise_schedule(STEPS, (8, 8))
+    prompts = backbone.encode_prompts(run_texts(config, PROMPT))
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 2:6, 2:6] = 1
+    denoiser = Denoiser(backbone, schedule, PromptEmbeddings.from_conditioning(prompts), config, condition_mask=mask)
+    x = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        guided = denoiser.predict(x, 3, Step(phase="cycle", level=3, cycle=0))
+        branches = [backbone.predict(x, schedule.timestep(3), batch_conditioning(prompts, [n], 1)).output
+                    for n in ("negative", "prompt", "suppress", "diverse")]
+    expected = dm.background_guidance(*branches, mask, 4.0, backbone.classifier_free_guidance)
+    assert torch.allclose(guided, expected, atol=1e-5)
+    assert not torch.allclose(guided, dm.background_guidance(*branches, mask, 4.0), atol=1e-4)
