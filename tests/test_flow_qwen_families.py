@@ -308,3 +308,19 @@ def test_the_denoiser_guides_qwen_image_with_its_own_combination():
     expected = dm.background_guidance(*branches, mask, 4.0, backbone.classifier_free_guidance)
     assert torch.allclose(guided, expected, atol=1e-5)
     assert not torch.allclose(guided, dm.background_guidance(*branches, mask, 4.0), atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("folder", "forward_tflop", "calls", "cycle_branches"), [
+    ("qwen-image-config", 78.30, {"invert_condition": 7, "invert_canvas": 5, "cycle": 20, "final": 5}, 4),
+    ("z-image-turbo-config", 62.51, {"invert_condition": 6, "invert_canvas": 4, "cycle": 20, "final": 4}, 1)])
+def test_count_only_on_the_real_configs(folder, forward_tflop, calls, cycle_branches):
+    """``sow bench --count-only --size 1024`` on the real architectures (meta device): one forward costs what
+    ../shared/data/README-flow-models.md measured, and the calls follow the family's defaults."""
+    from sow.bench.flow_cost import flow_cost_model
+
+    report = flow_cost_model(str(DATA / folder), size=1024)
+    rows = {row.module: row for row in report.per_call}
+    assert rows["transformer, invert_canvas"].tflop_per_call == pytest.approx(forward_tflop, rel=2e-3)
+    assert report.unet_calls_per_phase == calls
+    assert report.config.branches["cycle"] == cycle_branches
