@@ -105,6 +105,6 @@ def register_model_families(register):
     first (a plugin is asked before the built-ins); the first that claims it loads it and returns a
     :class:`sow.engine.backbone.Backbone`. A family name is unique as a stage name is.
 
-    Built-ins: ``sd1``, ``sd2``, ``sdxl`` (:mod:`sow.engine.unet_family`); ``sd3``, ``flux1``, ``flux2``
-    (:mod:`sow.models.flow.families`).
+    Built-ins: ``sd1``, ``sd2``, ``sdxl`` (:mod:`sow.engine.unet_family`); ``sd3``, ``flux1``, ``flux2``,
+    ``qwen-image``, ``z-image`` (:mod:`sow.models.flow.families`).
     """
