@@ -39,8 +39,8 @@ def outputs(backbone) -> dict[str, torch.Tensor]:
         prompts = backbone.encode_prompts({"prompt": PROMPT, "empty": ""})
         velocity = backbone.predict(latents, torch.tensor(700.0), batch_conditioning(prompts, ["prompt", "empty"], 1)).output
         return {
+            **{f"text {key}": value for key, value in prompts["prompt"].items()},
             "text": prompts["prompt"]["encoder_hidden_states"],
-            "pooled": prompts["prompt"]["pooled_projections"],
             "velocity": velocity,
             "encoded": backbone.encode_image(pixels),
             "decoded": backbone.decode_latents(latents[:, :, :8, :8]),
@@ -204,3 +204,18 @@ def test_a_pipeline_spec_carries_the_memory_modes_to_every_worker():
     assert pipe.applied_performance["weight_format"] == "fp8" and pipe.backbone.attention_kernel == "math"
     assert any(p.dtype == torch.float8_e4m3fn for p in pipe.backbone.transformer.parameters())
     assert not hasattr(PipelineSpec(model="tiny-flux", device="cpu").load(), "applied_performance")  # nothing asked, nothing applied
+
+
+@pytest.mark.parametrize("name", ["tiny-sd3", "tiny-flux2", "tiny-qwen-image", "tiny-z-image"])
+def test_every_flow_family_runs_under_model_offload_and_in_fp8(name):
+    """The other flow families through the same doors: model offload changes no number, fp8 weights stay close."""
+    loaded = SOWPipeline.from_pretrained(name).backbone
+    expected = outputs(loaded)
+    offloaded = copy.deepcopy(loaded)
+    offload = offload_backbone(offloaded, "cpu")
+    got = outputs(offloaded)
+    assert all(torch.equal(got[k], v) for k, v in expected.items())
+    assert "transformer" in offload.moves and "vae" in offload.moves
+    apply_to_backbone(loaded, PerformanceSettings(weight_format="fp8"))
+    assert any(p.dtype == torch.float8_e4m3fn for p in loaded.transformer.parameters())
+    assert 0 < _relative(outputs(loaded)["velocity"], expected["velocity"]) < 0.1

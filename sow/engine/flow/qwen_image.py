@@ -40,6 +40,7 @@ class QwenImageBackbone(FlowBackbone):
     """
 
     family = "qwen-image"
+    pipeline_class = "QwenImagePipeline"
     schedule_rule = "flux1"  # linspace(1, 1/S) sigmas, mu linear in the packed tokens (0.5..0.9 over 256..8192), shift_terminal
     image_position = "last"
     patch_size = 2
@@ -69,9 +70,9 @@ class QwenImageBackbone(FlowBackbone):
         for text in texts:  # one prompt at a time, as the pipeline encodes prompt and negative
             enc = tokenizer([QWEN_IMAGE_TEMPLATE.format(text)], max_length=ENCODER_MAX_TOKENS + TEMPLATE_TOKENS,
                             padding=True, truncation=True, return_tensors="pt")
-            out = encoder(input_ids=enc.input_ids.to(encoder.device), attention_mask=enc.attention_mask.to(encoder.device),
+            out = encoder(input_ids=enc.input_ids.to(self.device), attention_mask=enc.attention_mask.to(self.device),
                           output_hidden_states=True)
-            real = out.hidden_states[-1][0][enc.attention_mask[0].bool().to(encoder.device)]
+            real = out.hidden_states[-1][0][enc.attention_mask[0].bool().to(self.device)]
             rows.append(real[TEMPLATE_TOKENS:][: self.text_length])
         return rows
 
@@ -123,7 +124,7 @@ class QwenImageBackbone(FlowBackbone):
 
     def vae_latents(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """The posterior's mode (or a sample) of ``pixels`` as one video frame, the frame axis dropped."""
-        video = pixels.to(device=self.vae.device, dtype=self.vae.dtype).unsqueeze(2)
+        video = pixels.to(device=self.device, dtype=self.vae.dtype).unsqueeze(2)
         posterior = self.vae.encode(video).latent_dist
         return (posterior.mode() if generator is None else posterior.sample(generator))[:, :, 0]
 

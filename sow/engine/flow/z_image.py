@@ -60,6 +60,7 @@ class ZImageBackbone(FlowBackbone):
     """
 
     family = "z-image"
+    pipeline_class = "ZImagePipeline"
     schedule_rule = "flux1"  # linspace(1, 1/S) sigmas, the static shift 3.0 (Turbo's scheduler is not dynamic)
     image_position = "first"
     patch_size = 2
@@ -107,8 +108,8 @@ class ZImageBackbone(FlowBackbone):
             for t in texts
         ]
         enc = tokenizer(chats, padding="max_length", max_length=self.text_length, truncation=True, return_tensors="pt")
-        mask = enc.attention_mask.to(encoder.device).bool()
-        hidden = encoder(input_ids=enc.input_ids.to(encoder.device), attention_mask=mask, output_hidden_states=True).hidden_states[Z_IMAGE_HIDDEN_LAYER]
+        mask = enc.attention_mask.to(self.device).bool()
+        hidden = encoder(input_ids=enc.input_ids.to(self.device), attention_mask=mask, output_hidden_states=True).hidden_states[Z_IMAGE_HIDDEN_LAYER]
         return [hidden[i][mask[i]] for i in range(len(texts))]
 
     @torch.no_grad()
