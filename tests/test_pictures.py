@@ -27,7 +27,7 @@ def test_plan_picture_is_upscaled_and_boxes_drawn_where_planned(side, factor):
 
 
 def test_scalable_font_grows_with_the_picture():
-    from sow.io.pictures import font, font_size
+    from sow.viz.pictures import font, font_size
 
     assert font_size(512) == 16 and font_size(1024) == 32 and font_size(100) == 12
     small, large = font(12), font(32)

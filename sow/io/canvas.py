@@ -142,7 +142,7 @@ def draw_plan(plan: Plan, seeded: Image.Image, aligned: list[Box] | None = None)
     Canvases under 512 px are shown upscaled (whole factor, nearest neighbour) so the text
     reads; the labels give the boxes in canvas pixels either way.
     """
-    from sow.io.pictures import font, font_size, legend, tag, upscale_factor, upscaled, wrap
+    from sow.viz.pictures import font, font_size, legend, tag, upscale_factor, upscaled, wrap
 
     factor = upscale_factor(*seeded.size)
     photo = upscaled(seeded.convert("RGB"), factor)
