@@ -158,7 +158,7 @@ class StepEndCallback:
 def to_output(decoded: torch.Tensor, output_type: str) -> list[Image.Image] | np.ndarray | torch.Tensor:
     """Decoded images (n, 3, h, w) in [-1, 1] as ``output_type`` asks (``"latent"`` is handled before decoding)."""
     if output_type == "pil":
-        from sow.io.canvas import to_image
+        from sow.engine.seeding import to_image
 
         return [to_image(one) for one in decoded.split(1)]
     unit = (decoded.float() / 2 + 0.5).clamp(0, 1)

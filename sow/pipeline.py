@@ -25,7 +25,7 @@ from PIL import Image
 
 from sow.version import __version__
 from sow import diffusers_style
-from sow.io import canvas as cv
+from sow.engine import seeding
 from sow.engine.backbone import Backbone, LoadRequest
 from sow.engine.conditions import (
     ConditionInput,
@@ -424,7 +424,7 @@ class SOWPipeline:
         plan = self.plan(images if len(images) > 1 else images[0], prompt, config, seed, planner=planner)
         plan = _with_sources(plan, [s.given if isinstance(s.given, Image.Image) else s.label for s in sources])
         if not config.ablation.adaptive_position:  # AP ablation: seeded random placement
-            plan = random_placement(plan, cv.apply_crop(images[0], None, plan.crop)[0], config, seed)
+            plan = random_placement(plan, seeding.apply_crop(images[0], None, plan.crop)[0], config, seed)
         self.check_inputs(prompt, config, plan, len(images))
         return plan
 
@@ -488,7 +488,7 @@ class SOWPipeline:
 
     def encode_image(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
         """The model's latents of ``image``: the VAE posterior's mode, or (with ``generator``) a sample."""
-        return self.backbone.encode_image(cv.to_tensor(image).to(device=self.device), generator)
+        return self.backbone.encode_image(seeding.to_tensor(image).to(device=self.device), generator)
 
     _encode = encode_image  # the name before the named steps
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from sow.io.canvas import BOX_R_COLOR, BOX_V_COLOR, draw_plan
+from sow.viz.plan import BOX_R_COLOR, BOX_V_COLOR, draw_plan
 from sow.schemas import Box, Canvas, Plan
 
 

@@ -127,7 +127,7 @@ def test_eval_on_paste_assigns_every_face_to_its_own_person(faces_dir, tmp_path,
 def test_an_identity_swap_counts_as_a_failure(faces_dir):
     pytest.importorskip("dlib")
     from sow.eval.face_metrics import DlibMetric, measure_people, reference_face
-    from sow.io.canvas import fit_condition, paste_all_on_gray
+    from sow.engine.seeding import fit_condition, paste_all_on_gray
     from sow.schemas import Box, Canvas
 
     from sow.planners.heuristic import detect_faces_dlib, face_crop

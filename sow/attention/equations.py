@@ -438,7 +438,7 @@ class LayerRegions:
     ) -> LayerRegions:
         """Masks from the boxes (cells whose centres fall inside), distances from box_v's centre
         (``dis_unit``: see :func:`distance_decay`)."""
-        from sow.io.canvas import box_mask
+        from sow.engine.seeding import box_mask
 
         cond = box_mask(condition_box, canvas, height, width)
         rel = box_mask(related_box, canvas, height, width) & ~cond

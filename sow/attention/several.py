@@ -69,7 +69,7 @@ class SeveralRegions:
     ) -> SeveralRegions:
         """As :meth:`sow.attention.equations.LayerRegions.build`, per condition (``dis_unit``: see
         :func:`~sow.attention.equations.distance_decay`)."""
-        from sow.io.canvas import box_mask
+        from sow.engine.seeding import box_mask
 
         masks = [box_mask(b, canvas, height, width).flatten() for b in condition_boxes]
         union = torch.stack(masks).any(0)

@@ -40,7 +40,7 @@ from typing import Any, Literal
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from sow.io import canvas as cv
+from sow.engine import seeding
 from sow.eval.spec import SpecItem, item_file_name
 from sow.errors import InputError, SowError
 from sow.io.images import load_condition
@@ -361,7 +361,7 @@ class Evaluation:
         """(image, the plan with each box_v as used (on the latent grid), extra row fields, the seeded
         canvas, the kept pixels of the first box_v or None, every condition's kept pixels
         (:class:`sow.io.paste.KeptCondition`), the image before the paste (the image itself where nothing was pasted))."""
-        from sow.io.canvas import apply_crop
+        from sow.engine.seeding import apply_crop
 
         paths = item.condition_paths(self.spec_base)
         path = paths[0]
@@ -399,12 +399,12 @@ class Evaluation:
             pasted.append((image, mask, box_v))
         from sow.io.paste import KeptCondition
 
-        fits = [(cv.fit_condition(im, b, m), b) for im, m, b in pasted]
+        fits = [(seeding.fit_condition(im, b, m), b) for im, m, b in pasted]
         layout = [KeptCondition(b, fitted, keep) for (fitted, keep), b in fits]
-        seeded = cv.paste_all_on_gray([(fitted, b) for (fitted, _), b in fits], config.canvas)
+        seeded = seeding.paste_all_on_gray([(fitted, b) for (fitted, _), b in fits], config.canvas)
         used = _used(plan, boxes)
         first_image, first_mask, first_box = pasted[0]
-        kept = cv.fit_condition(first_image, first_box, first_mask)[1] if first_mask is not None and len(pasted) == 1 else None
+        kept = seeding.fit_condition(first_image, first_box, first_mask)[1] if first_mask is not None and len(pasted) == 1 else None
         if method.kind == "paste":
             return seeded, used, {}, seeded, kept, layout, seeded
         if method.kind == "controlnet":
@@ -420,7 +420,7 @@ class Evaluation:
         from sow.eval.inpainting import inpaint, repaint_mask
 
         image, mask, box_v = pasted[0]
-        _, keep = cv.fit_condition(image, box_v, mask)
+        _, keep = seeding.fit_condition(image, box_v, mask)
         mask = repaint_mask(seeded.size, box_v.x, box_v.y, keep)
         image = inpaint(
             self.inpaint_pipe, seeded, mask, item.prompt, seed=seed, steps=self.config.inpaint.steps,
@@ -432,7 +432,7 @@ class Evaluation:
         """The reference face of condition ``index``: one condition, the largest face of its image;
         several, the largest face of that condition's planned crop (one group photo gives several)."""
         from sow.eval.face_metrics import reference_face
-        from sow.io.canvas import apply_crop
+        from sow.engine.seeding import apply_crop
 
         paths = item.condition_paths(self.spec_base)
         cond = plan.conditions[index] if plan is not None and len(plan.conditions) > 1 else None
@@ -660,13 +660,13 @@ def _rounded(value: float | None) -> float | None:
 
 def _kept(path: Path, crop: Any, box_v: Any) -> Image.Image | None:
     """The kept pixels of box_v for a condition with an alpha mask (None: every pixel is kept)."""
-    from sow.io.canvas import apply_crop
+    from sow.engine.seeding import apply_crop
 
     loaded = load_condition(path)
     if loaded.mask is None:
         return None
     image, mask = apply_crop(loaded.image, loaded.mask, crop)
-    return cv.fit_condition(image, box_v, mask)[1]
+    return seeding.fit_condition(image, box_v, mask)[1]
 
 
 def _used(plan: Any, boxes: list[Any]) -> Any:

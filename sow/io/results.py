@@ -62,7 +62,7 @@ def image_roles(paths: dict[str, Path]) -> list[str]:
 
 def render_outputs(result: Any, paths: dict[str, Path]) -> dict[str, bytes]:
     """The bytes of every file in ``paths`` for ``result`` (a :class:`~sow.pipeline.SOWOutput`); sets the record's outputs."""
-    from sow.io.canvas import draw_plan
+    from sow.viz.plan import draw_plan
 
     files: dict[str, bytes] = {}
     images = result.images or [result.image]

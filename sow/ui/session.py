@@ -1,7 +1,7 @@
 """What the web app does, without the web: load a model once, plan, redraw an edited plan, generate.
 
 Everything here goes through the library's public API (``SOWPipeline``, ``Plan``, ``Box``,
-``GenerationConfig``, the plan picture of :mod:`sow.io.canvas`), so the page can do nothing
+``GenerationConfig``, the plan picture of :mod:`sow.viz.plan`), so the page can do nothing
 that Python cannot. Errors are :class:`sow.errors.SowError`; :func:`one_line` renders any
 exception as the line the CLI would print.
 """
@@ -141,7 +141,7 @@ def seeded_picture(plan: Plan, condition: Path | list[Path], scale: int = 8) -> 
 
     ``condition``: the uploaded photo, or the list of them (one per condition image).
     """
-    from sow.io.canvas import apply_crop, fit_condition, paste_all_on_gray
+    from sow.engine.seeding import apply_crop, fit_condition, paste_all_on_gray
     from sow.io.images import load_condition
 
     paths = condition if isinstance(condition, list) else [condition]
@@ -156,8 +156,8 @@ def seeded_picture(plan: Plan, condition: Path | list[Path], scale: int = 8) -> 
 
 
 def picture(plan: Plan, condition: Path | list[Path], scale: int = 8) -> Image.Image:
-    """The plan picture (:func:`sow.io.canvas.draw_plan`) over :func:`seeded_picture`: every box drawn, numbered."""
-    from sow.io.canvas import draw_plan
+    """The plan picture (:func:`sow.viz.plan.draw_plan`) over :func:`seeded_picture`: every box drawn, numbered."""
+    from sow.viz.plan import draw_plan
 
     return draw_plan(plan, seeded_picture(plan, condition, scale))
 
@@ -225,7 +225,7 @@ def generate(
     out_dir: Path | None = None,
 ) -> Generated:
     """One generation as the page runs it; the plan JSON and the run record are written to ``out_dir``."""
-    from sow.io.canvas import draw_plan
+    from sow.viz.plan import draw_plan
     from sow.io.outputs import save_json_atomic
 
     if choices.attention and (config.stages.modulator == "none" or not config.ablation.dynamic_attention):
