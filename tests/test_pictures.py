@@ -36,6 +36,6 @@ def test_scalable_font_grows_with_the_picture():
 
 @pytest.mark.parametrize(("longest", "ticks"), [(41.5, [0, 10, 20, 30, 40, 50]), (0.37, [0, 0.1, 0.2, 0.3, 0.4]), (3.0, [0, 1, 2, 3])])
 def test_chart_ticks_are_round(longest, ticks):
-    from sow.bench.chart import nice_ticks
+    from sow.viz.bench_chart import nice_ticks
 
     assert nice_ticks(longest) == pytest.approx(ticks)

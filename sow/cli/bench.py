@@ -103,6 +103,6 @@ def bench_command(
     if json_path is not None:
         save_json_atomic(report.as_dict(), json_path)
     if plot is not None and not count_only:
-        from sow.bench.chart import draw_stage_chart
+        from sow.viz.bench_chart import draw_stage_chart
 
         draw_stage_chart(report, plot)
