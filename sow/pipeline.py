@@ -51,7 +51,7 @@ from sow.engine.fingerprint import weights_fingerprint
 from sow.io.masks import used_mask
 from sow.io.paste import KeptCondition, decode_type, paste_decoded
 from sow.plugins import Registry, get_registry, plugin_exits_fail, validate_options
-from sow.io.prompt_checks import prompt_warnings, require_prompt
+from sow.safety.prompt_checks import prompt_warnings, require_prompt
 from sow.schemas import PRESETS, ConditionRecord, GenerationConfig, Plan, RunRecord, StageNames, StageTiming
 from sow.stages import STAGE_FIELDS, Planner, PlanRequest, RunInputs, stage_options_by_kind
 

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sow.errors import InputError
-from sow.io.security import clean_text
+from sow.safety.security import clean_text
 
 PAPER_NEGATIVE_PROMPT = "a bad quality and low-resolution image, extra fingers, deformed hands"
 REFERENCE_NEGATIVE_PROMPT = "a bad quality and low resolution image,extra fingers,deformed hands"
@@ -196,7 +196,7 @@ class Plan(_Strict):
     def _prompt_within_limit(cls, value: str, info: Any) -> str:
         """The prompt limit every door passes (plan files, the web app, the API): a user's prompt at most
         ``MAX_PROMPT_CHARS``, the plan's prompt that plus ``PLANNER_PROMPT_ROOM`` (a planner adds words)."""
-        from sow.io.prompt_checks import MAX_PROMPT_CHARS, PLANNER_PROMPT_ROOM
+        from sow.safety.prompt_checks import MAX_PROMPT_CHARS, PLANNER_PROMPT_ROOM
 
         limit = MAX_PROMPT_CHARS + (PLANNER_PROMPT_ROOM if info.field_name == "prompt" else 0)
         if len(value) > limit:

@@ -33,7 +33,7 @@ app = typer.Typer(
     rich_markup_mode=None,  # click's plain help: option names whole at any width (rich's table cut them at 80 columns)
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
-from sow.io.security import redacting_console  # noqa: E402
+from sow.safety.security import redacting_console  # noqa: E402
 
 err = redacting_console(stderr=True)
 out = redacting_console()
@@ -190,7 +190,7 @@ def global_options(
     """
     from sow.cli.startup import apply_threads
     from sow.plugins import disable_plugins
-    from sow.io.security import set_load_policy
+    from sow.safety.security import set_load_policy
 
     if not (ctx.obj or {}).get("text_only"):  # help and completion leave torch unimported
         apply_threads(threads)
@@ -346,7 +346,7 @@ def generate(
     see docs/scale-out.md.
     """
     from sow.io.outputs import check_writable, safe_name
-    from sow.io.prompt_checks import require_prompt
+    from sow.safety.prompt_checks import require_prompt
     from sow.io.results import output_paths, prepare_outputs, write_outputs
     preset, dtype, on_planner_error = value(preset), value(dtype), value(on_planner_error)
     if replay is not None:  # everything from the record (sow.cli.replay)
@@ -373,7 +373,7 @@ def generate(
     if not 0 <= seed < 2**63:
         raise InputError(f"--seed {seed}: must lie in 0 .. 2**63-1")
 
-    from sow.io.security import load_policy
+    from sow.safety.security import load_policy
 
     if lora:  # a missing file or a scale of nan/inf: refused before the model loads
         from sow.models.lora import parse_lora
@@ -497,7 +497,7 @@ def generate(
     for warning in result.record.warnings:
         err.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
     if json_output:
-        from sow.io.security import redact_data
+        from sow.safety.security import redact_data
 
         event = {"event": "done", "outputs": result.record.outputs, "seconds": round(total, 3), "warnings": result.record.warnings}
         out.print(json.dumps(redact_data(event)), markup=False, highlight=False, soft_wrap=True)
@@ -540,7 +540,7 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _fail(message: str, code: int) -> None:
-    from sow.io.security import redact
+    from sow.safety.security import redact
 
     err.print(redact(message), markup=False, highlight=False, soft_wrap=True)
     sys.exit(code)
@@ -572,7 +572,7 @@ def main(argv: list[str] | None = None) -> None:
     import os
 
     from sow.cli.scale_options import optional_ray_address
-    from sow.io.security import cli_logging
+    from sow.safety.security import cli_logging
 
     from sow.cli.startup import hoist_global_options, reads_text_only
 
@@ -602,7 +602,7 @@ def main(argv: list[str] | None = None) -> None:
         if problem is not None:
             _fail(f"error: {problem}", problem.exit_code)
         if os.environ.get("SOW_DEBUG") == "1":  # the traceback, redacted: it ends up in bug reports
-            from sow.io.security import format_traceback
+            from sow.safety.security import format_traceback
 
             sys.stderr.write(format_traceback(exc))
         first = str(exc).splitlines()[0] if str(exc) else ""

@@ -179,7 +179,7 @@ def make_plan(
     from sow.plugins import get_registry
     from sow.stages import PlanRequest
 
-    from sow.io.prompt_checks import require_prompt
+    from sow.safety.prompt_checks import require_prompt
 
     require_prompt(prompt)
     config = config or GenerationConfig()

@@ -241,7 +241,7 @@ def repair_plan(plan: Plan | Mapping[str, Any], config: GenerationConfig, images
             raise PlannerError("planner answer: prompt is empty and there is no user prompt to fall back on")
         prompt = user_prompt
         repairs.append("prompt was empty; the user's prompt is used")
-    from sow.io.prompt_checks import MAX_PROMPT_CHARS, PLANNER_PROMPT_ROOM
+    from sow.safety.prompt_checks import MAX_PROMPT_CHARS, PLANNER_PROMPT_ROOM
 
     if len(prompt) > MAX_PROMPT_CHARS + PLANNER_PROMPT_ROOM:  # a model that rambled: cut to the plan's limit
         repairs.append(f"prompt of {len(prompt):,} characters cut to the plan limit of {MAX_PROMPT_CHARS + PLANNER_PROMPT_ROOM:,}")

@@ -24,7 +24,7 @@ from sow.ui.limits import UiLimits, condition_paths  # noqa: F401 - condition_pa
 
 def one_line(exc: BaseException) -> str:
     """The message the CLI prints for ``exc``: ``error: ...`` on one line, secrets redacted."""
-    from sow.io.security import redact
+    from sow.safety.security import redact
 
     from sow.errors import environment_problem
 

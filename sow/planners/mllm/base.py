@@ -111,7 +111,7 @@ def load_kwargs(options: MLLMOptions) -> dict[str, Any]:
     ``device="auto"`` on a CUDA machine with accelerate, ``device_map="auto"`` places the
     model (over several GPUs, or partly on the CPU when it does not fit).
     """
-    from sow.io.security import safe_load_kwargs
+    from sow.safety.security import safe_load_kwargs
 
     device = resolve_device(options.device)
     # safetensors only and no remote code, unless the user allowed them (--allow-pickle, --trust-remote-code)

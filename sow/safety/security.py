@@ -11,7 +11,7 @@ the user says otherwise:
 
 A plugin that loads a model reads the policy instead of hard-coding a value::
 
-    from sow.io.security import load_policy
+    from sow.safety.security import load_policy
     model = AutoModel.from_pretrained(repo, trust_remote_code=load_policy().trust_remote_code)
 
 or spreads :func:`safe_load_kwargs` into its ``from_pretrained`` calls (safetensors only
