@@ -143,14 +143,14 @@ def _has_accelerate() -> bool:
 
 def local_only(options: MLLMOptions) -> bool:
     """Whether to keep off the hub: asked for (``local_files_only``), or the hub is unreachable now."""
-    from sow.io.hub import offline_reason
+    from sow.models.hub import offline_reason
 
     return options.local_files_only or offline_reason() is not None
 
 
 def describe_load_error(family: str, model: str, options: MLLMOptions, exc: BaseException) -> ModelLoadError:
     """One line saying which model failed to load, how, and what to try."""
-    from sow.io.hub import offline_reason
+    from sow.models.hub import offline_reason
 
     text = " ".join(str(exc).split()) or type(exc).__name__
     offline = offline_reason()
