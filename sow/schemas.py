@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sow import geometry
 from sow.errors import InputError
 from sow.safety.security import clean_text
 
@@ -96,27 +97,21 @@ class Box(_Strict):
         return [self.x, self.y, self.w, self.h]
 
     def fits(self, canvas: Canvas) -> bool:
-        return self.right <= canvas.width and self.bottom <= canvas.height
+        """Whether the box ends inside the canvas (:func:`sow.geometry.fits`)."""
+        return geometry.fits(self, canvas)
 
     def clipped(self, canvas: Canvas) -> Box:
-        """The part of this box inside the canvas (at least one pixel)."""
-        x, y = min(self.x, canvas.width - 1), min(self.y, canvas.height - 1)
-        return Box(x=x, y=y, w=max(1, min(self.right, canvas.width) - x), h=max(1, min(self.bottom, canvas.height) - y))
+        """The part of this box inside the canvas, at least one pixel (:func:`sow.geometry.clip_to_canvas`)."""
+        return Box.model_validate(geometry.clip_to_canvas(self, canvas))
 
     def aligned(self, grid: int, canvas: Canvas | None = None) -> Box:
         """This box snapped to a grid (the VAE's 8-pixel latent cells): the corner to the nearest
         grid line (halves up), the size rounded to whole cells (halves to even, at least one).
 
         With ``canvas`` (its sides multiples of ``grid``) a box that fitted is kept on it: a corner
-        rounded past the edge moves back by whole cells.
+        rounded past the edge moves back by whole cells (:func:`sow.geometry.snap_to_grid`).
         """
-        x, y = (self.x + grid // 2) // grid * grid, (self.y + grid // 2) // grid * grid
-        w = max(grid, round(self.w / grid) * grid)
-        h = max(grid, round(self.h / grid) * grid)
-        if canvas is not None:
-            w, h = min(w, max(grid, canvas.width // grid * grid)), min(h, max(grid, canvas.height // grid * grid))
-            x, y = max(0, min(x, (canvas.width - w) // grid * grid)), max(0, min(y, (canvas.height - h) // grid * grid))
-        return Box(x=x, y=y, w=w, h=h)
+        return Box.model_validate(geometry.snap_to_grid(self, grid, canvas))
 
     def __str__(self) -> str:
         return f"{self.x},{self.y},{self.w},{self.h}"
@@ -156,9 +151,8 @@ ONE_CONDITION_FIELDS = ("box_v", "box_r", "crop")
 """The top-level fields of a one-condition plan file (sow <= 0.x), migrated into ``conditions[0]``."""
 
 
-def overlapping(a: Box, b: Box) -> bool:
-    """Whether two boxes share at least one pixel."""
-    return a.x < b.right and b.x < a.right and a.y < b.bottom and b.y < a.bottom
+overlapping = geometry.overlapping
+"""Whether two boxes share at least one pixel (:func:`sow.geometry.overlapping`)."""
 
 
 MAX_CONDITIONS = 16

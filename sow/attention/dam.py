@@ -45,6 +45,7 @@ from sow.attention.capture import ATTENTION_ARTIFACT, AttentionCapture, attentio
 from sow.engine.context import RunContext
 from sow.errors import InputError
 from sow.hookspecs import hookimpl
+from sow.geometry import from_latent_cells
 from sow.schemas import Box
 
 SELF_ATTENTION_SUFFIX = "attn1.processor"
@@ -63,7 +64,7 @@ def condition_box(ctx: RunContext) -> Box:
 def region_box(region, canvas) -> Box:
     """A condition's region in canvas pixels (its box_v as aligned to the latent grid)."""
     scale = canvas.width // region.canvas_width
-    return Box(x=region.left * scale, y=region.top * scale, w=region.width * scale, h=region.height * scale)
+    return Box.model_validate(from_latent_cells(region.top, region.left, region.height, region.width, scale))
 
 
 @dataclass(frozen=True)

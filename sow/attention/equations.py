@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from sow.geometry import box_mask, cell_distances  # noqa: F401 (cell_distances: part of the equations' API)
 from sow.schemas import Box, Canvas
 
 RANGE_EPS = 1e-12
@@ -384,14 +385,6 @@ def layer_grid(tokens: int, latent_height: int, latent_width: int) -> tuple[int,
     return h, w
 
 
-def cell_distances(centre: tuple[float, float], canvas: Canvas, height: int, width: int) -> torch.Tensor:
-    """(height, width): distance in canvas pixels from each grid cell's centre to ``centre`` (x, y)."""
-    ys = (torch.arange(height, dtype=torch.float64) + 0.5) * canvas.height / height
-    xs = (torch.arange(width, dtype=torch.float64) + 0.5) * canvas.width / width
-    cx, cy = centre
-    return torch.sqrt((ys[:, None] - cy) ** 2 + (xs[None, :] - cx) ** 2)
-
-
 @dataclass(frozen=True)
 class LayerRegions:
     """The two regions of DAM on one attention grid, as flat token indices and key indicators.
@@ -438,8 +431,6 @@ class LayerRegions:
     ) -> LayerRegions:
         """Masks from the boxes (cells whose centres fall inside), distances from box_v's centre
         (``dis_unit``: see :func:`distance_decay`)."""
-        from sow.engine.seeding import box_mask
-
         cond = box_mask(condition_box, canvas, height, width)
         rel = box_mask(related_box, canvas, height, width) & ~cond
         dist = cell_distances(condition_box.center, canvas, height, width).flatten()

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from sow.attention import equations as eq
+from sow.geometry import box_mask
 from sow.schemas import Box, Canvas
 
 
@@ -69,8 +70,6 @@ class SeveralRegions:
     ) -> SeveralRegions:
         """As :meth:`sow.attention.equations.LayerRegions.build`, per condition (``dis_unit``: see
         :func:`~sow.attention.equations.distance_decay`)."""
-        from sow.engine.seeding import box_mask
-
         masks = [box_mask(b, canvas, height, width).flatten() for b in condition_boxes]
         union = torch.stack(masks).any(0)
         related, decays, modulated = [], [], union.clone()

@@ -113,18 +113,6 @@ def to_image(tensor: torch.Tensor) -> Image.Image:
     return Image.fromarray(array)
 
 
-def box_mask(box: Box, canvas: Canvas, height: int, width: int) -> torch.Tensor:
-    """(height, width) bool mask of the grid cells whose centres fall inside ``box``.
-
-    The grid covers the canvas (any resolution: latent grid, attention layer grid).
-    """
-    ys = (torch.arange(height, dtype=torch.float32) + 0.5) * canvas.height / height
-    xs = (torch.arange(width, dtype=torch.float32) + 0.5) * canvas.width / width
-    inside_y = (ys >= box.y) & (ys < box.bottom)
-    inside_x = (xs >= box.x) & (xs < box.right)
-    return inside_y[:, None] & inside_x[None, :]
-
-
 def apply_crop(image: Image.Image, mask: Image.Image | None, crop: Box | None) -> tuple[Image.Image, Image.Image | None]:
     """The part of the condition (and its mask) that ``plan.crop`` selects; unchanged without a crop."""
     if crop is None:

@@ -37,6 +37,7 @@ from PIL import Image
 
 from sow.hookspecs import hookimpl
 from sow.errors import InputError
+from sow.geometry import move_inside
 from sow.planners.fixed import body_box, condition_box
 from sow.planners.layout import side_by_side
 from sow.schemas import Box, Canvas, Condition, Plan
@@ -168,8 +169,7 @@ def face_crop(face: Box, size: tuple[int, int], margin: float = FACE_MARGIN) -> 
     side = min(round(max(face.w, face.h) * margin), width, height)
     cx, cy = face.center
     cy += CHIN_SHIFT * face.h
-    x = min(max(0, round(cx - side / 2)), width - side)
-    y = min(max(0, round(cy - side / 2)), height - side)
+    x, y = move_inside(round(cx - side / 2), round(cy - side / 2), side, side, size)
     return Box(x=x, y=y, w=side, h=side)
 
 
