@@ -62,6 +62,7 @@ TARGETS: dict[str, list[str]] = {
     # issue 28: the modules that moved or were made one
     "sow/geometry.py": ["tests/test_geometry.py", "tests/test_plan_repair.py", "tests/test_hand_made_boxes.py", "tests/test_oracle_layouts.py"],
     "sow/engine/seeding.py": ["tests/test_readings.py", "-k", "mask or seed_background or cell"],
+    "sow/faces.py": ["tests/test_faces.py", "tests/test_heuristic.py", "-m", "slow or not slow"],
 }
 """Module -> the tests that cover it (a small, targeted subset: each mutant runs them)."""
 

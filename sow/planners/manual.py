@@ -21,9 +21,10 @@ from sow.schemas import Box, GenerationConfig, Plan
 
 def condition_crop(image: Image.Image) -> Box | None:
     """The square around the largest face that the ``heuristic`` planner crops to, or None (no face: all of it)."""
-    from sow.planners.heuristic import detect_faces, face_crop
+    from sow.faces import face_boxes
+    from sow.planners.heuristic import face_crop
 
-    faces = detect_faces(image)
+    faces = face_boxes(image)
     return face_crop(faces[0], image.size) if faces else None
 
 
