@@ -25,7 +25,7 @@ from PIL import Image
 
 from sow.version import __version__
 from sow import diffusers_style
-from sow.engine import seeding
+from sow.engine import pixels, seeding
 from sow.engine.backbone import Backbone, LoadRequest
 from sow.engine.conditions import (
     ConditionInput,
@@ -488,7 +488,7 @@ class SOWPipeline:
 
     def encode_image(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
         """The model's latents of ``image``: the VAE posterior's mode, or (with ``generator``) a sample."""
-        return self.backbone.encode_image(seeding.to_tensor(image).to(device=self.device), generator)
+        return self.backbone.encode_image(pixels.to_tensor(image).to(device=self.device), generator)
 
     _encode = encode_image  # the name before the named steps
 

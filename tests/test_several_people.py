@@ -20,7 +20,7 @@ from sow.engine.context import RunContext
 from sow.errors import InputError
 from sow.hookspecs import hookimpl
 from sow.io.images import load_condition
-from sow.engine import seeding
+from sow.engine import pixels, seeding
 from sow.viz import plan as plan_picture
 from sow.engine.preservation import RegionReplacePreserver
 from sow.pipeline import SOWPipeline
@@ -146,7 +146,7 @@ def test_every_region_is_reset_to_its_own_latent_at_every_step_and_nothing_else(
         assert len(trajectories[i]) == cfg.t2 + 1
         fitted = load_condition(images[i]).image.resize((box[2], box[3]), Image.Resampling.LANCZOS)
         with torch.no_grad():
-            own = vae.encode(seeding.to_tensor(fitted)).latent_dist.mode() * vae.config.scaling_factor
+            own = vae.encode(pixels.to_tensor(fitted)).latent_dist.mode() * vae.config.scaling_factor
         assert torch.equal(trajectories[i][0], own)
         assert not torch.equal(trajectories[i][1], trajectories[i][0])  # inverted upward from there
     outside = torch.ones(1, 1, height // 8, width // 8, dtype=torch.bool)

@@ -101,18 +101,6 @@ def latent_mask(keep: Image.Image, scale: int, rule: str = "centre") -> torch.Te
     return torch.from_numpy((small >= 128).astype(np.float32))[None, None]
 
 
-def to_tensor(image: Image.Image) -> torch.Tensor:
-    """RGB image -> (1, 3, H, W) in [-1, 1]."""
-    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(array).permute(2, 0, 1)[None]
-
-
-def to_image(tensor: torch.Tensor) -> Image.Image:
-    """(1, 3, H, W) in [-1, 1] -> RGB image."""
-    array = ((tensor[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(array)
-
-
 def apply_crop(image: Image.Image, mask: Image.Image | None, crop: Box | None) -> tuple[Image.Image, Image.Image | None]:
     """The part of the condition (and its mask) that ``plan.crop`` selects; unchanged without a crop."""
     if crop is None:
