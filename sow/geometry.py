@@ -125,12 +125,13 @@ def intersection_area(a: Any, b: Any) -> int:
 
 
 def iou(a: Any, b: Any) -> float:
-    """Intersection over union of two boxes, 0..1 (0 when both have no area)."""
+    """Intersection over union of two boxes, 0..1 (0 when they share no pixel, e.g. one has no area)."""
     shared = intersection_area(a, b)
+    if shared == 0:
+        return 0.0
     _, _, aw, ah = xywh(a)
     _, _, bw, bh = xywh(b)
-    union = max(0, aw) * max(0, ah) + max(0, bw) * max(0, bh) - shared
-    return shared / union if union > 0 else 0.0
+    return shared / (aw * ah + bw * bh - shared)
 
 
 # -- pixels and latent cells -------------------------------------------------------------------

@@ -89,9 +89,11 @@ def test_overlap_intersection_and_iou():
     assert geo.iou(a, b) == pytest.approx(25 / 175)
     assert geo.iou(a, a) == 1.0
     touching = (10, 0, 5, 5)
-    assert not geo.overlapping(a, touching) and geo.intersection_area(a, touching) == 0 and geo.iou(a, touching) == 0.0
+    for one, other in ((a, touching), (touching, a)):  # touching edges share no pixel, either way round
+        assert not geo.overlapping(one, other) and geo.intersection_area(one, other) == 0 and geo.iou(one, other) == 0.0
     below = (0, 10, 5, 5)
-    assert not geo.overlapping(a, below) and not geo.overlapping(below, a)
+    for one, other in ((a, below), (below, a)):
+        assert not geo.overlapping(one, other) and geo.intersection_area(one, other) == 0 and geo.iou(one, other) == 0.0
     assert geo.overlapping((0, 0, 10, 10), (9, 9, 1, 1))  # one shared pixel
     assert geo.iou((0, 0, 0, 0), (0, 0, 0, 0)) == 0.0  # no area: no union, IoU 0, not a division by zero
     assert geo.iou((0, 0, 0, 5), (0, 0, 4, 5)) == 0.0
