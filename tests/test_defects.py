@@ -204,7 +204,7 @@ def test_4_debug_tracebacks_are_redacted(tmp_path, face_path, capsys, monkeypatc
     def broken(path):
         raise RuntimeError(f"the server said: key {SECRET} \x1b[2J is invalid")
 
-    monkeypatch.setattr(commands, "load_config_file", broken)
+    monkeypatch.setattr("sow.io.json_files.load_config_file", broken)
     code, out, err = _run(capsys, ["generate", str(face_path), "a chef", "-o", str(tmp_path / "o")])
     assert code == 1
     assert "Traceback" in err and "RuntimeError" in err

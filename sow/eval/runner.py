@@ -33,6 +33,7 @@ from sow.eval.spec import SpecItem, item_file_name
 from sow.io.outputs import save_image_atomic
 from sow.plugins import Registry, get_registry
 from sow.schemas import GenerationConfig, StageNames, _deep_merge
+from sow.stage_kinds import label as kind_label
 
 __all__ = [
     "BUILTIN_METHODS", "MANIFEST_FILE", "MAX_GRID_ROWS", "PAPER_ABLATIONS", "ROWS_FILE", "EvalConfig", "EvalResult",
@@ -79,7 +80,7 @@ class Evaluation:
         self._fallbacks: dict[tuple[str, str, str], list[str]] = {}
         self._stage_names = {m.name: self._checked_stages(m) for m in self.methods}
         self.notes = [
-            f"{kind.replace('_', ' ')} {name!r} is not installed: {', '.join(users)} ran with {fallback!r}"
+            f"{kind_label(kind)} {name!r} is not installed: {', '.join(users)} ran with {fallback!r}"
             for (kind, name, fallback), users in self._fallbacks.items()
         ]
         self.registry.get("metric", config.metric)  # unknown or unavailable metric: fail before any work
