@@ -171,3 +171,14 @@ def test_the_schema_fits_its_answers_into_the_budget(stage, budget):
     box = schema["properties"].get("box_v") or schema["properties"].get("box_r")
     if box:
         assert [(i["minimum"], i["maximum"]) for i in box["prefixItems"]] == [(0, 512), (0, 384), (1, 512), (1, 384)]
+
+
+def test_a_plan_cached_from_free_decoding_is_not_served_to_constrained_decoding(tmp_path, monkeypatch):
+    from sow.planners.cache import PlanCache
+
+    request = PlanRequest(condition=Image.new("RGB", (64, 64)), prompt="a chef", config=GenerationConfig())
+    cache = PlanCache(tmp_path)
+    keys = {mode: cache.key(request, sow_llava.LlavaPlanner(constrained=mode), {}) for mode in ("on", "off", "auto")}
+    assert keys["on"] != keys["off"] and keys["auto"] == keys["on"]  # auto: llguidance is installed here
+    monkeypatch.setattr(mllm_base, "constrained_available", lambda: False)
+    assert cache.key(request, sow_llava.LlavaPlanner(constrained="auto"), {}) == keys["off"]

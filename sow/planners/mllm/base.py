@@ -12,8 +12,9 @@ and writes two methods:
     Render ``messages`` (Hugging Face chat format, from :mod:`sow.planners.toolkit.prompts`) with the
     model's chat template, attach ``image`` where the message has ``{"type": "image"}``,
     append ``self.prefill`` to the rendered prompt, generate with ``self.generate_kwargs(...)``
-    (greedy, the token budget, stop after the first JSON object) and return
-    ``self.prefill`` + the new text.
+    (greedy, the token budget, stop after the first JSON object; with constrained decoding,
+    :mod:`sow.planners.mllm.constrained`, the logits processor that holds the answer to the
+    stage's JSON Schema, and an empty prefill) and return ``self.prefill`` + the new text.
 
 The stages, the answer reading, the retry with the error fed back, the fallbacks and the
 repair are the planner toolkit's (:class:`sow.planners.toolkit.StagedPlanner`); this class
