@@ -314,7 +314,7 @@ class MLLMPlanner(StagedPlanner):
             from transformers import LogitsProcessorList
 
             kwargs["logits_processor"] = LogitsProcessorList([schema_processor(tokenizer, schema)])
-            kwargs["max_new_tokens"] = max(self.options.max_new_tokens, longest_answer(schema) + 1)  # + the end token
+            kwargs["max_new_tokens"] = max(self.options.max_new_tokens, longest_answer(schema))
         return kwargs
 
     def cache_key(self) -> tuple:
@@ -341,7 +341,7 @@ class MLLMPlanner(StagedPlanner):
             _ASKING.reset(token)
 
     def notes(self, session: Any) -> list[str]:
-        decoding = "constrained to the answer schema (llguidance)" if self.constrained else "free, answers repaired"
+        decoding = "constrained to the answer schema (llguidance)" if self.constrained else "free (answers read and repaired)"
         return [*super().notes(session), f"decoding: {decoding}"]
 
 
