@@ -12,7 +12,7 @@ import json
 import pytest
 from PIL import Image
 
-from sow.errors import PlannerError, PlannerSetupError
+from sow.errors import InputError, PlannerError, PlannerSetupError
 from sow.planners.mllm import base as mllm_base
 from sow.planners.mllm.base import MLLMPlanner
 from sow.planners.toolkit import Question
@@ -130,6 +130,8 @@ def test_without_llguidance_the_repair_path_keeps_working(monkeypatch, face_path
     with pytest.raises(PlannerSetupError) as info:
         planner_of("llava", constrained="on")
     assert "constrained=on needs llguidance" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(InputError, match="option constrained: Input should be 'auto', 'on' or 'off'"):
+        planner_of("llava", constrained="yes")
 
 
 def test_generate_kwargs_constrain_only_while_a_question_is_asked():
