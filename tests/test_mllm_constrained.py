@@ -191,3 +191,44 @@ def test_a_plan_cached_from_free_decoding_is_not_served_to_constrained_decoding(
     assert keys["on"] != keys["off"] and keys["auto"] == keys["on"]  # auto: llguidance is installed here
     monkeypatch.setattr(mllm_base, "constrained_available", lambda: False)
     assert cache.key(request, sow_llava.LlavaPlanner(constrained="auto"), {}) == keys["off"]
+
+
+def test_accents_of_the_prompt_may_be_copied_and_count_their_bytes():
+    values = {"canvas": CANVAS, "prompt": "un chef dans un café à Paris"}
+    schema = decoding_schema(question("intensify").answer_model, values, 200)
+    text = schema["properties"]["prompt"]
+    assert "é" in text["pattern"] and "à" in text["pattern"] and "ü" not in text["pattern"]
+    widest = {name: "é" * field["maxLength"] for name, field in schema["properties"].items()}
+    assert longest_answer(schema) == len(json.dumps(widest, separators=(",", ":"), ensure_ascii=False).encode()) <= 200
+    assert sum(f["maxLength"] for f in schema["properties"].values()) == (200 - 30) // 2  # two bytes a character
+
+
+def test_the_grammar_refuses_what_the_schema_refuses():
+    """llguidance's reading of the schema is the one the length bound assumes: compact, no escapes, no extras."""
+    import llguidance
+
+    from sow.planners.mllm.constrained import grammar_tokenizer
+
+    tokenizer = grammar_tokenizer(planner_of("llava").loaded().processor.tokenizer)
+
+    def accepts(stage: str, text: str, **values) -> bool:
+        asked = question(stage)
+        schema = decoding_schema(asked.answer_model, {**asked.values, **values}, 200)
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema), overrides={"whitespace_flexible": False})
+        matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
+        tokens = tokenizer.tokenize_str(text)
+        return matcher.try_consume_tokens(tokens) == len(tokens) and matcher.is_accepting()
+
+    assert accepts("position", '{"box_v":[0,384,512,1]}')
+    assert not accepts("position", '{"box_v":[0,385,512,1]}')  # y below the 384-pixel canvas
+    assert not accepts("position", '{"box_v":[0,0,0,10]}')  # an empty side
+    assert not accepts("position", '{"box_v":[0.5,0,10,10]}')  # whole pixels only
+    assert not accepts("position", '{"box_v": [0,0,10,10]}')  # compact: no free whitespace
+    assert not accepts("position", '{"box_v":[0,0,10,10],"x":1}')  # no other field
+    assert not accepts("position_several", '{"boxes":[[0,0,10,10]]}')  # one box per condition: two
+    assert accepts("intensify", '{"description":"a man à table","prompt":"a chef, à Paris"}', prompt="a chef, à Paris")
+    assert not accepts("intensify", '{"description":"a man","prompt":"a chef, à Paris"}')  # the prompt's accents only
+    assert not accepts("intensify", '{"description":"a café","prompt":"a chef, à Paris"}', prompt="a chef, à Paris")
+    for text in ('a \\"chef\\"', "a\\\\chef", "a\\nchef", "a\\u0041"):  # no escapes: each character is itself
+        assert not accepts("intensify", '{"description":"x","prompt":"' + text + '"}')
+    assert not accepts("intensify", '{"prompt":"a chef"}')  # the description is asked for too

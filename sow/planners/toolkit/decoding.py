@@ -54,6 +54,12 @@ def text_pattern(extra: str = "") -> str:
     return "^[" + _PRINTABLE_ASCII + "".join(re.escape(c) for c in more) + "]*$"
 
 
+def char_bytes(text: str) -> int:
+    """UTF-8 bytes of the widest character of ``text`` (1 for ASCII): what one character of a text
+    field may cost in tokens, since a byte-level token can hold a single byte."""
+    return max([1, *(len(c.encode()) for c in text)])
+
+
 def box_schema(canvas: Canvas) -> dict[str, Any]:
     """``[x, y, w, h]`` as four whole pixel numbers on ``canvas`` (sides at least one pixel)."""
     sides = [(0, canvas.width), (0, canvas.height), (1, canvas.width), (1, canvas.height)]
@@ -74,7 +80,7 @@ def decoding_schema(answer_model: type[BaseModel], values: dict[str, Any], max_t
         if name in ("box_v", "box_r"):
             properties[name] = {"title": field.get("title", name), **box_schema(canvas)}
         elif name == "boxes":
-            count = int(values.get("count", 1))
+            count = int(values["count"])
             properties[name] = {**field, "items": box_schema(canvas), "minItems": count, "maxItems": count}
         elif field.get("type") == "string":
             field.pop("default", None)
@@ -91,7 +97,7 @@ def _size_text(schema: dict[str, Any], max_tokens: int, user_prompt: str) -> Non
     texts = [name for name, field in properties.items() if field.get("type") == "string"]
     if not texts:
         return
-    width = max([1, *(len(c.encode()) for c in user_prompt)])  # bytes of the widest character allowed
+    width = char_bytes(user_prompt)  # the widest character the text may hold
     for name in texts:
         properties[name]["maxLength"] = 0
     left = max(0, max_tokens - longest_answer(schema)) // width
@@ -99,7 +105,7 @@ def _size_text(schema: dict[str, Any], max_tokens: int, user_prompt: str) -> Non
     for name in texts:
         cap = TEXT_FIELDS.get(name, PROMPT_CHARS)
         share = description if name == "description" else (left - description) // max(1, len(texts) - ("description" in texts))
-        properties[name]["maxLength"] = max(MIN_TEXT_CHARS, properties[name].get("minLength", 0), min(cap, share))
+        properties[name]["maxLength"] = max(MIN_TEXT_CHARS, min(cap, share))  # MIN_TEXT_CHARS: the prompt's minLength (1) too
 
 
 def longest_answer(schema: dict[str, Any]) -> int:
@@ -114,6 +120,5 @@ def longest_answer(schema: dict[str, Any]) -> int:
     if kind == "integer":
         return max(len(str(schema["minimum"])), len(str(schema["maximum"])))
     if kind == "string":
-        width = max([1, *(len(c.encode()) for c in schema.get("pattern", "") if ord(c) > 126)])
-        return 2 + schema["maxLength"] * width
+        return 2 + schema["maxLength"] * char_bytes(schema.get("pattern", ""))
     raise ValueError(f"no length bound for a schema of type {kind!r}")
