@@ -62,6 +62,7 @@ TARGETS: dict[str, list[str]] = {
     "sow/diffusers_style.py": ["tests/test_oracle_batches.py", "tests/test_diffusers_face.py", "-k", "not offload and not from_pipe"],
     "sow/engine/conditions.py": ["tests/test_oracle_batches.py", "tests/test_oracle_several_dam.py"],
     "sow/pipeline.py": ["tests/test_oracle_batches.py", "tests/test_diffusers_face.py", "tests/test_several_people.py", "-k", "batch or generator or images"],
+    "sow/planners/toolkit/decoding.py": ["tests/test_mllm_constrained.py", "-k", "budget or accents"],  # the schema's bounds, no model
     # issue 28: the modules that moved or were made one
     "sow/geometry.py": ["tests/test_geometry.py", "tests/test_plan_repair.py", "tests/test_hand_made_boxes.py", "tests/test_oracle_layouts.py"],
     "sow/engine/seeding.py": ["tests/test_readings.py", "-k", "mask or seed_background or cell"],
@@ -142,6 +143,11 @@ NAMED: dict[str, list[tuple[str, str, str]]] = {
     ],
     "sow/diffusers_style.py": [
         ("a list of generators seeds from the last", "seed = generators[0].initial_seed()", "seed = generators[-1].initial_seed()"),
+    ],
+    "sow/planners/toolkit/decoding.py": [
+        ("one comma too many in an object's length", "return 2 + sum(fields) + max(0, len(fields) - 1)", "return 2 + sum(fields) + len(fields)"),
+        ("box bounds with width and height swapped", "sides = [(0, canvas.width), (0, canvas.height), (1, canvas.width), (1, canvas.height)]", "sides = [(0, canvas.height), (0, canvas.width), (1, canvas.height), (1, canvas.width)]"),
+        ("the text sized before the structure is counted", "left = max(0, max_tokens - longest_answer(schema)) // width", "left = max(0, max_tokens) // width"),
     ],
     "sow/pipeline.py": [
         ("images counted from the generators (issue 23's defect)", "            num_images=call.num_images,\n            denoiser=denoiser,", "            num_images=len(generators),\n            denoiser=denoiser,"),
@@ -256,6 +262,7 @@ RELOAD_AFTER: dict[str, list[str]] = {
     "sow/diffusers_style.py": [],  # used as `diffusers_style.<name>`
     "sow/pipeline.py": [],
     "sow/engine/conditions.py": [],  # its names elsewhere: rebound (see _rebind)
+    "sow/planners/toolkit/decoding.py": ["sow.planners.toolkit", "sow.planners.mllm.base"],
 }
 """Modules that ``from <mutated> import ...``: reloaded after it in the forked child."""
 
