@@ -7,6 +7,6 @@ atomic, never-overwriting output files (`outputs`), the files of one run and wri
 (`journal`), `KEY=VALUE` options (`options`), checks on prompt text (`prompt_checks`),
 the safe-loading policy, secret redaction and control-character stripping (`security`).
 May import `sow.errors` and `sow.schemas` only; `results` also draws the attention picture
-of `sow.attention.capture` (imported when asked for). `security` and `files` import nothing
+with `sow.viz.attention` (imported when asked for). `security` and `files` import nothing
 of sow but `sow.errors`, so that `sow.schemas` may use them.
 """
