@@ -79,7 +79,8 @@ def modulate(
     measure_gate: bool = False,
     decide: GateDecision | None = None,
 ) -> Modulated:
-    """Attention (B, H, N, d) of ``query``/``key``/``value`` (B, H, N, d) with DAM's bias (the module docstring).
+    """Attention (B, H, N, d) of ``query``/``key``/``value`` (B, H, N, d) with DAM's bias: DESIGN §2's
+    (P−), (P+), (g), (R_c) and (A′) as labelled in the module docstring (the paper's eqs. 4-8).
 
     ``settings``: the constants and switches (``config.modulation``); ``cycle``: the cycle index of g_time.
     ``images``: the attention batch is branches x ``images``, branch-major (row b is image ``b % images``);
