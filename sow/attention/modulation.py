@@ -134,25 +134,28 @@ def modulate(
         full[image] = keys
         return full
 
-    groups, biases = [], []
-    minus = plus = None
-    if minus_on:
+    groups, biases, plus = [], [], []
+    minus = None
+    if minus_on:  # (P−) on every condition's rows: −s_i w− g_time range_row
         spread = condition_stats.range
-        minus = _scatter(spread, regions.conditions, regions.condition_position,
-                         lambda rows, i: -strength(factors[i], s.w_minus, s.a_time_minus) * spread[..., rows])
+        minus = spread.new_zeros(spread.shape)
+        for i, cond in enumerate(regions.conditions):
+            at = regions.condition_position[cond]
+            minus[..., at] = -strength(factors[i], s.w_minus, s.a_time_minus) * spread[..., at]
         groups.append(regions.condition_rows)
-    if plus_on:
+    if plus_on:  # (P+) on R_i's rows: +s_i w+ g_time g_dis_i range_row, one bias per condition
         spread = eq.row_stats(q_image.index_select(2, regions.related_rows), k_image, scale, rows_per_chunk).range
-        plus = [
-            (i, _scatter(spread, [regions.related[i]], regions.related_position,
-                         lambda rows, _: strength(factors[i], s.w_plus, s.a_time_plus) * regions.related_decay[i] * spread[..., rows]))
-            for i in range(len(regions.conditions)) if len(regions.related[i])
-        ]
+        for i, rel in enumerate(regions.related):
+            if len(rel):
+                at = regions.related_position[rel]
+                coefficient = spread.new_zeros(spread.shape)
+                coefficient[..., at] = strength(factors[i], s.w_plus, s.a_time_plus) * regions.related_decay[i] * spread[..., at]
+                plus.append((i, coefficient))
         groups.append(regions.related_rows)
     if minus is not None:
         pad = [minus.new_zeros(*minus.shape[:2], len(regions.related_rows))] if plus_on else []
         biases.append(eq.KeyBias(keys=joint(regions.background_keys), coefficient=torch.cat([minus, *pad], -1)))
-    for i, coefficient in plus or []:
+    for i, coefficient in plus:
         pad = [coefficient.new_zeros(*coefficient.shape[:2], len(regions.condition_rows))] if minus_on else []
         biases.append(eq.KeyBias(keys=joint(regions.condition_keys[i]), coefficient=torch.cat([*pad, coefficient], -1)))
     rows = torch.cat(groups) if len(groups) > 1 else groups[0]
@@ -183,16 +186,6 @@ def _gates(
         sums = eq.normalized_column_sums(queries, k_image.index_select(2, rel), mine, scale)
         gates.append(eq.image_gate(sums, len(cond), fraction, images))
     return gates
-
-
-def _scatter(like: torch.Tensor, groups: list[torch.Tensor], position: torch.Tensor, value) -> torch.Tensor:
-    """(B, H, M) zeros with ``value(rows, i)`` written at the rows of each group i (``position`` maps tokens to rows)."""
-    out = like.new_zeros(like.shape)
-    for i, group in enumerate(groups):
-        if len(group):
-            rows = position[group]
-            out[..., rows] = value(rows, i)
-    return out
 
 
 def _plain(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
