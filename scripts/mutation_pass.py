@@ -44,6 +44,8 @@ TARGETS: dict[str, list[str]] = {
         "tests/test_cyclic_schedule.py", "tests/test_method_oracle.py", "tests/test_scheduler_count.py::test_cyclic_count_by_hand",
     ],
     "sow/engine/denoiser.py": ["tests/test_method_oracle.py"],
+    "sow/engine/noise_schedule.py": ["tests/test_seams.py", "tests/test_method_oracle.py", "tests/test_flow_cow_run.py"],
+    "sow/engine/transitions.py": ["tests/test_seams.py", "tests/test_method_oracle.py"],
     "sow/attention/equations.py": ["tests/test_modulation.py"],
     "sow/planners/repair.py": ["tests/test_plan_repair.py", "tests/test_repair_thresholds.py"],
     "sow/planners/policy.py": ["tests/test_plan_repair.py", "tests/test_make_plan.py"],
@@ -64,30 +66,33 @@ TARGETS: dict[str, list[str]] = {
 
 NAMED: dict[str, list[tuple[str, str, str]]] = {
     "sow/engine/scheduling.py": [
-        ("noise injection to one level below t2", "alpha(low), alpha(high), ctx.noise_like", "alpha(low), alpha(high - 1), ctx.noise_like"),
+        ("noise injection to one level below t2", "denoiser.schedule.inject(x, low, high, ctx.noise_like(x))", "denoiser.schedule.inject(x, low, high - 1, ctx.noise_like(x))"),
         ("cycle denoise starts one level low", "range(cfg.t2, cfg.t1, -1)", "range(cfg.t2 - 1, cfg.t1, -1)"),
         ("no reset at t3", "if level in cfg.t3:", "if level in cfg.t3 and False:"),
+    ],
+    "sow/engine/noise_schedule.py": [
+        ("noise injected from high to low (levels swapped)", "tr.inject_noise(x, self.levels[low], self.levels[high], noise)", "tr.inject_noise(x, self.levels[high], self.levels[low], noise)"),
     ],
     "sow/engine/denoiser.py": [
         (
             "background-guidance prompts swapped",
-            "neg, text, sup, div = self._unet(latents, level, [e.negative, e.prompt, e.suppress, e.diverse])",
-            "neg, text, sup, div = self._unet(latents, level, [e.negative, e.prompt, e.diverse, e.suppress])",
+            'self._unet(latents, level, ["negative", "prompt", "suppress", "diverse"])',
+            'self._unet(latents, level, ["negative", "prompt", "diverse", "suppress"])',
         ),
         (
             "inversion guided by the negative prompt",
-            "uncond, text = self._unet(latents, level, [e.empty, e.prompt])",
-            "uncond, text = self._unet(latents, level, [e.negative, e.prompt])",
+            'uncond, text = self._unet(latents, level, ["empty", "prompt"])',
+            'uncond, text = self._unet(latents, level, ["negative", "prompt"])',
         ),
         (
-            "inversion evaluates the UNet at t_level (same as the step down)",
-            "eps = self.predict(latents, level + 1, step)",
-            "eps = self.predict(latents, max(level, 1), step)",
+            "inversion evaluates the model at t_level (same as the step down)",
+            "output = self.predict(latents, level + 1, step)",
+            "output = self.predict(latents, max(level, 1), step)",
         ),
         (
-            "denoising evaluates the UNet at t_(level-1)",
-            "eps = self.predict(latents, level, step)",
-            "eps = self.predict(latents, max(level - 1, 1), step)",
+            "denoising evaluates the model at t_(level-1)",
+            "output = self.predict(latents, level, step)",
+            "output = self.predict(latents, max(level - 1, 1), step)",
         ),
     ],
     "sow/planners/repair.py": [
