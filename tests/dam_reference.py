@@ -67,10 +67,16 @@ def g(x: float, horizon: float, exponent: float) -> float:
     return max(0.0, 0.5 * (1 + math.cos(math.pi * (2 * horizon - x) / horizon))) ** exponent
 
 
-def dense_dam(
+def dense_dam(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, list[list[float]]]:
+    """``softmax(A') V`` (B, H, N, d) in float64, and each condition's gate R_c per image
+    (the arguments after ``value`` are :func:`dense_logits`'s)."""
+    logits, gates = dense_logits(query, key, *args, **kwargs)
+    return torch.softmax(logits, -1) @ value.double(), gates
+
+
+def dense_logits(
     query: torch.Tensor,
     key: torch.Tensor,
-    value: torch.Tensor,
     conditions: list[Condition],
     canvas: tuple[int, int],
     grid: tuple[int, int],
@@ -80,7 +86,7 @@ def dense_dam(
     image: slice | None = None,
     dis_unit: float | None = None,
 ) -> tuple[torch.Tensor, list[list[float]]]:
-    """``softmax(A') V`` (B, H, N, d) in float64, and each condition's gate R_c per image.
+    """The biased logits ``A'`` (B, H, N, N) in float64, and each condition's gate R_c per image.
 
     ``settings`` has the fields of ``config.modulation`` (w_plus, w_minus, a_time_plus, a_time_minus,
     t_time, a_dis, t_dis, tau, use_p_plus, use_p_minus, use_time_decay, use_distance_decay, use_gate,
@@ -88,7 +94,7 @@ def dense_dam(
     ``dis_unit``: canvas pixels per latent cell with ``dis_units`` "latent_cells" (None: box_r units).
     """
     s = settings
-    q, k, v = query.double(), key.double(), value.double()
+    q, k = query.double(), key.double()
     batch, heads, tokens, dim = q.shape
     image = image or slice(0, tokens)
     logits = q @ k.transpose(-1, -2) / math.sqrt(dim)
@@ -140,7 +146,7 @@ def dense_dam(
         bias = bias + strength * (p_plus + p_minus)
     full = torch.zeros_like(logits)
     full[..., image, image] = bias * spread[..., None]
-    return torch.softmax(logits + full, -1) @ v, gates
+    return logits + full, gates
 
 
 def context_conditions(ctx) -> tuple[list[Condition], tuple[int, int], float]:

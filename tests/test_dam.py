@@ -11,7 +11,7 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 import sow
-from dam_reference import Condition, cells_in, dense_dam
+from dam_reference import Condition, cells_in, dense_dam, dense_logits
 from sow.attention.dam import DAMProcessor, DAMState, DynamicAttentionModulator, self_attention_layers
 from sow.engine.context import LatentRegion, Step
 from sow.schemas import Box, GenerationConfig, Plan
@@ -133,6 +133,25 @@ def test_time_decay_switch_changes_only_later_cycles(layer):
     first_off.step = Step("cycle", 7, 0)
     assert torch.equal(run_layer(attn, hidden, first), run_layer(attn, hidden, first_off))  # g_time(0) = 1
     assert not torch.allclose(run_layer(attn, hidden, fake_ctx(modulation=base)), run_layer(attn, hidden, fake_ctx(modulation={**base, "use_time_decay": False})))
+
+
+def test_the_capture_is_the_condition_rows_mean_attention_after_p_minus(layer):
+    """The observer's capture: softmax(A') of the condition's rows, averaged over rows, heads and batch."""
+    attn, hidden = layer
+    ctx = fake_ctx(modulation={"use_gate": False, "w_plus": 2.0, "w_minus": 1.0}, trace_attention=True)
+    attn.set_processor(DAMProcessor("x.attn1.processor", DAMState(ctx, capture_layer="x.attn1.processor"), AttnProcessor2_0()))
+    with torch.no_grad():
+        attn(hidden)
+        b, n, _ = hidden.shape
+        q, k = (f(hidden).view(b, n, attn.heads, -1).transpose(1, 2) for f in (attn.to_q, attn.to_k))
+        logits, _ = dense_logits(q, k, [Condition((16, 16, 32, 32), (0, 48, 96, 48))], (96, 96), (6, 6), ctx.config.modulation, ctx.step.cycle)
+    condition = cells_in((16, 16, 32, 32), (96, 96), (6, 6))
+    expected = torch.softmax(logits, -1)[:, :, condition].mean(dim=(0, 1, 2)).view(6, 6)
+    capture = ctx.artifacts["attention"]
+    torch.testing.assert_close(capture.attention.double(), expected, rtol=1e-5, atol=1e-7)
+    assert torch.equal(capture.condition_mask.flatten(), condition) and capture.fired
+    plain = torch.softmax(q @ k.transpose(-1, -2) * 8**-0.5, -1)[:, :, condition].mean(dim=(0, 1, 2)).view(6, 6)
+    assert (capture.attention - plain).abs().max() > 1e-3  # P- moved attention off the background
 
 
 def test_outside_the_cycle_phase_the_previous_processor_runs(layer):
