@@ -2,7 +2,7 @@
 
     python benchmarks/flow_gpu_run.py --out bench-flow-gpu.json [--configs .bench]
 
-For SD 3.5 Medium, FLUX.1 [schnell] and FLUX.2 [klein] 4B, built from their configs
+For SD 3.5 Medium, FLUX.1 [schnell], FLUX.2 [klein] 4B, Qwen-Image and Z-Image-Turbo, built from their configs
 (``../shared/data/*-config`` or ``.bench/*-config``, copied there by ``benchmarks/gpu_prepare.sh``)
 in bf16 on ``cuda``: the family's default settings (docs/models.md), the sample face, one condition;
 ``--warmup`` untimed then ``--repeats`` timed images, interleaved with the family's own diffusers
@@ -21,8 +21,14 @@ from pathlib import Path
 
 import torch
 
-FOLDERS = {"sd3": "sd35-medium-config", "flux1": "flux1-schnell-config", "flux2": "flux2-klein-4b-config"}
-PLAIN_STEPS = {"sd3": 28, "flux1": 4, "flux2": 4}
+FOLDERS = {"sd3": "sd35-medium-config", "flux1": "flux1-schnell-config", "flux2": "flux2-klein-4b-config",
+           "qwen-image": "qwen-image-config", "z-image": "z-image-turbo-config"}
+PLAIN_STEPS = {"sd3": 28, "flux1": 4, "flux2": 4, "qwen-image": 50, "z-image": 8}
+PIPELINES = {"sd3": "StableDiffusion3Pipeline", "flux1": "FluxPipeline", "flux2": "Flux2KleinPipeline",
+             "qwen-image": "QwenImagePipeline", "z-image": "ZImagePipeline"}
+PLAIN_GUIDANCE = {"qwen-image": {"negative_prompt": " ", "true_cfg_scale": 4.0}, "z-image": {"guidance_scale": 0.0}}
+"""The family's own default guidance where the pipeline's call defaults differ from it (Qwen-Image's CFG
+needs a negative prompt; Z-Image-Turbo runs without CFG)."""
 """The plain image's steps: each model card's usual count."""
 
 
@@ -51,7 +57,7 @@ def bench(family: str, folder: Path, args) -> dict:
     pipe = SOWPipeline.from_pretrained(str(folder), device=args.device, dtype=args.dtype, random_weights=True)
     config = pipe.make_config(None, "normal", canvas={"width": args.size, "height": args.size})
     backbone = pipe.backbone
-    plain = getattr(diffusers, {"sd3": "StableDiffusion3Pipeline", "flux1": "FluxPipeline", "flux2": "Flux2KleinPipeline"}[family])
+    plain = getattr(diffusers, PIPELINES[family])
     extra = {"is_distilled": True} if family == "flux2" else {}
     reference = plain(**backbone.components, **extra)
     reference.set_progress_bar_config(disable=True)
@@ -62,7 +68,8 @@ def bench(family: str, folder: Path, args) -> dict:
 
     def plain_image():
         reference(prompt="a chef in a busy kitchen", height=args.size, width=args.size, num_inference_steps=PLAIN_STEPS[family],
-                  generator=torch.Generator(args.device).manual_seed(0), max_sequence_length=backbone.text_length)
+                  generator=torch.Generator(args.device).manual_seed(0), max_sequence_length=backbone.text_length,
+                  **PLAIN_GUIDANCE.get(family, {}))
 
     for _ in range(args.warmup):
         sow_image()

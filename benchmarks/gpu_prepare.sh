@@ -15,7 +15,7 @@ config="${SD21_CONFIG:-$root/../shared/data/sd21-base-config}"
 
 mkdir -p .bench/whl
 rm -rf .bench/sd21-base-config && cp -r "$config" .bench/sd21-base-config
-for flow in sd35-medium-config flux1-schnell-config flux2-klein-4b-config; do  # benchmarks/flow_gpu_run.py
+for flow in sd35-medium-config flux1-schnell-config flux2-klein-4b-config qwen-image-config z-image-turbo-config; do  # benchmarks/flow_gpu_run.py
   [ -d "$(dirname "$config")/$flow" ] && { rm -rf ".bench/$flow"; cp -r "$(dirname "$config")/$flow" ".bench/$flow"; }
 done
 "$python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

@@ -39,7 +39,7 @@ mkdir -p "$out"
 SOW_DEBUG=1 PYTHONUNBUFFERED=1 "$python" benchmarks/bench_sow.py --model "$model" --random-weights --device cuda --dtype bf16 \
   --batch 1,8 --warmup 2 --repeats 5 --baseline-repeats 3 \
   --json "$out/bench-gpu.json" --plot "$out/bench-gpu.png" "$@" 2>&1 | tee "$out/bench-gpu.log"
-# the flow families (SD 3.5 Medium, FLUX.1 schnell, FLUX.2 klein 4B) at 1024², one SOW image each, beside
+# the flow families (SD 3.5 Medium, FLUX.1 schnell, FLUX.2 klein 4B, Qwen-Image, Z-Image-Turbo) at 1024², one SOW image each, beside
 # their own diffusers pipelines on the same modules (benchmarks/flow_gpu_run.py); FLOW=0 skips them
 if [ "${FLOW:-1}" = 1 ]; then
   SOW_DEBUG=1 PYTHONUNBUFFERED=1 "$python" benchmarks/flow_gpu_run.py --out "$out/bench-flow-gpu.json" 2>&1 | tee "$out/bench-flow-gpu.log"

@@ -1,7 +1,7 @@
 """Export the JSON Schemas of sow's pydantic models to the top-level ``schemas/`` folder.
 
-Besides ``sow/schemas.py``'s models it exports the eval config, the eval spec line and the
-performance settings, which live beside the code that reads them. Run after changing any of
+Besides ``sow/schemas.py``'s models it exports the eval config, the eval spec line, the eval's
+row (one line of ``rows.jsonl``) and the performance settings, which live beside the code that reads them. Run after changing any of
 them; ``tests/test_schemas.py`` fails while the files drift::
 
     python scripts/export_schemas.py
@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sow.eval.spec import SpecItem  # noqa: E402
-from sow.eval.runner import EvalConfig  # noqa: E402
+from sow.eval.config import EvalConfig  # noqa: E402
+from sow.eval.rows import EvalRow  # noqa: E402
 from sow.models.performance import PerformanceSettings  # noqa: E402
 from sow.schemas import EXPORTED_MODELS  # noqa: E402
 
@@ -25,6 +26,7 @@ MODELS = {
     **EXPORTED_MODELS,
     "eval-config": EvalConfig,
     "eval-spec-item": SpecItem,
+    "eval-row": EvalRow,
     "performance-settings": PerformanceSettings,
 }
 

@@ -28,6 +28,12 @@ error naming both. The Protocol each stage must satisfy is in :mod:`sow.stages`.
 through it too): ``register(family)`` takes an object (or a class, instantiated without
 arguments) satisfying :class:`sow.engine.backbone.ModelFamilyAdapter`.
 
+The stage hooks are made from the stage table (:data:`sow.stage_kinds.STAGE_TABLE`), one per kind:
+``register_planners``, ``register_inverters``, ``register_schedulers``, ``register_modulators``,
+``register_preservers`` and ``register_metrics``; each one's docstring (``help(sow.hookspecs.register_planners)``)
+says what it registers and names its built-ins. ``register_attention_modulators`` is the deprecated
+former name of ``register_modulators``: still called, with a DeprecationWarning for the plugin.
+
 Hooks are called in registration order: the built-ins first, then entry points of the
 group ``sow`` in the order Python reports them. Their return values are ignored.
 
@@ -40,58 +46,54 @@ from __future__ import annotations
 
 import pluggy
 
+from sow.stage_kinds import STAGE_TABLE, StageKind
+
 hookspec = pluggy.HookspecMarker("sow")
 hookimpl = pluggy.HookimplMarker("sow")
 
 
-@hookspec
-def register_planners(register):
-    """Register planners: (condition image, prompt) -> :class:`sow.schemas.Plan`. See :class:`sow.stages.Planner`.
+def _stage_hookspec(kind: StageKind):
+    """The registration hookspec ``register_<kind>s(register)`` of one row of the stage table."""
 
-    Built-ins: ``fixed`` (:mod:`sow.planners.fixed`), ``heuristic`` (:mod:`sow.planners.heuristic`).
+    def hook(register):
+        pass
 
-    A multimodal-LLM planner builds on the toolkit :mod:`sow.planners.toolkit`.
-    """
-
-
-@hookspec
-def register_inverters(register):
-    """Register inverters: latents -> their trajectory up the noise levels. See :class:`sow.stages.Inverter`.
-
-    Built-ins: ``ddim`` (:mod:`sow.engine.inversion`).
-    """
-
-
-@hookspec
-def register_schedulers(register):
-    """Register schedulers: the denoising schedule from the inverted canvas to level 0. See :class:`sow.stages.Scheduler`.
-
-    Built-ins: ``cyclic`` (:mod:`sow.engine.scheduling`).
-    """
+    hook.__name__ = hook.__qualname__ = kind.hook
+    hook.__module__ = __name__
+    paragraphs = [f"Register {kind.label}s: {kind.summary}. See :class:`sow.stages.{kind.protocol}`.", kind.builtins]
+    if kind.note:
+        paragraphs.append(kind.note)
+    if kind.aliases:
+        paragraphs.append("Deprecated spelling, still called (with a DeprecationWarning): "
+                          + ", ".join(f"``register_{alias}s``" for alias in kind.aliases) + ".")
+    hook.__doc__ = "\n\n".join(paragraphs)
+    return hookspec(hook)
 
 
-@hookspec
-def register_attention_modulators(register):
-    """Register attention modulators: attach to the UNet's attention for a run. See :class:`sow.stages.AttentionModulator`.
-
-    Built-ins: ``none`` (:mod:`sow.attention.plain`), ``dam`` (:mod:`sow.attention.dam`).
-    """
+for _kind in STAGE_TABLE:  # one hook per stage kind: register_planners, register_inverters, ...
+    globals()[_kind.hook] = _stage_hookspec(_kind)
+del _kind
 
 
-@hookspec
-def register_preservers(register):
-    """Register preservers: put the condition back into the canvas latents. See :class:`sow.stages.Preserver`.
+def _deprecated_hookspec(kind: StageKind, alias: str):
+    """A former name of ``kind``'s hook: still called like it, warning each plugin that implements it."""
 
-    Built-ins: ``replace`` (:mod:`sow.engine.preservation`).
-    """
+    def hook(register):
+        pass
+
+    hook.__name__ = hook.__qualname__ = f"register_{alias}s"
+    hook.__doc__ = f"Deprecated: implement ``{kind.hook}`` (the same hook under the kind's one name)."
+    warning = DeprecationWarning(f"the hook register_{alias}s is deprecated; implement {kind.hook} instead")
+    return staticmethod(hookspec(warn_on_impl=warning)(hook))
 
 
-@hookspec
-def register_metrics(register):
-    """Register face metrics for ``sow eval``: detect faces, embed them, compare. See :class:`sow.stages.FaceMetric`.
+class DeprecatedHooks:
+    """The hooks' former names (added to the plugin manager beside the module's hooks; see :mod:`sow.stage_kinds`)."""
 
-    Built-ins: ``dlib``, ``facenet`` (:mod:`sow.eval.face_metrics`).
-    """
+
+for _kind in STAGE_TABLE:
+    for _alias in _kind.aliases:
+        setattr(DeprecatedHooks, f"register_{_alias}s", _deprecated_hookspec(_kind, _alias))
 
 
 @hookspec
@@ -103,6 +105,6 @@ def register_model_families(register):
     first (a plugin is asked before the built-ins); the first that claims it loads it and returns a
     :class:`sow.engine.backbone.Backbone`. A family name is unique as a stage name is.
 
-    Built-ins: ``sd1``, ``sd2``, ``sdxl`` (:mod:`sow.engine.unet_family`); ``sd3``, ``flux1``, ``flux2``
-    (:mod:`sow.models.flow.families`).
+    Built-ins: ``sd1``, ``sd2``, ``sdxl`` (:mod:`sow.engine.unet_family`); ``sd3``, ``flux1``, ``flux2``,
+    ``qwen-image``, ``z-image`` (:mod:`sow.models.flow.families`).
     """

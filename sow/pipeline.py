@@ -53,6 +53,8 @@ from sow.io.paste import KeptCondition, decode_type, paste_decoded
 from sow.plugins import Registry, get_registry, plugin_exits_fail, validate_options
 from sow.io.prompt_checks import prompt_warnings, require_prompt
 from sow.schemas import PRESETS, ConditionRecord, GenerationConfig, Plan, RunRecord, StageNames, StageTiming
+from sow.request import check_plan
+from sow.stage_kinds import canonical_kind, label as kind_label
 from sow.stages import STAGE_FIELDS, Planner, PlanRequest, RunInputs, stage_options_by_kind
 
 
@@ -204,14 +206,10 @@ class SOWPipeline:
         family: str | None = None,
         vae: str | None = None,
         loras: list[str] | None = None,
-        planner: str | None = None,
-        inverter: str | None = None,
-        scheduler: str | None = None,
-        modulator: str | None = None,
-        preserver: str | None = None,
         stage_options: dict[str, dict[str, Any]] | None = None,
         registry: Registry | None = None,
         performance: PerformanceSettings | None = None,
+        **stages: str | None,
     ) -> SOWPipeline:
         """Load a model (``"tiny"``, ``"tiny-sdxl"``, a hub id, a diffusers folder or a ``.safetensors`` file) and pick stages.
 
@@ -220,20 +218,16 @@ class SOWPipeline:
         configs (``family`` only where they cannot tell; a registered family's name loads it with
         that family). ``vae`` replaces the VAE; ``loras`` are ``PATH[:SCALE]`` LoRA specs (see
         :mod:`sow.models.lora`). :class:`PipelineSpec` is the same recipe as a picklable value.
+
+        ``planner=``, ``inverter=``, ``scheduler=``, ``modulator=``, ``preserver=`` (one keyword per kind of
+        :data:`sow.stage_kinds.RUN_STAGES`) choose the stages by registered name; None keeps the default.
         """
-        chosen = {
-            "planner": planner,
-            "inverter": inverter,
-            "scheduler": scheduler,
-            "modulator": modulator,
-            "preserver": preserver,
-        }
-        stages = StageNames(**{k: v for k, v in chosen.items() if v is not None})
+        stages = chosen_stages(stages, "from_pretrained")
         stage_options = stage_options_by_kind(stage_options)
         registry = registry or get_registry()
         for kind, attr in STAGE_FIELDS.items():  # check names and option keys before the (slow) model load
             entry = registry.get(kind, getattr(stages, attr))
-            label = f"{kind.replace('_', ' ')} {entry.name!r} ({entry.distribution})"
+            label = f"{kind_label(kind)} {entry.name!r} ({entry.distribution})"
             validate_options(entry.factory, dict((stage_options or {}).get(kind, {})), label)
         backbone = load_model(registry, model, device=device, dtype=dtype, random_weights=random_weights,
                               allow_pickle=allow_pickle, family=family, vae=vae, loras=loras)
@@ -277,11 +271,7 @@ class SOWPipeline:
         ``stages``: ``planner=``, ``modulator=`` ... and ``stage_options=``, as for :meth:`from_pretrained`.
         """
         options = stages.pop("stage_options", None)
-        unknown = sorted(set(stages) - set(STAGE_FIELDS.values()))
-        if unknown:
-            raise InputError(f"from_pipe: unknown arguments {unknown}; stages are {', '.join(STAGE_FIELDS.values())}")
-        chosen = StageNames(**{k: v for k, v in stages.items() if v is not None})
-        return cls(diffusers_style.components_of(pipe), chosen, options)
+        return cls(diffusers_style.components_of(pipe), chosen_stages(stages, "from_pipe"), options)
 
     def enable_model_cpu_offload(self, gpu_id: int | None = None, device: str | torch.device = "cuda") -> SOWPipeline:
         """Weights on the CPU; each model moves to ``device`` while it runs (diffusers' method of that name)."""
@@ -321,6 +311,7 @@ class SOWPipeline:
 
     def stage(self, kind: str, name: str | None = None) -> Any:
         """The stage object of ``kind`` named ``name`` (default: the pipeline's choice), created once."""
+        kind = canonical_kind(kind, "stage kind")
         name = name or getattr(self.stages, STAGE_FIELDS[kind])
         key = (kind, name)
         if key not in self._instances:
@@ -407,13 +398,8 @@ class SOWPipeline:
         scale = self.backbone.vae_scale_factor
         if config.canvas.width % scale or config.canvas.height % scale:
             raise InputError(f"canvas sides must be multiples of {scale}")
-        if plan is not None:
-            check_plan_images(plan, images)
-            for i, j, a, b in plan.overlaps(scale):
-                raise InputError(
-                    f"condition {i + 1} box_v and condition {j + 1} box_v overlap once snapped to the "
-                    f"{scale}-pixel latent grid ([{a}] and [{b}]); leave a gap between them"
-                )
+        if plan is not None:  # the plan against the images, its boxes on this model's grid
+            check_plan(plan, images, scale)
 
     def make_plan(
         self, sources: list[ConditionSource], prompt: str, config: GenerationConfig, seed: int, planner: Planner | None
@@ -554,7 +540,7 @@ class SOWPipeline:
             embeddings = self.encode_prompts(text, config)
             latents = self.prepare_latents(prepared, config, call.seed, generators)
         ctx = run.context(plan, prepared, embeddings, generators)
-        modulator = self.stage("attention_modulator", config.stages.modulator)
+        modulator = self.stage("modulator", config.stages.modulator)
         modulator.attach(self.backbone.network, ctx)
         try:
             with run.timer.stage("inversion"):
@@ -751,6 +737,16 @@ def used_masks(plan: Plan, prepared: list[PreparedCondition], sources: list[Any]
     return [used_mask(p.mask, polarity, sources[cond.image].image.size) for cond, p in zip(plan.conditions, prepared)]
 
 
+def chosen_stages(stages: dict[str, Any], caller: str) -> StageNames:
+    """The stage names of ``from_pretrained(planner=..., modulator=...)``: one keyword per stage kind
+    (:data:`sow.stage_kinds.RUN_STAGES`), None for the default; any other keyword is refused naming the kinds."""
+    fields = list(StageNames.model_fields)
+    unknown = sorted(set(stages) - set(fields))
+    if unknown:
+        raise InputError(f"{caller}: unknown arguments {unknown}; stages are {', '.join(fields)}")
+    return StageNames(**{k: v for k, v in stages.items() if v is not None})
+
+
 def inversion_evaluations(config: GenerationConfig, inputs: RunInputs) -> int:
     """UNet evaluations of step 4: every condition inverted to t2, the canvas to t1 (or to t2, or not at all:
     ``readings.canvas_inversion`` and ``readings.seed_background``)."""
@@ -759,19 +755,8 @@ def inversion_evaluations(config: GenerationConfig, inputs: RunInputs) -> int:
 
 
 def check_plan_images(plan: Plan, count: int) -> None:
-    """Every condition of ``plan`` refers to one of ``count`` images, and every image is used."""
-    for i, cond in enumerate(plan.conditions):
-        if cond.image >= count:
-            raise InputError(
-                f"plan condition {i + 1} uses image {cond.image + 1}, but {count} condition image"
-                f"{'s were' if count > 1 else ' was'} given"
-            )
-    unused = sorted(set(range(count)) - {c.image for c in plan.conditions})
-    if unused:
-        raise InputError(
-            f"condition image{'s' if len(unused) > 1 else ''} {', '.join(str(u + 1) for u in unused)} "
-            f"not used by the plan ({len(plan.conditions)} condition{'s' if len(plan.conditions) > 1 else ''})"
-        )
+    """Every condition of ``plan`` refers to one of ``count`` images, and every image is used (:func:`sow.request.check_plan`)."""
+    check_plan(plan, count, None)
 
 
 def _with_sources(plan: Plan, sources: list[Any]) -> Plan:

@@ -23,7 +23,7 @@ import pluggy
 
 from sow import hookspecs
 from sow.errors import PluginError, StageOptionError, UnknownStageError
-from sow.stages import STAGE_KINDS
+from sow.stage_kinds import STAGE_TABLE, canonical_kind, label as kind_label
 
 log = logging.getLogger("sow.plugins")
 
@@ -61,7 +61,7 @@ class StageEntry:
         names the field); any other factory's signature decides which keys exist, and a ``ValueError``
         it raises while taking them is reported as the user's bad option too.
         """
-        label = f"{self.kind.replace('_', ' ')} {self.name!r} ({self.distribution})"
+        label = f"{kind_label(self.kind)} {self.name!r} ({self.distribution})"
         options = validate_options(self.factory, options, label)
         try:
             return self.factory(**options)
@@ -179,7 +179,7 @@ class LoadFailure:
 class Registry:
     """Stage implementations by kind and name, plus the plugins that failed to load."""
 
-    entries: dict[str, dict[str, StageEntry]] = field(default_factory=lambda: {k: {} for k in STAGE_KINDS})
+    entries: dict[str, dict[str, StageEntry]] = field(default_factory=lambda: {k.name: {} for k in STAGE_TABLE})
     failures: list[LoadFailure] = field(default_factory=list)
     manager: pluggy.PluginManager | None = None
     families: dict[str, FamilyEntry] = field(default_factory=dict)
@@ -228,16 +228,17 @@ class Registry:
         log.warning("plugin %s (%s) failed to load: %s", name, distribution, error)
 
     def names(self, kind: str) -> list[str]:
-        return sorted(self.entries[kind])
+        return sorted(self.entries[canonical_kind(kind, "registry kind")])
 
     def get(self, kind: str, name: str) -> StageEntry:
+        kind = canonical_kind(kind, "registry kind")
         if kind not in self.entries:
             raise UnknownStageError(f"unknown stage kind {kind!r}; kinds: {', '.join(self.entries)}")
         try:
             return self.entries[kind][name]
         except KeyError:
             available = ", ".join(self.names(kind)) or "none installed"
-            label = kind.replace("_", " ")
+            label = kind_label(kind)
             raise UnknownStageError(f"unknown {label} {name!r}; available: {available}") from None
 
     def create(self, kind: str, name: str, **options: object) -> object:
@@ -261,7 +262,7 @@ def _make_register(registry: Registry, kind: str, distribution: str, plugin_name
     def register(factory: Callable[..., object], name: str | None = None, description: str | None = None) -> None:
         stage_name = name or getattr(factory, "name", None)
         if not isinstance(stage_name, str) or not stage_name:
-            registry.fail(plugin_name, distribution, f"registered a {kind.replace('_', ' ')} without a name")
+            registry.fail(plugin_name, distribution, f"registered a {kind_label(kind)} without a name")
             return
         text = description or getattr(factory, "description", None) or (factory.__doc__ or "").strip()
         try:
@@ -311,6 +312,7 @@ def build_registry(
 
     pm = pluggy.PluginManager("sow")
     pm.add_hookspecs(hookspecs)
+    pm.add_hookspecs(hookspecs.DeprecatedHooks)
     trace = os.environ.get("SOW_TRACE_PLUGINS") == "1"
 
     registry = Registry(manager=pm)
@@ -347,10 +349,13 @@ def build_registry(
     except pluggy.PluginValidationError as exc:  # not reachable: _register_plugin refuses these one by one
         raise PluginError(f"a plugin implements a hook sow does not define: {exc}") from None
 
-    for kind in STAGE_KINDS:
-        caller = getattr(pm.hook, f"register_{kind}s")
+    for stage_kind in STAGE_TABLE:
+        kind = stage_kind.name
+        # the kind's hook and its deprecated names (pluggy warned each plugin implementing those);
         # get_hookimpls() lists them in registration order (pluggy itself calls them LIFO)
-        for impl in caller.get_hookimpls():
+        hooks = [stage_kind.hook, *(f"register_{alias}s" for alias in stage_kind.aliases)]
+        impls = [impl for hook in hooks for impl in getattr(pm.hook, hook).get_hookimpls()]
+        for impl in impls:
             dist = distributions.get(id(impl.plugin), impl.plugin_name)
             label = impl.plugin_name.split(":", 1)[-1]
             before = {e.name for e in registry.entries[kind].values() if e.distribution == dist}
@@ -358,11 +363,11 @@ def build_registry(
                 impl.function(register=_make_register(registry, kind, dist, label))
                 if trace:
                     added = sorted({e.name for e in registry.entries[kind].values() if e.distribution == dist} - before)
-                    log.warning("register_%ss(%s) -> %s", kind, impl.plugin_name, ", ".join(added) or "nothing")
+                    log.warning("%s(%s) -> %s", stage_kind.hook, impl.plugin_name, ", ".join(added) or "nothing")
             except KeyboardInterrupt:
                 raise
             except BaseException as exc:
-                registry.fail(label, dist, f"in register_{kind}s: {describe_exit(exc)}")
+                registry.fail(label, dist, f"in {impl.function.__name__}: {describe_exit(exc)}")
     for impl in pm.hook.register_model_families.get_hookimpls():
         dist = distributions.get(id(impl.plugin), impl.plugin_name)
         label = impl.plugin_name.split(":", 1)[-1]

@@ -15,9 +15,10 @@ from datetime import datetime, timezone
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from sow.errors import InputError
+from sow.stage_kinds import RUN_STAGES
 from sow.io.security import clean_text
 
 PAPER_NEGATIVE_PROMPT = "a bad quality and low-resolution image, extra fingers, deformed hands"
@@ -408,14 +409,15 @@ PRESETS: dict[str, dict[str, Any]] = {
 setting the reference code fixes (see docs/method.md, "The reference preset")."""
 
 
-class StageNames(_Strict):
-    """Which registered implementation runs each stage."""
-
-    planner: str = Field("heuristic", description="Planner plugin name.")
-    inverter: str = Field("ddim", description="Inverter plugin name.")
-    scheduler: str = Field("cyclic", description="Scheduler plugin name.")
-    modulator: str = Field("dam", description="Attention modulator plugin name (`none`: plain COW).")
-    preserver: str = Field("replace", description="Preserver plugin name.")
+StageNames = create_model(
+    "StageNames",
+    __base__=_Strict,
+    __doc__="Which registered implementation runs each stage.",
+    __module__=__name__,
+    **{kind.name: (str, Field(kind.default, description=kind.field_help)) for kind in RUN_STAGES},
+)
+"""Which registered implementation runs each stage (``planner``, ``inverter``, ``scheduler``, ``modulator``,
+``preserver``): made from the stage table, so that a new kind is a new field without an edit here."""
 
 
 MAX_STEPS = 999

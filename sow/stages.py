@@ -1,4 +1,6 @@
-"""The interfaces of the five stage kinds (and of the face metrics ``sow eval`` measures with).
+"""The interfaces of the five stage kinds and of the face metrics ``sow eval`` measures with.
+
+The kinds themselves (names, defaults, hooks, deprecated names) are one table: :mod:`sow.stage_kinds`.
 
 A stage is a small object with one or two methods. Plugins register factories for
 them (see :mod:`sow.hookspecs`); the pipeline creates one per run configuration and is
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
+
+from sow.stage_kinds import KINDS, RUN_STAGES, STAGE_TABLE, canonical_kind
 
 if TYPE_CHECKING:
     import numpy as np
@@ -129,8 +133,8 @@ class Scheduler(Protocol):
 
 
 @runtime_checkable
-class AttentionModulator(Protocol):
-    """Changes the UNet's attention while a run denoises."""
+class Modulator(Protocol):
+    """Changes the model's attention while a run denoises (the ``modulator`` kind; formerly ``AttentionModulator``)."""
 
     name: ClassVar[str]
     description: ClassVar[str]
@@ -191,38 +195,32 @@ class FaceMetric(Protocol):
         ...
 
 
-STAGE_KINDS: dict[str, type] = {
-    "planner": Planner,
-    "inverter": Inverter,
-    "scheduler": Scheduler,
-    "attention_modulator": AttentionModulator,
-    "preserver": Preserver,
-    "metric": FaceMetric,
-}
-"""Stage kind -> its Protocol. The hook of kind ``k`` is ``register_<k>s``."""
+STAGE_KINDS: dict[str, type] = {kind.name: globals()[kind.protocol] for kind in STAGE_TABLE}
+"""Stage kind -> its Protocol, from :data:`sow.stage_kinds.STAGE_TABLE`. The hook of kind ``k`` is ``register_<k>s``."""
 
-STAGE_FIELDS: dict[str, str] = {
-    "planner": "planner",
-    "inverter": "inverter",
-    "scheduler": "scheduler",
-    "attention_modulator": "modulator",
-    "preserver": "preserver",
-}
-"""The stages a generation chooses: kind -> its field in :class:`sow.schemas.StageNames` (the keyword of
-``from_pretrained`` and the CLI option). The one place kind and field meet: ``stage_options`` may be
-keyed by either (:func:`stage_options_by_kind`)."""
+STAGE_FIELDS: dict[str, str] = {kind.name: kind.name for kind in RUN_STAGES}
+"""The stages a generation chooses: kind -> its field in :class:`sow.schemas.StageNames`. Since the modulator kind
+lost its second name (``attention_modulator``) every kind's field is its name; kept for code that reads it."""
+
+
+def __getattr__(name: str) -> object:
+    if name == "AttentionModulator":  # the Protocol's name before the kind had one name
+        import warnings
+
+        warnings.warn("sow.stages.AttentionModulator is deprecated; use sow.stages.Modulator", DeprecationWarning, stacklevel=2)
+        return Modulator
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def stage_options_by_kind(options: dict[str, dict] | None) -> dict[str, dict]:
-    """``stage_options`` keyed by stage kind, whether the caller used the kind (``attention_modulator``)
-    or the field name (``modulator``); both at once for one kind is refused."""
+    """``stage_options`` keyed by stage kind; a deprecated name of a kind (``attention_modulator``) is read
+    as the kind with a :class:`DeprecationWarning`; both names at once for one kind is refused."""
     from sow.errors import InputError
 
-    fields = {field: kind for kind, field in STAGE_FIELDS.items()}
     out: dict[str, dict] = {}
     for key, value in (options or {}).items():
-        kind = fields.get(key, key)
+        kind = canonical_kind(key, "stage_options key")
         if kind in out:
-            raise InputError(f"stage_options names the {kind.replace('_', ' ')} twice ({key!r} and {kind!r}); use one")
+            raise InputError(f"stage_options names the {KINDS[kind].label} twice ({key!r} and {kind!r}); use one")
         out[kind] = value
     return out

@@ -204,7 +204,7 @@ def test_4_debug_tracebacks_are_redacted(tmp_path, face_path, capsys, monkeypatc
     def broken(path):
         raise RuntimeError(f"the server said: key {SECRET} \x1b[2J is invalid")
 
-    monkeypatch.setattr(commands, "load_config_file", broken)
+    monkeypatch.setattr("sow.io.json_files.load_config_file", broken)
     code, out, err = _run(capsys, ["generate", str(face_path), "a chef", "-o", str(tmp_path / "o")])
     assert code == 1
     assert "Traceback" in err and "RuntimeError" in err
@@ -746,12 +746,19 @@ def test_a_manifest_line_torn_without_its_newline_is_cut_before_the_next_append(
 
 def test_both_journals_share_one_torn_line_policy(tmp_path):
     from sow.batch.runner import Manifest
-    from sow.eval.runner import read_rows
+    from sow.eval.rows import EvalRow, read_rows
 
-    for path, read in ((tmp_path / "rows.jsonl", read_rows), (tmp_path / "manifest.jsonl", lambda p: Manifest(p.parent).entries())):
-        path.write_text('{"id": "a\u2028b"}\n{"id": "c"}\n{"id": "torn', encoding="utf-8")
-        assert read(path) == [{"id": "a\u2028b"}, {"id": "c"}]
-        path.write_text('{"id": "a"}\nnot json\n{"id": "c"}\n')
+    def entry(id_: str) -> dict:  # a whole eval row (the eval reads rows typed), a plain entry for the manifest
+        return EvalRow(id=id_, item_key="k", method="m", setting="normal", prompt="p", condition="c.jpg", seed=0, seconds=0.0).to_dict()
+
+    def read_eval_rows(path):
+        return [row.to_dict() for row in read_rows(path)]
+
+    a, c = json.dumps(entry("a\u2028b"), ensure_ascii=False), json.dumps(entry("c"))
+    for path, read in ((tmp_path / "rows.jsonl", read_eval_rows), (tmp_path / "manifest.jsonl", lambda p: Manifest(p.parent).entries())):
+        path.write_text(f'{a}\n{c}\n{{"id": "torn', encoding="utf-8")
+        assert read(path) == [entry("a\u2028b"), entry("c")]
+        path.write_text(f'{a}\nnot json\n{c}\n', encoding="utf-8")
         with pytest.raises(InputError, match="line 2 is not a JSON row"):
             read(path)
 

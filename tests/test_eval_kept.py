@@ -10,7 +10,9 @@ import pytest
 from PIL import Image
 
 from sow.eval.controlnet import build_tiny_controlnet, canny_edges
-from sow.eval.runner import Evaluation, EvalConfig, resolve_methods
+from sow.eval.config import EvalConfig
+from sow.eval.methods import resolve_methods
+from sow.eval.runner import Evaluation
 from sow.eval.spec import SpecItem, write_spec
 from sow.errors import InputError
 
@@ -37,17 +39,17 @@ def test_eval_reports_kept_pixels_before_and_after_and_the_controlnet_row(spec, 
     out = tmp_path / "out"
     result = Evaluation(load_spec(spec), config, out, spec_base=spec.parent, registry=builtin_registry,
                         components=tiny_components, metric=dlib_metric).run()
-    rows = {r["method"]: r for r in result.rows}
-    assert not any(r.get("error") for r in rows.values())
+    rows = {r.method: r for r in result.rows}
+    assert not any(r.error for r in rows.values())
     sow = rows["sow"]
-    assert sow["kept_max_after"] == 0 and sow["kept_psnr_after"] == math.inf  # exact after the paste
-    assert sow["kept_max_before"] > 20 and math.isfinite(sow["kept_psnr_before"])  # the tiny model's decode misses them
-    assert sow["kept"][0]["condition"] == 1 and sow["seam_before"] is not None and sow["seam_after"] is not None
-    assert "id_before" in sow
+    assert sow.kept_max_after == 0 and sow.kept_psnr_after == math.inf  # exact after the paste
+    assert sow.kept_max_before > 20 and math.isfinite(sow.kept_psnr_before)  # the tiny model's decode misses them
+    assert sow.kept[0].condition == 1 and sow.seam_before is not None and sow.seam_after is not None
+    assert "id_before" in sow.model_fields_set  # sow pasted: the distance before it was measured
     control = rows["controlnet"]
-    assert control["controlnet_model"] == "tiny" and Image.open(out / control["image"]).size == (128, 128)
-    assert control["kept_max_before"] == control["kept_max_after"] > 0  # no paste: the edges alone guide it
-    assert rows["paste"]["kept_max_after"] == 0
+    assert control.controlnet_model == "tiny" and Image.open(out / control.image).size == (128, 128)
+    assert control.kept_max_before == control.kept_max_after > 0  # no paste: the edges alone guide it
+    assert rows["paste"].kept_max_after == 0
     table = (out / "results.md").read_text()
     assert "| controlnet |" in table and "kept_max_after" in table and "seam_after" in table
 

@@ -130,5 +130,5 @@ def test_sow_eval_on_a_flow_model(faces_dir, tmp_path, capsys):
         main(["eval", str(spec), "-o", str(out), "--model", "tiny-flux", "--canvas", "128", "--cycles", "1",
               "--methods", "sow,paste", "-q"])
     assert info.value.code == 0, capsys.readouterr().err
-    rows = {r["method"]: r for r in read_rows(out / "rows.jsonl")}
-    assert set(rows) == {"sow", "paste"} and not rows["sow"].get("error")
+    rows = {r.method: r for r in read_rows(out / "rows.jsonl")}
+    assert set(rows) == {"sow", "paste"} and not rows["sow"].error

@@ -102,7 +102,7 @@ class ThirdParty:
         register(RecordingScheduler)
 
     @hookimpl
-    def register_attention_modulators(self, register):
+    def register_modulators(self, register):
         register(RecordingModulator)
 
     @hookimpl
@@ -148,10 +148,27 @@ def test_hook_register_schedulers(run):
     assert calls["scheduler"] == 1
 
 
-def test_hook_register_attention_modulators(run):
+def test_hook_register_modulators(run):
     _, calls, registry = run
-    assert registry.get("attention_modulator", "rec-modulator").factory is RecordingModulator
+    assert registry.get("modulator", "rec-modulator").factory is RecordingModulator
     assert calls["attach"] == calls["detach"] == 1
+
+
+class OldModulatorPlugin:
+    """A plugin written before the modulator kind had one name."""
+
+    @hookimpl
+    def register_attention_modulators(self, register):
+        register(RecordingModulator, name="old-modulator")
+
+
+def test_deprecated_hook_register_attention_modulators_still_registers_with_a_warning():
+    with pytest.warns(DeprecationWarning, match="register_attention_modulators is deprecated; implement register_modulators"):
+        registry = build_registry(load_entry_points=False, extra_plugins=[OldModulatorPlugin()])
+    assert registry.get("modulator", "old-modulator").factory is RecordingModulator
+    assert not registry.failures
+    with pytest.warns(DeprecationWarning, match="'attention_modulator' is deprecated; use 'modulator'"):
+        assert registry.get("attention_modulator", "old-modulator").kind == "modulator"
 
 
 def test_hook_register_preservers(run):

@@ -54,7 +54,7 @@ def test_hook_register_model_families(toy_module):
     """The built-ins come through the hook; a plugin's family is asked first; bad registrations are reported."""
     module, _ = toy_module
     builtins = build_registry(load_entry_points=False)
-    assert list(builtins.families) == ["sd1", "sd2", "sdxl", "sd3", "flux1", "flux2"]
+    assert list(builtins.families) == ["sd1", "sd2", "sdxl", "sd3", "flux1", "flux2", "qwen-image", "z-image"]
     request = LoadRequest("tiny", torch.device("cpu"), torch.float32)
     assert builtins.family_for(request).name == "sd2"
     assert builtins.family_for(LoadRequest("tiny-sdxl", torch.device("cpu"), torch.float32)).name == "sdxl"
@@ -83,7 +83,7 @@ def test_hook_register_model_families(toy_module):
             register(Greedy())
 
     registry = build_registry(load_entry_points=False, extra_plugins=[module, Plugin(), NoClaims()])
-    assert list(registry.families) == ["sd1", "sd2", "sdxl", "sd3", "flux1", "flux2", "toy", "greedy"]
+    assert list(registry.families) == ["sd1", "sd2", "sdxl", "sd3", "flux1", "flux2", "qwen-image", "z-image", "toy", "greedy"]
     assert registry.family_for(request).name == "greedy"
     assert registry.family("toy").distribution == "sow_toy_family"
     assert any("registered a model family without claims() and detect()" in f.error for f in registry.failures)

@@ -49,7 +49,7 @@ def test_builtins_register_one_of_each_kind():
     registry = build_registry(load_entry_points=False)
     assert registry.names("planner")[:1] and "ddim" in registry.names("inverter")
     assert "cyclic" in registry.names("scheduler") and "replace" in registry.names("preserver")
-    assert "none" in registry.names("attention_modulator")
+    assert "none" in registry.names("modulator")
     assert all(e.distribution == "sow" for e in registry.all_entries())
     assert not registry.failures
 

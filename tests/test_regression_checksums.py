@@ -50,20 +50,33 @@ def pipe():
     return SOWPipeline.from_pretrained("tiny", registry=build_registry(load_entry_points=False))
 
 
+@pytest.fixture(scope="module")
+def live(script, pipe):
+    """Today's latents of a case, run once per module (the tests below share them)."""
+    runs: dict[str, np.ndarray] = {}
+
+    def latents(case: str) -> np.ndarray:
+        if case not in runs:
+            runs[case] = script.run(pipe, case)
+        return runs[case]
+
+    return latents
+
+
 @pytest.mark.parametrize("case", ["default", "dam-open", "dam-forced", "cow", "several"])
-def test_latents_match_the_recorded_run(script, stored, pipe, case):
-    got = script.run(pipe, case)
+def test_latents_match_the_recorded_run(script, stored, live, case):
+    got = live(case)
     assert got.shape == stored[case].shape
     assert script.distance(got, stored[case]) <= TOLERANCE
 
 
-def test_the_stored_cases_differ_where_the_method_differs(stored):
-    # the gate stays closed on random weights at the paper's tau: the default run is plain COW;
-    # opening or forcing it changes the latents by far more than the tolerance
-    assert np.array_equal(stored["default"], stored["cow"])
-    scale = np.abs(stored["default"]).max()
-    assert np.abs(stored["dam-open"] - stored["default"]).max() > 10 * TOLERANCE * scale
-    assert np.abs(stored["dam-forced"] - stored["dam-open"]).max() > 10 * TOLERANCE * scale
+def test_the_method_switches_move_todays_latents_beyond_the_tolerance(script, live):
+    # today's runs, not the stored arrays: the gate stays closed on random weights at the paper's tau,
+    # so the default run is plain COW; opening it (tau 0) or forcing it (no gate) changes the latents
+    # by far more than the tolerance, so the comparison above tells these methods apart
+    assert np.array_equal(live("default"), live("cow"))
+    assert script.distance(live("dam-open"), live("default")) > 10 * TOLERANCE
+    assert script.distance(live("dam-forced"), live("dam-open")) > 10 * TOLERANCE
 
 
 def test_a_swapped_prompt_fails_the_tolerance(script, stored, pipe):

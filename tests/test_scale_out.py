@@ -321,9 +321,9 @@ def test_eval_over_ray_gives_the_single_process_table(tmp_path, faces_dir, local
     distributed = on_ray.run(compute=eval_compute_on_ray(on_ray, local_ray))
 
     def table(rows):
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+        return [row.model_dump(exclude={"seconds"}) for row in rows]
 
     assert len(distributed.rows) == len(single.rows) == 4
     assert table(distributed.rows) == table(single.rows)
     for a, b in zip(single.rows, distributed.rows):
-        assert (tmp_path / "single" / a["image"]).read_bytes() == (tmp_path / "ray" / b["image"]).read_bytes()
+        assert (tmp_path / "single" / a.image).read_bytes() == (tmp_path / "ray" / b.image).read_bytes()

@@ -143,3 +143,27 @@ def test_flow_deterministic_step_is_the_euler_step():
     x, v = torch.randn(5, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
     x0, eps = split_prediction(v, x, a.alpha, a.sigma, "flow")
     torch.testing.assert_close(tr.deterministic_step(x0, eps, b), x + (b.sigma - a.sigma) * v)
+
+
+def test_injection_refuses_each_wrong_direction_on_its_own():
+    """Either sign of a wrong jump is refused alone: α growing (even with room for noise), or no room for noise."""
+    x, z = torch.ones(4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="noisier level"):
+        tr.inject_noise(x, Level(alpha=0.5, sigma=0.0), Level(alpha=1.0, sigma=1.0), z)  # alpha doubles, variance 1
+    with pytest.raises(ValueError, match="noisier level"):
+        tr.inject_noise(x, Level(alpha=1.0, sigma=0.5), Level(alpha=0.5, sigma=0.1), z)  # alpha halves, variance < 0
+    level = Level(alpha=0.8, sigma=0.6)
+    torch.testing.assert_close(tr.inject_noise(x, level, level, z + 7), x)  # a jump of zero: x itself, no noise
+
+
+def test_a_vp_scheduler_with_sigmas_is_not_read_as_flow():
+    """Euler-style VP schedulers keep both ``alphas_cumprod`` and ``sigmas``: VP, with their own prediction type."""
+    from diffusers import EulerDiscreteScheduler
+
+    from sow.engine.parameterization import is_flow_scheduler
+
+    scheduler = EulerDiscreteScheduler(prediction_type="v_prediction")
+    assert hasattr(scheduler, "sigmas") and hasattr(scheduler, "alphas_cumprod")
+    assert not is_flow_scheduler(scheduler)
+    assert prediction_type_of(scheduler) == "v_prediction"
+    assert is_flow_scheduler(FlowMatchEulerDiscreteScheduler())

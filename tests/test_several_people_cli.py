@@ -113,12 +113,12 @@ def test_eval_on_paste_assigns_every_face_to_its_own_person(faces_dir, tmp_path,
     ]
     config = EvalConfig(methods=["paste"], generation={"canvas": {"width": 768, "height": 512}})
     result = Evaluation(items, config, tmp_path / "eval", components=tiny_components).run()
-    rows = {r["id"]: r for r in result.rows}
-    assert len(rows["group"]["people"]) == 3 and len(rows["pair"]["people"]) == 2
+    rows = {r.id: r for r in result.rows}
+    assert len(rows["group"].people) == 3 and len(rows["pair"].people) == 2
     for row in rows.values():
-        assert row["swaps"] == 0 and row["detected"] and row["same_person"], row
-        for person in row["people"]:
-            assert person["id_distance"] < 0.6 < person["other_distance"], person
+        assert row.swaps == 0 and row.detected and row.same_person, row
+        for person in row.people:
+            assert person.id_distance < 0.6 < person.other_distance, person
     table = (tmp_path / "eval" / "results.md").read_text()
     assert "swaps" in table
 

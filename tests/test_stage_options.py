@@ -22,7 +22,7 @@ def test_a_bad_dam_option_is_exit_2_naming_the_field_before_the_model_loads(opti
     registry = build_registry(load_entry_points=False)
     with pytest.raises(StageOptionError, match=named) as info:
         # the model does not exist: the option error must come first
-        SOWPipeline.from_pretrained("no/such-model", stage_options={"attention_modulator": options}, registry=registry)
+        SOWPipeline.from_pretrained("no/such-model", stage_options={"modulator": options}, registry=registry)
     assert info.value.exit_code == 2
     assert "attention modulator 'dam'" in str(info.value) and "\n" not in str(info.value)
 
@@ -50,11 +50,14 @@ def test_a_value_error_of_a_plugin_stage_taking_its_options_is_the_users_error(t
     assert info.value.exit_code == 2
 
 
-def test_stage_options_may_name_the_kind_or_its_field(tiny_components):
+def test_stage_options_take_the_kinds_one_name_and_its_deprecated_alias_with_a_warning(tiny_components):
     from sow.errors import InputError
 
     registry = build_registry(load_entry_points=False)
-    by_field = SOWPipeline(tiny_components, {"modulator": "dam"}, stage_options={"modulator": {"chunk_elements": 64}}, registry=registry)
-    assert by_field.stage("attention_modulator").chunk_elements == 64
-    with pytest.raises(InputError, match="twice"):
+    chosen = SOWPipeline(tiny_components, {"modulator": "dam"}, stage_options={"modulator": {"chunk_elements": 64}}, registry=registry)
+    assert chosen.stage("modulator").chunk_elements == 64
+    with pytest.warns(DeprecationWarning, match="stage_options key 'attention_modulator' is deprecated; use 'modulator'"):
+        old = SOWPipeline(tiny_components, {"modulator": "dam"}, stage_options={"attention_modulator": {"chunk_elements": 32}}, registry=registry)
+    assert old.stage("modulator").chunk_elements == 32
+    with pytest.warns(DeprecationWarning), pytest.raises(InputError, match="attention modulator twice"):
         SOWPipeline(tiny_components, stage_options={"modulator": {}, "attention_modulator": {}}, registry=registry)

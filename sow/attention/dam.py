@@ -233,7 +233,7 @@ def default_capture_layer(unet: torch.nn.Module) -> str | None:
 class DynamicAttentionModulator:
     """SOW's dynamic attention modulation on every self-attention layer (DESIGN §2).
 
-    Options (``stage_options={"attention_modulator": {...}}``): ``chunk_elements``, the
+    Options (``stage_options={"modulator": {...}}``): ``chunk_elements``, the
     logit elements computed at once (bounds the extra memory; default by device, see
     :data:`DEFAULT_CHUNK_ELEMENTS`); ``capture_layer``, the
     processor key whose attention is captured for ``--save-attention`` (default: the last
@@ -249,7 +249,7 @@ class DynamicAttentionModulator:
     description = "Dynamic attention modulation: P+/P- self-attention bias gated by R_c (SOW)."
 
     class Options(BaseModel):
-        """The ``dam`` modulator's options (``stage_options={"attention_modulator": {...}}``); a bad one is
+        """The ``dam`` modulator's options (``stage_options={"modulator": {...}}``); a bad one is
         refused before any model loads, naming the field (exit 2)."""
 
         model_config = ConfigDict(extra="forbid")
@@ -335,5 +335,5 @@ def modulated_processors(network: torch.nn.Module, ctx: RunContext, state: DAMSt
 
 
 @hookimpl
-def register_attention_modulators(register):
+def register_modulators(register):
     register(DynamicAttentionModulator)

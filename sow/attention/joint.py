@@ -186,13 +186,14 @@ def joint_processor(layer: str, state: Any, previous: Any, image_position: str, 
 
 
 def attach_joint_dam(backbone, state: Any) -> None:
-    """Install a DAM processor on every attention layer of ``backbone``'s transformer (its :attr:`attention`)."""
+    """Install a DAM processor on every attention layer of ``backbone``'s transformer (its :attr:`attention`),
+    each the backbone's own ``dam_processor`` (Qwen-Image and Z-Image bring theirs; the others use :func:`joint_processor`)."""
     network = backbone.network
     previous = dict(network.attn_processors)
     layout = {layer.processor: layer for layer in backbone.attention.layers}
     network.set_attn_processor(
         {
-            name: joint_processor(name, state, proc, layout[name].image_position, layout[name].patch_size) if name in layout else proc
+            name: backbone.dam_processor(layout[name], state, proc) if name in layout else proc
             for name, proc in previous.items()
         }
     )

@@ -22,5 +22,5 @@ class PassThroughModulator:
 
 
 @hookimpl
-def register_attention_modulators(register):
+def register_modulators(register):
     register(PassThroughModulator)

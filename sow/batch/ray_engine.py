@@ -305,20 +305,20 @@ class _EvalActor:
         self.pairs = {key: (by_id[i], methods[m]) for key, (i, m) in pairs}
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        import json
-
         rows = []
         for key in batch["key"]:
             item, method = self.pairs[str(key)]
-            rows.append(json.dumps(self.evaluation.run_one(item, method)))
+            rows.append(self.evaluation.run_one(item, method).as_json())
         return {"key": list(batch["key"]), "row": rows}
 
 
-def eval_compute_on_ray(evaluation, settings: RaySettings) -> Callable[[list], Iterator[dict[str, Any]]]:
+def eval_compute_on_ray(evaluation, settings: RaySettings) -> Callable[[list], Iterator[Any]]:
     """A ``compute`` for :meth:`Evaluation.run` that makes the rows on a Ray actor pool."""
 
-    def compute(pairs: list) -> Iterator[dict[str, Any]]:
+    def compute(pairs: list) -> Iterator[Any]:
         import json
+
+        from sow.eval.rows import EvalRow
 
         ray = connect(settings)
         workers, gpus = pool_shape(ray, settings)
@@ -336,7 +336,7 @@ def eval_compute_on_ray(evaluation, settings: RaySettings) -> Callable[[list], I
             num_gpus=gpus or None,
         )
         for row in results.iter_rows():
-            yield json.loads(row["row"])
+            yield EvalRow.from_dict(json.loads(row["row"]), "eval row from a Ray actor")
 
     return compute
 

@@ -47,6 +47,7 @@ from sow.io.journal import Journal
 from sow.io.outputs import check_free, check_unique, safe_name
 from sow.io.results import output_paths, write_outputs
 from sow.io.security import clean_text, redact
+from sow.request import GenerationRequest
 from sow.schemas import Plan, Preset, first_error
 from sow.batch.workers import WorkerIdentity, merge_parts, part_files, parts_dir, run_of, shard
 
@@ -122,6 +123,19 @@ class BatchItem:
     def resolve(self, value: str) -> Path:
         path = Path(value).expanduser()
         return path if path.is_absolute() else self.base / path
+
+    def request(self, overrides: dict[str, Any] | None = None) -> GenerationRequest:
+        """The job as a :class:`~sow.request.GenerationRequest` (the request the CLI and the web app build too):
+        paths read from the batch file's folder, a plan file read now, the batch's config ``overrides``."""
+        from sow.io.json_files import load_plan_file  # the one plan-file reader
+
+        job = self.job
+        plan = load_plan_file(self.resolve(job.plan)) if isinstance(job.plan, str) else job.plan
+        names = [job.condition] if isinstance(job.condition, str) else job.condition
+        return GenerationRequest(
+            conditions=[self.resolve(name) for name in names], prompt=job.prompt, seed=job.seed, preset=job.preset,
+            overrides=dict(overrides or {}), plan=plan,
+        )
 
 
 def read_batch_file(path: Path) -> list[BatchItem]:
@@ -434,18 +448,15 @@ def run_item(
     ``seconds`` and ``warnings``, or ``failed`` with ``error``). A ``KeyboardInterrupt``
     propagates with the item left unfinished.
     """
-    from sow.io.json_files import load_plan_file  # the one plan-file reader
-
     if redo is None:
         redo = item.id in Manifest(out_dir).state()
     manifest.append(event="start", id=item.id, line=item.line, job=item.job_sha256, worker=os.getpid())
     t0 = time.perf_counter()
     try:
-        job = item.job
-        plan = load_plan_file(item.resolve(job.plan)) if isinstance(job.plan, str) else job.plan
-        config = pipe.make_config(None, job.preset, **(overrides or {}))
-        condition = item.resolve(job.condition) if isinstance(job.condition, str) else [item.resolve(c) for c in job.condition]
-        result = pipe(condition, job.prompt, plan=plan, seed=job.seed, config=config)
+        # the job's request, checked as every request is (its images read, its plan's boxes on this model's
+        # grid; a bad item is this item's failure), then run
+        request = item.request(overrides).check(grid=pipe.backbone.vae_scale_factor, preflight=False)
+        result = request.run(pipe)
         paths = write_outputs(result, item.outputs(out_dir), overwrite=redo)
     except KeyboardInterrupt:
         raise

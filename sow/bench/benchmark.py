@@ -261,9 +261,9 @@ def reference_ladder(args, components, pipe, settings, dtype, device, modulator,
 def pick_modulator(requested: str, registry) -> str:
     """``auto``: ``dam`` when installed, else ``none``; a name: checked against the registry (one-line error)."""
     if requested != "auto":
-        registry.get("attention_modulator", requested)
+        registry.get("modulator", requested)
         return requested
-    names = {e.name for e in registry.all_entries() if e.kind == "attention_modulator"}
+    names = {e.name for e in registry.all_entries() if e.kind == "modulator"}
     return "dam" if "dam" in names else "none"
 
 

@@ -46,7 +46,7 @@ def dam_unet_call(pipe, config: GenerationConfig, plan: Plan, images: int, repea
     text = torch.randn(batch, 77, unet.config.cross_attention_dim, generator=generator).to(device, dtype)
     t = torch.tensor(500, device=device)
     ctx = cycle_context(config, plan, scale, images, device)
-    modulator = pipe.stage("attention_modulator", "dam")
+    modulator = pipe.stage("modulator", "dam")
     on_cpu = device.type == "cpu"
     clock = time.process_time if on_cpu else time.perf_counter
 

@@ -48,6 +48,20 @@ def meta_backbone(folder: Path):
     return family.make_backbone(parts, family.text_length)
 
 
+def text_width_of(config) -> int:
+    """The width of the text tokens the transformer takes (Z-Image calls it ``cap_feat_dim``)."""
+    return int(config.get("joint_attention_dim") or config["cap_feat_dim"])
+
+
+def vae_input(vae, tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` as the VAE's encoder / decoder takes it: one video frame for a video VAE (Qwen-Image's)."""
+    return tensor.unsqueeze(2) if hasattr(vae.config, "temperal_downsample") else tensor
+
+
+def vae_latent_channels(vae) -> int:
+    return int(vae.config.get("latent_channels") or vae.config["z_dim"])
+
+
 def _tflop(run) -> float:
     with flop_counter() as counter:
         run()
@@ -83,7 +97,7 @@ def flow_cost_model(spec: str, size: int = 1024, batch: int = 1, overrides: dict
     grid = backbone.vae_scale_factor * backbone.patch_size
     side = max(grid, round(CONDITION_SHARE * size / grid) * grid)
     scale = backbone.vae_scale_factor
-    text_width = backbone.transformer.config.joint_attention_dim
+    text_width = text_width_of(backbone.transformer.config)
     pooled = getattr(backbone.transformer.config, "pooled_projection_dim", None)
     text_tokens = backbone.text_length + (77 if backbone.family == "sd3" else 0)
 
@@ -104,12 +118,12 @@ def flow_cost_model(spec: str, size: int = 1024, batch: int = 1, overrides: dict
         rows.append({"module": f"transformer, {phase}", "shapes": [[phase_branches[phase], pixels, pixels]], "calls": n, "tflop_per_call": one})
         totals[f"transformer_{phase}"] = one * n / (batch if shared else 1)
     vae = backbone.vae
-    channels = vae.config.latent_channels
+    channels = vae_latent_channels(vae)
 
     def encode(pixels: int):
-        return lambda: vae.encoder(torch.zeros(1, 3, pixels, pixels, device="meta"))
+        return lambda: vae.encoder(vae_input(vae, torch.zeros(1, 3, pixels, pixels, device="meta")))
 
-    decoder = _tflop(lambda: vae.decoder(torch.zeros(1, channels, size // 8, size // 8, device="meta")))
+    decoder = _tflop(lambda: vae.decoder(vae_input(vae, torch.zeros(1, channels, size // 8, size // 8, device="meta"))))
     encoders = _tflop(encode(size)) + _tflop(encode(side))
     rows.append({"module": "VAE decoder", "shapes": [[1, channels, size // 8, size // 8]], "calls": 1, "tflop_per_call": decoder})
     rows.append({"module": "VAE encoder (canvas, condition)", "shapes": [[1, 3, size, size], [1, 3, side, side]], "calls": 1, "tflop_per_call": encoders})

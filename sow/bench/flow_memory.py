@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from sow.bench.flow_cost import branches, meta_backbone
+from sow.bench.flow_cost import branches, meta_backbone, text_width_of, vae_input, vae_latent_channels
 from sow.bench.memory import activation_peak, fused_attention, weight_bytes
 from sow.engine.flow.backbone import TextRows
 from sow.engine.flow.readings import config_overrides
@@ -54,12 +54,12 @@ def flow_memory_table(spec: str, canvas: int = 1024, dtype: torch.dtype = torch.
     text_tokens = backbone.text_length + (77 if backbone.family == "sd3" else 0)
     pooled = getattr(transformer.config, "pooled_projection_dim", None)
     latents = torch.zeros(batch, backbone.latent_channels, canvas // scale, canvas // scale, **meta)
-    text = TextRows(torch.zeros(batch, text_tokens, transformer.config.joint_attention_dim, **meta),
+    text = TextRows(torch.zeros(batch, text_tokens, text_width_of(transformer.config), **meta),
                     torch.zeros(batch, pooled, **meta) if pooled else None)
     peaks: dict[str, int] = {}
     with fused_attention():
         peaks["transformer"] = activation_peak(lambda: backbone.velocity(latents, 500.0, text))
-        raw = torch.zeros(1, vae.config.latent_channels, canvas // 8, canvas // 8, **meta)
+        raw = vae_input(vae, torch.zeros(1, vae_latent_channels(vae), canvas // 8, canvas // 8, **meta))
         peaks["vae_decode"] = activation_peak(lambda: vae.decode(raw))
         for key, module in encoders.items():
             tokens = 77 if "CLIP" in type(module).__name__ else backbone.text_length

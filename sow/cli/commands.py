@@ -8,20 +8,21 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from sow.cli.canvas_options import HeightOpt, WidthOpt, with_canvas, with_plan_canvas
+from sow.cli.canvas_options import HeightOpt, WidthOpt, with_canvas
 from sow.cli.choices import DEVICE_METAVAR, Dtype, OnPlannerError, Preset, Quantize, value
+from sow.cli.help_sections import SectionedCommand
+from sow.cli.inputs import CLI_LABELS, people_options, planner_options, split_conditions
+from sow.cli.scale_options import GpusPerWorkerOpt, RayOpt, WorkersOpt
+from sow.cli.stage_options import with_stage_options
 from sow.errors import InputError, SowError
-from sow.cli.scale_options import GpusPerWorkerOpt, RayOpt, WorkersOpt, ray_settings
-from sow.io.json_files import MAX_JSON_BYTES, load_config_file, load_plan_file, read_json as _read_json  # noqa: F401
-from sow.schemas import Box, GenerationConfig, Plan, validated
-
-if TYPE_CHECKING:  # the pipeline (torch, diffusers) is imported only when a model loads
-    from sow.pipeline import SOWPipeline
+from sow.io.json_files import MAX_JSON_BYTES, load_config_file, read_json as _read_json  # noqa: F401
+from sow.request import latent_grid_of
+from sow.schemas import GenerationConfig
 
 app = typer.Typer(
     name="sow",
@@ -39,32 +40,7 @@ err = redacting_console(stderr=True)
 out = redacting_console()
 """The CLI's consoles: every string printed has secrets (API keys in the environment) redacted."""
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'tiny' or 'tiny-sdxl' (embedded, random weights), a hub id, a diffusers folder or a .safetensors file (SD 1.x, 2.x or SDXL).")]
-FamilyOpt = Annotated[Optional[str], typer.Option("--family", help="sd1, sd2 or sdxl: only when the model's configs cannot tell its family (docs/models.md); or a registered family's name, to load the model with it.")]
-VaeOpt = Annotated[Optional[str], typer.Option("--vae", help="A replacement VAE (AutoencoderKL folder or hub id), e.g. a fixed fp16 SDXL VAE.")]
-LoraOpt = Annotated[Optional[list[str]], typer.Option("--lora", help="PATH[:SCALE] of a .safetensors LoRA (repeatable); recorded with its sha256.")]
-DeviceOpt = Annotated[str, typer.Option(metavar=DEVICE_METAVAR, help="auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N.")]
-DtypeOpt = Annotated[Dtype, typer.Option(help="auto: bf16 on GPUs that have it, fp16 on others, fp32 on CPU.")]
 PresetOpt = Annotated[Preset, typer.Option(help="normal, attribute (editing), style (transfer), or cow-reference (every reading as the reference code has it; docs/method.md).")]
-
-
-def manual_plan(box_v: str | None, box_r: str | None, prompt: str, config: GenerationConfig, image=None) -> Plan | None:
-    """The plan of ``--box-v``/``--box-r``; with the condition ``image``, fitted to its aspect (:mod:`sow.planners.manual`)."""
-    if box_v is None and box_r is None:
-        return None
-    if box_v is None or box_r is None:
-        raise InputError("--box-v and --box-r go together (or pass --plan FILE)")
-    try:
-        plan = Plan(canvas=config.canvas, box_v=Box.parse(box_v), box_r=Box.parse(box_r), prompt=prompt, user_prompt=prompt, planner="manual")
-        if image is None:
-            return plan
-        from sow.planners.manual import hand_made_plan
-
-        return hand_made_plan(image, plan.box_v, plan.box_r, prompt, config)
-    except ValueError as exc:
-        from sow.schemas import first_error
-
-        raise InputError(f"invalid boxes: {first_error(exc)}") from None
 
 
 def _version(show: bool) -> None:
@@ -114,68 +90,6 @@ PickOpt = Annotated[
 ]
 
 
-def split_conditions(arguments: list[str] | None, conditions: list[Path] | None) -> tuple[list[Path], str | None]:
-    """``(condition paths, prompt)`` from the positional arguments (conditions first, prompt last) and ``--condition``."""
-    arguments = list(arguments or [])
-    if conditions:
-        if len(arguments) > 1:
-            raise InputError(f"with --condition give only the prompt as an argument; got {len(arguments)} arguments")
-        return list(conditions), (arguments[0] if arguments else None)
-    if not arguments:
-        return [], None
-    if len(arguments) == 1:
-        raise InputError("Missing argument PROMPT: give the condition image(s) first and the prompt last, e.g. sow generate face.jpg \"a chef\"")
-    refuse_path_as_prompt(arguments[-1])
-    return [Path(a) for a in arguments[:-1]], arguments[-1]
-
-
-def refuse_path_as_prompt(prompt: str) -> None:
-    """A last positional that names an image file is a forgotten prompt, not a prompt (exit 2, not a silent run)."""
-    from sow.io.images import looks_like_image_path
-
-    if looks_like_image_path(prompt):
-        raise InputError(
-            f"the last argument {prompt!r} is an image file, not a prompt: give the prompt last, "
-            "e.g. sow generate a.jpg b.jpg \"two friends at a cafe\""
-        )
-
-
-def people_options(max_people: int | None, pick: str | None, planner: str | None, photos: int = 1) -> dict:
-    """``--max-people`` / ``--pick`` as heuristic-planner options; they conflict with each other and with several photos."""
-    options: dict = {}
-    if max_people is None and pick is None:
-        return options
-    if (planner or "heuristic") != "heuristic":
-        raise InputError("--max-people and --pick choose the faces of one group photo with the heuristic planner (--planner heuristic)")
-    if max_people is not None and pick is not None:
-        raise InputError("--pick chooses the faces by number and --max-people by size: give one of them, not both")
-    if photos > 1:
-        which = "--max-people" if max_people is not None else "--pick"
-        raise InputError(f"{which} chooses faces in one group photo; this run has {photos} photos (one person each): drop {which}")
-    if max_people is not None:
-        options["max_people"] = max_people
-    if pick is not None:
-        try:
-            options["pick"] = [int(p) for p in pick.split(",")]
-        except ValueError:
-            raise InputError(f"--pick {pick!r}: expected face numbers like 1,3") from None
-    return options
-
-
-def load_conditions(paths: list[Path]) -> None:
-    """Refuse a missing, corrupt or hostile condition before anything loads, naming which one."""
-    from sow.io.images import load_condition
-
-
-    for i, path in enumerate(paths):
-        try:
-            load_condition(path)
-        except InputError as exc:
-            if len(paths) == 1:
-                raise
-            raise type(exc)(f"condition {i + 1} of {len(paths)}: {exc}") from None
-
-
 @app.callback()
 def global_options(
     ctx: typer.Context,
@@ -215,21 +129,6 @@ OnPlannerErrorOpt = Annotated[
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Ask the planner again instead of reusing a cached plan.")]
 
 
-def planner_options(items: list[str] | None, quantize: str | None) -> dict:
-    """``--planner-option`` items plus the ``--quantize`` shortcut."""
-    options = parse_options(items)
-    if quantize is not None:
-        options["quantize"] = value(quantize)
-    return options
-
-
-def parse_options(items: list[str] | None) -> dict:
-    """``["model=gemini-2.5-pro", "retries=2"]`` -> ``{"model": "gemini-2.5-pro", "retries": 2}``."""
-    from sow.io.options import parse_key_values
-
-    return parse_key_values(items, "--planner-option")
-
-
 @app.command("plan")
 def plan_command(
     arguments: ConditionsArg = None,
@@ -264,11 +163,13 @@ def plan_command(
     picture = out.with_suffix(".png")
     prepare_outputs(out.parent, {"plan": out, "picture": picture}, overwrite)
     config = GenerationConfig.from_preset(value(preset), **with_canvas(load_config_file(config_file), width, height))
-    load_conditions(conditions)
-    options = {**planner_options(planner_option, quantize), **people_options(max_people, pick, planner, len(conditions))}
-    from sow.cli.preflight import check_planner
+    options = {**planner_options(planner_option, quantize), **people_options(max_people, pick, planner)}
+    from sow.request import GenerationRequest
 
-    check_planner(planner, options, policy)  # a planner that cannot start: said before its model loads
+    # the conditions read, the people options against the photos, the planner made and its preflight run:
+    # the library's checks of a request, before any planner model loads
+    GenerationRequest(conditions, prompt, seed=seed, preset=value(preset), config=config, stages={"planner": planner},
+                      planner_options=options, on_planner_error=policy, labels=CLI_LABELS).check()
     plan, image = make_plan(
         conditions if len(conditions) > 1 else conditions[0],
         prompt,
@@ -290,52 +191,52 @@ def plan_command(
         err.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
-@app.command()
+INPUTS, OUTPUTS, PLANNING, MODEL, METHOD, SCALE = "Inputs", "Outputs", "Planning", "Model", "Method", "Batch and scale-out"
+"""The headings ``sow generate --help`` groups its options under (:mod:`sow.cli.help_sections`)."""
+
+@app.command(cls=SectionedCommand)
+@with_stage_options
 def generate(
     arguments: ConditionsArg = None,
-    condition_opt: ConditionOpt = None,
-    model: ModelOpt = "tiny",
-    preset: PresetOpt = Preset.normal,
-    seed: Annotated[int, typer.Option(help="Random seed: same seed, same image.")] = 0,
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the image, the plan picture and the run record.")] = Path("sow-out"),
-    name: Annotated[Optional[str], typer.Option(help="File-name stem (default: from the prompt and seed).")] = None,
-    plan_file: Annotated[Optional[Path], typer.Option("--plan", help="A saved plan.json: skips the planner.")] = None,
-    box_v: Annotated[Optional[str], typer.Option("--box-v", help="Condition box x,y,w,h in canvas pixels (with --box-r).")] = None,
-    box_r: Annotated[Optional[str], typer.Option("--box-r", help="Related-region box x,y,w,h (with --box-v).")] = None,
-    config_file: Annotated[Optional[Path], typer.Option("--config", help="JSON file of GenerationConfig fields to override.")] = None,
-    width: WidthOpt = None,
-    height: HeightOpt = None,
-    planner: Annotated[Optional[str], typer.Option(help="Planner plugin name (see `sow plugins`).")] = None,
-    max_people: MaxPeopleOpt = None,
-    pick: PickOpt = None,
-    inverter: Annotated[Optional[str], typer.Option(help="Inverter plugin name.")] = None,
-    scheduler: Annotated[Optional[str], typer.Option(help="Scheduler plugin name.")] = None,
-    modulator: Annotated[Optional[str], typer.Option(metavar="<name>", help="Attention modulator plugin name: dam or none (plugins may add more; see `sow plugins`).")] = None,
-    preserver: Annotated[Optional[str], typer.Option(help="Preserver plugin name.")] = None,
-    planner_option: PlannerOptionOpt = None,
-    quantize: QuantizeOpt = None,
-    on_planner_error: OnPlannerErrorOpt = OnPlannerError.fail,
-    no_cache: NoCacheOpt = False,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = Dtype.auto,
-    random_weights: Annotated[bool, typer.Option(help="With a folder of configs only: build it with random weights (benchmarks).")] = False,
-    allow_pickle: Annotated[bool, typer.Option(help="Allow pickled .ckpt checkpoints (they can run code).")] = False,
-    family: FamilyOpt = None,
-    vae: VaeOpt = None,
-    lora: LoraOpt = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
-    save_attention: Annotated[bool, typer.Option("--save-attention", help="Also write <name>.attention.png (DAM's masks and the condition's mean attention at one layer) and trace the gate in the record.")] = False,
-    batch: Annotated[Optional[Path], typer.Option("--batch", help="A JSON Lines file of jobs (condition, prompt, plan, seed, preset, name): see docs/production.md.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="With --batch: run only the jobs the output folder's manifest does not record as done.")] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout (one JSON object per line); no progress bar.")] = False,
-    num_images: Annotated[int, typer.Option("--num-images", "-n", min=1, max=64, help="Variations to make in one batched run: image i is the one --seed SEED+i would give, with the same plan.")] = 1,
-    ray: RayOpt = None,
-    workers: WorkersOpt = None,
-    gpus_per_worker: GpusPerWorkerOpt = None,
-    paste: Annotated[Optional[str], typer.Option("--paste", metavar="<feather|hard|none>", show_default="feather (cow-reference: none)", help="After decoding, put the kept pixels back exactly: feather (seam blended on the generated side), hard (no blend), or none (the model's decode, not exact).")] = None,
-    paste_band: Annotated[Optional[int], typer.Option("--paste-band", min=1, max=256, show_default="1/64 of the canvas's short side", help="Width in pixels of the feather band.")] = None,
-    replay: Annotated[Optional[Path], typer.Option("--replay", help="A run record (<stem>.json): rerun that run from the record alone; its conditions, masks, LoRAs and model are checked first (docs/production.md).")] = None,
+    condition_opt: Annotated[Optional[list[Path]], typer.Option("--condition", "-c", rich_help_panel=INPUTS, help="A condition image (repeatable, in order); then the only argument is the prompt.")] = None,
+    seed: Annotated[int, typer.Option(rich_help_panel=INPUTS, help="Random seed: same seed, same image.")] = 0,
+    num_images: Annotated[int, typer.Option("--num-images", "-n", min=1, max=64, rich_help_panel=INPUTS, help="Variations to make in one batched run: image i is the one --seed SEED+i would give, with the same plan.")] = 1,
+    replay: Annotated[Optional[Path], typer.Option("--replay", rich_help_panel=INPUTS, help="A run record (<stem>.json): rerun that run from the record alone; its conditions, masks, LoRAs and model are checked first (docs/production.md).")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", rich_help_panel=OUTPUTS, help="Folder for the image, the plan picture and the run record.")] = Path("sow-out"),
+    name: Annotated[Optional[str], typer.Option(rich_help_panel=OUTPUTS, help="File-name stem (default: from the prompt and seed).")] = None,
+    overwrite: Annotated[bool, typer.Option(rich_help_panel=OUTPUTS, help="Replace existing output files.")] = False,
+    save_attention: Annotated[bool, typer.Option("--save-attention", rich_help_panel=OUTPUTS, help="Also write <name>.attention.png (DAM's masks and the condition's mean attention at one layer) and trace the gate in the record.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", rich_help_panel=OUTPUTS, help="No progress bar.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", rich_help_panel=OUTPUTS, help="Machine-readable output on stdout (one JSON object per line); no progress bar.")] = False,
+    plan_file: Annotated[Optional[Path], typer.Option("--plan", rich_help_panel=PLANNING, help="A saved plan.json: skips the planner.")] = None,
+    box_v: Annotated[Optional[str], typer.Option("--box-v", rich_help_panel=PLANNING, help="Condition box x,y,w,h in canvas pixels (with --box-r).")] = None,
+    box_r: Annotated[Optional[str], typer.Option("--box-r", rich_help_panel=PLANNING, help="Related-region box x,y,w,h (with --box-v).")] = None,
+    max_people: Annotated[Optional[int], typer.Option("--max-people", min=1, max=16, rich_help_panel=PLANNING, help="Heuristic planner, one group photo: use its N largest faces, each its own condition.")] = None,
+    pick: Annotated[Optional[str], typer.Option("--pick", rich_help_panel=PLANNING, help="Heuristic planner, one group photo: the faces to use, by number largest first (e.g. 1,3).")] = None,
+    planner_option: Annotated[Optional[list[str]], typer.Option("--planner-option", rich_help_panel=PLANNING, help="KEY=VALUE passed to the planner (repeatable; VALUE read as JSON if it parses).")] = None,
+    quantize: Annotated[Optional[Quantize], typer.Option("--quantize", rich_help_panel=PLANNING, help="Load a local MLLM planner (llava, qwen-vl) with bitsandbytes; same as --planner-option quantize=...")] = None,
+    on_planner_error: Annotated[OnPlannerError, typer.Option("--on-planner-error", rich_help_panel=PLANNING, help="fail (with a hint), or heuristic: plan offline instead (also when a planner's model cannot load).")] = OnPlannerError.fail,
+    no_cache: Annotated[bool, typer.Option("--no-cache", rich_help_panel=PLANNING, help="Ask the planner again instead of reusing a cached plan.")] = False,
+    model: Annotated[str, typer.Option("--model", "-m", rich_help_panel=MODEL, help="'tiny' or 'tiny-sdxl' (embedded, random weights), a hub id, a diffusers folder or a .safetensors file (SD 1.x, 2.x or SDXL).")] = "tiny",
+    family: Annotated[Optional[str], typer.Option("--family", rich_help_panel=MODEL, help="sd1, sd2 or sdxl: only when the model's configs cannot tell its family (docs/models.md); or a registered family's name, to load the model with it.")] = None,
+    vae: Annotated[Optional[str], typer.Option("--vae", rich_help_panel=MODEL, help="A replacement VAE (AutoencoderKL folder or hub id), e.g. a fixed fp16 SDXL VAE.")] = None,
+    lora: Annotated[Optional[list[str]], typer.Option("--lora", rich_help_panel=MODEL, help="PATH[:SCALE] of a .safetensors LoRA (repeatable); recorded with its sha256.")] = None,
+    device: Annotated[str, typer.Option(metavar=DEVICE_METAVAR, rich_help_panel=MODEL, help="auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N.")] = "auto",
+    dtype: Annotated[Dtype, typer.Option(rich_help_panel=MODEL, help="auto: bf16 on GPUs that have it, fp16 on others, fp32 on CPU.")] = Dtype.auto,
+    random_weights: Annotated[bool, typer.Option(rich_help_panel=MODEL, help="With a folder of configs only: build it with random weights (benchmarks).")] = False,
+    allow_pickle: Annotated[bool, typer.Option(rich_help_panel=MODEL, help="Allow pickled .ckpt checkpoints (they can run code).")] = False,
+    preset: Annotated[Preset, typer.Option(rich_help_panel=METHOD, help="normal, attribute (editing), style (transfer), or cow-reference (every reading as the reference code has it; docs/method.md).")] = Preset.normal,
+    config_file: Annotated[Optional[Path], typer.Option("--config", rich_help_panel=METHOD, help="JSON file of GenerationConfig fields to override.")] = None,
+    width: Annotated[Optional[int], typer.Option("--width", metavar="PX", rich_help_panel=METHOD, help="Canvas width in pixels (a multiple of 8, 64..4096; with --height). Default: a --plan file's canvas where one is given, else the model's native square.")] = None,
+    height: Annotated[Optional[int], typer.Option("--height", metavar="PX", rich_help_panel=METHOD, help="Canvas height in pixels (a multiple of 8, 64..4096; with --width).")] = None,
+    paste: Annotated[Optional[str], typer.Option("--paste", metavar="<feather|hard|none>", show_default="feather (cow-reference: none)", rich_help_panel=METHOD, help="After decoding, put the kept pixels back exactly: feather (seam blended on the generated side), hard (no blend), or none (the model's decode, not exact).")] = None,
+    paste_band: Annotated[Optional[int], typer.Option("--paste-band", min=1, max=256, show_default="1/64 of the canvas's short side", rich_help_panel=METHOD, help="Width in pixels of the feather band.")] = None,
+    batch: Annotated[Optional[Path], typer.Option("--batch", rich_help_panel=SCALE, help="A JSON Lines file of jobs (condition, prompt, plan, seed, preset, name): see docs/production.md.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", rich_help_panel=SCALE, help="With --batch: run only the jobs the output folder's manifest does not record as done.")] = False,
+    ray: Annotated[Optional[str], typer.Option("--ray", metavar="[ADDRESS]", rich_help_panel=SCALE, help=RayOpt.__metadata__[0].help)] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=1, rich_help_panel=SCALE, help=WorkersOpt.__metadata__[0].help)] = None,
+    gpus_per_worker: Annotated[Optional[float], typer.Option("--gpus-per-worker", min=0, rich_help_panel=SCALE, help=GpusPerWorkerOpt.__metadata__[0].help)] = None,
+    stages: dict[str, str] | None = None,
 ) -> None:
     """Generate an image that keeps each CONDITION's pixels while the scene follows PROMPT (or a --batch of jobs).
 
@@ -345,166 +246,20 @@ def generate(
     `torchrun --nproc-per-node N -m sow generate --batch ...` (each rank takes its share);
     see docs/scale-out.md.
     """
-    from sow.io.outputs import check_writable, safe_name
-    from sow.io.prompt_checks import require_prompt
-    from sow.io.results import output_paths, prepare_outputs, write_outputs
-    preset, dtype, on_planner_error = value(preset), value(dtype), value(on_planner_error)
+    # parse: the options as the library's values (sow.cli.generation holds each step)
+    from sow.cli.generation import Options, build_request, pipeline_spec, render_result, run_batch_command, run_replay, run_request
+
+    options = Options(**{k: v for k, v in locals().items() if k in Options.__dataclass_fields__})
     if replay is not None:  # everything from the record (sow.cli.replay)
-        from sow.cli.replay import check_replay_alone, replay_generate
-
-        check_replay_alone(**{
-            "CONDITION and PROMPT": arguments or condition_opt, "--plan": plan_file, "--box-v/--box-r": box_v or box_r,
-            "--config": config_file, "--batch": batch or resume, "--overwrite (a replay never replaces a file)": overwrite,
-            "--seed": seed != 0, "--num-images": num_images != 1, "--preset": preset != "normal", "--model": model != "tiny",
-            "--lora": lora, "--vae": vae, "--family": family, "--dtype": dtype != "auto", "--ray": ray is not None,
-            "--paste/--paste-band": paste is not None or paste_band is not None,
-            "--width/--height": width is not None or height is not None,
-        })
-        replay_generate(replay, out_dir, name, device=device, allow_pickle=allow_pickle, quiet=quiet,
-                        json_output=json_output, console=err, out=out)
+        run_replay(options, console=err, out=out)
         return
-    overrides = with_canvas(load_config_file(config_file), width, height)
-    if paste is not None or paste_band is not None:  # checked with the rest of the config, before the model loads
-        overrides.update({k: v for k, v in {"paste": paste, "paste_band": paste_band}.items() if v is not None})
-    # a malformed KEY=VALUE (or --max-people with another planner) fails before anything else
-    stage_options = {**planner_options(planner_option, quantize), **people_options(max_people, pick, planner)}
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"--out {out_dir} is a file, not a folder")
-    if not 0 <= seed < 2**63:
-        raise InputError(f"--seed {seed}: must lie in 0 .. 2**63-1")
-
-    from sow.io.security import load_policy
-
-    if lora:  # a missing file or a scale of nan/inf: refused before the model loads
-        from sow.models.lora import parse_lora
-
-        for item in lora:
-            parse_lora(item)
-
-    chosen = {"planner": planner, "inverter": inverter, "scheduler": scheduler, "modulator": modulator, "preserver": preserver}
-
-    def pipeline_spec():  # the pipeline module (torch) is imported once the inputs have passed their checks
-        from sow.pipeline import PipelineSpec
-
-        return PipelineSpec(
-            model=model,
-            device=device,
-            dtype=dtype,
-            random_weights=random_weights,
-            allow_pickle=allow_pickle or load_policy().allow_pickle,
-            family=family,
-            vae=vae,
-            loras=tuple(lora or ()),
-            stages=tuple((k, v) for k, v in chosen.items() if v is not None),
-            planner_options=tuple(stage_options.items()),
-            on_planner_error=on_planner_error,
-            plan_cache=not no_cache,
-        )
-
-    def load_pipe() -> SOWPipeline:
-        return pipeline_spec().load()
-
+    overrides, stages = options.config_overrides(), stages or {}
     if batch is not None or resume:
-        if batch is None:
-            raise InputError("--resume goes with --batch FILE")
-        if num_images > 1:
-            raise InputError("--num-images applies to one generation, not to --batch (give each job its own line)")
-        if arguments or condition_opt or plan_file or box_v or box_r or name:
-            raise InputError("--batch takes the jobs from the file: drop CONDITION, PROMPT, --plan, --box-v/--box-r and --name")
-        from sow.cli.batch import generate_batch
-
-        check_writable(out_dir)
-
-        generate_batch(
-            batch, out_dir, overrides, spec=pipeline_spec(), ray=ray_settings(ray, workers, gpus_per_worker),
-            resume=resume, overwrite=overwrite, quiet=quiet or json_output, json_output=json_output, console=err,
-        )
+        run_batch_command(options, overrides, pipeline_spec(options, stages), console=err)
         return
-    if ray is not None or workers is not None or gpus_per_worker is not None:
-        raise InputError("--ray, --workers and --gpus-per-worker go with --batch FILE")
-    conditions, prompt = split_conditions(arguments, condition_opt)
-    if not conditions or prompt is None:
-        raise InputError("Missing arguments CONDITION... and PROMPT (or pass --batch FILE); see sow generate --help")
-    require_prompt(prompt)
-    people_options(max_people, pick, planner, len(conditions))  # --max-people/--pick against several photos
-    if (plan_file or box_v or box_r) and (max_people is not None or pick is not None):
-        raise InputError("--plan / --box-v place the faces themselves: drop --max-people and --pick (they choose faces for the planner)")
-    if plan_file and (box_v or box_r):
-        raise InputError("--plan FILE holds the boxes: drop --box-v/--box-r, or drop --plan")
-    plan_from_file = load_plan_file(plan_file) if plan_file else None
-    overrides = with_plan_canvas(overrides, plan_from_file, plan_file)  # the plan's canvas, or a clash refused now
-    early = GenerationConfig.from_preset(preset, **overrides)  # bad inputs fail before the model loads
-    if save_attention and ((modulator or early.stages.modulator) == "none" or not early.ablation.dynamic_attention):
-        raise InputError("--save-attention needs attention modulation; the modulator is off (use --modulator dam)")
-    early_plan = plan_from_file or manual_plan(box_v, box_r, prompt, early)  # checked early
-    stem = safe_name(name) if name else f"{safe_name(prompt, 40)}-s{seed}"
-    expected_masks = len(early_plan.conditions) if early_plan is not None else max(len(conditions), max_people or 1)
-    paths = output_paths(out_dir, stem, num_images=num_images, attention=save_attention, masks=expected_masks)
-    if save_attention:
-        if len(conditions) > 1 or max_people or pick or (early_plan is not None and len(early_plan.conditions) > 1):
-            raise InputError("--save-attention draws one condition's attention; this run has several conditions")
-        overrides["trace_attention"] = True
-    prepare_outputs(out_dir, paths, overwrite)  # writable, unique, free: before the long work
-    load_conditions(conditions)  # missing, corrupt, hostile: refused before the model loads (naming which)
-    if early_plan is None and len(conditions) > 1:  # more people than fit side by side: refused before the model loads
-        from sow.planners.layout import check_fits
-
-        check_fits(len(conditions), early)
-    from sow.cli.preflight import check_planner
-
-    if early_plan is None:  # the planner will run: one that cannot start is said now
-        check_planner(planner or early.stages.planner, stage_options, on_planner_error)
-    manual_image = None
-    if early_plan is not None and not plan_file and len(conditions) == 1:  # hand-made boxes: the condition's aspect kept, changes said
-        from sow.io.images import load_condition
-
-        manual_image = load_condition(conditions[0]).image
-        early_plan = manual_plan(box_v, box_r, prompt, early, manual_image)
-        for line in early_plan.repairs:
-            err.print(f"box changed: {line}", markup=False, highlight=False, soft_wrap=True)
-    if early_plan is not None:
-        from sow.pipeline import check_plan_images
-
-        check_plan_images(early_plan, len(conditions))
-        for i, j, a, b in early_plan.overlaps(8):
-            raise InputError(f"condition {i + 1} box_v and condition {j + 1} box_v overlap once snapped to the 8-pixel latent grid ([{a}] and [{b}])")
-
-    pipe = load_pipe()
-    config = pipe.make_config(None, preset, **overrides)
-    plan = early_plan
-    if plan is not None and not plan_file and plan.canvas != config.canvas:  # --box-v/--box-r on the model's native canvas
-        plan = manual_plan(box_v, box_r, prompt, config, manual_image)
-    if save_attention and (config.stages.modulator == "none" or not config.ablation.dynamic_attention):
-        raise InputError("--save-attention needs attention modulation; the modulator is off (use --modulator dam)")
-
-    from sow.cli.progress import unet_progress
-
-    from sow.stages import RunInputs
-
-    count = len(plan.conditions) if plan is not None else len(conditions) if len(conditions) > 1 else (max_people or (len(pick.split(",")) if pick else 1))
-    with unet_progress(pipe.unet_evaluations(config, RunInputs(conditions=count)), disable=quiet or json_output, console=err) as callback:
-        given = [str(c) for c in conditions]
-        result = pipe(given if len(given) > 1 else given[0], prompt, plan=plan, seed=seed, config=config, callback=callback, num_images=num_images)
-
-    if result.record.aligned_box_v != result.plan.box_v:
-        err.print(f"box_v {result.plan.box_v} snapped to the latent grid: pasted at {result.record.aligned_box_v}", markup=False, highlight=False, soft_wrap=True)
-    write_outputs(result, paths, overwrite=overwrite)  # never replaces a file another run placed meanwhile
-    if plan is None:  # the planner ran: say what was repaired, or that another planner stood in
-        fell_back = result.plan.planner != config.stages.planner and result.plan.notes
-        for line in ([result.plan.notes[0]] if fell_back else []) + [f"plan repaired: {r}" for r in result.plan.repairs]:
-            err.print(line, markup=False, highlight=False, soft_wrap=True)
-    total = sum(t.seconds for t in result.record.timings)
-    for warning in result.record.warnings:
-        err.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
-    if json_output:
-        from sow.io.security import redact_data
-
-        event = {"event": "done", "outputs": result.record.outputs, "seconds": round(total, 3), "warnings": result.record.warnings}
-        out.print(json.dumps(redact_data(event)), markup=False, highlight=False, soft_wrap=True)
-    else:
-        first = paths["image"] if num_images == 1 else paths["image_0"]
-        more = f" and {num_images - 1} more" if num_images > 1 else ""
-        err.print(f"wrote {first}{more} ({result.record.unet_evaluations} UNet evaluations, {total:.1f} s)")
+    request = build_request(options, overrides, stages).check(grid=lambda: latent_grid_of(model))  # before any model loads
+    result, paths = run_request(request, options, lambda: pipeline_spec(options, stages), console=err)  # load, run
+    render_result(request, result, paths, options, console=err, out=out)
 
 
 @app.command()

@@ -135,7 +135,7 @@ def eval_command(
     from sow.io.security import clean_text
 
     typer.echo(clean_text(result.outputs["markdown"].read_text(encoding="utf-8")), nl=False)
-    failed = [row for row in result.rows if row.get("error")]
+    failed = [row for row in result.rows if row.error]
     if failed:  # a table with failed rows is no success: say how many, exit 1
         from sow.errors import SowError
         from sow.eval.runner import ROWS_FILE

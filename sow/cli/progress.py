@@ -46,13 +46,17 @@ def counted_progress(
 
 @contextmanager
 def unet_progress(total: int, disable: bool = False, console: Console | None = None) -> Iterator[Callable[[dict[str, Any]], None]]:
-    """Yield a pipeline callback that advances a bar labelled with the current phase."""
+    """Yield a pipeline callback that advances a bar labelled with the current phase.
+
+    ``total`` is the bar's length before the run starts (from the request's condition count); the
+    pipeline's callback then reports the exact ``total`` of model calls, which the bar takes.
+    """
     progress = make_progress(16, console, disable)
     task = progress.add_task("UNet", total=total)
 
     def callback(info: dict[str, Any]) -> None:
         label = info["phase"] if info.get("cycle") is None else f"cycle {info['cycle'] + 1}"
-        progress.update(task, completed=info["evaluations"], description=label)
+        progress.update(task, completed=info["evaluations"], total=info.get("total") or total, description=label)
 
     with progress:
         yield callback

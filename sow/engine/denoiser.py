@@ -148,6 +148,8 @@ class Denoiser:
         self.guard = FiniteGuard(config.finite_check)
         """NaN/inf check after every update; call :meth:`finish` when the loop ends."""
         self._timesteps: torch.Tensor | None = None
+        self._guide = getattr(self.backbone, "classifier_free_guidance", dm.classifier_free_guidance)
+        """How the family combines the unconditional and text branches (Qwen-Image rescales each token's norm); plain CFG otherwise."""
 
     @property
     def parameterization(self) -> str:
@@ -180,16 +182,16 @@ class Denoiser:
             if scale <= 1:
                 return self._unet(latents, level, ["prompt"])[0]
             uncond, text = self._unet(latents, level, ["empty", "prompt"])
-            return dm.classifier_free_guidance(uncond, text, scale)
+            return self._guide(uncond, text, scale)
         if step.phase == "cycle" and cfg.background_guidance and self.condition_mask is not None:
             neg, text, sup, div = self._unet(latents, level, ["negative", "prompt", "suppress", "diverse"])
             mask = self.condition_mask.to(dtype=latents.dtype)
-            return dm.background_guidance(neg, text, sup, div, mask, cfg.guidance_scale)
+            return dm.background_guidance(neg, text, sup, div, mask, cfg.guidance_scale, self._guide)
         if cfg.guidance_scale <= 1:
             return self._unet(latents, level, ["prompt"])[0]
         negative = "empty" if step.phase == "final" and cfg.readings.final_negative == "empty" else "negative"
         neg, text = self._unet(latents, level, [negative, "prompt"])
-        return dm.classifier_free_guidance(neg, text, cfg.guidance_scale)
+        return self._guide(neg, text, cfg.guidance_scale)
 
     def _report(self, step: Step) -> None:
         if self.callback is not None:

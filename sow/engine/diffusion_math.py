@@ -165,13 +165,15 @@ def background_guidance(
     eps_diverse: torch.Tensor,
     condition_mask: torch.Tensor,
     scale: float,
+    guide=classifier_free_guidance,
 ) -> torch.Tensor:
     """CFG whose unconditional branch, outside the condition, is pushed away from a second face.
 
     Outside the condition region the unconditional prediction becomes
     ``eps_neg + eps_suppress - eps_diverse`` (suppress = "human face", diverse = "a high
     quality and colorful image"); inside it stays ``eps_neg``. ``condition_mask`` is 1 in
-    the condition region and broadcasts over the latents.
+    the condition region and broadcasts over the latents. ``guide`` combines the two branches
+    (a family's own CFG, such as Qwen-Image's norm-rescaled one; plain CFG by default).
     """
     uncond = eps_neg + (1 - condition_mask) * (eps_suppress - eps_diverse)
-    return classifier_free_guidance(uncond, eps_text, scale)
+    return guide(uncond, eps_text, scale)

@@ -195,7 +195,7 @@ def build_app(
                         planner_box = gr.Dropdown(registry.names("planner"), value=planner, label="Planner",
                                                   min_width=100, elem_id="sow-planner")
                     with gr.Row():
-                        modulator_box = gr.Dropdown(registry.names("attention_modulator"), value=modulator,
+                        modulator_box = gr.Dropdown(registry.names("modulator"), value=modulator,
                                                     label="Modulator", min_width=100, elem_id="sow-modulator")
                         preset_box = gr.Dropdown(list(PRESETS), value="normal", label="Preset", min_width=100, elem_id="sow-preset")
                     with gr.Row():

@@ -151,7 +151,7 @@ def checked_request(
     paths = limits.uploads(condition_paths(files))
     model = limits.model(model)
     planner = one_of("planner", planner, registry.names("planner"))
-    modulator = one_of("modulator", modulator, registry.names("attention_modulator"))
+    modulator = one_of("modulator", modulator, registry.names("modulator"))
     preset = one_of("preset", preset, PRESETS)
     prompt = require_prompt(prompt)
     seed_int = whole_seed(seed)

@@ -19,6 +19,7 @@ from typing import Any
 from PIL import Image
 
 from sow.errors import InputError, SowError
+from sow.request import GenerationRequest
 from sow.schemas import GenerationConfig, Plan
 from sow.ui.limits import UiLimits, condition_paths  # noqa: F401 - condition_paths: part of this module's API
 
@@ -204,6 +205,27 @@ def canvas_overrides(width: Any, height: Any, overrides: dict[str, Any]) -> dict
     return {**overrides, "canvas": {"width": width, "height": height}}
 
 
+WEB_LABELS = {
+    "seed": "seed", "attention": "the attention picture", "modulator": "the modulator", "plan": "the plan",
+}
+"""How the page names a request's fields in its messages."""
+
+
+def request_of(condition: Path | list[Path], choices: Choices, config: GenerationConfig, plan: Plan | None) -> GenerationRequest:
+    """The :class:`~sow.request.GenerationRequest` of the page's choices (the same request the CLI and the batch build)."""
+    return GenerationRequest(
+        conditions=condition if isinstance(condition, list) else [condition],
+        prompt=choices.prompt,
+        seed=choices.seed,
+        num_images=choices.num_images,
+        preset=choices.preset,
+        config=config,
+        plan=plan,
+        attention=choices.attention,
+        labels=WEB_LABELS,
+    )
+
+
 @dataclass
 class Generated:
     images: list[Image.Image]
@@ -224,16 +246,12 @@ def generate(
     progress: Callable[[dict[str, Any]], None] | None = None,
     out_dir: Path | None = None,
 ) -> Generated:
-    """One generation as the page runs it; the plan JSON and the run record are written to ``out_dir``."""
+    """One generation as the page runs it: the page's request checked by the library (:meth:`GenerationRequest.check`,
+    the boxes on this model's grid) and run; the plan JSON and the run record are written to ``out_dir``."""
     from sow.io.canvas import draw_plan
     from sow.io.outputs import save_json_atomic
 
-    if choices.attention and (config.stages.modulator == "none" or not config.ablation.dynamic_attention):
-        raise InputError("the attention picture needs attention modulation; the modulator is off (choose dam)")
-    result = pipe(
-        condition, choices.prompt, plan=plan, seed=choices.seed, config=config,
-        callback=progress, num_images=choices.num_images,
-    )
+    result = request_of(condition, choices, config, plan).check(grid=pipe.backbone.vae_scale_factor).run(pipe, progress)
     aligned = [c.aligned_box_v for c in result.record.conditions] or [result.record.aligned_box_v]
     attention = None
     if choices.attention:

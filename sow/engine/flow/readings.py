@@ -24,6 +24,14 @@ scale 1 its effect vanishes (ε_neg + s(ε_text − ε_neg) with s = 1 is ε_tex
 negative branch), so on models without CFG it is **off** by default; turning it on runs true
 CFG with four branches at ``guidance_scale`` (set it > 1) at four times the calls' batch.
 
+**Qwen-Image and Z-Image Turbo.** Qwen-Image has real CFG (``QwenImagePipeline``'s
+``true_cfg_scale`` 4.0) and keeps the paper's S = 10. Z-Image Turbo is distilled to 8 model calls
+(its card: 9 "steps", the last of which is σ → 0) without CFG: S = 8 (t1 = 4, t2 = 6, t3 = [3, 2]),
+CFG off. Qwen-Image's pipeline rescales the guided velocity of each token to the norm of the
+text branch's; sow does the same (the backbone's ``classifier_free_guidance``, which the denoiser
+uses for CFG *and* for background guidance, whose unconditional branch it rescales against).
+Z-Image's pipeline writes CFG as pos + g (pos − neg): its g is sow's ``guidance_scale`` − 1.
+
 **Inversion guidance**: the reference inverts with CFG at the sampling scale on SD 2.1; on
 flow models an inversion with CFG drifts further from the reverse flow the sampler retraces
 (the round trip is exact only for the same velocity field), so the flow defaults invert
@@ -54,6 +62,8 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "flux1-dev": {"steps": 10, "guidance_scale": 1.0, "embedded_guidance": 3.5},
     "flux1-schnell": {"steps": 4, "guidance_scale": 1.0},
     "flux2-klein": {"steps": 4, "guidance_scale": 1.0},
+    "qwen-image": {"steps": 10, "guidance_scale": 4.0},
+    "z-image": {"steps": 8, "guidance_scale": 1.0},
 }
 """Per model kind: S and the CFG scale (1: no CFG branch); FLUX.1 dev's guidance input."""
 

@@ -1,4 +1,4 @@
-"""The flow families ``sd3``, ``flux1`` and ``flux2`` through the ``register_model_families`` door.
+"""The flow families ``sd3``, ``flux1``, ``flux2``, ``qwen-image`` and ``z-image`` through the ``register_model_families`` door.
 
 Each :class:`FlowFamily` claims its own tiny models by name, a diffusers folder (or a folder of
 configs only, with ``random_weights``) whose ``model_index.json`` names its pipeline class, a
@@ -9,7 +9,10 @@ loaded model's family is told from its configs (:meth:`FlowFamily.detect`), neve
 - ``sd3``: a ``transformer`` config with ``joint_attention_dim`` and ``pos_embed_max_size``
   (``SD3Transformer2DModel``);
 - ``flux1``: ``num_single_layers`` and three rotary axes (``FluxTransformer2DModel``);
-- ``flux2``: ``num_single_layers`` and four rotary axes (``Flux2Transformer2DModel``).
+- ``flux2``: ``num_single_layers`` and four rotary axes (``Flux2Transformer2DModel``);
+- ``qwen-image``: ``joint_attention_dim`` and ``axes_dims_rope`` but neither single-stream
+  blocks nor SD3's ``pos_embed_max_size`` (``QwenImageTransformer2DModel``);
+- ``z-image``: ``cap_feat_dim`` and ``n_refiner_layers`` (``ZImageTransformer2DModel``).
 
 Loader options (``LoadRequest.options``): ``text_length`` (T5 / Qwen tokens; default the
 pipeline's), ``shift`` (a fixed timestep shift, or ``"none"``; default the family's own) and
@@ -29,16 +32,24 @@ from sow.engine.backbone import LoadRequest
 from sow.engine.flow.backbone import FlowBackbone
 from sow.engine.flow.flux1 import Flux1Backbone
 from sow.engine.flow.flux2 import KLEIN_LAYERS, Flux2Backbone
+from sow.engine.flow.qwen_image import QwenImageBackbone
 from sow.engine.flow.sd3 import SD3Backbone
+from sow.engine.flow.z_image import ZImageBackbone
 from sow.models.flow.tiny import TINY_QWEN_LAYERS, TINY_TEXT_LENGTH, build_tiny_flow
+from sow.models.flow.flux2_single_file import FLUX2_SINGLE_FILE_KEY, load_flux2_single_file
+from sow.models.flow.tiny_qwen import TINY_QWEN_TEXT_LENGTH
 from sow.errors import ModelLoadError
 from sow.hookspecs import hookimpl
 
 SINGLE_FILE_KEYS = {
     "sd3": "joint_blocks.0.context_block.attn.qkv.weight",
     "flux1": "double_blocks.0.img_attn.qkv.weight",
+    "flux2": FLUX2_SINGLE_FILE_KEY,
 }
 """A tensor only an original-layout checkpoint of that family holds (read from the header, no weights)."""
+
+SINGLE_FILE_NOT = {"flux1": FLUX2_SINGLE_FILE_KEY}
+"""A tensor that says a file is *not* that family's (FLUX.2 files have FLUX.1's double blocks too)."""
 
 
 class FlowFamily:
@@ -51,6 +62,8 @@ class FlowFamily:
     tiny_names: ClassVar[tuple[str, ...]]
     text_length: ClassVar[int]
     """The pipeline's default T5 / Qwen length (``max_sequence_length``)."""
+    tiny_text_length: ClassVar[int] = TINY_TEXT_LENGTH
+    """The same for the family's tiny models."""
 
     # -- which requests are ours ----------------------------------------------------------
 
@@ -66,7 +79,8 @@ class FlowFamily:
         if path.suffix == ".safetensors" and path.is_file() and self.name in SINGLE_FILE_KEYS:
             from sow.models.checks import safetensors_header
 
-            return SINGLE_FILE_KEYS[self.name] in safetensors_header(path)  # checked: a hostile header is one line, exit 2
+            header = safetensors_header(path)  # checked: a hostile header is one line, exit 2
+            return SINGLE_FILE_KEYS[self.name] in header and SINGLE_FILE_NOT.get(self.name) not in header
         if "/" in spec and not spec.startswith((".", "/")) and path.suffix == "":
             return self._hub_class(spec, request) == self.pipeline_class
         return False
@@ -107,7 +121,7 @@ class FlowFamily:
         settings = {k: options[k] for k in ("shift", "embedded_guidance") if options.get(k) is not None}
         if spec in self.tiny_names:
             parts = build_tiny_flow(spec)
-            length = options.get("text_length") or TINY_TEXT_LENGTH
+            length = options.get("text_length") or self.tiny_text_length
         else:
             parts = self._load_parts(request)
             length = options.get("text_length") or self.text_length
@@ -293,12 +307,47 @@ class Flux2Family(FlowFamily):
     def fits(self, transformer: dict[str, Any]) -> bool:
         return "num_single_layers" in transformer and len(transformer.get("axes_dims_rope", [])) == 4
 
+    def _load_parts(self, request: LoadRequest) -> dict[str, Any]:
+        """A single file is the transformer alone (:mod:`sow.models.flow.flux2_single_file`); the rest as for every family."""
+        path = Path(request.spec).expanduser()
+        if path.is_file():
+            check_flow_model_size(path, request.device, request.dtype)  # a valid header, small enough: before anything is built
+            return load_flux2_single_file(path, request)
+        return super()._load_parts(request)
+
     def make_backbone(self, parts: dict[str, Any], text_length: int, tiny: bool = False, **settings: Any) -> FlowBackbone:
         layers = TINY_QWEN_LAYERS if tiny else KLEIN_LAYERS
         return Flux2Backbone(parts, text_length, layers, distilled=True, **settings)
 
 
-FLOW_FAMILIES = (SD3Family, Flux1Family, Flux2Family)
+class QwenImageFamily(FlowFamily):
+    name = "qwen-image"
+    description = "Qwen-Image: double-stream MM-DiT (text tokens first), Qwen2.5-VL text encoder, packed 2x2 latents, real CFG, 1024 px"
+    pipeline_class = "QwenImagePipeline"
+    backbone_class = QwenImageBackbone
+    tiny_names = ("tiny-qwen-image",)
+    text_length = 512
+    tiny_text_length = TINY_QWEN_TEXT_LENGTH["tiny-qwen-image"]
+
+    def fits(self, transformer: dict[str, Any]) -> bool:
+        return "joint_attention_dim" in transformer and "axes_dims_rope" in transformer and "num_single_layers" not in transformer \
+            and "pos_embed_max_size" not in transformer
+
+
+class ZImageFamily(FlowFamily):
+    name = "z-image"
+    description = "Z-Image (Turbo): single-stream DiT (image tokens first) with noise and context refiners, Qwen3 text encoder, 1024 px"
+    pipeline_class = "ZImagePipeline"
+    backbone_class = ZImageBackbone
+    tiny_names = ("tiny-z-image",)
+    text_length = 512
+    tiny_text_length = TINY_QWEN_TEXT_LENGTH["tiny-z-image"]
+
+    def fits(self, transformer: dict[str, Any]) -> bool:
+        return "cap_feat_dim" in transformer and "n_refiner_layers" in transformer
+
+
+FLOW_FAMILIES = (SD3Family, Flux1Family, Flux2Family, QwenImageFamily, ZImageFamily)
 
 
 @hookimpl

@@ -34,7 +34,8 @@ from sow.models.flow.tokenizers import qwen_tokenizer, t5_tokenizer
 
 TINY_FLOW_SEED = 20240607
 
-TINY_FLOW_MODELS = ("tiny-sd3", "tiny-flux", "tiny-flux-dev", "tiny-flux2")
+TINY_FLOW_MODELS = ("tiny-sd3", "tiny-flux", "tiny-flux-dev", "tiny-flux2", "tiny-qwen-image", "tiny-z-image")
+"""Every tiny flow model; ``tiny-qwen-image`` and ``tiny-z-image`` are built in :mod:`sow.models.flow.tiny_qwen`."""
 
 TINY_TEXT_LENGTH = 32
 """Text tokens of the tiny models' T5 / Qwen branch (the real pipelines' 256 / 512 would only slow tests)."""
@@ -200,6 +201,10 @@ def build_tiny_flow(name: str, seed: int = TINY_FLOW_SEED) -> dict[str, Any]:
     ``vae``, ``text_encoder``…, ``tokenizer``…, ``scheduler``), weights drawn from ``seed``."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
+    from sow.models.flow.tiny_qwen import TINY_QWEN_MODELS, build_tiny_qwen
+
+    if name in TINY_QWEN_MODELS:
+        return build_tiny_qwen(name, seed)
     configs = tiny_flow_configs(name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
