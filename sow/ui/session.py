@@ -255,7 +255,8 @@ def generate(
     aligned = [c.aligned_box_v for c in result.record.conditions] or [result.record.aligned_box_v]
     attention = None
     if choices.attention:
-        from sow.attention.capture import ATTENTION_ARTIFACT, attention_picture
+        from sow.attention.capture import ATTENTION_ARTIFACT
+        from sow.viz.attention import attention_picture
 
         capture = result.artifacts.get(ATTENTION_ARTIFACT)
         attention = attention_picture(capture, result.seeded_canvas) if capture is not None else None
