@@ -268,7 +268,7 @@ def test_dam_is_the_default_modulator():
     from sow.schemas import StageNames
 
     assert StageNames().modulator == "dam"
-    assert {"dam", "none"} <= set(build_registry(load_entry_points=False).names("attention_modulator"))
+    assert {"dam", "none"} <= set(build_registry(load_entry_points=False).names("modulator"))
 
 
 def test_half_precision_layer_runs_and_matches_fp32(layer):

@@ -21,7 +21,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from sow.attention.equations import cell_distances, distance_decay
+from sow.attention.equations import distance_decay
+from sow.geometry import box_mask, cell_distances, from_latent_cells
 from sow.schemas import Box, Canvas
 
 
@@ -81,8 +82,6 @@ class Regions:
         """The regions of ``condition_boxes[i]`` / ``related_boxes[i]`` (canvas pixels) on the grid: a cell
         belongs to a box when its centre falls inside; distances are from each box_v's centre
         (``dis_unit``: see :func:`~sow.attention.equations.distance_decay`)."""
-        from sow.io.canvas import box_mask
-
         if len(condition_boxes) != len(related_boxes) or not condition_boxes:
             raise ValueError(f"{len(condition_boxes)} condition boxes for {len(related_boxes)} related boxes")
         masks = [box_mask(b, canvas, height, width).flatten() for b in condition_boxes]
@@ -136,4 +135,4 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
 def region_box(region, canvas: Canvas) -> Box:
     """A condition's region in canvas pixels: its box_v as aligned to the latent grid (a ``LatentRegion``)."""
     scale = canvas.width // region.canvas_width
-    return Box(x=region.left * scale, y=region.top * scale, w=region.width * scale, h=region.height * scale)
+    return Box.model_validate(from_latent_cells(region.top, region.left, region.height, region.width, scale))

@@ -27,7 +27,7 @@ def attention_picture(capture: AttentionCapture, seeded: Image.Image) -> Image.I
     """Two panels, each the canvas (upscaled below 512 px): the layer's masks over the seeded
     canvas (condition green, related region orange), and the mean attention from the
     condition region (heat map, with its colour scale). Titles above, legends below."""
-    from sow.io.pictures import colour_bar, font, font_size, legend, tag, upscale_factor, upscaled, wrap
+    from sow.viz.pictures import colour_bar, font, font_size, legend, tag, upscale_factor, upscaled, wrap
 
     width, height = seeded.size
     factor = upscale_factor(width, height)
