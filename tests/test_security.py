@@ -251,3 +251,17 @@ def test_hf_loader_refuses_pickled_weights_by_default(tmp_path):
     loaded = CLIPTextModel.from_pretrained(tmp_path, local_files_only=True, **safe_load_kwargs())
     reference = model.state_dict()
     assert all(torch.equal(value, reference[name]) for name, value in loaded.state_dict().items())
+
+
+def test_the_old_security_module_still_serves_plugins_with_a_warning():
+    """Plugins were told to read sow.io.security; after the move to sow.safety it still works, and says where it went."""
+    import importlib
+    import sys
+
+    import sow.safety.security as moved
+
+    sys.modules.pop("sow.io.security", None)
+    with pytest.warns(DeprecationWarning, match="sow.safety.security"):
+        old = importlib.import_module("sow.io.security")
+    assert old.load_policy is moved.load_policy and old.safe_load_kwargs is moved.safe_load_kwargs
+    assert old.require_remote_code is moved.require_remote_code
