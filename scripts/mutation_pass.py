@@ -56,12 +56,17 @@ TARGETS: dict[str, list[str]] = {
     # last round's modules (issue 23); "--without test_oracle_" gives the column of main's tests
     "sow/models/families.py": ["tests/test_oracle_sdxl.py", "tests/test_families.py", "-k", "not architecture and not host"],
     "sow/models/lora.py": ["tests/test_oracle_lora.py", "tests/test_lora.py"],
-    "sow/attention/several.py": ["tests/test_oracle_several_dam.py", "tests/test_several_people.py", "-k", "dam or bias or gates"],
+    "sow/attention/regions.py": ["tests/test_oracle_several_dam.py", "tests/test_several_people.py", "-k", "dam or bias or gates"],
     "sow/planners/layout.py": ["tests/test_oracle_layouts.py", "tests/test_several_people.py", "-k", "not dam and not gates and not reset and not grow"],
     "sow/batch/workers.py": ["tests/test_oracle_sharding.py", "tests/test_scale_out.py", "-k", "not torchrun and not ray"],
     "sow/diffusers_style.py": ["tests/test_oracle_batches.py", "tests/test_diffusers_face.py", "-k", "not offload and not from_pipe"],
     "sow/engine/conditions.py": ["tests/test_oracle_batches.py", "tests/test_oracle_several_dam.py"],
     "sow/pipeline.py": ["tests/test_oracle_batches.py", "tests/test_diffusers_face.py", "tests/test_several_people.py", "-k", "batch or generator or images"],
+    "sow/planners/toolkit/decoding.py": ["tests/test_mllm_constrained.py", "-k", "budget or accents"],  # the schema's bounds, no model
+    # issue 28: the modules that moved or were made one
+    "sow/geometry.py": ["tests/test_geometry.py", "tests/test_plan_repair.py", "tests/test_hand_made_boxes.py", "tests/test_oracle_layouts.py"],
+    "sow/engine/seeding.py": ["tests/test_readings.py", "-k", "mask or seed_background or cell"],
+    "sow/faces.py": ["tests/test_faces.py", "tests/test_heuristic.py", "-m", "slow or not slow"],
 }
 """Module -> the tests that cover it (a small, targeted subset: each mutant runs them)."""
 
@@ -119,14 +124,14 @@ NAMED: dict[str, list[tuple[str, str, str]]] = {
         ("LoRA scales given to the other LoRA", "adapter_weights=all_scales)", "adapter_weights=all_scales[::-1])"),
         ("LoRA scale applied twice", "adapter_weights=all_scales)", "adapter_weights=[s * s for s in all_scales])"),
     ],
-    "sow/attention/several.py": [
+    "sow/attention/regions.py": [
         ("P- keys: outside the first condition only", "background_keys=(~union).float()", "background_keys=(~masks[0]).float()"),
         ("R_i keeps the other people's faces", "flatten() & ~union", "flatten() & ~masks[len(related)]"),
-        ("every g_dis and gate order from the first person's centre", "dist = eq.cell_distances(box.center,", "dist = eq.cell_distances(condition_boxes[0].center,"),
+        ("every g_dis and gate order from the first person's centre", "distance = cell_distances(box.center,", "distance = cell_distances(condition_boxes[0].center,"),
     ],
     "sow/planners/layout.py": [
         ("the relaxed size limit only from three people", "if conditions <= 1:", "if conditions <= 2:"),
-        ("no gap at the canvas edges", "room = _floor((canvas.width - GAP * (n + 1)) / n)", "room = _floor((canvas.width - GAP * (n - 1)) / n)"),
+        ("no gap at the canvas edges", "room = floor_to_grid((canvas.width - GAP * (n + 1)) / n, GRID)", "room = floor_to_grid((canvas.width - GAP * (n - 1)) / n, GRID)"),
         ("boxes at the left of their share, not centred", "centre = (k + 0.5) * canvas.width / n", "centre = k * canvas.width / n + side / 2"),
     ],
     "sow/batch/workers.py": [
@@ -138,6 +143,11 @@ NAMED: dict[str, list[tuple[str, str, str]]] = {
     ],
     "sow/diffusers_style.py": [
         ("a list of generators seeds from the last", "seed = generators[0].initial_seed()", "seed = generators[-1].initial_seed()"),
+    ],
+    "sow/planners/toolkit/decoding.py": [
+        ("one comma too many in an object's length", "return 2 + sum(fields) + max(0, len(fields) - 1)", "return 2 + sum(fields) + len(fields)"),
+        ("box bounds with width and height swapped", "sides = [(0, canvas.width), (0, canvas.height), (1, canvas.width), (1, canvas.height)]", "sides = [(0, canvas.height), (0, canvas.width), (1, canvas.height), (1, canvas.width)]"),
+        ("the text sized before the structure is counted", "left = max(0, max_tokens - longest_answer(schema)) // width", "left = max(0, max_tokens) // width"),
     ],
     "sow/pipeline.py": [
         ("images counted from the generators (issue 23's defect)", "            num_images=call.num_images,\n            denoiser=denoiser,", "            num_images=len(generators),\n            denoiser=denoiser,"),
@@ -240,18 +250,19 @@ RELOAD_AFTER: dict[str, list[str]] = {
     "sow/engine/diffusion_math.py": [],  # used as `dm.<name>` everywhere: the reload is seen
     "sow/engine/scheduling.py": [],  # the registry imports it by name on every build
     "sow/engine/denoiser.py": ["sow.models.performance", "sow.pipeline"],
-    "sow/attention/equations.py": ["sow.attention.dam"],
+    "sow/attention/equations.py": ["sow.attention.regions", "sow.attention.modulation", "sow.attention.observer", "sow.attention.dam"],
     "sow/planners/repair.py": ["sow.planners.policy", "sow.planners.fixed", "sow.planners.heuristic", "sow.planners.mllm.base"],
     "sow/planners/policy.py": ["sow.pipeline"],
     "sow/batch/runner.py": ["sow.cli.batch"],
     "sow/models/families.py": [],  # its names in sow.models.loading and sow.engine.denoiser: rebound (see _rebind)
     "sow/models/lora.py": [],  # imported inside load_components
-    "sow/attention/several.py": [],  # used as `several.<name>`
+    "sow/attention/regions.py": ["sow.attention.modulation", "sow.attention.observer", "sow.attention.dam"],
     "sow/planners/layout.py": ["sow.planners.heuristic"],
     "sow/batch/workers.py": ["sow.batch.runner", "sow.cli.batch"],
     "sow/diffusers_style.py": [],  # used as `diffusers_style.<name>`
     "sow/pipeline.py": [],
     "sow/engine/conditions.py": [],  # its names elsewhere: rebound (see _rebind)
+    "sow/planners/toolkit/decoding.py": ["sow.planners.toolkit", "sow.planners.mllm.base"],
 }
 """Modules that ``from <mutated> import ...``: reloaded after it in the forked child."""
 

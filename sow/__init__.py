@@ -3,8 +3,11 @@
 The root holds the contract a plugin author reads: `hookspecs` (the registration hooks),
 `stages` (the stage Protocols), `schemas` (pydantic models), `errors`, `plugins` (the
 registry) and `pipeline` (Algorithm 1, the only place that knows the order of the
-stages). The subpackages are `engine`, `attention`, `planners`, `io`, `eval`, `bench`,
-`batch`, `cli` and `ui` (the web app); each one's docstring says what it may import.
+stages), with the two shared toolkits the stages use: `geometry` (box geometry: the grid,
+clipping, overlap, pixel <-> latent cells) and `faces` (the one face detector). The
+subpackages are `engine`, `models`, `attention`, `planners`, `safety`, `io`, `viz` (every
+picture), `eval`, `bench`, `batch`, `cli` and `ui` (the web app); each one's docstring says
+what it may import.
 """
 
 from __future__ import annotations

@@ -157,14 +157,9 @@ class StepEndCallback:
 
 def to_output(decoded: torch.Tensor, output_type: str) -> list[Image.Image] | np.ndarray | torch.Tensor:
     """Decoded images (n, 3, h, w) in [-1, 1] as ``output_type`` asks (``"latent"`` is handled before decoding)."""
-    if output_type == "pil":
-        from sow.io.canvas import to_image
+    from sow.engine.pixels import to_output as convert
 
-        return [to_image(one) for one in decoded.split(1)]
-    unit = (decoded.float() / 2 + 0.5).clamp(0, 1)
-    if output_type == "pt":
-        return unit.cpu()
-    return unit.permute(0, 2, 3, 1).cpu().numpy()
+    return convert(decoded, output_type)
 
 
 def components_of(pipe: Any, source: str | None = None):

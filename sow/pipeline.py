@@ -25,7 +25,7 @@ from PIL import Image
 
 from sow.version import __version__
 from sow import diffusers_style
-from sow.io import canvas as cv
+from sow.engine import pixels, seeding
 from sow.engine.backbone import Backbone, LoadRequest
 from sow.engine.conditions import (
     ConditionInput,
@@ -51,7 +51,7 @@ from sow.engine.fingerprint import weights_fingerprint
 from sow.io.masks import used_mask
 from sow.io.paste import KeptCondition, decode_type, paste_decoded
 from sow.plugins import Registry, get_registry, plugin_exits_fail, validate_options
-from sow.io.prompt_checks import prompt_warnings, require_prompt
+from sow.safety.prompt_checks import prompt_warnings, require_prompt
 from sow.schemas import PRESETS, ConditionRecord, GenerationConfig, Plan, RunRecord, StageNames, StageTiming
 from sow.request import check_plan
 from sow.stage_kinds import canonical_kind, label as kind_label
@@ -441,7 +441,7 @@ class SOWPipeline:
         plan = self.plan(images if len(images) > 1 else images[0], prompt, config, seed, planner=planner)
         plan = _with_sources(plan, [s.given if isinstance(s.given, Image.Image) else s.label for s in sources])
         if not config.ablation.adaptive_position:  # AP ablation: seeded random placement
-            plan = random_placement(plan, cv.apply_crop(images[0], None, plan.crop)[0], config, seed)
+            plan = random_placement(plan, seeding.apply_crop(images[0], None, plan.crop)[0], config, seed)
         self.check_inputs(prompt, config, plan, len(images))
         return plan
 
@@ -510,7 +510,7 @@ class SOWPipeline:
 
     def encode_image(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
         """The model's latents of ``image``: the VAE posterior's mode, or (with ``generator``) a sample."""
-        return self.backbone.encode_image(cv.to_tensor(image).to(device=self.device), generator)
+        return self.backbone.encode_image(pixels.to_tensor(image).to(device=self.device), generator)
 
     _encode = encode_image  # the name before the named steps
 

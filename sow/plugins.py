@@ -221,7 +221,7 @@ class Registry:
 
     def fail(self, name: str, distribution: str, error: str) -> None:
         """Record that plugin ``name`` (of ``distribution``) failed, and log it; the others go on."""
-        from sow.io.security import clean_text
+        from sow.safety.security import clean_text
 
         error = clean_text(error)
         self.failures.append(LoadFailure(name, distribution, error))

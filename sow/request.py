@@ -139,7 +139,7 @@ class GenerationRequest:
         planner, when one will run, with its options and run its ``preflight()`` (:func:`check_planner`), looked
         up in ``registry`` (default: the process-wide one).
         """
-        from sow.io.prompt_checks import require_prompt
+        from sow.safety.prompt_checks import require_prompt
 
         if not self.conditions:
             raise InputError("give a condition image (a face photo)")

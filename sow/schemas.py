@@ -17,9 +17,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
+from sow import geometry
 from sow.errors import InputError
 from sow.stage_kinds import RUN_STAGES
-from sow.io.security import clean_text
+from sow.safety.security import clean_text
 
 PAPER_NEGATIVE_PROMPT = "a bad quality and low-resolution image, extra fingers, deformed hands"
 REFERENCE_NEGATIVE_PROMPT = "a bad quality and low resolution image,extra fingers,deformed hands"
@@ -97,27 +98,21 @@ class Box(_Strict):
         return [self.x, self.y, self.w, self.h]
 
     def fits(self, canvas: Canvas) -> bool:
-        return self.right <= canvas.width and self.bottom <= canvas.height
+        """Whether the box ends inside the canvas (:func:`sow.geometry.fits`)."""
+        return geometry.fits(self, canvas)
 
     def clipped(self, canvas: Canvas) -> Box:
-        """The part of this box inside the canvas (at least one pixel)."""
-        x, y = min(self.x, canvas.width - 1), min(self.y, canvas.height - 1)
-        return Box(x=x, y=y, w=max(1, min(self.right, canvas.width) - x), h=max(1, min(self.bottom, canvas.height) - y))
+        """The part of this box inside the canvas, at least one pixel (:func:`sow.geometry.clip_to_canvas`)."""
+        return Box.model_validate(geometry.clip_to_canvas(self, canvas))
 
     def aligned(self, grid: int, canvas: Canvas | None = None) -> Box:
         """This box snapped to a grid (the VAE's 8-pixel latent cells): the corner to the nearest
         grid line (halves up), the size rounded to whole cells (halves to even, at least one).
 
         With ``canvas`` (its sides multiples of ``grid``) a box that fitted is kept on it: a corner
-        rounded past the edge moves back by whole cells.
+        rounded past the edge moves back by whole cells (:func:`sow.geometry.snap_to_grid`).
         """
-        x, y = (self.x + grid // 2) // grid * grid, (self.y + grid // 2) // grid * grid
-        w = max(grid, round(self.w / grid) * grid)
-        h = max(grid, round(self.h / grid) * grid)
-        if canvas is not None:
-            w, h = min(w, max(grid, canvas.width // grid * grid)), min(h, max(grid, canvas.height // grid * grid))
-            x, y = max(0, min(x, (canvas.width - w) // grid * grid)), max(0, min(y, (canvas.height - h) // grid * grid))
-        return Box(x=x, y=y, w=w, h=h)
+        return Box.model_validate(geometry.snap_to_grid(self, grid, canvas))
 
     def __str__(self) -> str:
         return f"{self.x},{self.y},{self.w},{self.h}"
@@ -157,9 +152,8 @@ ONE_CONDITION_FIELDS = ("box_v", "box_r", "crop")
 """The top-level fields of a one-condition plan file (sow <= 0.x), migrated into ``conditions[0]``."""
 
 
-def overlapping(a: Box, b: Box) -> bool:
-    """Whether two boxes share at least one pixel."""
-    return a.x < b.right and b.x < a.right and a.y < b.bottom and b.y < a.bottom
+overlapping = geometry.overlapping
+"""Whether two boxes share at least one pixel (:func:`sow.geometry.overlapping`)."""
 
 
 MAX_CONDITIONS = 16
@@ -197,7 +191,7 @@ class Plan(_Strict):
     def _prompt_within_limit(cls, value: str, info: Any) -> str:
         """The prompt limit every door passes (plan files, the web app, the API): a user's prompt at most
         ``MAX_PROMPT_CHARS``, the plan's prompt that plus ``PLANNER_PROMPT_ROOM`` (a planner adds words)."""
-        from sow.io.prompt_checks import MAX_PROMPT_CHARS, PLANNER_PROMPT_ROOM
+        from sow.safety.prompt_checks import MAX_PROMPT_CHARS, PLANNER_PROMPT_ROOM
 
         limit = MAX_PROMPT_CHARS + (PLANNER_PROMPT_ROOM if info.field_name == "prompt" else 0)
         if len(value) > limit:

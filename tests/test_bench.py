@@ -85,7 +85,7 @@ def test_report_baselines(report):
 
 
 def test_plot_is_a_bar_chart(report):
-    from sow.bench.chart import DDIM_COLOR, STAGE_COLORS
+    from sow.viz.bench_chart import DDIM_COLOR, STAGE_COLORS
 
     _, png = report
     image = Image.open(png)

@@ -11,9 +11,9 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 import sow
-from sow.attention import equations as mod
+from dam_reference import Condition, cells_in, dense_dam, dense_logits
+from sow.attention.dam import DAMProcessor, DAMState, DynamicAttentionModulator, self_attention_layers
 from sow.engine.context import LatentRegion, Step
-from sow.attention.dam import DAMProcessor, DAMState, DynamicAttentionModulator, condition_box, self_attention_layers
 from sow.schemas import Box, GenerationConfig, Plan
 
 pytestmark = pytest.mark.usefixtures("isolated_registry")  # built-in stages only, whatever the venv holds
@@ -56,26 +56,16 @@ def unmodulated(attn, hidden):
 
 
 def dense_reference(attn, hidden, ctx):
-    """softmax(A + s (P+ + P-) range(A)) V, with the full (N, N) bias: the equations literally."""
-    s = ctx.config.modulation
+    """softmax(A + s (P+ + P-) range(A)) V with the full (N, N) bias: the equations, written
+    independently in tests/dam_reference.py (masks by hand from the boxes)."""
     with torch.no_grad():
         b, n, _ = hidden.shape
         q, k, v = (f(hidden).view(b, n, attn.heads, -1).transpose(1, 2) for f in (attn.to_q, attn.to_k, attn.to_v))
-        logits = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5
-        regions = mod.LayerRegions.build(condition_box(ctx), ctx.plan.box_r, ctx.config.canvas, 6, 6, s.t_dis, s.a_dis)
-        cond = regions.condition_mask.flatten()
-        rel = regions.related_mask.flatten()
-        r_c = float(mod.relevance_gate(logits[:, :, regions.condition], regions.related, s.gate_fraction).mean())
-        factor = mod.gate_factor(r_c, s.tau, s.use_gate)
-        cycle = ctx.step.cycle
-        minus = factor * s.w_minus * mod.time_decay(cycle, s.t_time, s.a_time_minus) if s.use_p_minus else 0.0
-        g_dis = torch.zeros(n, dtype=torch.float64)
-        g_dis[regions.related] = regions.related_decay
-        plus = factor * s.w_plus * mod.time_decay(cycle, s.t_time, s.a_time_plus) * g_dis if s.use_p_plus else g_dis * 0
-        bias = mod.dam_bias(logits, cond, rel, cond, minus, plus.float())
-        out = torch.softmax(logits + bias, -1) @ v
-        out = out.transpose(1, 2).reshape(b, n, -1)
-        return attn.to_out[1](attn.to_out[0](out)), r_c
+        box_v, box_r = ctx.plan.box_v, ctx.plan.box_r
+        out, gates = dense_dam(q, k, v, [Condition((box_v.x, box_v.y, box_v.w, box_v.h), (box_r.x, box_r.y, box_r.w, box_r.h))],
+                               (96, 96), (6, 6), ctx.config.modulation, ctx.step.cycle)
+        out = out.float().transpose(1, 2).reshape(b, n, -1)
+        return attn.to_out[1](attn.to_out[0](out)), gates[0][0]
 
 
 # -- the processor -----------------------------------------------------------------------
@@ -115,9 +105,9 @@ def _changed_rows(attn, hidden, **settings) -> set[int]:
 
 def test_only_the_modulated_rows_change(layer):
     attn, hidden = layer
-    regions = mod.LayerRegions.build(BOX_V, BOX_R, fake_ctx().config.canvas, 6, 6, 10, 0.3)
-    cond, rel = set(regions.condition.tolist()), set(regions.related.tolist())
-    farthest = regions.related[-1].item()  # g_dis = 0 there: P+ adds nothing
+    cond = set(torch.nonzero(cells_in((16, 16, 32, 32), (96, 96), (6, 6))).flatten().tolist())
+    rel = set(torch.nonzero(cells_in((0, 48, 96, 48), (96, 96), (6, 6))).flatten().tolist()) - cond
+    farthest = 5 * 6 + 5  # the bottom-right cell: g_dis = 0 there, P+ adds nothing
     assert _changed_rows(attn, hidden) == cond | (rel - {farthest})
     assert _changed_rows(attn, hidden, use_p_plus=False) == cond
     assert _changed_rows(attn, hidden, use_p_minus=False) == rel - {farthest}
@@ -143,6 +133,25 @@ def test_time_decay_switch_changes_only_later_cycles(layer):
     first_off.step = Step("cycle", 7, 0)
     assert torch.equal(run_layer(attn, hidden, first), run_layer(attn, hidden, first_off))  # g_time(0) = 1
     assert not torch.allclose(run_layer(attn, hidden, fake_ctx(modulation=base)), run_layer(attn, hidden, fake_ctx(modulation={**base, "use_time_decay": False})))
+
+
+def test_the_capture_is_the_condition_rows_mean_attention_after_p_minus(layer):
+    """The observer's capture: softmax(A') of the condition's rows, averaged over rows, heads and batch."""
+    attn, hidden = layer
+    ctx = fake_ctx(modulation={"use_gate": False, "w_plus": 2.0, "w_minus": 1.0}, trace_attention=True)
+    attn.set_processor(DAMProcessor("x.attn1.processor", DAMState(ctx, capture_layer="x.attn1.processor"), AttnProcessor2_0()))
+    with torch.no_grad():
+        attn(hidden)
+        b, n, _ = hidden.shape
+        q, k = (f(hidden).view(b, n, attn.heads, -1).transpose(1, 2) for f in (attn.to_q, attn.to_k))
+        logits, _ = dense_logits(q, k, [Condition((16, 16, 32, 32), (0, 48, 96, 48))], (96, 96), (6, 6), ctx.config.modulation, ctx.step.cycle)
+    condition = cells_in((16, 16, 32, 32), (96, 96), (6, 6))
+    expected = torch.softmax(logits, -1)[:, :, condition].mean(dim=(0, 1, 2)).view(6, 6)
+    capture = ctx.artifacts["attention"]
+    torch.testing.assert_close(capture.attention.double(), expected, rtol=1e-5, atol=1e-7)
+    assert torch.equal(capture.condition_mask.flatten(), condition) and capture.fired
+    plain = torch.softmax(q @ k.transpose(-1, -2) * 8**-0.5, -1)[:, :, condition].mean(dim=(0, 1, 2)).view(6, 6)
+    assert (capture.attention - plain).abs().max() > 1e-3  # P- moved attention off the background
 
 
 def test_outside_the_cycle_phase_the_previous_processor_runs(layer):
@@ -201,13 +210,11 @@ def test_in_the_unet_the_first_layer_changes_only_its_modulated_rows(tiny_compon
         hook.remove()
     assert not torch.allclose(plain, modulated)
     assert torch.equal(plain, final)  # outside the cycles DAM is invisible
-    regions = mod.LayerRegions.build(box_v, box_r, ctx.config.canvas, 32, 32, 10, 0.3)
+    condition = cells_in((64, 0, 128, 128), (256, 256), (32, 32))
+    modulated_rows = condition | cells_in((32, 128, 192, 128), (256, 256), (32, 32))
     rows = (seen[1] - seen[0]).abs().amax(dim=(0, 2))
-    modulated_rows = torch.zeros(1024, dtype=torch.bool)
-    modulated_rows[regions.condition] = True
-    modulated_rows[regions.related] = True
     assert rows[~modulated_rows].max() == 0
-    assert rows[regions.condition].min() > 0
+    assert rows[condition].min() > 0
 
 
 # -- the pipeline ---------------------------------------------------------------------------
@@ -261,7 +268,7 @@ def test_dam_is_the_default_modulator():
     from sow.schemas import StageNames
 
     assert StageNames().modulator == "dam"
-    assert {"dam", "none"} <= set(build_registry(load_entry_points=False).names("attention_modulator"))
+    assert {"dam", "none"} <= set(build_registry(load_entry_points=False).names("modulator"))
 
 
 def test_half_precision_layer_runs_and_matches_fp32(layer):

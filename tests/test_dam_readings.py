@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from sow import Box, Plan
 from sow.attention import equations as mod
+from sow.attention.regions import Regions
 from sow.errors import InputError
 from sow.schemas import Canvas
 
@@ -26,8 +28,10 @@ def _g(x: float, horizon: float, exponent: float) -> float:
     return (0.5 * (1 + math.cos(math.pi * (2 * horizon - x) / horizon))) ** exponent
 
 
-def _regions(horizon: float, unit: float | None) -> mod.LayerRegions:
-    return mod.LayerRegions.build(Box(x=40, y=24, w=48, h=48), Box(x=24, y=24, w=80, h=96), CANVAS, 16, 16, horizon, 0.3, True, unit)
+def _regions(horizon: float, unit: float | None) -> SimpleNamespace:
+    """The one condition's related cells (closest to o* first) and their g_dis."""
+    regions = Regions.build([Box(x=40, y=24, w=48, h=48)], [Box(x=24, y=24, w=80, h=96)], CANVAS, 16, 16, horizon, 0.3, True, unit)
+    return SimpleNamespace(related=regions.related[0], related_decay=regions.related_decay[0])
 
 
 def test_box_r_units_make_t_dis_inert_and_latent_cells_give_it_meaning():

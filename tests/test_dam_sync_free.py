@@ -11,7 +11,7 @@ pytestmark = pytest.mark.usefixtures("isolated_registry")  # built-in stages onl
 
 
 def _run(components, face_path, sync_free, **overrides):
-    pipe = SOWPipeline(components, {"modulator": "dam"}, stage_options={"attention_modulator": {"sync_free": sync_free}})
+    pipe = SOWPipeline(components, {"modulator": "dam"}, stage_options={"modulator": {"sync_free": sync_free}})
     return pipe(face_path, "a chef", seed=3, canvas={"width": 128, "height": 128}, cycles=2, **overrides).latents
 
 

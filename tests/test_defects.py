@@ -287,7 +287,7 @@ def test_5_inpaint_loader_refuses_pickles_unless_allowed(tmp_path, monkeypatch):
 
     from sow.errors import ModelLoadError
     from sow.eval.inpainting import load_inpaint_pipeline
-    from sow.io.security import reset_load_policy, set_load_policy
+    from sow.safety.security import reset_load_policy, set_load_policy
 
     seen = []
 
@@ -569,7 +569,7 @@ def test_12_u2028_and_u0085_inside_json_strings_are_valid_json_lines(tmp_path, f
 
 
 def test_12_a_prompt_at_the_limit_accepted_up_front_is_never_refused_later(tiny_pipe, face_path):
-    from sow.io.prompt_checks import MAX_PROMPT_CHARS
+    from sow.safety.prompt_checks import MAX_PROMPT_CHARS
 
     prompt = ("a chef " * MAX_PROMPT_CHARS)[: MAX_PROMPT_CHARS - 1] + "s"
     assert len(prompt) == MAX_PROMPT_CHARS

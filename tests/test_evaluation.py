@@ -237,7 +237,7 @@ def test_killed_eval_process_resumes(spec, tmp_path):
 
 
 def test_inpaint_and_paste_baselines(spec, tmp_path, tiny_components, registry, metric):
-    from sow.io.canvas import seed_canvas
+    from sow.engine.seeding import seed_canvas
     from sow.eval.inpainting import repaint_mask
     from sow.schemas import Box, Canvas
 

@@ -111,7 +111,7 @@ def test_a_picture_without_a_face_is_a_detection_failure(dlib_metric, embeddings
 
 def test_identity_is_measured_in_the_box_v_region(dlib_metric, photos):
     """A face pasted at box_v is found there and compared with the condition's face."""
-    from sow.io.canvas import seed_canvas
+    from sow.engine.seeding import seed_canvas
 
     box = Box(x=160, y=40, w=200, h=240)
     canvas = seed_canvas(photos["obama2.jpg"], box, Canvas(width=512, height=512))

@@ -180,7 +180,7 @@ def test_dam_runs_on_every_self_attention_layer_on_sdxl_grids(sdxl_run, tiny_sdx
 
 
 def test_tiny_sdxl_loop_reads_nothing_on_the_host(tiny_sdxl, face_path):
-    pipe = SOWPipeline(tiny_sdxl, {"modulator": "dam"}, stage_options={"attention_modulator": {"sync_free": True}})
+    pipe = SOWPipeline(tiny_sdxl, {"modulator": "dam"}, stage_options={"modulator": {"sync_free": True}})
     pipe.optimize(PerformanceSettings(stage_sync=False))
     watch = SyncWatch()
     try:
@@ -306,7 +306,7 @@ def test_real_sdxl_architecture_whole_run_at_64px_on_cpu(face_path):
 
     dam.DAMState.attention = spy
     try:
-        pipe = SOWPipeline(components, {"modulator": "dam"}, stage_options={"attention_modulator": {"sync_free": True}})
+        pipe = SOWPipeline(components, {"modulator": "dam"}, stage_options={"modulator": {"sync_free": True}})
         output = pipe(face_path, PROMPT, seed=0, canvas={"width": 64, "height": 64}, cycles=1,
                       modulation={"use_gate": False}, finite_check="deferred")
     finally:

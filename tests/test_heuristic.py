@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from PIL import Image, ImageDraw
 
-from sow.planners.heuristic import HeuristicPlanner, composition_for, detect_faces, horizontal_for
+from sow.faces import face_boxes as detect_faces  # the boxes the heuristic planner works with
+from sow.planners.heuristic import HeuristicPlanner, composition_for, horizontal_for
 from sow.io.images import load_condition
 from sow.planners.repair import repair_plan
 from sow.schemas import GenerationConfig

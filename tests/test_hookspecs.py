@@ -7,7 +7,10 @@ datasette's pattern: the hookspecs are read from :mod:`sow.hookspecs` itself, so
 - its docstring has a ``Built-ins:`` paragraph naming each built-in (````name````) and the
   modules that register them (``:mod:`sow...` ``), and these are exactly the modules of
   :data:`sow.plugins.BUILTIN_PLUGINS` that implement the hook, registering those names;
-- some test file has a ``test_hook_register_x`` (tests/test_hooks.py holds the first six).
+- some test file has a ``test_hook_register_x`` (tests/test_hooks.py holds the first six), and that
+  file implements ``register_x`` itself (the door a plugin uses);
+- every ``:mod:``, ``:class:``, ``:func:`` or ``:data:`` name in the hookspecs resolves (a moved module
+  leaves no dead name).
 """
 
 from __future__ import annotations
@@ -76,3 +79,37 @@ def test_hook_has_a_test(hook):
     pattern = re.compile(rf"^def test_hook_{hook}\b", re.MULTILINE)
     files = [*ROOT.glob("tests/**/test_*.py"), *ROOT.glob("plugins/*/tests/test_*.py")]
     assert any(pattern.search(f.read_text(encoding="utf-8")) for f in files), f"no test named test_hook_{hook}"
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_hook_test_registers_through_the_hook(hook):
+    """The file of ``test_hook_<name>`` implements the hook itself (a plugin's ``def <name>(...)``), so
+    the test goes through the door a plugin uses, not only through the registry."""
+    pattern = re.compile(rf"^def test_hook_{hook}\b", re.MULTILINE)
+    files = [f for f in [*ROOT.glob("tests/**/test_*.py"), *ROOT.glob("plugins/*/tests/test_*.py")] if pattern.search(f.read_text(encoding="utf-8"))]
+    implemented = re.compile(rf"^\s+def {hook}\(|^def {hook}\(", re.MULTILINE)
+    assert any(implemented.search(f.read_text(encoding="utf-8")) for f in files), f"the test of {hook} implements no {hook}"
+
+
+def _resolves(dotted: str) -> bool:
+    """Whether ``dotted`` names a module, or an attribute of a module (a class, a function)."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            target = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for name in parts[cut:]:
+            if not hasattr(target, name):
+                return False
+            target = getattr(target, name)
+        return True
+    return False
+
+
+def test_every_reference_in_the_hookspecs_resolves():
+    """A module moved (sow/io -> sow/safety, sow/engine -> sow/models) must not leave a plugin author a dead name."""
+    texts = [inspect.getdoc(hookspecs)] + [inspect.getdoc(getattr(hookspecs, hook)) for hook in HOOKS]
+    references = {name for text in texts for name in re.findall(r":(?:mod|class|func|data):`~?(sow[\w.]*)`", text)}
+    assert len(references) >= 10
+    assert [name for name in sorted(references) if not _resolves(name)] == []

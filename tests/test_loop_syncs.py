@@ -23,7 +23,7 @@ def _loop_syncs(
     components, face_path, *, sync_free: bool, use_gate: bool, finite_check: str, num_images: int = 1, canvas=(128, 128)
 ) -> Counter:
     pipe = SOWPipeline(
-        components, {"modulator": "dam"}, stage_options={"attention_modulator": {"sync_free": sync_free}}
+        components, {"modulator": "dam"}, stage_options={"modulator": {"sync_free": sync_free}}
     ).optimize(PerformanceSettings(stage_sync=False))
     watch = SyncWatch()
     try:

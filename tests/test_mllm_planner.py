@@ -168,14 +168,14 @@ def test_generation_stops_once_the_first_json_object_closes():
         def decode(self, ids, skip_special_tokens=True):
             return "".join(pieces.get(int(i), "") for i in ids)
 
-    planner = ScriptedPlanner([])
+    planner = ScriptedPlanner([], constrained="off")  # free decoding: the answer is prefilled with '{'
     criteria = planner.generate_kwargs(Tok(), prompt_length=2)["stopping_criteria"]
     prompt = [7, 7]
     assert not criteria(torch.tensor([prompt + [1, 2]]), None).any()  # prefill '{' + '"box_v": [1, 2, 3, 4]'
     assert criteria(torch.tensor([prompt + [1, 2, 3]]), None).all()
     assert planner.generate_kwargs(Tok(), 2)["do_sample"] is False
     assert json_object_closed('```json\n{"a": "}"}') and not json_object_closed('{"a": "}"')
-    assert ScriptedPlanner([], prefill_json=False).prefill == ""
+    assert ScriptedPlanner([], prefill_json=False, constrained="off").prefill == ""
 
 
 def test_only_load_options_make_a_new_model():

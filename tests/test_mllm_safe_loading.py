@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sow.planners.mllm.base import MLLMOptions, load_kwargs
-from sow.io.security import reset_load_policy, set_load_policy
+from sow.safety.security import reset_load_policy, set_load_policy
 
 
 @pytest.fixture(autouse=True)

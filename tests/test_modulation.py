@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from sow.attention import equations as mod
+from sow.attention.regions import Regions
 from sow.schemas import Box, Canvas, ModulationSettings
 
 # -- decays ---------------------------------------------------------------------------
@@ -161,30 +162,6 @@ def test_bias_with_the_paper_constants():
     assert (bias[COND_Q][:, ~COND_K] < 0).all() and (bias[REL_Q][:, COND_K] > 0).all()
 
 
-def test_block_parts_equal_dense_biased_softmax():
-    """The explicit reference path's block algebra (tests/dam_reference.py)."""
-    from dam_reference import block_softmax_parts, combine_block_parts
-
-    torch.manual_seed(0)
-    logits = torch.randn(2, 3, 5, 9, dtype=torch.float64)  # (batch, heads, rows, keys)
-    values = torch.randn(2, 3, 9, 4, dtype=torch.float64)
-    n_in = 3
-    b_in = torch.randn(2, 3, 5, dtype=torch.float64)
-    b_out = torch.randn(2, 3, 5, dtype=torch.float64)
-    dense = logits.clone()
-    dense[..., :n_in] += b_in[..., None]
-    dense[..., n_in:] += b_out[..., None]
-    expected = torch.softmax(dense, -1) @ values
-    parts = block_softmax_parts(logits.clone(), values, n_in)
-    assert torch.allclose(parts.range, mod.row_range(logits))
-    assert torch.allclose(combine_block_parts(parts, b_in, b_out), expected, atol=1e-12)
-    zero = torch.zeros(())
-    assert torch.allclose(combine_block_parts(parts, zero, zero), torch.softmax(logits, -1) @ values, atol=1e-12)
-
-
-# -- geometry -------------------------------------------------------------------------
-
-
 def test_layer_grid():
     assert mod.layer_grid(1024, 32, 32) == (32, 32)
     assert mod.layer_grid(256, 32, 32) == (16, 16)
@@ -199,18 +176,49 @@ def test_layer_regions_6x6():
     canvas = Canvas(width=96, height=96)  # 16-pixel cells on a 6x6 grid
     box_v = Box(x=16, y=16, w=32, h=32)  # cells (1..2, 1..2), centre (32, 32)
     box_r = Box(x=0, y=32, w=96, h=64)  # rows 2..5, overlapping box_v's lower row
-    regions = mod.LayerRegions.build(box_v, box_r, canvas, 6, 6, dis_horizon=10, dis_exponent=0.3)
-    assert regions.condition.tolist() == [7, 8, 13, 14]
+    regions = Regions.build([box_v], [box_r], canvas, 6, 6, dis_horizon=10, dis_exponent=0.3)
+    condition, related, decay = regions.conditions[0], regions.related[0], regions.related_decay[0]
+    assert condition.tolist() == regions.condition_rows.tolist() == [7, 8, 13, 14]
     assert regions.tokens == 36
     # R = box_r minus C: rows 2..5 except cells 13, 14; sorted by distance to (32, 32)
-    assert sorted(regions.related.tolist()) == [12, 15, 16, 17] + list(range(18, 36))
-    first, last = regions.related[0].item(), regions.related[-1].item()
+    assert sorted(related.tolist()) == regions.related_rows.tolist() == [12, 15, 16, 17] + list(range(18, 36))
+    first, last = related[0].item(), related[-1].item()
     assert first in (12, 15)  # (y 40, x 8 or 56): distance sqrt(8^2 + 24^2) = 25.30, the closest
     assert last == 35  # (y 88, x 88): the farthest
     far = math.hypot(56, 56)
-    assert regions.related_decay[0].item() == pytest.approx(float(mod.decay(10 * math.hypot(8, 24) / far, 10, 0.3)))
-    assert regions.related_decay[-1].item() == 0.0
-    everything = torch.cat([regions.condition, regions.related, regions.untouched])
+    assert decay[0].item() == pytest.approx(float(mod.decay(10 * math.hypot(8, 24) / far, 10, 0.3)))
+    assert decay[-1].item() == 0.0
+    everything = torch.cat([condition, related, regions.untouched])
     assert sorted(everything.tolist()) == list(range(36))
     assert regions.untouched.tolist() == [0, 1, 2, 3, 4, 5, 6, 9, 10, 11] and regions.untouched.dtype == torch.long
-    assert torch.nonzero(regions.condition_keys).flatten().tolist() == [7, 8, 13, 14]
+    assert torch.nonzero(regions.condition_keys[0]).flatten().tolist() == [7, 8, 13, 14]
+    assert torch.equal(regions.background_keys, 1 - regions.condition_keys[0])
+    assert regions.condition_position[[7, 8, 13, 14]].tolist() == [0, 1, 2, 3] and regions.condition_position[12] == -1
+    assert regions.related_position[[12, 15, 35]].tolist() == [0, 1, 21] and regions.related_position[7] == -1
+    assert regions.condition_mask.shape == (6, 6) and regions.condition_mask.flatten()[[7, 8, 13, 14]].all()
+
+
+def test_row_stats_and_column_sums_equal_their_dense_definitions():
+    torch.manual_seed(0)
+    q, k = torch.randn(3, 2, 7, 8), torch.randn(3, 2, 11, 8)
+    logits = q @ k.transpose(-1, -2) * 0.3
+    stats = mod.row_stats(q, k, 0.3, rows_per_chunk=2)  # 4 chunks
+    torch.testing.assert_close(stats.range, mod.row_range(logits))
+    torch.testing.assert_close(stats.low, logits.amin(-1))
+    columns = torch.tensor([4, 0, 9])
+    dense = mod.minmax_normalize(logits)[..., columns].sum(-2)
+    torch.testing.assert_close(mod.normalized_column_sums(q, k[:, :, columns], stats, 0.3), dense, rtol=1e-5, atol=1e-5)
+
+
+def test_biased_attention_equals_the_dense_biased_softmax():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 10, 8, dtype=torch.float64) for _ in range(3))
+    rows, rest = torch.tensor([1, 4, 5]), torch.tensor([0, 2, 3, 6, 7, 8, 9])
+    keys_a = torch.tensor([1.0, 1, 0, 0, 0, 1, 0, 0, 0, 0], dtype=torch.float64)
+    keys_b = 1 - keys_a
+    coef_a, coef_b = torch.randn(2, 3, 3, dtype=torch.float64), torch.randn(2, 3, 3, dtype=torch.float64)
+    got = mod.biased_attention(q, k, v, rows, rest, [mod.KeyBias(keys_a, coef_a), mod.KeyBias(keys_b, coef_b)], 8**-0.5)
+    bias = torch.zeros(2, 3, 10, 10, dtype=torch.float64)
+    bias[:, :, rows] = coef_a[..., None] * keys_a + coef_b[..., None] * keys_b
+    expected = torch.softmax(q @ k.transpose(-1, -2) * 8**-0.5 + bias, -1) @ v
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from sow.io.canvas import BOX_R_COLOR, BOX_V_COLOR, draw_plan
+from sow.viz.plan import BOX_R_COLOR, BOX_V_COLOR, draw_plan
 from sow.schemas import Box, Canvas, Plan
 
 
@@ -27,7 +27,7 @@ def test_plan_picture_is_upscaled_and_boxes_drawn_where_planned(side, factor):
 
 
 def test_scalable_font_grows_with_the_picture():
-    from sow.io.pictures import font, font_size
+    from sow.viz.pictures import font, font_size
 
     assert font_size(512) == 16 and font_size(1024) == 32 and font_size(100) == 12
     small, large = font(12), font(32)
@@ -36,6 +36,6 @@ def test_scalable_font_grows_with_the_picture():
 
 @pytest.mark.parametrize(("longest", "ticks"), [(41.5, [0, 10, 20, 30, 40, 50]), (0.37, [0, 0.1, 0.2, 0.3, 0.4]), (3.0, [0, 1, 2, 3])])
 def test_chart_ticks_are_round(longest, ticks):
-    from sow.bench.chart import nice_ticks
+    from sow.viz.bench_chart import nice_ticks
 
     assert nice_ticks(longest) == pytest.approx(ticks)

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from sow.errors import InputError, PlannerError
-from sow.io.canvas import apply_crop
+from sow.engine.seeding import apply_crop
 from sow.planners.policy import plan_with_policy
 from sow.planners.repair import repair_plan
 from sow.schemas import Box, GenerationConfig, Plan

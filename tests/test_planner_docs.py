@@ -23,11 +23,17 @@ def test_gemini_options_are_documented():
         assert f"| `{option}` | " in DOC, option
 
 
-@pytest.mark.parametrize("name", ["INTENSIFY_TEMPLATE", "FACE_SUBJECT", "OBJECT_SUBJECT", "CASCADE_FILE"])
+@pytest.mark.parametrize("name", ["INTENSIFY_TEMPLATE", "FACE_SUBJECT", "OBJECT_SUBJECT"])
 def test_heuristic_rules_are_documented(name):
     from sow.planners import heuristic
 
     assert getattr(heuristic, name) in DOC
+
+
+def test_the_heuristics_face_cascade_is_documented():
+    from sow.faces import CASCADE_FILE
+
+    assert CASCADE_FILE in DOC
 
 
 def test_composition_patterns_are_documented():

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from sow.cli.commands import main
-from sow.io import hub
+from sow.models import hub
 
 
 def run(argv: list[str]) -> int:

@@ -36,6 +36,6 @@ def test_one_batch_per_output_folder(tmp_path):
 
 
 def test_prompt_limit_in_the_docs():
-    from sow.io.prompt_checks import MAX_PROMPT_CHARS
+    from sow.safety.prompt_checks import MAX_PROMPT_CHARS
 
     assert f"over {MAX_PROMPT_CHARS:,} characters" in DOC

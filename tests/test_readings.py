@@ -17,7 +17,7 @@ from PIL import Image
 
 from sow import Box, Plan
 from sow.errors import InputError
-from sow.io import canvas as cv
+from sow.engine import seeding
 from sow.schemas import PAPER_NEGATIVE_PROMPT, PRESETS, REFERENCE_NEGATIVE_PROMPT, Canvas, GenerationConfig
 
 CANVAS = Canvas(width=128, height=128)
@@ -267,8 +267,8 @@ def _cell_pattern() -> tuple[Image.Image, np.ndarray]:
 
 def test_cell_rule_centre_or_top_left_pixel(pipe):
     mask, kinds = _cell_pattern()
-    centre = cv.latent_mask(mask, 8, "centre")[0, 0].numpy().astype(bool)
-    top_left = cv.latent_mask(mask, 8, "top-left")[0, 0].numpy().astype(bool)
+    centre = seeding.latent_mask(mask, 8, "centre")[0, 0].numpy().astype(bool)
+    top_left = seeding.latent_mask(mask, 8, "top-left")[0, 0].numpy().astype(bool)
     assert (centre == np.isin(kinds, [0, 3])).all()
     assert (top_left == np.isin(kinds, [0, 2])).all()
     # in a run, the first cycle input differs exactly on the cells where the two rules disagree

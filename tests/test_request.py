@@ -158,7 +158,7 @@ def _calls_print_or_makes_a_console(path: Path) -> list[str]:
     return found
 
 
-CONSOLE_FACTORY = "sow/io/security.py"
+CONSOLE_FACTORY = "sow/safety/security.py"
 """Makes the CLI's redacting console (``redacting_console``); it never prints, the CLI does."""
 
 

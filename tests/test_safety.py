@@ -307,7 +307,7 @@ def test_a_family_the_configs_contradict_is_refused_before_building(sd21_config,
 
 
 def test_a_plan_files_prompt_is_held_to_the_prompt_limit(face_path, tmp_path, capsys, no_model_load):
-    from sow.io.prompt_checks import MAX_PROMPT_CHARS, PLANNER_PROMPT_ROOM
+    from sow.safety.prompt_checks import MAX_PROMPT_CHARS, PLANNER_PROMPT_ROOM
 
     limit = MAX_PROMPT_CHARS + PLANNER_PROMPT_ROOM
     plan = {"canvas": {"width": 512, "height": 512}, "box_v": [160, 0, 192, 192], "box_r": [112, 192, 288, 320]}

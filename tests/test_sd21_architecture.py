@@ -34,7 +34,7 @@ def sd21(sd21_config):
 
 @pytest.fixture(scope="module")
 def dam_run(sd21, face_path):
-    pipe = SOWPipeline(sd21, {"modulator": "dam"}, stage_options={"attention_modulator": {"sync_free": True}})
+    pipe = SOWPipeline(sd21, {"modulator": "dam"}, stage_options={"modulator": {"sync_free": True}})
     pipe.optimize(GPU_PATH)
     kinds_in_cycles: list[dict[str, int]] = []
     watch = SyncWatch()

@@ -13,7 +13,7 @@ from sow import plugins as plugin_module
 from sow.cli.commands import main
 from sow.errors import InputError, ModelLoadError, PlannerError
 from sow.hookspecs import hookimpl
-from sow.io.security import SECRET_NAME, load_policy, redact, require_remote_code, reset_load_policy
+from sow.safety.security import SECRET_NAME, load_policy, redact, require_remote_code, reset_load_policy
 
 FAKE_KEY = "AIzaFAKE-test-key-0123456789abcdef"
 FAST = {"canvas": {"width": 128, "height": 128}, "cycles": 1}
@@ -219,7 +219,7 @@ def test_disabled_planner_is_an_unknown_name(fake_distributions, face_path, tmp_
 
 
 def test_safe_load_kwargs_follow_the_policy(monkeypatch):
-    from sow.io.security import safe_load_kwargs, set_load_policy
+    from sow.safety.security import safe_load_kwargs, set_load_policy
 
     assert safe_load_kwargs() == {"trust_remote_code": False, "use_safetensors": True}
     set_load_policy(trust_remote_code=True)
@@ -233,7 +233,7 @@ def test_hf_loader_refuses_pickled_weights_by_default(tmp_path):
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from sow.io.security import safe_load_kwargs
+    from sow.safety.security import safe_load_kwargs
 
     config = CLIPTextConfig(vocab_size=100, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
                             max_position_embeddings=8, bos_token_id=0, eos_token_id=1, pad_token_id=1)
@@ -245,9 +245,23 @@ def test_hf_loader_refuses_pickled_weights_by_default(tmp_path):
     assert (tmp_path / "pytorch_model.bin").is_file() and not list(tmp_path.glob("*.safetensors"))
     with pytest.raises(OSError, match="safetensors"):
         CLIPTextModel.from_pretrained(tmp_path, local_files_only=True, **safe_load_kwargs())
-    from sow.io.security import set_load_policy
+    from sow.safety.security import set_load_policy
 
     set_load_policy(allow_pickle=True)  # --allow-pickle: the same folder loads
     loaded = CLIPTextModel.from_pretrained(tmp_path, local_files_only=True, **safe_load_kwargs())
     reference = model.state_dict()
     assert all(torch.equal(value, reference[name]) for name, value in loaded.state_dict().items())
+
+
+def test_the_old_security_module_still_serves_plugins_with_a_warning():
+    """Plugins were told to read sow.io.security; after the move to sow.safety it still works, and says where it went."""
+    import importlib
+    import sys
+
+    import sow.safety.security as moved
+
+    sys.modules.pop("sow.io.security", None)
+    with pytest.warns(DeprecationWarning, match="sow.safety.security"):
+        old = importlib.import_module("sow.io.security")
+    assert old.load_policy is moved.load_policy and old.safe_load_kwargs is moved.safe_load_kwargs
+    assert old.require_remote_code is moved.require_remote_code

@@ -20,7 +20,8 @@ from sow.engine.context import RunContext
 from sow.errors import InputError
 from sow.hookspecs import hookimpl
 from sow.io.images import load_condition
-from sow.io import canvas as cv
+from sow.engine import pixels, seeding
+from sow.viz import plan as plan_picture
 from sow.engine.preservation import RegionReplacePreserver
 from sow.pipeline import SOWPipeline
 from sow.plugins import build_registry
@@ -145,7 +146,7 @@ def test_every_region_is_reset_to_its_own_latent_at_every_step_and_nothing_else(
         assert len(trajectories[i]) == cfg.t2 + 1
         fitted = load_condition(images[i]).image.resize((box[2], box[3]), Image.Resampling.LANCZOS)
         with torch.no_grad():
-            own = vae.encode(cv.to_tensor(fitted)).latent_dist.mode() * vae.config.scaling_factor
+            own = vae.encode(pixels.to_tensor(fitted)).latent_dist.mode() * vae.config.scaling_factor
         assert torch.equal(trajectories[i][0], own)
         assert not torch.equal(trajectories[i][1], trajectories[i][0])  # inverted upward from there
     outside = torch.ones(1, 1, height // 8, width // 8, dtype=torch.bool)
@@ -283,13 +284,13 @@ def test_overlapping_answers_are_repaired_per_condition():
 
 def test_the_plan_picture_draws_every_box_in_its_own_colour(face_path):
     plan = _plan(*TWO)
-    seeded = Image.new("RGB", (192, 128), cv.GRAY)
-    drawn = cv.draw_plan(plan, seeded)
+    seeded = Image.new("RGB", (192, 128), seeding.GRAY)
+    drawn = plan_picture.draw_plan(plan, seeded)
     factor = drawn.width // seeded.width  # small canvases are shown upscaled so the labels read
     assert factor >= 2 and drawn.width == factor * seeded.width and drawn.height > factor * seeded.height  # legend below
     picture = np.asarray(drawn)
     for i, cond in enumerate(plan.conditions):
-        color_v, _ = cv.PLAN_COLORS[i]
+        color_v, _ = plan_picture.PLAN_COLORS[i]
         b = cond.box_v
         assert tuple(picture[(b.y + b.h // 2) * factor, b.x * factor]) == color_v  # the left edge of box_v
 

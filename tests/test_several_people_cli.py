@@ -127,16 +127,17 @@ def test_eval_on_paste_assigns_every_face_to_its_own_person(faces_dir, tmp_path,
 def test_an_identity_swap_counts_as_a_failure(faces_dir):
     pytest.importorskip("dlib")
     from sow.eval.face_metrics import DlibMetric, measure_people, reference_face
-    from sow.io.canvas import fit_condition, paste_all_on_gray
+    from sow.engine.seeding import fit_condition, paste_all_on_gray
     from sow.schemas import Box, Canvas
 
-    from sow.planners.heuristic import detect_faces_dlib, face_crop
+    from sow.faces import face_boxes
+    from sow.planners.heuristic import DLIB_LONG_SIDE, face_crop
 
     metric = DlibMetric()
     faces = []
     for name in ("obama.jpg", "biden.jpg"):  # each photo cropped around its face, as the planner does
         photo = Image.open(faces_dir / name).convert("RGB")
-        crop = face_crop(detect_faces_dlib(photo)[0], photo.size)
+        crop = face_crop(face_boxes(photo, "dlib", long_side=DLIB_LONG_SIDE)[0], photo.size)
         faces.append(photo.crop((crop.x, crop.y, crop.right, crop.bottom)))
     obama, biden = faces
     boxes = [Box(x=16, y=16, w=224, h=224), Box(x=288, y=16, w=224, h=224)]

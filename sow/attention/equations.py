@@ -22,7 +22,7 @@ explains the choices)::
                    (R_c of the layer, or with gate_scope "step" of the UNet call: :class:`StepGate`)
 
 Everything here is side-effect free and works on any leading batch / head dimensions.
-The attention processor in :mod:`sow.attention.dam` puts these pieces together without ever
+:func:`sow.attention.modulation.modulate` puts these pieces together without ever
 building an (N, N) bias or an explicit softmax: each modulated row's bias is one number
 (:class:`KeyBias` ``coefficient``) on one set of keys (its ``keys`` indicator), and such a
 rank-one bias is one extra head dimension of the queries and keys, so
@@ -43,7 +43,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from sow.schemas import Box, Canvas
+from sow.geometry import box_mask, cell_distances  # noqa: F401 (part of the equations' API: DAM's regions and tests use them)
+from sow.schemas import Canvas
 
 RANGE_EPS = 1e-12
 """Guards the min-max normalisation of a constant row (0/0)."""
@@ -384,78 +385,3 @@ def layer_grid(tokens: int, latent_height: int, latent_width: int) -> tuple[int,
     return h, w
 
 
-def cell_distances(centre: tuple[float, float], canvas: Canvas, height: int, width: int) -> torch.Tensor:
-    """(height, width): distance in canvas pixels from each grid cell's centre to ``centre`` (x, y)."""
-    ys = (torch.arange(height, dtype=torch.float64) + 0.5) * canvas.height / height
-    xs = (torch.arange(width, dtype=torch.float64) + 0.5) * canvas.width / width
-    cx, cy = centre
-    return torch.sqrt((ys[:, None] - cy) ** 2 + (xs[None, :] - cx) ** 2)
-
-
-@dataclass(frozen=True)
-class LayerRegions:
-    """The two regions of DAM on one attention grid, as flat token indices and key indicators.
-
-    Query rows: ``condition`` (C, the P- rows), ``related`` (R, the P+ rows, closest to o*
-    first: the order the gate sorts box_r's points in), ``untouched`` (neither). Key sets:
-    ``condition_keys`` (the P+ bias goes there) and its complement (P-). Everything is built
-    once per grid before the loop (``nonzero`` reads the mask on the host).
-    """
-
-    height: int
-    width: int
-    condition: torch.Tensor
-    """(n_c,) token indices of the condition region C."""
-    related: torch.Tensor
-    """(n_r,) token indices of R = box_r minus C, sorted by distance to o* (closest first)."""
-    related_decay: torch.Tensor
-    """(n_r,) g_dis of each related token (float64), in the order of :attr:`related`."""
-    untouched: torch.Tensor
-    """(N - n_c - n_r,) the tokens of neither region: rows DAM never changes."""
-    condition_keys: torch.Tensor
-    """(N,) float 0/1: 1 on the keys in C."""
-    condition_mask: torch.Tensor
-    """(height, width) bool."""
-    related_mask: torch.Tensor
-    """(height, width) bool."""
-
-    @property
-    def tokens(self) -> int:
-        return self.height * self.width
-
-    @classmethod
-    def build(
-        cls,
-        condition_box: Box,
-        related_box: Box,
-        canvas: Canvas,
-        height: int,
-        width: int,
-        dis_horizon: float,
-        dis_exponent: float,
-        use_distance_decay: bool = True,
-        dis_unit: float | None = None,
-    ) -> LayerRegions:
-        """Masks from the boxes (cells whose centres fall inside), distances from box_v's centre
-        (``dis_unit``: see :func:`distance_decay`)."""
-        from sow.io.canvas import box_mask
-
-        cond = box_mask(condition_box, canvas, height, width)
-        rel = box_mask(related_box, canvas, height, width) & ~cond
-        dist = cell_distances(condition_box.center, canvas, height, width).flatten()
-        cond_idx = torch.nonzero(cond.flatten()).flatten()
-        rel_idx = torch.nonzero(rel.flatten()).flatten()
-        order = torch.argsort(dist[rel_idx], stable=True)
-        rel_idx = rel_idx[order]
-        rest = torch.nonzero(~(cond | rel).flatten()).flatten()
-        return cls(
-            height=height,
-            width=width,
-            condition=cond_idx,
-            related=rel_idx,
-            related_decay=distance_decay(dist[rel_idx], dis_horizon, dis_exponent, use_distance_decay, dis_unit),
-            untouched=rest,
-            condition_keys=cond.flatten().to(torch.float32),
-            condition_mask=cond,
-            related_mask=rel,
-        )

@@ -6,17 +6,14 @@ image-key logits only: the text tokens' rows and the text keys are left as they 
 layer with ``n`` image tokens at ``image`` (a slice of the joint sequence):
 
 - the regions (C, R per condition, the keys outside every C) are built on the image token
-  grid, exactly as on a UNet layer of that size (:meth:`sow.attention.dam.DAMState.several_regions`);
+  grid, exactly as on a UNet layer of that size (:class:`sow.attention.regions.Regions`);
 - each modulated row's ``range_row(A)`` and the gate ``R_c`` are measured on the image × image
-  block (:func:`~sow.attention.equations.row_stats` and
-  :func:`~sow.attention.equations.normalized_column_sums` over the image keys only);
-- the rank-one biases P− (C's rows on the image keys outside every C) and P+ (R's rows on C's
-  keys) get key indicators that are 0 on every text key, and one fused call
-  (:func:`~sow.attention.equations.biased_attention`) computes every row over the *joint* keys:
-  an image row's softmax still includes the text keys, unbiased; the text rows, the untouched
-  image rows and all text keys take plain attention.
+  block, the key indicators of P− and P+ are 0 on every text key, and one fused call computes
+  every row over the *joint* keys: an image row's softmax still includes the text keys,
+  unbiased; the text rows, the untouched image rows and all text keys take plain attention.
 
-:func:`joint_modulated_attention` is that composition; the processors below only project
+That is :func:`sow.attention.modulation.modulate` with ``image`` the image block's slice, the same
+function a UNet's self-attention uses. The processors below only project
 (as diffusers' ``JointAttnProcessor2_0``, ``FluxAttnProcessor``, ``Flux2AttnProcessor`` and
 ``Flux2ParallelSelfAttnProcessor`` do, rotary positions included), find the image block of
 the joint sequence and call it. Outside the cycle phase they hand the call to the processor
@@ -29,82 +26,19 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-
-from sow.attention import equations as eq
 
 
 def joint_modulated_attention(
     state: Any, layer: str, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, image: slice,
     grid: tuple[int, int],
 ) -> torch.Tensor:
-    """Attention (B, H, N, d) over a joint sequence with DAM on its image block (see the module docstring).
+    """Attention (B, H, N, d) over a joint sequence with DAM on its image block (see the module docstring):
+    :meth:`sow.attention.dam.DAMState.joint_attention`, which calls
+    :func:`sow.attention.modulation.modulate` with the image tokens' offset.
 
-    ``state`` is the run's :class:`sow.attention.dam.DAMState` (its regions per grid, its trace);
+    ``state`` is the run's :class:`sow.attention.dam.DAMState` (its regions per grid, its observer);
     not imported here, so that :mod:`sow.attention.dam` can hand flow networks to this module."""
-    ctx, s = state.ctx, state.ctx.config.modulation
-    regions = state.several_regions(*grid, query.device)
-    want_minus = s.use_p_minus and s.w_minus > 0
-    want_plus = s.use_p_plus and s.w_plus > 0 and any(len(r) for r in regions.related)
-    batch, heads, tokens, _ = key.shape
-    images = state._images(batch)
-    local_rows = regions.modulated
-    if len(local_rows) == 0 or not (want_minus or want_plus or s.use_gate):
-        state._trace_several(layer, None, False)
-        return F.scaled_dot_product_attention(query, key, value)
-    scale = query.shape[-1] ** -0.5
-    q_image, k_image = query[:, :, image], key[:, :, image]
-    stats = eq.row_stats(q_image.index_select(2, local_rows), k_image, scale, state.rows_per_chunk(batch * heads * tokens, query.device))
-    position = regions.positions
-    gates = []
-    for cond, rel in zip(regions.conditions, regions.related):
-        if len(cond) == 0 or len(rel) == 0:
-            gates.append(query.new_zeros(images, dtype=torch.float32))
-            continue
-        at = position[cond]
-        mine = eq.RowStats(low=stats.low[..., at], high=stats.high[..., at])
-        sums = eq.normalized_column_sums(q_image.index_select(2, cond), k_image.index_select(2, rel), mine, scale)
-        gates.append(eq.image_gate(sums, len(cond), s.gate_fraction, images))
-    fired = want_minus or want_plus
-    if fired and s.use_gate and (ctx.config.trace_attention or query.device.type == "cpu"):
-        fired = any(float(g.max()) > s.tau for g in gates)  # the one host read: does any gate open?
-    state._trace_several(layer, gates, fired)
-    if not fired:
-        return F.scaled_dot_product_attention(query, key, value)
-    factors = [eq.gate_factors(g, s.tau) for g in gates] if s.use_gate else [None] * len(gates)
-    spread = stats.range
-    cycle = ctx.step.cycle or 0
-
-    def magnitude(factor: torch.Tensor | None, weight: float, exponent: float) -> torch.Tensor | float:
-        value_ = weight * eq.time_decay(cycle, s.t_time, exponent, s.use_time_decay)
-        return value_ if factor is None else factor.repeat(batch // images)[:, None, None] * value_
-
-    def joint_keys(image_keys: torch.Tensor) -> torch.Tensor:
-        """An image-key indicator placed in the joint sequence, 0 on every text key."""
-        full = image_keys.new_zeros(tokens)
-        full[image] = image_keys
-        return full
-
-    biases = []
-    if want_minus:
-        coefficient = spread.new_zeros(spread.shape)
-        for cond, factor in zip(regions.conditions, factors):
-            at = position[cond]
-            coefficient[..., at] = -magnitude(factor, s.w_minus, s.a_time_minus) * spread[..., at]
-        biases.append(eq.KeyBias(keys=joint_keys(regions.background_keys), coefficient=coefficient))
-    if want_plus:
-        for rel, decay, keys, factor in zip(regions.related, regions.related_decay, regions.condition_keys, factors):
-            if len(rel) == 0:
-                continue
-            at = position[rel]
-            coefficient = spread.new_zeros(spread.shape)
-            coefficient[..., at] = magnitude(factor, s.w_plus, s.a_time_plus) * decay * spread[..., at]
-            biases.append(eq.KeyBias(keys=joint_keys(keys), coefficient=coefficient))
-    rows = local_rows + image.start
-    modulated = torch.zeros(tokens, dtype=torch.bool, device=query.device)
-    modulated[rows] = True
-    rest = torch.nonzero(~modulated).flatten()
-    return eq.biased_attention(query, key, value, rows, rest, biases, scale)
+    return state.joint_attention(layer, query, key, value, image, grid)
 
 
 class JointDAMProcessor:
@@ -134,7 +68,7 @@ class JointDAMProcessor:
     def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         """(B, H, N, d) joint attention with DAM on the image block."""
         image, grid = self.image_block(query.shape[2])
-        return joint_modulated_attention(self.state, self.layer, query, key, value, image, grid)
+        return self.state.joint_attention(self.layer, query, key, value, image, grid)
 
 
 class SD3JointDAMProcessor(JointDAMProcessor):

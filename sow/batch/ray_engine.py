@@ -30,7 +30,7 @@ from sow.batch.runner import MANIFEST_NAME, BatchItem, BatchSummary, Manifest, _
 from sow.batch.workers import STOP_SUFFIX, PipelineSpec, merge_parts, part_files, parts_dir, run_of
 from sow.errors import InputError, SowError
 from sow.io.locks import held
-from sow.io.security import redact
+from sow.safety.security import redact
 
 INSTALL_HINT = "Ray is not installed: pip install 'sow[ray]'"
 

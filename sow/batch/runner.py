@@ -46,7 +46,7 @@ from sow.io.files import jsonl_lines, parse_json, read_regular_text
 from sow.io.journal import Journal
 from sow.io.outputs import check_free, check_unique, safe_name
 from sow.io.results import output_paths, write_outputs
-from sow.io.security import clean_text, redact
+from sow.safety.security import clean_text, redact
 from sow.request import GenerationRequest
 from sow.schemas import Plan, Preset, first_error
 from sow.batch.workers import WorkerIdentity, merge_parts, part_files, parts_dir, run_of, shard
@@ -83,7 +83,7 @@ class BatchJob(BaseModel):
     @field_validator("prompt")
     @classmethod
     def _not_empty(cls, value: str) -> str:
-        from sow.io.prompt_checks import require_prompt
+        from sow.safety.prompt_checks import require_prompt
 
         try:
             require_prompt(value, "the prompt")

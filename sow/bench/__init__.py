@@ -2,7 +2,7 @@
 
 `settings` (what to measure), `reports` (what comes back), `timing`, `flops`, `cost_model`
 (FLOPs on the meta device), `dam_share`, `memory`, the orchestration in `benchmark`, and the
-renderers `render` (rich tables, printed by the CLI) and `chart` (a PNG). May import everything
+renderer `render` (rich tables, printed by the CLI; the PNG chart is `sow.viz.bench_chart`). May import everything
 in the library except the CLI.
 """
 

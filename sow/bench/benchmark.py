@@ -4,7 +4,7 @@ The orchestration; its parts are modules of their own: the settings (:mod:`sow.b
 the typed reports (:mod:`sow.bench.reports`), timing (:mod:`sow.bench.timing`), FLOP counting
 (:mod:`sow.bench.flops`), the meta-device cost model (:mod:`sow.bench.cost_model`), DAM's share
 of a UNet call (:mod:`sow.bench.dam_share`), and rendering (:mod:`sow.bench.render`, rich
-tables; :mod:`sow.bench.chart`, the PNG). Nothing here prints: ``sow bench`` (:mod:`sow.cli.bench`)
+tables; :mod:`sow.viz.bench_chart`, the PNG). Nothing here prints: ``sow bench`` (:mod:`sow.cli.bench`)
 prints what :func:`run_bench` returns.
 
 One run of the benchmark:

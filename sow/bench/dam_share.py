@@ -80,7 +80,7 @@ def dam_unet_call(pipe, config: GenerationConfig, plan: Plan, images: int, repea
         "unet_call_seconds": {"none": none, "dam": dam},
         "ratio": dam / none,
         "dam_share_of_call": 1 - none / dam,
-        "modulated_rows": (len(regions.condition) + len(regions.related)) / grid,
+        "modulated_rows": len(regions.modulated) / grid,
         "attention_batch": batch,
         "gate": "on" if config.modulation.use_gate else "forced open",
         "clock": "process CPU time" if on_cpu else "wall time (synchronized)",

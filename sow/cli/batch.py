@@ -15,7 +15,7 @@ from sow.batch.runner import batch_digest, batch_settings, check_resume_settings
 from sow.batch.workers import PipelineSpec, WorkerIdentity
 from sow.errors import InputError
 from sow.schemas import GenerationConfig
-from sow.io.security import redact, redact_data
+from sow.safety.security import redact, redact_data
 
 
 def generate_batch(

@@ -72,7 +72,7 @@ def bench_command(
     from sow.bench import BenchSettings, cost_model, run_bench
     from sow.bench.render import renderables
     from sow.cli.progress import counted_progress
-    from sow.io.security import redacting_console
+    from sow.safety.security import redacting_console
     from sow.io.outputs import check_free, save_json_atomic
 
     from sow.bench.settings import SMOKE
@@ -103,6 +103,6 @@ def bench_command(
     if json_path is not None:
         save_json_atomic(report.as_dict(), json_path)
     if plot is not None and not count_only:
-        from sow.bench.chart import draw_stage_chart
+        from sow.viz.bench_chart import draw_stage_chart
 
         draw_stage_chart(report, plot)

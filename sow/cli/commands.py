@@ -34,7 +34,7 @@ app = typer.Typer(
     rich_markup_mode=None,  # click's plain help: option names whole at any width (rich's table cut them at 80 columns)
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
-from sow.io.security import redacting_console  # noqa: E402
+from sow.safety.security import redacting_console  # noqa: E402
 
 err = redacting_console(stderr=True)
 out = redacting_console()
@@ -104,7 +104,7 @@ def global_options(
     """
     from sow.cli.startup import apply_threads
     from sow.plugins import disable_plugins
-    from sow.io.security import set_load_policy
+    from sow.safety.security import set_load_policy
 
     if not (ctx.obj or {}).get("text_only"):  # help and completion leave torch unimported
         apply_threads(threads)
@@ -295,7 +295,7 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _fail(message: str, code: int) -> None:
-    from sow.io.security import redact
+    from sow.safety.security import redact
 
     err.print(redact(message), markup=False, highlight=False, soft_wrap=True)
     sys.exit(code)
@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
     import os
 
     from sow.cli.scale_options import optional_ray_address
-    from sow.io.security import cli_logging
+    from sow.safety.security import cli_logging
 
     from sow.cli.startup import hoist_global_options, reads_text_only
 
@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> None:
         if problem is not None:
             _fail(f"error: {problem}", problem.exit_code)
         if os.environ.get("SOW_DEBUG") == "1":  # the traceback, redacted: it ends up in bug reports
-            from sow.io.security import format_traceback
+            from sow.safety.security import format_traceback
 
             sys.stderr.write(format_traceback(exc))
         first = str(exc).splitlines()[0] if str(exc) else ""

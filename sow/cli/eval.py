@@ -10,7 +10,7 @@ import typer
 from sow.cli.choices import DEVICE_METAVAR, Dtype, value
 from sow.cli.scale_options import GpusPerWorkerOpt, RayOpt, WorkersOpt, ray_settings
 from sow.errors import InputError
-from sow.io.security import redacting_console
+from sow.safety.security import redacting_console
 
 err = redacting_console(stderr=True, soft_wrap=True)
 """Secrets redacted and control characters stripped from every line printed."""
@@ -132,7 +132,7 @@ def eval_command(
         f"wrote {result.outputs['markdown']}, {result.outputs['csv']}, {result.outputs['contact_sheet']} "
         f"({len(result.computed)} images made, {skipped} resumed)"
     )
-    from sow.io.security import clean_text
+    from sow.safety.security import clean_text
 
     typer.echo(clean_text(result.outputs["markdown"].read_text(encoding="utf-8")), nl=False)
     failed = [row for row in result.rows if row.error]

@@ -93,7 +93,7 @@ def pipeline_spec(options: Options, stages: dict[str, str]) -> Any:
     A LoRA file that is missing, or a scale of nan/inf, is refused here, before the model loads.
     """
     from sow.batch.workers import PipelineSpec
-    from sow.io.security import load_policy
+    from sow.safety.security import load_policy
 
     if options.lora:
         from sow.models.lora import parse_lora
@@ -190,7 +190,7 @@ def render_result(request: GenerationRequest, result: Any, paths: dict[str, Path
     total = sum(t.seconds for t in result.record.timings)
     say(console, *(f"warning: {w}" for w in result.record.warnings))
     if options.json_output:
-        from sow.io.security import redact_data
+        from sow.safety.security import redact_data
 
         event = {"event": "done", "outputs": result.record.outputs, "seconds": round(total, 3), "warnings": result.record.warnings}
         out.print(json.dumps(redact_data(event)), markup=False, highlight=False, soft_wrap=True)

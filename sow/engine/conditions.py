@@ -17,7 +17,7 @@ from PIL import Image
 
 from sow.engine.context import LatentRegion
 from sow.errors import InputError
-from sow.io import canvas as cv
+from sow.engine import seeding
 from sow.io.images import load_condition
 from sow.schemas import Box, Condition, GenerationConfig, Plan
 
@@ -130,12 +130,12 @@ def prepare_conditions(
     prepared = []
     for cond in plan.conditions:
         given = plan_mask(cond, masks)
-        picture, keep_mask = cv.apply_crop(sources[cond.image].image, given, cond.crop)
+        picture, keep_mask = seeding.apply_crop(sources[cond.image].image, given, cond.crop)
         box_v = cond.box_v.aligned(scale, config.canvas)
         if not box_v.fits(config.canvas):
             box_v = box_v.model_copy(update={"x": config.canvas.width - box_v.w})
-        fitted, keep = cv.fit_condition(picture, box_v, keep_mask, polarity)
-        cells = cv.latent_mask(keep, scale, readings.mask_cell_rule).to(device)
+        fitted, keep = seeding.fit_condition(picture, box_v, keep_mask, polarity)
+        cells = seeding.latent_mask(keep, scale, readings.mask_cell_rule).to(device)
         prepared.append(PreparedCondition(fitted, keep, box_v, LatentRegion.from_box(box_v, config.canvas, scale, cells), given))
     if len(prepared) > 1 and readings.seed_background not in ("gray", "none"):
         raise InputError(
@@ -155,9 +155,9 @@ def seeded_images(
     for i in range(num_images if per_image else 1):
         if len(prepared) == 1:
             one = prepared[0]
-            own, canvas_image = cv.seed_images(one.picture, one.keep, one.box_v, config.canvas, readings.seed_background, seed + i)
+            own, canvas_image = seeding.seed_images(one.picture, one.keep, one.box_v, config.canvas, readings.seed_background, seed + i)
             out.append(([own], canvas_image))
         else:
             pictures = [p.picture for p in prepared]
-            out.append((pictures, cv.paste_all_on_gray([(p.picture, p.box_v) for p in prepared], config.canvas)))
+            out.append((pictures, seeding.paste_all_on_gray([(p.picture, p.box_v) for p in prepared], config.canvas)))
     return out

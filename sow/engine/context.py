@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from sow.engine.steps import Phase, Step
+from sow.geometry import to_latent_cells
 from sow.schemas import Box, Canvas, GenerationConfig, Plan
 
 if TYPE_CHECKING:
@@ -37,13 +38,12 @@ class LatentRegion:
     @classmethod
     def from_box(cls, box: Box, canvas: Canvas, scale: int, mask: torch.Tensor) -> LatentRegion:
         """The region of a box already aligned to the ``scale``-pixel latent grid."""
-        if box.x % scale or box.y % scale or box.w % scale or box.h % scale:
-            raise ValueError(f"box {box} is not aligned to the {scale}-pixel latent grid")
+        top, left, height, width = to_latent_cells(box, scale)
         return cls(
-            top=box.y // scale,
-            left=box.x // scale,
-            height=box.h // scale,
-            width=box.w // scale,
+            top=top,
+            left=left,
+            height=height,
+            width=width,
             mask=mask,
             canvas_height=canvas.height // scale,
             canvas_width=canvas.width // scale,

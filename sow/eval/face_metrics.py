@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from sow.errors import SowError
+from sow.faces import detect_faces
 from sow.hookspecs import hookimpl
 from sow.schemas import Box
 from sow.stages import FaceBox, FaceMetric
@@ -86,15 +87,13 @@ class DlibMetric:
         self.upsample = upsample
         self.jitters = jitters
         self.threshold = threshold
-        self._detector = dlib.get_frontal_face_detector()
         self._landmarks = dlib.shape_predictor(str(landmarks))
         self._recognition = dlib.face_recognition_model_v1(str(recognition))
         self._dlib = dlib
 
     def detect(self, image: Image.Image) -> list[FaceBox]:
-        rects, scores, _ = self._detector.run(_rgb_array(image), self.upsample, 0.0)
-        faces = [FaceBox(r.left(), r.top(), r.width(), r.height(), float(s)) for r, s in zip(rects, scores)]
-        return sorted(faces, key=lambda f: -f.score)
+        """dlib's HOG faces at full size, highest score first (:func:`sow.faces.detect_faces`)."""
+        return detect_faces(image, "dlib", upsample=self.upsample)
 
     def embed(self, image: Image.Image, face: FaceBox) -> np.ndarray:
         array = _rgb_array(image)

@@ -53,7 +53,7 @@ def load_inpaint_pipeline(spec: str, device: str | None = "cpu", dtype: str = "f
 
     torch_dtype = resolve_dtype(dtype, resolve_device(device))
     path = Path(spec).expanduser()
-    from sow.io.security import load_policy
+    from sow.safety.security import load_policy
 
     common = {"safety_checker": None, "requires_safety_checker": False, "torch_dtype": torch_dtype}
     # pickled .bin weights can run code: safetensors only, unless SOW_ALLOW_PICKLE=1 (then either, safetensors first)

@@ -18,7 +18,7 @@ from sow.eval.config import EvalConfig
 from sow.eval.methods import Method
 from sow.eval.spec import SpecItem
 from sow.errors import InputError
-from sow.io import canvas as cv
+from sow.engine import seeding
 from sow.io.images import load_condition
 from sow.io.paste import KeptCondition
 from sow.schemas import GenerationConfig, Plan
@@ -118,14 +118,14 @@ def _placed(pipe: Any, paths: list[Path], item: SpecItem, config: GenerationConf
             box_v = box_v.model_copy(update={"x": config.canvas.width - box_v.w})
         one = loaded[cond.image]
         # one condition: the whole image, as before; several: each its planned crop
-        image, mask = (one.image, one.mask) if len(plan.conditions) == 1 else cv.apply_crop(one.image, one.mask, cond.crop)
+        image, mask = (one.image, one.mask) if len(plan.conditions) == 1 else seeding.apply_crop(one.image, one.mask, cond.crop)
         boxes.append(box_v)
         pasted.append((image, mask, box_v))
-    fits = [(cv.fit_condition(im, b, m), b) for im, m, b in pasted]
+    fits = [(seeding.fit_condition(im, b, m), b) for im, m, b in pasted]
     layout = [KeptCondition(b, fitted, keep) for (fitted, keep), b in fits]
-    seeded = cv.paste_all_on_gray([(fitted, b) for (fitted, _), b in fits], config.canvas)
+    seeded = seeding.paste_all_on_gray([(fitted, b) for (fitted, _), b in fits], config.canvas)
     first_image, first_mask, first_box = pasted[0]
-    kept = cv.fit_condition(first_image, first_box, first_mask)[1] if first_mask is not None and len(pasted) == 1 else None
+    kept = seeding.fit_condition(first_image, first_box, first_mask)[1] if first_mask is not None and len(pasted) == 1 else None
     return MadeImage(image=seeded, plan=used_plan(plan, boxes), seeded=seeded, kept=kept, layout=layout, unpasted=seeded)
 
 
@@ -140,8 +140,8 @@ def kept_pixels(path: Path, crop: Any, box_v: Any) -> Image.Image | None:
     loaded = load_condition(path)
     if loaded.mask is None:
         return None
-    image, mask = cv.apply_crop(loaded.image, loaded.mask, crop)
-    return cv.fit_condition(image, box_v, mask)[1]
+    image, mask = seeding.apply_crop(loaded.image, loaded.mask, crop)
+    return seeding.fit_condition(image, box_v, mask)[1]
 
 
 def used_plan(plan: Plan, boxes: list[Any]) -> Plan:

@@ -32,7 +32,7 @@ class ReferenceFaces:
         """One condition: the largest face of its image; several: the largest face of that
         condition's planned crop (one group photo gives several)."""
         from sow.eval.face_metrics import reference_face
-        from sow.io.canvas import apply_crop
+        from sow.engine.seeding import apply_crop
 
         paths = item.condition_paths(self.spec_base)
         cond = plan.conditions[index] if plan is not None and len(plan.conditions) > 1 else None

@@ -150,7 +150,7 @@ class Evaluation:
     def controlnet_pipe(self):
         if self._controlnet_pipe is None:
             from sow.eval.controlnet import load_controlnet_pipeline
-            from sow.io.security import load_policy
+            from sow.safety.security import load_policy
 
             self._controlnet_pipe = load_controlnet_pipeline(self.config.controlnet.model, self.pipe.components, load_policy().allow_pickle)
         return self._controlnet_pipe

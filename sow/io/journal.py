@@ -7,7 +7,7 @@ next append, so a new entry never glues onto it. A complete line that is not a J
 is not a kill's doing (an edit, another program): reading the journal refuses it, naming
 the line, instead of guessing. Lines split on ``\\n`` only: U+2028 and U+0085 are valid
 inside JSON strings. Values are redacted before they are serialised
-(:func:`sow.io.security.redact_data`).
+(:func:`sow.safety.security.redact_data`).
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ class Journal:
 
     def append(self, entry: dict[str, Any], *, stamp: bool = False, sort_keys: bool = False) -> None:
         """Write ``entry`` (redacted) as one line, flushed and fsynced."""
-        from sow.io.security import redact, redact_data
+        from sow.safety.security import redact, redact_data
 
         if self._handle is None:
             raise RuntimeError(f"{self.what} is not open")

@@ -153,7 +153,7 @@ def image_bytes(image: Image.Image, path: Path) -> bytes:
 
 def json_bytes(data: object) -> bytes:
     """A pydantic model or plain data as indented JSON: values redacted first, then serialised."""
-    from sow.io.security import redact, redact_data
+    from sow.safety.security import redact, redact_data
 
     plain = data.model_dump(mode="json") if hasattr(data, "model_dump") else data
     text = json.dumps(redact_data(plain), indent=2, ensure_ascii=False)

@@ -62,7 +62,7 @@ def image_roles(paths: dict[str, Path]) -> list[str]:
 
 def render_outputs(result: Any, paths: dict[str, Path]) -> dict[str, bytes]:
     """The bytes of every file in ``paths`` for ``result`` (a :class:`~sow.pipeline.SOWOutput`); sets the record's outputs."""
-    from sow.io.canvas import draw_plan
+    from sow.viz.plan import draw_plan
 
     files: dict[str, bytes] = {}
     images = result.images or [result.image]
@@ -75,7 +75,8 @@ def render_outputs(result: Any, paths: dict[str, Path]) -> dict[str, bytes]:
     aligned = [c.aligned_box_v for c in result.record.conditions] or [result.record.aligned_box_v]
     files["plan_image"] = image_bytes(draw_plan(result.plan, result.seeded_canvas, aligned=aligned), paths["plan_image"])
     if "attention" in paths:
-        from sow.attention.capture import ATTENTION_ARTIFACT, attention_picture
+        from sow.attention.capture import ATTENTION_ARTIFACT
+        from sow.viz.attention import attention_picture
 
         capture = result.artifacts.get(ATTENTION_ARTIFACT)
         if capture is None:

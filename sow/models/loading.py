@@ -542,7 +542,7 @@ def load_components(
         except Exception as exc:  # noqa: BLE001 - a user's file: diffusers' converters fail in many ways, each an input error
             raise ModelLoadError(f"checkpoint {path}: {_first_line(exc)}") from None
     elif "/" in spec and not spec.startswith((".", "/")):
-        from sow.io.hub import offline_reason
+        from sow.models.hub import offline_reason
 
         offline = offline_reason()
         try:

@@ -94,6 +94,8 @@ class PlanCache:
             parts["conditions"] = [hashlib.sha256(im.tobytes()).hexdigest() + f"{im.size}" for im in request.conditions]
         if request.options:
             parts["options"] = dict(request.options)
+        if getattr(planner, "constrained", None) is not None:  # a local model's decoding (constrained="auto" resolves by install)
+            parts["constrained"] = bool(planner.constrained)
         text = json.dumps(parts, sort_keys=True, default=str)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 

@@ -6,6 +6,7 @@ import random
 
 from PIL import Image
 
+from sow.geometry import move_inside
 from sow.hookspecs import hookimpl
 from sow.schemas import Box, Canvas, GenerationConfig, Plan
 from sow.stages import PlanRequest
@@ -16,8 +17,7 @@ def condition_box(condition: Image.Image, side: int, canvas: Canvas, center_x: f
     w, h = condition.size
     bw, bh = (side, max(8, round(side * h / w))) if w >= h else (max(8, round(side * w / h)), side)
     bw, bh = min(bw, canvas.width), min(bh, canvas.height)
-    x = min(max(0, round(center_x - bw / 2)), canvas.width - bw)
-    y = min(max(0, round(top)), canvas.height - bh)
+    x, y = move_inside(round(center_x - bw / 2), round(top), bw, bh, canvas)
     return Box(x=x, y=y, w=bw, h=bh)
 
 

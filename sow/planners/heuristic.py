@@ -3,8 +3,8 @@
 It does the paper's three MLLM stages with cheap rules instead of a model:
 
 1. *Prompt intensification*: finds the face in the condition with OpenCV's bundled Haar
-   cascade (``cv2.data.haarcascades``; no download) and fuses what it found with the user's
-   prompt through :data:`INTENSIFY_TEMPLATE`.
+   cascade (:func:`sow.faces.detect_faces`, its ``haar`` detector; no download) and fuses
+   what it found with the user's prompt through :data:`INTENSIFY_TEMPLATE`.
 2. *Adaptive position*: crops the condition to a square around the face (``plan.crop``)
    and places box_v by composition rules read from the prompt's wording
    (:data:`COMPOSITIONS`: portrait, full body, default; "on the left" / "on the right").
@@ -30,26 +30,18 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
-
 import numpy as np
 from PIL import Image
 
 from sow.hookspecs import hookimpl
 from sow.errors import InputError
+from sow.faces import BACKENDS, face_boxes, has_dlib
+from sow.geometry import move_inside
 from sow.planners.fixed import body_box, condition_box
 from sow.planners.layout import side_by_side
 from sow.schemas import Box, Canvas, Condition, Plan
 from sow.stages import PlanRequest
 
-CASCADE_FILE = "haarcascade_frontalface_alt2.xml"
-"""The OpenCV cascade used (the fewest false positives on our test photos among the frontal ones)."""
-DETECT_LONG_SIDE = 640
-"""The condition is scaled to this long side before detection (speed; faces stay > 24 px)."""
-MIN_NEIGHBORS = 5
-"""Haar ``minNeighbors``: overlapping hits needed for a face."""
-MIN_FACE_FRACTION = 1 / 12
-"""Smallest face side searched for, as a fraction of the (scaled) image's short side."""
 FACE_MARGIN = 1.8
 """The crop around a face is this many times the detected face box (hair, chin, some neck)."""
 CHIN_SHIFT = 0.08
@@ -57,10 +49,10 @@ CHIN_SHIFT = 0.08
 
 DLIB_LONG_SIDE = 1000
 """Group photos with the dlib detector: scaled to this long side, no upsampling (about 0.35 s a photo)."""
-DETECTORS: tuple[str, ...] = ("auto", "haar", "dlib")
-"""``haar``: OpenCV's cascade (always there). ``dlib``: dlib's HOG detector (the ``eval`` extra), which
-finds the turned and shadowed faces of group photos the cascade misses. ``auto``: the cascade for
-one person, dlib (when installed) for a group photo's several."""
+DETECTORS: tuple[str, ...] = ("auto", *BACKENDS)
+"""The backends of :func:`sow.faces.detect_faces`: ``haar``, OpenCV's cascade (always there); ``dlib``,
+dlib's HOG detector (the ``eval`` extra), which finds the turned and shadowed faces of group photos
+the cascade misses. ``auto``: the cascade for one person, dlib (when installed) for a group photo's several."""
 
 INTENSIFY_TEMPLATE = "{prompt}, {subject}, highly detailed, high quality photo"
 """Prompt intensification: the user's prompt, then what the planner recognised."""
@@ -99,77 +91,13 @@ SIDES: tuple[tuple[str, float, str], ...] = (
 """Horizontal placement from the prompt: (name, box_v centre as a fraction of the width, pattern)."""
 
 
-@lru_cache(maxsize=1)
-def _cascade():
-    import cv2
-
-    classifier = cv2.CascadeClassifier(cv2.data.haarcascades + CASCADE_FILE)
-    if classifier.empty():  # pragma: no cover - a broken OpenCV install
-        from sow.errors import PlannerError
-
-        raise PlannerError(f"OpenCV could not load its bundled {CASCADE_FILE}; reinstall opencv-python-headless")
-    return classifier
-
-
-def detect_faces(image: Image.Image) -> list[Box]:
-    """Frontal faces in ``image`` as boxes in its pixels, largest first (ties: leftmost first)."""
-    import cv2
-
-    scale = min(1.0, DETECT_LONG_SIDE / max(image.size))
-    small = image.convert("L")
-    if scale < 1:
-        small = small.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BILINEAR)
-    gray = cv2.equalizeHist(np.asarray(small))
-    min_side = max(24, round(min(gray.shape) * MIN_FACE_FRACTION))
-    if min(gray.shape) < min_side:
-        return []
-    hits = _cascade().detectMultiScale(gray, scaleFactor=1.1, minNeighbors=MIN_NEIGHBORS, minSize=(min_side, min_side))
-    faces = []
-    for x, y, w, h in (hits if len(hits) else []):
-        fx, fy = round(x / scale), round(y / scale)
-        fw, fh = min(round(w / scale), image.width - fx), min(round(h / scale), image.height - fy)
-        faces.append(Box(x=fx, y=fy, w=max(1, fw), h=max(1, fh)))
-    return sorted(faces, key=lambda b: (-b.w * b.h, b.x, b.y))
-
-
-def detect_faces_dlib(image: Image.Image) -> list[Box]:
-    """Faces found by dlib's HOG detector, largest first (ties: leftmost); needs ``dlib`` (the eval extra)."""
-    import dlib
-
-    scale = min(1.0, DLIB_LONG_SIDE / max(image.size))
-    small = image.convert("RGB")
-    if scale < 1:
-        small = small.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BILINEAR)
-    faces = []
-    for hit in _dlib_detector()(np.asarray(small), 0):
-        fx, fy = max(0, round(hit.left() / scale)), max(0, round(hit.top() / scale))
-        fw = min(round(hit.width() / scale), image.width - fx)
-        fh = min(round(hit.height() / scale), image.height - fy)
-        faces.append(Box(x=fx, y=fy, w=max(1, fw), h=max(1, fh)))
-    return sorted(faces, key=lambda b: (-b.w * b.h, b.x, b.y))
-
-
-@lru_cache(maxsize=1)
-def _dlib_detector():
-    import dlib
-
-    return dlib.get_frontal_face_detector()
-
-
-def _has_dlib() -> bool:
-    from importlib.util import find_spec
-
-    return find_spec("dlib") is not None
-
-
 def face_crop(face: Box, size: tuple[int, int], margin: float = FACE_MARGIN) -> Box:
     """A square around ``face`` (``margin`` times its side, a little below its centre), inside the image."""
     width, height = size
     side = min(round(max(face.w, face.h) * margin), width, height)
     cx, cy = face.center
     cy += CHIN_SHIFT * face.h
-    x = min(max(0, round(cx - side / 2)), width - side)
-    y = min(max(0, round(cy - side / 2)), height - side)
+    x, y = move_inside(round(cx - side / 2), round(cy - side / 2), side, side, size)
     return Box(x=x, y=y, w=side, h=side)
 
 
@@ -231,7 +159,7 @@ class HeuristicPlanner:
             raise InputError(f"heuristic planner: pick must list distinct face numbers from 1, got {pick!r}")
         if detector not in DETECTORS:
             raise InputError(f"heuristic planner: detector must be one of {', '.join(DETECTORS)}, got {detector!r}")
-        if detector == "dlib" and not _has_dlib():
+        if detector == "dlib" and not has_dlib():
             raise InputError("heuristic planner: detector 'dlib' needs dlib: pip install 'sow[eval]'")
         self.face_margin = face_margin
         self.detector = detector
@@ -282,8 +210,8 @@ class HeuristicPlanner:
 
     def _plan_group(self, request: PlanRequest) -> Plan:
         image = request.condition
-        dlib = self.detector == "dlib" or (self.detector == "auto" and _has_dlib())
-        faces = detect_faces_dlib(image) if dlib else detect_faces(image)
+        dlib = self.detector == "dlib" or (self.detector == "auto" and has_dlib())
+        faces = face_boxes(image, "dlib", long_side=DLIB_LONG_SIDE) if dlib else face_boxes(image, "haar")
         if not faces:
             return self._plan_one(request)
         if self.pick is not None:
@@ -303,7 +231,9 @@ class HeuristicPlanner:
 
     def _faces(self, image: Image.Image) -> list[Box]:
         """One face per photo: the OpenCV cascade unless ``detector`` is ``dlib``."""
-        return detect_faces_dlib(image) if self.detector == "dlib" else detect_faces(image)
+        if self.detector == "dlib":
+            return face_boxes(image, "dlib", long_side=DLIB_LONG_SIDE)
+        return face_boxes(image, "haar")
 
     def _plan_one(self, request: PlanRequest) -> Plan:
         config, prompt, image = request.config, request.prompt, request.condition

@@ -11,10 +11,11 @@ from __future__ import annotations
 from PIL import Image, ImageDraw
 
 from sow.errors import InputError
+from sow.geometry import LATENT_GRID, floor_to_grid, move_inside
 from sow.schemas import Box, Canvas, GenerationConfig
 
-GRID = 8
-"""The latent cell of SD's VAE: boxes are placed on this grid."""
+GRID = LATENT_GRID
+"""The latent cell of SD's VAE (:data:`sow.geometry.LATENT_GRID`): boxes are placed on this grid."""
 GAP = 8
 """Pixels left free between two neighbouring boxes and at the canvas edges (one latent cell)."""
 SHARED_MIN_SCALE = 0.5
@@ -27,10 +28,6 @@ def side_limits(config: GenerationConfig, conditions: int) -> tuple[int, int]:
     if conditions <= 1:
         return lo, hi
     return max(GRID, round(lo * SHARED_MIN_SCALE)), hi
-
-
-def _floor(value: float) -> int:
-    return int(value // GRID) * GRID
 
 
 def check_fits(conditions: int, config: GenerationConfig) -> None:
@@ -56,8 +53,8 @@ def side_by_side(
     """
     n = len(sizes)
     lo, hi = side_limits(config, n)
-    room = _floor((canvas.width - GAP * (n + 1)) / n)
-    side = min(_floor(hi), room, _floor(canvas.height - GAP))
+    room = floor_to_grid((canvas.width - GAP * (n + 1)) / n, GRID)
+    side = min(floor_to_grid(hi, GRID), room, floor_to_grid(canvas.height - GAP, GRID))
     if side < lo:
         raise InputError(
             f"{n} conditions do not fit side by side on the {canvas.width}x{canvas.height} canvas: each box would be "
@@ -65,10 +62,9 @@ def side_by_side(
         )
     boxes = []
     for k, (w, h) in enumerate(sizes):
-        bw, bh = (side, max(GRID, _floor(side * h / w))) if w >= h else (max(GRID, _floor(side * w / h)), side)
+        bw, bh = (side, max(GRID, floor_to_grid(side * h / w, GRID))) if w >= h else (max(GRID, floor_to_grid(side * w / h, GRID)), side)
         centre = (k + 0.5) * canvas.width / n
-        x = min(max(0, _floor(centre - bw / 2)), canvas.width - bw)
-        y = min(max(0, _floor(canvas.height * top)), canvas.height - bh)
+        x, y = move_inside(floor_to_grid(centre - bw / 2, GRID), floor_to_grid(canvas.height * top, GRID), bw, bh, canvas)
         boxes.append(Box(x=x, y=y, w=bw, h=bh))
     return boxes
 

@@ -15,17 +15,16 @@ import math
 from PIL import Image
 
 from sow.errors import InputError
+from sow.geometry import LATENT_GRID, ceil_to_grid, floor_to_grid, move_inside
 from sow.schemas import Box, GenerationConfig, Plan
-
-LATENT_GRID = 8
-"""The VAE's latent cell in pixels: the pipeline pastes box_v on this grid."""
 
 
 def condition_crop(image: Image.Image) -> Box | None:
     """The square around the largest face that the ``heuristic`` planner crops to, or None (no face: all of it)."""
-    from sow.planners.heuristic import detect_faces, face_crop
+    from sow.faces import face_boxes
+    from sow.planners.heuristic import face_crop
 
-    faces = detect_faces(image)
+    faces = face_boxes(image)
     return face_crop(faces[0], image.size) if faces else None
 
 
@@ -43,12 +42,13 @@ def fit_inside(room: Box, aspect: float, grid: int = LATENT_GRID) -> Box:
             f"under {grid} px on a side; give box_v about that aspect (e.g. {round(max(room.h, grid) * aspect)}x{max(room.h, grid)})"
         )
     cx, cy = room.x + room.w / 2, room.y + room.h / 2
-    lo_x, hi_x = math.ceil(room.x / grid) * grid, math.floor((room.right - w8) / grid) * grid
-    lo_y, hi_y = math.ceil(room.y / grid) * grid, math.floor((room.bottom - h8) / grid) * grid
+    lo_x, hi_x = ceil_to_grid(room.x, grid), floor_to_grid(room.right - w8, grid)
+    lo_y, hi_y = ceil_to_grid(room.y, grid), floor_to_grid(room.bottom - h8, grid)
+    # centred on the grid line nearest the room's centre, halves to even (Python's round), as hand-made boxes always were
     x = round((cx - w8 / 2) / grid) * grid
     y = round((cy - h8 / 2) / grid) * grid
-    x = min(max(x, lo_x), hi_x) if lo_x <= hi_x else (room.x // grid) * grid
-    y = min(max(y, lo_y), hi_y) if lo_y <= hi_y else (room.y // grid) * grid
+    x = min(max(x, lo_x), hi_x) if lo_x <= hi_x else floor_to_grid(room.x, grid)
+    y = min(max(y, lo_y), hi_y) if lo_y <= hi_y else floor_to_grid(room.y, grid)
     return Box(x=max(0, x), y=max(0, y), w=w8, h=h8)
 
 
@@ -60,7 +60,8 @@ def hand_made_plan(image: Image.Image, box_v: Box, box_r: Box, prompt: str, conf
     fitted = fit_inside(box_v, aspect)
     canvas = config.canvas
     if fitted.right > canvas.width or fitted.bottom > canvas.height:
-        fitted = fitted.model_copy(update={"x": min(fitted.x, canvas.width - fitted.w), "y": min(fitted.y, canvas.height - fitted.h)})
+        x, y = move_inside(fitted.x, fitted.y, fitted.w, fitted.h, canvas)
+        fitted = fitted.model_copy(update={"x": x, "y": y})
     repairs: list[str] = []
     notes = [f"condition cropped to the face, [{crop}] in condition pixels" if crop is not None else "no face found: the whole condition is used"]
     if fitted != box_v:

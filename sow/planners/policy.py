@@ -171,14 +171,15 @@ def make_plan(
     ``max_people``/``pick`` options gives several conditions from one image). ``options`` are
     the planner's keyword arguments (e.g. ``{"model": "gemini-2.5-flash"}``). The picture is
     the seeded canvas (each condition's crop pasted at its box_v on gray) with every box drawn
-    and labelled, numbered when there are several (:func:`sow.io.canvas.draw_plan`).
+    and labelled, numbered when there are several (:func:`sow.viz.plan.draw_plan`).
     """
-    from sow.io.canvas import apply_crop, draw_plan, fit_condition, paste_all_on_gray
+    from sow.engine.seeding import apply_crop, fit_condition, paste_all_on_gray
+    from sow.viz.plan import draw_plan
     from sow.io.images import load_condition
     from sow.plugins import get_registry
     from sow.stages import PlanRequest
 
-    from sow.io.prompt_checks import require_prompt
+    from sow.safety.prompt_checks import require_prompt
 
     require_prompt(prompt)
     config = config or GenerationConfig()

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sow.errors import InputError, PlannerError
+from sow.geometry import ceil_to_grid, clip_to_canvas, floor_to_grid, move_inside, nearest_grid_line, overlapping
 from sow.schemas import Box, Canvas, GenerationConfig, Plan, first_error
 
 MIN_BOX_SIDE = 8
@@ -78,8 +79,7 @@ def fit_box_v(raw: tuple[float, float, float, float], canvas: Canvas, limits: tu
     w, h = max(MIN_BOX_SIDE, rounded[0]), max(MIN_BOX_SIDE, rounded[1])
     if (w, h) != rounded:
         repairs.append(f"box_v {_fmt(raw)}: a side under {MIN_BOX_SIDE} px (one latent cell) widened to {w}x{h}")
-    nx = min(max(0, round(x)), canvas.width - w)
-    ny = min(max(0, round(y)), canvas.height - h)
+    nx, ny = move_inside(round(x), round(y), w, h, canvas)
     if (nx, ny) != (round(x), round(y)):
         repairs.append(f"box_v moved inside the {canvas.width}x{canvas.height} canvas: {_fmt((round(x), round(y), w, h))} -> [{nx}, {ny}, {w}, {h}]")
     if any(v != int(v) for v in raw) and len(repairs) == before:
@@ -96,21 +96,18 @@ def on_latent_grid(box: Box, canvas: Canvas, limits: tuple[int, int], grid: int 
     """
     lo, hi = limits
 
-    def nearest(value: float) -> int:  # the nearest multiple of the grid, halves up
-        return int((value + grid / 2) // grid) * grid
-
     def cells(value: float) -> int:
-        return max(grid, nearest(value))
+        return max(grid, nearest_grid_line(value, grid))
 
-    lowest, highest = -(-lo // grid) * grid, min(hi, canvas.width, canvas.height) // grid * grid
+    lowest, highest = ceil_to_grid(lo, grid), floor_to_grid(min(hi, canvas.width, canvas.height), grid)
     if lowest <= highest:  # some whole number of cells lies in the limits: sides snapped too, aspect kept
         longer = max(box.w, box.h)
         target = min(max(cells(longer), lowest), highest)  # the longer side in whole cells, in the limits
         w, h = (target, min(cells(box.h * target / longer), target)) if box.w >= box.h else (min(cells(box.w * target / longer), target), target)
     else:  # a canvas too small for a whole-cell side in the limits: the size stays, the run rounds it
         w, h = box.w, box.h
-    x = min(nearest(box.x), (canvas.width - w) // grid * grid)
-    y = min(nearest(box.y), (canvas.height - h) // grid * grid)
+    x = min(nearest_grid_line(box.x, grid), floor_to_grid(canvas.width - w, grid))
+    y = min(nearest_grid_line(box.y, grid), floor_to_grid(canvas.height - h, grid))
     return Box(x=max(0, x), y=max(0, y), w=w, h=h)
 
 
@@ -241,7 +238,7 @@ def repair_plan(plan: Plan | Mapping[str, Any], config: GenerationConfig, images
             raise PlannerError("planner answer: prompt is empty and there is no user prompt to fall back on")
         prompt = user_prompt
         repairs.append("prompt was empty; the user's prompt is used")
-    from sow.io.prompt_checks import MAX_PROMPT_CHARS, PLANNER_PROMPT_ROOM
+    from sow.safety.prompt_checks import MAX_PROMPT_CHARS, PLANNER_PROMPT_ROOM
 
     if len(prompt) > MAX_PROMPT_CHARS + PLANNER_PROMPT_ROOM:  # a model that rambled: cut to the plan's limit
         repairs.append(f"prompt of {len(prompt):,} characters cut to the plan limit of {MAX_PROMPT_CHARS + PLANNER_PROMPT_ROOM:,}")
@@ -256,8 +253,6 @@ def repair_plan(plan: Plan | Mapping[str, Any], config: GenerationConfig, images
 
 
 def _first_overlap(boxes: list[Box], grid: int) -> tuple[int, int] | None:
-    from sow.schemas import overlapping
-
     snapped = [b.aligned(grid) for b in boxes]
     for j in range(len(snapped)):
         for i in range(j):
@@ -277,8 +272,7 @@ def repair_crop(plan: Plan, size: tuple[int, int] | list[tuple[int, int]]) -> Pl
         crop, (width, height) = cond.crop, sizes[cond.image]
         if crop is None or (crop.right <= width and crop.bottom <= height):
             continue
-        x, y = min(crop.x, width - 1), min(crop.y, height - 1)
-        fixed = Box(x=x, y=y, w=max(1, min(crop.right, width) - x), h=max(1, min(crop.bottom, height) - y))
+        fixed = Box.model_validate(clip_to_canvas(crop, (width, height)))
         line = f"crop [{crop}] clipped to the {width}x{height} condition: [{fixed}]"
         plan = plan.with_condition(i, crop=fixed)
         plan.repairs = [*plan.repairs, f"condition {i + 1}: {line}" if several else line]

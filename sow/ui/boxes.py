@@ -2,7 +2,7 @@
 
 Each condition (person) has two boxes, ``box_v`` (where the face is pasted) and ``box_r`` (the
 related region, the body), labelled ``person N box_v`` / ``person N box_r`` and coloured as in
-the plan picture (:data:`sow.io.canvas.PLAN_COLORS`). A box the user moved or resized is snapped
+the plan picture (:data:`sow.viz.plan.PLAN_COLORS`). A box the user moved or resized is snapped
 to the latent grid when it is released, so the page shows the box the image will use; the table
 shows the same boxes in canvas pixels and takes typed numbers for precision.
 
@@ -63,7 +63,7 @@ def display_image(seeded: Image.Image, plan: Plan) -> Image.Image:
 def annotation_boxes(plan: Plan) -> list[dict[str, Any]]:
     """The plan's boxes in the box component's form (corners in the pixels of :func:`display_image`),
     box_r first so that each box_v is drawn, and picked, on top of the body box it sits in."""
-    from sow.io.canvas import PLAN_COLORS
+    from sow.viz.plan import PLAN_COLORS
 
     factor = display_factor(plan)
     boxes = []

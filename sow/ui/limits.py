@@ -42,7 +42,7 @@ MAX_SHOWN_NAME = 60
 
 def shown(value: object) -> str:
     """A visitor's value as an error line may quote it: cleaned of control characters, cut short."""
-    from sow.io.security import clean_text
+    from sow.safety.security import clean_text
 
     text = clean_text(str(value))
     return repr(text if len(text) <= MAX_SHOWN_NAME else text[: MAX_SHOWN_NAME - 3] + "...")
@@ -145,7 +145,7 @@ def checked_request(
     the model must be one the operator offers, the planner, modulator and preset ones the page
     lists, the seed and image count whole numbers in range, the prompt within the prompt limit.
     """
-    from sow.io.prompt_checks import require_prompt
+    from sow.safety.prompt_checks import require_prompt
     from sow.schemas import PRESETS
 
     paths = limits.uploads(condition_paths(files))

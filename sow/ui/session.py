@@ -1,7 +1,7 @@
 """What the web app does, without the web: load a model once, plan, redraw an edited plan, generate.
 
 Everything here goes through the library's public API (``SOWPipeline``, ``Plan``, ``Box``,
-``GenerationConfig``, the plan picture of :mod:`sow.io.canvas`), so the page can do nothing
+``GenerationConfig``, the plan picture of :mod:`sow.viz.plan`), so the page can do nothing
 that Python cannot. Errors are :class:`sow.errors.SowError`; :func:`one_line` renders any
 exception as the line the CLI would print.
 """
@@ -25,7 +25,7 @@ from sow.ui.limits import UiLimits, condition_paths  # noqa: F401 - condition_pa
 
 def one_line(exc: BaseException) -> str:
     """The message the CLI prints for ``exc``: ``error: ...`` on one line, secrets redacted."""
-    from sow.io.security import redact
+    from sow.safety.security import redact
 
     from sow.errors import environment_problem
 
@@ -142,7 +142,7 @@ def seeded_picture(plan: Plan, condition: Path | list[Path], scale: int = 8) -> 
 
     ``condition``: the uploaded photo, or the list of them (one per condition image).
     """
-    from sow.io.canvas import apply_crop, fit_condition, paste_all_on_gray
+    from sow.engine.seeding import apply_crop, fit_condition, paste_all_on_gray
     from sow.io.images import load_condition
 
     paths = condition if isinstance(condition, list) else [condition]
@@ -157,8 +157,8 @@ def seeded_picture(plan: Plan, condition: Path | list[Path], scale: int = 8) -> 
 
 
 def picture(plan: Plan, condition: Path | list[Path], scale: int = 8) -> Image.Image:
-    """The plan picture (:func:`sow.io.canvas.draw_plan`) over :func:`seeded_picture`: every box drawn, numbered."""
-    from sow.io.canvas import draw_plan
+    """The plan picture (:func:`sow.viz.plan.draw_plan`) over :func:`seeded_picture`: every box drawn, numbered."""
+    from sow.viz.plan import draw_plan
 
     return draw_plan(plan, seeded_picture(plan, condition, scale))
 
@@ -248,14 +248,15 @@ def generate(
 ) -> Generated:
     """One generation as the page runs it: the page's request checked by the library (:meth:`GenerationRequest.check`,
     the boxes on this model's grid) and run; the plan JSON and the run record are written to ``out_dir``."""
-    from sow.io.canvas import draw_plan
+    from sow.viz.plan import draw_plan
     from sow.io.outputs import save_json_atomic
 
     result = request_of(condition, choices, config, plan).check(grid=pipe.backbone.vae_scale_factor).run(pipe, progress)
     aligned = [c.aligned_box_v for c in result.record.conditions] or [result.record.aligned_box_v]
     attention = None
     if choices.attention:
-        from sow.attention.capture import ATTENTION_ARTIFACT, attention_picture
+        from sow.attention.capture import ATTENTION_ARTIFACT
+        from sow.viz.attention import attention_picture
 
         capture = result.artifacts.get(ATTENTION_ARTIFACT)
         attention = attention_picture(capture, result.seeded_canvas) if capture is not None else None

@@ -19,6 +19,8 @@ from tests.tiny_mllm import tiny_model
 sow_llava = pytest.importorskip("sow_llava", reason="install the plugin: pip install -e ./plugins/sow-llava")
 
 FAST = ["--planner-option", "device=cpu", "--planner-option", "max_new_tokens=24", "--no-cache"]
+FREE = ["--planner-option", "constrained=off"]
+"""Free decoding: the seeded random model then answers garbage, which the repair and fallback paths must survive."""
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +41,7 @@ def test_discovered_through_its_entry_point():
 
 def test_real_generate_path_and_the_model_is_loaded_once(llava_dir, request_, monkeypatch):
     clear_model_cache()
-    planner = sow_llava.LlavaPlanner(model=str(llava_dir), device="cpu", max_new_tokens=24)
+    planner = sow_llava.LlavaPlanner(model=str(llava_dir), device="cpu", max_new_tokens=24, constrained="off")
     loads, answers = [], []
     real_load, real_chat = planner.load, planner.chat
     monkeypatch.setattr(planner, "load", lambda: loads.append(1) or real_load())
@@ -66,7 +68,7 @@ def test_llava_next_runs_through_the_same_code(request_):
 
 
 def test_garbage_fails_with_one_line_naming_the_stage(llava_dir, request_):
-    planner = sow_llava.LlavaPlanner(model=str(llava_dir), device="cpu", max_new_tokens=16, retries=0)
+    planner = sow_llava.LlavaPlanner(model=str(llava_dir), device="cpu", max_new_tokens=16, retries=0, constrained="off")
     with pytest.raises(PlannerError) as info:  # the seeded random model's answer is not JSON
         planner.plan(request_)
     assert str(info.value).startswith("LLaVA intensify answer unusable after 1 tries: the JSON object is not valid JSON")
@@ -100,7 +102,7 @@ def test_sow_plan_cli_falls_back_or_fails_with_the_hint(llava_dir, face_path, tm
     from sow.cli.commands import main
 
     out = tmp_path / "plan.json"
-    args = ["plan", str(face_path), "a chef in a busy kitchen", "--planner", "llava", "--planner-option", f"model={llava_dir}", *FAST]
+    args = ["plan", str(face_path), "a chef in a busy kitchen", "--planner", "llava", "--planner-option", f"model={llava_dir}", *FAST, *FREE]
     with pytest.raises(SystemExit) as failed:
         main([*args, "--planner-option", "retries=0", "--out", str(out)])
     assert failed.value.code == 1 and "--on-planner-error heuristic" in capsys.readouterr().err
@@ -143,8 +145,10 @@ def test_sow_generate_with_the_llava_planner(llava_dir, face_path, tmp_path, fas
     assert done.value.code == 0
     record = json.loads((tmp_path / "chef.json").read_text())
     assert (tmp_path / "chef.png").is_file() and record["config"]["stages"]["planner"] == "llava"
-    assert record["plan"]["planner"] == "heuristic"  # the seeded random LLaVA answers garbage
-    assert "'llava' failed" in record["plan"]["notes"][0]
+    if importlib.util.find_spec("llguidance"):  # constrained decoding: even the random LLaVA's answers are the stages' JSON
+        assert record["plan"]["planner"] == "llava" and record["plan"]["notes"][-1].startswith("decoding: constrained")
+    else:  # free decoding: the seeded random LLaVA answers garbage
+        assert record["plan"]["planner"] == "heuristic" and "'llava' failed" in record["plan"]["notes"][0]
 
 
 def test_quantization_the_hardware_cannot_run_is_refused_in_one_line(llava_dir, monkeypatch):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 from PIL import Image
 
@@ -17,6 +19,8 @@ from tests.tiny_mllm import tiny_model
 sow_qwen_vl = pytest.importorskip("sow_qwen_vl", reason="install the plugin: pip install -e ./plugins/sow-qwen-vl")
 
 SMALL = {"device": "cpu", "max_new_tokens": 24, "max_pixels": 112 * 112}
+FREE = {"constrained": "off"}
+"""Free decoding: the seeded random model then answers garbage, which the repair and fallback paths must survive."""
 
 
 @pytest.fixture
@@ -45,7 +49,7 @@ def test_discovered_through_its_entry_point():
 @pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl"])
 def test_real_generate_path_without_the_processor(family, request_, no_processor, monkeypatch):
     clear_model_cache()
-    planner = sow_qwen_vl.QwenVLPlanner(model=str(tiny_model(family)), **SMALL)
+    planner = sow_qwen_vl.QwenVLPlanner(model=str(tiny_model(family)), **SMALL, **FREE)
     loaded = planner.loaded()
     assert type(loaded.model).__name__.startswith("Qwen2_5_VL" if family == "qwen2.5-vl" else "Qwen2VL")
     seen = {}
@@ -69,7 +73,7 @@ def test_real_generate_path_without_the_processor(family, request_, no_processor
 
 
 def test_garbage_fails_with_one_line(request_):
-    planner = sow_qwen_vl.QwenVLPlanner(model=str(tiny_model("qwen2-vl")), retries=0, **SMALL)
+    planner = sow_qwen_vl.QwenVLPlanner(model=str(tiny_model("qwen2-vl")), retries=0, **SMALL, **FREE)
     with pytest.raises(PlannerError) as info:  # the seeded random model's answer is not JSON
         planner.plan(request_)
     assert str(info.value).startswith("Qwen-VL intensify answer unusable after 1 tries: the JSON object is not valid JSON")
@@ -109,3 +113,5 @@ def test_sow_plan_cli_with_qwen_vl(face_path, tmp_path):
     assert done.value.code == 0
     plan = Plan.model_validate_json(out.read_text())
     assert plan.box_v.fits(plan.canvas) and out.with_suffix(".png").is_file()
+    if importlib.util.find_spec("llguidance"):  # constrained decoding: the random model's answers are read, no fallback
+        assert plan.planner == "qwen-vl" and "decoding: constrained to the answer schema (llguidance)" in plan.notes

@@ -100,7 +100,7 @@ class FlowFamily:
     def _hub_class(spec: str, request: LoadRequest) -> str | None:
         from diffusers import DiffusionPipeline
 
-        from sow.io.hub import offline_reason
+        from sow.models.hub import offline_reason
 
         try:
             return DiffusionPipeline.load_config(spec, local_files_only=offline_reason() is not None).get("_class_name")
@@ -166,7 +166,7 @@ class FlowFamily:
             elif path.is_dir() and not _has_weights(path):
                 return build_from_config_folder(path, self.name)
             else:
-                from sow.io.hub import offline_reason
+                from sow.models.hub import offline_reason
 
                 local = path.is_dir() or offline_reason() is not None
                 pipe = cls.from_pretrained(str(path) if path.is_dir() else request.spec, local_files_only=local, use_safetensors=True)

@@ -30,7 +30,7 @@ def load_flux2_single_file(path: Path, request: LoadRequest) -> dict[str, Any]:
     """The components of a klein pipeline whose transformer is the file ``path`` (see the module docstring)."""
     import diffusers
 
-    from sow.io.hub import offline_reason
+    from sow.models.hub import offline_reason
 
     base = str(request.options.get("base") or KLEIN_BASE)
     local = Path(base).expanduser().is_dir() or offline_reason() is not None

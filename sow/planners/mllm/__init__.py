@@ -3,8 +3,8 @@
 Public API for plugin authors (docs/plugins.md): `MLLMPlanner` (the toolkit's three-stage
 planning, :mod:`sow.planners.toolkit`, over the `load` and `chat` methods a plugin supplies), its options `MLLMOptions`,
 `describe_load_error` (a one-line `ModelLoadError`) and `load_kwargs` (the `from_pretrained`
-arguments for device, dtype and quantization). May import the root contract, `sow.io` and
-`sow.planners`.
+arguments for device, dtype and quantization). May import the root contract, `sow.io`,
+`sow.safety` (the load policy), `sow.models.hub` and `sow.planners`.
 """
 from sow.planners.mllm.base import MLLMOptions, MLLMPlanner, describe_load_error, load_kwargs
 

@@ -12,8 +12,9 @@ and writes two methods:
     Render ``messages`` (Hugging Face chat format, from :mod:`sow.planners.toolkit.prompts`) with the
     model's chat template, attach ``image`` where the message has ``{"type": "image"}``,
     append ``self.prefill`` to the rendered prompt, generate with ``self.generate_kwargs(...)``
-    (greedy, the token budget, stop after the first JSON object) and return
-    ``self.prefill`` + the new text.
+    (greedy, the token budget, stop after the first JSON object; with constrained decoding,
+    :mod:`sow.planners.mllm.constrained`, the logits processor that holds the answer to the
+    stage's JSON Schema, and an empty prefill) and return ``self.prefill`` + the new text.
 
 The stages, the answer reading, the retry with the error fed back, the fallbacks and the
 repair are the planner toolkit's (:class:`sow.planners.toolkit.StagedPlanner`); this class
@@ -25,6 +26,7 @@ a batch run loads once.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any, ClassVar, Literal
 
 from PIL import Image
@@ -32,9 +34,12 @@ from pydantic import Field
 
 from sow.errors import InputError, ModelLoadError
 from sow.planners.toolkit.answers import json_object_closed
+from sow.planners.mllm.constrained import constrained_available, require_constrained, schema_processor
 from sow.planners.toolkit import PlannerOptions, Question, StagedPlanner
+from sow.planners.toolkit.decoding import decoding_schema, longest_answer
 
 Quantize = Literal["4bit", "8bit"]
+Constrained = Literal["auto", "on", "off"]
 
 DEFAULT_MAX_NEW_TOKENS = 200
 """Token budget of one answer: the longest (stage 1, two sentences of JSON) needs ~120."""
@@ -54,7 +59,10 @@ class MLLMOptions(PlannerOptions):
     device_map: str | None = Field(None, description="accelerate device map, e.g. 'auto' to spread a large model over GPUs and CPU.")
     quantize: Quantize | None = Field(None, description="4bit (nf4, bf16 compute) or 8bit with bitsandbytes.")
     max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=8, le=4096, description="Token budget of one answer.")
-    prefill_json: bool = Field(True, description="Start the model's answer with '{' so it answers in JSON from the first token.")
+    prefill_json: bool = Field(True, description="Start the model's answer with '{' so it answers in JSON from the first token (unconstrained decoding).")
+    constrained: Constrained = Field(
+        "auto", description="Constrained decoding to the stage's JSON Schema (llguidance): on, off, or auto (on when llguidance is installed)."
+    )
     local_files_only: bool = Field(False, description="Never contact the Hugging Face hub.")
 
 
@@ -111,7 +119,7 @@ def load_kwargs(options: MLLMOptions) -> dict[str, Any]:
     ``device="auto"`` on a CUDA machine with accelerate, ``device_map="auto"`` places the
     model (over several GPUs, or partly on the CPU when it does not fit).
     """
-    from sow.io.security import safe_load_kwargs
+    from sow.safety.security import safe_load_kwargs
 
     device = resolve_device(options.device)
     # safetensors only and no remote code, unless the user allowed them (--allow-pickle, --trust-remote-code)
@@ -143,14 +151,14 @@ def _has_accelerate() -> bool:
 
 def local_only(options: MLLMOptions) -> bool:
     """Whether to keep off the hub: asked for (``local_files_only``), or the hub is unreachable now."""
-    from sow.io.hub import offline_reason
+    from sow.models.hub import offline_reason
 
     return options.local_files_only or offline_reason() is not None
 
 
 def describe_load_error(family: str, model: str, options: MLLMOptions, exc: BaseException) -> ModelLoadError:
     """One line saying which model failed to load, how, and what to try."""
-    from sow.io.hub import offline_reason
+    from sow.models.hub import offline_reason
 
     text = " ".join(str(exc).split()) or type(exc).__name__
     offline = offline_reason()
@@ -221,6 +229,10 @@ class MLLMPlanner(StagedPlanner):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.model_id = self.options.model or self.default_model
+        if self.options.constrained == "on":
+            require_constrained(self.family or self.name)
+        self.constrained = self.options.constrained == "on" or (self.options.constrained == "auto" and constrained_available())
+        """Whether answers are decoded under the stage's JSON Schema (:mod:`sow.planners.mllm.constrained`)."""
 
     # -- what a family implements --------------------------------------------------------
 
@@ -279,16 +291,31 @@ class MLLMPlanner(StagedPlanner):
 
     @property
     def prefill(self) -> str:
-        """Text put at the start of the model's turn (and of its answer): ``"{"`` or nothing."""
-        return "{" if self.options.prefill_json else ""
+        """Text put at the start of the model's turn (and of its answer): ``"{"``, or nothing when
+        the answer is constrained (the schema then writes the ``{``) or ``prefill_json`` is off."""
+        return "{" if self.options.prefill_json and not self.constrained else ""
 
     def generate_kwargs(self, tokenizer: Any, prompt_length: int) -> dict[str, Any]:
-        """``model.generate`` arguments: greedy, the token budget, stop after the first JSON object."""
-        return {
+        """``model.generate`` arguments: greedy, the token budget, stop after the first JSON object;
+        when constrained, the logits processor that keeps the answer inside the stage's schema.
+
+        The schema is that of the question :meth:`ask_model` is answering (none outside it: the
+        answer is then free). Its text is sized to ``max_new_tokens``; the budget grows only when
+        the answer's fixed parts (the boxes of many conditions) need more.
+        """
+        kwargs: dict[str, Any] = {
             "max_new_tokens": self.options.max_new_tokens,
             "do_sample": False,
             "stopping_criteria": stop_after_json(tokenizer, prompt_length, self.prefill),
         }
+        question = _ASKING.get()
+        if self.constrained and question is not None:
+            schema = decoding_schema(question.answer_model, question.values, self.options.max_new_tokens)
+            from transformers import LogitsProcessorList
+
+            kwargs["logits_processor"] = LogitsProcessorList([schema_processor(tokenizer, schema)])
+            kwargs["max_new_tokens"] = max(self.options.max_new_tokens, longest_answer(schema))
+        return kwargs
 
     def cache_key(self) -> tuple:
         """What makes a loaded model reusable: the family, the model and the options used to load it."""
@@ -304,5 +331,19 @@ class MLLMPlanner(StagedPlanner):
         return self.loaded()
 
     def ask_model(self, session: Any, question: Question) -> str:
-        """The toolkit's question as chat messages in the family's template, answered by :meth:`chat`."""
-        return self.chat(session, question.messages(self.system_role), question.image)
+        """The toolkit's question as chat messages in the family's template, answered by :meth:`chat`.
+
+        While :meth:`chat` runs, :meth:`generate_kwargs` knows the question (for its schema)."""
+        token = _ASKING.set(question)
+        try:
+            return self.chat(session, question.messages(self.system_role), question.image)
+        finally:
+            _ASKING.reset(token)
+
+    def notes(self, session: Any) -> list[str]:
+        decoding = "constrained to the answer schema (llguidance)" if self.constrained else "free (answers read and repaired)"
+        return [*super().notes(session), f"decoding: {decoding}"]
+
+
+_ASKING: ContextVar[Question | None] = ContextVar("sow_mllm_question", default=None)
+"""The question whose answer is being generated (set by :meth:`MLLMPlanner.ask_model` around ``chat``)."""

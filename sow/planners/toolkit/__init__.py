@@ -25,7 +25,9 @@ receives as ``session``, once per plan) and ``notes(self, session)`` (lines for
    or raises one :class:`~sow.errors.PlannerError` line, so that ``--on-planner-error``
    decides what happens next (:func:`sow.planners.policy.plan_with_policy`).
 
-The helpers a planner may want on its own are exported here too. May import the root
+The helpers a planner may want on its own are exported here too; among them
+:func:`decoding_schema`, the stage's answer schema tightened for a model that can be
+constrained to one (what :mod:`sow.planners.mllm.constrained` decodes under). May import the root
 contract (``sow.schemas``, ``sow.stages``, ``sow.errors``) and ``sow.planners``; never
 ``sow.planners.mllm`` (which builds on it), the engine, eval, bench, batch or CLI.
 """
@@ -33,11 +35,13 @@ from sow.planners.fixed import body_box, condition_box
 from sow.planners.layout import condition_strip, side_by_side, side_limits
 from sow.planners.repair import repair_plan
 from sow.planners.toolkit.answers import AnswerError, ParsedAnswer, parse_answer, read_box, retry_message
+from sow.planners.toolkit.decoding import decoding_schema, longest_answer
 from sow.planners.toolkit.prompts import STAGES, SYSTEM, stage_messages, stage_text, with_retry
 from sow.planners.toolkit.staged import PlannerOptions, Question, StagedPlanner, each_box
 
 __all__ = [
     "STAGES", "SYSTEM", "AnswerError", "ParsedAnswer", "PlannerOptions", "Question", "StagedPlanner",
-    "body_box", "condition_box", "condition_strip", "each_box", "parse_answer", "read_box", "repair_plan", "retry_message",
+    "body_box", "condition_box", "condition_strip", "decoding_schema", "each_box", "longest_answer", "parse_answer",
+    "read_box", "repair_plan", "retry_message",
     "side_by_side", "side_limits", "stage_messages", "stage_text", "with_retry",
 ]

@@ -1,7 +1,8 @@
 """Reading a multimodal LLM's free-text answer as the JSON a planner stage asked for.
 
-Local models (LLaVA, Qwen-VL) cannot be forced into a schema the way an API with
-structured output can: they wrap JSON in code fences or prose, use Python's quotes,
+Local models (LLaVA, Qwen-VL) decoding freely - without llguidance, or with
+``constrained=off`` (:mod:`sow.planners.mllm.constrained` otherwise holds them to the
+stage's schema) - wrap JSON in code fences or prose, use Python's quotes,
 leave trailing commas, stop mid-object, and give boxes in whichever convention they
 were trained on. :func:`parse_answer` turns such an answer into a validated answer
 model (:class:`DescriptionAnswer`, :class:`PositionAnswer`, :class:`RegionAnswer`)
@@ -433,8 +434,8 @@ def _validate(value: Any, model: type[_Answer], canvas: Canvas, repairs: list[st
         raise AnswerError(first_error(exc)) from None
 
 
-# Kept instead of constrained decoding: lm-format-enforcer 0.11.3 installs, but its transformers integration imports
-# a module transformers 5 removed (PreTrainedTokenizerBase from transformers.tokenization_utils); the box reader stays either way.
+# Kept beside constrained decoding (sow.planners.mllm.constrained): it reads the answers decoded freely (no llguidance,
+# constrained=off, API models) and holds the box-convention reader, which a constrained answer passes through unchanged.
 def parse_answer(text: str, model: type[_Answer], canvas: Canvas) -> ParsedAnswer:
     """The first JSON object in ``text`` that validates as ``model``, with the conversions made.
 

@@ -5,7 +5,7 @@ plotting library, so matplotlib stays out of the install. The chart has a title 
 device, dtype, canvas, S, N, batch sizes), one bar per variant (the reference ladder, the
 fast path per batch size, and the DDIM baseline as a single grey bar), a seconds axis with
 ticks and grid lines, and a legend of the stages. Text uses Pillow's scalable font
-(:mod:`sow.io.pictures`).
+(:mod:`sow.viz.pictures`).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def nice_ticks(longest: float, count: int = 5) -> list[float]:
 
 def draw_stage_chart(report: Any, path: Path, width: int = 1000) -> Path:
     """Write a PNG: one stacked bar per variant, each segment a stage's seconds per image."""
-    from sow.io.pictures import font, legend, text_width, wrap
+    from sow.viz.pictures import font, legend, text_width, wrap
 
     report = report.as_dict() if hasattr(report, "as_dict") else report
     rows = chart_rows(report)

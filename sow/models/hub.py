@@ -20,6 +20,7 @@ _TRUE = {"1", "on", "yes", "true"}
 _cached: list[str | None] = []
 
 
+# Kept by hand: huggingface_hub's is_offline_mode() reads HF_HUB_OFFLINE once, at import; this reads it at every call and names it.
 def _env_offline() -> str | None:
     for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         if os.environ.get(name, "").strip().lower() in _TRUE:
