@@ -86,4 +86,9 @@ def test_ray_two_actors_on_tiny_flux_match_one_process(flow_batch, flow_referenc
     assert (summary.done, summary.failed) == (FLOW_JOBS, 0)
     assert _digests(out) == flow_reference
     assert _done_counts(out) == {f"job{i}": 1 for i in range(FLOW_JOBS)}
-    assert len({e["worker"] for e in events}) == 2  # both actors worked
+    # the items ran in Ray's actors, not here; which actor takes which item is the pool's choice (with four
+    # quick items, the actor that finished loading first may take them all: the split is tests/test_scale_out.py's)
+    import os
+
+    workers = {e["worker"] for e in events}
+    assert workers and os.getpid() not in workers
