@@ -299,7 +299,7 @@ def test_the_plan_picture_draws_every_box_in_its_own_colour(face_path):
 
 
 def test_mllm_planner_asks_for_every_box_in_one_answer_and_falls_back_per_condition():
-    from tests.test_mllm_planner import ScriptedPlanner
+    from tests.planners.test_mllm_planner import ScriptedPlanner
 
     images = [Image.new("RGB", (300, 300), (120, 90, 80)), Image.new("RGB", (200, 300), (60, 90, 120))]
     replies = [
