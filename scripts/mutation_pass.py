@@ -39,34 +39,34 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 TARGETS: dict[str, list[str]] = {
-    "sow/engine/diffusion_math.py": ["tests/test_diffusion_math.py", "tests/test_method_oracle.py"],
+    "sow/engine/diffusion_math.py": ["tests/engine/test_diffusion_math.py", "tests/engine/test_method_oracle.py"],
     "sow/engine/scheduling.py": [
-        "tests/test_cyclic_schedule.py", "tests/test_method_oracle.py", "tests/test_scheduler_count.py::test_cyclic_count_by_hand",
+        "tests/engine/test_cyclic_schedule.py", "tests/engine/test_method_oracle.py", "tests/engine/test_scheduler_count.py::test_cyclic_count_by_hand",
     ],
-    "sow/engine/denoiser.py": ["tests/test_method_oracle.py"],
-    "sow/engine/noise_schedule.py": ["tests/test_seams.py", "tests/test_method_oracle.py", "tests/test_flow_cow_run.py"],
-    "sow/engine/transitions.py": ["tests/test_seams.py", "tests/test_method_oracle.py", "tests/test_flow_cow.py"],
-    "sow/engine/parameterization.py": ["tests/test_seams.py", "tests/test_v_prediction.py", "tests/test_flow_oracle.py"],
-    "sow/attention/equations.py": ["tests/test_modulation.py"],
-    "sow/planners/repair.py": ["tests/test_plan_repair.py", "tests/test_repair_thresholds.py"],
-    "sow/planners/policy.py": ["tests/test_plan_repair.py", "tests/test_make_plan.py"],
+    "sow/engine/denoiser.py": ["tests/engine/test_method_oracle.py"],
+    "sow/engine/noise_schedule.py": ["tests/engine/test_seams.py", "tests/engine/test_method_oracle.py", "tests/engine/flow/test_flow_cow_run.py"],
+    "sow/engine/transitions.py": ["tests/engine/test_seams.py", "tests/engine/test_method_oracle.py", "tests/engine/flow/test_flow_cow.py"],
+    "sow/engine/parameterization.py": ["tests/engine/test_seams.py", "tests/engine/test_v_prediction.py", "tests/engine/flow/test_flow_oracle.py"],
+    "sow/attention/equations.py": ["tests/attention/test_modulation.py"],
+    "sow/planners/repair.py": ["tests/planners/test_plan_repair.py", "tests/planners/test_repair_thresholds.py"],
+    "sow/planners/policy.py": ["tests/planners/test_plan_repair.py", "tests/planners/test_make_plan.py"],
     "sow/batch/runner.py": [
-        "tests/test_oracle_sharding.py", "tests/test_batch_errors.py", "tests/test_batch.py", "-k", "not sigkill and not cli",
+        "tests/batch/test_oracle_sharding.py", "tests/batch/test_batch_errors.py", "tests/batch/test_batch.py", "-k", "not sigkill and not cli",
     ],  # in-process
     # last round's modules (issue 23); "--without test_oracle_" gives the column of main's tests
-    "sow/models/families.py": ["tests/test_oracle_sdxl.py", "tests/test_families.py", "-k", "not architecture and not host"],
-    "sow/models/lora.py": ["tests/test_oracle_lora.py", "tests/test_lora.py"],
-    "sow/attention/regions.py": ["tests/test_oracle_several_dam.py", "tests/test_several_people.py", "-k", "dam or bias or gates"],
-    "sow/planners/layout.py": ["tests/test_oracle_layouts.py", "tests/test_several_people.py", "-k", "not dam and not gates and not reset and not grow"],
-    "sow/batch/workers.py": ["tests/test_oracle_sharding.py", "tests/test_scale_out.py", "-k", "not torchrun and not ray"],
+    "sow/models/families.py": ["tests/models/test_oracle_sdxl.py", "tests/models/test_families.py", "-k", "not architecture and not host"],
+    "sow/models/lora.py": ["tests/models/test_oracle_lora.py", "tests/models/test_lora.py"],
+    "sow/attention/regions.py": ["tests/attention/test_oracle_several_dam.py", "tests/test_several_people.py", "-k", "dam or bias or gates"],
+    "sow/planners/layout.py": ["tests/planners/test_oracle_layouts.py", "tests/test_several_people.py", "-k", "not dam and not gates and not reset and not grow"],
+    "sow/batch/workers.py": ["tests/batch/test_oracle_sharding.py", "tests/batch/test_scale_out.py", "-k", "not torchrun and not ray"],
     "sow/diffusers_style.py": ["tests/test_oracle_batches.py", "tests/test_diffusers_face.py", "-k", "not offload and not from_pipe"],
-    "sow/engine/conditions.py": ["tests/test_oracle_batches.py", "tests/test_oracle_several_dam.py"],
+    "sow/engine/conditions.py": ["tests/test_oracle_batches.py", "tests/attention/test_oracle_several_dam.py"],
     "sow/pipeline.py": ["tests/test_oracle_batches.py", "tests/test_diffusers_face.py", "tests/test_several_people.py", "-k", "batch or generator or images"],
-    "sow/planners/toolkit/decoding.py": ["tests/test_mllm_constrained.py", "-k", "budget or accents"],  # the schema's bounds, no model
+    "sow/planners/toolkit/decoding.py": ["tests/planners/test_mllm_constrained.py", "-k", "budget or accents"],  # the schema's bounds, no model
     # issue 28: the modules that moved or were made one
-    "sow/geometry.py": ["tests/test_geometry.py", "tests/test_plan_repair.py", "tests/test_hand_made_boxes.py", "tests/test_oracle_layouts.py"],
-    "sow/engine/seeding.py": ["tests/test_readings.py", "-k", "mask or seed_background or cell"],
-    "sow/faces.py": ["tests/test_faces.py", "tests/test_heuristic.py", "-m", "slow or not slow"],
+    "sow/geometry.py": ["tests/test_geometry.py", "tests/planners/test_plan_repair.py", "tests/planners/test_hand_made_boxes.py", "tests/planners/test_oracle_layouts.py"],
+    "sow/engine/seeding.py": ["tests/engine/test_readings.py", "-k", "mask or seed_background or cell"],
+    "sow/faces.py": ["tests/test_faces.py", "tests/planners/test_heuristic.py", "-m", "slow or not slow"],
 }
 """Module -> the tests that cover it (a small, targeted subset: each mutant runs them)."""
 

@@ -2,7 +2,7 @@
 
 Run before and after a change that must not change results (a layout move, a new model
 family, several conditions): `python scripts/regression_checksums.py` prints one JSON
-object; `tests/test_regression_checksums.py` holds the values recorded before the change.
+object; `tests/engine/test_regression_checksums.py` holds the values recorded before the change.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 
 Through the public API only, so it runs against any version of sow. Each case is a 128-px
 (several: 192x128) tiny run with 3 cycles; :func:`latents` returns them by name and
-``tests/test_regression_checksums.py`` compares them with the stored arrays within a tolerance
+``tests/engine/test_regression_checksums.py`` compares them with the stored arrays within a tolerance
 that a new torch build's float noise passes and a wrong method does not.
 """
 

@@ -24,7 +24,7 @@ def processor() -> VaeImageProcessor:
 
 
 # Kept by hand: VaeImageProcessor.preprocess gives the same values but a channels-last layout, which sends the VAE
-# encoder down another convolution path on the CPU (latents 1e-4 off the recorded ones, tests/test_regression_checksums.py).
+# encoder down another convolution path on the CPU (latents 1e-4 off the recorded ones, tests/engine/test_regression_checksums.py).
 def to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB image -> (1, 3, H, W) float32 in [-1, 1]."""
     array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0

@@ -14,7 +14,7 @@ from sow.planners.policy import plan_with_policy
 from sow.plugins import build_registry
 from sow.schemas import GenerationConfig, Plan
 from sow.stages import PlanRequest
-from tests.tiny_mllm import tiny_model
+from tests.support.tiny_mllm import tiny_model
 
 sow_qwen_vl = pytest.importorskip("sow_qwen_vl", reason="install the plugin: pip install -e ./plugins/sow-qwen-vl")
 
