@@ -35,9 +35,17 @@ CASES = {
 def sow_plain_sampling(backbone, noise: torch.Tensor, scale: float) -> torch.Tensor:
     """sow's zero-cycle path through the seams: the backbone's schedule, prompts and model call,
     the one (x̂0, ε̂) conversion and the (α, σ) deterministic step."""
+    loaded = backbone.embedded_guidance
+    backbone.embedded_guidance = scale  # the backbone is shared by every test of the session: put back below
+    try:
+        return _sample(backbone, noise, scale)
+    finally:
+        backbone.embedded_guidance = loaded
+
+
+def _sample(backbone, noise: torch.Tensor, scale: float) -> torch.Tensor:
     schedule = backbone.noise_schedule(STEPS, tuple(noise.shape[-2:]))
     prompts = backbone.encode_prompts({"negative": "", "prompt": PROMPT})
-    backbone.embedded_guidance = scale
     x = noise
     with torch.no_grad():
         for level in range(STEPS, 0, -1):
