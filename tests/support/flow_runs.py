@@ -13,9 +13,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from sow.engine import transitions as tr
+from sow.engine.backbone import batch_conditioning
 from sow.engine.context import LatentRegion, RunContext, union_mask
 from sow.engine.denoiser import Denoiser, PromptEmbeddings, run_texts
 from sow.engine.inversion import DDIMInverter
+from sow.engine.parameterization import split_prediction
 from sow.engine.preservation import RegionReplacePreserver
 from sow.engine.scheduling import CyclicOneWayScheduler
 from sow.schemas import Box, GenerationConfig, Plan
@@ -107,3 +110,26 @@ def _run(ctx, denoiser, backbone, boxes, canvas, config, seed) -> torch.Tensor:
         ctx.condition_trajectories = [ctx.inverter.invert(denoiser, c, 0, config.t2, "invert_condition") for c in conditions]
         ctx.canvas_latents = ctx.inverter.invert(denoiser, canvas_latent, 0, config.canvas_start_level(), "invert_canvas")[-1]
         return CyclicOneWayScheduler().run(ctx)
+
+
+def round_trip_error(backbone, shape: tuple[int, ...], steps: int, top: int, prompt: str = PROMPT) -> float:
+    """Invert a random latent of ``shape`` by the reverse flow (first-order Euler, the model at the
+    arrival level as in DDIM inversion) to level ``top`` of ``steps``, sample back down, and return
+    the relative error."""
+    schedule = backbone.noise_schedule(steps, tuple(shape[-2:]))
+    text = batch_conditioning(backbone.encode_prompts({"prompt": prompt}), ["prompt"], 1)
+    x0 = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+
+    def move(x, evaluated_at, frm, to):
+        out = backbone.predict(x, schedule.timestep(evaluated_at), text)
+        here = schedule.level(frm)
+        clean, eps = split_prediction(out.output, x, here.alpha, here.sigma, out.parameterization)
+        return tr.deterministic_step(clean, eps, schedule.level(to))
+
+    x = x0
+    with torch.no_grad():
+        for level in range(top):
+            x = move(x, level + 1, level, level + 1)
+        for level in range(top, 0, -1):
+            x = move(x, level, level, level - 1)
+    return float((x - x0).norm() / x0.norm())

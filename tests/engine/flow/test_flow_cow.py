@@ -7,10 +7,9 @@ import pytest
 import torch
 
 from sow.engine import transitions as tr
-from sow.engine.backbone import batch_conditioning
 from sow.engine.noise_schedule import Level
-from sow.engine.parameterization import split_prediction
-from tests.support.flow_models import PROMPT, flow_backbone
+from tests.support.flow_models import flow_backbone
+from tests.support.flow_runs import round_trip_error as flow_round_trip
 
 
 def flow_level(s: float) -> Level:
@@ -37,27 +36,9 @@ def test_injection_keeps_the_flow_marginal(s_low, s_high):
 
 
 def round_trip_error(name: str, steps: int, top: int) -> float:
-    """Invert a latent by the reverse flow (first-order Euler, the model at the arrival level as in DDIM
-    inversion) to level ``top``, sample back down, and return the relative error."""
-    backbone = flow_backbone(name)
+    """The relative error of a reverse-flow round trip to level ``top`` on a tiny model (:func:`flow_round_trip`)."""
     shape = (1, 128, 4, 4) if name == "tiny-flux2" else (1, 16, 8, 8)
-    schedule = backbone.noise_schedule(steps, shape[-2:])
-    text = batch_conditioning(backbone.encode_prompts({"prompt": PROMPT}), ["prompt"], 1)
-    x0 = torch.randn(shape, generator=torch.Generator().manual_seed(1))
-
-    def move(x, evaluated_at, frm, to):
-        out = backbone.predict(x, schedule.timestep(evaluated_at), text)
-        here = schedule.level(frm)
-        clean, eps = split_prediction(out.output, x, here.alpha, here.sigma, out.parameterization)
-        return tr.deterministic_step(clean, eps, schedule.level(to))
-
-    x = x0
-    with torch.no_grad():
-        for level in range(top):
-            x = move(x, level + 1, level, level + 1)
-        for level in range(top, 0, -1):
-            x = move(x, level, level, level - 1)
-    return float((x - x0).norm() / x0.norm())
+    return flow_round_trip(flow_backbone(name), shape, steps, top)
 
 
 @pytest.mark.parametrize("name", ["tiny-sd3", "tiny-flux", "tiny-flux2"])

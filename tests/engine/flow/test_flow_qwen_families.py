@@ -20,14 +20,13 @@ import torch
 from sow.engine.backbone import Backbone, LoadRequest, batch_conditioning
 from sow.engine.context import LatentRegion
 from sow.engine.denoiser import Denoiser, PromptEmbeddings, run_texts
-from sow.engine.parameterization import split_prediction
-from sow.engine import transitions as tr
 from sow.plugins import build_registry
 from sow.schemas import Box, GenerationConfig
 from tests.conftest import SD21_CONFIG
 from tests.support.flow_qwen_models import PROMPT, qwen_backbone, qwen_pipeline_for
 from tests.engine.flow.test_flow_cow_run import check_regions_reset
 from tests.support.flow_runs import flow_config, flow_run
+from tests.support.flow_runs import round_trip_error as flow_round_trip
 from tests.engine.flow.test_flow_joint_dam import dam_state
 
 DATA = SD21_CONFIG.parent
@@ -104,24 +103,7 @@ def test_prompts_keep_their_own_lengths_and_swapping_them_changes_the_velocity()
 
 
 def round_trip_error(name: str, steps: int, top: int) -> float:
-    backbone = qwen_backbone(name)
-    schedule = backbone.noise_schedule(steps, (8, 8))
-    text = batch_conditioning(backbone.encode_prompts({"prompt": PROMPT}), ["prompt"], 1)
-    x0 = torch.randn((1, 16, 8, 8), generator=torch.Generator().manual_seed(1))
-
-    def move(x, evaluated_at, frm, to):
-        out = backbone.predict(x, schedule.timestep(evaluated_at), text)
-        here = schedule.level(frm)
-        clean, eps = split_prediction(out.output, x, here.alpha, here.sigma, out.parameterization)
-        return tr.deterministic_step(clean, eps, schedule.level(to))
-
-    x = x0
-    with torch.no_grad():
-        for level in range(top):
-            x = move(x, level + 1, level, level + 1)
-        for level in range(top, 0, -1):
-            x = move(x, level, level, level - 1)
-    return float((x - x0).norm() / x0.norm())
+    return flow_round_trip(qwen_backbone(name), (1, 16, 8, 8), steps, top, prompt=PROMPT)
 
 
 @pytest.mark.parametrize("name", NAMES)
