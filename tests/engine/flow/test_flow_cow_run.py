@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.support.flow_models import flow_backbone
+from tests.support.flow_qwen_models import qwen_backbone
 from tests.support.flow_runs import flow_config, flow_run
 
 FAMILIES = ["tiny-sd3", "tiny-flux", "tiny-flux-dev", "tiny-flux2"]
@@ -73,11 +74,11 @@ def test_background_guidance_runs_four_branches_where_the_model_has_cfg():
     assert {c for c, p in zip(calls, phases) if p == "final"} == {2}
 
 
-@pytest.mark.parametrize("name", ["tiny-sd3", "tiny-flux", "tiny-flux2"])
+@pytest.mark.parametrize("name", ["tiny-sd3", "tiny-flux", "tiny-flux2", "tiny-qwen-image", "tiny-z-image"])
 def test_dam_acts_in_the_cycles_and_keeps_the_regions(name):
     """With DAM's joint processors installed (gate off: always on), the run differs from one without,
     every region is still reset exactly, and the processors are gone afterwards."""
-    backbone = flow_backbone(name)
+    backbone = qwen_backbone(name) if name in ("tiny-qwen-image", "tiny-z-image") else flow_backbone(name)
     before = {k: type(p) for k, p in backbone.network.attn_processors.items()}
     config = flow_config(backbone, modulation={"use_gate": False, "w_plus": 1.0, "w_minus": 1.0})
     plain = flow_run(backbone, [[32, 32, 48, 48]], config)
